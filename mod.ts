@@ -1,0 +1,77 @@
+/**
+ * gemkit: a pure-TypeScript research kit for GEM (arXiv 2506.04344), which turns a decoder-only
+ * LLM into one model that both generates text and embeds it. Everything runs on gemkit's own
+ * WebGPU tensor engine (WGSL kernels + reverse-mode autograd).
+ *
+ * ```ts
+ * import { backward, initGpu, ops, tensor } from "./mod.ts";
+ * await initGpu();
+ * const w = ops.parameter(tensor([1, 2, 3, 4], [2, 2]), "w");
+ * const loss = ops.sumAll(ops.square(ops.matmul(w, w)));
+ * backward(loss);
+ * console.log(await w.grad!.toArray());
+ * ```
+ *
+ * @module
+ */
+
+/**
+ * Acquires the process's WebGPU device (once). Prefers Vulkan on Linux; throws a
+ * {@link NoAdapterError} with instructions when no adapter exists.
+ */
+export { initGpu } from "./src/gpu/device.ts";
+/** The device returned by {@link initGpu}; throws before initialisation. */
+export { gpu } from "./src/gpu/device.ts";
+/** The device wrapper: buffer pool, pipeline cache, command batching, readback. */
+export type { Gpu, GpuOptions } from "./src/gpu/device.ts";
+/** Pooled buffers and their pool. */
+export type { BufferPool, GpuBuffer } from "./src/gpu/pool.ts";
+/** Kernel descriptions and their uniform writer. */
+export type { Access, Kernel, ParamWriter } from "./src/gpu/kernel.ts";
+/** Per-adapter kernel parameters (workgroup sizes, matmul tiles). */
+export type { Tuning } from "./src/gpu/tuning.ts";
+/** Errors raised by the engine; each names the op, file or field at fault. */
+export {
+  DisposedError,
+  DTypeError,
+  IndexError,
+  NoAdapterError,
+  ShaderError,
+  ShapeError,
+} from "./src/gpu/errors.ts";
+
+/** A strided view of reference-counted GPU storage; dispose it when done. */
+export { Tensor } from "./src/tensor/tensor.ts";
+/** Reference-counted storage under tensors. */
+export type { Storage } from "./src/tensor/tensor.ts";
+/** Autograd graph nodes and op names. */
+export type { Node, Op } from "./src/tensor/graph.ts";
+/** Element types of tensors. */
+export type { DType } from "./src/tensor/tensor.ts";
+/** Uploads host numbers as a tensor (f32 by default, i32 for Int32Array). */
+export { tensor } from "./src/tensor/tensor.ts";
+/** An uninitialised tensor. */
+export { empty } from "./src/tensor/tensor.ts";
+/** Runs a function with gradient recording off. */
+export { noGrad } from "./src/tensor/tensor.ts";
+/** Runs a function and disposes the tensors it created but did not return. */
+export { scope } from "./src/tensor/tensor.ts";
+/** Exempts a tensor from the open scopes. */
+export { keep } from "./src/tensor/tensor.ts";
+/**
+ * Differentiable ops: matmul, elementwise unary/binary with broadcasting, reductions, views,
+ * softmax, RMSNorm, RoPE, SwiGLU, embedding, fused cross-entropy, role-table attention.
+ */
+export * as ops from "./src/tensor/ops.ts";
+/** Attention rule codes of a role table (none, causal, self, all). */
+export { RULE } from "./src/gpu/kernels/attention.ts";
+/** Reverse-mode autodiff from a tensor to every leaf parameter. */
+export { backward, freeGraph } from "./src/tensor/backward.ts";
+/** Options of {@link backward}. */
+export type { BackwardOptions } from "./src/tensor/backward.ts";
+/** AdamW with decoupled weight decay, and global-norm gradient clipping, on the GPU. */
+export { AdamW, clipGradNorm } from "./src/tensor/optim.ts";
+/** Options of {@link AdamW}. */
+export type { AdamWOptions } from "./src/tensor/optim.ts";
+/** Seeded random numbers (xoshiro128**), checkpointable. */
+export { Rng } from "./src/tensor/random.ts";

@@ -1,0 +1,377 @@
+/**
+ * The device layer: one WebGPU device per process (the only global state in gemkit), its buffer
+ * pool, its pipeline cache and the command recorder that batches dispatches.
+ *
+ * Batching matters: on llvmpipe every CPU<->GPU sync costs ~11.5 ms, so a forward or backward pass
+ * records all its dispatches into one command encoder and nothing waits on the GPU until a caller
+ * asks for data with `read`.
+ */
+
+import { DisposedError, NoAdapterError, numberLines, ShaderError } from "./errors.ts";
+import type { Access, Kernel, ParamWriter } from "./kernel.ts";
+import { BufferPool, type GpuBuffer } from "./pool.ts";
+import { type Tuning, tuningFor } from "./tuning.ts";
+
+/** Bytes of the uniform ring used by one submit; more params than this force a flush. */
+const UNIFORM_RING_BYTES = 1 << 20;
+
+/** Where the log of adapter facts goes; silenced with GEMKIT_LOG=0. */
+function logLine(msg: string): void {
+  if (Deno.env.get("GEMKIT_LOG") !== "0") console.error(msg);
+}
+
+/** Debug level from GEMKIT_DEBUG: 1 = extra checks, 2 = also print every new WGSL kernel. */
+export function debugLevel(): number {
+  return Number(Deno.env.get("GEMKIT_DEBUG") ?? "0") || 0;
+}
+
+/** The WebGPU device with its buffer pool, pipeline cache and command recorder. */
+export class Gpu {
+  /** Where every storage buffer comes from and goes back to. */
+  readonly pool: BufferPool;
+  /** Kernel parameters chosen for this adapter; mutable for experiments and tests. */
+  readonly tuning: Tuning;
+  /** Adapter description, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
+  readonly description: string;
+  /** Features granted on the device (shader-f16, timestamp-query when the adapter has them). */
+  readonly features: ReadonlySet<string>;
+
+  #pipelines = new Map<string, GPUComputePipeline>();
+  #layouts = new Map<string, GPUBindGroupLayout>();
+  #sources = new Map<string, string>();
+  #errors: string[] = [];
+
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #dispatches = 0;
+  #uniformData = new ArrayBuffer(UNIFORM_RING_BYTES);
+  #uniformView = new DataView(this.#uniformData);
+  #uniformUsed = 0;
+  #uniformBuffer: GPUBuffer;
+  #uniformAlign: number;
+  #staging: GPUBuffer[] = [];
+  /** Number of submits so far; a buffer used in the open encoder has `lastUse === epoch`. */
+  epoch = 0;
+  /** Dispatches recorded before an automatic submit (keeps llvmpipe busy while JS records). */
+  maxDispatchesPerSubmit = 256;
+  /** Counters for benchmarks and tests. */
+  readonly stats = { dispatches: 0, submits: 0, reads: 0 };
+
+  /** Wraps an acquired device; use {@link initGpu} rather than calling this. */
+  constructor(readonly adapter: GPUAdapter, readonly device: GPUDevice) {
+    this.pool = new BufferPool(device);
+    this.description = adapter.info.description || adapter.info.vendor || "unknown adapter";
+    this.features = new Set(device.features);
+    this.tuning = tuningFor(this.description);
+    this.#uniformAlign = Math.max(device.limits.minUniformBufferOffsetAlignment, 16);
+    this.#uniformBuffer = device.createBuffer({
+      size: UNIFORM_RING_BYTES,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      label: "gemkit.uniforms",
+    });
+    device.addEventListener("uncapturederror", (ev) => {
+      const msg = (ev as GPUUncapturedErrorEvent).error.message;
+      this.#errors.push(this.#explain(msg));
+      console.error(`gemkit: WebGPU error: ${this.#explain(msg)}`);
+    });
+  }
+
+  /** Adds the numbered source of any kernel named in a WebGPU error message. */
+  #explain(msg: string): string {
+    for (const [name, src] of this.#sources) {
+      if (msg.includes(name)) return `${msg}\nin kernel '${name}':\n${numberLines(src)}`;
+    }
+    return msg;
+  }
+
+  /** Throws the first WebGPU error reported since the last check, if any. */
+  checkErrors(): void {
+    if (this.#errors.length) {
+      const first = this.#errors[0];
+      this.#errors.length = 0;
+      throw new ShaderError(first);
+    }
+  }
+
+  #layout(buffers: readonly Access[]): GPUBindGroupLayout {
+    const key = buffers.join(",");
+    let layout = this.#layouts.get(key);
+    if (!layout) {
+      const entries: GPUBindGroupLayoutEntry[] = [
+        { binding: 0, visibility: GPUShaderStage.COMPUTE, buffer: { type: "uniform" } },
+      ];
+      buffers.forEach((a, i) =>
+        entries.push({
+          binding: i + 1,
+          visibility: GPUShaderStage.COMPUTE,
+          buffer: { type: a === "rw" ? "storage" : "read-only-storage" },
+        })
+      );
+      layout = this.device.createBindGroupLayout({ entries, label: `gemkit.layout(${key})` });
+      this.#layouts.set(key, layout);
+    }
+    return layout;
+  }
+
+  /** The compiled pipeline of a kernel, cached by source text. */
+  pipeline(kernel: Kernel): GPUComputePipeline {
+    let p = this.#pipelines.get(kernel.source);
+    if (p) return p;
+    if (debugLevel() >= 2) {
+      console.error(`--- kernel ${kernel.name}\n${numberLines(kernel.source)}`);
+    }
+    const label = `gemkit.${kernel.name}#${this.#pipelines.size}`;
+    this.#sources.set(label, kernel.source);
+    const module = this.device.createShaderModule({ code: kernel.source, label });
+    p = this.device.createComputePipeline({
+      label,
+      layout: this.device.createPipelineLayout({
+        bindGroupLayouts: [this.#layout(kernel.buffers)],
+      }),
+      compute: { module, entryPoint: "main" },
+    });
+    this.#pipelines.set(kernel.source, p);
+    return p;
+  }
+
+  /** Compiles a kernel and waits for the compiler's verdict; throws a ShaderError with line numbers. */
+  async compile(kernel: Kernel): Promise<void> {
+    this.device.pushErrorScope("validation");
+    const module = this.device.createShaderModule({ code: kernel.source, label: kernel.name });
+    const info = await module.getCompilationInfo();
+    const errs = info.messages.filter((m) => m.type === "error");
+    this.pipeline(kernel);
+    const err = await this.device.popErrorScope();
+    if (errs.length || err) {
+      const what = errs.map((m) => `line ${m.lineNum}:${m.linePos}: ${m.message}`).join("\n") ||
+        err!.message;
+      throw new ShaderError(
+        `kernel '${kernel.name}' failed:\n${what}\n${numberLines(kernel.source)}`,
+      );
+    }
+  }
+
+  /**
+   * Records one dispatch. `buffers` bind to 1..n in the kernel's order; `params` fill binding 0.
+   * Nothing is submitted until the batch is full or someone reads.
+   */
+  dispatch(
+    kernel: Kernel,
+    buffers: readonly GpuBuffer[],
+    params: ParamWriter,
+    groups: readonly [number, number, number],
+  ): void {
+    if (buffers.length !== kernel.buffers.length) {
+      throw new Error(
+        `kernel '${kernel.name}' binds ${kernel.buffers.length} buffers, got ${buffers.length}`,
+      );
+    }
+    if (groups[0] === 0 || groups[1] === 0 || groups[2] === 0) return;
+    const pipeline = this.pipeline(kernel);
+    const size = Math.max(params.byteLength, 16);
+    const slot = Math.ceil(size / this.#uniformAlign) * this.#uniformAlign;
+    if (this.#uniformUsed + slot > UNIFORM_RING_BYTES) this.flush();
+    const at = this.#uniformUsed;
+    params.writeTo(this.#uniformView, at);
+    this.#uniformUsed += slot;
+
+    const entries: GPUBindGroupEntry[] = [
+      { binding: 0, resource: { buffer: this.#uniformBuffer, offset: at, size } },
+    ];
+    for (let i = 0; i < buffers.length; i++) {
+      const b = buffers[i];
+      if (b.released) throw new DisposedError(`kernel '${kernel.name}': buffer '${b.owner}' freed`);
+      b.lastUse = this.epoch;
+      entries.push({ binding: i + 1, resource: { buffer: b.buffer } });
+    }
+    const bindGroup = this.device.createBindGroup({
+      layout: this.#layout(kernel.buffers),
+      entries,
+    });
+    const pass = this.#computePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(groups[0], groups[1], groups[2]);
+    this.stats.dispatches++;
+    if (++this.#dispatches >= this.maxDispatchesPerSubmit) this.flush();
+  }
+
+  #commandEncoder(): GPUCommandEncoder {
+    if (!this.#encoder) this.#encoder = this.device.createCommandEncoder();
+    return this.#encoder;
+  }
+
+  #computePass(): GPUComputePassEncoder {
+    if (!this.#pass) this.#pass = this.#commandEncoder().beginComputePass();
+    return this.#pass;
+  }
+
+  #endPass(): void {
+    this.#pass?.end();
+    this.#pass = null;
+  }
+
+  /** Records a buffer-to-buffer copy in order with the dispatches around it. */
+  copy(src: GpuBuffer, srcOffset: number, dst: GpuBuffer, dstOffset: number, bytes: number): void {
+    if (bytes === 0) return;
+    this.#endPass();
+    src.lastUse = dst.lastUse = this.epoch;
+    this.#commandEncoder().copyBufferToBuffer(src.buffer, srcOffset, dst.buffer, dstOffset, bytes);
+  }
+
+  /** Submits everything recorded so far. Does not wait. */
+  flush(): void {
+    if (!this.#encoder) return;
+    this.#endPass();
+    if (this.#uniformUsed > 0) {
+      this.device.queue.writeBuffer(
+        this.#uniformBuffer,
+        0,
+        this.#uniformData,
+        0,
+        this.#uniformUsed,
+      );
+    }
+    this.device.queue.submit([this.#encoder.finish()]);
+    this.#encoder = null;
+    this.#uniformUsed = 0;
+    this.#dispatches = 0;
+    this.epoch++;
+    this.stats.submits++;
+  }
+
+  /**
+   * Uploads bytes into a buffer. queue.writeBuffer runs ahead of the open encoder, so a buffer
+   * that the open encoder still uses is flushed first (its old contents are read before we write).
+   */
+  write(dst: GpuBuffer, data: ArrayBufferView<ArrayBuffer>, dstOffset = 0): void {
+    if (dst.lastUse === this.epoch) this.flush();
+    let bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    if (bytes.byteLength % 4 !== 0) {
+      const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
+      padded.set(bytes);
+      bytes = padded;
+    }
+    this.device.queue.writeBuffer(dst.buffer, dstOffset, bytes);
+  }
+
+  /** Copies `bytes` from a buffer back to the CPU. This is the one place that waits on the GPU. */
+  async read(src: GpuBuffer, srcOffset: number, bytes: number): Promise<ArrayBuffer> {
+    const size = Math.max(4, Math.ceil(bytes / 4) * 4);
+    const staging = this.#takeStaging(size);
+    this.#endPass();
+    src.lastUse = this.epoch;
+    this.#commandEncoder().copyBufferToBuffer(src.buffer, srcOffset, staging, 0, size);
+    this.flush();
+    this.stats.reads++;
+    try {
+      await staging.mapAsync(GPUMapMode.READ, 0, size);
+      const out = staging.getMappedRange(0, size).slice(0, bytes);
+      staging.unmap();
+      this.checkErrors();
+      return out;
+    } finally {
+      this.#staging.push(staging);
+    }
+  }
+
+  #takeStaging(size: number): GPUBuffer {
+    const i = this.#staging.findIndex((b) => b.size >= size && b.size <= 4 * size + 65536);
+    if (i >= 0) return this.#staging.splice(i, 1)[0];
+    return this.device.createBuffer({
+      size: Math.max(size, 4096),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      label: "gemkit.staging",
+    });
+  }
+
+  /** Waits until every submitted command has finished (used by benchmarks to time work). */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    this.checkErrors();
+  }
+}
+
+let current: Gpu | null = null;
+let pending: Promise<Gpu> | null = null;
+
+/** Options for {@link initGpu}. */
+export interface GpuOptions {
+  /** Log the adapter's description, features and key limits to stderr (default true). */
+  log?: boolean;
+}
+
+/**
+ * On Linux, picks wgpu's Vulkan backend unless the user chose one: on llvmpipe the GL backend
+ * takes 15-40 s to compile some shaders, Vulkan 0.2-0.4 s. Must run before navigator.gpu is used.
+ */
+function preferVulkan(): void {
+  if (Deno.build.os !== "linux") return;
+  try {
+    if (!Deno.env.get("DENO_WEBGPU_BACKEND")) Deno.env.set("DENO_WEBGPU_BACKEND", "vulkan");
+    if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+  } catch {
+    // Without --allow-env the defaults stay; the adapter still works, only slower to compile.
+  }
+}
+
+const HOW_TO_GET_AN_ADAPTER =
+  "No WebGPU adapter is available. On a machine without a GPU, install Mesa's CPU driver " +
+  "(apt-get install -y mesa-vulkan-drivers) and run with DENO_WEBGPU_BACKEND=vulkan " +
+  "XDG_RUNTIME_DIR=/tmp (the README's commands do both).";
+
+/**
+ * Acquires the process's WebGPU device once, requesting the adapter's full storage limits and
+ * shader-f16 / timestamp-query where offered. Later calls return the same device.
+ */
+export function initGpu(opts: GpuOptions = {}): Promise<Gpu> {
+  if (current) return Promise.resolve(current);
+  pending ??= (async () => {
+    preferVulkan();
+    if (!("gpu" in navigator) || !navigator.gpu) throw new NoAdapterError(HOW_TO_GET_AN_ADAPTER);
+    const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+    if (!adapter) throw new NoAdapterError(HOW_TO_GET_AN_ADAPTER);
+    const want = [
+      "maxStorageBufferBindingSize",
+      "maxBufferSize",
+      "maxStorageBuffersPerShaderStage",
+      "maxComputeWorkgroupStorageSize",
+      "maxComputeInvocationsPerWorkgroup",
+      "maxComputeWorkgroupSizeX",
+    ] as const;
+    const requiredLimits: Record<string, number> = {};
+    for (const k of want) requiredLimits[k] = adapter.limits[k];
+    const requiredFeatures = (["shader-f16", "timestamp-query"] as GPUFeatureName[])
+      .filter((f) => adapter.features.has(f));
+    const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
+    const gpu = new Gpu(adapter, device);
+    if (opts.log ?? true) {
+      const l = device.limits;
+      logLine(
+        `gemkit: WebGPU adapter "${gpu.description}"` +
+          ` (backend ${
+            Deno.env.get("DENO_WEBGPU_BACKEND") ?? "default"
+          }, profile ${gpu.tuning.profile});` +
+          ` features [${[...gpu.features].join(", ")}];` +
+          ` maxStorageBufferBindingSize ${l.maxStorageBufferBindingSize},` +
+          ` maxBufferSize ${l.maxBufferSize}, maxStorageBuffersPerShaderStage ${l.maxStorageBuffersPerShaderStage},` +
+          ` maxComputeWorkgroupStorageSize ${l.maxComputeWorkgroupStorageSize},` +
+          ` maxComputeInvocationsPerWorkgroup ${l.maxComputeInvocationsPerWorkgroup}`,
+      );
+    }
+    device.lost.then((info) => {
+      if (info.reason !== "destroyed") console.error(`gemkit: WebGPU device lost: ${info.message}`);
+    });
+    current = gpu;
+    return gpu;
+  })();
+  pending.catch(() => (pending = null));
+  return pending;
+}
+
+/** The device acquired by {@link initGpu}; throws when it has not been called yet. */
+export function gpu(): Gpu {
+  if (!current) throw new Error("gemkit: the GPU is not initialised; `await initGpu()` first");
+  return current;
+}

@@ -1,0 +1,113 @@
+/**
+ * What a kernel is: WGSL source plus the access mode of each storage buffer it binds.
+ *
+ * Convention for every kernel in src/gpu/kernels: binding 0 of group 0 is a uniform `Params`
+ * struct, bindings 1..n are storage buffers in the order of `buffers`. Buffers are bound whole
+ * (storage-binding offsets must be 256-byte aligned), so element offsets travel in Params.
+ */
+
+/** How a kernel binds a storage buffer. */
+export type Access = "read" | "rw";
+
+/** A compute kernel: WGSL source (entry point `main`) and its storage bindings. */
+export interface Kernel {
+  /** Label for errors and debugging; also the pipeline label. */
+  readonly name: string;
+  /** Complete WGSL source; also the pipeline cache key. */
+  readonly source: string;
+  /** Access mode of bindings 1..n. */
+  readonly buffers: readonly Access[];
+}
+
+/** Largest workgroup count per grid dimension WebGPU guarantees. */
+export const MAX_GROUPS_PER_DIM = 65535;
+
+/**
+ * Folds a 1-D count of workgroups into a grid that fits the per-dimension limit. Kernels recover the
+ * linear id with {@link LINEAR_GROUP_ID}.
+ */
+export function grid(groups: number): [number, number, number] {
+  if (groups <= MAX_GROUPS_PER_DIM) return [Math.max(groups, 1), 1, 1];
+  const y = Math.ceil(groups / MAX_GROUPS_PER_DIM);
+  if (y > MAX_GROUPS_PER_DIM) throw new Error(`grid of ${groups} workgroups exceeds 65535^2`);
+  return [MAX_GROUPS_PER_DIM, y, 1];
+}
+
+/** WGSL expression for the linear workgroup id of a grid made by {@link grid}. */
+export const LINEAR_GROUP_ID = "(wid.x + wid.y * nwg.x)";
+
+/** Builtins to declare in a kernel entry point that uses {@link LINEAR_GROUP_ID}. */
+export const GRID_BUILTINS =
+  "@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32";
+
+/**
+ * Packs uniform parameters in WGSL uniform layout: 4-byte scalars, vec4 arrays 16-byte aligned.
+ * Field order must match the kernel's `struct Params`.
+ */
+/** Writer of a kernel's uniform `Params` struct. */
+export class ParamWriter {
+  #words: number[] = [];
+  #types: ("u" | "i" | "f")[] = [];
+
+  /** Appends a u32 field. */
+  u32(v: number): this {
+    if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new RangeError(`u32 param ${v}`);
+    this.#words.push(v);
+    this.#types.push("u");
+    return this;
+  }
+  /** Appends an i32 field. */
+  i32(v: number): this {
+    if (!Number.isInteger(v) || v < -0x80000000 || v > 0x7fffffff) {
+      throw new RangeError(`i32 param ${v}`);
+    }
+    this.#words.push(v);
+    this.#types.push("i");
+    return this;
+  }
+  /** Appends an f32 field. */
+  f32(v: number): this {
+    this.#words.push(v);
+    this.#types.push("f");
+    return this;
+  }
+  /** Pads to a 16-byte boundary, as WGSL requires before a vec4 or array<vec4>. */
+  align16(): this {
+    while (this.#words.length % 4 !== 0) this.u32(0);
+    return this;
+  }
+  /** An `array<vec4<u32>, count>` holding `values` (zero-padded). */
+  vec4u(values: readonly number[], count: number): this {
+    this.align16();
+    if (values.length > count * 4) throw new RangeError(`${values.length} values > ${count} vec4`);
+    for (let i = 0; i < count * 4; i++) this.u32(values[i] ?? 0);
+    return this;
+  }
+
+  /** Writes the words into `view` at byte offset `at`; returns the padded byte length. */
+  writeTo(view: DataView, at: number): number {
+    this.align16();
+    for (let i = 0; i < this.#words.length; i++) {
+      const t = this.#types[i], v = this.#words[i], o = at + 4 * i;
+      if (t === "f") view.setFloat32(o, v, true);
+      else if (t === "i") view.setInt32(o, v, true);
+      else view.setUint32(o, v, true);
+    }
+    return this.#words.length * 4;
+  }
+
+  /** Size of the struct in bytes, padded to 16. */
+  get byteLength(): number {
+    return Math.ceil(this.#words.length / 4) * 16;
+  }
+}
+
+/** WGSL declaration of binding 0 (Params) and the storage bindings of a kernel. */
+export function bindings(params: string, buffers: [string, Access, string][]): string {
+  const lines = [`struct Params {\n${params}\n};`, `@group(0) @binding(0) var<uniform> P: Params;`];
+  buffers.forEach(([name, access, type], i) => {
+    const mode = access === "rw" ? "read_write" : "read";
+    lines.push(`@group(0) @binding(${i + 1}) var<storage, ${mode}> ${name}: ${type};`);
+  });
+  return lines.join("\n");
+}

@@ -1,0 +1,299 @@
+/**
+ * Masked multi-head attention with grouped KV heads, where the mask is a rule, not a tensor:
+ * every token has a role id, and a small role table says, for a query role and a key role,
+ * whether the query may see the key: 0 none, 1 causal (key <= query), 2 self (key == query),
+ * 3 all (anywhere in the sequence). The GEM mask and its ablations are such tables. No T x T mask
+ * or score matrix is stored: the forward pass uses an online softmax and saves only the
+ * log-sum-exp of each row; the backward pass recomputes scores.
+ *
+ * Layouts: q [B, T, Hq, D], k and v [B, T, Hkv, D], roles [B, T] i32, out like q,
+ * stats [2, B, Hq, T] (log-sum-exp, then delta = dO . O, filled by the backward pass; one
+ * buffer so no kernel binds more than 8 storage buffers). A row with no visible key outputs 0 and passes no gradient.
+ *
+ * Versions: v1 one invocation per query row (forward, dq) or key row (dk, dv); D is compiled in.
+ */
+
+import type { Gpu } from "../device.ts";
+import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import type { GpuBuffer } from "../pool.ts";
+
+/** Attention rule codes of a role table. */
+export const RULE = { none: 0, causal: 1, self: 2, all: 3 } as const;
+
+/** Largest role table (roles x roles) the kernels accept. */
+export const MAX_ROLES = 8;
+
+export interface AttentionDims {
+  b: number;
+  t: number;
+  hq: number;
+  hkv: number;
+  d: number;
+  scale: number;
+}
+
+const PARAMS = `struct Params {
+  T: u32, HQ: u32, HKV: u32, R: u32,
+  scale: f32, rows: u32, hasAll: u32, _p: u32,
+  tab: array<vec4<u32>, 16>,
+};
+@group(0) @binding(0) var<uniform> P: Params;`;
+
+const HELPERS = `
+fn rule(rq: i32, rk: i32) -> u32 {
+  let e = u32(rq) * P.R + u32(rk);
+  return P.tab[e / 4u][e % 4u];
+}
+fn allowed(rq: i32, rk: i32, t: u32, s: u32) -> bool {
+  let r = rule(rq, rk);
+  return r == 3u || (r == 1u && s <= t) || (r == 2u && s == t);
+}`;
+
+/** Query row decode shared by the forward and dq kernels. */
+function queryRow(wg: number): string {
+  return `
+  let row = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  if (row >= P.rows) { return; }
+  let t = row % P.T;
+  let bh = row / P.T;
+  let h = bh % P.HQ;
+  let b = bh / P.HQ;
+  let g = h / (P.HQ / P.HKV);
+  let rq = ROLES[b * P.T + t];
+  let qBase = ((b * P.T + t) * P.HQ + h) * D;
+  // Keys after t are visible only through an 'all' rule.
+  let end = select(t + 1u, P.T, P.hasAll != 0u);`;
+}
+
+export function attentionForwardKernel(d: number, wg: number): Kernel {
+  const source = `${PARAMS}
+const D = ${d}u;
+@group(0) @binding(1) var<storage, read> Q: array<f32>;
+@group(0) @binding(2) var<storage, read> K: array<f32>;
+@group(0) @binding(3) var<storage, read> V: array<f32>;
+@group(0) @binding(4) var<storage, read> ROLES: array<i32>;
+@group(0) @binding(5) var<storage, read_write> O: array<f32>;
+@group(0) @binding(6) var<storage, read_write> STATS: array<f32>;
+${HELPERS}
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+${queryRow(wg)}
+  var q: array<f32, ${d}>;
+  for (var j = 0u; j < D; j++) { q[j] = Q[qBase + j] * P.scale; }
+  var acc: array<f32, ${d}>;
+  var m = -3.4028234e38;
+  var l = 0.0;
+  for (var s = 0u; s < end; s++) {
+    if (!allowed(rq, ROLES[b * P.T + s], t, s)) { continue; }
+    let kBase = ((b * P.T + s) * P.HKV + g) * D;
+    var sc = 0.0;
+    for (var j = 0u; j < D; j++) { sc = fma(q[j], K[kBase + j], sc); }
+    let mNew = max(m, sc);
+    let corr = exp(m - mNew);
+    let p = exp(sc - mNew);
+    l = l * corr + p;
+    for (var j = 0u; j < D; j++) { acc[j] = acc[j] * corr + p * V[kBase + j]; }
+    m = mNew;
+  }
+  let inv = select(0.0, 1.0 / l, l > 0.0);
+  for (var j = 0u; j < D; j++) { O[qBase + j] = acc[j] * inv; }
+  STATS[row] = select(0.0, m + log(l), l > 0.0);
+}`;
+  return {
+    name: `attention_fwd_d${d}`,
+    source,
+    buffers: ["read", "read", "read", "read", "rw", "rw"],
+  };
+}
+
+/** dq for each query row, and delta = dO . O which the dk/dv kernel needs. */
+export function attentionBackwardQueryKernel(d: number, wg: number): Kernel {
+  const source = `${PARAMS}
+const D = ${d}u;
+@group(0) @binding(1) var<storage, read> Q: array<f32>;
+@group(0) @binding(2) var<storage, read> K: array<f32>;
+@group(0) @binding(3) var<storage, read> V: array<f32>;
+@group(0) @binding(4) var<storage, read> ROLES: array<i32>;
+@group(0) @binding(5) var<storage, read> O: array<f32>;
+@group(0) @binding(6) var<storage, read> DO: array<f32>;
+@group(0) @binding(7) var<storage, read_write> STATS: array<f32>;
+@group(0) @binding(8) var<storage, read_write> DQ: array<f32>;
+${HELPERS}
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+${queryRow(wg)}
+  var q: array<f32, ${d}>;
+  var dout: array<f32, ${d}>;
+  var delta = 0.0;
+  for (var j = 0u; j < D; j++) {
+    q[j] = Q[qBase + j] * P.scale;
+    dout[j] = DO[qBase + j];
+    delta = fma(dout[j], O[qBase + j], delta);
+  }
+  let lse = STATS[row];
+  var dq: array<f32, ${d}>;
+  for (var s = 0u; s < end; s++) {
+    if (!allowed(rq, ROLES[b * P.T + s], t, s)) { continue; }
+    let kBase = ((b * P.T + s) * P.HKV + g) * D;
+    var sc = 0.0;
+    var dp = 0.0;
+    for (var j = 0u; j < D; j++) {
+      sc = fma(q[j], K[kBase + j], sc);
+      dp = fma(dout[j], V[kBase + j], dp);
+    }
+    let ds = exp(sc - lse) * (dp - delta);
+    for (var j = 0u; j < D; j++) { dq[j] = fma(ds, K[kBase + j], dq[j]); }
+  }
+  for (var j = 0u; j < D; j++) { DQ[qBase + j] = dq[j] * P.scale; }
+  STATS[P.rows + row] = delta;
+}`;
+  return {
+    name: `attention_bwd_q_d${d}`,
+    source,
+    buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
+  };
+}
+
+/** dk, dv for each key row: sums over the query heads of its group and the queries that see it. */
+export function attentionBackwardKeyKernel(d: number, wg: number): Kernel {
+  const source = `${PARAMS}
+const D = ${d}u;
+@group(0) @binding(1) var<storage, read> Q: array<f32>;
+@group(0) @binding(2) var<storage, read> K: array<f32>;
+@group(0) @binding(3) var<storage, read> V: array<f32>;
+@group(0) @binding(4) var<storage, read> ROLES: array<i32>;
+@group(0) @binding(5) var<storage, read> DO: array<f32>;
+@group(0) @binding(6) var<storage, read> STATS: array<f32>;
+@group(0) @binding(7) var<storage, read_write> DK: array<f32>;
+@group(0) @binding(8) var<storage, read_write> DV: array<f32>;
+${HELPERS}
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let row = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  let keyRows = P.rows / P.HQ * P.HKV;
+  if (row >= keyRows) { return; }
+  let s = row % P.T;
+  let bg = row / P.T;
+  let g = bg % P.HKV;
+  let b = bg / P.HKV;
+  let rk = ROLES[b * P.T + s];
+  let kBase = ((b * P.T + s) * P.HKV + g) * D;
+  var k: array<f32, ${d}>;
+  var v: array<f32, ${d}>;
+  for (var j = 0u; j < D; j++) { k[j] = K[kBase + j] * P.scale; v[j] = V[kBase + j]; }
+  var dk: array<f32, ${d}>;
+  var dv: array<f32, ${d}>;
+  let group = P.HQ / P.HKV;
+  // Queries before s see it only through an 'all' rule.
+  let start = select(s, 0u, P.hasAll != 0u);
+  for (var hh = 0u; hh < group; hh++) {
+    let h = g * group + hh;
+    for (var t = start; t < P.T; t++) {
+      if (!allowed(ROLES[b * P.T + t], rk, t, s)) { continue; }
+      let qBase = ((b * P.T + t) * P.HQ + h) * D;
+      let r = (b * P.HQ + h) * P.T + t;
+      var sc = 0.0;
+      var dp = 0.0;
+      for (var j = 0u; j < D; j++) {
+        sc = fma(Q[qBase + j], k[j], sc);
+        dp = fma(DO[qBase + j], v[j], dp);
+      }
+      let p = exp(sc - STATS[r]);
+      let ds = p * (dp - STATS[P.rows + r]);
+      for (var j = 0u; j < D; j++) {
+        dv[j] = fma(p, DO[qBase + j], dv[j]);
+        dk[j] = fma(ds, Q[qBase + j], dk[j]);
+      }
+    }
+  }
+  for (var j = 0u; j < D; j++) { DK[kBase + j] = dk[j] * P.scale; DV[kBase + j] = dv[j]; }
+}`;
+  return {
+    name: `attention_bwd_kv_d${d}`,
+    source,
+    buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
+  };
+}
+
+function params(dims: AttentionDims, table: readonly (readonly number[])[]): ParamWriter {
+  const r = table.length;
+  const flat = table.flat();
+  const hasAll = flat.includes(RULE.all) ? 1 : 0;
+  return new ParamWriter()
+    .u32(dims.t).u32(dims.hq).u32(dims.hkv).u32(r)
+    .f32(dims.scale).u32(dims.b * dims.hq * dims.t).u32(hasAll).u32(0)
+    .vec4u(flat, 16);
+}
+
+/** Checks a role table: square, at most MAX_ROLES, entries in 0..3. Returns an error or null. */
+export function checkRoleTable(table: readonly (readonly number[])[]): string | null {
+  const r = table.length;
+  if (r === 0 || r > MAX_ROLES) return `role table must have 1..${MAX_ROLES} rows, got ${r}`;
+  for (let i = 0; i < r; i++) {
+    if (table[i].length !== r) {
+      return `role table row ${i} has ${table[i].length} entries, want ${r}`;
+    }
+    for (const v of table[i]) {
+      if (!Number.isInteger(v) || v < 0 || v > 3) return `role table entry ${v} not in 0..3`;
+    }
+  }
+  return null;
+}
+
+export function runAttention(
+  gpu: Gpu,
+  bufs: {
+    q: GpuBuffer;
+    k: GpuBuffer;
+    v: GpuBuffer;
+    roles: GpuBuffer;
+    o: GpuBuffer;
+    stats: GpuBuffer;
+  },
+  dims: AttentionDims,
+  table: readonly (readonly number[])[],
+): void {
+  const wg = gpu.tuning.attentionWorkgroup;
+  const rows = dims.b * dims.hq * dims.t;
+  gpu.dispatch(
+    attentionForwardKernel(dims.d, wg),
+    [bufs.q, bufs.k, bufs.v, bufs.roles, bufs.o, bufs.stats],
+    params(dims, table),
+    grid(Math.ceil(rows / wg)),
+  );
+}
+
+export function runAttentionBackward(
+  gpu: Gpu,
+  bufs: {
+    q: GpuBuffer;
+    k: GpuBuffer;
+    v: GpuBuffer;
+    roles: GpuBuffer;
+    o: GpuBuffer;
+    dout: GpuBuffer;
+    stats: GpuBuffer;
+    dq: GpuBuffer;
+    dk: GpuBuffer;
+    dv: GpuBuffer;
+  },
+  dims: AttentionDims,
+  table: readonly (readonly number[])[],
+): void {
+  const wg = gpu.tuning.attentionWorkgroup;
+  const p = params(dims, table);
+  const rows = dims.b * dims.hq * dims.t;
+  gpu.dispatch(
+    attentionBackwardQueryKernel(dims.d, wg),
+    [bufs.q, bufs.k, bufs.v, bufs.roles, bufs.o, bufs.dout, bufs.stats, bufs.dq],
+    p,
+    grid(Math.ceil(rows / wg)),
+  );
+  const keyRows = dims.b * dims.hkv * dims.t;
+  gpu.dispatch(
+    attentionBackwardKeyKernel(dims.d, wg),
+    [bufs.q, bufs.k, bufs.v, bufs.roles, bufs.dout, bufs.stats, bufs.dk, bufs.dv],
+    p,
+    grid(Math.ceil(keyRows / wg)),
+  );
+}

@@ -1,0 +1,150 @@
+/**
+ * Fused cross-entropy over logits [N, V] with integer targets [N] and an ignore index.
+ *
+ *   forward 1: per row lse = logsumexp(row), loss_row = lse - row[target] (0 when ignored)
+ *   forward 2: one workgroup sums loss_row and the count of kept rows -> out = [mean, count]
+ *   backward : dlogits = g / count * (softmax(row) - onehot(target)), 0 on ignored rows
+ * No [N, V] softmax is stored and nothing is read back to learn the count.
+ *
+ * Versions: v1.
+ */
+
+import type { Gpu } from "../device.ts";
+import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import type { GpuBuffer } from "../pool.ts";
+import { rowReduceHelpers } from "./rowwise.ts";
+
+const PARAMS = "struct Params { rows: u32, v: u32, ignore: i32, _p: u32 };\n" +
+  "@group(0) @binding(0) var<uniform> P: Params;";
+
+export function crossEntropyRowsKernel(wg: number): Kernel {
+  const source = `${PARAMS}
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> T: array<i32>;
+@group(0) @binding(3) var<storage, read_write> LSE: array<f32>;
+@group(0) @binding(4) var<storage, read_write> L: array<f32>;
+${rowReduceHelpers(wg)}
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let row = ${LINEAR_GROUP_ID};
+  if (row >= P.rows) { return; }
+  let base = row * P.v;
+  var m = -3.4028234e38;
+  for (var j = lid; j < P.v; j += ${wg}u) { m = max(m, X[base + j]); }
+  m = wgMax(m, lid);
+  var s = 0.0;
+  for (var j = lid; j < P.v; j += ${wg}u) { s += exp(X[base + j] - m); }
+  s = wgSum(s, lid);
+  if (lid == 0u) {
+    let lse = m + log(s);
+    LSE[row] = lse;
+    let t = T[row];
+    // Out-of-range targets were rejected on the host; clamp keeps the read in bounds regardless.
+    let tc = u32(clamp(t, 0, i32(P.v) - 1));
+    L[row] = select(lse - X[base + tc], 0.0, t == P.ignore);
+  }
+}`;
+  return { name: "cross_entropy_rows", source, buffers: ["read", "read", "rw", "rw"] };
+}
+
+export function crossEntropyMeanKernel(wg: number): Kernel {
+  const source = `${PARAMS}
+@group(0) @binding(1) var<storage, read> L: array<f32>;
+@group(0) @binding(2) var<storage, read> T: array<i32>;
+@group(0) @binding(3) var<storage, read_write> OUT: array<f32>;
+${rowReduceHelpers(wg)}
+@compute @workgroup_size(${wg})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  var s = 0.0;
+  var c = 0.0;
+  for (var r = lid; r < P.rows; r += ${wg}u) {
+    s += L[r];
+    c += select(1.0, 0.0, T[r] == P.ignore);
+  }
+  s = wgSum(s, lid);
+  c = wgSum(c, lid);
+  if (lid == 0u) {
+    OUT[0] = select(s / c, 0.0, c == 0.0);
+    OUT[1] = c;
+  }
+}`;
+  return { name: "cross_entropy_mean", source, buffers: ["read", "read", "rw"] };
+}
+
+export function crossEntropyBackwardKernel(wg: number): Kernel {
+  const source = `${PARAMS}
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> T: array<i32>;
+@group(0) @binding(3) var<storage, read> LSE: array<f32>;
+@group(0) @binding(4) var<storage, read> OUT: array<f32>;
+@group(0) @binding(5) var<storage, read> G: array<f32>;
+@group(0) @binding(6) var<storage, read_write> DX: array<f32>;
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  if (i >= P.rows * P.v) { return; }
+  let row = i / P.v;
+  let j = i % P.v;
+  let t = T[row];
+  let count = OUT[1];
+  let scale = select(G[0] / count, 0.0, count == 0.0 || t == P.ignore);
+  let p = exp(X[i] - LSE[row]);
+  DX[i] = scale * (p - select(0.0, 1.0, i32(j) == t));
+}`;
+  return {
+    name: "cross_entropy_bwd",
+    source,
+    buffers: ["read", "read", "read", "read", "read", "rw"],
+  };
+}
+
+function params(rows: number, v: number, ignore: number): ParamWriter {
+  return new ParamWriter().u32(rows).u32(v).i32(ignore).u32(0);
+}
+
+/** Records forward: `lse` [N], `rowLoss` [N], `out` [2] = (mean loss, kept-row count). */
+export function runCrossEntropy(
+  gpu: Gpu,
+  logits: GpuBuffer,
+  targets: GpuBuffer,
+  lse: GpuBuffer,
+  rowLoss: GpuBuffer,
+  out: GpuBuffer,
+  rows: number,
+  v: number,
+  ignore: number,
+): void {
+  const wg = gpu.tuning.rowWorkgroup;
+  gpu.dispatch(
+    crossEntropyRowsKernel(wg),
+    [logits, targets, lse, rowLoss],
+    params(rows, v, ignore),
+    grid(rows),
+  );
+  gpu.dispatch(crossEntropyMeanKernel(wg), [rowLoss, targets, out], params(rows, v, ignore), [
+    1,
+    1,
+    1,
+  ]);
+}
+
+export function runCrossEntropyBackward(
+  gpu: Gpu,
+  logits: GpuBuffer,
+  targets: GpuBuffer,
+  lse: GpuBuffer,
+  out: GpuBuffer,
+  g: GpuBuffer,
+  dx: GpuBuffer,
+  rows: number,
+  v: number,
+  ignore: number,
+): void {
+  const wg = gpu.tuning.elementwiseWorkgroup;
+  gpu.dispatch(
+    crossEntropyBackwardKernel(wg),
+    [logits, targets, lse, out, g, dx],
+    params(rows, v, ignore),
+    grid(Math.ceil((rows * v) / wg)),
+  );
+}

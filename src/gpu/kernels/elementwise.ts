@@ -1,0 +1,217 @@
+/**
+ * Elementwise kernels: out[i] = expr(x0[...], x1[...], x2[...]) over a contiguous output, with each
+ * input read through its own strides (stride 0 = broadcast), so transposed or broadcast views need
+ * no copy. One generator serves unary ops, binary ops, their gradients and copies.
+ *
+ * Versions: v1 one element per invocation, strided index math unrolled for the rank; a contiguous
+ * fast path when every input is laid out exactly like the output.
+ */
+
+import type { Gpu } from "../device.ts";
+import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import type { GpuBuffer } from "../pool.ts";
+
+/** WGSL element type names for the storage dtypes the engine knows. */
+export type WgslType = "f32" | "i32";
+
+/**
+ * An operand of an elementwise kernel: its buffer, element offset, strides (one per output dim)
+ * and the name the expression uses for its value.
+ */
+export interface StridedInput {
+  name: string;
+  buf: GpuBuffer;
+  offset: number;
+  strides: readonly number[];
+  type: WgslType;
+}
+
+/** Where an elementwise kernel writes: contiguous unless strides are given (a view). */
+export interface StridedOutput {
+  buf: GpuBuffer;
+  offset: number;
+  strides: readonly number[];
+  type: WgslType;
+}
+
+/** Most output dims an elementwise kernel indexes (shapes are padded up to this). */
+export const MAX_RANK = 8;
+
+/**
+ * Unary expressions over `a` (the input value) and `c` (a scalar f32 parameter). Extreme inputs are
+ * handled without relying on inf behaviour, which WGSL leaves to the implementation.
+ */
+export const UNARY = {
+  copy: "a",
+  neg: "-a",
+  exp: "exp(a)",
+  log: "log(a)",
+  sqrt: "sqrt(a)",
+  rsqrt: "inverseSqrt(a)",
+  sigmoid: "sigmoid(a)",
+  silu: "a * sigmoid(a)",
+  tanh: "tanh(clamp(a, -15.0, 15.0))",
+  relu: "max(a, 0.0)",
+  square: "a * a",
+  abs: "abs(a)",
+  recip: "1.0 / a",
+  addScalar: "a + P.c",
+  mulScalar: "a * P.c",
+  powScalar: "pow(a, P.c)",
+  fill: "P.c",
+} as const;
+export type UnaryFn = keyof typeof UNARY;
+
+/** d unary(a) / da times the upstream gradient g, from the input value a. */
+export const UNARY_GRAD: Record<UnaryFn, string> = {
+  copy: "g",
+  neg: "-g",
+  exp: "g * exp(a)",
+  log: "g / a",
+  sqrt: "g * 0.5 / sqrt(a)",
+  rsqrt: "g * -0.5 * inverseSqrt(a) / a",
+  sigmoid: "g * sigmoid(a) * (1.0 - sigmoid(a))",
+  silu: "g * (sigmoid(a) * (1.0 + a * (1.0 - sigmoid(a))))",
+  tanh: "g * (1.0 - tanh(clamp(a, -15.0, 15.0)) * tanh(clamp(a, -15.0, 15.0)))",
+  relu: "select(0.0, g, a > 0.0)",
+  square: "g * 2.0 * a",
+  abs: "g * sign(a)",
+  recip: "-g / (a * a)",
+  addScalar: "g",
+  mulScalar: "g * P.c",
+  powScalar: "g * P.c * pow(a, P.c - 1.0)",
+  fill: "0.0",
+};
+
+export const BINARY = {
+  add: "a + b",
+  sub: "a - b",
+  mul: "a * b",
+  div: "a / b",
+  maximum: "max(a, b)",
+  minimum: "min(a, b)",
+  pow: "pow(a, b)",
+  gt: "select(0.0, 1.0, a > b)",
+  eq: "select(0.0, 1.0, a == b)",
+} as const;
+export type BinaryFn = keyof typeof BINARY;
+
+/** WGSL helpers available to every expression. */
+const HELPERS = `
+fn sigmoid(x: f32) -> f32 {
+  // Two branches so exp never sees a large positive argument.
+  let e = exp(-abs(x));
+  return select(e / (1.0 + e), 1.0 / (1.0 + e), x >= 0.0);
+}`;
+
+/**
+ * Generates the kernel for `expr` over inputs with the given names and types. Operand 0..n-1 are
+ * the inputs, operand n is the output; `contiguous` means every operand is laid out like a
+ * contiguous output, so index math is skipped.
+ */
+export function elementwiseKernel(
+  expr: string,
+  names: readonly string[],
+  types: readonly WgslType[],
+  outType: WgslType,
+  rank: number,
+  contiguous: boolean,
+  workgroup: number,
+): Kernel {
+  const ops = [...names.map((_, i) => i), names.length];
+  const params = [
+    "  n: u32,",
+    "  c: f32,",
+    ...ops.map((i) => `  off${i}: u32,`),
+    "  shape: array<vec4<u32>, 2>,",
+    ...ops.map((i) => `  st${i}: array<vec4<u32>, 2>,`),
+  ].join("\n");
+  const decl = [
+    `struct Params {\n${params}\n};`,
+    "@group(0) @binding(0) var<uniform> P: Params;",
+    ...types.map((t, i) => `@group(0) @binding(${i + 1}) var<storage, read> x${i}: array<${t}>;`),
+    `@group(0) @binding(${types.length + 1}) var<storage, read_write> out: array<${outType}>;`,
+  ].join("\n");
+  const index: string[] = [];
+  const o = names.length;
+  if (contiguous) {
+    names.forEach((n, i) => index.push(`  let ${n} = x${i}[P.off${i} + i];`));
+    index.push(`  let at = P.off${o} + i;`);
+  } else {
+    index.push("  var rem = i;");
+    ops.forEach((i) => index.push(`  var o${i} = P.off${i};`));
+    for (let d = rank - 1; d >= 0; d--) {
+      const s = `[${d >> 2}][${d & 3}]`;
+      index.push(`  { let c = rem % P.shape${s}; rem = rem / P.shape${s};`);
+      ops.forEach((i) => index.push(`    o${i} += c * P.st${i}${s};`));
+      index.push("  }");
+    }
+    names.forEach((n, i) => index.push(`  let ${n} = x${i}[o${i}];`));
+    index.push(`  let at = o${o};`);
+  }
+  const source = `${decl}
+${HELPERS}
+@compute @workgroup_size(${workgroup})
+fn main(${GRID_BUILTINS}) {
+  let i = ${LINEAR_GROUP_ID} * ${workgroup}u + lid;
+  if (i >= P.n) { return; }
+${index.join("\n")}
+  out[at] = ${outType}(${expr});
+}`;
+  return {
+    name: `elementwise(${expr.slice(0, 40)})`,
+    source,
+    buffers: [...types.map(() => "read" as const), "rw"],
+  };
+}
+
+const kernelMemo = new Map<string, Kernel>();
+
+/**
+ * Dispatches `expr` over `inputs` into `out`, all indexed over `shape`. `c` is the scalar
+ * parameter some expressions use (P.c).
+ */
+export function runElementwise(
+  gpu: Gpu,
+  expr: string,
+  inputs: readonly StridedInput[],
+  out: StridedOutput,
+  shape: readonly number[],
+  c = 0,
+): void {
+  const n = shape.reduce((p, q) => p * q, 1);
+  if (n === 0) return;
+  if (shape.length > MAX_RANK) throw new Error(`elementwise: rank ${shape.length} > ${MAX_RANK}`);
+  const contig = contiguousStrides(shape);
+  const operands = [...inputs, out];
+  const contiguous = operands.every((x) =>
+    x.strides.every((s, d) => shape[d] === 1 || s === contig[d])
+  );
+  // Drop unit dims: they never move the index.
+  const keep = shape.map((s, d) => (s !== 1 ? d : -1)).filter((d) => d >= 0);
+  const wg = gpu.tuning.elementwiseWorkgroup;
+  const names = inputs.map((x) => x.name);
+  const types = inputs.map((x) => x.type);
+  const key = `${expr}|${names}|${types}|${out.type}|${keep.length}|${contiguous}|${wg}`;
+  let kernel = kernelMemo.get(key);
+  if (!kernel) {
+    kernel = elementwiseKernel(expr, names, types, out.type, keep.length, contiguous, wg);
+    kernelMemo.set(key, kernel);
+  }
+  const p = new ParamWriter().u32(n).f32(c);
+  for (const x of operands) p.u32(x.offset);
+  p.vec4u(keep.map((d) => shape[d]), 2);
+  for (const x of operands) p.vec4u(keep.map((d) => x.strides[d]), 2);
+  gpu.dispatch(kernel, operands.map((x) => x.buf), p, grid(Math.ceil(n / wg)));
+}
+
+/** Row-major strides of a shape. */
+export function contiguousStrides(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let d = shape.length - 1; d >= 0; d--) {
+    s[d] = acc;
+    acc *= shape[d];
+  }
+  return s;
+}

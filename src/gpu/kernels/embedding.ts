@@ -1,0 +1,133 @@
+/**
+ * Row gather out[i, :] = W[ids[i], :] and its backward, a deterministic scatter-add.
+ *
+ * WGSL has no float atomics, so the backward groups positions by id instead of adding into dW
+ * concurrently. Versions:
+ *   bwd v1 (scan): one invocation per (row v, column d) scans all ids; O(V * N * D), used when
+ *          the ids live only on the GPU;
+ *   bwd v2 (grouped): the host sorts positions by id (ids are usually uploaded from the host, so
+ *          it has them), then one invocation per (distinct id, column) sums its positions in
+ *          order; O(N * D) and bitwise deterministic.
+ */
+
+import type { Gpu } from "../device.ts";
+import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import type { GpuBuffer } from "../pool.ts";
+
+const PARAMS = "struct Params { n: u32, d: u32, v: u32, groups: u32 };\n" +
+  "@group(0) @binding(0) var<uniform> P: Params;";
+
+export function gatherKernel(wg: number): Kernel {
+  const source = `${PARAMS}
+@group(0) @binding(1) var<storage, read> W: array<f32>;
+@group(0) @binding(2) var<storage, read> IDS: array<i32>;
+@group(0) @binding(3) var<storage, read_write> Y: array<f32>;
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  if (i >= P.n * P.d) { return; }
+  let row = u32(clamp(IDS[i / P.d], 0, i32(P.v) - 1));
+  Y[i] = W[row * P.d + i % P.d];
+}`;
+  return { name: "gather", source, buffers: ["read", "read", "rw"] };
+}
+
+export function scatterScanKernel(wg: number): Kernel {
+  const source = `${PARAMS}
+@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(2) var<storage, read> IDS: array<i32>;
+@group(0) @binding(3) var<storage, read_write> DW: array<f32>;
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let t = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  if (t >= P.v * P.d) { return; }
+  let v = i32(t / P.d);
+  let j = t % P.d;
+  var s = 0.0;
+  for (var i = 0u; i < P.n; i++) {
+    if (IDS[i] == v) { s += G[i * P.d + j]; }
+  }
+  DW[t] = s;
+}`;
+  return { name: "scatter_scan", source, buffers: ["read", "read", "rw"] };
+}
+
+/** PLAN = [groups: (id, start)...][positions sorted by id]; DW must be zeroed by the caller. */
+export function scatterGroupedKernel(wg: number): Kernel {
+  const source = `${PARAMS}
+@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(2) var<storage, read> PLAN: array<i32>;
+@group(0) @binding(3) var<storage, read_write> DW: array<f32>;
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let t = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  if (t >= P.groups * P.d) { return; }
+  let g = t / P.d;
+  let j = t % P.d;
+  let id = u32(PLAN[2u * g]);
+  let start = u32(PLAN[2u * g + 1u]);
+  let end = select(P.n, u32(PLAN[2u * g + 3u]), g + 1u < P.groups);
+  let pos0 = 2u * P.groups;
+  var s = 0.0;
+  for (var k = start; k < end; k++) { s += G[u32(PLAN[pos0 + k]) * P.d + j]; }
+  DW[id * P.d + j] = s;
+}`;
+  return { name: "scatter_grouped", source, buffers: ["read", "read", "rw"] };
+}
+
+/** Host plan for the grouped scatter: distinct ids with segment starts, then sorted positions. */
+export function scatterPlan(ids: Int32Array): { plan: Int32Array; groups: number } {
+  const order = Array.from(ids.keys()).sort((a, b) => ids[a] - ids[b] || a - b);
+  const heads: number[] = [];
+  for (let k = 0; k < order.length; k++) {
+    if (k === 0 || ids[order[k]] !== ids[order[k - 1]]) heads.push(ids[order[k]], k);
+  }
+  const groups = heads.length / 2;
+  const plan = new Int32Array(2 * groups + ids.length);
+  plan.set(heads);
+  plan.set(order, 2 * groups);
+  return { plan, groups };
+}
+
+export function runGather(
+  gpu: Gpu,
+  w: GpuBuffer,
+  ids: GpuBuffer,
+  y: GpuBuffer,
+  n: number,
+  d: number,
+  v: number,
+): void {
+  const wg = gpu.tuning.elementwiseWorkgroup;
+  const p = new ParamWriter().u32(n).u32(d).u32(v).u32(0);
+  gpu.dispatch(gatherKernel(wg), [w, ids, y], p, grid(Math.ceil((n * d) / wg)));
+}
+
+export function runScatterScan(
+  gpu: Gpu,
+  g: GpuBuffer,
+  ids: GpuBuffer,
+  dw: GpuBuffer,
+  n: number,
+  d: number,
+  v: number,
+): void {
+  const wg = gpu.tuning.elementwiseWorkgroup;
+  const p = new ParamWriter().u32(n).u32(d).u32(v).u32(0);
+  gpu.dispatch(scatterScanKernel(wg), [g, ids, dw], p, grid(Math.ceil((v * d) / wg)));
+}
+
+export function runScatterGrouped(
+  gpu: Gpu,
+  g: GpuBuffer,
+  plan: GpuBuffer,
+  groups: number,
+  dw: GpuBuffer,
+  n: number,
+  d: number,
+  v: number,
+): void {
+  const wg = gpu.tuning.elementwiseWorkgroup;
+  const p = new ParamWriter().u32(n).u32(d).u32(v).u32(groups);
+  gpu.dispatch(scatterGroupedKernel(wg), [g, plan, dw], p, grid(Math.ceil((groups * d) / wg)));
+}

@@ -1,0 +1,152 @@
+/**
+ * In-place update kernels: AdamW with decoupled weight decay, gradient accumulation, and the two
+ * halves of global-norm clipping. They write into buffers the caller owns (parameters, moments,
+ * gradients), which is why they are not elementwise expressions: WebGPU forbids binding one buffer
+ * as both a read and a read-write input.
+ *
+ * Versions: v1 one invocation per element.
+ */
+
+import type { Gpu } from "../device.ts";
+import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import type { GpuBuffer } from "../pool.ts";
+import { rowReduceHelpers } from "./rowwise.ts";
+
+export interface AdamWStep {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** 1-based step number, for bias correction. */
+  step: number;
+}
+
+export function adamwKernel(wg: number): Kernel {
+  const source = `struct Params {
+  n: u32, lr: f32, b1: f32, b2: f32,
+  eps: f32, wd: f32, c1: f32, c2: f32,
+};
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> W: array<f32>;
+@group(0) @binding(2) var<storage, read> G: array<f32>;
+@group(0) @binding(3) var<storage, read_write> M: array<f32>;
+@group(0) @binding(4) var<storage, read_write> V: array<f32>;
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  if (i >= P.n) { return; }
+  let g = G[i];
+  var w = W[i] * (1.0 - P.lr * P.wd);
+  let m = P.b1 * M[i] + (1.0 - P.b1) * g;
+  let v = P.b2 * V[i] + (1.0 - P.b2) * g * g;
+  M[i] = m;
+  V[i] = v;
+  W[i] = w - P.lr * (m / P.c1) / (sqrt(v / P.c2) + P.eps);
+}`;
+  return { name: "adamw", source, buffers: ["rw", "read", "rw", "rw"] };
+}
+
+export function runAdamW(
+  gpu: Gpu,
+  w: GpuBuffer,
+  g: GpuBuffer,
+  m: GpuBuffer,
+  v: GpuBuffer,
+  n: number,
+  s: AdamWStep,
+): void {
+  const wg = gpu.tuning.elementwiseWorkgroup;
+  const p = new ParamWriter().u32(n).f32(s.lr).f32(s.beta1).f32(s.beta2)
+    .f32(s.eps).f32(s.weightDecay).f32(1 - s.beta1 ** s.step).f32(1 - s.beta2 ** s.step);
+  gpu.dispatch(adamwKernel(wg), [w, g, m, v], p, grid(Math.ceil(n / wg)));
+}
+
+/** Y[offY + i] += X[offX + i] * c; accumulates gradients into a leaf's existing buffer. */
+export function accumulateKernel(wg: number): Kernel {
+  const source = `struct Params { n: u32, offX: u32, offY: u32, c: f32 };
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  if (i >= P.n) { return; }
+  Y[P.offY + i] += X[P.offX + i] * P.c;
+}`;
+  return { name: "accumulate", source, buffers: ["read", "rw"] };
+}
+
+export function runAccumulate(
+  gpu: Gpu,
+  x: GpuBuffer,
+  offX: number,
+  y: GpuBuffer,
+  offY: number,
+  n: number,
+  c = 1,
+): void {
+  const wg = gpu.tuning.elementwiseWorkgroup;
+  const p = new ParamWriter().u32(n).u32(offX).u32(offY).f32(c);
+  gpu.dispatch(accumulateKernel(wg), [x, y], p, grid(Math.ceil(n / wg)));
+}
+
+/** From per-tensor sums of squares: out = [norm, coef] with coef = min(1, max / (norm + 1e-6)). */
+export function clipCoefKernel(wg: number): Kernel {
+  const source = `struct Params { n: u32, maxNorm: f32, _a: u32, _b: u32 };
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> S: array<f32>;
+@group(0) @binding(2) var<storage, read_write> OUT: array<f32>;
+${rowReduceHelpers(wg)}
+@compute @workgroup_size(${wg})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  var s = 0.0;
+  for (var i = lid; i < P.n; i += ${wg}u) { s += S[i]; }
+  s = wgSum(s, lid);
+  if (lid == 0u) {
+    let norm = sqrt(s);
+    OUT[0] = norm;
+    OUT[1] = min(1.0, P.maxNorm / (norm + 1e-6));
+  }
+}`;
+  return { name: "clip_coef", source, buffers: ["read", "rw"] };
+}
+
+export function runClipCoef(
+  gpu: Gpu,
+  sumsq: GpuBuffer,
+  n: number,
+  maxNorm: number,
+  out: GpuBuffer,
+): void {
+  const wg = gpu.tuning.rowWorkgroup;
+  const p = new ParamWriter().u32(n).f32(maxNorm).u32(0).u32(0);
+  gpu.dispatch(clipCoefKernel(wg), [sumsq, out], p, [1, 1, 1]);
+}
+
+/** Y[i] *= S[at]: scales a gradient in place by a scalar that lives on the GPU. */
+export function scaleByKernel(wg: number): Kernel {
+  const source = `struct Params { n: u32, at: u32, _a: u32, _b: u32 };
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> S: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  if (i >= P.n) { return; }
+  Y[i] *= S[P.at];
+}`;
+  return { name: "scale_by", source, buffers: ["read", "rw"] };
+}
+
+export function runScaleBy(
+  gpu: Gpu,
+  s: GpuBuffer,
+  at: number,
+  y: GpuBuffer,
+  n: number,
+): void {
+  const wg = gpu.tuning.elementwiseWorkgroup;
+  const p = new ParamWriter().u32(n).u32(at).u32(0).u32(0);
+  gpu.dispatch(scaleByKernel(wg), [s, y], p, grid(Math.ceil(n / wg)));
+}

@@ -1,0 +1,147 @@
+/**
+ * Reductions over one axis of a contiguous tensor seen as [outer, R, inner]:
+ * out[o, i] = scale * reduce_r f(x[o, r, i]), optionally with the arg index of the max.
+ *
+ * Versions:
+ *   v1 one invocation per output, serial over R (short reductions, many outputs);
+ *   v2 one workgroup per output, invocations stride over R, tree reduction in workgroup memory
+ *      (long reductions, few outputs).
+ * `runReduce` picks one by shape.
+ */
+
+import type { Gpu } from "../device.ts";
+import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import type { GpuBuffer } from "../pool.ts";
+
+export type ReduceFn = "sum" | "max" | "sumsq";
+
+const INIT: Record<ReduceFn, string> = { sum: "0.0", sumsq: "0.0", max: "-3.4028234e38" };
+const MAP: Record<ReduceFn, string> = { sum: "v", sumsq: "v * v", max: "v" };
+
+const PARAMS = `struct Params { outer: u32, r: u32, inner: u32, off: u32, scale: f32, offOut: u32 };
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> I: array<i32>;`;
+
+export function reduceKernelV1(fn: ReduceFn, wg: number): Kernel {
+  const update = fn === "max" ? "if (v > acc) { acc = v; arg = i32(r); }" : `acc += ${MAP[fn]};`;
+  const source = `${PARAMS}
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let t = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  if (t >= P.outer * P.inner) { return; }
+  let o = t / P.inner;
+  let i = t % P.inner;
+  var acc = ${INIT[fn]};
+  var arg = 0;
+  let base = P.off + o * P.r * P.inner + i;
+  for (var r = 0u; r < P.r; r++) {
+    let v = X[base + r * P.inner];
+    ${update}
+  }
+  Y[P.offOut + t] = acc * P.scale;
+  ${fn === "max" ? "I[t] = arg;" : ""}
+}`;
+  return { name: `reduce_v1_${fn}`, source, buffers: ["read", "rw", "rw"] };
+}
+
+export function reduceKernelV2(fn: ReduceFn, wg: number): Kernel {
+  const update = fn === "max" ? "if (v > acc) { acc = v; arg = i32(r); }" : `acc += ${MAP[fn]};`;
+  const combine = fn === "max"
+    ? `let ov = sv[lid + s]; let oa = sa[lid + s];
+       if (ov > sv[lid] || (ov == sv[lid] && oa < sa[lid])) { sv[lid] = ov; sa[lid] = oa; }`
+    : "sv[lid] += sv[lid + s];";
+  const source = `${PARAMS}
+var<workgroup> sv: array<f32, ${wg}>;
+var<workgroup> sa: array<i32, ${wg}>;
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let t = ${LINEAR_GROUP_ID};
+  if (t >= P.outer * P.inner) { return; }
+  let o = t / P.inner;
+  let i = t % P.inner;
+  var acc = ${INIT[fn]};
+  var arg = 0;
+  let base = P.off + o * P.r * P.inner + i;
+  for (var r = lid; r < P.r; r += ${wg}u) {
+    let v = X[base + r * P.inner];
+    ${update}
+  }
+  sv[lid] = acc;
+  sa[lid] = arg;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { ${combine} }
+    workgroupBarrier();
+  }
+  if (lid == 0u) {
+    Y[P.offOut + t] = sv[0] * P.scale;
+    ${fn === "max" ? "I[t] = sa[0];" : ""}
+  }
+}`;
+  return { name: `reduce_v2_${fn}`, source, buffers: ["read", "rw", "rw"] };
+}
+
+/**
+ * Records the reduction of X (contiguous from `off`) into Y[offOut..]; `arg` receives arg-max
+ * indices for `max` (pass any i32 buffer otherwise; it is not written).
+ */
+export function runReduce(
+  gpu: Gpu,
+  fn: ReduceFn,
+  x: GpuBuffer,
+  off: number,
+  dims: { outer: number; r: number; inner: number },
+  y: GpuBuffer,
+  offOut: number,
+  arg: GpuBuffer,
+  scale = 1,
+): void {
+  const outputs = dims.outer * dims.inner;
+  if (outputs === 0) return;
+  const p = new ParamWriter().u32(dims.outer).u32(dims.r).u32(dims.inner).u32(off).f32(scale)
+    .u32(offOut);
+  // Long reductions with few outputs parallelise over R instead of over outputs.
+  const serial = dims.r <= 64 || outputs >= 4 * 1024;
+  if (serial) {
+    const wg = gpu.tuning.elementwiseWorkgroup;
+    gpu.dispatch(reduceKernelV1(fn, wg), [x, y, arg], p, grid(Math.ceil(outputs / wg)));
+  } else {
+    const wg = gpu.tuning.rowWorkgroup;
+    gpu.dispatch(reduceKernelV2(fn, wg), [x, y, arg], p, grid(outputs));
+  }
+}
+
+/** Backward of max: dx[o, r, i] = g[o, i] where r is the saved arg-max, else 0. */
+export function argmaxScatterKernel(wg: number): Kernel {
+  const source = `struct Params { outer: u32, r: u32, inner: u32, _p: u32 };
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> G: array<f32>;
+@group(0) @binding(2) var<storage, read> ARG: array<i32>;
+@group(0) @binding(3) var<storage, read_write> DX: array<f32>;
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let t = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  if (t >= P.outer * P.r * P.inner) { return; }
+  let i = t % P.inner;
+  let r = (t / P.inner) % P.r;
+  let o = t / (P.inner * P.r);
+  let j = o * P.inner + i;
+  DX[t] = select(0.0, G[j], ARG[j] == i32(r));
+}`;
+  return { name: "argmax_scatter", source, buffers: ["read", "read", "rw"] };
+}
+
+export function runArgmaxScatter(
+  gpu: Gpu,
+  g: GpuBuffer,
+  arg: GpuBuffer,
+  dx: GpuBuffer,
+  dims: { outer: number; r: number; inner: number },
+): void {
+  const wg = gpu.tuning.elementwiseWorkgroup;
+  const n = dims.outer * dims.r * dims.inner;
+  const p = new ParamWriter().u32(dims.outer).u32(dims.r).u32(dims.inner).u32(0);
+  gpu.dispatch(argmaxScatterKernel(wg), [g, arg, dx], p, grid(Math.ceil(n / wg)));
+}

@@ -1,0 +1,78 @@
+/**
+ * Rotary position embedding on interleaved pairs (llama2.c's layout: (x0,x1), (x2,x3), ...) of
+ * x [B, T, H, D]. Angles come from a host-computed table [maxPos, D/2, 2] of (cos, sin) in float64
+ * rounded once, because WGSL only promises cos/sin to ~2^-11 absolute error.
+ * The backward pass is the same rotation by the negative angle (`sign` = -1).
+ *
+ * Versions: v1 one invocation per pair.
+ */
+
+import type { Gpu } from "../device.ts";
+import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import type { GpuBuffer } from "../pool.ts";
+
+export function ropeKernel(wg: number, explicitPos: boolean): Kernel {
+  const source = `struct Params { pairs: u32, t: u32, h: u32, half: u32, maxPos: u32, sign: f32 };
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> TAB: array<f32>;
+@group(0) @binding(3) var<storage, read> POS: array<i32>;
+@group(0) @binding(4) var<storage, read_write> Y: array<f32>;
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  if (i >= P.pairs) { return; }
+  let k = i % P.half;
+  let token = i / (P.half * P.h);
+  ${explicitPos ? "let pos = u32(POS[token]);" : "let pos = token % P.t;"}
+  let at = (min(pos, P.maxPos - 1u) * P.half + k) * 2u;
+  let c = TAB[at];
+  let s = TAB[at + 1u] * P.sign;
+  let x0 = X[2u * i];
+  let x1 = X[2u * i + 1u];
+  Y[2u * i] = x0 * c - x1 * s;
+  Y[2u * i + 1u] = x0 * s + x1 * c;
+}`;
+  return {
+    name: `rope${explicitPos ? "_pos" : ""}`,
+    source,
+    buffers: ["read", "read", "read", "rw"],
+  };
+}
+
+/** Host table of (cos, sin) for positions [0, maxPos) and pair k: angle = pos * theta^(-2k/D). */
+export function ropeTable(headDim: number, maxPos: number, theta: number): Float32Array {
+  const half = headDim / 2;
+  const tab = new Float32Array(maxPos * half * 2);
+  for (let p = 0; p < maxPos; p++) {
+    for (let k = 0; k < half; k++) {
+      const a = p * Math.pow(theta, (-2 * k) / headDim);
+      tab[(p * half + k) * 2] = Math.cos(a);
+      tab[(p * half + k) * 2 + 1] = Math.sin(a);
+    }
+  }
+  return tab;
+}
+
+/** Records y = rope(x); `pos` holds one position per token, or null for pos = t. */
+export function runRope(
+  gpu: Gpu,
+  x: GpuBuffer,
+  table: GpuBuffer,
+  pos: GpuBuffer | null,
+  y: GpuBuffer,
+  dims: { b: number; t: number; h: number; d: number; maxPos: number },
+  sign: 1 | -1,
+): void {
+  const pairs = (dims.b * dims.t * dims.h * dims.d) / 2;
+  const wg = gpu.tuning.elementwiseWorkgroup;
+  const p = new ParamWriter().u32(pairs).u32(dims.t).u32(dims.h).u32(dims.d / 2).u32(dims.maxPos)
+    .f32(sign);
+  // Without explicit positions the POS binding is unused; bind the table in its place.
+  gpu.dispatch(
+    ropeKernel(wg, pos !== null),
+    [x, table, pos ?? table, y],
+    p,
+    grid(Math.ceil(pairs / wg)),
+  );
+}

@@ -1,0 +1,210 @@
+/**
+ * Row kernels: one workgroup per row of a contiguous [rows, n] tensor, reductions in workgroup
+ * memory. Softmax and log-softmax (forward and backward), RMSNorm (forward and backward) live
+ * here because they share the same row reduction.
+ *
+ * Versions: v1 (one workgroup per row, invocations stride over the row).
+ */
+
+import type { Gpu } from "../device.ts";
+import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import type { GpuBuffer } from "../pool.ts";
+
+/** Workgroup sum/max over `red` (size wg); every invocation gets the result. */
+export function rowReduceHelpers(wg: number): string {
+  return `
+var<workgroup> red: array<f32, ${wg}>;
+fn wgSum(v: f32, lid: u32) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { red[lid] += red[lid + s]; }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+fn wgMax(v: f32, lid: u32) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}`;
+}
+
+const ROW_PARAMS = "struct Params { rows: u32, n: u32, eps: f32, _p: u32 };\n" +
+  "@group(0) @binding(0) var<uniform> P: Params;";
+
+function rowKernel(
+  name: string,
+  wg: number,
+  buffers: [string, "read" | "rw", string][],
+  body: string,
+): Kernel {
+  const decl = buffers.map(([n, a, t], i) =>
+    `@group(0) @binding(${i + 1}) var<storage, ${a === "rw" ? "read_write" : "read"}> ${n}: ${t};`
+  ).join("\n");
+  const source = `${ROW_PARAMS}
+${decl}
+${rowReduceHelpers(wg)}
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let row = ${LINEAR_GROUP_ID};
+  if (row >= P.rows) { return; }
+  let base = row * P.n;
+${body}
+}`;
+  return { name, source, buffers: buffers.map((b) => b[1]) };
+}
+
+/** y = softmax(x) or log_softmax(x) along rows. */
+export function softmaxKernel(log: boolean, wg: number): Kernel {
+  return rowKernel(
+    log ? "log_softmax_fwd" : "softmax_fwd",
+    wg,
+    [["X", "read", "array<f32>"], ["Y", "rw", "array<f32>"]],
+    `
+  var m = -3.4028234e38;
+  for (var j = lid; j < P.n; j += ${wg}u) { m = max(m, X[base + j]); }
+  m = wgMax(m, lid);
+  var s = 0.0;
+  for (var j = lid; j < P.n; j += ${wg}u) { s += exp(X[base + j] - m); }
+  s = wgSum(s, lid);
+  let lse = m + log(s);
+  for (var j = lid; j < P.n; j += ${wg}u) {
+    ${log ? "Y[base + j] = X[base + j] - lse;" : "Y[base + j] = exp(X[base + j] - lse);"}
+  }`,
+  );
+}
+
+/** dx from y and dy: softmax dx = y (dy - sum(dy y)); log_softmax dx = dy - exp(y) sum(dy). */
+export function softmaxBackwardKernel(log: boolean, wg: number): Kernel {
+  return rowKernel(
+    log ? "log_softmax_bwd" : "softmax_bwd",
+    wg,
+    [["Y", "read", "array<f32>"], ["G", "read", "array<f32>"], ["DX", "rw", "array<f32>"]],
+    `
+  var s = 0.0;
+  for (var j = lid; j < P.n; j += ${wg}u) {
+    ${log ? "s += G[base + j];" : "s += G[base + j] * Y[base + j];"}
+  }
+  s = wgSum(s, lid);
+  for (var j = lid; j < P.n; j += ${wg}u) {
+    ${
+      log
+        ? "DX[base + j] = G[base + j] - exp(Y[base + j]) * s;"
+        : "DX[base + j] = Y[base + j] * (G[base + j] - s);"
+    }
+  }`,
+  );
+}
+
+/** y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps); saves rstd per row. */
+export function rmsnormKernel(wg: number): Kernel {
+  return rowKernel(
+    "rmsnorm_fwd",
+    wg,
+    [
+      ["X", "read", "array<f32>"],
+      ["W", "read", "array<f32>"],
+      ["Y", "rw", "array<f32>"],
+      ["R", "rw", "array<f32>"],
+    ],
+    `
+  var s = 0.0;
+  for (var j = lid; j < P.n; j += ${wg}u) { let v = X[base + j]; s += v * v; }
+  s = wgSum(s, lid);
+  let rstd = inverseSqrt(s / f32(P.n) + P.eps);
+  for (var j = lid; j < P.n; j += ${wg}u) { Y[base + j] = X[base + j] * rstd * W[j]; }
+  if (lid == 0u) { R[row] = rstd; }`,
+  );
+}
+
+/** dx = rstd (w dy - xhat mean(xhat w dy)), xhat = x rstd. */
+export function rmsnormBackwardKernel(wg: number): Kernel {
+  return rowKernel(
+    "rmsnorm_bwd",
+    wg,
+    [
+      ["X", "read", "array<f32>"],
+      ["W", "read", "array<f32>"],
+      ["R", "read", "array<f32>"],
+      ["G", "read", "array<f32>"],
+      ["DX", "rw", "array<f32>"],
+    ],
+    `
+  let rstd = R[row];
+  var s = 0.0;
+  for (var j = lid; j < P.n; j += ${wg}u) { s += X[base + j] * rstd * W[j] * G[base + j]; }
+  s = wgSum(s, lid) / f32(P.n);
+  for (var j = lid; j < P.n; j += ${wg}u) {
+    DX[base + j] = rstd * (W[j] * G[base + j] - X[base + j] * rstd * s);
+  }`,
+  );
+}
+
+/**
+ * Column sums of dy * x * rstd over row chunks: partial[c, j] for chunk c. The caller sums the
+ * chunks, which keeps both steps parallel when rows >> n.
+ */
+export function rmsnormWeightGradKernel(wg: number, chunk: number): Kernel {
+  const source = `struct Params { rows: u32, n: u32, chunks: u32, _p: u32 };
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> R: array<f32>;
+@group(0) @binding(3) var<storage, read> G: array<f32>;
+@group(0) @binding(4) var<storage, read_write> DW: array<f32>;
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let t = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  if (t >= P.n * P.chunks) { return; }
+  let c = t / P.n;
+  let j = t % P.n;
+  var s = 0.0;
+  let end = min((c + 1u) * ${chunk}u, P.rows);
+  for (var r = c * ${chunk}u; r < end; r++) { s += G[r * P.n + j] * X[r * P.n + j] * R[r]; }
+  DW[t] = s;
+}`;
+  return { name: "rmsnorm_dw_partial", source, buffers: ["read", "read", "read", "rw"] };
+}
+
+export const RMSNORM_DW_CHUNK = 256;
+
+export function runRowKernel(
+  gpu: Gpu,
+  kernel: Kernel,
+  buffers: GpuBuffer[],
+  rows: number,
+  n: number,
+  eps = 0,
+): void {
+  const p = new ParamWriter().u32(rows).u32(n).f32(eps).u32(0);
+  gpu.dispatch(kernel, buffers, p, grid(rows));
+}
+
+export function runRmsnormWeightGrad(
+  gpu: Gpu,
+  x: GpuBuffer,
+  rstd: GpuBuffer,
+  g: GpuBuffer,
+  partial: GpuBuffer,
+  rows: number,
+  n: number,
+): number {
+  const chunks = Math.ceil(rows / RMSNORM_DW_CHUNK);
+  const wg = gpu.tuning.elementwiseWorkgroup;
+  const p = new ParamWriter().u32(rows).u32(n).u32(chunks).u32(0);
+  gpu.dispatch(
+    rmsnormWeightGradKernel(wg, RMSNORM_DW_CHUNK),
+    [x, rstd, g, partial],
+    p,
+    grid(Math.ceil((n * chunks) / wg)),
+  );
+  return chunks;
+}

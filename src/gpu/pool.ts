@@ -1,0 +1,109 @@
+/**
+ * Buffer pool: every GPU storage buffer the engine uses comes from here and goes back here.
+ *
+ * A buffer is handed out as a {@link GpuBuffer} with an owner label (for leak reports) and must be
+ * released exactly once. Released buffers are kept, grouped by size class, and reused; `trim()`
+ * destroys the cached ones. Nothing relies on the garbage collector.
+ */
+
+/** One pooled storage buffer, owned by whoever acquired it until `release`. */
+export class GpuBuffer {
+  /** Submit epoch in which this buffer was last recorded into a command; see Recorder. */
+  lastUse: number = -1;
+  /** True once given back to the pool. */
+  released = false;
+  /** Wraps a created buffer; the pool does this. */
+  constructor(
+    readonly buffer: GPUBuffer,
+    /** Bytes requested by the owner (the buffer's real size is `capacity`). */
+    public bytes: number,
+    readonly capacity: number,
+    public owner: string,
+  ) {}
+}
+
+/** Rounds a request up to its size class: at most 1/8 wasted, 256-byte granularity. */
+export function sizeClass(bytes: number): number {
+  const b = Math.max(bytes, 16);
+  const pow = 2 ** Math.ceil(Math.log2(b));
+  const granule = Math.max(256, pow / 8);
+  return Math.ceil(b / granule) * granule;
+}
+
+/** Usage flags of every pooled buffer. */
+export const STORAGE_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC |
+  GPUBufferUsage.COPY_DST;
+
+/** Pool of storage buffers grouped by size class; see the module comment. */
+export class BufferPool {
+  #free = new Map<number, GpuBuffer[]>();
+  #live = new Set<GpuBuffer>();
+  #liveBytes = 0;
+  #pooledBytes = 0;
+  /** Cached (released) bytes beyond which released buffers are destroyed instead of kept. */
+  maxPooledBytes = 2 ** 30;
+
+  /** A pool allocating from `device`. */
+  constructor(readonly device: GPUDevice) {}
+
+  /** A buffer of at least `bytes`, labelled with its owner. */
+  acquire(bytes: number, owner: string): GpuBuffer {
+    const cap = sizeClass(bytes);
+    const list = this.#free.get(cap);
+    let buf = list?.pop();
+    if (buf) {
+      this.#pooledBytes -= cap;
+      buf.bytes = bytes;
+      buf.owner = owner;
+      buf.released = false;
+    } else {
+      const b = this.device.createBuffer({ size: cap, usage: STORAGE_USAGE, label: owner });
+      buf = new GpuBuffer(b, bytes, cap, owner);
+    }
+    this.#live.add(buf);
+    this.#liveBytes += cap;
+    return buf;
+  }
+
+  /** Gives a buffer back; it is cached for reuse (or destroyed past `maxPooledBytes`). */
+  release(buf: GpuBuffer): void {
+    if (buf.released) throw new Error(`buffer '${buf.owner}' released twice`);
+    buf.released = true;
+    this.#live.delete(buf);
+    this.#liveBytes -= buf.capacity;
+    if (this.#pooledBytes + buf.capacity > this.maxPooledBytes) {
+      buf.buffer.destroy();
+      return;
+    }
+    const list = this.#free.get(buf.capacity) ?? [];
+    list.push(buf);
+    this.#free.set(buf.capacity, list);
+    this.#pooledBytes += buf.capacity;
+  }
+
+  /** Destroys all cached (released) buffers. */
+  trim(): void {
+    for (const list of this.#free.values()) for (const b of list) b.buffer.destroy();
+    this.#free.clear();
+    this.#pooledBytes = 0;
+  }
+
+  /** Bytes held by buffers that are acquired and not yet released. */
+  get liveBytes(): number {
+    return this.#liveBytes;
+  }
+  /** Number of buffers acquired and not yet released. */
+  get liveCount(): number {
+    return this.#live.size;
+  }
+  /** Bytes held in the cache of released buffers. */
+  get pooledBytes(): number {
+    return this.#pooledBytes;
+  }
+  /** Owner labels of live buffers with their counts, for leak reports. */
+  liveOwners(): Map<string, number> {
+    const m = new Map<string, number>();
+    for (const b of this.#live) m.set(b.owner, (m.get(b.owner) ?? 0) + 1);
+    return m;
+  }
+}

@@ -1,0 +1,42 @@
+/**
+ * Per-adapter kernel parameters. llvmpipe (a CPU rasterizer: each invocation is a SIMD lane, no
+ * real shared memory) and a discrete GPU want different shapes, so kernels read their tile sizes
+ * and workgroup sizes from here instead of hard-coding them.
+ */
+
+export interface Tuning {
+  /** Name of the profile, logged with the adapter. */
+  profile: "llvmpipe" | "gpu";
+  /** Workgroup size of elementwise kernels. */
+  elementwiseWorkgroup: number;
+  /** Workgroup size of row kernels (softmax, RMSNorm, reductions with one group per row). */
+  rowWorkgroup: number;
+  /** Matmul output tile per invocation (rows x cols) and invocations per workgroup. */
+  matmul: { tileM: number; tileN: number; workgroup: number };
+  /** Queries per attention workgroup. */
+  attentionWorkgroup: number;
+}
+
+const LLVMPIPE: Tuning = {
+  profile: "llvmpipe",
+  elementwiseWorkgroup: 64,
+  rowWorkgroup: 64,
+  matmul: { tileM: 8, tileN: 8, workgroup: 64 },
+  attentionWorkgroup: 64,
+};
+
+const GPU: Tuning = {
+  profile: "gpu",
+  elementwiseWorkgroup: 256,
+  rowWorkgroup: 256,
+  matmul: { tileM: 4, tileN: 4, workgroup: 64 },
+  attentionWorkgroup: 64,
+};
+
+/** Picks the profile for an adapter description; GEMKIT_TUNING=llvmpipe|gpu overrides. */
+export function tuningFor(description: string): Tuning {
+  const forced = Deno.env.get("GEMKIT_TUNING");
+  if (forced === "llvmpipe") return { ...LLVMPIPE };
+  if (forced === "gpu") return { ...GPU };
+  return /llvmpipe|lavapipe|swiftshader/i.test(description) ? { ...LLVMPIPE } : { ...GPU };
+}

@@ -1,0 +1,101 @@
+/**
+ * Reverse-mode autodiff: walks the graph recorded by ops from a scalar (or seeded) output back to
+ * the leaves, applying the rule table in gradients.ts. Leaf gradients accumulate into `.grad`;
+ * each node's saved references are released as soon as its rule has run.
+ */
+
+import { gpu } from "../gpu/device.ts";
+import { runAccumulate } from "../gpu/kernels/optim.ts";
+import { releaseNode } from "./graph.ts";
+import { GRADIENTS } from "./gradients.ts";
+import { add, contiguous, full } from "./ops.ts";
+import { keep, noGrad, type Tensor } from "./tensor.ts";
+
+/** Non-leaf tensors reachable from `root`, inputs before their consumers. */
+function topoOrder(root: Tensor): Tensor[] {
+  const order: Tensor[] = [];
+  const seen = new Set<Tensor>();
+  const stack: [Tensor, boolean][] = [[root, false]];
+  while (stack.length) {
+    const [t, expanded] = stack.pop()!;
+    if (expanded) {
+      order.push(t);
+      continue;
+    }
+    if (seen.has(t) || !t.node) continue;
+    seen.add(t);
+    stack.push([t, true]);
+    for (const x of t.node.inputs) if (x.node && !seen.has(x)) stack.push([x, false]);
+  }
+  return order;
+}
+
+function accumulateLeaf(leaf: Tensor, g: Tensor): void {
+  const dense = contiguous(g);
+  g.dispose();
+  if (!leaf.grad) {
+    leaf.grad = keep(dense);
+    return;
+  }
+  runAccumulate(gpu(), dense.buf, dense.offset, leaf.grad.buf, leaf.grad.offset, dense.size);
+  dense.dispose();
+}
+
+/** Options of {@link backward}. */
+export interface BackwardOptions {
+  /** Upstream gradient of `root` (default: ones). */
+  grad?: Tensor;
+  /** Keep the graph (saved tensors) for another backward pass. */
+  retainGraph?: boolean;
+}
+
+/** Computes gradients of `root` with respect to every leaf that requires them. */
+export function backward(root: Tensor, opts: BackwardOptions = {}): void {
+  if (!root.requiresGrad) {
+    throw new Error(`backward: ${root.describe()} does not require grad (no parameter reached it)`);
+  }
+  noGrad(() => {
+    const grads = new Map<Tensor, Tensor>();
+    grads.set(root, opts.grad ? opts.grad.alias() : full(root.shape, 1));
+    if (!root.node) {
+      accumulateLeaf(root, grads.get(root)!);
+      return;
+    }
+    const order = topoOrder(root);
+    for (let i = order.length - 1; i >= 0; i--) {
+      const t = order[i];
+      const node = t.node!;
+      const g = grads.get(t);
+      grads.delete(t);
+      if (g) {
+        const results = GRADIENTS[node.op](g, node, t);
+        node.inputs.forEach((x, j) => {
+          let r = results[j];
+          if (!r) return;
+          if (!x.requiresGrad) return r.dispose();
+          if (r === g) r = g.alias();
+          if (!x.node) return accumulateLeaf(x, r);
+          const prev = grads.get(x);
+          if (prev) {
+            grads.set(x, add(prev, r));
+            prev.dispose();
+            r.dispose();
+          } else grads.set(x, r);
+        });
+        g.dispose();
+      }
+      if (!opts.retainGraph) {
+        releaseNode(node);
+        t.node = null;
+      }
+    }
+  });
+}
+
+/** Releases the graph below `root` without computing gradients. */
+export function freeGraph(root: Tensor): void {
+  for (const t of topoOrder(root)) {
+    releaseNode(t.node!);
+    t.node = null;
+  }
+}

@@ -1,0 +1,695 @@
+/**
+ * Differentiable tensor ops. Each op checks its operands (errors name the op and the shapes),
+ * records its kernels, and records a graph node when gradients are needed. Every op returns a
+ * new Tensor that the caller owns, views included.
+ */
+
+import { gpu } from "../gpu/device.ts";
+import { DTypeError, IndexError, ShapeError } from "../gpu/errors.ts";
+import { checkRoleTable, runAttention } from "../gpu/kernels/attention.ts";
+import { runCrossEntropy } from "../gpu/kernels/cross_entropy.ts";
+import {
+  BINARY,
+  type BinaryFn,
+  runElementwise,
+  type StridedInput,
+  UNARY,
+  type UnaryFn,
+} from "../gpu/kernels/elementwise.ts";
+import { runGather } from "../gpu/kernels/embedding.ts";
+import { runMatmul } from "../gpu/kernels/matmul.ts";
+import { runReduce } from "../gpu/kernels/reduce.ts";
+import { ropeTable as hostRopeTable, runRope } from "../gpu/kernels/rope.ts";
+import { rmsnormKernel, runRowKernel, softmaxKernel } from "../gpu/kernels/rowwise.ts";
+import { record } from "./graph.ts";
+import { contiguousStrides, type DType, empty, numel, Tensor, tensor } from "./tensor.ts";
+
+function fail(op: string, msg: string): never {
+  throw new ShapeError(`${op}: ${msg}`);
+}
+
+function shapeStr(t: Tensor): string {
+  return `[${t.shape.join(",")}]`;
+}
+
+function wantDType(op: string, t: Tensor, dtype: DType, what: string): void {
+  if (t.dtype !== dtype) {
+    throw new DTypeError(`${op}: ${what} must be ${dtype}, got ${t.describe()}`);
+  }
+}
+
+function normAxis(op: string, axis: number, rank: number): number {
+  const a = axis < 0 ? axis + rank : axis;
+  if (!Number.isInteger(a) || a < 0 || a >= Math.max(rank, 1)) {
+    fail(op, `axis ${axis} out of range for rank ${rank}`);
+  }
+  return a;
+}
+
+/** Strides of `t` as seen from `outShape` (numpy broadcasting: stride 0 on broadcast dims). */
+function broadcastStrides(t: Tensor, outShape: readonly number[]): number[] {
+  const lead = outShape.length - t.rank;
+  return outShape.map((s, d) => {
+    const td = d - lead;
+    if (td < 0) return 0;
+    return t.shape[td] === 1 && s !== 1 ? 0 : t.strides[td];
+  });
+}
+
+function input(t: Tensor, name: string, outShape: readonly number[]): StridedInput {
+  return {
+    name,
+    buf: t.buf,
+    offset: t.offset,
+    strides: broadcastStrides(t, outShape),
+    type: t.dtype,
+  };
+}
+
+function outOf(t: Tensor) {
+  return { buf: t.buf, offset: t.offset, strides: t.strides, type: t.dtype };
+}
+
+/** Broadcast shape of two shapes, or an error naming the op. */
+export function broadcastShapes(op: string, a: readonly number[], b: readonly number[]): number[] {
+  const n = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const x = a[a.length - n + i] ?? 1, y = b[b.length - n + i] ?? 1;
+    if (x !== y && x !== 1 && y !== 1) {
+      fail(op, `shapes [${a.join(",")}] and [${b.join(",")}] do not broadcast`);
+    }
+    out.push(x === 1 ? y : x);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- creation
+
+/** A tensor filled with `value`. */
+export function full(shape: readonly number[], value: number, dtype: DType = "f32"): Tensor {
+  const out = empty(shape, dtype, "full");
+  runElementwise(gpu(), "P.c", [], outOf(out), shape, value);
+  return out;
+}
+
+/** A tensor of zeros. */
+export function zeros(shape: readonly number[], dtype: DType = "f32"): Tensor {
+  return full(shape, 0, dtype);
+}
+
+/** Normal(0, std^2) values drawn on the host from `rng`. */
+export function randn(
+  shape: readonly number[],
+  rng: { normal(): number },
+  std = 1,
+): Tensor {
+  const data = new Float32Array(numel(shape));
+  for (let i = 0; i < data.length; i++) data[i] = rng.normal() * std;
+  return tensor(data, shape, "f32");
+}
+
+/** A leaf parameter: a tensor that requires gradients. */
+export function parameter(t: Tensor, label = ""): Tensor {
+  t.requiresGrad = true;
+  t.label = label;
+  return t;
+}
+
+// ---------------------------------------------------------------- views
+
+function view(
+  x: Tensor,
+  shape: readonly number[],
+  strides: readonly number[],
+  offset: number,
+): Tensor {
+  return new Tensor(x.storage, shape, strides, offset, x.dtype);
+}
+
+/** Same elements, new shape (one dim may be -1). Copies only when `x` is not contiguous. */
+export function reshape(x: Tensor, shape: readonly number[]): Tensor {
+  const n = x.size;
+  const known = shape.filter((s) => s !== -1).reduce((p, q) => p * q, 1);
+  const free = shape.filter((s) => s === -1).length;
+  if (free > 1 || (free === 1 && (known === 0 || n % known !== 0))) {
+    fail("reshape", `cannot reshape ${x.describe()} to [${shape}]`);
+  }
+  const to = shape.map((s) => (s === -1 ? n / known : s));
+  if (numel(to) !== n) fail("reshape", `cannot reshape ${x.describe()} to [${shape}]`);
+  if (!x.contiguous) {
+    const c = contiguous(x);
+    const r = reshape(c, to);
+    c.dispose();
+    return r;
+  }
+  const out = view(x, to, contiguousStrides(to), x.offset);
+  return record(out, "reshape", [x], [], { from: x.shape });
+}
+
+/** Reorders dims: out dim i is x dim `dims[i]`. A view. */
+export function permute(x: Tensor, dims: readonly number[]): Tensor {
+  if (dims.length !== x.rank || [...dims].sort((a, b) => a - b).some((d, i) => d !== i)) {
+    fail("permute", `dims [${dims}] are not a permutation for ${x.describe()}`);
+  }
+  const out = view(x, dims.map((d) => x.shape[d]), dims.map((d) => x.strides[d]), x.offset);
+  return record(out, "permute", [x], [], { dims });
+}
+
+/** Swaps two dims (default: the last two). A view. */
+export function transpose(x: Tensor, d0 = -2, d1 = -1): Tensor {
+  const a = normAxis("transpose", d0, x.rank), b = normAxis("transpose", d1, x.rank);
+  const dims = x.shape.map((_, i) => i);
+  [dims[a], dims[b]] = [dims[b], dims[a]];
+  return permute(x, dims);
+}
+
+/** Elements [start, end) along `axis`. A view. */
+export function slice(x: Tensor, axis: number, start: number, end: number): Tensor {
+  const a = normAxis("slice", axis, x.rank);
+  if (!(0 <= start && start <= end && end <= x.shape[a])) {
+    fail("slice", `range [${start}, ${end}) out of bounds for dim ${a} of ${x.describe()}`);
+  }
+  const shape = [...x.shape];
+  shape[a] = end - start;
+  const out = view(x, shape, x.strides, x.offset + start * x.strides[a]);
+  return record(out, "slice", [x], [], { axis: a, start, from: x.shape });
+}
+
+/** Broadcasts `x` to `shape` (stride 0 on expanded dims). A view. */
+export function expand(x: Tensor, shape: readonly number[]): Tensor {
+  const b = broadcastShapes("expand", x.shape, shape);
+  if (b.some((s, i) => s !== shape[i])) {
+    fail("expand", `cannot expand ${x.describe()} to [${shape}]`);
+  }
+  const out = view(x, [...shape], broadcastStrides(x, shape), x.offset);
+  return record(out, "expand", [x], [], { from: x.shape });
+}
+
+/** A contiguous copy starting at offset 0, or an alias when `x` already is one. */
+export function contiguous(x: Tensor): Tensor {
+  let out: Tensor;
+  if (x.contiguous && x.offset === 0) out = x.alias(true);
+  else {
+    out = empty(x.shape, x.dtype, "contiguous");
+    runElementwise(gpu(), "a", [input(x, "a", x.shape)], outOf(out), x.shape);
+  }
+  return record(out, "copy", [x]);
+}
+
+/** Joins tensors along `axis`. */
+export function concat(xs: readonly Tensor[], axis: number): Tensor {
+  if (xs.length === 0) fail("concat", "no tensors");
+  const a = normAxis("concat", axis, xs[0].rank);
+  for (const x of xs) {
+    if (
+      x.rank !== xs[0].rank || x.dtype !== xs[0].dtype ||
+      x.shape.some((s, d) => d !== a && s !== xs[0].shape[d])
+    ) {
+      fail("concat", `shapes ${xs.map(shapeStr).join(" ")} differ off axis ${a}`);
+    }
+  }
+  const shape = [...xs[0].shape];
+  shape[a] = xs.reduce((s, x) => s + x.shape[a], 0);
+  const out = empty(shape, xs[0].dtype, "concat");
+  let at = 0;
+  for (const x of xs) {
+    runElementwise(gpu(), "a", [input(x, "a", x.shape)], {
+      buf: out.buf,
+      offset: at * out.strides[a],
+      strides: out.strides,
+      type: out.dtype,
+    }, x.shape);
+    at += x.shape[a];
+  }
+  return record(out, "concat", xs, [], { axis: a, sizes: xs.map((x) => x.shape[a]) });
+}
+
+// ---------------------------------------------------------------- elementwise
+
+/** f(x) elementwise; `c` is the scalar of addScalar/mulScalar/powScalar. */
+export function unary(fn: UnaryFn, x: Tensor, c = 0): Tensor {
+  if (!(fn in UNARY) || fn === "fill") throw new Error(`unary: unknown fn '${fn}'`);
+  wantDType(`unary(${fn})`, x, "f32", "input");
+  const out = empty(x.shape, "f32", fn);
+  runElementwise(gpu(), UNARY[fn], [input(x, "a", x.shape)], outOf(out), x.shape, c);
+  return record(out, "unary", [x], [x], { fn, c });
+}
+
+/** f(a, b) elementwise with numpy broadcasting. */
+export function binary(fn: BinaryFn, a: Tensor, b: Tensor): Tensor {
+  if (!(fn in BINARY)) throw new Error(`binary: unknown fn '${fn}'`);
+  wantDType(`binary(${fn})`, a, "f32", "a");
+  wantDType(`binary(${fn})`, b, "f32", "b");
+  const shape = broadcastShapes(`binary(${fn})`, a.shape, b.shape);
+  const out = empty(shape, "f32", fn);
+  runElementwise(
+    gpu(),
+    BINARY[fn],
+    [input(a, "a", shape), input(b, "b", shape)],
+    outOf(out),
+    shape,
+  );
+  return record(out, "binary", [a, b], [a, b], { fn });
+}
+
+/** a + b (broadcasting). */
+export const add = (a: Tensor, b: Tensor): Tensor => binary("add", a, b);
+/** a - b (broadcasting). */
+export const sub = (a: Tensor, b: Tensor): Tensor => binary("sub", a, b);
+/** a * b (broadcasting). */
+export const mul = (a: Tensor, b: Tensor): Tensor => binary("mul", a, b);
+/** a / b (broadcasting). */
+export const div = (a: Tensor, b: Tensor): Tensor => binary("div", a, b);
+/** max(a, b) elementwise (broadcasting). */
+export const maximum = (a: Tensor, b: Tensor): Tensor => binary("maximum", a, b);
+/** min(a, b) elementwise (broadcasting). */
+export const minimum = (a: Tensor, b: Tensor): Tensor => binary("minimum", a, b);
+/** a ** b (broadcasting). */
+export const pow = (a: Tensor, b: Tensor): Tensor => binary("pow", a, b);
+/** -x. */
+export const neg = (x: Tensor): Tensor => unary("neg", x);
+/** e ** x. */
+export const exp = (x: Tensor): Tensor => unary("exp", x);
+/** natural log. */
+export const log = (x: Tensor): Tensor => unary("log", x);
+/** square root. */
+export const sqrt = (x: Tensor): Tensor => unary("sqrt", x);
+/** 1 / (1 + e^-x). */
+export const sigmoid = (x: Tensor): Tensor => unary("sigmoid", x);
+/** x * sigmoid(x). */
+export const silu = (x: Tensor): Tensor => unary("silu", x);
+/** x * x. */
+export const square = (x: Tensor): Tensor => unary("square", x);
+/** x * c. */
+export const mulScalar = (x: Tensor, c: number): Tensor => unary("mulScalar", x, c);
+/** x + c. */
+export const addScalar = (x: Tensor, c: number): Tensor => unary("addScalar", x, c);
+
+/** silu(a) * b, the gate of a SwiGLU MLP, in one kernel. */
+export function swiglu(a: Tensor, b: Tensor): Tensor {
+  wantDType("swiglu", a, "f32", "a");
+  wantDType("swiglu", b, "f32", "b");
+  if (a.shape.join() !== b.shape.join()) {
+    fail("swiglu", `a ${shapeStr(a)} and b ${shapeStr(b)} differ`);
+  }
+  const out = empty(a.shape, "f32", "swiglu");
+  runElementwise(
+    gpu(),
+    "a * sigmoid(a) * b",
+    [input(a, "a", a.shape), input(b, "b", a.shape)],
+    outOf(out),
+    a.shape,
+  );
+  return record(out, "swiglu", [a, b], [a, b]);
+}
+
+// ---------------------------------------------------------------- reductions
+
+function reduceDims(x: Tensor, axis: number) {
+  const outer = numel(x.shape.slice(0, axis));
+  const inner = numel(x.shape.slice(axis + 1));
+  return { outer, r: x.shape[axis], inner };
+}
+
+function reducedShape(shape: readonly number[], axis: number, keepdim: boolean): number[] {
+  return keepdim ? shape.map((s, d) => (d === axis ? 1 : s)) : shape.filter((_, d) => d !== axis);
+}
+
+function sumImpl(x: Tensor, axis: number, keepdim: boolean, scale: number, op: string): Tensor {
+  wantDType(op, x, "f32", "input");
+  const a = normAxis(op, axis, x.rank);
+  if (x.rank === 0) return mulScalar(x, scale);
+  const xc = x.contiguous ? x : contiguous(x);
+  const out = empty(reducedShape(x.shape, a, keepdim), "f32", op);
+  runReduce(gpu(), "sum", xc.buf, xc.offset, reduceDims(x, a), out.buf, 0, out.buf, scale);
+  if (xc !== x) xc.dispose();
+  return record(out, "sum", [x], [], { axis: a, keepdim, scale, from: x.shape });
+}
+
+/** Sum over `axis`. */
+export function sum(x: Tensor, axis = -1, keepdim = false): Tensor {
+  return sumImpl(x, axis, keepdim, 1, "sum");
+}
+
+/** Mean over `axis`. */
+export function mean(x: Tensor, axis = -1, keepdim = false): Tensor {
+  const a = normAxis("mean", axis, x.rank);
+  return sumImpl(x, a, keepdim, x.rank ? 1 / x.shape[a] : 1, "mean");
+}
+
+/** Sum of all elements, shape []. */
+export function sumAll(x: Tensor): Tensor {
+  const flat = reshape(x, [x.size]);
+  const s = sum(flat, 0);
+  flat.dispose();
+  return s;
+}
+
+/** Max over `axis`; the gradient flows to the first maximal element. */
+export function max(x: Tensor, axis = -1, keepdim = false): Tensor {
+  wantDType("max", x, "f32", "input");
+  const a = normAxis("max", axis, x.rank);
+  const xc = x.contiguous ? x : contiguous(x);
+  const shape = reducedShape(x.shape, a, keepdim);
+  const out = empty(shape, "f32", "max");
+  const arg = empty(shape, "i32", "argmax");
+  runReduce(gpu(), "max", xc.buf, xc.offset, reduceDims(x, a), out.buf, 0, arg.buf);
+  if (xc !== x) xc.dispose();
+  record(out, "max", [x], [arg], { axis: a, from: x.shape });
+  arg.dispose();
+  return out;
+}
+
+// ---------------------------------------------------------------- matmul
+
+/** Transposes of {@link matmul}'s operands. */
+export interface MatmulOptions {
+  /** Use a's last two dims transposed. */
+  transA?: boolean;
+  /** Use b's last two dims transposed. */
+  transB?: boolean;
+}
+
+/** Batch dims of a matmul operand as one (count, stride), or null if they cannot merge. */
+function batchOf(t: Tensor): { count: number; stride: number } | null {
+  let count = 1, stride = 0;
+  for (let d = t.rank - 3; d >= 0; d--) {
+    if (t.shape[d] === 1) continue;
+    if (count === 1) stride = t.strides[d];
+    else if (t.strides[d] !== stride * count) return null;
+    count *= t.shape[d];
+  }
+  return { count, stride };
+}
+
+/**
+ * Batched matrix product op(a) @ op(b). a is [..., M, K] ([..., K, M] with transA), b is
+ * [..., K, N] ([..., N, K] with transB); batch dims must match, or b may be 2-D.
+ */
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  const transA = opts.transA ?? false, transB = opts.transB ?? false;
+  wantDType("matmul", a, "f32", "a");
+  wantDType("matmul", b, "f32", "b");
+  const desc = () =>
+    `a ${shapeStr(a)}${transA ? "^T" : ""} @ b ${shapeStr(b)}${transB ? "^T" : ""}`;
+  if (a.rank < 2 || b.rank < 2) fail("matmul", `${desc()}: operands need at least 2 dims`);
+  const [m, k] = transA ? [a.shape[a.rank - 1], a.shape[a.rank - 2]] : a.shape.slice(-2);
+  const [k2, n] = transB ? [b.shape[b.rank - 1], b.shape[b.rank - 2]] : b.shape.slice(-2);
+  if (k !== k2) fail("matmul", `${desc()}: inner dims ${k} != ${k2}`);
+  const batchA = a.shape.slice(0, -2), batchB = b.shape.slice(0, -2);
+  if (b.rank > 2 && batchA.join() !== batchB.join()) {
+    fail("matmul", `${desc()}: batch dims [${batchA}] and [${batchB}] differ`);
+  }
+  // A batched a against a 2-D b is one big 2-D product when a's rows merge.
+  if (a.rank > 2 && b.rank === 2 && !transA) {
+    const a2 = reshape(a, [-1, k]);
+    const c2 = matmul(a2, b, opts);
+    a2.dispose();
+    const c = reshape(c2, [...batchA, m, n]);
+    c2.dispose();
+    return c;
+  }
+  const ba = batchOf(a), bb = batchOf(b);
+  if (!ba || !bb) {
+    const ac = ba ? a : contiguous(a), bc = bb ? b : contiguous(b);
+    const c = matmul(ac, bc, opts);
+    if (ac !== a) ac.dispose();
+    if (bc !== b) bc.dispose();
+    return c;
+  }
+  const out = empty([...batchA, m, n], "f32", "matmul");
+  const rs = (t: Tensor, tr: boolean) =>
+    tr
+      ? { rowStride: t.strides[t.rank - 1], colStride: t.strides[t.rank - 2] }
+      : { rowStride: t.strides[t.rank - 2], colStride: t.strides[t.rank - 1] };
+  if (k === 0) {
+    runElementwise(gpu(), "P.c", [], outOf(out), out.shape, 0);
+  } else {
+    runMatmul(
+      gpu(),
+      { buf: a.buf, offset: a.offset, batchStride: ba.stride, ...rs(a, transA) },
+      { buf: b.buf, offset: b.offset, batchStride: b.rank > 2 ? bb.stride : 0, ...rs(b, transB) },
+      out.buf,
+      0,
+      { batch: ba.count, m, n, k },
+    );
+  }
+  return record(out, "matmul", [a, b], [a, b], { transA, transB });
+}
+
+// ---------------------------------------------------------------- row ops
+
+/** softmax over the last axis. */
+export function softmax(x: Tensor): Tensor {
+  return softmaxImpl(x, false);
+}
+
+/** log-softmax over the last axis. */
+export function logSoftmax(x: Tensor): Tensor {
+  return softmaxImpl(x, true);
+}
+
+function softmaxImpl(x: Tensor, log: boolean): Tensor {
+  const op = log ? "logSoftmax" : "softmax";
+  wantDType(op, x, "f32", "input");
+  if (x.rank === 0) fail(op, "needs at least one dim");
+  const xc = contiguous(x);
+  const n = x.shape[x.rank - 1];
+  const out = empty(x.shape, "f32", op);
+  const g = gpu();
+  runRowKernel(g, softmaxKernel(log, g.tuning.rowWorkgroup), [xc.buf, out.buf], x.size / n, n);
+  xc.dispose();
+  return record(out, log ? "logSoftmax" : "softmax", [x], [out]);
+}
+
+/** RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * w. */
+export function rmsnorm(x: Tensor, w: Tensor, eps = 1e-5): Tensor {
+  wantDType("rmsnorm", x, "f32", "x");
+  wantDType("rmsnorm", w, "f32", "w");
+  const d = x.shape[x.rank - 1];
+  if (w.rank !== 1 || w.shape[0] !== d) {
+    fail("rmsnorm", `weight ${shapeStr(w)} does not match last dim of x ${shapeStr(x)}`);
+  }
+  const xc = contiguous(x), wc = contiguous(w);
+  const rows = x.size / d;
+  const out = empty(x.shape, "f32", "rmsnorm");
+  const rstd = empty([rows], "f32", "rmsnorm.rstd");
+  const g = gpu();
+  runRowKernel(
+    g,
+    rmsnormKernel(g.tuning.rowWorkgroup),
+    [xc.buf, wc.buf, out.buf, rstd.buf],
+    rows,
+    d,
+    eps,
+  );
+  record(out, "rmsnorm", [x, w], [xc, wc, rstd], { eps });
+  xc.dispose();
+  wc.dispose();
+  rstd.dispose();
+  return out;
+}
+
+/** A (cos, sin) table for {@link rope}: [maxPos, headDim/2, 2], computed in float64. */
+export function ropeTable(headDim: number, maxPos: number, theta = 10000): Tensor {
+  if (headDim % 2 !== 0) fail("ropeTable", `head dim ${headDim} is odd`);
+  return tensor(hostRopeTable(headDim, maxPos, theta), [maxPos, headDim / 2, 2], "f32");
+}
+
+/**
+ * Rotary embedding of x [B, T, H, D] on interleaved pairs. `pos` [B, T] (i32) gives each token's
+ * position; by default token t has position t.
+ */
+export function rope(x: Tensor, table: Tensor, pos: Tensor | null = null): Tensor {
+  wantDType("rope", x, "f32", "x");
+  if (x.rank !== 4) fail("rope", `x ${shapeStr(x)} must be [B, T, H, D]`);
+  const [b, t, h, d] = x.shape;
+  if (table.rank !== 3 || table.shape[1] * 2 !== d || table.shape[2] !== 2) {
+    fail("rope", `table ${shapeStr(table)} does not fit head dim ${d} of x ${shapeStr(x)}`);
+  }
+  const maxPos = table.shape[0];
+  if (pos) {
+    wantDType("rope", pos, "i32", "pos");
+    if (pos.size !== b * t) fail("rope", `pos ${shapeStr(pos)} does not match x ${shapeStr(x)}`);
+    const host = pos.storage.host;
+    if (host && pos.contiguous) {
+      for (let i = 0; i < pos.size; i++) {
+        const p = host[pos.offset + i];
+        if (p < 0 || p >= maxPos) {
+          throw new IndexError(`rope: position ${p} at ${i} outside table of ${maxPos} positions`);
+        }
+      }
+    }
+  } else if (t > maxPos) {
+    throw new IndexError(`rope: ${t} positions exceed table of ${maxPos}`);
+  }
+  const xc = contiguous(x), tc = contiguous(table), pc = pos ? contiguous(pos) : null;
+  const out = empty(x.shape, "f32", "rope");
+  runRope(gpu(), xc.buf, tc.buf, pc?.buf ?? null, out.buf, { b, t, h, d, maxPos }, 1);
+  record(out, "rope", [x], pc ? [tc, pc] : [tc], { dims: { b, t, h, d, maxPos } });
+  xc.dispose();
+  tc.dispose();
+  pc?.dispose();
+  return out;
+}
+
+// ---------------------------------------------------------------- gather and losses
+
+/** Checks i32 indices that have a host copy lie in [lo, hi) (or equal `allowed`). */
+function checkIndices(
+  op: string,
+  ids: Tensor,
+  lo: number,
+  hi: number,
+  what: string,
+  allowed?: number,
+): void {
+  const host = ids.storage.host;
+  if (!host || !ids.contiguous) return;
+  for (let i = 0; i < ids.size; i++) {
+    const v = host[ids.offset + i];
+    if ((v < lo || v >= hi) && v !== allowed) {
+      throw new IndexError(
+        `${op}: ${what} ${v} at flat position ${i} of ${ids.describe()} is outside [${lo}, ${hi})`,
+      );
+    }
+  }
+}
+
+/** Rows of `w` [V, D] picked by `ids` (i32, any shape): out [...ids.shape, D]. */
+export function embedding(w: Tensor, ids: Tensor): Tensor {
+  wantDType("embedding", w, "f32", "weight");
+  wantDType("embedding", ids, "i32", "ids");
+  if (w.rank !== 2) fail("embedding", `weight ${shapeStr(w)} must be [V, D]`);
+  const [v, d] = w.shape;
+  checkIndices("embedding", ids, 0, v, `id (weight ${shapeStr(w)})`);
+  const wc = contiguous(w), ic = contiguous(ids);
+  const out = empty([...ids.shape, d], "f32", "embedding");
+  runGather(gpu(), wc.buf, ic.buf, out.buf, ids.size, d, v);
+  record(out, "embedding", [w, ids], [ic], { v, d });
+  wc.dispose();
+  ic.dispose();
+  return out;
+}
+
+/** Options of {@link crossEntropy}. */
+export interface CrossEntropyOptions {
+  /** Targets equal to this carry no loss (default -1). */
+  ignoreIndex?: number;
+}
+
+/**
+ * Mean cross-entropy of logits [N, V] against i32 targets [N], over rows whose target is not
+ * `ignoreIndex` (0 when every row is ignored). Returns a scalar tensor.
+ */
+export function crossEntropy(
+  logits: Tensor,
+  targets: Tensor,
+  opts: CrossEntropyOptions = {},
+): Tensor {
+  const ignore = opts.ignoreIndex ?? -1;
+  wantDType("crossEntropy", logits, "f32", "logits");
+  wantDType("crossEntropy", targets, "i32", "targets");
+  if (logits.rank !== 2 || targets.rank !== 1 || targets.shape[0] !== logits.shape[0]) {
+    fail(
+      "crossEntropy",
+      `logits ${shapeStr(logits)} must be [N, V] and targets ${shapeStr(targets)} [N]`,
+    );
+  }
+  const [n, v] = logits.shape;
+  checkIndices("crossEntropy", targets, 0, v, "target", ignore);
+  const lc = contiguous(logits), tc = contiguous(targets);
+  const lse = empty([n], "f32", "ce.lse");
+  const rowLoss = empty([n], "f32", "ce.rows");
+  const stats = empty([2], "f32", "ce.stats");
+  runCrossEntropy(gpu(), lc.buf, tc.buf, lse.buf, rowLoss.buf, stats.buf, n, v, ignore);
+  const out = new Tensor(stats.storage, [], [], 0, "f32");
+  record(out, "crossEntropy", [logits, targets], [lc, tc, lse, stats], { n, v, ignore });
+  for (const t of [lc, tc, lse, rowLoss, stats]) t.dispose();
+  return out;
+}
+
+/** A role table: table[queryRole][keyRole] is a rule from {@link RULE}. */
+export type RoleTable = readonly (readonly number[])[];
+
+/** Options of {@link attention}. */
+export interface AttentionOptions {
+  /** Score scale; default 1/sqrt(head dim). */
+  scale?: number;
+}
+
+/**
+ * Masked attention. q [B, T, Hq, D], k and v [B, T, Hkv, D] (Hq a multiple of Hkv), roles [B, T]
+ * i32 in [0, R), table R x R. Returns [B, T, Hq, D]; rows that may see no key are 0.
+ */
+export function attention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  roles: Tensor,
+  table: RoleTable,
+  opts: AttentionOptions = {},
+): Tensor {
+  for (const [t, name] of [[q, "q"], [k, "k"], [v, "v"]] as const) {
+    wantDType("attention", t, "f32", name);
+  }
+  wantDType("attention", roles, "i32", "roles");
+  const shapes = () =>
+    `q ${shapeStr(q)}, k ${shapeStr(k)}, v ${shapeStr(v)}, roles ${shapeStr(roles)}`;
+  if (q.rank !== 4 || k.rank !== 4 || v.rank !== 4) fail("attention", `${shapes()}: want rank 4`);
+  const [b, t, hq, d] = q.shape, hkv = k.shape[2];
+  if (
+    k.shape.join() !== v.shape.join() || k.shape[0] !== b || k.shape[1] !== t || k.shape[3] !== d
+  ) {
+    fail("attention", `${shapes()}: k and v must be [B, T, Hkv, D] matching q`);
+  }
+  if (hq % hkv !== 0) fail("attention", `${shapes()}: ${hq} query heads not a multiple of ${hkv}`);
+  if (roles.size !== b * t) fail("attention", `${shapes()}: roles must be [B, T]`);
+  const bad = checkRoleTable(table);
+  if (bad) fail("attention", bad);
+  checkIndices("attention", roles, 0, table.length, "role");
+  const scale = opts.scale ?? 1 / Math.sqrt(d);
+  const qc = contiguous(q), kc = contiguous(k), vc = contiguous(v), rc = contiguous(roles);
+  const out = empty(q.shape, "f32", "attention");
+  const stats = empty([2, b * hq * t], "f32", "attention.stats");
+  const dims = { b, t, hq, hkv, d, scale };
+  runAttention(
+    gpu(),
+    { q: qc.buf, k: kc.buf, v: vc.buf, roles: rc.buf, o: out.buf, stats: stats.buf },
+    dims,
+    table,
+  );
+  record(out, "attention", [q, k, v, roles], [qc, kc, vc, rc, out, stats], { dims, table });
+  for (const x of [qc, kc, vc, rc, stats]) x.dispose();
+  return out;
+}
+
+/** Wraps host data as a scalar f32 tensor. */
+export function scalar(value: number): Tensor {
+  return tensor([value], [], "f32");
+}
+
+/**
+ * Evaluates a WGSL expression over named tensors broadcast to `shape` (no autograd). Gradient
+ * rules use it to fuse their arithmetic into one kernel.
+ */
+export function mapExpr(
+  expr: string,
+  inputs: Record<string, Tensor>,
+  shape: readonly number[],
+  c = 0,
+): Tensor {
+  const out = empty(shape, "f32", "expr");
+  const ins = Object.entries(inputs).map(([name, t]) => input(t, name, shape));
+  runElementwise(gpu(), expr, ins, outOf(out), shape, c);
+  return out;
+}
+
+/** Copies `src` into the view `dst` (same shape) in place, no autograd. */
+export function copyInto(dst: Tensor, src: Tensor): void {
+  if (dst.shape.join() !== src.shape.join()) {
+    fail("copyInto", `${dst.describe()} <- ${src.describe()}`);
+  }
+  runElementwise(gpu(), "a", [input(src, "a", src.shape)], outOf(dst), dst.shape);
+}

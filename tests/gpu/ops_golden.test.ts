@@ -1,0 +1,146 @@
+/**
+ * Every op, forward and backward, against PyTorch goldens (tests/goldens/make_goldens.py):
+ * odd shapes, broadcasting, 1-element dims, extreme values, GEM role tables, GQA.
+ */
+
+import { backward } from "../../src/tensor/backward.ts";
+import * as T from "../../src/tensor/ops.ts";
+import { AdamW, clipGradNorm } from "../../src/tensor/optim.ts";
+import { scope, type Tensor } from "../../src/tensor/tensor.ts";
+import type { UnaryFn } from "../../src/gpu/kernels/elementwise.ts";
+import type { BinaryFn } from "../../src/gpu/kernels/elementwise.ts";
+import {
+  assertClose,
+  assertTensorClose,
+  BWD,
+  fromGolden,
+  FWD,
+  type GoldenCase,
+  loadGoldens,
+  testGpu,
+  type Tolerance,
+} from "../helpers.ts";
+
+const cases = loadGoldens("ops.json");
+
+/** Builds the op's output from its (uploaded) inputs. */
+function forward(c: GoldenCase, x: Record<string, Tensor>): Tensor {
+  const a = c.attrs as Record<string, never>;
+  switch (c.op) {
+    case "matmul":
+      return T.matmul(x.a, x.b, { transA: a.transA, transB: a.transB });
+    case "unary":
+      return T.unary(a.fn as UnaryFn, x.x);
+    case "binary":
+      return T.binary(a.fn as BinaryFn, x.a, x.b);
+    case "reduce": {
+      const fn = a.fn as string;
+      const f = fn === "sum" ? T.sum : fn === "mean" ? T.mean : T.max;
+      return f(x.x, a.axis, a.keepdim);
+    }
+    case "softmax":
+      return T.softmax(x.x);
+    case "log_softmax":
+      return T.logSoftmax(x.x);
+    case "rmsnorm":
+      return T.rmsnorm(x.x, x.w, a.eps);
+    case "rope": {
+      const [, t, , d] = x.x.shape;
+      const maxPos = x.pos ? Math.max(...c.inputs.pos.data) + 1 : t;
+      const table = T.ropeTable(d, maxPos, a.theta);
+      return T.rope(x.x, table, x.pos ?? null);
+    }
+    case "swiglu":
+      return T.swiglu(x.a, x.b);
+    case "embedding":
+      return T.embedding(x.w, x.ids);
+    case "cross_entropy":
+      return T.crossEntropy(x.logits, x.targets, { ignoreIndex: a.ignoreIndex });
+    case "attention":
+      return T.attention(x.q, x.k, x.v, x.roles, a.table, { scale: a.scale });
+  }
+  throw new Error(`no forward for op ${c.op}`);
+}
+
+/**
+ * Tolerance for a case: fp32 inputs of magnitude X carry absolute rounding X * 2^-24, which
+ * exp() turns into relative error of the same size, so extreme-range cases get a relative
+ * tolerance that grows with their largest input (at 1e4: 1.2e-3).
+ */
+function tolFor(c: GoldenCase, base: Tolerance): Tolerance {
+  let maxAbs = 0;
+  for (const g of Object.values(c.inputs)) {
+    for (const v of g.data) maxAbs = Math.max(maxAbs, Math.abs(v));
+  }
+  return { atol: base.atol, rtol: Math.max(base.rtol, 2 * 2 ** -24 * maxAbs) };
+}
+
+for (const c of cases.filter((c) => c.op !== "adamw" && c.op !== "clip_grad_norm")) {
+  Deno.test(`golden ${c.name}`, async () => {
+    await testGpu();
+    const inputs: Record<string, Tensor> = {};
+    for (const [k, g] of Object.entries(c.inputs)) {
+      inputs[k] = fromGolden(g);
+      if (c.grads?.[k]) T.parameter(inputs[k], k);
+    }
+    const out = scope(() => forward(c, inputs));
+    await assertTensorClose(out, c.outputs.out, tolFor(c, FWD), `${c.name} forward`);
+    if (c.dout && c.grads) {
+      const dout = fromGolden(c.dout.out);
+      backward(out, { grad: dout });
+      for (const [k, g] of Object.entries(c.grads)) {
+        const grad = inputs[k].grad;
+        if (!grad) throw new Error(`${c.name}: no gradient for ${k}`);
+        await assertTensorClose(grad, g, tolFor(c, BWD), `${c.name} grad ${k}`);
+      }
+      dout.dispose();
+    }
+    out.dispose();
+    for (const t of Object.values(inputs)) t.dispose();
+  });
+}
+
+for (const c of cases.filter((c) => c.op === "adamw")) {
+  Deno.test(`golden ${c.name}`, async () => {
+    await testGpu();
+    const a = c.attrs as Record<string, number>;
+    const p = T.parameter(fromGolden(c.inputs.p0), "p");
+    const opt = new AdamW([p], {
+      lr: a.lr,
+      beta1: a.beta1,
+      beta2: a.beta2,
+      eps: a.eps,
+      weightDecay: a.weightDecay,
+    });
+    for (let step = 1; step <= 3; step++) {
+      p.grad = fromGolden(c.inputs[`g${step}`]);
+      opt.update();
+      await assertTensorClose(p, c.outputs[`p${step}`], FWD, `${c.name} p${step}`);
+      opt.zeroGrad();
+    }
+    await assertTensorClose(opt.m[0], c.outputs.m3, FWD, `${c.name} m3`);
+    await assertTensorClose(opt.v[0], c.outputs.v3, FWD, `${c.name} v3`);
+    opt.dispose();
+    p.dispose();
+  });
+}
+
+for (const c of cases.filter((c) => c.op === "clip_grad_norm")) {
+  Deno.test(`golden ${c.name}`, async () => {
+    await testGpu();
+    const names = ["g_a", "g_b", "g_c"];
+    const params = names.map((n) => {
+      const p = T.parameter(T.zeros(c.inputs[n].shape), n);
+      p.grad = fromGolden(c.inputs[n]);
+      return p;
+    });
+    const norm = clipGradNorm(params, (c.attrs as Record<string, number>).maxNorm);
+    const [total] = await norm.toArray();
+    assertClose([total], c.outputs.norm.data, FWD, `${c.name} norm`);
+    for (let i = 0; i < names.length; i++) {
+      await assertTensorClose(params[i].grad!, c.outputs[names[i]], FWD, `${c.name} ${names[i]}`);
+    }
+    norm.dispose();
+    for (const p of params) p.dispose();
+  });
+}
