@@ -63,6 +63,8 @@ export { keep } from "./src/tensor/tensor.ts";
  * softmax, RMSNorm, RoPE, SwiGLU, embedding, fused cross-entropy, role-table attention.
  */
 export * as ops from "./src/tensor/ops.ts";
+/** A role table: table[queryRole][keyRole] is an attention rule. */
+export type { RoleTable } from "./src/tensor/ops.ts";
 /** Attention rule codes of a role table (none, causal, self, all). */
 export { RULE } from "./src/gpu/kernels/attention.ts";
 /** Reverse-mode autodiff from a tensor to every leaf parameter. */
@@ -75,3 +77,91 @@ export { AdamW, clipGradNorm } from "./src/tensor/optim.ts";
 export type { AdamWOptions } from "./src/tensor/optim.ts";
 /** Seeded random numbers (xoshiro128**), checkpointable. */
 export { Rng } from "./src/tensor/random.ts";
+
+/** A Llama-architecture decoder (GQA/MQA/MHA, tied or separate classifier) with a KV cache. */
+export {
+  CAUSAL,
+  CAUSAL_PADDED,
+  KVCache,
+  Llama,
+  padBatch,
+  parameterShapes,
+  validateConfig,
+} from "./src/nn/llama.ts";
+/** Model configuration, forward options and results, padded batches. */
+export type {
+  ForwardOptions,
+  ForwardResult,
+  LlamaConfig,
+  PaddedBatch,
+  RopeScaling,
+} from "./src/nn/llama.ts";
+/** Generation with on-GPU sampling (greedy, temperature, top-p), by ids or by text. */
+export { generate, generateText } from "./src/nn/generate.ts";
+/** Options and results of generation. */
+export type { GenerateOptions, GenerateResult, TextCodec } from "./src/nn/generate.ts";
+
+/** Loads a model and tokenizer from a llama2.c file, a Hugging Face directory, or a hub id. */
+export { loadModel, ModelNotFoundError } from "./src/io/model.ts";
+/** What {@link loadModel} returns and accepts. */
+export type { LoadedModel, LoadModelOptions } from "./src/io/model.ts";
+/** llama2.c checkpoints: read, parse, write. */
+export { CheckpointError, parseLlama2c, readLlama2c, writeLlama2c } from "./src/io/llama2c.ts";
+/** Hugging Face checkpoints: config mapping, q/k RoPE permutation, read and write. */
+export { configFromHf, configToHf, permuteRope, readHfModel, writeHfModel } from "./src/io/hf.ts";
+/** Options of {@link readHfModel}. */
+export type { ReadHfOptions } from "./src/io/hf.ts";
+/** safetensors reader (eager, lazy, sharded) and atomic F32/F16 writer. */
+export {
+  f16BitsToF32,
+  f32ToF16Bits,
+  INDEX_FILE,
+  MAX_HEADER_BYTES,
+  openCheckpoint,
+  openSafetensors,
+  openSafetensorsIndex,
+  parseSafetensors,
+  readSafetensors,
+  SafetensorsError,
+  writeSafetensors,
+} from "./src/io/safetensors.ts";
+/** safetensors types. */
+export type {
+  LoadedTensor,
+  Safetensors,
+  SafetensorsReader,
+  TensorData,
+  TensorInfo,
+  TensorToWrite,
+  WriteOptions,
+} from "./src/io/safetensors.ts";
+/** Hugging Face hub client: `org/name[@rev]` to a cached local checkpoint directory. */
+export {
+  hubCacheDir,
+  HubError,
+  missingFiles,
+  modelCacheDir,
+  parseModelSpec,
+  resolveModel,
+} from "./src/io/hub.ts";
+/** Hub client types. */
+export type { HubOptions, ModelSpec, Progress } from "./src/io/hub.ts";
+/** Tokenizers: interface, loader by file type (.bin llama2.c / .json Hugging Face), errors. */
+export {
+  loadTokenizer,
+  SpecialTokenTable,
+  TokenizerError,
+  TokenizerFileError,
+} from "./src/io/tokenizer.ts";
+/** Tokenizer types. */
+export type { EncodeOptions, LoadTokenizerOptions, Tokenizer } from "./src/io/tokenizer.ts";
+/** llama2.c tokenizer.bin reader and run.c-exact encoder/decoder. */
+export { Llama2cTokenizer, parseLlama2cTokenizer } from "./src/io/tokenizer_llama2c.ts";
+/** The parsed llama2.c vocabulary. */
+export type { Llama2cVocab } from "./src/io/tokenizer_llama2c.ts";
+/** Hugging Face tokenizer.json wrapper. */
+export { HfTokenizer } from "./src/io/tokenizer_hf.ts";
+/** Options of {@link HfTokenizer}. */
+export type { HfTokenizerOptions } from "./src/io/tokenizer_hf.ts";
+/** Shared data directory ($GEMKIT_DATA or <repo>/../shared/data). */
+export { dataDir, DataDirError } from "./src/io/paths.ts";

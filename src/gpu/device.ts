@@ -14,6 +14,10 @@ import { type Tuning, tuningFor } from "./tuning.ts";
 
 /** Bytes of the uniform ring used by one submit; more params than this force a flush. */
 const UNIFORM_RING_BYTES = 1 << 20;
+/** Bytes of one dispatch's Params slot: the uniform binding has a dynamic offset, fixed size. */
+const UNIFORM_SLOT_BYTES = 512;
+/** Bind groups kept for reuse; beyond this the cache starts over. */
+const BIND_GROUP_CACHE = 8192;
 
 /** Where the log of adapter facts goes; silenced with GEMKIT_LOG=0. */
 function logLine(msg: string): void {
@@ -48,7 +52,8 @@ export class Gpu {
   #uniformView = new DataView(this.#uniformData);
   #uniformUsed = 0;
   #uniformBuffer: GPUBuffer;
-  #uniformAlign: number;
+  /** Bind groups by layout and buffer ids: creating one costs ~16 us on llvmpipe, reuse is free. */
+  #bindGroups = new Map<string, GPUBindGroup>();
   #staging: GPUBuffer[] = [];
   /** Number of submits so far; a buffer used in the open encoder has `lastUse === epoch`. */
   epoch = 0;
@@ -59,11 +64,10 @@ export class Gpu {
 
   /** Wraps an acquired device; use {@link initGpu} rather than calling this. */
   constructor(readonly adapter: GPUAdapter, readonly device: GPUDevice) {
-    this.pool = new BufferPool(device);
+    this.pool = new BufferPool(device, () => this.#bindGroups.clear());
     this.description = adapter.info.description || adapter.info.vendor || "unknown adapter";
     this.features = new Set(device.features);
     this.tuning = tuningFor(this.description);
-    this.#uniformAlign = Math.max(device.limits.minUniformBufferOffsetAlignment, 16);
     this.#uniformBuffer = device.createBuffer({
       size: UNIFORM_RING_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -98,7 +102,11 @@ export class Gpu {
     let layout = this.#layouts.get(key);
     if (!layout) {
       const entries: GPUBindGroupLayoutEntry[] = [
-        { binding: 0, visibility: GPUShaderStage.COMPUTE, buffer: { type: "uniform" } },
+        {
+          binding: 0,
+          visibility: GPUShaderStage.COMPUTE,
+          buffer: { type: "uniform", hasDynamicOffset: true },
+        },
       ];
       buffers.forEach((a, i) =>
         entries.push({
@@ -168,29 +176,38 @@ export class Gpu {
     }
     if (groups[0] === 0 || groups[1] === 0 || groups[2] === 0) return;
     const pipeline = this.pipeline(kernel);
-    const size = Math.max(params.byteLength, 16);
-    const slot = Math.ceil(size / this.#uniformAlign) * this.#uniformAlign;
-    if (this.#uniformUsed + slot > UNIFORM_RING_BYTES) this.flush();
+    if (params.byteLength > UNIFORM_SLOT_BYTES) {
+      throw new Error(
+        `kernel '${kernel.name}': ${params.byteLength} bytes of params > ${UNIFORM_SLOT_BYTES}`,
+      );
+    }
+    if (this.#uniformUsed + UNIFORM_SLOT_BYTES > UNIFORM_RING_BYTES) this.flush();
     const at = this.#uniformUsed;
     params.writeTo(this.#uniformView, at);
-    this.#uniformUsed += slot;
+    this.#uniformUsed += UNIFORM_SLOT_BYTES;
 
-    const entries: GPUBindGroupEntry[] = [
-      { binding: 0, resource: { buffer: this.#uniformBuffer, offset: at, size } },
-    ];
-    for (let i = 0; i < buffers.length; i++) {
-      const b = buffers[i];
+    let key = kernel.buffers.join("");
+    for (const b of buffers) {
       if (b.released) throw new DisposedError(`kernel '${kernel.name}': buffer '${b.owner}' freed`);
       b.lastUse = this.epoch;
-      entries.push({ binding: i + 1, resource: { buffer: b.buffer } });
+      key += "," + b.id;
     }
-    const bindGroup = this.device.createBindGroup({
-      layout: this.#layout(kernel.buffers),
-      entries,
-    });
+    let bindGroup = this.#bindGroups.get(key);
+    if (!bindGroup) {
+      const entries: GPUBindGroupEntry[] = [
+        {
+          binding: 0,
+          resource: { buffer: this.#uniformBuffer, offset: 0, size: UNIFORM_SLOT_BYTES },
+        },
+      ];
+      buffers.forEach((b, i) => entries.push({ binding: i + 1, resource: { buffer: b.buffer } }));
+      bindGroup = this.device.createBindGroup({ layout: this.#layout(kernel.buffers), entries });
+      if (this.#bindGroups.size >= BIND_GROUP_CACHE) this.#bindGroups.clear();
+      this.#bindGroups.set(key, bindGroup);
+    }
     const pass = this.#computePass();
     pass.setPipeline(pipeline);
-    pass.setBindGroup(0, bindGroup);
+    pass.setBindGroup(0, bindGroup, [at]);
     pass.dispatchWorkgroups(groups[0], groups[1], groups[2]);
     this.stats.dispatches++;
     if (++this.#dispatches >= this.maxDispatchesPerSubmit) this.flush();

@@ -7,7 +7,12 @@
  */
 
 /** One pooled storage buffer, owned by whoever acquired it until `release`. */
+let nextBufferId = 0;
+
+/** A pooled storage buffer and its bookkeeping. */
 export class GpuBuffer {
+  /** Unique id, part of the bind-group cache key. */
+  readonly id: number = nextBufferId++;
   /** Submit epoch in which this buffer was last recorded into a command; see Recorder. */
   lastUse: number = -1;
   /** True once given back to the pool. */
@@ -43,14 +48,26 @@ export class BufferPool {
   /** Cached (released) bytes beyond which released buffers are destroyed instead of kept. */
   maxPooledBytes = 2 ** 30;
 
-  /** A pool allocating from `device`. */
-  constructor(readonly device: GPUDevice) {}
+  /**
+   * A pool allocating from `device`; `onDestroy` runs before buffers are destroyed (the device
+   * drops its cached bind groups, which may reference them).
+   */
+  constructor(readonly device: GPUDevice, readonly onDestroy: () => void = () => {}) {}
 
-  /** A buffer of at least `bytes`, labelled with its owner. */
-  acquire(bytes: number, owner: string): GpuBuffer {
+  /**
+   * A buffer of at least `bytes`, labelled with its owner. With `notUsedIn`, prefers a buffer
+   * that no command of that submit epoch touches: uploads into it need not flush first.
+   */
+  acquire(bytes: number, owner: string, notUsedIn = -2): GpuBuffer {
     const cap = sizeClass(bytes);
     const list = this.#free.get(cap);
-    let buf = list?.pop();
+    let buf: GpuBuffer | undefined;
+    if (list?.length) {
+      let i = list.length - 1;
+      while (i >= 0 && list[i].lastUse === notUsedIn) i--;
+      // All cached ones pending: a new buffer is cheaper than a flush; the pool settles.
+      if (i >= 0) buf = list.splice(i, 1)[0];
+    }
     if (buf) {
       this.#pooledBytes -= cap;
       buf.bytes = bytes;
@@ -72,6 +89,7 @@ export class BufferPool {
     this.#live.delete(buf);
     this.#liveBytes -= buf.capacity;
     if (this.#pooledBytes + buf.capacity > this.maxPooledBytes) {
+      this.onDestroy();
       buf.buffer.destroy();
       return;
     }
@@ -83,6 +101,7 @@ export class BufferPool {
 
   /** Destroys all cached (released) buffers. */
   trim(): void {
+    this.onDestroy();
     for (const list of this.#free.values()) for (const b of list) b.buffer.destroy();
     this.#free.clear();
     this.#pooledBytes = 0;

@@ -19,9 +19,9 @@ import {
 import { runGather } from "../gpu/kernels/embedding.ts";
 import { runMatmul } from "../gpu/kernels/matmul.ts";
 import { runReduce } from "../gpu/kernels/reduce.ts";
-import { ropeTable as hostRopeTable, runRope } from "../gpu/kernels/rope.ts";
+import { type RopeScaling, ropeTable as hostRopeTable, runRope } from "../gpu/kernels/rope.ts";
 import { rmsnormKernel, runRowKernel, softmaxKernel } from "../gpu/kernels/rowwise.ts";
-import { record } from "./graph.ts";
+import { needsGrad, record } from "./graph.ts";
 import { contiguousStrides, type DType, empty, numel, Tensor, tensor } from "./tensor.ts";
 
 function fail(op: string, msg: string): never {
@@ -492,9 +492,14 @@ export function rmsnorm(x: Tensor, w: Tensor, eps = 1e-5): Tensor {
 }
 
 /** A (cos, sin) table for {@link rope}: [maxPos, headDim/2, 2], computed in float64. */
-export function ropeTable(headDim: number, maxPos: number, theta = 10000): Tensor {
+export function ropeTable(
+  headDim: number,
+  maxPos: number,
+  theta = 10000,
+  scaling?: RopeScaling,
+): Tensor {
   if (headDim % 2 !== 0) fail("ropeTable", `head dim ${headDim} is odd`);
-  return tensor(hostRopeTable(headDim, maxPos, theta), [maxPos, headDim / 2, 2], "f32");
+  return tensor(hostRopeTable(headDim, maxPos, theta, scaling), [maxPos, headDim / 2, 2], "f32");
 }
 
 /**
@@ -615,6 +620,11 @@ export type RoleTable = readonly (readonly number[])[];
 
 /** Options of {@link attention}. */
 export interface AttentionOptions {
+  /**
+   * Valid keys when k/v are a KV cache [B, capacity, Hkv, D]: the queries are the last of these
+   * (no autograd in this mode). Default: all of k's rows.
+   */
+  keys?: number;
   /** Score scale; default 1/sqrt(head dim). */
   scale?: number;
 }
@@ -638,14 +648,19 @@ export function attention(
   const shapes = () =>
     `q ${shapeStr(q)}, k ${shapeStr(k)}, v ${shapeStr(v)}, roles ${shapeStr(roles)}`;
   if (q.rank !== 4 || k.rank !== 4 || v.rank !== 4) fail("attention", `${shapes()}: want rank 4`);
-  const [b, t, hq, d] = q.shape, hkv = k.shape[2];
-  if (
-    k.shape.join() !== v.shape.join() || k.shape[0] !== b || k.shape[1] !== t || k.shape[3] !== d
-  ) {
-    fail("attention", `${shapes()}: k and v must be [B, T, Hkv, D] matching q`);
+  const [b, t, hq, d] = q.shape, [, tcap, hkv] = k.shape;
+  if (k.shape.join() !== v.shape.join() || k.shape[0] !== b || k.shape[3] !== d) {
+    fail("attention", `${shapes()}: k and v must be [B, Tk, Hkv, D] matching q`);
+  }
+  const tk = opts.keys ?? tcap;
+  if (tk < t || tk > tcap || (tk !== t && needsGrad([q, k, v]))) {
+    fail(
+      "attention",
+      `${shapes()}: ${tk} keys for ${t} queries (fewer keys than queries, more than k holds, or a KV cache under autograd)`,
+    );
   }
   if (hq % hkv !== 0) fail("attention", `${shapes()}: ${hq} query heads not a multiple of ${hkv}`);
-  if (roles.size !== b * t) fail("attention", `${shapes()}: roles must be [B, T]`);
+  if (roles.size !== b * tcap) fail("attention", `${shapes()}: roles must be [B, Tk]`);
   const bad = checkRoleTable(table);
   if (bad) fail("attention", bad);
   checkIndices("attention", roles, 0, table.length, "role");
@@ -653,7 +668,7 @@ export function attention(
   const qc = contiguous(q), kc = contiguous(k), vc = contiguous(v), rc = contiguous(roles);
   const out = empty(q.shape, "f32", "attention");
   const stats = empty([2, b * hq * t], "f32", "attention.stats");
-  const dims = { b, t, hq, hkv, d, scale };
+  const dims = { b, t, hq, hkv, d, scale, tk, tcap };
   runAttention(
     gpu(),
     { q: qc.buf, k: kc.buf, v: vc.buf, roles: rc.buf, o: out.buf, stats: stats.buf },

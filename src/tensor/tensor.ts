@@ -222,7 +222,7 @@ export function tensor(
   } else if (dtype === "f32") host = Float32Array.from(data);
   else throw new DTypeError(`tensor: unknown dtype '${dtype}'`);
   const g = gpu();
-  const buf = g.pool.acquire(Math.max(host.byteLength, 4), "upload");
+  const buf = g.pool.acquire(Math.max(host.byteLength, 4), "upload", g.epoch);
   if (host.byteLength) g.write(buf, host);
   const storage = new Storage(buf, dtype === "i32" ? host as Int32Array : null);
   return new Tensor(storage, [...shape], contiguousStrides(shape), 0, dtype);

@@ -23,6 +23,11 @@ export const RULE = { none: 0, causal: 1, self: 2, all: 3 } as const;
 /** Largest role table (roles x roles) the kernels accept. */
 export const MAX_ROLES = 8;
 
+/**
+ * Shapes of one attention call. Training uses t queries over the same t keys. Decoding with a KV
+ * cache uses t new queries that are the last of `tk` keys held in a cache of `tcap` rows per
+ * sequence (k, v and roles are laid out [B, tcap, ...]); the backward pass needs tk = tcap = t.
+ */
 export interface AttentionDims {
   b: number;
   t: number;
@@ -30,11 +35,16 @@ export interface AttentionDims {
   hkv: number;
   d: number;
   scale: number;
+  /** Valid keys (default t). */
+  tk?: number;
+  /** Key rows per sequence in the k/v/roles buffers (default tk). */
+  tcap?: number;
 }
 
 const PARAMS = `struct Params {
-  T: u32, HQ: u32, HKV: u32, R: u32,
-  scale: f32, rows: u32, hasAll: u32, _p: u32,
+  TQ: u32, TK: u32, TCAP: u32, QOFF: u32,
+  HQ: u32, HKV: u32, R: u32, hasAll: u32,
+  scale: f32, rows: u32, _a: u32, _b: u32,
   tab: array<vec4<u32>, 16>,
 };
 @group(0) @binding(0) var<uniform> P: Params;`;
@@ -54,15 +64,17 @@ function queryRow(wg: number): string {
   return `
   let row = ${LINEAR_GROUP_ID} * ${wg}u + lid;
   if (row >= P.rows) { return; }
-  let t = row % P.T;
-  let bh = row / P.T;
+  let t = row % P.TQ;
+  let bh = row / P.TQ;
   let h = bh % P.HQ;
   let b = bh / P.HQ;
   let g = h / (P.HQ / P.HKV);
-  let rq = ROLES[b * P.T + t];
-  let qBase = ((b * P.T + t) * P.HQ + h) * D;
-  // Keys after t are visible only through an 'all' rule.
-  let end = select(t + 1u, P.T, P.hasAll != 0u);`;
+  // Position of this query among the keys (queries are the last TQ of TK when decoding).
+  let tq = t + P.QOFF;
+  let rq = ROLES[b * P.TCAP + tq];
+  let qBase = ((b * P.TQ + t) * P.HQ + h) * D;
+  // Keys after the query are visible only through an 'all' rule.
+  let end = select(min(tq + 1u, P.TK), P.TK, P.hasAll != 0u);`;
 }
 
 export function attentionForwardKernel(d: number, wg: number): Kernel {
@@ -84,8 +96,8 @@ ${queryRow(wg)}
   var m = -3.4028234e38;
   var l = 0.0;
   for (var s = 0u; s < end; s++) {
-    if (!allowed(rq, ROLES[b * P.T + s], t, s)) { continue; }
-    let kBase = ((b * P.T + s) * P.HKV + g) * D;
+    if (!allowed(rq, ROLES[b * P.TCAP + s], tq, s)) { continue; }
+    let kBase = ((b * P.TCAP + s) * P.HKV + g) * D;
     var sc = 0.0;
     for (var j = 0u; j < D; j++) { sc = fma(q[j], K[kBase + j], sc); }
     let mNew = max(m, sc);
@@ -133,8 +145,8 @@ ${queryRow(wg)}
   let lse = STATS[row];
   var dq: array<f32, ${d}>;
   for (var s = 0u; s < end; s++) {
-    if (!allowed(rq, ROLES[b * P.T + s], t, s)) { continue; }
-    let kBase = ((b * P.T + s) * P.HKV + g) * D;
+    if (!allowed(rq, ROLES[b * P.TCAP + s], tq, s)) { continue; }
+    let kBase = ((b * P.TCAP + s) * P.HKV + g) * D;
     var sc = 0.0;
     var dp = 0.0;
     for (var j = 0u; j < D; j++) {
@@ -172,12 +184,12 @@ fn main(${GRID_BUILTINS}) {
   let row = ${LINEAR_GROUP_ID} * ${wg}u + lid;
   let keyRows = P.rows / P.HQ * P.HKV;
   if (row >= keyRows) { return; }
-  let s = row % P.T;
-  let bg = row / P.T;
+  let s = row % P.TQ;
+  let bg = row / P.TQ;
   let g = bg % P.HKV;
   let b = bg / P.HKV;
-  let rk = ROLES[b * P.T + s];
-  let kBase = ((b * P.T + s) * P.HKV + g) * D;
+  let rk = ROLES[b * P.TQ + s];
+  let kBase = ((b * P.TQ + s) * P.HKV + g) * D;
   var k: array<f32, ${d}>;
   var v: array<f32, ${d}>;
   for (var j = 0u; j < D; j++) { k[j] = K[kBase + j] * P.scale; v[j] = V[kBase + j]; }
@@ -188,10 +200,10 @@ fn main(${GRID_BUILTINS}) {
   let start = select(s, 0u, P.hasAll != 0u);
   for (var hh = 0u; hh < group; hh++) {
     let h = g * group + hh;
-    for (var t = start; t < P.T; t++) {
-      if (!allowed(ROLES[b * P.T + t], rk, t, s)) { continue; }
-      let qBase = ((b * P.T + t) * P.HQ + h) * D;
-      let r = (b * P.HQ + h) * P.T + t;
+    for (var t = start; t < P.TQ; t++) {
+      if (!allowed(ROLES[b * P.TQ + t], rk, t, s)) { continue; }
+      let qBase = ((b * P.TQ + t) * P.HQ + h) * D;
+      let r = (b * P.HQ + h) * P.TQ + t;
       var sc = 0.0;
       var dp = 0.0;
       for (var j = 0u; j < D; j++) {
@@ -219,9 +231,12 @@ function params(dims: AttentionDims, table: readonly (readonly number[])[]): Par
   const r = table.length;
   const flat = table.flat();
   const hasAll = flat.includes(RULE.all) ? 1 : 0;
+  const tk = dims.tk ?? dims.t, tcap = dims.tcap ?? tk;
+  if (tk < dims.t || tcap < tk) throw new Error(`attention: bad dims ${JSON.stringify(dims)}`);
   return new ParamWriter()
-    .u32(dims.t).u32(dims.hq).u32(dims.hkv).u32(r)
-    .f32(dims.scale).u32(dims.b * dims.hq * dims.t).u32(hasAll).u32(0)
+    .u32(dims.t).u32(tk).u32(tcap).u32(tk - dims.t)
+    .u32(dims.hq).u32(dims.hkv).u32(r).u32(hasAll)
+    .f32(dims.scale).u32(dims.b * dims.hq * dims.t).u32(0).u32(0)
     .vec4u(flat, 16);
 }
 
@@ -281,6 +296,9 @@ export function runAttentionBackward(
   table: readonly (readonly number[])[],
 ): void {
   const wg = gpu.tuning.attentionWorkgroup;
+  if ((dims.tk ?? dims.t) !== dims.t || (dims.tcap ?? dims.t) !== dims.t) {
+    throw new Error("attention backward needs as many keys as queries (no KV cache)");
+  }
   const p = params(dims, table);
   const rows = dims.b * dims.hq * dims.t;
   gpu.dispatch(

@@ -40,13 +40,51 @@ fn main(${GRID_BUILTINS}) {
   };
 }
 
-/** Host table of (cos, sin) for positions [0, maxPos) and pair k: angle = pos * theta^(-2k/D). */
-export function ropeTable(headDim: number, maxPos: number, theta: number): Float32Array {
+/** Llama 3's RoPE frequency scaling (Hugging Face `rope_type: "llama3"`). */
+export interface RopeScaling {
+  /** Scaling kind (only Llama 3's). */
+  type: "llama3";
+  /** Stretch of low frequencies. */
+  factor: number;
+  /** Wavelength bound (in units of the original context) below which frequencies are stretched. */
+  lowFreqFactor: number;
+  /** Wavelength bound above which frequencies are kept. */
+  highFreqFactor: number;
+  /** Context length the model was pretrained with. */
+  originalMaxPositionEmbeddings: number;
+}
+
+/** Frequency of pair k: theta^(-2k/D), rescaled for Llama 3 when `scaling` is given. */
+export function ropeFrequency(
+  k: number,
+  headDim: number,
+  theta: number,
+  scaling?: RopeScaling,
+): number {
+  const f = Math.pow(theta, (-2 * k) / headDim);
+  if (!scaling) return f;
+  const { factor, lowFreqFactor: lo, highFreqFactor: hi, originalMaxPositionEmbeddings: ctx } =
+    scaling;
+  const wavelen = (2 * Math.PI) / f;
+  if (wavelen < ctx / hi) return f; // high frequencies unchanged
+  if (wavelen > ctx / lo) return f / factor; // low frequencies stretched
+  const smooth = (ctx / wavelen - lo) / (hi - lo);
+  return (1 - smooth) * (f / factor) + smooth * f;
+}
+
+/** Host table of (cos, sin) for positions [0, maxPos) and pair k: angle = pos * frequency(k). */
+export function ropeTable(
+  headDim: number,
+  maxPos: number,
+  theta: number,
+  scaling?: RopeScaling,
+): Float32Array {
   const half = headDim / 2;
   const tab = new Float32Array(maxPos * half * 2);
+  const freqs = Array.from({ length: half }, (_, k) => ropeFrequency(k, headDim, theta, scaling));
   for (let p = 0; p < maxPos; p++) {
     for (let k = 0; k < half; k++) {
-      const a = p * Math.pow(theta, (-2 * k) / headDim);
+      const a = p * freqs[k];
       tab[(p * half + k) * 2] = Math.cos(a);
       tab[(p * half + k) * 2 + 1] = Math.sin(a);
     }

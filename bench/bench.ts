@@ -1,0 +1,97 @@
+/**
+ * `deno task bench [names...]`: runs all or the named benchmarks, prints a table, and writes
+ * bench/results.json (records of the benches that ran replace their old ones; others are kept).
+ *
+ * Every figure is the median of several timed samples after warm-up, all in this one process,
+ * with the min..max spread: these machines are noisy.
+ */
+
+import { initGpu } from "../src/gpu/device.ts";
+import { matmulBench } from "./matmul.ts";
+
+/** One result row; benches add their own fields. */
+export interface BenchRecord {
+  bench: string;
+  impl: string;
+  [field: string]: unknown;
+}
+
+/** Context handed to each bench. */
+export interface BenchContext {
+  adapter: string;
+  /** Scale sample counts down (GEMKIT_BENCH_QUICK=1) for a smoke run. */
+  quick: boolean;
+  log: (msg: string) => void;
+}
+
+type Bench = (ctx: BenchContext) => Promise<BenchRecord[]>;
+
+const BENCHES: Record<string, Bench> = {
+  matmul: matmulBench,
+};
+
+/** Median, min and max of samples. */
+export function stats(xs: number[]): { median: number; min: number; max: number } {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  const median = s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+  return { median, min: s[0], max: s[s.length - 1] };
+}
+
+function table(records: BenchRecord[]): string {
+  const cols = [...new Set(records.flatMap((r) => Object.keys(r)))].filter((c) =>
+    !["adapter", "date", "samples"].includes(c)
+  );
+  const fmt = (v: unknown) =>
+    typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : String(v ?? "");
+  const rows = records.map((r) => cols.map((c) => fmt(r[c])));
+  const widths = cols.map((c, i) => Math.max(c.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) => cells.map((x, i) => x.padEnd(widths[i])).join("  ");
+  return [line(cols), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
+}
+
+async function main() {
+  const names = Deno.args.filter((a) => !a.startsWith("-"));
+  for (const n of names) {
+    if (!BENCHES[n]) {
+      console.error(`bench: unknown benchmark '${n}'; known: ${Object.keys(BENCHES).join(", ")}`);
+      Deno.exit(2);
+    }
+  }
+  const run = names.length ? names : Object.keys(BENCHES);
+  const gpu = await initGpu();
+  const ctx: BenchContext = {
+    adapter: gpu.description,
+    quick: Deno.env.get("GEMKIT_BENCH_QUICK") === "1",
+    log: (m) => console.error(`bench: ${m}`),
+  };
+  const date = new Date().toISOString().slice(0, 10);
+  const fresh: BenchRecord[] = [];
+  for (const name of run) {
+    ctx.log(`running ${name}`);
+    const recs = await BENCHES[name](ctx);
+    for (const r of recs) fresh.push({ ...r, adapter: ctx.adapter, date });
+    console.log(`\n## ${name}\n${table(recs)}`);
+  }
+  const path = new URL("./results.json", import.meta.url);
+  let old: BenchRecord[] = [];
+  try {
+    old = JSON.parse(await Deno.readTextFile(path));
+  } catch {
+    // first run
+  }
+  const merged = [...old.filter((r) => !run.includes(r.bench)), ...fresh];
+  const tmp = new URL("./results.json.tmp", import.meta.url);
+  await Deno.writeTextFile(tmp, JSON.stringify(merged, null, 1) + "\n");
+  await Deno.rename(tmp, path);
+  ctx.log(`wrote ${path.pathname} (${fresh.length} new records)`);
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    console.error(`bench: ${e instanceof Error ? e.message : e}`);
+    Deno.exit(1);
+  }
+}

@@ -1,0 +1,54 @@
+/**
+ * `deno task generate --model PATH [--tokenizer PATH] --prompt TEXT --max-tokens N
+ *   --temperature T --top-p P --seed S`: prints the prompt's continuation to stdout, progress and
+ * timing to stderr.
+ */
+
+import { initGpu } from "../gpu/device.ts";
+import { loadModel } from "../io/model.ts";
+import { generateText } from "../nn/generate.ts";
+import { parseArgs, runMain, UsageError } from "./args.ts";
+
+const USAGE = "usage: deno task generate --model PATH [--tokenizer PATH] [--prompt TEXT] [options]";
+
+await runMain(async () => {
+  const { flags } = parseArgs(Deno.args, {
+    model: { type: "string", help: "llama2.c .bin, Hugging Face directory, or hub id org/name" },
+    tokenizer: { type: "string", help: "tokenizer file (required for llama2.c models)" },
+    prompt: { type: "string", help: "text to continue", default: "" },
+    "max-tokens": { type: "number", help: "new tokens at most", default: 256 },
+    temperature: { type: "number", help: "0 = greedy", default: 1.0 },
+    "top-p": { type: "number", help: "nucleus mass kept", default: 0.9 },
+    seed: { type: "number", help: "sampling seed", default: 0 },
+  }, USAGE);
+  if (!flags.model) throw new UsageError(`--model is required\n${USAGE}`);
+  const temperature = flags.temperature as number, topP = flags["top-p"] as number;
+  if (temperature < 0) throw new UsageError("--temperature must be >= 0");
+  if (!(topP > 0 && topP <= 1)) throw new UsageError("--top-p must be in (0, 1]");
+  await initGpu();
+  const t0 = performance.now();
+  const { model, tokenizer } = await loadModel(flags.model as string, {
+    tokenizer: flags.tokenizer as string | undefined,
+  });
+  console.error(`gemkit: loaded ${flags.model} in ${(performance.now() - t0).toFixed(0)} ms`);
+  const enc = new TextEncoder();
+  const prompt = flags.prompt as string;
+  await Deno.stdout.write(enc.encode(prompt));
+  const r = await generateText(model, tokenizer, prompt, {
+    maxTokens: flags["max-tokens"] as number,
+    temperature,
+    topP,
+    seed: flags.seed as number,
+    stopIds: [tokenizer.bosId, tokenizer.eosId].filter((i) => i >= 0),
+    onText: (piece) => void Deno.stdout.writeSync(enc.encode(piece)),
+  });
+  await Deno.stdout.write(enc.encode("\n"));
+  const n = r.ids.length;
+  console.error(
+    `gemkit: ${r.promptTokens} prompt tokens in ${r.prefillMs.toFixed(0)} ms, ${n} new tokens in ` +
+      `${r.decodeMs.toFixed(0)} ms (${
+        (n / (r.decodeMs / 1000)).toFixed(1)
+      } tok/s), stop: ${r.stop}`,
+  );
+  model.dispose();
+});

@@ -1,0 +1,166 @@
+/**
+ * Next-token choice on the GPU, so generation feeds tokens back without a readback per step:
+ * greedy (temperature 0: first arg-max) or temperature + nucleus (top-p) sampling. One workgroup
+ * per sequence. The chosen id goes to NEXT[b] (the next step's input) and HIST[b, step].
+ *
+ * Top-p without sorting: the kept set {p_i >= theta} with theta the largest threshold whose mass
+ * reaches top_p is found by bisection on theta (32 rounds of workgroup sums); the sample is then
+ * the first id, in vocabulary order, where the running kept mass passes u * kept mass. Same
+ * distribution as llama2.c's sorted sampler, different mapping from u to token.
+ *
+ * Versions: v1.
+ */
+
+import type { Gpu } from "../device.ts";
+import { type Kernel, ParamWriter } from "../kernel.ts";
+import type { GpuBuffer } from "../pool.ts";
+
+export function sampleKernel(wg: number): Kernel {
+  const source = `struct Params {
+  V: u32, rowStride: u32, rowOffset: u32, step: u32,
+  maxNew: u32, batch: u32, temperature: f32, topP: f32,
+};
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> L: array<f32>;
+@group(0) @binding(2) var<storage, read> U: array<f32>;
+@group(0) @binding(3) var<storage, read_write> NEXT: array<i32>;
+@group(0) @binding(4) var<storage, read_write> HIST: array<i32>;
+var<workgroup> red: array<f32, ${wg}>;
+var<workgroup> arg: array<u32, ${wg}>;
+
+fn wgSum(v: f32, lid: u32) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { red[lid] += red[lid + s]; }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+
+@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let b = wid.x;
+  let base = b * P.rowStride + P.rowOffset;
+  // Arg-max with first-index tie break.
+  var best = -3.4028234e38;
+  var bi = 0xffffffffu;
+  for (var j = lid; j < P.V; j += ${wg}u) {
+    let x = L[base + j];
+    if (x > best) { best = x; bi = j; }
+  }
+  red[lid] = best;
+  arg[lid] = bi;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      let o = red[lid + s];
+      if (o > red[lid] || (o == red[lid] && arg[lid + s] < arg[lid])) {
+        red[lid] = o;
+        arg[lid] = arg[lid + s];
+      }
+    }
+    workgroupBarrier();
+  }
+  let m = red[0];
+  var choice = arg[0];
+  workgroupBarrier();
+  if (P.temperature > 0.0) {
+    let inv = 1.0 / P.temperature;
+    let z = wgSum(sumExp(base, m, inv, lid), lid);
+    // Bisection for the top-p threshold on normalised probabilities.
+    var lo = 0.0;
+    var hi = 1.0;
+    if (P.topP < 1.0) {
+      for (var it = 0; it < 32; it++) {
+        let mid = 0.5 * (lo + hi);
+        var part = 0.0;
+        for (var j = lid; j < P.V; j += ${wg}u) {
+          let p = exp((L[base + j] - m) * inv) / z;
+          if (p >= mid) { part += p; }
+        }
+        let mass = wgSum(part, lid);
+        if (mass >= P.topP) { lo = mid; } else { hi = mid; }
+      }
+    }
+    let theta = lo;
+    // Contiguous chunks per invocation so a prefix over chunks orders ids.
+    let chunk = (P.V + ${wg - 1}u) / ${wg}u;
+    let j0 = min(lid * chunk, P.V);
+    let j1 = min(j0 + chunk, P.V);
+    var mine = 0.0;
+    for (var j = j0; j < j1; j++) {
+      let p = exp((L[base + j] - m) * inv) / z;
+      if (p >= theta) { mine += p; }
+    }
+    red[lid] = mine;
+    workgroupBarrier();
+    if (lid == 0u) {
+      var total = 0.0;
+      for (var i = 0u; i < ${wg}u; i++) { total += red[i]; }
+      let goal = U[P.step * P.batch + b] * total;
+      var acc = 0.0;
+      var found = false;
+      for (var i = 0u; i < ${wg}u && !found; i++) {
+        if (acc + red[i] > goal) {
+          let a0 = min(i * chunk, P.V);
+          let a1 = min(a0 + chunk, P.V);
+          for (var j = a0; j < a1; j++) {
+            let p = exp((L[base + j] - m) * inv) / z;
+            if (p >= theta) {
+              acc += p;
+              choice = j;
+              if (acc > goal) { found = true; break; }
+            }
+          }
+        } else {
+          acc += red[i];
+        }
+      }
+      arg[0] = choice;
+    }
+    workgroupBarrier();
+    choice = arg[0];
+  }
+  if (lid == 0u) {
+    NEXT[b] = i32(choice);
+    HIST[b * P.maxNew + P.step] = i32(choice);
+  }
+}
+
+fn sumExp(base: u32, m: f32, inv: f32, lid: u32) -> f32 {
+  var s = 0.0;
+  for (var j = lid; j < P.V; j += ${wg}u) { s += exp((L[base + j] - m) * inv); }
+  return s;
+}`;
+  return { name: "sample", source, buffers: ["read", "read", "rw", "rw"] };
+}
+
+/** Sampling settings of one generation step. */
+export interface SampleStep {
+  vocab: number;
+  /** Elements between sequences' rows in the logits buffer, and offset of the row to use. */
+  rowStride: number;
+  rowOffset: number;
+  batch: number;
+  step: number;
+  maxNew: number;
+  temperature: number;
+  topP: number;
+}
+
+export function runSample(
+  gpu: Gpu,
+  logits: GpuBuffer,
+  uniforms: GpuBuffer,
+  next: GpuBuffer,
+  history: GpuBuffer,
+  s: SampleStep,
+): void {
+  const wg = gpu.tuning.rowWorkgroup;
+  const p = new ParamWriter().u32(s.vocab).u32(s.rowStride).u32(s.rowOffset).u32(s.step)
+    .u32(s.maxNew).u32(s.batch).f32(s.temperature).f32(s.topP);
+  gpu.dispatch(sampleKernel(wg), [logits, uniforms, next, history], p, [s.batch, 1, 1]);
+}

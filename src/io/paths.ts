@@ -1,0 +1,31 @@
+/** Where gemkit finds the shared, read-only data (models, corpora, evaluation sets). */
+
+/** The data directory is missing; the message names the path that was tried and how it was chosen. */
+export class DataDirError extends Error {
+  /** Error class name. */
+  override name = "DataDirError";
+}
+
+/**
+ * The data directory: `$GEMKIT_DATA` when set, else `<repo>/../shared/data` (absolute, computed
+ * from this module's location, so it does not depend on the working directory). The data is never
+ * copied into the repository, so tests read it from here. Throws {@link DataDirError} naming the
+ * path when it does not exist or is not a directory.
+ */
+export function dataDir(): string {
+  const fromEnv = Deno.env.get("GEMKIT_DATA");
+  // src/io/paths.ts -> repo root is two levels up; the data sits beside the repo.
+  const dir = fromEnv ??
+    decodeURIComponent(new URL("../../../shared/data", import.meta.url).pathname);
+  const how = fromEnv ? "from $GEMKIT_DATA" : "default <repo>/../shared/data; set $GEMKIT_DATA";
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(dir);
+  } catch {
+    throw new DataDirError(`data directory ${dir} does not exist (${how})`);
+  }
+  if (!info.isDirectory) {
+    throw new DataDirError(`data directory ${dir} is not a directory (${how})`);
+  }
+  return dir;
+}

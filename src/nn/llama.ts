@@ -1,0 +1,347 @@
+/**
+ * A Llama-architecture decoder on the engine's ops: pre-norm RMSNorm, RoPE on interleaved pairs,
+ * grouped-query attention under a role table (causal by default), SwiGLU MLP, tied or separate
+ * classifier. One forward serves training (batched, padded), embedding (hidden states, no logits)
+ * and generation (a KV cache).
+ *
+ * Parameters use Hugging Face's LlamaForCausalLM names and [out, in] layout; q/k rows are in
+ * llama2.c's interleaved-RoPE order (the HF loader un-permutes them).
+ */
+
+import { ShapeError } from "../gpu/errors.ts";
+import type { RopeScaling } from "../gpu/kernels/rope.ts";
+import * as T from "../tensor/ops.ts";
+import type { RoleTable } from "../tensor/ops.ts";
+import { Rng } from "../tensor/random.ts";
+import { keep, scope, type Tensor, tensor } from "../tensor/tensor.ts";
+
+/** Architecture of a Llama model. */
+export interface LlamaConfig {
+  /** Model width. */
+  dim: number;
+  /** Number of transformer blocks. */
+  nLayers: number;
+  /** Query heads. */
+  nHeads: number;
+  /** Key/value heads: nHeads for MHA, fewer for GQA, 1 for MQA. */
+  nKvHeads: number;
+  /** Width of the SwiGLU MLP. */
+  hiddenDim: number;
+  /** Vocabulary size (embedding and classifier rows). */
+  vocabSize: number;
+  /** Longest sequence (RoPE table size). */
+  maxSeqLen: number;
+  /** RoPE base. */
+  ropeTheta: number;
+  /** RMSNorm epsilon. */
+  normEps: number;
+  /** Classifier shares the token embedding. */
+  tiedEmbeddings: boolean;
+  /** Llama 3 RoPE frequency scaling, when the checkpoint uses it. */
+  ropeScaling?: RopeScaling;
+}
+
+export type { RopeScaling };
+
+/** Throws an error naming `source` and the field when a config value is unusable. */
+export function validateConfig(c: LlamaConfig, source: string): void {
+  const bad = (field: string, why: string): never => {
+    throw new ShapeError(`${source}: config field '${field}' ${why}`);
+  };
+  for (
+    const f of [
+      "dim",
+      "nLayers",
+      "nHeads",
+      "nKvHeads",
+      "hiddenDim",
+      "vocabSize",
+      "maxSeqLen",
+    ] as const
+  ) {
+    if (!Number.isInteger(c[f]) || c[f] <= 0) bad(f, `must be a positive integer, got ${c[f]}`);
+  }
+  if (c.dim % c.nHeads !== 0) bad("nHeads", `(${c.nHeads}) must divide dim ${c.dim}`);
+  if (c.nHeads % c.nKvHeads !== 0) {
+    bad("nKvHeads", `(${c.nKvHeads}) must divide nHeads ${c.nHeads}`);
+  }
+  if ((c.dim / c.nHeads) % 2 !== 0) bad("nHeads", `gives an odd head dim ${c.dim / c.nHeads}`);
+  if (!(c.ropeTheta > 0)) bad("ropeTheta", `must be > 0, got ${c.ropeTheta}`);
+  if (!(c.normEps > 0)) bad("normEps", `must be > 0, got ${c.normEps}`);
+}
+
+/** Head dim. */
+export const headDim = (c: LlamaConfig): number => c.dim / c.nHeads;
+
+/** Names and shapes of every parameter, in a stable order (the checkpoint order). */
+export function parameterShapes(c: LlamaConfig): [string, number[]][] {
+  const kv = headDim(c) * c.nKvHeads;
+  const out: [string, number[]][] = [["model.embed_tokens.weight", [c.vocabSize, c.dim]]];
+  for (let l = 0; l < c.nLayers; l++) {
+    const p = `model.layers.${l}.`;
+    out.push(
+      [`${p}input_layernorm.weight`, [c.dim]],
+      [`${p}self_attn.q_proj.weight`, [c.dim, c.dim]],
+      [`${p}self_attn.k_proj.weight`, [kv, c.dim]],
+      [`${p}self_attn.v_proj.weight`, [kv, c.dim]],
+      [`${p}self_attn.o_proj.weight`, [c.dim, c.dim]],
+      [`${p}post_attention_layernorm.weight`, [c.dim]],
+      [`${p}mlp.gate_proj.weight`, [c.hiddenDim, c.dim]],
+      [`${p}mlp.up_proj.weight`, [c.hiddenDim, c.dim]],
+      [`${p}mlp.down_proj.weight`, [c.dim, c.hiddenDim]],
+    );
+  }
+  out.push(["model.norm.weight", [c.dim]]);
+  if (!c.tiedEmbeddings) out.push(["lm_head.weight", [c.vocabSize, c.dim]]);
+  return out;
+}
+
+/** The plain causal role table: one role, causal. */
+export const CAUSAL: RoleTable = [[1]];
+/** Causal with a padding role (1) that nobody sees and that sees nothing. */
+export const CAUSAL_PADDED: RoleTable = [[1, 0], [0, 0]];
+
+/** Per-layer key/value cache for generation, [B, capacity, Hkv, D] each. */
+export class KVCache {
+  /** Keys per layer. */
+  readonly k: Tensor[];
+  /** Values per layer. */
+  readonly v: Tensor[];
+  /** Role of each cached position (all 0 for plain generation). */
+  readonly roles: Tensor;
+  /** Positions filled so far. */
+  length = 0;
+
+  /** Zeroed cache for `batch` sequences of up to `capacity` tokens. */
+  constructor(c: LlamaConfig, readonly batch: number, readonly capacity: number) {
+    const shape = [batch, capacity, c.nKvHeads, headDim(c)];
+    this.k = Array.from({ length: c.nLayers }, () => keep(T.zeros(shape)));
+    this.v = Array.from({ length: c.nLayers }, () => keep(T.zeros(shape)));
+    this.roles = keep(T.zeros([batch, capacity], "i32"));
+  }
+
+  /** Releases the cache's buffers. */
+  dispose(): void {
+    for (const t of [...this.k, ...this.v, this.roles]) t.dispose();
+  }
+}
+
+/** Options of {@link Llama.forward}. */
+export interface ForwardOptions {
+  /** Role of each token [B, T] (i32); default all 0. */
+  roles?: Tensor;
+  /** Who may attend to whom, by role; default causal. */
+  table?: RoleTable;
+  /** Position of each token [B, T] (i32) for RoPE; default 0..T-1 (after the cache's length). */
+  positions?: Tensor;
+  /** Compute logits (default true); embedding needs only hidden states. */
+  logits?: boolean;
+  /** Also return the residual stream after the embedding and after every layer. */
+  layers?: boolean;
+  /** Decode with this cache: keys/values of the new tokens are appended to it. */
+  cache?: KVCache;
+}
+
+/** What {@link Llama.forward} returns; the caller owns (and disposes) every tensor. */
+export interface ForwardResult {
+  /** [B, T, vocab], when requested. */
+  logits?: Tensor;
+  /** Final-normed last-layer states [B, T, dim]. */
+  hidden: Tensor;
+  /** Residual stream [B, T, dim]: index 0 is the embedding output, i the output of layer i. */
+  layers?: Tensor[];
+}
+
+/** The decoder: parameters, RoPE table, forward pass. */
+export class Llama {
+  /** Parameters by Hugging Face name, in checkpoint order. */
+  readonly params: Map<string, Tensor> = new Map();
+  #rope: Tensor;
+
+  /** Use {@link Llama.fromWeights} or {@link Llama.random}. */
+  constructor(readonly config: LlamaConfig, weights: Map<string, Tensor>, source: string) {
+    validateConfig(config, source);
+    for (const [name, shape] of parameterShapes(config)) {
+      const w = weights.get(name);
+      if (!w) throw new ShapeError(`${source}: missing parameter '${name}'`);
+      if (w.shape.join() !== shape.join()) {
+        throw new ShapeError(
+          `${source}: parameter '${name}' has shape [${w.shape}], config wants [${shape}]`,
+        );
+      }
+      this.params.set(name, keep(T.parameter(w, name)));
+    }
+    for (const name of weights.keys()) {
+      if (!this.params.has(name)) throw new ShapeError(`${source}: unexpected parameter '${name}'`);
+    }
+    this.#rope = keep(
+      T.ropeTable(headDim(config), config.maxSeqLen, config.ropeTheta, config.ropeScaling),
+    );
+  }
+
+  /** A model from host arrays keyed by Hugging Face names. */
+  static fromWeights(
+    config: LlamaConfig,
+    weights: Map<string, Float32Array>,
+    source: string,
+  ): Llama {
+    const shapes = new Map(parameterShapes(config));
+    const ts = new Map<string, Tensor>();
+    try {
+      for (const [name, data] of weights) {
+        const shape = shapes.get(name);
+        if (!shape) throw new ShapeError(`${source}: unexpected parameter '${name}'`);
+        if (data.length !== shape.reduce((a, b) => a * b, 1)) {
+          throw new ShapeError(
+            `${source}: parameter '${name}' has ${data.length} values, config wants [${shape}]`,
+          );
+        }
+        ts.set(name, tensor(data, shape));
+      }
+      return new Llama(config, ts, source);
+    } catch (e) {
+      for (const t of ts.values()) t.dispose();
+      throw e;
+    }
+  }
+
+  /** Random weights (normal * std, norms 1), for tests and experiments. */
+  static random(config: LlamaConfig, seed = 0, std = 0.02): Llama {
+    const rng = new Rng(seed);
+    const w = new Map<string, Float32Array>();
+    for (const [name, shape] of parameterShapes(config)) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const data = new Float32Array(n);
+      const isNorm = name.endsWith("norm.weight");
+      for (let i = 0; i < n; i++) data[i] = isNorm ? 1 : rng.normal() * std;
+      w.set(name, data);
+    }
+    return Llama.fromWeights(config, w, "random");
+  }
+
+  /** Parameters in checkpoint order, for the optimiser. */
+  parameters(): Tensor[] {
+    return [...this.params.values()];
+  }
+
+  #p(name: string): Tensor {
+    return this.params.get(name)!;
+  }
+
+  /** The classifier weight [vocab, dim] (the embedding when tied). */
+  get classifier(): Tensor {
+    return this.#p(this.config.tiedEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  }
+
+  /**
+   * Runs the decoder on token ids [B, T] (i32). With a cache, the tokens continue the cached
+   * sequence and their keys/values are appended.
+   */
+  forward(tokens: Tensor, opts: ForwardOptions = {}): ForwardResult {
+    const c = this.config;
+    if (tokens.rank !== 2 || tokens.dtype !== "i32") {
+      throw new ShapeError(`Llama.forward: tokens must be i32 [B, T], got ${tokens.describe()}`);
+    }
+    const [b, t] = tokens.shape;
+    const cache = opts.cache;
+    const start = cache?.length ?? 0;
+    if (start + t > c.maxSeqLen) {
+      throw new ShapeError(`Llama.forward: ${start + t} positions exceed maxSeqLen ${c.maxSeqLen}`);
+    }
+    if (cache && (cache.batch !== b || start + t > cache.capacity)) {
+      throw new ShapeError(
+        `Llama.forward: cache [${cache.batch}, ${cache.capacity}] cannot take ${b} x ${start + t}`,
+      );
+    }
+    const hd = headDim(c);
+    const table = opts.table ?? CAUSAL;
+    return scope(() => {
+      const roles = opts.roles ?? T.zeros([b, t], "i32");
+      let positions = opts.positions ?? null;
+      if (!positions && start > 0) {
+        positions = tensor(
+          Int32Array.from({ length: b * t }, (_, i) => start + (i % t)),
+          [b, t],
+          "i32",
+        );
+      }
+      if (cache) T.copyInto(T.slice(cache.roles, 1, start, start + t), roles);
+      let x = T.embedding(this.#p("model.embed_tokens.weight"), tokens);
+      const layers: Tensor[] = opts.layers ? [x] : [];
+      for (let l = 0; l < c.nLayers; l++) {
+        const p = (n: string) => this.#p(`model.layers.${l}.${n}`);
+        const a = T.rmsnorm(x, p("input_layernorm.weight"), c.normEps);
+        const proj = (n: string, heads: number) =>
+          T.reshape(T.matmul(a, p(n), { transB: true }), [b, t, heads, hd]);
+        const q = T.rope(proj("self_attn.q_proj.weight", c.nHeads), this.#rope, positions);
+        let k = T.rope(proj("self_attn.k_proj.weight", c.nKvHeads), this.#rope, positions);
+        let v = proj("self_attn.v_proj.weight", c.nKvHeads);
+        let attRoles = roles;
+        let keys: number | undefined;
+        if (cache) {
+          T.copyInto(T.slice(cache.k[l], 1, start, start + t), k);
+          T.copyInto(T.slice(cache.v[l], 1, start, start + t), v);
+          [k, v, attRoles, keys] = [cache.k[l], cache.v[l], cache.roles, start + t];
+        }
+        const o = T.attention(q, k, v, attRoles, table, { keys });
+        x = T.add(
+          x,
+          T.matmul(T.reshape(o, [b, t, c.dim]), p("self_attn.o_proj.weight"), { transB: true }),
+        );
+        const m = T.rmsnorm(x, p("post_attention_layernorm.weight"), c.normEps);
+        const gate = T.matmul(m, p("mlp.gate_proj.weight"), { transB: true });
+        const up = T.matmul(m, p("mlp.up_proj.weight"), { transB: true });
+        x = T.add(x, T.matmul(T.swiglu(gate, up), p("mlp.down_proj.weight"), { transB: true }));
+        if (opts.layers) layers.push(x);
+      }
+      if (cache) cache.length = start + t;
+      const hidden = T.rmsnorm(x, this.#p("model.norm.weight"), c.normEps);
+      const logits = opts.logits === false
+        ? undefined
+        : T.matmul(hidden, this.classifier, { transB: true });
+      return { hidden, logits, layers: opts.layers ? layers : undefined };
+    });
+  }
+
+  /** An empty KV cache for `batch` sequences of up to `capacity` tokens. */
+  newCache(batch: number, capacity = this.config.maxSeqLen): KVCache {
+    return new KVCache(this.config, batch, capacity);
+  }
+
+  /** Releases every parameter. */
+  dispose(): void {
+    for (const t of this.params.values()) t.dispose();
+    this.#rope.dispose();
+  }
+}
+
+/** A right-padded batch: tokens and roles [B, T] (role 1 = padding, for {@link CAUSAL_PADDED}). */
+export interface PaddedBatch {
+  /** Token ids [B, T]. */
+  tokens: Tensor;
+  /** Roles [B, T]: 0 text, 1 padding. */
+  roles: Tensor;
+  /** Real length of each sequence. */
+  lengths: number[];
+}
+
+/** Pads sequences of ids to the longest (or `length`) with `padId`, marking pads with role 1. */
+export function padBatch(
+  seqs: readonly (readonly number[])[],
+  padId = 0,
+  length?: number,
+): PaddedBatch {
+  const t = length ?? Math.max(1, ...seqs.map((s) => s.length));
+  const ids = new Int32Array(seqs.length * t).fill(padId);
+  const roles = new Int32Array(seqs.length * t).fill(1);
+  seqs.forEach((s, b) => {
+    if (s.length > t) throw new ShapeError(`padBatch: sequence ${b} has ${s.length} tokens > ${t}`);
+    ids.set(s, b * t);
+    roles.fill(0, b * t, b * t + s.length);
+  });
+  return {
+    tokens: tensor(ids, [seqs.length, t], "i32"),
+    roles: tensor(roles, [seqs.length, t], "i32"),
+    lengths: seqs.map((s) => s.length),
+  };
+}

@@ -1,0 +1,465 @@
+/**
+ * Tokenizers: llama2.c's against SentencePiece and a Python transcription of run.c
+ * (tests/goldens/tokenizer.json), decoding, GEM special tokens, the Hugging Face wrapper, and
+ * malformed files. Reads the shared data through dataDir(); needs no GPU.
+ */
+
+import assert from "node:assert/strict";
+import { dataDir, DataDirError } from "../../src/io/paths.ts";
+import { loadTokenizer, TokenizerError, TokenizerFileError } from "../../src/io/tokenizer.ts";
+import { Llama2cTokenizer, parseLlama2cTokenizer } from "../../src/io/tokenizer_llama2c.ts";
+import { HfTokenizer } from "../../src/io/tokenizer_hf.ts";
+
+interface TokCase {
+  name: string;
+  text: string;
+  sp: number[];
+  l2c32k: number[];
+  l2c512: number[];
+}
+
+const golden = JSON.parse(
+  Deno.readTextFileSync(new URL("../goldens/tokenizer.json", import.meta.url)),
+) as { version: number; cases: TokCase[] };
+assert.equal(golden.version, 1);
+const cases = golden.cases;
+
+const models = `${dataDir()}/models/llama2c`;
+const TOK512 = `${models}/tok512.bin`;
+const TOK32K = `${models}/tokenizer.bin`;
+const tok512 = Llama2cTokenizer.load(TOK512, { vocabSize: 512 });
+const tok32k = Llama2cTokenizer.load(TOK32K, { vocabSize: 32000 });
+
+Deno.test("dataDir: honours GEMKIT_DATA and names a missing path", () => {
+  const old = Deno.env.get("GEMKIT_DATA");
+  try {
+    Deno.env.set("GEMKIT_DATA", "/nonexistent/gemkit-data");
+    assert.throws(() => dataDir(), (e: Error) => {
+      assert.ok(e instanceof DataDirError);
+      assert.match(e.message, /\/nonexistent\/gemkit-data/);
+      return true;
+    });
+    Deno.env.set("GEMKIT_DATA", models);
+    assert.equal(dataDir(), models);
+  } finally {
+    if (old === undefined) Deno.env.delete("GEMKIT_DATA");
+    else Deno.env.set("GEMKIT_DATA", old);
+  }
+});
+
+Deno.test("llama2c: files load with the expected sizes and fixed ids", () => {
+  assert.equal(tok512.vocabSize, 512);
+  assert.equal(tok32k.vocabSize, 32000);
+  for (const t of [tok512, tok32k]) {
+    assert.equal(t.bosId, 1);
+    assert.equal(t.eosId, 2);
+    assert.equal(t.piece(1), "\n<s>\n");
+    assert.equal(t.piece(3 + 0x0a), "<0x0A>");
+  }
+  assert.equal(tok32k.piece(3186), " world");
+  // Without a vocab size the whole file is read.
+  assert.equal(Llama2cTokenizer.load(TOK512).vocabSize, 512);
+});
+
+Deno.test("llama2c: Llama-2 vocabulary encodes exactly as SentencePiece", () => {
+  assert.ok(cases.length >= 40);
+  for (const c of cases) {
+    assert.deepEqual(tok32k.encode(c.text), c.sp, `${c.name} ${JSON.stringify(c.text)}`);
+    // The Python run.c transcription agrees too (the generator checks sp == l2c32k).
+    assert.deepEqual(c.l2c32k, c.sp, c.name);
+  }
+});
+
+Deno.test("llama2c: tok512 encodes as the Python transcription of run.c", () => {
+  for (const c of cases) {
+    assert.deepEqual(tok512.encode(c.text), c.l2c512, `${c.name} ${JSON.stringify(c.text)}`);
+  }
+  const long = cases.find((c) => c.name.startsWith("long/"))!;
+  assert.ok(long.l2c512.length > 900, "the long case should have ~1000 tokens");
+});
+
+Deno.test("llama2c: bos/eos wrap the ids; empty text gives no dummy prefix", () => {
+  for (const t of [tok512, tok32k]) {
+    const body = t.encode("Hello there");
+    assert.deepEqual(t.encode("Hello there", { bos: true, eos: true }), [1, ...body, 2]);
+    assert.deepEqual(t.encode("", { bos: true, eos: true }), [1, 2]);
+    assert.deepEqual(t.encode(""), []);
+  }
+});
+
+Deno.test("llama2c: heap merging equals run.c's rescan-every-pair loop on random text", () => {
+  // run.c's merge loop, verbatim, over the ids before merging (the dummy prefix and codepoints).
+  const lookups = new Map<Llama2cTokenizer, Map<string, number>>();
+  for (const t of [tok512, tok32k]) {
+    const byPiece = new Map<string, number>();
+    for (let i = 0; i < t.vocabSize; i++) if (!byPiece.has(t.piece(i))) byPiece.set(t.piece(i), i);
+    lookups.set(t, byPiece);
+  }
+  const naive = (t: Llama2cTokenizer, text: string): number[] => {
+    const byPiece = lookups.get(t)!;
+    const ids = text.length ? [byPiece.get(" ")!] : [];
+    for (const ch of text) {
+      const id = byPiece.get(ch);
+      if (id !== undefined) ids.push(id);
+      else for (const b of new TextEncoder().encode(ch)) ids.push(b + 3);
+    }
+    for (;;) {
+      let best = -1e10, bestId = -1, bestIdx = -1;
+      for (let i = 0; i + 1 < ids.length; i++) {
+        const id = byPiece.get(t.piece(ids[i]) + t.piece(ids[i + 1]));
+        if (id !== undefined && t.scores[id] > best) {
+          [best, bestId, bestIdx] = [t.scores[id], id, i];
+        }
+      }
+      if (bestIdx < 0) return ids;
+      ids.splice(bestIdx, 2, bestId);
+    }
+  };
+  // Small alphabets give many equal pairs, so the leftmost-on-ties rule is exercised.
+  let seed = 12345;
+  const rand = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+  const alphabet = ["a", "b", "e", "t", "h", " ", " ", "\n", "é", "😀"];
+  for (let trial = 0; trial < 150; trial++) {
+    let text = "";
+    const n = 1 + Math.floor(rand() * 60);
+    for (let i = 0; i < n; i++) text += alphabet[Math.floor(rand() * alphabet.length)];
+    for (const t of [tok512, tok32k]) {
+      assert.deepEqual(t.encode(text), naive(t, text), JSON.stringify(text));
+    }
+  }
+});
+
+Deno.test("llama2c: encode is fast on long text (not O(n^3))", () => {
+  const text = cases.filter((c) => c.name.startsWith("story/")).map((c) => c.text).join("\n\n")
+    .repeat(4);
+  const t0 = performance.now();
+  const ids = tok512.encode(text);
+  const ms = performance.now() - t0;
+  assert.ok(ids.length > 3000, `${ids.length} tokens`);
+  // A heap does this in tens of ms; run.c's rescanning loop would take minutes here.
+  assert.ok(ms < 5000, `encoding ${ids.length} tokens took ${ms.toFixed(0)} ms`);
+  assert.equal(tok512.decode([1, ...ids]), text);
+});
+
+Deno.test("llama2c: decode(encode(x)) gives x back, with the dummy prefix space before BOS", () => {
+  for (const t of [tok512, tok32k]) {
+    for (const c of cases) {
+      const ids = t.encode(c.text);
+      assert.equal(t.decode(ids), c.text ? " " + c.text : "", c.name);
+      assert.equal(t.decode([1, ...ids, 2]), c.text, c.name);
+    }
+  }
+});
+
+Deno.test("llama2c: decodePiece follows run.c and streams to the full decode on ASCII", () => {
+  assert.equal(tok32k.decodePiece(1, 3186), "world"); // after BOS the leading space goes
+  assert.equal(tok32k.decodePiece(5, 3186), " world");
+  assert.equal(tok32k.decodePiece(-1, 3 + 0x41), "A"); // <0x41> is the byte 'A'
+  assert.equal(tok32k.decodePiece(1, 3 + 0x20), " "); // a byte piece is not stripped
+  assert.equal(tok32k.decodePiece(7, 1), "");
+  let ascii = 0;
+  for (const t of [tok512, tok32k]) {
+    for (const c of cases.filter((c) => [...c.text].every((ch) => ch.charCodeAt(0) < 0x80))) {
+      const ids = t.encode(c.text, { bos: true, eos: true });
+      let streamed = "";
+      for (let i = 1; i < ids.length; i++) streamed += t.decodePiece(ids[i - 1], ids[i]);
+      assert.equal(streamed, t.decode(ids), c.name);
+      assert.equal(streamed, c.text, c.name);
+      ascii++;
+    }
+  }
+  assert.ok(ascii > 40);
+});
+
+Deno.test("llama2c: decode joins bytes before UTF-8 decoding (byte-fallback emoji)", () => {
+  const ids = tok32k.encode("🚀");
+  assert.deepEqual(ids.slice(1), [0xf0, 0x9f, 0x9a, 0x80].map((b) => b + 3));
+  assert.equal(tok32k.decode(ids), " 🚀");
+  assert.equal(tok32k.decodePiece(ids[0], ids[1]), "\ufffd"); // a lone lead byte
+});
+
+Deno.test("special tokens: ids after the vocabulary, never encoded, decoded as names", () => {
+  const t = Llama2cTokenizer.load(TOK512);
+  assert.deepEqual(t.specialTokens, []);
+  assert.deepEqual(t.addSpecialTokens(["<gem_emb>", "<gem_sep>"]), [512, 513]);
+  assert.deepEqual(t.addSpecialTokens(["<gem_x>"]), [514]);
+  assert.deepEqual(t.specialTokens, ["<gem_emb>", "<gem_sep>", "<gem_x>"]);
+  assert.equal(t.vocabSize, 512);
+  assert.throws(() => t.addSpecialTokens(["<gem_emb>"]), TokenizerError);
+  assert.throws(() => t.addSpecialTokens(["<a>", "<a>"]), TokenizerError);
+  assert.throws(() => t.addSpecialTokens([""]), TokenizerError);
+  assert.equal(t.specialTokens.length, 3, "a failed add adds nothing");
+
+  const ids = t.encode("Lily said <gem_emb> and <gem_sep><gem_x>", { bos: true, eos: true });
+  assert.ok(ids.every((id) => id < 512), "encode must never produce a special id");
+  assert.equal(t.piece(513), "<gem_sep>");
+  const withSpecial = [1, ...t.encode("Lily"), 512, ...t.encode(" ran"), 514, 2];
+  assert.equal(t.decode(withSpecial), "Lily<gem_emb>  ran<gem_x>");
+  assert.equal(t.decodePiece(1, 512), "<gem_emb>");
+  assert.throws(
+    () => t.decode([515]),
+    (e: Error) => e instanceof TokenizerError && /515/.test(e.message),
+  );
+  assert.throws(() => t.piece(-1), TokenizerError);
+  assert.throws(() => t.decode([1.5]), TokenizerError);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Bad files
+// ---------------------------------------------------------------------------------------------
+
+/** A llama2.c tokenizer file from (score, piece) pairs, with a given max_token_length. */
+function l2cFile(maxLen: number, tokens: [number, string | number][]): Uint8Array {
+  const parts: number[] = [];
+  const i32 = (v: number) => parts.push(...new Uint8Array(Int32Array.of(v).buffer));
+  i32(maxLen);
+  for (const [score, p] of tokens) {
+    parts.push(...new Uint8Array(Float32Array.of(score).buffer));
+    // A number instead of a piece writes that raw length with no bytes behind it.
+    if (typeof p === "number") i32(p);
+    else {
+      const b = new TextEncoder().encode(p);
+      i32(b.length);
+      parts.push(...b);
+    }
+  }
+  return Uint8Array.from(parts);
+}
+
+function assertFileError(fn: () => unknown, file: string, ...patterns: RegExp[]): void {
+  assert.throws(fn, (e: Error) => {
+    assert.ok(e instanceof TokenizerFileError, `${e.name}: ${e.message}`);
+    assert.ok(e.message.includes(file), `message should name ${file}: ${e.message}`);
+    for (const p of patterns) assert.match(e.message, p);
+    return true;
+  });
+}
+
+Deno.test("bad files: truncation, bad lengths and vocab mismatch name the file and field", () => {
+  const real = Deno.readFileSync(TOK512);
+  assertFileError(
+    () => parseLlama2cTokenizer(real.slice(0, 2), "x.bin"),
+    "x.bin",
+    /max_token_length/,
+  );
+  // Cut inside token 0's bytes ("<unk>" starts at byte 12).
+  assertFileError(
+    () => parseLlama2cTokenizer(real.slice(0, 14), "x.bin"),
+    "x.bin",
+    /bytes of token 0/,
+  );
+  // Cut inside token 1's length field.
+  const tok1 = 4 + 8 + 5;
+  assertFileError(
+    () => parseLlama2cTokenizer(real.slice(0, tok1 + 6), "x.bin"),
+    "x.bin",
+    /field length of token 1/,
+  );
+  assertFileError(
+    () => parseLlama2cTokenizer(real.slice(0, tok1 + 2), "x.bin"),
+    "x.bin",
+    /field score of token 1/,
+  );
+  // Vocab-size mismatch either way.
+  assertFileError(
+    () => parseLlama2cTokenizer(real, "tok.bin", 600),
+    "tok.bin",
+    /holds 512 tokens, fewer than the model.s vocab size 600/,
+  );
+  assertFileError(() => parseLlama2cTokenizer(real, "tok.bin", 500), "tok.bin", /vocab size 500/);
+
+  const neg = l2cFile(4, [[0, "a"], [0, "bb"], [0, -3]]);
+  assertFileError(
+    () => parseLlama2cTokenizer(neg, "neg.bin"),
+    "neg.bin",
+    /length of token 2 is negative/,
+  );
+  const big = l2cFile(4, [[0, "a"], [0, "toolong"]]);
+  assertFileError(
+    () => parseLlama2cTokenizer(big, "big.bin"),
+    "big.bin",
+    /length of token 1 is 7, over max_token_length 4/,
+  );
+  const nan = l2cFile(4, [[0, "a"], [NaN, "b"]]);
+  assertFileError(() => parseLlama2cTokenizer(nan, "nan.bin"), "nan.bin", /score of token 1/);
+  const zero = l2cFile(0, [[0, "a"]]);
+  assertFileError(
+    () => parseLlama2cTokenizer(zero, "zero.bin"),
+    "zero.bin",
+    /max_token_length is 0/,
+  );
+
+  // Through the loader, a real path is named.
+  assertFileError(() => loadTokenizer(TOK512, { vocabSize: 32000 }), TOK512, /token 512/);
+  assertFileError(
+    () => loadTokenizer(`${models}/tokenizer.model`),
+    "tokenizer.model",
+    /SentencePiece/,
+  );
+  assertFileError(() => loadTokenizer(`${models}/nope.bin`), "nope.bin");
+});
+
+Deno.test("loadTokenizer: dispatches .bin to llama2.c", () => {
+  const t = loadTokenizer(TOK512, { vocabSize: 512 });
+  assert.ok(t instanceof Llama2cTokenizer);
+  assert.deepEqual(t.encode("Once upon a time"), tok512.encode("Once upon a time"));
+});
+
+// ---------------------------------------------------------------------------------------------
+// Hugging Face wrapper, on a tiny Llama-style BPE (Metaspace, byte fallback) written here
+// ---------------------------------------------------------------------------------------------
+
+const HF_VOCAB = [
+  "<unk>",
+  "<s>",
+  "</s>",
+  "<0x21>",
+  "▁",
+  "h",
+  "e",
+  "l",
+  "o",
+  "w",
+  "r",
+  "d",
+  "▁h",
+  "▁he",
+  "ll",
+  "▁hell",
+  "▁hello",
+  "▁w",
+  "or",
+  "▁wor",
+  "▁worl",
+  "▁world",
+  "<|end|>",
+];
+const HF_MERGES = [
+  "▁ h",
+  "▁h e",
+  "l l",
+  "▁he ll",
+  "▁hell o",
+  "▁ w",
+  "o r",
+  "▁w or",
+  "▁wor l",
+  "▁worl d",
+];
+const id = (p: string) => HF_VOCAB.indexOf(p);
+
+function hfJson(): Record<string, unknown> {
+  return {
+    version: "1.0",
+    added_tokens: [
+      { id: 0, content: "<unk>", special: true },
+      { id: 1, content: "<s>", special: true },
+      { id: 2, content: "</s>", special: true },
+      { id: 22, content: "<|end|>", special: true },
+    ],
+    normalizer: null,
+    pre_tokenizer: { type: "Metaspace", replacement: "▁", prepend_scheme: "always" },
+    post_processor: {
+      type: "TemplateProcessing",
+      single: [{ SpecialToken: { id: "<s>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }],
+      pair: [],
+      special_tokens: { "<s>": { id: "<s>", ids: [1], tokens: ["<s>"] } },
+    },
+    decoder: {
+      type: "Sequence",
+      decoders: [
+        { type: "Replace", pattern: { String: "▁" }, content: " " },
+        { type: "ByteFallback" },
+        { type: "Fuse" },
+        { type: "Strip", content: " ", start: 1, stop: 0 },
+      ],
+    },
+    model: {
+      type: "BPE",
+      vocab: Object.fromEntries(HF_VOCAB.map((p, i) => [p, i])),
+      merges: HF_MERGES,
+      unk_token: "<unk>",
+      byte_fallback: true,
+    },
+  };
+}
+
+Deno.test("hf: encodes, decodes and finds bos/eos on a tiny BPE tokenizer.json", () => {
+  const t = new HfTokenizer(hfJson(), { file: "tiny.json" });
+  assert.equal(t.vocabSize, 23);
+  assert.equal(t.bosId, 1);
+  assert.equal(t.eosId, 2);
+  assert.deepEqual(t.encode("hello world"), [id("▁hello"), id("▁world")]);
+  assert.deepEqual(t.encode("hello world", { bos: true, eos: true }), [1, 16, 21, 2]);
+  assert.deepEqual(t.encode("hello!"), [id("▁hello"), id("<0x21>")]);
+  assert.deepEqual(t.encode("howl"), [id("▁h"), id("o"), id("w"), id("l")]);
+  assert.equal(t.decode([1, 16, 21, 3, 2]), "hello world!");
+  assert.equal(t.decode([]), "");
+  assert.equal(t.piece(16), "▁hello");
+  // Streaming: mid-sequence the space stays; after BOS it goes, as in llama2.c.
+  assert.equal(t.decodePiece(16, 21), " world");
+  assert.equal(t.decodePiece(1, 16), "hello");
+  assert.equal(t.decodePiece(16, 2), "");
+  assert.throws(() => t.decode([23]), TokenizerError);
+});
+
+Deno.test("hf: special tokens are appended, never encoded, decoded by name", () => {
+  const t = new HfTokenizer(hfJson(), { file: "tiny.json" });
+  assert.deepEqual(t.addSpecialTokens(["<gem>", "<gem2>"]), [23, 24]);
+  assert.deepEqual(t.specialTokens, ["<gem>", "<gem2>"]);
+  assert.ok(t.encode("hello <gem> world<gem2>").every((i) => i < 23));
+  assert.equal(t.decode([1, 16, 23, 21, 24, 2]), "hello<gem>world<gem2>");
+  assert.equal(t.piece(24), "<gem2>");
+  assert.equal(t.decodePiece(16, 23), "<gem>");
+  assert.throws(() => t.addSpecialTokens(["<gem>"]), TokenizerError);
+});
+
+Deno.test("hf: loadTokenizer reads tokenizer_config.json beside it; vocab size checks", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "gemkit_tok_" });
+  try {
+    Deno.writeTextFileSync(`${dir}/tokenizer.json`, JSON.stringify(hfJson()));
+    const plain = loadTokenizer(dir);
+    assert.ok(plain instanceof HfTokenizer);
+    assert.equal(plain.eosId, 2);
+
+    Deno.writeTextFileSync(
+      `${dir}/tokenizer_config.json`,
+      JSON.stringify({ bos_token: { content: "<s>" }, eos_token: "<|end|>" }),
+    );
+    const t = loadTokenizer(`${dir}/tokenizer.json`, { vocabSize: 32 });
+    assert.equal(t.bosId, 1);
+    assert.equal(t.eosId, 22);
+    assert.equal(t.vocabSize, 32, "a padded model vocab moves the special tokens up");
+    assert.deepEqual(t.addSpecialTokens(["<gem>"]), [32]);
+    assert.deepEqual(t.encode("world", { eos: true }), [21, 22]);
+
+    assertFileError(() => loadTokenizer(dir, { vocabSize: 10 }), "tokenizer.json", /vocab size 10/);
+    Deno.writeTextFileSync(`${dir}/tokenizer_config.json`, JSON.stringify({ eos_token: "<nope>" }));
+    assertFileError(() => loadTokenizer(dir), "tokenizer.json", /eos_token/);
+    Deno.writeTextFileSync(`${dir}/tokenizer_config.json`, "{not json");
+    assertFileError(() => loadTokenizer(dir), "tokenizer_config.json", /invalid JSON/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("hf: a vocabulary without bos refuses bos and says so", () => {
+  const json = hfJson();
+  json.model = {
+    type: "BPE",
+    vocab: { "<unk>": 0, "▁": 1, "h": 2 },
+    merges: [],
+    unk_token: "<unk>",
+  };
+  json.added_tokens = [{ id: 0, content: "<unk>", special: true }];
+  json.post_processor = null;
+  const t = new HfTokenizer(json, { file: "nobos.json" });
+  assert.equal(t.bosId, -1);
+  assert.equal(t.eosId, -1);
+  assert.deepEqual(t.encode("h"), [1, 2]);
+  assert.throws(() => t.encode("h", { bos: true }), (e: Error) => {
+    assert.ok(e instanceof TokenizerError);
+    assert.match(e.message, /nobos\.json.*bos/);
+    return true;
+  });
+});

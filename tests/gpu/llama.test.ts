@@ -1,0 +1,212 @@
+/**
+ * The decoder against the PyTorch re-implementation (tests/goldens/llama_ref.py): stories260K
+ * logits on the full-sequence and KV-cache paths, 200 greedy tokens from BOS, and two small
+ * random models of other shapes (GQA with an unshared classifier, MQA) in llama2.c format.
+ */
+
+import assert from "node:assert/strict";
+import { readHfModel } from "../../src/io/hf.ts";
+import { CheckpointError, parseLlama2c, readLlama2c } from "../../src/io/llama2c.ts";
+import { dataDir } from "../../src/io/paths.ts";
+import { generate } from "../../src/nn/generate.ts";
+import { CAUSAL_PADDED, Llama, padBatch } from "../../src/nn/llama.ts";
+import { backward } from "../../src/tensor/backward.ts";
+import * as T from "../../src/tensor/ops.ts";
+import { AdamW } from "../../src/tensor/optim.ts";
+import { noGrad, scope, tensor } from "../../src/tensor/tensor.ts";
+import { assertClose, type GoldenTensor, testGpu } from "../helpers.ts";
+
+const LOGITS_TOL = { atol: 1e-4, rtol: 1e-4 };
+const stories = JSON.parse(
+  Deno.readTextFileSync(new URL("../goldens/llama_stories260k.json", import.meta.url)),
+);
+const tiny = JSON.parse(
+  Deno.readTextFileSync(new URL("../goldens/llama_tiny.json", import.meta.url)),
+);
+const repo = (p: string) => decodeURIComponent(new URL(`../../${p}`, import.meta.url).pathname);
+
+async function loadStories(): Promise<Llama> {
+  const { config, weights } = await readLlama2c(`${dataDir()}/models/llama2c/stories260K.bin`);
+  return Llama.fromWeights(config, weights, "stories260K.bin");
+}
+
+/** Logits of every position of `ids`, full-sequence path. */
+async function fullLogits(m: Llama, ids: number[]): Promise<Float32Array> {
+  return await noGrad(async () => {
+    const toks = tensor(Int32Array.from(ids), [1, ids.length], "i32");
+    const out = m.forward(toks);
+    const l = (await out.logits!.toArray()) as Float32Array;
+    for (const t of [toks, out.logits!, out.hidden]) t.dispose();
+    return l;
+  });
+}
+
+/** Logits of every position of `ids`, fed one token at a time through a KV cache. */
+async function cachedLogits(m: Llama, ids: number[]): Promise<Float32Array> {
+  const v = m.config.vocabSize;
+  const all = new Float32Array(ids.length * v);
+  const cache = m.newCache(1, ids.length);
+  await noGrad(async () => {
+    for (let t = 0; t < ids.length; t++) {
+      const tok = tensor(Int32Array.from([ids[t]]), [1, 1], "i32");
+      const out = m.forward(tok, { cache });
+      all.set((await out.logits!.toArray()) as Float32Array, t * v);
+      for (const x of [tok, out.logits!, out.hidden]) x.dispose();
+    }
+  });
+  cache.dispose();
+  return all;
+}
+
+Deno.test("stories260K: prompt logits match PyTorch (full sequence and KV cache)", async () => {
+  await testGpu();
+  const m = await loadStories();
+  const ids: number[] = stories.prompt.ids;
+  const want = (stories.prompt_logits as GoldenTensor).data;
+  assertClose(await fullLogits(m, ids), want, LOGITS_TOL, "full-sequence logits");
+  assertClose(await cachedLogits(m, ids), want, LOGITS_TOL, "KV-cache logits");
+  m.dispose();
+});
+
+Deno.test("stories260K: 200 greedy tokens from BOS equal the reference, token for token", async () => {
+  await testGpu();
+  const m = await loadStories();
+  const r = await generate(m, [1], { maxTokens: 200, temperature: 0, stopIds: [], readEvery: 50 });
+  assert.deepEqual(r.ids, stories.greedy.ids);
+  assert.equal(r.stop, "max-tokens");
+  m.dispose();
+});
+
+for (const model of tiny.models) {
+  Deno.test(`${model.name}: llama2.c checkpoint logits (both paths) and greedy continuation`, async () => {
+    await testGpu();
+    const { config, weights } = await readLlama2c(repo(model.bin));
+    assert.equal(config.tiedEmbeddings, model.config.shared);
+    assert.equal(config.nKvHeads, model.config.n_kv_heads);
+    const m = Llama.fromWeights(config, weights, model.bin);
+    const want = (model.logits as GoldenTensor).data;
+    assertClose(await fullLogits(m, model.tokens), want, LOGITS_TOL, `${model.name} logits`);
+    assertClose(
+      await cachedLogits(m, model.tokens),
+      want,
+      LOGITS_TOL,
+      `${model.name} cached logits`,
+    );
+    const r = await generate(m, model.tokens, { maxTokens: 10, temperature: 0, stopIds: [] });
+    assert.deepEqual(r.ids, model.greedy);
+    m.dispose();
+  });
+}
+
+for (const model of tiny.models) {
+  Deno.test(`${model.name}: Hugging Face checkpoint (permuted q/k, safetensors) gives the same logits`, async () => {
+    await testGpu();
+    const { config, weights } = await readHfModel(repo(model.hf));
+    const m = Llama.fromWeights(config, weights, model.hf);
+    const want = (model.logits as GoldenTensor).data;
+    assertClose(await fullLogits(m, model.tokens), want, LOGITS_TOL, `${model.name} HF logits`);
+    m.dispose();
+  });
+}
+
+Deno.test("llama2.c loader: truncated and inconsistent files name the file and the field", async () => {
+  const path = repo(tiny.models[0].bin);
+  const bytes = await Deno.readFile(path);
+  assert.throws(
+    () => parseLlama2c(bytes.subarray(0, 20), "short.bin"),
+    (e: Error) =>
+      e instanceof CheckpointError && /short\.bin/.test(e.message) && /header/.test(e.message),
+  );
+  assert.throws(
+    () => parseLlama2c(bytes.subarray(0, bytes.length - 8), "cut.bin"),
+    (e: Error) =>
+      e instanceof CheckpointError && /cut\.bin/.test(e.message) && /truncated/.test(e.message),
+  );
+  const bad = bytes.slice();
+  new DataView(bad.buffer).setInt32(8, 4, true); // n_layers 3 -> 4
+  assert.throws(
+    () => parseLlama2c(bad, "layers.bin"),
+    (e: Error) =>
+      e instanceof CheckpointError && /layers\.bin/.test(e.message) && /n_layers 4/.test(e.message),
+  );
+  new DataView(bad.buffer).setInt32(8, -1, true);
+  assert.throws(
+    () => parseLlama2c(bad, "neg.bin"),
+    (e: Error) => e instanceof CheckpointError && /n_layers = -1/.test(e.message),
+  );
+  await assert.rejects(
+    readLlama2c("/nonexistent/model.bin"),
+    (e: Error) => e instanceof CheckpointError && /\/nonexistent\/model\.bin/.test(e.message),
+  );
+});
+
+Deno.test("padded batch: each sequence's logits equal its unpadded logits", async () => {
+  await testGpu();
+  const m = await loadStories();
+  const seqs = [stories.prompt.ids.slice(0, 4), stories.prompt.ids, [1, 403]];
+  const batch = padBatch(seqs);
+  const got = await noGrad(async () => {
+    const out = m.forward(batch.tokens, { roles: batch.roles, table: CAUSAL_PADDED });
+    const l = (await out.logits!.toArray()) as Float32Array;
+    out.logits!.dispose();
+    out.hidden.dispose();
+    return l;
+  });
+  const v = m.config.vocabSize, t = batch.tokens.shape[1];
+  for (let b = 0; b < seqs.length; b++) {
+    const alone = await fullLogits(m, seqs[b]);
+    assertClose(
+      got.subarray(b * t * v, (b * t + seqs[b].length) * v),
+      alone,
+      LOGITS_TOL,
+      `sequence ${b}`,
+    );
+  }
+  batch.tokens.dispose();
+  batch.roles.dispose();
+  m.dispose();
+});
+
+Deno.test("hidden states of every layer; backward reaches every parameter; AdamW steps lower the loss", async () => {
+  const gpu = await testGpu();
+  const m = await loadStories();
+  const ids: number[] = stories.greedy.ids.slice(0, 64);
+  const tokens = tensor(Int32Array.from(ids.slice(0, -1)), [1, 63], "i32");
+  const targets = tensor(Int32Array.from(ids.slice(1)), [63], "i32");
+  const layers = noGrad(() => m.forward(tokens, { layers: true, logits: false }));
+  assert.equal(layers.layers!.length, m.config.nLayers + 1);
+  const normed = noGrad(() =>
+    T.rmsnorm(layers.layers!.at(-1)!, m.params.get("model.norm.weight")!, 1e-5)
+  );
+  assertClose(
+    await normed.toArray(),
+    await layers.hidden.toArray(),
+    { atol: 0, rtol: 0 },
+    "final norm",
+  );
+  for (const t of [normed, layers.hidden, ...layers.layers!]) t.dispose();
+
+  const opt = new AdamW(m.parameters(), { lr: 1e-3, weightDecay: 0 });
+  const before = gpu.pool.liveBytes;
+  const losses: number[] = [];
+  for (let step = 0; step < 3; step++) {
+    const loss = scope(() => {
+      const out = m.forward(tokens);
+      return T.crossEntropy(T.reshape(out.logits!, [63, m.config.vocabSize]), targets);
+    });
+    backward(loss);
+    if (step === 0) {
+      for (const p of m.parameters()) assert.ok(p.grad, `no gradient for ${p.label}`);
+    }
+    opt.update();
+    opt.zeroGrad();
+    losses.push(await loss.item());
+    loss.dispose();
+  }
+  assert.equal(gpu.pool.liveBytes, before, "a training step leaks no buffers");
+  assert.ok(losses[2] < losses[0], `loss did not fall: ${losses}`);
+  opt.dispose();
+  tokens.dispose();
+  targets.dispose();
+  m.dispose();
+});
