@@ -15,6 +15,10 @@ export interface Tuning {
   matmul: { tileM: number; tileN: number; workgroup: number };
   /** Queries per attention workgroup. */
   attentionWorkgroup: number;
+  /** Row kernels use one invocation per row when there are at least this many rows... */
+  threadRowsMin: number;
+  /** ...and rows are at most this long; otherwise a workgroup per row. */
+  threadRowMaxLen: number;
 }
 
 const LLVMPIPE: Tuning = {
@@ -23,6 +27,9 @@ const LLVMPIPE: Tuning = {
   rowWorkgroup: 64,
   matmul: { tileM: 8, tileN: 8, workgroup: 64 },
   attentionWorkgroup: 64,
+  // A workgroup barrier costs more than a short row's arithmetic on a CPU rasterizer.
+  threadRowsMin: 32,
+  threadRowMaxLen: 1 << 20,
 };
 
 const GPU: Tuning = {
@@ -31,6 +38,8 @@ const GPU: Tuning = {
   rowWorkgroup: 256,
   matmul: { tileM: 4, tileN: 4, workgroup: 64 },
   attentionWorkgroup: 64,
+  threadRowsMin: 1024,
+  threadRowMaxLen: 128,
 };
 
 /** Picks the profile for an adapter description; GEMKIT_TUNING=llvmpipe|gpu overrides. */

@@ -310,7 +310,13 @@ export class Llama {
 
   /** Releases every parameter. */
   dispose(): void {
-    for (const t of this.params.values()) t.dispose();
+    this.disposeExcept([]);
+  }
+
+  /** Releases this model, but not the given tensors (handed on to a model built from them). */
+  disposeExcept(kept: Iterable<Tensor>): void {
+    const keepSet = new Set(kept);
+    for (const t of this.params.values()) if (!keepSet.has(t)) t.dispose();
     this.#rope.dispose();
   }
 }

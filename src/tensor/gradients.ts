@@ -174,8 +174,7 @@ export const GRADIENTS: Record<Op, GradRule> = {
     const d = x.shape[x.rank - 1], rows = x.size / d;
     const gc = contiguous(g);
     const dx = empty(x.shape, "f32", "rmsnorm.dx");
-    const k = rmsnormBackwardKernel(gpu().tuning.rowWorkgroup);
-    runRowKernel(gpu(), k, [x.buf, w.buf, rstd.buf, gc.buf, dx.buf], rows, d);
+    runRowKernel(gpu(), rmsnormBackwardKernel, [x.buf, w.buf, rstd.buf, gc.buf, dx.buf], rows, d);
     const chunks = Math.ceil(rows / 256);
     const partial = empty([chunks, d], "f32", "rmsnorm.dw");
     runRmsnormWeightGrad(gpu(), x.buf, rstd.buf, gc.buf, partial.buf, rows, d);
@@ -273,7 +272,7 @@ function softmaxGrad(g: Tensor, y: Tensor, log: boolean): Tensor {
   const dx = empty(y.shape, "f32", "softmax.dx");
   runRowKernel(
     gpu(),
-    softmaxBackwardKernel(log, gpu().tuning.rowWorkgroup),
+    (wg, mode) => softmaxBackwardKernel(log, wg, mode),
     [y.buf, gc.buf, dx.buf],
     y.size / n,
     n,

@@ -458,7 +458,7 @@ function softmaxImpl(x: Tensor, log: boolean): Tensor {
   const n = x.shape[x.rank - 1];
   const out = empty(x.shape, "f32", op);
   const g = gpu();
-  runRowKernel(g, softmaxKernel(log, g.tuning.rowWorkgroup), [xc.buf, out.buf], x.size / n, n);
+  runRowKernel(g, (wg, mode) => softmaxKernel(log, wg, mode), [xc.buf, out.buf], x.size / n, n);
   xc.dispose();
   return record(out, log ? "logSoftmax" : "softmax", [x], [out]);
 }
@@ -478,7 +478,7 @@ export function rmsnorm(x: Tensor, w: Tensor, eps = 1e-5): Tensor {
   const g = gpu();
   runRowKernel(
     g,
-    rmsnormKernel(g.tuning.rowWorkgroup),
+    rmsnormKernel,
     [xc.buf, wc.buf, out.buf, rstd.buf],
     rows,
     d,

@@ -10,6 +10,7 @@ import { tensor } from "../../src/tensor/tensor.ts";
 import { assertClose, FWD, testGpu } from "../helpers.ts";
 import {
   attentionRef,
+  crossEntropyRef,
   matmulRef,
   randomArray,
   rmsnormRef,
@@ -23,18 +24,24 @@ const TUNINGS: Partial<Tuning>[] = [
     rowWorkgroup: 64,
     matmul: { tileM: 8, tileN: 8, workgroup: 64 },
     attentionWorkgroup: 64,
+    threadRowsMin: 1,
+    threadRowMaxLen: 1 << 20,
   },
   {
     elementwiseWorkgroup: 256,
     rowWorkgroup: 256,
     matmul: { tileM: 4, tileN: 4, workgroup: 64 },
     attentionWorkgroup: 8,
+    threadRowsMin: 1 << 30,
+    threadRowMaxLen: 0,
   },
   {
     elementwiseWorkgroup: 32,
     rowWorkgroup: 32,
     matmul: { tileM: 1, tileN: 1, workgroup: 32 },
     attentionWorkgroup: 32,
+    threadRowsMin: 16,
+    threadRowMaxLen: 128,
   },
 ];
 
@@ -110,7 +117,7 @@ Deno.test("attention vs CPU: random role tables, GQA, long rows, every tuning", 
   });
 });
 
-Deno.test("row kernels vs CPU: softmax, log-softmax, rmsnorm on long and short rows", async () => {
+Deno.test("row kernels vs CPU: softmax, log-softmax, rmsnorm, cross-entropy; long/short rows, both modes", async () => {
   await underEachTuning(async (tuning) => {
     for (const [rows, n] of [[3, 1000], [70, 3], [1, 4097]]) {
       const x = randomArray(rows * n, rows + n, 4), w = randomArray(n, n);
@@ -127,7 +134,11 @@ Deno.test("row kernels vs CPU: softmax, log-softmax, rmsnorm on long and short r
       }
       const y = T.rmsnorm(tx, tw, 1e-5);
       assertClose(await y.toArray(), rmsnormRef(x, w, 1e-5), FWD, `rmsnorm ${rows}x${n} ${tuning}`);
-      for (const t of [tx, tw, y]) t.dispose();
+      const targets = Int32Array.from({ length: rows }, (_, i) => (i % 3 === 2 ? -1 : (i * 7) % n));
+      const ce = T.crossEntropy(tx, tensor(targets, [rows], "i32"));
+      const want = crossEntropyRef(x, targets, n, -1);
+      assertClose([await ce.item()], [want], FWD, `cross-entropy ${rows}x${n} ${tuning}`);
+      for (const t of [tx, tw, y, ce]) t.dispose();
     }
   });
 });

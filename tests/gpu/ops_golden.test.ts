@@ -75,9 +75,27 @@ function tolFor(c: GoldenCase, base: Tolerance): Tolerance {
   return { atol: base.atol, rtol: Math.max(base.rtol, 2 * 2 ** -24 * maxAbs) };
 }
 
-for (const c of cases.filter((c) => c.op !== "adamw" && c.op !== "clip_grad_norm")) {
-  Deno.test(`golden ${c.name}`, async () => {
-    await testGpu();
+/** Row ops run again with one invocation per row (the other RowMode), forward and backward. */
+const ROW_OPS = new Set(["softmax", "log_softmax", "rmsnorm", "cross_entropy"]);
+const variants = cases.filter((c) => c.op !== "adamw" && c.op !== "clip_grad_norm").flatMap((c) =>
+  ROW_OPS.has(c.op) ? [{ c, thread: false }, { c, thread: true }] : [{ c, thread: false }]
+);
+
+for (const { c, thread } of variants) {
+  Deno.test(`golden ${c.name}${thread ? " (thread per row)" : ""}`, async () => {
+    const gpu = await testGpu();
+    const saved = gpu.tuning.threadRowsMin;
+    gpu.tuning.threadRowsMin = thread ? 1 : 1 << 30;
+    try {
+      await runCase(c);
+    } finally {
+      gpu.tuning.threadRowsMin = saved;
+    }
+  });
+}
+
+async function runCase(c: GoldenCase): Promise<void> {
+  {
     const inputs: Record<string, Tensor> = {};
     for (const [k, g] of Object.entries(c.inputs)) {
       inputs[k] = fromGolden(g);
@@ -97,7 +115,7 @@ for (const c of cases.filter((c) => c.op !== "adamw" && c.op !== "clip_grad_norm
     }
     out.dispose();
     for (const t of Object.values(inputs)) t.dispose();
-  });
+  }
 }
 
 for (const c of cases.filter((c) => c.op === "adamw")) {

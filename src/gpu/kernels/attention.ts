@@ -45,19 +45,26 @@ const PARAMS = `struct Params {
   TQ: u32, TK: u32, TCAP: u32, QOFF: u32,
   HQ: u32, HKV: u32, R: u32, hasAll: u32,
   scale: f32, rows: u32, _a: u32, _b: u32,
-  tab: array<vec4<u32>, 16>,
+  rowBits: array<vec4<u32>, 2>,
 };
 @group(0) @binding(0) var<uniform> P: Params;`;
 
-const HELPERS = `
-fn rule(rq: i32, rk: i32) -> u32 {
-  let e = u32(rq) * P.R + u32(rk);
-  return P.tab[e / 4u][e % 4u];
+/**
+ * Each query role's row of the table is packed 2 bits per key role into one u32, read once per
+ * query; `plain` kernels (the causal table [[1]]) skip role checks altogether.
+ */
+function helpers(plain: boolean): string {
+  return `
+const PLAIN = ${plain};
+fn rowBitsOf(r: i32) -> u32 {
+  return P.rowBits[u32(r) / 4u][u32(r) % 4u];
 }
-fn allowed(rq: i32, rk: i32, t: u32, s: u32) -> bool {
-  let r = rule(rq, rk);
+fn allowed(bits: u32, rk: i32, t: u32, s: u32) -> bool {
+  if (PLAIN) { return s <= t; }
+  let r = (bits >> (2u * u32(rk))) & 3u;
   return r == 3u || (r == 1u && s <= t) || (r == 2u && s == t);
 }`;
+}
 
 /** Query row decode shared by the forward and dq kernels. */
 function queryRow(wg: number): string {
@@ -71,13 +78,13 @@ function queryRow(wg: number): string {
   let g = h / (P.HQ / P.HKV);
   // Position of this query among the keys (queries are the last TQ of TK when decoding).
   let tq = t + P.QOFF;
-  let rq = ROLES[b * P.TCAP + tq];
+  let bits = select(rowBitsOf(ROLES[b * P.TCAP + tq]), 0u, PLAIN);
   let qBase = ((b * P.TQ + t) * P.HQ + h) * D;
   // Keys after the query are visible only through an 'all' rule.
   let end = select(min(tq + 1u, P.TK), P.TK, P.hasAll != 0u);`;
 }
 
-export function attentionForwardKernel(d: number, wg: number): Kernel {
+export function attentionForwardKernel(d: number, wg: number, plain: boolean): Kernel {
   const source = `${PARAMS}
 const D = ${d}u;
 @group(0) @binding(1) var<storage, read> Q: array<f32>;
@@ -86,7 +93,7 @@ const D = ${d}u;
 @group(0) @binding(4) var<storage, read> ROLES: array<i32>;
 @group(0) @binding(5) var<storage, read_write> O: array<f32>;
 @group(0) @binding(6) var<storage, read_write> STATS: array<f32>;
-${HELPERS}
+${helpers(plain)}
 @compute @workgroup_size(${wg})
 fn main(${GRID_BUILTINS}) {
 ${queryRow(wg)}
@@ -96,30 +103,33 @@ ${queryRow(wg)}
   var m = -3.4028234e38;
   var l = 0.0;
   for (var s = 0u; s < end; s++) {
-    if (!allowed(rq, ROLES[b * P.TCAP + s], tq, s)) { continue; }
+    if (!allowed(bits, ROLES[b * P.TCAP + s], tq, s)) { continue; }
     let kBase = ((b * P.TCAP + s) * P.HKV + g) * D;
     var sc = 0.0;
     for (var j = 0u; j < D; j++) { sc = fma(q[j], K[kBase + j], sc); }
-    let mNew = max(m, sc);
-    let corr = exp(m - mNew);
-    let p = exp(sc - mNew);
+    // One exp per key: either the new score or the old max is the larger.
+    let diff = sc - m;
+    let e = exp(-abs(diff));
+    let up = diff > 0.0;
+    let corr = select(1.0, e, up);
+    let p = select(e, 1.0, up);
+    m = max(m, sc);
     l = l * corr + p;
-    for (var j = 0u; j < D; j++) { acc[j] = acc[j] * corr + p * V[kBase + j]; }
-    m = mNew;
+    for (var j = 0u; j < D; j++) { acc[j] = fma(acc[j], corr, p * V[kBase + j]); }
   }
   let inv = select(0.0, 1.0 / l, l > 0.0);
   for (var j = 0u; j < D; j++) { O[qBase + j] = acc[j] * inv; }
   STATS[row] = select(0.0, m + log(l), l > 0.0);
 }`;
   return {
-    name: `attention_fwd_d${d}`,
+    name: `attention_fwd_d${d}${plain ? "_causal" : ""}`,
     source,
     buffers: ["read", "read", "read", "read", "rw", "rw"],
   };
 }
 
 /** dq for each query row, and delta = dO . O which the dk/dv kernel needs. */
-export function attentionBackwardQueryKernel(d: number, wg: number): Kernel {
+export function attentionBackwardQueryKernel(d: number, wg: number, plain: boolean): Kernel {
   const source = `${PARAMS}
 const D = ${d}u;
 @group(0) @binding(1) var<storage, read> Q: array<f32>;
@@ -130,7 +140,7 @@ const D = ${d}u;
 @group(0) @binding(6) var<storage, read> DO: array<f32>;
 @group(0) @binding(7) var<storage, read_write> STATS: array<f32>;
 @group(0) @binding(8) var<storage, read_write> DQ: array<f32>;
-${HELPERS}
+${helpers(plain)}
 @compute @workgroup_size(${wg})
 fn main(${GRID_BUILTINS}) {
 ${queryRow(wg)}
@@ -145,7 +155,7 @@ ${queryRow(wg)}
   let lse = STATS[row];
   var dq: array<f32, ${d}>;
   for (var s = 0u; s < end; s++) {
-    if (!allowed(rq, ROLES[b * P.TCAP + s], tq, s)) { continue; }
+    if (!allowed(bits, ROLES[b * P.TCAP + s], tq, s)) { continue; }
     let kBase = ((b * P.TCAP + s) * P.HKV + g) * D;
     var sc = 0.0;
     var dp = 0.0;
@@ -160,14 +170,14 @@ ${queryRow(wg)}
   STATS[P.rows + row] = delta;
 }`;
   return {
-    name: `attention_bwd_q_d${d}`,
+    name: `attention_bwd_q_d${d}${plain ? "_causal" : ""}`,
     source,
     buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
   };
 }
 
 /** dk, dv for each key row: sums over the query heads of its group and the queries that see it. */
-export function attentionBackwardKeyKernel(d: number, wg: number): Kernel {
+export function attentionBackwardKeyKernel(d: number, wg: number, plain: boolean): Kernel {
   const source = `${PARAMS}
 const D = ${d}u;
 @group(0) @binding(1) var<storage, read> Q: array<f32>;
@@ -178,7 +188,7 @@ const D = ${d}u;
 @group(0) @binding(6) var<storage, read> STATS: array<f32>;
 @group(0) @binding(7) var<storage, read_write> DK: array<f32>;
 @group(0) @binding(8) var<storage, read_write> DV: array<f32>;
-${HELPERS}
+${helpers(plain)}
 @compute @workgroup_size(${wg})
 fn main(${GRID_BUILTINS}) {
   let row = ${LINEAR_GROUP_ID} * ${wg}u + lid;
@@ -201,7 +211,7 @@ fn main(${GRID_BUILTINS}) {
   for (var hh = 0u; hh < group; hh++) {
     let h = g * group + hh;
     for (var t = start; t < P.TQ; t++) {
-      if (!allowed(ROLES[b * P.TQ + t], rk, t, s)) { continue; }
+      if (!allowed(select(rowBitsOf(ROLES[b * P.TQ + t]), 0u, PLAIN), rk, t, s)) { continue; }
       let qBase = ((b * P.TQ + t) * P.HQ + h) * D;
       let r = (b * P.HQ + h) * P.TQ + t;
       var sc = 0.0;
@@ -221,7 +231,7 @@ fn main(${GRID_BUILTINS}) {
   for (var j = 0u; j < D; j++) { DK[kBase + j] = dk[j] * P.scale; DV[kBase + j] = dv[j]; }
 }`;
   return {
-    name: `attention_bwd_kv_d${d}`,
+    name: `attention_bwd_kv_d${d}${plain ? "_causal" : ""}`,
     source,
     buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
   };
@@ -229,15 +239,27 @@ fn main(${GRID_BUILTINS}) {
 
 function params(dims: AttentionDims, table: readonly (readonly number[])[]): ParamWriter {
   const r = table.length;
-  const flat = table.flat();
-  const hasAll = flat.includes(RULE.all) ? 1 : 0;
+  const hasAll = table.flat().includes(RULE.all) ? 1 : 0;
   const tk = dims.tk ?? dims.t, tcap = dims.tcap ?? tk;
   if (tk < dims.t || tcap < tk) throw new Error(`attention: bad dims ${JSON.stringify(dims)}`);
+  const rowBits = table.map((row) => row.reduce((bits, rule, k) => bits | (rule << (2 * k)), 0));
   return new ParamWriter()
     .u32(dims.t).u32(tk).u32(tcap).u32(tk - dims.t)
     .u32(dims.hq).u32(dims.hkv).u32(r).u32(hasAll)
     .f32(dims.scale).u32(dims.b * dims.hq * dims.t).u32(0).u32(0)
-    .vec4u(flat, 16);
+    .vec4u(rowBits, 2);
+}
+
+/** The plain causal table [[1]] gets kernels without role checks. */
+function isPlain(table: readonly (readonly number[])[]): boolean {
+  return table.length === 1 && table[0][0] === RULE.causal;
+}
+
+const memo = new Map<string, Kernel>();
+function cached(key: string, make: () => Kernel): Kernel {
+  let k = memo.get(key);
+  if (!k) memo.set(key, k = make());
+  return k;
 }
 
 /** Checks a role table: square, at most MAX_ROLES, entries in 0..3. Returns an error or null. */
@@ -271,7 +293,10 @@ export function runAttention(
   const wg = gpu.tuning.attentionWorkgroup;
   const rows = dims.b * dims.hq * dims.t;
   gpu.dispatch(
-    attentionForwardKernel(dims.d, wg),
+    cached(
+      `f${dims.d},${wg},${isPlain(table)}`,
+      () => attentionForwardKernel(dims.d, wg, isPlain(table)),
+    ),
     [bufs.q, bufs.k, bufs.v, bufs.roles, bufs.o, bufs.stats],
     params(dims, table),
     grid(Math.ceil(rows / wg)),
@@ -302,14 +327,20 @@ export function runAttentionBackward(
   const p = params(dims, table);
   const rows = dims.b * dims.hq * dims.t;
   gpu.dispatch(
-    attentionBackwardQueryKernel(dims.d, wg),
+    cached(
+      `q${dims.d},${wg},${isPlain(table)}`,
+      () => attentionBackwardQueryKernel(dims.d, wg, isPlain(table)),
+    ),
     [bufs.q, bufs.k, bufs.v, bufs.roles, bufs.o, bufs.dout, bufs.stats, bufs.dq],
     p,
     grid(Math.ceil(rows / wg)),
   );
   const keyRows = dims.b * dims.hkv * dims.t;
   gpu.dispatch(
-    attentionBackwardKeyKernel(dims.d, wg),
+    cached(
+      `k${dims.d},${wg},${isPlain(table)}`,
+      () => attentionBackwardKeyKernel(dims.d, wg, isPlain(table)),
+    ),
     [bufs.q, bufs.k, bufs.v, bufs.roles, bufs.dout, bufs.stats, bufs.dk, bufs.dv],
     p,
     grid(Math.ceil(keyRows / wg)),

@@ -12,39 +12,39 @@
 import type { Gpu } from "../device.ts";
 import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
-import { rowReduceHelpers } from "./rowwise.ts";
+import { rowKernel, type RowMode, rowMode, rowReduceHelpers } from "./rowwise.ts";
 
-const PARAMS = "struct Params { rows: u32, v: u32, ignore: i32, _p: u32 };\n" +
+const PARAMS = "struct Params { rows: u32, n: u32, ignore: i32, _p: u32 };\n" +
   "@group(0) @binding(0) var<uniform> P: Params;";
 
-export function crossEntropyRowsKernel(wg: number): Kernel {
-  const source = `${PARAMS}
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read> T: array<i32>;
-@group(0) @binding(3) var<storage, read_write> LSE: array<f32>;
-@group(0) @binding(4) var<storage, read_write> L: array<f32>;
-${rowReduceHelpers(wg)}
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let row = ${LINEAR_GROUP_ID};
-  if (row >= P.rows) { return; }
-  let base = row * P.v;
+export function crossEntropyRowsKernel(wg: number, mode: RowMode): Kernel {
+  return rowKernel(
+    "cross_entropy_rows",
+    wg,
+    mode,
+    [
+      ["X", "read", "array<f32>"],
+      ["T", "read", "array<i32>"],
+      ["LSE", "rw", "array<f32>"],
+      ["L", "rw", "array<f32>"],
+    ],
+    ({ start, stride, leader }) => `
   var m = -3.4028234e38;
-  for (var j = lid; j < P.v; j += ${wg}u) { m = max(m, X[base + j]); }
+  for (var j = ${start}; j < P.n; j += ${stride}) { m = max(m, X[base + j]); }
   m = wgMax(m, lid);
   var s = 0.0;
-  for (var j = lid; j < P.v; j += ${wg}u) { s += exp(X[base + j] - m); }
+  for (var j = ${start}; j < P.n; j += ${stride}) { s += exp(X[base + j] - m); }
   s = wgSum(s, lid);
-  if (lid == 0u) {
+  if (${leader}) {
     let lse = m + log(s);
     LSE[row] = lse;
     let t = T[row];
     // Out-of-range targets were rejected on the host; clamp keeps the read in bounds regardless.
-    let tc = u32(clamp(t, 0, i32(P.v) - 1));
+    let tc = u32(clamp(t, 0, i32(P.n) - 1));
     L[row] = select(lse - X[base + tc], 0.0, t == P.ignore);
-  }
-}`;
-  return { name: "cross_entropy_rows", source, buffers: ["read", "read", "rw", "rw"] };
+  }`,
+    PARAMS,
+  );
 }
 
 export function crossEntropyMeanKernel(wg: number): Kernel {
@@ -82,9 +82,9 @@ export function crossEntropyBackwardKernel(wg: number): Kernel {
 @compute @workgroup_size(${wg})
 fn main(${GRID_BUILTINS}) {
   let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (i >= P.rows * P.v) { return; }
-  let row = i / P.v;
-  let j = i % P.v;
+  if (i >= P.rows * P.n) { return; }
+  let row = i / P.n;
+  let j = i % P.n;
   let t = T[row];
   let count = OUT[1];
   let scale = select(G[0] / count, 0.0, count == 0.0 || t == P.ignore);
@@ -114,13 +114,15 @@ export function runCrossEntropy(
   v: number,
   ignore: number,
 ): void {
-  const wg = gpu.tuning.rowWorkgroup;
+  const mode = rowMode(gpu, rows, v);
+  const rwg = mode === "group" ? gpu.tuning.rowWorkgroup : gpu.tuning.elementwiseWorkgroup;
   gpu.dispatch(
-    crossEntropyRowsKernel(wg),
+    crossEntropyRowsKernel(rwg, mode),
     [logits, targets, lse, rowLoss],
     params(rows, v, ignore),
-    grid(rows),
+    grid(mode === "group" ? rows : Math.ceil(rows / rwg)),
   );
+  const wg = gpu.tuning.rowWorkgroup;
   gpu.dispatch(crossEntropyMeanKernel(wg), [rowLoss, targets, out], params(rows, v, ignore), [
     1,
     1,

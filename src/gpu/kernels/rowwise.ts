@@ -41,112 +41,160 @@ fn wgMax(v: f32, lid: u32) -> f32 {
 const ROW_PARAMS = "struct Params { rows: u32, n: u32, eps: f32, _p: u32 };\n" +
   "@group(0) @binding(0) var<uniform> P: Params;";
 
-function rowKernel(
+/**
+ * How a row kernel spreads over invocations: "group" gives each row a workgroup that reduces in
+ * workgroup memory (long rows, few of them); "thread" gives each row one invocation and no
+ * barriers (many short rows: on llvmpipe a barrier costs more than the row's arithmetic).
+ */
+export type RowMode = "group" | "thread";
+
+/** The row kernel mode for a shape on this adapter. */
+export function rowMode(gpu: Gpu, rows: number, n: number): RowMode {
+  return rows >= gpu.tuning.threadRowsMin && n <= gpu.tuning.threadRowMaxLen ? "thread" : "group";
+}
+
+/** Names a row body uses: its first element, stride, and whether this invocation writes scalars. */
+export interface RowVars {
+  start: string;
+  stride: string;
+  leader: string;
+}
+
+/**
+ * A row kernel: `body` runs once per row with `base` (row offset), `row`, and the loop bounds
+ * of `RowVars`; `wgSum`/`wgMax` reduce across the row's invocations (identity in thread mode).
+ */
+export function rowKernel(
   name: string,
   wg: number,
+  mode: RowMode,
   buffers: [string, "read" | "rw", string][],
-  body: string,
+  body: (v: RowVars) => string,
+  params = ROW_PARAMS,
 ): Kernel {
   const decl = buffers.map(([n, a, t], i) =>
     `@group(0) @binding(${i + 1}) var<storage, ${a === "rw" ? "read_write" : "read"}> ${n}: ${t};`
   ).join("\n");
-  const source = `${ROW_PARAMS}
+  const group = mode === "group";
+  const helpers = group ? rowReduceHelpers(wg) : `
+fn wgSum(v: f32, lid: u32) -> f32 { return v; }
+fn wgMax(v: f32, lid: u32) -> f32 { return v; }`;
+  const rowExpr = group ? LINEAR_GROUP_ID : `${LINEAR_GROUP_ID} * ${wg}u + lid`;
+  const vars: RowVars = group
+    ? { start: "lid", stride: `${wg}u`, leader: "lid == 0u" }
+    : { start: "0u", stride: "1u", leader: "true" };
+  const source = `${params}
 ${decl}
-${rowReduceHelpers(wg)}
+${helpers}
 @compute @workgroup_size(${wg})
 fn main(${GRID_BUILTINS}) {
-  let row = ${LINEAR_GROUP_ID};
+  let row = ${rowExpr};
   if (row >= P.rows) { return; }
   let base = row * P.n;
-${body}
+${body(vars)}
 }`;
-  return { name, source, buffers: buffers.map((b) => b[1]) };
+  return { name: `${name}_${mode}`, source, buffers: buffers.map((b) => b[1]) };
+}
+
+const kernelMemo = new Map<string, Kernel>();
+function memo(key: string, make: () => Kernel): Kernel {
+  let k = kernelMemo.get(key);
+  if (!k) kernelMemo.set(key, k = make());
+  return k;
 }
 
 /** y = softmax(x) or log_softmax(x) along rows. */
-export function softmaxKernel(log: boolean, wg: number): Kernel {
-  return rowKernel(
-    log ? "log_softmax_fwd" : "softmax_fwd",
-    wg,
-    [["X", "read", "array<f32>"], ["Y", "rw", "array<f32>"]],
-    `
+export function softmaxKernel(log: boolean, wg: number, mode: RowMode = "group"): Kernel {
+  return memo(`softmax${log}${wg}${mode}`, () =>
+    rowKernel(
+      log ? "log_softmax_fwd" : "softmax_fwd",
+      wg,
+      mode,
+      [["X", "read", "array<f32>"], ["Y", "rw", "array<f32>"]],
+      ({ start, stride }) => `
   var m = -3.4028234e38;
-  for (var j = lid; j < P.n; j += ${wg}u) { m = max(m, X[base + j]); }
+  for (var j = ${start}; j < P.n; j += ${stride}) { m = max(m, X[base + j]); }
   m = wgMax(m, lid);
   var s = 0.0;
-  for (var j = lid; j < P.n; j += ${wg}u) { s += exp(X[base + j] - m); }
+  for (var j = ${start}; j < P.n; j += ${stride}) { s += exp(X[base + j] - m); }
   s = wgSum(s, lid);
   let lse = m + log(s);
-  for (var j = lid; j < P.n; j += ${wg}u) {
+  for (var j = ${start}; j < P.n; j += ${stride}) {
     ${log ? "Y[base + j] = X[base + j] - lse;" : "Y[base + j] = exp(X[base + j] - lse);"}
   }`,
-  );
+    ));
 }
 
 /** dx from y and dy: softmax dx = y (dy - sum(dy y)); log_softmax dx = dy - exp(y) sum(dy). */
-export function softmaxBackwardKernel(log: boolean, wg: number): Kernel {
-  return rowKernel(
-    log ? "log_softmax_bwd" : "softmax_bwd",
-    wg,
-    [["Y", "read", "array<f32>"], ["G", "read", "array<f32>"], ["DX", "rw", "array<f32>"]],
-    `
+export function softmaxBackwardKernel(log: boolean, wg: number, mode: RowMode = "group"): Kernel {
+  return memo(`softmaxbwd${log}${wg}${mode}`, () =>
+    rowKernel(
+      log ? "log_softmax_bwd" : "softmax_bwd",
+      wg,
+      mode,
+      [["Y", "read", "array<f32>"], ["G", "read", "array<f32>"], ["DX", "rw", "array<f32>"]],
+      ({ start, stride }) => `
   var s = 0.0;
-  for (var j = lid; j < P.n; j += ${wg}u) {
+  for (var j = ${start}; j < P.n; j += ${stride}) {
     ${log ? "s += G[base + j];" : "s += G[base + j] * Y[base + j];"}
   }
   s = wgSum(s, lid);
-  for (var j = lid; j < P.n; j += ${wg}u) {
+  for (var j = ${start}; j < P.n; j += ${stride}) {
     ${
-      log
-        ? "DX[base + j] = G[base + j] - exp(Y[base + j]) * s;"
-        : "DX[base + j] = Y[base + j] * (G[base + j] - s);"
-    }
+        log
+          ? "DX[base + j] = G[base + j] - exp(Y[base + j]) * s;"
+          : "DX[base + j] = Y[base + j] * (G[base + j] - s);"
+      }
   }`,
-  );
+    ));
 }
 
 /** y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps); saves rstd per row. */
-export function rmsnormKernel(wg: number): Kernel {
-  return rowKernel(
-    "rmsnorm_fwd",
-    wg,
-    [
-      ["X", "read", "array<f32>"],
-      ["W", "read", "array<f32>"],
-      ["Y", "rw", "array<f32>"],
-      ["R", "rw", "array<f32>"],
-    ],
-    `
+export function rmsnormKernel(wg: number, mode: RowMode = "group"): Kernel {
+  return memo(`rmsnorm${wg}${mode}`, () =>
+    rowKernel(
+      "rmsnorm_fwd",
+      wg,
+      mode,
+      [
+        ["X", "read", "array<f32>"],
+        ["W", "read", "array<f32>"],
+        ["Y", "rw", "array<f32>"],
+        ["R", "rw", "array<f32>"],
+      ],
+      ({ start, stride, leader }) => `
   var s = 0.0;
-  for (var j = lid; j < P.n; j += ${wg}u) { let v = X[base + j]; s += v * v; }
+  for (var j = ${start}; j < P.n; j += ${stride}) { let v = X[base + j]; s += v * v; }
   s = wgSum(s, lid);
   let rstd = inverseSqrt(s / f32(P.n) + P.eps);
-  for (var j = lid; j < P.n; j += ${wg}u) { Y[base + j] = X[base + j] * rstd * W[j]; }
-  if (lid == 0u) { R[row] = rstd; }`,
-  );
+  for (var j = ${start}; j < P.n; j += ${stride}) { Y[base + j] = X[base + j] * rstd * W[j]; }
+  if (${leader}) { R[row] = rstd; }`,
+    ));
 }
 
 /** dx = rstd (w dy - xhat mean(xhat w dy)), xhat = x rstd. */
-export function rmsnormBackwardKernel(wg: number): Kernel {
-  return rowKernel(
-    "rmsnorm_bwd",
-    wg,
-    [
-      ["X", "read", "array<f32>"],
-      ["W", "read", "array<f32>"],
-      ["R", "read", "array<f32>"],
-      ["G", "read", "array<f32>"],
-      ["DX", "rw", "array<f32>"],
-    ],
-    `
+export function rmsnormBackwardKernel(wg: number, mode: RowMode = "group"): Kernel {
+  return memo(`rmsnormbwd${wg}${mode}`, () =>
+    rowKernel(
+      "rmsnorm_bwd",
+      wg,
+      mode,
+      [
+        ["X", "read", "array<f32>"],
+        ["W", "read", "array<f32>"],
+        ["R", "read", "array<f32>"],
+        ["G", "read", "array<f32>"],
+        ["DX", "rw", "array<f32>"],
+      ],
+      ({ start, stride }) => `
   let rstd = R[row];
   var s = 0.0;
-  for (var j = lid; j < P.n; j += ${wg}u) { s += X[base + j] * rstd * W[j] * G[base + j]; }
+  for (var j = ${start}; j < P.n; j += ${stride}) { s += X[base + j] * rstd * W[j] * G[base + j]; }
   s = wgSum(s, lid) / f32(P.n);
-  for (var j = lid; j < P.n; j += ${wg}u) {
+  for (var j = ${start}; j < P.n; j += ${stride}) {
     DX[base + j] = rstd * (W[j] * G[base + j] - X[base + j] * rstd * s);
   }`,
-  );
+    ));
 }
 
 /**
@@ -176,16 +224,19 @@ fn main(${GRID_BUILTINS}) {
 
 export const RMSNORM_DW_CHUNK = 256;
 
+/** Dispatches a row kernel made for `mode` over `rows` rows of length n. */
 export function runRowKernel(
   gpu: Gpu,
-  kernel: Kernel,
+  kernel: (wg: number, mode: RowMode) => Kernel,
   buffers: GpuBuffer[],
   rows: number,
   n: number,
   eps = 0,
 ): void {
+  const mode = rowMode(gpu, rows, n);
+  const wg = mode === "group" ? gpu.tuning.rowWorkgroup : gpu.tuning.elementwiseWorkgroup;
   const p = new ParamWriter().u32(rows).u32(n).f32(eps).u32(0);
-  gpu.dispatch(kernel, buffers, p, grid(rows));
+  gpu.dispatch(kernel(wg, mode), buffers, p, grid(mode === "group" ? rows : Math.ceil(rows / wg)));
 }
 
 export function runRmsnormWeightGrad(

@@ -1,0 +1,295 @@
+/**
+ * A GEM model: a decoder whose vocabulary has k extra special tokens, the mask design they were
+ * trained under, and the learnable contrastive temperature. `embed` appends the specials after a
+ * text and pools their last-layer states; `generate` still runs the plain causal path.
+ */
+
+import type { Tokenizer } from "../io/tokenizer.ts";
+import { CAUSAL_PADDED, Llama, type LlamaConfig } from "../nn/llama.ts";
+import * as T from "../tensor/ops.ts";
+import type { RoleTable } from "../tensor/ops.ts";
+import { Rng } from "../tensor/random.ts";
+import { keep, noGrad, scope, type Tensor, tensor } from "../tensor/tensor.ts";
+import {
+  collate,
+  disposeBatch,
+  l2normalize,
+  poolRows,
+  type SpecialPooling,
+  specialRows,
+  weightedSum,
+} from "./batch.ts";
+import { MASK_DESIGNS, parseRoleTable } from "./mask.ts";
+import { embedSample, type GemSample, rawSample } from "./sample.ts";
+
+/** What makes a model a GEM model; saved as gem.json beside the checkpoint. */
+export interface GemInfo {
+  /** Number of special tokens. */
+  k: number;
+  /** Their ids (the last k rows of the vocabulary). */
+  specialIds: number[];
+  /** Their names in the tokenizer. */
+  specialNames: string[];
+  /** Mask design name, or a role table. */
+  mask: string | number[][];
+  /** How the specials' states are pooled into an embedding. */
+  pooling: SpecialPooling;
+  /** Contrastive scale lambda (the similarity is multiplied by e^lambda). */
+  logitScale: number;
+}
+
+/** How new special-token rows are initialised. */
+export interface SpecialInit {
+  /** mean: the mean of existing embeddings plus noise; random: normal noise only. */
+  kind: "mean" | "random";
+  /** Noise std as a fraction of the embeddings' per-dim std (default 0.1). */
+  noise: number;
+  seed: number;
+}
+
+/** Baseline poolings of a plain decoder, and GEM's. */
+export type Pooling = "gem" | "mean" | "last";
+
+/** The model, tokenizer and GEM settings together. */
+export class GemModel {
+  /** e^lambda scales cosine similarities in the contrastive loss; clamped to [0, log 100]. */
+  readonly logitScale: Tensor;
+
+  /** Wraps an already grown model; see {@link addSpecialTokens}. */
+  constructor(
+    readonly model: Llama,
+    readonly tokenizer: Tokenizer,
+    readonly info: GemInfo,
+  ) {
+    this.logitScale = keep(T.parameter(tensor([info.logitScale], []), "logit_scale"));
+  }
+
+  /** The mask design's role table. */
+  get table(): RoleTable {
+    return parseRoleTable(this.info.mask, "gem.mask");
+  }
+
+  /** Parameters to train: the decoder's and the contrastive scale. */
+  parameters(): Tensor[] {
+    return [...this.model.parameters(), this.logitScale];
+  }
+
+  /** The current lambda, read back (for gem.json). */
+  async currentLogitScale(): Promise<number> {
+    return await this.logitScale.item();
+  }
+
+  /**
+   * Embeddings of `texts` ([n] vectors, L2-normalised), in input order. `gem` appends the
+   * special tokens; `mean` averages the text's final-normed states (BOS excluded); `last` takes
+   * the last text token. Batches are padded; each text's vector does not depend on the others.
+   */
+  async embed(texts: readonly string[], opts: EmbedOptions = {}): Promise<EmbedResult> {
+    const ids = texts.map((t) => this.tokenizer.encode(t, { bos: true }));
+    return await embedIds(this.model, ids, {
+      ...opts,
+      pooling: opts.pooling ?? "gem",
+      gem: this.info,
+      table: this.table,
+    });
+  }
+
+  /** Releases the model and lambda. */
+  dispose(): void {
+    this.model.dispose();
+    this.logitScale.dispose();
+  }
+}
+
+/** Options of {@link GemModel.embed} and {@link embedIds}. */
+export interface EmbedOptions {
+  pooling?: Pooling;
+  /** Texts per forward pass (default 32). */
+  batch?: number;
+  /** Called after each batch with the number of texts done. */
+  onProgress?: (done: number) => void;
+}
+
+/** Embeddings and how many texts had to be cut to fit the context. */
+export interface EmbedResult {
+  vectors: Float32Array[];
+  truncated: number;
+  dim: number;
+}
+
+/** Embeds token-id sequences (BOS first) with any pooling; `gem` needs `gem` and `table`. */
+export async function embedIds(
+  model: Llama,
+  ids: readonly (readonly number[])[],
+  opts: EmbedOptions & { gem?: GemInfo; table?: RoleTable },
+): Promise<EmbedResult> {
+  const pooling = opts.pooling ?? "mean";
+  if (pooling === "gem" && (!opts.gem || !opts.table)) {
+    throw new Error("embed: gem pooling needs a GEM model");
+  }
+  const k = opts.gem?.k ?? 0;
+  const maxLen = model.config.maxSeqLen;
+  let truncated = 0;
+  const samples: GemSample[] = ids.map((t) => {
+    const room = pooling === "gem" ? maxLen - k : maxLen;
+    if (t.length > room) truncated++;
+    return pooling === "gem" ? embedSample(t, opts.gem!.specialIds, maxLen) : rawSample(t, maxLen);
+  });
+  // Similar lengths together waste less padding; results go back to input order.
+  const order = samples.map((_, i) => i).sort((a, b) =>
+    samples[a].ids.length - samples[b].ids.length
+  );
+  const vectors = new Array<Float32Array>(samples.length);
+  const bs = Math.max(1, opts.batch ?? 32);
+  let dim = 0;
+  for (let at = 0; at < order.length; at += bs) {
+    const idx = order.slice(at, at + bs);
+    const group = idx.map((i) => samples[i]);
+    const batch = collate(group, 0);
+    const pooled = noGrad(() =>
+      scope(() => {
+        const table = pooling === "gem" ? opts.table! : CAUSAL_PADDED;
+        const roles = pooling === "gem" ? batch.roles : causalRoles(group, batch.t);
+        const out = model.forward(batch.tokens, { roles, table, logits: false });
+        let v: Tensor;
+        if (pooling === "gem") {
+          v = poolRows(out.hidden, specialRows(group, batch.t), k, opts.gem!.pooling);
+        } else if (pooling === "last") {
+          v = poolRows(
+            out.hidden,
+            group.map((s, i) => i * batch.t + s.ids.length - 1),
+            1,
+            "mean",
+          );
+        } else v = weightedSum(out.hidden, meanWeights(group, batch.t));
+        return l2normalize(v);
+      })
+    );
+    const host = (await pooled.toArray()) as Float32Array;
+    pooled.dispose();
+    disposeBatch(batch);
+    dim = host.length / idx.length;
+    idx.forEach((i, j) => (vectors[i] = host.slice(j * dim, (j + 1) * dim)));
+    opts.onProgress?.(Math.min(at + bs, order.length));
+  }
+  return { vectors, truncated, dim };
+}
+
+/** Roles for CAUSAL_PADDED: 0 on tokens, 1 on padding. */
+function causalRoles(group: readonly GemSample[], t: number): Tensor {
+  const r = new Int32Array(group.length * t).fill(1);
+  group.forEach((s, i) => r.fill(0, i * t, i * t + s.ids.length));
+  return tensor(r, [group.length, t], "i32");
+}
+
+/** 1/n on each text token after BOS (the BOS itself when it is the only token). */
+function meanWeights(group: readonly GemSample[], t: number): Float32Array {
+  const w = new Float32Array(group.length * t);
+  group.forEach((s, i) => {
+    const n = s.ids.length;
+    if (n <= 1) w[i * t] = 1;
+    else w.fill(1 / (n - 1), i * t + 1, i * t + n);
+  });
+  return w;
+}
+
+/**
+ * Grows a decoder's vocabulary (embedding, and classifier when separate) by k special tokens
+ * and registers them in the tokenizer. Returns the GEM model; the input model is consumed.
+ */
+export async function addSpecialTokens(
+  model: Llama,
+  tokenizer: Tokenizer,
+  opts: {
+    k: number;
+    init?: SpecialInit;
+    mask?: string | number[][];
+    pooling?: SpecialPooling;
+    names?: string[];
+  },
+): Promise<GemModel> {
+  const k = opts.k;
+  if (!Number.isInteger(k) || k < 1) throw new Error(`gem.k must be a positive integer, got ${k}`);
+  const c = model.config;
+  if (tokenizer.vocabSize !== c.vocabSize) {
+    throw new Error(
+      `tokenizer has ${tokenizer.vocabSize} tokens, model ${c.vocabSize}: they must agree before adding specials`,
+    );
+  }
+  const names = opts.names ?? Array.from({ length: k }, (_, i) => `<gem_${i}>`);
+  const init = opts.init ?? { kind: "mean", noise: 0.1, seed: 0 };
+  const rng = new Rng(init.seed);
+  const grow = async (w: Tensor): Promise<Tensor> => {
+    const host = (await w.toArray()) as Float32Array;
+    const [v, d] = w.shape;
+    const mean = new Float64Array(d), sq = new Float64Array(d);
+    for (let r = 0; r < v; r++) {
+      for (let j = 0; j < d; j++) {
+        const x = host[r * d + j];
+        mean[j] += x / v;
+        sq[j] += (x * x) / v;
+      }
+    }
+    const out = new Float32Array((v + k) * d);
+    out.set(host);
+    for (let r = 0; r < k; r++) {
+      for (let j = 0; j < d; j++) {
+        const std = Math.sqrt(Math.max(sq[j] - mean[j] ** 2, 0));
+        const base = init.kind === "mean" ? mean[j] : 0;
+        out[(v + r) * d + j] = base + rng.normal() * std * init.noise;
+      }
+    }
+    return tensor(out, [v + k, d]);
+  };
+  const config: LlamaConfig = { ...c, vocabSize: c.vocabSize + k };
+  const params = new Map(model.params);
+  const replaced = ["model.embed_tokens.weight", ...(c.tiedEmbeddings ? [] : ["lm_head.weight"])];
+  for (const name of replaced) params.set(name, await grow(model.params.get(name)!));
+  const grown = new Llama(config, params, "gem");
+  model.disposeExcept(grown.parameters());
+  const specialIds = tokenizer.addSpecialTokens(names);
+  if (specialIds[0] !== c.vocabSize) {
+    throw new Error(`tokenizer gave special ids from ${specialIds[0]}, expected ${c.vocabSize}`);
+  }
+  const mask = opts.mask ?? "gem";
+  parseRoleTable(mask, "gem.mask");
+  return new GemModel(grown, tokenizer, {
+    k,
+    specialIds,
+    specialNames: names,
+    mask,
+    pooling: opts.pooling ?? "mean",
+    logitScale: Math.log(20),
+  });
+}
+
+/** lambda's range: e^lambda in [1, 100], as CLIP clamps it. */
+export const LOGIT_SCALE_MAX = Math.log(100);
+
+/**
+ * InfoNCE over a batch of pairs: a [n, D] and b [n, D] L2-normalised, row i of a matches row i
+ * of b, other rows are negatives; similarities scaled by e^clamp(lambda). Symmetric (both
+ * directions, averaged) as CLIP does unless `symmetric` is false.
+ */
+export function contrastiveLoss(
+  a: Tensor,
+  b: Tensor,
+  logitScale: Tensor,
+  symmetric = true,
+): Tensor {
+  const n = a.shape[0];
+  const targets = tensor(Int32Array.from({ length: n }, (_, i) => i), [n], "i32");
+  const lo = tensor([0], []), hi = tensor([LOGIT_SCALE_MAX], []);
+  const scale = T.exp(T.maximum(T.minimum(logitScale, hi), lo));
+  const logits = T.mul(T.matmul(a, b, { transB: true }), scale);
+  let loss = T.crossEntropy(logits, targets);
+  if (symmetric) {
+    const back = T.crossEntropy(T.contiguous(T.transpose(logits)), targets);
+    loss = T.mulScalar(T.add(loss, back), 0.5);
+  }
+  for (const t of [targets, lo, hi]) t.dispose();
+  return loss;
+}
+
+/** Reads the design names, for CLI help. */
+export const MASK_NAMES: string[] = Object.keys(MASK_DESIGNS);

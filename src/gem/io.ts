@@ -1,0 +1,97 @@
+/**
+ * Saving and loading GEM models: a Hugging Face layout directory (config.json, model.safetensors)
+ * plus the tokenizer file it was trained with and gem.json (k, special ids and names, mask
+ * design, pooling, lambda). Each file is written atomically.
+ */
+
+import { readHfModel, writeHfModel } from "../io/hf.ts";
+import { loadTokenizer } from "../io/tokenizer.ts";
+import { Llama } from "../nn/llama.ts";
+import { type GemInfo, GemModel } from "./gem.ts";
+import { parseRoleTable } from "./mask.ts";
+
+/** A directory that is not a GEM checkpoint; the message names the file and field. */
+export class GemFileError extends Error {
+  /** Error class name. */
+  override name = "GemFileError";
+}
+
+async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
+  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  if (typeof data === "string") await Deno.writeTextFile(tmp, data);
+  else await Deno.writeFile(tmp, data);
+  await Deno.rename(tmp, path);
+}
+
+/** Name of the tokenizer file inside a checkpoint, by the source file's kind. */
+function tokenizerName(src: string): string {
+  return src.endsWith(".json") ? "tokenizer.json" : "tokenizer.bin";
+}
+
+/** Writes `gem` (weights, config, tokenizer copy, gem.json) into `dir`. */
+export async function saveGem(dir: string, gem: GemModel, tokenizerPath: string): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  const weights = new Map<string, Float32Array>();
+  for (const [name, t] of gem.model.params) weights.set(name, (await t.toArray()) as Float32Array);
+  await writeHfModel(dir, gem.model.config, weights);
+  await writeAtomic(`${dir}/${tokenizerName(tokenizerPath)}`, await Deno.readFile(tokenizerPath));
+  const info: GemInfo = { ...gem.info, logitScale: await gem.currentLogitScale() };
+  await writeAtomic(`${dir}/gem.json`, JSON.stringify(info, null, 2) + "\n");
+}
+
+/** Reads gem.json, checking every field. */
+export async function readGemInfo(dir: string): Promise<GemInfo> {
+  const path = `${dir}/gem.json`;
+  let j: Record<string, unknown>;
+  try {
+    j = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new GemFileError(`${path}: cannot read as JSON (${e instanceof Error ? e.message : e})`);
+  }
+  const bad = (f: string, why: string): never => {
+    throw new GemFileError(`${path}: field '${f}' ${why}`);
+  };
+  const k = j.k;
+  if (!Number.isInteger(k) || (k as number) < 1) bad("k", "must be a positive integer");
+  const ids = j.specialIds, names = j.specialNames;
+  if (!Array.isArray(ids) || ids.length !== k || !ids.every(Number.isInteger)) bad("specialIds", `must be ${k} integers`);
+  if (!Array.isArray(names) || names.length !== k || !names.every((n) => typeof n === "string")) {
+    bad("specialNames", `must be ${k} strings`);
+  }
+  if (!["mean", "concat", "last"].includes(j.pooling as string)) bad("pooling", "must be mean, concat or last");
+  if (typeof j.logitScale !== "number") bad("logitScale", "must be a number");
+  try {
+    parseRoleTable(j.mask, "mask");
+  } catch (e) {
+    bad("mask", (e as Error).message);
+  }
+  return j as unknown as GemInfo;
+}
+
+/** Loads a GEM checkpoint directory written by {@link saveGem}. */
+export async function loadGem(dir: string): Promise<GemModel> {
+  const info = await readGemInfo(dir);
+  const { config, weights } = await readHfModel(dir);
+  const base = config.vocabSize - info.k;
+  if (info.specialIds.some((id, i) => id !== base + i)) {
+    throw new GemFileError(`${dir}/gem.json: field 'specialIds' must be the last ${info.k} ids (${base}..)`);
+  }
+  let tokPath = `${dir}/tokenizer.json`;
+  try {
+    await Deno.stat(tokPath);
+  } catch {
+    tokPath = `${dir}/tokenizer.bin`;
+  }
+  const tokenizer = loadTokenizer(tokPath, { vocabSize: base });
+  tokenizer.addSpecialTokens(info.specialNames);
+  return new GemModel(Llama.fromWeights(config, weights, dir), tokenizer, info);
+}
+
+/** Whether a directory holds a GEM checkpoint (has gem.json). */
+export async function isGemDir(dir: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(`${dir}/gem.json`)).isFile;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,135 @@
+/**
+ * GEM's training objective for one (micro-)batch: mixed next-token prediction on `batchSize`
+ * texts (each raw with probability p, else with special tokens inserted), plus, when alpha > 0,
+ * a contrastive loss over `pairs` (anchor, positive) built by the chosen pair builder. All rows
+ * go through one forward pass: [NTP rows | anchors | positives].
+ */
+
+import * as T from "../tensor/ops.ts";
+import type { Rng } from "../tensor/random.ts";
+import type { Tensor } from "../tensor/tensor.ts";
+import { collate, disposeBatch, l2normalize, poolRows, specialRows } from "./batch.ts";
+import { contrastiveLoss, type GemModel } from "./gem.ts";
+import {
+  cropSample,
+  dropoutPositive,
+  gemSample,
+  type GemSample,
+  IGNORE,
+  rawSample,
+  type SampleOptions,
+} from "./sample.ts";
+
+/** Settings of the objective (a slice of the training config). */
+export interface ObjectiveOptions {
+  sample: SampleOptions;
+  /** Probability a text stays raw (plain causal LM). */
+  rawProb: number;
+  batchSize: number;
+  pairs: "crop" | "dropout" | "supervised";
+  pairBatch: number;
+  dropout: number;
+  cropFrac: number;
+  symmetric: boolean;
+}
+
+/** Source of texts (token ids, BOS first) and of supervised pairs. */
+export interface TextSource {
+  next(): readonly number[];
+  nextPair?(): [readonly number[], readonly number[]];
+}
+
+/** The samples of one micro-batch. */
+export interface StepSamples {
+  ntp: GemSample[];
+  anchors: GemSample[];
+  positives: GemSample[];
+}
+
+/** Draws the samples of one micro-batch; `alpha` decides which parts are needed. */
+export function drawSamples(src: TextSource, rng: Rng, o: ObjectiveOptions, alpha: number): StepSamples {
+  const ntp: GemSample[] = [];
+  if (alpha < 1) {
+    for (let i = 0; i < o.batchSize; i++) {
+      const text = src.next();
+      ntp.push(rng.uniform() < o.rawProb ? rawSample(text, o.sample.maxLen) : gemSample(text, o.sample, rng));
+    }
+  }
+  const anchors: GemSample[] = [], positives: GemSample[] = [];
+  if (alpha > 0) {
+    for (let i = 0; i < o.pairBatch; i++) {
+      if (o.pairs === "supervised") {
+        if (!src.nextPair) throw new Error("supervised pairs need a pairs file");
+        const [a, b] = src.nextPair();
+        const end = { ...o.sample, insertion: "end" as const };
+        anchors.push(gemSample(a, end, rng));
+        positives.push(gemSample(b, end, rng));
+      } else if (o.pairs === "crop") {
+        const text = src.next();
+        anchors.push(cropSample(text, o.cropFrac, o.sample, rng));
+        positives.push(cropSample(text, o.cropFrac, o.sample, rng));
+      } else {
+        const s = gemSample(src.next(), { ...o.sample, insertion: o.sample.insertion === "reconstruct" ? "random" : o.sample.insertion }, rng);
+        anchors.push(s);
+        positives.push(dropoutPositive(s, o.sample.specialIds, o.dropout, rng));
+      }
+    }
+  }
+  return { ntp, anchors, positives };
+}
+
+/** Losses of a micro-batch (scalar tensors; undefined when a part is off) and token counts. */
+export interface StepLoss {
+  total: Tensor;
+  ntp?: Tensor;
+  contrastive?: Tensor;
+  /** Tokens in the forward pass, and tokens carrying next-token loss. */
+  tokens: number;
+  labelled: number;
+}
+
+/** The pair rows carry no next-token loss: their labels are dropped. */
+function unlabelled(s: GemSample): GemSample {
+  return { ...s, labels: s.labels.map(() => IGNORE) };
+}
+
+/**
+ * Forward pass and losses: total = (1 - alpha) * NTP + alpha * contrastive, scaled by `scale`
+ * (1 / micro-batches). Returns graph-carrying tensors; call backward on `total`.
+ */
+export function stepLoss(
+  gem: GemModel,
+  s: StepSamples,
+  alpha: number,
+  scale: number,
+  symmetric = true,
+): StepLoss {
+  const rows = [...s.ntp, ...s.anchors.map(unlabelled), ...s.positives.map(unlabelled)];
+  const batch = collate(rows, 0);
+  try {
+    const out = gem.model.forward(batch.tokens, { roles: batch.roles, table: gem.table, logits: false });
+    let ntp: Tensor | undefined, contrastive: Tensor | undefined;
+    const parts: Tensor[] = [];
+    if (s.ntp.length) {
+      // Logits only for the NTP rows: the pair rows carry no next-token loss.
+      const n = s.ntp.length * batch.t;
+      const h = T.slice(T.reshape(out.hidden, [-1, out.hidden.shape[2]]), 0, 0, n);
+      const logits = T.matmul(h, gem.model.classifier, { transB: true });
+      ntp = T.crossEntropy(logits, T.slice(batch.labels, 0, 0, n));
+      parts.push(T.mulScalar(ntp, (1 - alpha) * scale));
+    }
+    if (s.anchors.length) {
+      const off = s.ntp.length;
+      const k = gem.info.k;
+      const a = l2normalize(poolRows(out.hidden, specialRows(s.anchors, batch.t).map((r) => r + off * batch.t), k, gem.info.pooling));
+      const pOff = (off + s.anchors.length) * batch.t;
+      const b = l2normalize(poolRows(out.hidden, specialRows(s.positives, batch.t).map((r) => r + pOff), k, gem.info.pooling));
+      contrastive = contrastiveLoss(a, b, gem.logitScale, symmetric);
+      parts.push(T.mulScalar(contrastive, alpha * scale));
+    }
+    const total = parts.length === 1 ? parts[0] : T.add(parts[0], parts[1]);
+    return { total, ntp, contrastive, tokens: batch.b * batch.t, labelled: batch.labelled };
+  } finally {
+    disposeBatch(batch);
+  }
+}

@@ -1,0 +1,238 @@
+/**
+ * Training configuration: one JSON object, every field documented here with its default, merged
+ * from defaults < `--config FILE` < `key=value` overrides (dotted paths). Bad values are errors
+ * that name the field.
+ */
+
+/** One phase of the schedule: a share of the run with its own loss mix and learning rate. */
+export interface Phase {
+  /** Share of `steps` (phases' fractions must sum to 1). */
+  frac: number;
+  /** Weight of the contrastive loss: total = (1 - alpha) * NTP + alpha * contrastive. */
+  alpha: number;
+  /** Peak learning rate of the phase. */
+  lr: number;
+}
+
+/** Everything `deno task train` can be told. */
+export interface TrainConfig {
+  model: string;
+  tokenizer: string;
+  data: string;
+  steps: number;
+  seed: number;
+  batchSize: number;
+  maxLen: number;
+  accum: number;
+  warmup: number;
+  minLrFrac: number;
+  phases: Phase[];
+  optim: { beta1: number; beta2: number; eps: number; weightDecay: number; clip: number };
+  gem: {
+    k: number;
+    rawProb: number;
+    insertion: "random" | "end" | "reconstruct";
+    minPrefix: number;
+    minSuffix: number;
+    mask: string | number[][];
+    pooling: "mean" | "concat" | "last";
+    init: "mean" | "random";
+    initNoise: number;
+  };
+  contrastive: {
+    pairs: "crop" | "dropout" | "supervised";
+    batchSize: number;
+    dropout: number;
+    cropFrac: number;
+    symmetric: boolean;
+    pairsFile: string;
+  };
+  checkpointEvery: number;
+  keepCheckpoints: number;
+  evalEvery: number;
+}
+
+/** Field documentation: dotted path -> [default, help]. The README table is generated from it. */
+export const FIELDS: Record<string, [unknown, string]> = {
+  model: ["@data/models/llama2c/stories260K.bin", "checkpoint: llama2.c .bin, HF directory, or hub id org/name (@data = the shared data dir)"],
+  tokenizer: ["@data/models/llama2c/tok512.bin", "tokenizer file (a llama2.c model needs one; HF directories carry theirs)"],
+  data: ["tinystories", "training texts: tinystories (train split), wikitext (WikiText-2 sentences), or a .txt/.jsonl file"],
+  steps: [400, "optimizer steps in the whole run; fixes the schedule"],
+  seed: [0, "seed of data order, sample building, special-token init"],
+  batchSize: [32, "texts per step for the next-token loss"],
+  maxLen: [256, "longest sample in tokens"],
+  accum: [1, "micro-batches per step (gradient accumulation)"],
+  warmup: [20, "linear warm-up steps at the start of each phase"],
+  minLrFrac: [0.1, "cosine decay ends at this fraction of the phase's lr"],
+  phases: [
+    [{ frac: 0.25, alpha: 0, lr: 1e-3 }, { frac: 0.75, alpha: 0.5, lr: 3e-4 }],
+    "schedule: [{frac, alpha, lr}], contrastive weight alpha per phase (paper: alpha 0 for 100 steps, then 1)",
+  ],
+  "optim.beta1": [0.9, "AdamW beta1"],
+  "optim.beta2": [0.95, "AdamW beta2"],
+  "optim.eps": [1e-8, "AdamW epsilon"],
+  "optim.weightDecay": [0.01, "decoupled weight decay on matrices (not on norm weights or lambda)"],
+  "optim.clip": [1.0, "global gradient-norm clip (0 = off)"],
+  "gem.k": [4, "number of special tokens"],
+  "gem.rawProb": [0.5, "probability a text stays plain causal LM (paper: 0.8)"],
+  "gem.insertion": ["random", "where specials go in NTP samples: random | end | reconstruct"],
+  "gem.minPrefix": [4, "fewest text tokens before the specials at a random split"],
+  "gem.minSuffix": [4, "fewest tokens after the specials at a random split"],
+  "gem.mask": ["gem", "mask design: gem | specials-see-each-other | no-bottleneck | specials-self-only | 4x4 role table"],
+  "gem.pooling": ["mean", "pooling of the specials' states: mean | concat | last"],
+  "gem.init": ["mean", "special-token rows: mean of embeddings + noise | random"],
+  "gem.initNoise": [0.1, "noise std as a fraction of the embeddings' per-dim std"],
+  "contrastive.pairs": ["crop", "positives: crop (two random crops of a text) | dropout (paper) | supervised"],
+  "contrastive.batchSize": [32, "pairs per step (in-batch negatives)"],
+  "contrastive.dropout": [0.1, "prefix token dropout rate for dropout positives"],
+  "contrastive.cropFrac": [0.5, "crop length as a fraction of the text"],
+  "contrastive.symmetric": [true, "average both directions of InfoNCE (CLIP style)"],
+  "contrastive.pairsFile": ["", "JSONL of {query, positive} for supervised pairs"],
+  checkpointEvery: [100, "steps between checkpoints (also at the end and on Ctrl-C)"],
+  keepCheckpoints: [2, "checkpoints kept in the run directory"],
+  evalEvery: [0, "steps between validation-slice evaluations (0 = only at the end)"],
+};
+
+/** A configuration value that cannot be used; the message names the field. */
+export class ConfigError extends Error {
+  /** Error class name. */
+  override name = "ConfigError";
+}
+
+function setPath(obj: Record<string, unknown>, path: string, value: unknown): void {
+  const parts = path.split(".");
+  let o = obj;
+  for (const p of parts.slice(0, -1)) {
+    if (typeof o[p] !== "object" || o[p] === null) o[p] = {};
+    o = o[p] as Record<string, unknown>;
+  }
+  o[parts.at(-1)!] = value;
+}
+
+function getPath(obj: Record<string, unknown>, path: string): unknown {
+  return path.split(".").reduce<unknown>((o, p) => (o as Record<string, unknown> | undefined)?.[p], obj);
+}
+
+/** The default configuration. */
+export function defaultConfig(): TrainConfig {
+  const c: Record<string, unknown> = {};
+  for (const [path, [v]] of Object.entries(FIELDS)) setPath(c, path, structuredClone(v));
+  return c as unknown as TrainConfig;
+}
+
+/** Parses an override value: JSON when it parses, else the raw string. */
+function parseValue(raw: string): unknown {
+  try {
+    return JSON.parse(raw);
+  } catch {
+    return raw;
+  }
+}
+
+/**
+ * Merges a config file's object and `key=value` overrides into the defaults and validates the
+ * result. `source` names the file in errors.
+ */
+export function buildConfig(
+  file: Record<string, unknown> | null,
+  overrides: readonly [string, string][],
+  source = "config",
+): TrainConfig {
+  const c = defaultConfig() as unknown as Record<string, unknown>;
+  const apply = (path: string, v: unknown, where: string) => {
+    const known = path in FIELDS || Object.keys(FIELDS).some((f) => f.startsWith(path + "."));
+    if (!known) throw new ConfigError(`${where}: unknown field '${path}'`);
+    if (path in FIELDS) setPath(c, path, v);
+    else if (typeof v === "object" && v) for (const [k, x] of Object.entries(v)) apply(`${path}.${k}`, x, where);
+    else throw new ConfigError(`${where}: field '${path}' is a group; set its members`);
+  };
+  if (file) for (const [k, v] of Object.entries(file)) apply(k, v, source);
+  for (const [k, v] of overrides) apply(k, parseValue(v), "override");
+  validate(c);
+  return c as unknown as TrainConfig;
+}
+
+function validate(c: Record<string, unknown>): void {
+  const bad = (f: string, why: string): never => {
+    throw new ConfigError(`field '${f}' ${why}, got ${JSON.stringify(getPath(c, f))}`);
+  };
+  const int = (f: string, min: number) => {
+    const v = getPath(c, f);
+    if (!Number.isInteger(v) || (v as number) < min) bad(f, `must be an integer >= ${min}`);
+  };
+  const num = (f: string, lo: number, hi: number) => {
+    const v = getPath(c, f);
+    if (typeof v !== "number" || !(v >= lo && v <= hi)) bad(f, `must be a number in [${lo}, ${hi}]`);
+  };
+  const oneOf = (f: string, opts: string[]) => {
+    if (!opts.includes(getPath(c, f) as string)) bad(f, `must be one of ${opts.join(", ")}`);
+  };
+  for (const f of ["model", "tokenizer", "data", "contrastive.pairsFile"]) {
+    if (typeof getPath(c, f) !== "string") bad(f, "must be a string");
+  }
+  int("steps", 1);
+  int("seed", 0);
+  int("batchSize", 1);
+  int("maxLen", 8);
+  int("accum", 1);
+  int("warmup", 0);
+  num("minLrFrac", 0, 1);
+  const phases = c.phases;
+  if (!Array.isArray(phases) || phases.length === 0) bad("phases", "must be a non-empty array");
+  (phases as Phase[]).forEach((p, i) => {
+    if (typeof p !== "object" || !p) bad(`phases.${i}`, "must be {frac, alpha, lr}");
+    for (const [k, lo, hi] of [["frac", 0, 1], ["alpha", 0, 1], ["lr", 0, 1]] as const) {
+      const v = (p as unknown as Record<string, unknown>)[k];
+      if (typeof v !== "number" || !(v >= lo && v <= hi)) {
+        throw new ConfigError(`field 'phases[${i}].${k}' must be a number in [${lo}, ${hi}], got ${JSON.stringify(v)}`);
+      }
+    }
+  });
+  const sum = (phases as Phase[]).reduce((s, p) => s + p.frac, 0);
+  if (Math.abs(sum - 1) > 1e-6) bad("phases", `fractions must sum to 1 (they sum to ${sum})`);
+  num("optim.beta1", 0, 0.999999);
+  num("optim.beta2", 0, 0.999999);
+  num("optim.eps", 0, 1);
+  num("optim.weightDecay", 0, 10);
+  num("optim.clip", 0, 1e9);
+  int("gem.k", 1);
+  num("gem.rawProb", 0, 1);
+  oneOf("gem.insertion", ["random", "end", "reconstruct"]);
+  int("gem.minPrefix", 0);
+  int("gem.minSuffix", 0);
+  oneOf("gem.pooling", ["mean", "concat", "last"]);
+  oneOf("gem.init", ["mean", "random"]);
+  num("gem.initNoise", 0, 100);
+  oneOf("contrastive.pairs", ["crop", "dropout", "supervised"]);
+  int("contrastive.batchSize", 2);
+  num("contrastive.dropout", 0, 0.99);
+  num("contrastive.cropFrac", 0.05, 1);
+  if (typeof getPath(c, "contrastive.symmetric") !== "boolean") bad("contrastive.symmetric", "must be true or false");
+  if (getPath(c, "contrastive.pairs") === "supervised" && !getPath(c, "contrastive.pairsFile")) {
+    bad("contrastive.pairsFile", "is required when contrastive.pairs is supervised");
+  }
+  int("checkpointEvery", 1);
+  int("keepCheckpoints", 1);
+  int("evalEvery", 0);
+  const k = getPath(c, "gem.k") as number;
+  if (k + 8 > (getPath(c, "maxLen") as number)) bad("gem.k", `leaves no room in maxLen ${getPath(c, "maxLen")}`);
+}
+
+/** Learning rate and alpha at `step` (0-based) of a run of `total` steps. */
+export function scheduleAt(c: TrainConfig, step: number): { lr: number; alpha: number; phase: number } {
+  let start = 0;
+  for (let i = 0; i < c.phases.length; i++) {
+    const p = c.phases[i];
+    const len = i === c.phases.length - 1 ? c.steps - start : Math.round(p.frac * c.steps);
+    if (step < start + len || i === c.phases.length - 1) {
+      const s = step - start;
+      const warm = Math.min(c.warmup, Math.max(len - 1, 0));
+      if (s < warm) return { lr: (p.lr * (s + 1)) / (warm + 1), alpha: p.alpha, phase: i };
+      const progress = len - warm <= 1 ? 1 : (s - warm) / (len - warm - 1);
+      const cos = 0.5 * (1 + Math.cos(Math.PI * Math.min(progress, 1)));
+      return { lr: p.lr * (c.minLrFrac + (1 - c.minLrFrac) * cos), alpha: p.alpha, phase: i };
+    }
+    start += len;
+  }
+  throw new Error("unreachable");
+}

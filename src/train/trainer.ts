@@ -1,0 +1,258 @@
+/**
+ * The training loop, for any model: schedule (warm-up + cosine per phase), gradient accumulation,
+ * global-norm clipping, AdamW, JSONL logs, a progress line, and checkpoints that make a stopped
+ * run resumable exactly.
+ *
+ * A checkpoint is a directory `<run>/ckpt-<step>` holding the model (written by the task), the
+ * optimizer moments (trainer/optimizer.safetensors) and trainer/state.json (step, data position,
+ * RNG state, config). It is written under a temporary name and renamed into place; then the file
+ * `<run>/latest` is replaced atomically to point at it. A crash at any moment leaves the last
+ * complete checkpoint intact.
+ */
+
+import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
+import { clipGradNorm } from "../tensor/optim.ts";
+import { AdamW } from "../tensor/optim.ts";
+import { backward } from "../tensor/backward.ts";
+import { scope, type Tensor, tensor } from "../tensor/tensor.ts";
+import type { TrainConfig } from "./config.ts";
+import { scheduleAt } from "./config.ts";
+
+/** What one micro-batch returns to the loop. */
+export interface MicroLoss {
+  /** The loss to differentiate (already scaled for accumulation). */
+  total: Tensor;
+  /** Unscaled parts to log (e.g. ntp, contrastive). */
+  parts: Record<string, Tensor | undefined>;
+  /** Tokens processed. */
+  tokens: number;
+}
+
+/** The model-specific side of training. */
+export interface TrainTask {
+  /** Parameters to optimise, and whether each gets weight decay. */
+  params: Tensor[];
+  decay: boolean[];
+  /** Loss of micro-batch `micro` of step `step` (alpha from the schedule, scale = 1/accum). */
+  micro(step: number, micro: number, alpha: number, scale: number): MicroLoss;
+  /** Writes the model into a checkpoint directory. */
+  saveModel(dir: string): Promise<void>;
+  /** The data side's state (stream positions, RNG), restored by `restoreData`. */
+  dataState(): unknown;
+  restoreData(state: unknown): void;
+}
+
+/** What the trainer keeps in trainer/state.json. */
+export interface TrainerState {
+  step: number;
+  data: unknown;
+  config: TrainConfig;
+  optimizerStep: number;
+}
+
+/** Options of {@link train}. */
+export interface TrainOptions {
+  /** Run directory (checkpoints, log.jsonl). */
+  out: string;
+  /** Stop (with a checkpoint) after this many steps in total. */
+  stopAt?: number;
+  /** Resume from this checkpoint directory (the model must already be loaded from it). */
+  resume?: string;
+  /** Called with each step's log record. */
+  onStep?: (rec: StepRecord) => void;
+  /** Run at steps where `(step+1) % evalEvery === 0`; its record is logged. */
+  evaluate?: (step: number) => Promise<Record<string, number>>;
+}
+
+/** One line of log.jsonl. */
+export interface StepRecord {
+  step: number;
+  lr: number;
+  alpha: number;
+  loss: number;
+  gradNorm: number;
+  tokensPerSec: number;
+  ms: number;
+  [part: string]: number;
+}
+
+/** Training stopped on a non-finite loss; the last good checkpoint is kept. */
+export class NonFiniteLossError extends Error {
+  /** Error class name. */
+  override name = "NonFiniteLossError";
+}
+
+/** How a run ended. */
+export interface TrainResult {
+  steps: number;
+  stopped: "done" | "stop-at" | "signal";
+  checkpoint: string;
+}
+
+function ckptName(step: number): string {
+  return `ckpt-${String(step).padStart(6, "0")}`;
+}
+
+/** Resolves `--resume` (a run directory with `latest`, or a checkpoint directory). */
+export async function resolveCheckpoint(path: string): Promise<string> {
+  try {
+    const latest = (await Deno.readTextFile(`${path}/latest`)).trim();
+    return `${path}/${latest}`;
+  } catch {
+    await Deno.stat(`${path}/trainer/state.json`).catch(() => {
+      throw new Error(`${path}: neither a run directory (no 'latest') nor a checkpoint (no trainer/state.json)`);
+    });
+    return path;
+  }
+}
+
+/** Reads a checkpoint's trainer state. */
+export async function readTrainerState(ckpt: string): Promise<TrainerState> {
+  const path = `${ckpt}/trainer/state.json`;
+  try {
+    return JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new Error(`${path}: cannot read (${e instanceof Error ? e.message : e})`);
+  }
+}
+
+async function saveCheckpoint(
+  out: string,
+  step: number,
+  task: TrainTask,
+  opt: AdamW,
+  config: TrainConfig,
+  keep: number,
+): Promise<string> {
+  const name = ckptName(step);
+  const tmp = `${out}/.${name}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  await Deno.mkdir(`${tmp}/trainer`, { recursive: true });
+  await task.saveModel(tmp);
+  const moments: { name: string; shape: number[]; data: Float32Array }[] = [];
+  for (let i = 0; i < opt.params.length; i++) {
+    const shape = [...opt.params[i].shape];
+    moments.push({ name: `m.${i}`, shape, data: (await opt.m[i].toArray()) as Float32Array });
+    moments.push({ name: `v.${i}`, shape, data: (await opt.v[i].toArray()) as Float32Array });
+  }
+  await writeSafetensors(`${tmp}/trainer/optimizer.safetensors`, moments, { dtype: "F32" });
+  const state: TrainerState = { step, data: task.dataState(), config, optimizerStep: opt.step };
+  await Deno.writeTextFile(`${tmp}/trainer/state.json`, JSON.stringify(state, null, 1) + "\n");
+  await Deno.remove(`${out}/${name}`, { recursive: true }).catch(() => {});
+  await Deno.rename(tmp, `${out}/${name}`);
+  const ptr = `${out}/latest.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  await Deno.writeTextFile(ptr, name + "\n");
+  await Deno.rename(ptr, `${out}/latest`);
+  // Prune older checkpoints beyond `keep`.
+  const all = [...Deno.readDirSync(out)].map((e) => e.name).filter((n) => /^ckpt-\d{6}$/.test(n)).sort();
+  for (const old of all.slice(0, Math.max(0, all.length - keep))) {
+    await Deno.remove(`${out}/${old}`, { recursive: true });
+  }
+  return `${out}/${name}`;
+}
+
+/** Restores optimizer moments and step from a checkpoint. */
+async function restoreOptimizer(ckpt: string, opt: AdamW, state: TrainerState): Promise<void> {
+  const st = await readSafetensors(`${ckpt}/trainer/optimizer.safetensors`);
+  for (let i = 0; i < opt.params.length; i++) {
+    for (const [which, list] of [["m", opt.m], ["v", opt.v]] as const) {
+      const t = st.tensors.get(`${which}.${i}`);
+      if (!t || t.shape.join() !== opt.params[i].shape.join()) {
+        throw new Error(`${ckpt}/trainer/optimizer.safetensors: ${which}.${i} missing or of the wrong shape`);
+      }
+      list[i].dispose();
+      list[i] = tensor(t.data as Float32Array, t.shape);
+    }
+  }
+  opt.step = state.optimizerStep;
+}
+
+/** Trains `task` under `config` from step 0, or from a checkpoint with `resume`. */
+export async function train(task: TrainTask, config: TrainConfig, opts: TrainOptions): Promise<TrainResult> {
+  await Deno.mkdir(opts.out, { recursive: true });
+  const opt = new AdamW(task.params, {
+    lr: config.phases[0].lr,
+    beta1: config.optim.beta1,
+    beta2: config.optim.beta2,
+    eps: config.optim.eps,
+    weightDecay: config.optim.weightDecay,
+  });
+  let step = 0;
+  if (opts.resume) {
+    const state = await readTrainerState(opts.resume);
+    await restoreOptimizer(opts.resume, opt, state);
+    task.restoreData(state.data);
+    step = state.step;
+  }
+  const log = await Deno.open(`${opts.out}/log.jsonl`, { append: true, create: true });
+  const enc = new TextEncoder();
+  let signalled = false;
+  const onSignal = () => {
+    if (signalled) Deno.exit(130);
+    signalled = true;
+    console.error("\ngemkit: interrupted; saving a checkpoint after this step (Ctrl-C again to abort)");
+  };
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, onSignal);
+  const end = Math.min(config.steps, opts.stopAt ?? config.steps);
+  let lastCkpt = opts.resume ?? "";
+  let savedAt = step;
+  try {
+    while (step < end && !signalled) {
+      const t0 = performance.now();
+      const { lr, alpha } = scheduleAt(config, step);
+      let tokens = 0;
+      const sums: Record<string, number> = {};
+      let total = 0;
+      const pending: [string, Tensor][] = [];
+      for (let m = 0; m < config.accum; m++) {
+        const r = scope(() => task.micro(step, m, alpha, 1 / config.accum));
+        backward(r.total);
+        tokens += r.tokens;
+        pending.push(["loss", r.total]);
+        for (const [k, v] of Object.entries(r.parts)) if (v) pending.push([k, v]);
+      }
+      const norm = config.optim.clip > 0 ? clipGradNorm(task.params, config.optim.clip) : null;
+      for (const [k, t] of pending) {
+        const v = await t.item();
+        t.dispose();
+        if (k === "loss") total += v;
+        else sums[k] = (sums[k] ?? 0) + v / config.accum;
+      }
+      if (!Number.isFinite(total)) {
+        norm?.dispose();
+        throw new NonFiniteLossError(
+          `loss is ${total} at step ${step + 1}; stopped without updating. The last good checkpoint is ` +
+            `${lastCkpt || "(none yet)"}. Try a lower lr or gradient clipping (optim.clip).`,
+        );
+      }
+      const gradNorm = norm ? (await norm.toArray())[0] : NaN;
+      norm?.dispose();
+      opt.update({ lr, decayMask: task.decay });
+      opt.zeroGrad();
+      step++;
+      const ms = performance.now() - t0;
+      const rec: StepRecord = { step, lr, alpha, loss: total, gradNorm, tokensPerSec: tokens / (ms / 1000), ms, ...sums };
+      if (opts.evaluate && config.evalEvery > 0 && step % config.evalEvery === 0) {
+        Object.assign(rec, await opts.evaluate(step));
+      }
+      await log.write(enc.encode(JSON.stringify(rec) + "\n"));
+      opts.onStep?.(rec);
+      if (step % config.checkpointEvery === 0 && step < end) {
+        lastCkpt = await saveCheckpoint(opts.out, step, task, opt, config, config.keepCheckpoints);
+        savedAt = step;
+      }
+    }
+    if (savedAt !== step || !lastCkpt) {
+      lastCkpt = await saveCheckpoint(opts.out, step, task, opt, config, config.keepCheckpoints);
+    }
+  } finally {
+    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+    log.close();
+    opt.dispose();
+  }
+  return {
+    steps: step,
+    stopped: signalled ? "signal" : step >= config.steps ? "done" : "stop-at",
+    checkpoint: lastCkpt,
+  };
+}
