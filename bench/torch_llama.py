@@ -54,7 +54,10 @@ finite uniform softmax; its attention output is then multiplied by 0, so such ro
 never NaN, in the forward and the backward pass.
 
 What each bench times (one sample = the region below, measured with time.perf_counter; `warmup`
-untimed samples first, then `repeats` timed ones):
+untimed samples first, then `repeats` timed ones). Each bench builds a fresh model from the
+.bin file and first runs once untimed to check its output (generate: the ids; prefill: shape and
+finiteness of the logits; embed: unit norms); gc.collect() runs before every timed sample,
+outside the timed region.
 
   generate    Greedy decoding from BOS (id 1) with a KV cache, under torch.inference_mode().
               Per sample: 256 single-token forward steps (the first one feeds BOS at position
@@ -76,8 +79,8 @@ untimed samples first, then `repeats` timed ones):
               tokens, tied embedding). Per sample: optimizer.zero_grad(set_to_none=True); build
               the [32, 256, 256] attention mask from the roles and the "gem" role table
               [[1,0,0,0],[1,2,0,0],[0,1,1,0],[0,0,0,0]] (roles 0 prefix, 1 special, 2 suffix,
-              3 pad); forward; F.cross_entropy(ignore_index=-1) next-token loss over all
-              positions; backward; torch.nn.utils.clip_grad_norm_(params, 1.0);
+              3 pad); forward; F.cross_entropy(ignore_index=-1) next-token loss (mean over the
+              labelled positions); backward; torch.nn.utils.clip_grad_norm_(params, 1.0);
               torch.optim.AdamW(lr 1e-3, weight_decay 0.01, default betas/eps, one parameter
               group) .step(). The model keeps training across samples (the same batch every
               step). The batch tensors are built once, outside the timed region.
@@ -96,7 +99,8 @@ untimed samples first, then `repeats` timed ones):
               (mean of both directions' cross-entropy against the diagonal);
               loss = 0.5 * ntp + 0.5 * cl. The pooling weights are built outside the timed
               region. tokens_per_s = 2 * 32 * 256 / median.
-  embed       Sentence embeddings of the STS-B test file: 1,379 lines -> 2,758 texts
+  embed       Sentence embeddings with the plain stories260K model (vocab 512, no specials,
+              mean pooling) of the STS-B test file: 1,379 lines -> 2,758 texts
               (sentence1 = column 6, sentence2 = column 7, 1-based; extra columns ignored).
               Texts are encoded OUTSIDE the timed region with llama2.c's BPE (BOS + dummy
               prefix space + highest-score merges; tests/goldens/llama_ref.py Tokenizer, a port
@@ -243,7 +247,9 @@ def set_malloc(mode):
     fault in on first touch, and on our VMs a page fault is so slow that it dominates: measured
     prefill ~0.5-0.7 s -> ~0.06 s and train_step ~10 s -> ~0.9 s. This is the effect PyTorch's
     CPU performance tuning guide addresses by switching to jemalloc / TCMalloc (neither is
-    installed here). Returns what was applied."""
+    installed here). Memory is not given back until exit, which is fine for one bench process.
+    (A tensor over 64 MiB allocated by a non-main thread could not be served without mmap; none
+    is here: tensors are allocated on the calling thread.) Returns what was applied."""
     if mode == "default":
         return "glibc default"
     libc = ctypes.CDLL("libc.so.6")
@@ -775,7 +781,9 @@ class Bench:
         model = self.load_model(self.mcfg, self.weights).eval()
         model.init_cache(1)
         ids = self.greedy(model, len(golden))
-        assert ids == golden, f"greedy ids differ from the golden at {next(i for i, (a, b) in enumerate(zip(ids, golden)) if a != b)}"
+        if ids != golden:
+            at = next(i for i, (a, b) in enumerate(zip(ids, golden)) if a != b)
+            raise AssertionError(f"greedy ids differ from the golden from step {at}")
         checks["greedy_200_ids_match_golden"] = True
 
         # 2. KV-cache step logits == full-sequence logits on the greedy path.
@@ -893,6 +901,8 @@ def main():
               "openblas": blas is not None, "malloc": malloc, "results": results})
     except SystemExit:
         raise
+    except BenchError as e:
+        emit({"error": str(e)}, 1)
     except BaseException as e:  # noqa: BLE001 - every failure becomes one JSON line
         emit({"error": f"{type(e).__name__}: {e}",
               "traceback": traceback.format_exc(limit=4)}, 1)

@@ -36,7 +36,11 @@ async function sha256(path: string): Promise<string> {
 }
 
 /** The base model's report (mean and last pooling), from the cache when the file is known. */
-export async function baselineReport(model: Llama, tokenizer: Tokenizer, modelPath: string): Promise<ModelReport> {
+export async function baselineReport(
+  model: Llama,
+  tokenizer: Tokenizer,
+  modelPath: string,
+): Promise<ModelReport> {
   let cacheFile: string | null = null;
   try {
     if ((await Deno.stat(modelPath)).isFile) {
@@ -53,7 +57,10 @@ export async function baselineReport(model: Llama, tokenizer: Tokenizer, modelPa
   const poolings: Record<string, EmbedScores> = {};
   for (const pooling of ["mean", "last"] as const) {
     poolings[pooling] = await scores(async (texts) =>
-      (await embedIds(model, texts.map((t) => tokenizer.encode(t, { bos: true })), { pooling, batch: 64 })).vectors
+      (await embedIds(model, texts.map((t) => tokenizer.encode(t, { bos: true })), {
+        pooling,
+        batch: 64,
+      })).vectors
     );
   }
   const rep = { perplexity: ppl.perplexity, poolings, seconds: (performance.now() - t0) / 1000 };
@@ -69,12 +76,19 @@ export async function gemReport(gem: GemModel): Promise<ModelReport> {
   console.error("gemkit: evaluating the trained model (perplexity, GEM pooling)...");
   const t0 = performance.now();
   const ppl = await perplexity(gem.model, gem.tokenizer, tinyStories().heldOut);
-  const poolings = { gem: await scores(async (texts) => (await gem.embed(texts, { batch: 64 })).vectors) };
+  const poolings = {
+    gem: await scores(async (texts) => (await gem.embed(texts, { batch: 64 })).vectors),
+  };
   return { perplexity: ppl.perplexity, poolings, seconds: (performance.now() - t0) / 1000 };
 }
 
 /** Prints the before/after table to stdout and saves report.json beside the checkpoint. */
-export function printReport(before: ModelReport | null, after: ModelReport, config: TrainConfig, ckpt: string): void {
+export function printReport(
+  before: ModelReport | null,
+  after: ModelReport,
+  config: TrainConfig,
+  ckpt: string,
+): void {
   const f = (x: number | undefined) => (x === undefined ? "-" : x.toFixed(3));
   const best = before
     ? Object.entries(before.poolings).sort((a, b) => b[1].ndcgAt10 - a[1].ndcgAt10)[0]
@@ -82,24 +96,36 @@ export function printReport(before: ModelReport | null, after: ModelReport, conf
   const lines = [
     "",
     "## gemkit train report",
-    `run: ${config.steps} steps, k=${config.gem.k}, mask ${JSON.stringify(config.gem.mask)}, checkpoint ${ckpt}`,
+    `run: ${config.steps} steps, k=${config.gem.k}, mask ${
+      JSON.stringify(config.gem.mask)
+    }, checkpoint ${ckpt}`,
     "",
     "| model | pooling | held-out ppl | in-domain R@1 | in-domain nDCG@10 | STS-B test Spearman |",
     "|---|---|---|---|---|---|",
   ];
   if (before) {
     for (const [p, s] of Object.entries(before.poolings)) {
-      lines.push(`| base${best && best[0] === p ? " (best)" : ""} | ${p} | ${f(before.perplexity)} | ${f(s.recallAt1)} | ${f(s.ndcgAt10)} | ${f(s.stsb)} |`);
+      lines.push(
+        `| base${best && best[0] === p ? " (best)" : ""} | ${p} | ${f(before.perplexity)} | ${
+          f(s.recallAt1)
+        } | ${f(s.ndcgAt10)} | ${f(s.stsb)} |`,
+      );
     }
   }
   for (const [p, s] of Object.entries(after.poolings)) {
-    lines.push(`| GEM | ${p} | ${f(after.perplexity)} | ${f(s.recallAt1)} | ${f(s.ndcgAt10)} | ${f(s.stsb)} |`);
+    lines.push(
+      `| GEM | ${p} | ${f(after.perplexity)} | ${f(s.recallAt1)} | ${f(s.ndcgAt10)} | ${
+        f(s.stsb)
+      } |`,
+    );
   }
   if (before && best) {
     const g = after.poolings.gem;
     lines.push(
       "",
-      `in-domain nDCG@10: GEM ${f(g.ndcgAt10)} vs best baseline (${best[0]}) ${f(best[1].ndcgAt10)} ` +
+      `in-domain nDCG@10: GEM ${f(g.ndcgAt10)} vs best baseline (${best[0]}) ${
+        f(best[1].ndcgAt10)
+      } ` +
         `(${g.ndcgAt10 > best[1].ndcgAt10 ? "GEM better" : "GEM NOT better"}); ` +
         `perplexity ${f(after.perplexity)} vs base ${f(before.perplexity)} ` +
         `(${after.perplexity <= before.perplexity ? "no worse" : "WORSE"})`,

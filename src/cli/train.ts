@@ -46,13 +46,19 @@ function progress(total: number, start: number) {
     const eta = done > 0 ? ((performance.now() - t0) / done) * left / 1000 : 0;
     const parts = Object.entries(r).filter(([k]) => ["ntp", "contrastive"].includes(k))
       .map(([k, v]) => `${k} ${v.toFixed(3)}`).join(" ");
-    const msg = `step ${r.step}/${total} loss ${r.loss.toFixed(4)} ${parts} lr ${r.lr.toExponential(2)} ` +
+    const msg =
+      `step ${r.step}/${total} loss ${r.loss.toFixed(4)} ${parts} lr ${r.lr.toExponential(2)} ` +
       `|g| ${r.gradNorm.toFixed(2)} ${Math.round(r.tokensPerSec)} tok/s ETA ${Math.round(eta)}s`;
     if (tty) {
       const w = 24, fill = Math.round((r.step / total) * w);
-      Deno.stderr.writeSync(new TextEncoder().encode(`\r[${"#".repeat(fill)}${".".repeat(w - fill)}] ${msg}\x1b[K`));
+      Deno.stderr.writeSync(
+        new TextEncoder().encode(`\r[${"#".repeat(fill)}${".".repeat(w - fill)}] ${msg}\x1b[K`),
+      );
       if (r.step === total) console.error();
-    } else if (r.step === total || r.step - lastLine >= 10) {
+    } else if (
+      r.step === start + 1 || r.step === total ||
+      r.step - lastLine >= Math.max(1, Math.round(total / 20))
+    ) {
       lastLine = r.step;
       console.error(`gemkit: ${msg}`);
     }
@@ -62,7 +68,10 @@ function progress(total: number, start: number) {
 await runMain(async () => {
   const { flags, overrides } = parseArgs(Deno.args, {
     config: { type: "string", help: "JSON config file (fields: src/train/config.ts, README)" },
-    out: { type: "string", help: "run directory (default runs/gem; with --resume, the resumed run's)" },
+    out: {
+      type: "string",
+      help: "run directory (default runs/gem; with --resume, the resumed run's)",
+    },
     steps: { type: "number", help: "optimizer steps of the whole run (fixes the schedule)" },
     seed: { type: "number", help: "seed" },
     resume: { type: "string", help: "continue a run: its directory or a checkpoint directory" },
@@ -78,16 +87,24 @@ await runMain(async () => {
     if (flags.out === undefined) out = ckpt.replace(/\/[^/]+\/?$/, "") || ".";
     const state = await readTrainerState(ckpt);
     if (overrides.length || flags.config || flags.steps !== undefined || flags.seed !== undefined) {
-      throw new UsageError("--resume continues the saved run exactly: drop --config, --steps, --seed and overrides");
+      throw new UsageError(
+        "--resume continues the saved run exactly: drop --config, --steps, --seed and overrides",
+      );
     }
-    config = buildConfig(state.config as unknown as Record<string, unknown>, [], `${ckpt}/trainer/state.json`);
+    config = buildConfig(
+      state.config as unknown as Record<string, unknown>,
+      [],
+      `${ckpt}/trainer/state.json`,
+    );
   } else {
     let file: Record<string, unknown> | null = null;
     if (flags.config) {
       try {
         file = JSON.parse(await Deno.readTextFile(flags.config as string));
       } catch (e) {
-        throw new ConfigError(`${flags.config}: cannot read as JSON (${e instanceof Error ? e.message : e})`);
+        throw new ConfigError(
+          `${flags.config}: cannot read as JSON (${e instanceof Error ? e.message : e})`,
+        );
       }
     }
     const extra: [string, string][] = [];
@@ -104,7 +121,9 @@ await runMain(async () => {
     gem = await loadGem(ckpt);
   } else {
     const loaded = await loadModel(dataPath(config.model), { tokenizer: tokenizerPath });
-    if (wantReport) baseline = await baselineReport(loaded.model, loaded.tokenizer, dataPath(config.model));
+    if (wantReport) {
+      baseline = await baselineReport(loaded.model, loaded.tokenizer, dataPath(config.model));
+    }
     gem = await addSpecialTokens(loaded.model, loaded.tokenizer, {
       k: config.gem.k,
       init: { kind: config.gem.init, noise: config.gem.initNoise, seed: config.seed },
@@ -112,7 +131,11 @@ await runMain(async () => {
       pooling: config.gem.pooling,
     });
   }
-  const texts = trainingTexts(config.data === "tinystories" || config.data === "wikitext" ? config.data : dataPath(config.data))
+  const texts = trainingTexts(
+    config.data === "tinystories" || config.data === "wikitext"
+      ? config.data
+      : dataPath(config.data),
+  )
     .map((t) => gem.tokenizer.encode(t, { bos: true }));
   const stream = new TextStream(texts, config.seed);
   let rng = new Rng(config.seed + 1);
@@ -139,7 +162,11 @@ await runMain(async () => {
     micro: (_step, _m, alpha, scale) => {
       const s = drawSamples(streamRef, rng, obj, alpha);
       const r = stepLoss(gem, s, alpha, scale, obj.symmetric);
-      return { total: r.total, parts: { ntp: r.ntp, contrastive: r.contrastive }, tokens: r.tokens };
+      return {
+        total: r.total,
+        parts: { ntp: r.ntp, contrastive: r.contrastive },
+        tokens: r.tokens,
+      };
     },
     saveModel: (dir) => saveGem(dir, gem, tokenizerPath),
     dataState: () => ({ stream: streamRef.state(), rng: [...rng.state()] }),
@@ -151,7 +178,9 @@ await runMain(async () => {
   };
   const start = ckpt ? (await readTrainerState(ckpt)).step : 0;
   console.error(
-    `gemkit: training ${config.steps} steps (from ${start}), k=${config.gem.k}, mask ${JSON.stringify(config.gem.mask)}, ` +
+    `gemkit: training ${config.steps} steps (from ${start}), k=${config.gem.k}, mask ${
+      JSON.stringify(config.gem.mask)
+    }, ` +
       `${texts.length} texts, run directory ${out}`,
   );
   const result = await train(task, config, {
@@ -160,7 +189,9 @@ await runMain(async () => {
     stopAt: flags["stop-at"] as number | undefined,
     onStep: progress(Math.min(config.steps, (flags["stop-at"] as number) ?? config.steps), start),
   });
-  console.error(`gemkit: ${result.stopped} at step ${result.steps}; checkpoint ${result.checkpoint}`);
+  console.error(
+    `gemkit: ${result.stopped} at step ${result.steps}; checkpoint ${result.checkpoint}`,
+  );
   if (wantReport && result.stopped === "done") {
     const after = await gemReport(gem);
     printReport(baseline, after, config, result.checkpoint);

@@ -54,11 +54,15 @@ export async function readGemInfo(dir: string): Promise<GemInfo> {
   const k = j.k;
   if (!Number.isInteger(k) || (k as number) < 1) bad("k", "must be a positive integer");
   const ids = j.specialIds, names = j.specialNames;
-  if (!Array.isArray(ids) || ids.length !== k || !ids.every(Number.isInteger)) bad("specialIds", `must be ${k} integers`);
+  if (!Array.isArray(ids) || ids.length !== k || !ids.every(Number.isInteger)) {
+    bad("specialIds", `must be ${k} integers`);
+  }
   if (!Array.isArray(names) || names.length !== k || !names.every((n) => typeof n === "string")) {
     bad("specialNames", `must be ${k} strings`);
   }
-  if (!["mean", "concat", "last"].includes(j.pooling as string)) bad("pooling", "must be mean, concat or last");
+  if (!["mean", "concat", "last"].includes(j.pooling as string)) {
+    bad("pooling", "must be mean, concat or last");
+  }
   if (typeof j.logitScale !== "number") bad("logitScale", "must be a number");
   try {
     parseRoleTable(j.mask, "mask");
@@ -74,7 +78,9 @@ export async function loadGem(dir: string): Promise<GemModel> {
   const { config, weights } = await readHfModel(dir);
   const base = config.vocabSize - info.k;
   if (info.specialIds.some((id, i) => id !== base + i)) {
-    throw new GemFileError(`${dir}/gem.json: field 'specialIds' must be the last ${info.k} ids (${base}..)`);
+    throw new GemFileError(
+      `${dir}/gem.json: field 'specialIds' must be the last ${info.k} ids (${base}..)`,
+    );
   }
   let tokPath = `${dir}/tokenizer.json`;
   try {

@@ -13,8 +13,8 @@ import { contrastiveLoss, type GemModel } from "./gem.ts";
 import {
   cropSample,
   dropoutPositive,
-  gemSample,
   type GemSample,
+  gemSample,
   IGNORE,
   rawSample,
   type SampleOptions,
@@ -47,12 +47,21 @@ export interface StepSamples {
 }
 
 /** Draws the samples of one micro-batch; `alpha` decides which parts are needed. */
-export function drawSamples(src: TextSource, rng: Rng, o: ObjectiveOptions, alpha: number): StepSamples {
+export function drawSamples(
+  src: TextSource,
+  rng: Rng,
+  o: ObjectiveOptions,
+  alpha: number,
+): StepSamples {
   const ntp: GemSample[] = [];
   if (alpha < 1) {
     for (let i = 0; i < o.batchSize; i++) {
       const text = src.next();
-      ntp.push(rng.uniform() < o.rawProb ? rawSample(text, o.sample.maxLen) : gemSample(text, o.sample, rng));
+      ntp.push(
+        rng.uniform() < o.rawProb
+          ? rawSample(text, o.sample.maxLen)
+          : gemSample(text, o.sample, rng),
+      );
     }
   }
   const anchors: GemSample[] = [], positives: GemSample[] = [];
@@ -69,7 +78,10 @@ export function drawSamples(src: TextSource, rng: Rng, o: ObjectiveOptions, alph
         anchors.push(cropSample(text, o.cropFrac, o.sample, rng));
         positives.push(cropSample(text, o.cropFrac, o.sample, rng));
       } else {
-        const s = gemSample(src.next(), { ...o.sample, insertion: o.sample.insertion === "reconstruct" ? "random" : o.sample.insertion }, rng);
+        const s = gemSample(src.next(), {
+          ...o.sample,
+          insertion: o.sample.insertion === "reconstruct" ? "random" : o.sample.insertion,
+        }, rng);
         anchors.push(s);
         positives.push(dropoutPositive(s, o.sample.specialIds, o.dropout, rng));
       }
@@ -107,7 +119,11 @@ export function stepLoss(
   const rows = [...s.ntp, ...s.anchors.map(unlabelled), ...s.positives.map(unlabelled)];
   const batch = collate(rows, 0);
   try {
-    const out = gem.model.forward(batch.tokens, { roles: batch.roles, table: gem.table, logits: false });
+    const out = gem.model.forward(batch.tokens, {
+      roles: batch.roles,
+      table: gem.table,
+      logits: false,
+    });
     let ntp: Tensor | undefined, contrastive: Tensor | undefined;
     const parts: Tensor[] = [];
     if (s.ntp.length) {
@@ -121,9 +137,23 @@ export function stepLoss(
     if (s.anchors.length) {
       const off = s.ntp.length;
       const k = gem.info.k;
-      const a = l2normalize(poolRows(out.hidden, specialRows(s.anchors, batch.t).map((r) => r + off * batch.t), k, gem.info.pooling));
+      const a = l2normalize(
+        poolRows(
+          out.hidden,
+          specialRows(s.anchors, batch.t).map((r) => r + off * batch.t),
+          k,
+          gem.info.pooling,
+        ),
+      );
       const pOff = (off + s.anchors.length) * batch.t;
-      const b = l2normalize(poolRows(out.hidden, specialRows(s.positives, batch.t).map((r) => r + pOff), k, gem.info.pooling));
+      const b = l2normalize(
+        poolRows(
+          out.hidden,
+          specialRows(s.positives, batch.t).map((r) => r + pOff),
+          k,
+          gem.info.pooling,
+        ),
+      );
       contrastive = contrastiveLoss(a, b, gem.logitScale, symmetric);
       parts.push(T.mulScalar(contrastive, alpha * scale));
     }

@@ -15,10 +15,10 @@ export interface Tuning {
   matmul: { tileM: number; tileN: number; workgroup: number };
   /** Queries per attention workgroup. */
   attentionWorkgroup: number;
-  /** Row kernels use one invocation per row when there are at least this many rows... */
-  threadRowsMin: number;
-  /** ...and rows are at most this long; otherwise a workgroup per row. */
+  /** Row kernels use one invocation per row up to this row length, else a workgroup per row. */
   threadRowMaxLen: number;
+  /** Reductions over at most this many elements run serially per output, else as a tree. */
+  serialReduceMax: number;
 }
 
 const LLVMPIPE: Tuning = {
@@ -28,8 +28,8 @@ const LLVMPIPE: Tuning = {
   matmul: { tileM: 8, tileN: 8, workgroup: 64 },
   attentionWorkgroup: 64,
   // A workgroup barrier costs more than a short row's arithmetic on a CPU rasterizer.
-  threadRowsMin: 32,
   threadRowMaxLen: 1 << 20,
+  serialReduceMax: 1024,
 };
 
 const GPU: Tuning = {
@@ -38,8 +38,8 @@ const GPU: Tuning = {
   rowWorkgroup: 256,
   matmul: { tileM: 4, tileN: 4, workgroup: 64 },
   attentionWorkgroup: 64,
-  threadRowsMin: 1024,
   threadRowMaxLen: 128,
+  serialReduceMax: 256,
 };
 
 /** Picks the profile for an adapter description; GEMKIT_TUNING=llvmpipe|gpu overrides. */

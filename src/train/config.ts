@@ -54,9 +54,18 @@ export interface TrainConfig {
 
 /** Field documentation: dotted path -> [default, help]. The README table is generated from it. */
 export const FIELDS: Record<string, [unknown, string]> = {
-  model: ["@data/models/llama2c/stories260K.bin", "checkpoint: llama2.c .bin, HF directory, or hub id org/name (@data = the shared data dir)"],
-  tokenizer: ["@data/models/llama2c/tok512.bin", "tokenizer file (a llama2.c model needs one; HF directories carry theirs)"],
-  data: ["tinystories", "training texts: tinystories (train split), wikitext (WikiText-2 sentences), or a .txt/.jsonl file"],
+  model: [
+    "@data/models/llama2c/stories260K.bin",
+    "checkpoint: llama2.c .bin, HF directory, or hub id org/name (@data = the shared data dir)",
+  ],
+  tokenizer: [
+    "@data/models/llama2c/tok512.bin",
+    "tokenizer file (a llama2.c model needs one; HF directories carry theirs)",
+  ],
+  data: [
+    "tinystories",
+    "training texts: tinystories (train split), wikitext (WikiText-2 sentences), or a .txt/.jsonl file",
+  ],
   steps: [400, "optimizer steps in the whole run; fixes the schedule"],
   seed: [0, "seed of data order, sample building, special-token init"],
   batchSize: [32, "texts per step for the next-token loss"],
@@ -78,11 +87,17 @@ export const FIELDS: Record<string, [unknown, string]> = {
   "gem.insertion": ["random", "where specials go in NTP samples: random | end | reconstruct"],
   "gem.minPrefix": [4, "fewest text tokens before the specials at a random split"],
   "gem.minSuffix": [4, "fewest tokens after the specials at a random split"],
-  "gem.mask": ["gem", "mask design: gem | specials-see-each-other | no-bottleneck | specials-self-only | 4x4 role table"],
+  "gem.mask": [
+    "gem",
+    "mask design: gem | specials-see-each-other | no-bottleneck | specials-self-only | 4x4 role table",
+  ],
   "gem.pooling": ["mean", "pooling of the specials' states: mean | concat | last"],
   "gem.init": ["mean", "special-token rows: mean of embeddings + noise | random"],
   "gem.initNoise": [0.1, "noise std as a fraction of the embeddings' per-dim std"],
-  "contrastive.pairs": ["crop", "positives: crop (two random crops of a text) | dropout (paper) | supervised"],
+  "contrastive.pairs": [
+    "crop",
+    "positives: crop (two random crops of a text) | dropout (paper) | supervised",
+  ],
   "contrastive.batchSize": [32, "pairs per step (in-batch negatives)"],
   "contrastive.dropout": [0.1, "prefix token dropout rate for dropout positives"],
   "contrastive.cropFrac": [0.5, "crop length as a fraction of the text"],
@@ -110,7 +125,10 @@ function setPath(obj: Record<string, unknown>, path: string, value: unknown): vo
 }
 
 function getPath(obj: Record<string, unknown>, path: string): unknown {
-  return path.split(".").reduce<unknown>((o, p) => (o as Record<string, unknown> | undefined)?.[p], obj);
+  return path.split(".").reduce<unknown>(
+    (o, p) => (o as Record<string, unknown> | undefined)?.[p],
+    obj,
+  );
 }
 
 /** The default configuration. */
@@ -143,10 +161,11 @@ export function buildConfig(
     const known = path in FIELDS || Object.keys(FIELDS).some((f) => f.startsWith(path + "."));
     if (!known) throw new ConfigError(`${where}: unknown field '${path}'`);
     if (path in FIELDS) setPath(c, path, v);
-    else if (typeof v === "object" && v) for (const [k, x] of Object.entries(v)) apply(`${path}.${k}`, x, where);
-    else throw new ConfigError(`${where}: field '${path}' is a group; set its members`);
+    else if (typeof v === "object" && v) {
+      for (const [k, x] of Object.entries(v)) apply(`${path}.${k}`, x, where);
+    } else throw new ConfigError(`${where}: field '${path}' is a group; set its members`);
   };
-  if (file) for (const [k, v] of Object.entries(file)) apply(k, v, source);
+  if (file) { for (const [k, v] of Object.entries(file)) apply(k, v, source); }
   for (const [k, v] of overrides) apply(k, parseValue(v), "override");
   validate(c);
   return c as unknown as TrainConfig;
@@ -162,7 +181,9 @@ function validate(c: Record<string, unknown>): void {
   };
   const num = (f: string, lo: number, hi: number) => {
     const v = getPath(c, f);
-    if (typeof v !== "number" || !(v >= lo && v <= hi)) bad(f, `must be a number in [${lo}, ${hi}]`);
+    if (typeof v !== "number" || !(v >= lo && v <= hi)) {
+      bad(f, `must be a number in [${lo}, ${hi}]`);
+    }
   };
   const oneOf = (f: string, opts: string[]) => {
     if (!opts.includes(getPath(c, f) as string)) bad(f, `must be one of ${opts.join(", ")}`);
@@ -184,7 +205,9 @@ function validate(c: Record<string, unknown>): void {
     for (const [k, lo, hi] of [["frac", 0, 1], ["alpha", 0, 1], ["lr", 0, 1]] as const) {
       const v = (p as unknown as Record<string, unknown>)[k];
       if (typeof v !== "number" || !(v >= lo && v <= hi)) {
-        throw new ConfigError(`field 'phases[${i}].${k}' must be a number in [${lo}, ${hi}], got ${JSON.stringify(v)}`);
+        throw new ConfigError(
+          `field 'phases[${i}].${k}' must be a number in [${lo}, ${hi}], got ${JSON.stringify(v)}`,
+        );
       }
     }
   });
@@ -207,7 +230,9 @@ function validate(c: Record<string, unknown>): void {
   int("contrastive.batchSize", 2);
   num("contrastive.dropout", 0, 0.99);
   num("contrastive.cropFrac", 0.05, 1);
-  if (typeof getPath(c, "contrastive.symmetric") !== "boolean") bad("contrastive.symmetric", "must be true or false");
+  if (typeof getPath(c, "contrastive.symmetric") !== "boolean") {
+    bad("contrastive.symmetric", "must be true or false");
+  }
   if (getPath(c, "contrastive.pairs") === "supervised" && !getPath(c, "contrastive.pairsFile")) {
     bad("contrastive.pairsFile", "is required when contrastive.pairs is supervised");
   }
@@ -215,11 +240,16 @@ function validate(c: Record<string, unknown>): void {
   int("keepCheckpoints", 1);
   int("evalEvery", 0);
   const k = getPath(c, "gem.k") as number;
-  if (k + 8 > (getPath(c, "maxLen") as number)) bad("gem.k", `leaves no room in maxLen ${getPath(c, "maxLen")}`);
+  if (k + 8 > (getPath(c, "maxLen") as number)) {
+    bad("gem.k", `leaves no room in maxLen ${getPath(c, "maxLen")}`);
+  }
 }
 
 /** Learning rate and alpha at `step` (0-based) of a run of `total` steps. */
-export function scheduleAt(c: TrainConfig, step: number): { lr: number; alpha: number; phase: number } {
+export function scheduleAt(
+  c: TrainConfig,
+  step: number,
+): { lr: number; alpha: number; phase: number } {
   let start = 0;
   for (let i = 0; i < c.phases.length; i++) {
     const p = c.phases[i];

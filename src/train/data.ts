@@ -16,7 +16,11 @@ export class TextStream {
   #order: number[] = [];
   #state: StreamState;
 
-  constructor(readonly texts: readonly (readonly number[])[], readonly seed: number, state?: StreamState) {
+  constructor(
+    readonly texts: readonly (readonly number[])[],
+    readonly seed: number,
+    state?: StreamState,
+  ) {
     if (texts.length === 0) throw new Error("TextStream: no texts");
     this.#state = state ? { ...state } : { epoch: 0, pos: 0 };
     this.#shuffle();

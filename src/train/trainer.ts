@@ -100,7 +100,9 @@ export async function resolveCheckpoint(path: string): Promise<string> {
     return `${path}/${latest}`;
   } catch {
     await Deno.stat(`${path}/trainer/state.json`).catch(() => {
-      throw new Error(`${path}: neither a run directory (no 'latest') nor a checkpoint (no trainer/state.json)`);
+      throw new Error(
+        `${path}: neither a run directory (no 'latest') nor a checkpoint (no trainer/state.json)`,
+      );
     });
     return path;
   }
@@ -143,7 +145,8 @@ async function saveCheckpoint(
   await Deno.writeTextFile(ptr, name + "\n");
   await Deno.rename(ptr, `${out}/latest`);
   // Prune older checkpoints beyond `keep`.
-  const all = [...Deno.readDirSync(out)].map((e) => e.name).filter((n) => /^ckpt-\d{6}$/.test(n)).sort();
+  const all = [...Deno.readDirSync(out)].map((e) => e.name).filter((n) => /^ckpt-\d{6}$/.test(n))
+    .sort();
   for (const old of all.slice(0, Math.max(0, all.length - keep))) {
     await Deno.remove(`${out}/${old}`, { recursive: true });
   }
@@ -157,7 +160,9 @@ async function restoreOptimizer(ckpt: string, opt: AdamW, state: TrainerState): 
     for (const [which, list] of [["m", opt.m], ["v", opt.v]] as const) {
       const t = st.tensors.get(`${which}.${i}`);
       if (!t || t.shape.join() !== opt.params[i].shape.join()) {
-        throw new Error(`${ckpt}/trainer/optimizer.safetensors: ${which}.${i} missing or of the wrong shape`);
+        throw new Error(
+          `${ckpt}/trainer/optimizer.safetensors: ${which}.${i} missing or of the wrong shape`,
+        );
       }
       list[i].dispose();
       list[i] = tensor(t.data as Float32Array, t.shape);
@@ -167,7 +172,11 @@ async function restoreOptimizer(ckpt: string, opt: AdamW, state: TrainerState): 
 }
 
 /** Trains `task` under `config` from step 0, or from a checkpoint with `resume`. */
-export async function train(task: TrainTask, config: TrainConfig, opts: TrainOptions): Promise<TrainResult> {
+export async function train(
+  task: TrainTask,
+  config: TrainConfig,
+  opts: TrainOptions,
+): Promise<TrainResult> {
   await Deno.mkdir(opts.out, { recursive: true });
   const opt = new AdamW(task.params, {
     lr: config.phases[0].lr,
@@ -189,7 +198,9 @@ export async function train(task: TrainTask, config: TrainConfig, opts: TrainOpt
   const onSignal = () => {
     if (signalled) Deno.exit(130);
     signalled = true;
-    console.error("\ngemkit: interrupted; saving a checkpoint after this step (Ctrl-C again to abort)");
+    console.error(
+      "\ngemkit: interrupted; saving a checkpoint after this step (Ctrl-C again to abort)",
+    );
   };
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   for (const s of signals) Deno.addSignalListener(s, onSignal);
@@ -221,7 +232,9 @@ export async function train(task: TrainTask, config: TrainConfig, opts: TrainOpt
       if (!Number.isFinite(total)) {
         norm?.dispose();
         throw new NonFiniteLossError(
-          `loss is ${total} at step ${step + 1}; stopped without updating. The last good checkpoint is ` +
+          `loss is ${total} at step ${
+            step + 1
+          }; stopped without updating. The last good checkpoint is ` +
             `${lastCkpt || "(none yet)"}. Try a lower lr or gradient clipping (optim.clip).`,
         );
       }
@@ -231,7 +244,16 @@ export async function train(task: TrainTask, config: TrainConfig, opts: TrainOpt
       opt.zeroGrad();
       step++;
       const ms = performance.now() - t0;
-      const rec: StepRecord = { step, lr, alpha, loss: total, gradNorm, tokensPerSec: tokens / (ms / 1000), ms, ...sums };
+      const rec: StepRecord = {
+        step,
+        lr,
+        alpha,
+        loss: total,
+        gradNorm,
+        tokensPerSec: tokens / (ms / 1000),
+        ms,
+        ...sums,
+      };
       if (opts.evaluate && config.evalEvery > 0 && step % config.evalEvery === 0) {
         Object.assign(rec, await opts.evaluate(step));
       }

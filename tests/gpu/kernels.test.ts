@@ -24,24 +24,24 @@ const TUNINGS: Partial<Tuning>[] = [
     rowWorkgroup: 64,
     matmul: { tileM: 8, tileN: 8, workgroup: 64 },
     attentionWorkgroup: 64,
-    threadRowsMin: 1,
     threadRowMaxLen: 1 << 20,
+    serialReduceMax: 1 << 20,
   },
   {
     elementwiseWorkgroup: 256,
     rowWorkgroup: 256,
     matmul: { tileM: 4, tileN: 4, workgroup: 64 },
     attentionWorkgroup: 8,
-    threadRowsMin: 1 << 30,
     threadRowMaxLen: 0,
+    serialReduceMax: 0,
   },
   {
     elementwiseWorkgroup: 32,
     rowWorkgroup: 32,
     matmul: { tileM: 1, tileN: 1, workgroup: 32 },
     attentionWorkgroup: 32,
-    threadRowsMin: 16,
     threadRowMaxLen: 128,
+    serialReduceMax: 64,
   },
 ];
 
@@ -164,4 +164,51 @@ Deno.test("elementwise over a grid folded past 65535 workgroups", async () => {
     assertClose([got[i]], [x[i] * 3], FWD, `element ${i}`);
   }
   y.dispose();
+});
+
+Deno.test("reductions vs CPU: serial and tree kernels, long and short axes, every tuning", async () => {
+  await underEachTuning(async (tuning) => {
+    const cases: [number[], number][] = [[[3, 1000], 1], [[5000], 0], [[7, 33, 5], 1], [[2, 3], 0]];
+    for (const [shape, axis] of cases) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const x = randomArray(n, n + axis, 3);
+      const tx = tensor(x, shape);
+      const outer = shape.slice(0, axis).reduce((a, b) => a * b, 1);
+      const r = shape[axis];
+      const inner = shape.slice(axis + 1).reduce((a, b) => a * b, 1);
+      const wantSum: number[] = [], wantMax: number[] = [];
+      for (let o = 0; o < outer; o++) {
+        for (let i = 0; i < inner; i++) {
+          let s = 0, m = -Infinity;
+          for (let k = 0; k < r; k++) {
+            const v = x[(o * r + k) * inner + i];
+            s += v;
+            m = Math.max(m, v);
+          }
+          wantSum.push(s);
+          wantMax.push(m);
+        }
+      }
+      const s = T.sum(tx, axis), m = T.max(tx, axis), mean = T.mean(tx, axis);
+      assertClose(
+        await s.toArray(),
+        wantSum,
+        { atol: 1e-4, rtol: 1e-5 },
+        `sum [${shape}] axis ${axis} ${tuning}`,
+      );
+      assertClose(
+        await m.toArray(),
+        wantMax,
+        { atol: 0, rtol: 0 },
+        `max [${shape}] axis ${axis} ${tuning}`,
+      );
+      assertClose(
+        await mean.toArray(),
+        wantSum.map((v) => v / r),
+        FWD,
+        `mean [${shape}] ${tuning}`,
+      );
+      for (const t of [tx, s, m, mean]) t.dispose();
+    }
+  });
 });

@@ -84,12 +84,12 @@ const variants = cases.filter((c) => c.op !== "adamw" && c.op !== "clip_grad_nor
 for (const { c, thread } of variants) {
   Deno.test(`golden ${c.name}${thread ? " (thread per row)" : ""}`, async () => {
     const gpu = await testGpu();
-    const saved = gpu.tuning.threadRowsMin;
-    gpu.tuning.threadRowsMin = thread ? 1 : 1 << 30;
+    const saved = gpu.tuning.threadRowMaxLen;
+    gpu.tuning.threadRowMaxLen = thread ? 1 << 30 : 0;
     try {
       await runCase(c);
     } finally {
-      gpu.tuning.threadRowsMin = saved;
+      gpu.tuning.threadRowMaxLen = saved;
     }
   });
 }

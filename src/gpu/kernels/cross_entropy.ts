@@ -114,7 +114,7 @@ export function runCrossEntropy(
   v: number,
   ignore: number,
 ): void {
-  const mode = rowMode(gpu, rows, v);
+  const mode = rowMode(gpu, v);
   const rwg = mode === "group" ? gpu.tuning.rowWorkgroup : gpu.tuning.elementwiseWorkgroup;
   gpu.dispatch(
     crossEntropyRowsKernel(rwg, mode),

@@ -102,8 +102,9 @@ export function runReduce(
   if (outputs === 0) return;
   const p = new ParamWriter().u32(dims.outer).u32(dims.r).u32(dims.inner).u32(off).f32(scale)
     .u32(offOut);
-  // Long reductions with few outputs parallelise over R instead of over outputs.
-  const serial = dims.r <= 64 || outputs >= 4 * 1024;
+  // Long reductions parallelise over R. The choice depends on R alone, so an output's
+  // summation order does not change with the batch size.
+  const serial = dims.r <= gpu.tuning.serialReduceMax;
   if (serial) {
     const wg = gpu.tuning.elementwiseWorkgroup;
     gpu.dispatch(reduceKernelV1(fn, wg), [x, y, arg], p, grid(Math.ceil(outputs / wg)));

@@ -48,9 +48,12 @@ const ROW_PARAMS = "struct Params { rows: u32, n: u32, eps: f32, _p: u32 };\n" +
  */
 export type RowMode = "group" | "thread";
 
-/** The row kernel mode for a shape on this adapter. */
-export function rowMode(gpu: Gpu, rows: number, n: number): RowMode {
-  return rows >= gpu.tuning.threadRowsMin && n <= gpu.tuning.threadRowMaxLen ? "thread" : "group";
+/**
+ * The row kernel mode for rows of length n on this adapter. It depends on n only, never on the
+ * number of rows, so a row's result (its summation order) does not depend on the batch size.
+ */
+export function rowMode(gpu: Gpu, n: number): RowMode {
+  return n <= gpu.tuning.threadRowMaxLen ? "thread" : "group";
 }
 
 /** Names a row body uses: its first element, stride, and whether this invocation writes scalars. */
@@ -233,7 +236,7 @@ export function runRowKernel(
   n: number,
   eps = 0,
 ): void {
-  const mode = rowMode(gpu, rows, n);
+  const mode = rowMode(gpu, n);
   const wg = mode === "group" ? gpu.tuning.rowWorkgroup : gpu.tuning.elementwiseWorkgroup;
   const p = new ParamWriter().u32(rows).u32(n).f32(eps).u32(0);
   gpu.dispatch(kernel(wg, mode), buffers, p, grid(mode === "group" ? rows : Math.ceil(rows / wg)));

@@ -1,0 +1,207 @@
+/**
+ * GEM on the GPU: vocabulary growth, the attention bottleneck end to end through the model,
+ * embedding determinism and batch-size independence, and checkpoint round trips.
+ */
+
+import assert from "node:assert/strict";
+import { addSpecialTokens, GemModel } from "../../src/gem/gem.ts";
+import { stepLoss } from "../../src/gem/objective.ts";
+import type { Tokenizer } from "../../src/io/tokenizer.ts";
+import { Llama } from "../../src/nn/llama.ts";
+import { backward } from "../../src/tensor/backward.ts";
+import { loadGem, saveGem } from "../../src/gem/io.ts";
+import { MASK_DESIGNS, ROLE } from "../../src/gem/mask.ts";
+import { loadModel } from "../../src/io/model.ts";
+import { dataDir } from "../../src/io/paths.ts";
+import { noGrad, tensor } from "../../src/tensor/tensor.ts";
+import { assertTensorClose, BWD, FWD, loadGoldens, testGpu } from "../helpers.ts";
+
+const D = () => `${dataDir()}/models/llama2c`;
+
+async function stories(k = 4): Promise<GemModel> {
+  const { model, tokenizer } = await loadModel(`${D()}/stories260K.bin`, {
+    tokenizer: `${D()}/tok512.bin`,
+  });
+  return await addSpecialTokens(model, tokenizer, {
+    k,
+    init: { kind: "mean", noise: 0.1, seed: 1 },
+  });
+}
+
+Deno.test("special tokens: vocabulary grows by k, original rows and logits unchanged", async () => {
+  await testGpu();
+  const { model: base } = await loadModel(`${D()}/stories260K.bin`, {
+    tokenizer: `${D()}/tok512.bin`,
+  });
+  const before = (await base.params.get("model.embed_tokens.weight")!.toArray()) as Float32Array;
+  const gem = await stories(4);
+  assert.equal(gem.model.config.vocabSize, 516);
+  assert.deepEqual(gem.info.specialIds, [512, 513, 514, 515]);
+  assert.equal(gem.tokenizer.decode([512]), "<gem_0>");
+  assert.ok(
+    !gem.tokenizer.encode("<gem_0> hello", { bos: true }).includes(512),
+    "encode never yields specials",
+  );
+  const after =
+    (await gem.model.params.get("model.embed_tokens.weight")!.toArray()) as Float32Array;
+  assert.deepEqual(after.subarray(0, before.length), before);
+  // New rows sit near the mean embedding (noise is 0.1 of the per-dim std).
+  const d = 64;
+  for (let j = 0; j < d; j++) {
+    let mean = 0;
+    for (let r = 0; r < 512; r++) mean += before[r * d + j] / 512;
+    assert.ok(Math.abs(after[512 * d + j] - mean) < 0.5, `dim ${j}`);
+  }
+  gem.dispose();
+});
+
+/** Logits [T, V] of one sequence under a mask design. */
+async function logitsOf(
+  gem: GemModel,
+  ids: number[],
+  roles: number[],
+  design: string,
+): Promise<Float32Array> {
+  return await noGrad(async () => {
+    const t = tensor(Int32Array.from(ids), [1, ids.length], "i32");
+    const r = tensor(Int32Array.from(roles), [1, ids.length], "i32");
+    const out = gem.model.forward(t, { roles: r, table: MASK_DESIGNS[design] });
+    const l = (await out.logits!.toArray()) as Float32Array;
+    for (const x of [t, r, out.logits!, out.hidden]) x.dispose();
+    return l;
+  });
+}
+
+Deno.test("bottleneck end to end: the suffix reaches the prefix only through the specials", async () => {
+  await testGpu();
+  const gem = await stories(2);
+  const v = gem.model.config.vocabSize;
+  // BOS p p p | S S | x x x
+  const roles = [0, 0, 0, 0, 1, 1, 2, 2, 2].map((r) => r as number);
+  const a = [1, 403, 407, 261, 512, 513, 298, 315, 421];
+  const b = [1, 376, 286, 432, 512, 513, 298, 315, 421]; // other prefix, same suffix
+  const rows = (l: Float32Array, from: number, to: number) => l.slice(from * v, to * v);
+  // specials-self-only cuts the only path: suffix logits are bitwise the same.
+  const cutA = await logitsOf(gem, a, roles, "specials-self-only");
+  const cutB = await logitsOf(gem, b, roles, "specials-self-only");
+  assert.deepEqual(rows(cutA, 4, 9), rows(cutB, 4, 9));
+  // Under the GEM mask the prefix does reach the suffix (through the specials)...
+  const gemA = await logitsOf(gem, a, roles, "gem");
+  const gemB = await logitsOf(gem, b, roles, "gem");
+  assert.notDeepEqual(rows(gemA, 6, 9), rows(gemB, 6, 9));
+  // ...and nothing looks ahead: prefix and special positions ignore the suffix.
+  const c = [...a.slice(0, 6), 401, 396, 267];
+  const gemC = await logitsOf(gem, c, roles, "gem");
+  assert.deepEqual(rows(gemA, 0, 6), rows(gemC, 0, 6));
+  // Specials do not see each other under gem: S1's logits ignore S2's token.
+  const swapped = [...a.slice(0, 5), 512, ...a.slice(6)];
+  assert.deepEqual(rows(await logitsOf(gem, swapped, roles, "gem"), 4, 5), rows(gemA, 4, 5));
+  assert.equal(roles[4], ROLE.special);
+  gem.dispose();
+});
+
+Deno.test("embed: deterministic, batch-size independent, input order kept; all poolings", async () => {
+  await testGpu();
+  const gem = await stories(4);
+  const texts = [
+    "Once upon a time, there was a little girl.",
+    "The dog ran.",
+    "Lily and Ben played in the park with a big red ball all day long.",
+    "Hi",
+    "She was happy.",
+  ];
+  for (const pooling of ["gem", "mean", "last"] as const) {
+    const one = await gem.embed(texts, { pooling, batch: 1 });
+    const all = await gem.embed(texts, { pooling, batch: 8 });
+    const again = await gem.embed(texts, { pooling, batch: 3 });
+    assert.equal(one.vectors.length, 5);
+    for (let i = 0; i < 5; i++) {
+      assert.deepEqual(all.vectors[i], one.vectors[i], `${pooling} text ${i}: batch 8 vs 1`);
+      assert.deepEqual(again.vectors[i], one.vectors[i], `${pooling} text ${i}: batch 3 vs 1`);
+      const norm = Math.hypot(...one.vectors[i]);
+      assert.ok(Math.abs(norm - 1) < 1e-5, "unit norm");
+    }
+    const solo = await gem.embed([texts[2]], { pooling });
+    assert.deepEqual(solo.vectors[0], one.vectors[2]);
+  }
+  gem.dispose();
+});
+
+Deno.test("GEM checkpoint: save then load gives the same embeddings and settings", async () => {
+  await testGpu();
+  const gem = await stories(3);
+  const dir = await Deno.makeTempDir();
+  await saveGem(dir, gem, `${D()}/tok512.bin`);
+  const back = await loadGem(dir);
+  assert.deepEqual(back.info.specialIds, gem.info.specialIds);
+  assert.equal(back.info.mask, "gem");
+  const texts = ["A cat sat on the mat.", "Tom had a toy car."];
+  assert.deepEqual((await back.embed(texts)).vectors, (await gem.embed(texts)).vectors);
+  assert.equal(back.tokenizer.decode([514]), "<gem_2>");
+  await Deno.writeTextFile(`${dir}/gem.json`, JSON.stringify({ ...back.info, k: 0 }));
+  await assert.rejects(loadGem(dir), /gem\.json: field 'k'/);
+  await Deno.remove(dir, { recursive: true });
+  gem.dispose();
+  back.dispose();
+});
+
+Deno.test("GEM batch loss and gradients match PyTorch (mixed NTP + symmetric InfoNCE)", async () => {
+  await testGpu();
+  const [c] = loadGoldens("gem_batch.json");
+  const a = c.attrs as Record<string, number>;
+  const config = {
+    dim: a.dim,
+    nLayers: a.nLayers,
+    nHeads: a.nHeads,
+    nKvHeads: a.nKvHeads,
+    hiddenDim: a.hidden,
+    vocabSize: a.vocab,
+    maxSeqLen: a.seqLen,
+    ropeTheta: a.theta,
+    normEps: a.eps,
+    tiedEmbeddings: true,
+  };
+  const weights = new Map<string, Float32Array>();
+  for (const [name, t] of Object.entries(c.inputs)) {
+    if (name.startsWith("model.")) weights.set(name, Float32Array.from(t.data));
+  }
+  const model = Llama.fromWeights(config, weights, "gem_batch.json");
+  const info = {
+    k: a.k,
+    specialIds: [16, 17, 18, 19],
+    specialNames: ["s0", "s1", "s2", "s3"],
+    mask: "gem",
+    pooling: "mean" as const,
+    logitScale: c.inputs.logit_scale.data[0],
+  };
+  const gem = new GemModel(model, {} as Tokenizer, info);
+  // Rebuild the golden's rows as samples (pads stripped; collate re-pads them).
+  const t = a.seqLen;
+  const row = (r: number) => {
+    const ids = c.inputs.ids.data.slice(r * t, (r + 1) * t);
+    const roles = c.inputs.roles.data.slice(r * t, (r + 1) * t);
+    const n = roles.filter((x) => x !== ROLE.pad).length;
+    return {
+      ids: ids.slice(0, n),
+      roles: roles.slice(0, n),
+      labels: c.inputs.labels.data.slice(r * t, r * t + n),
+      specialPos: roles.map((x, i) => (x === ROLE.special ? i : -1)).filter((i) => i >= 0),
+    };
+  };
+  const samples = {
+    ntp: [row(0), row(1), row(2)],
+    anchors: [row(3), row(4)],
+    positives: [row(5), row(6)],
+  };
+  const loss = stepLoss(gem, samples, a.alpha, 1, true);
+  await assertTensorClose(loss.ntp!, c.outputs.ntp, FWD, "ntp");
+  await assertTensorClose(loss.contrastive!, c.outputs.contrastive, FWD, "contrastive");
+  await assertTensorClose(loss.total, c.outputs.total, FWD, "total");
+  backward(loss.total);
+  for (const [name, g] of Object.entries(c.grads!)) {
+    const p = name === "logit_scale" ? gem.logitScale : model.params.get(name)!;
+    await assertTensorClose(p.grad!, g, BWD, `grad ${name}`);
+  }
+  for (const x of [loss.ntp!, loss.contrastive!, loss.total]) x.dispose();
+  gem.dispose();
+});
