@@ -250,6 +250,7 @@ export class Gpu {
       );
     }
     this.device.queue.submit([this.#encoder.finish()]);
+    this.pool.destroyDoomed();
     this.#encoder = null;
     this.#uniformUsed = 0;
     this.#dispatches = 0;

@@ -45,6 +45,7 @@ export class BufferPool {
   #live = new Set<GpuBuffer>();
   #liveBytes = 0;
   #pooledBytes = 0;
+  #doomed: GpuBuffer[] = [];
   /** Cached (released) bytes beyond which released buffers are destroyed instead of kept. */
   maxPooledBytes = 2 ** 30;
 
@@ -89,8 +90,8 @@ export class BufferPool {
     this.#live.delete(buf);
     this.#liveBytes -= buf.capacity;
     if (this.#pooledBytes + buf.capacity > this.maxPooledBytes) {
-      this.onDestroy();
-      buf.buffer.destroy();
+      // The open command encoder may still use it: destroy only after the next submit.
+      this.#doomed.push(buf);
       return;
     }
     const list = this.#free.get(buf.capacity) ?? [];
@@ -99,12 +100,23 @@ export class BufferPool {
     this.#pooledBytes += buf.capacity;
   }
 
-  /** Destroys all cached (released) buffers. */
+  /**
+   * Destroys all cached (released) buffers. Call only when no unsubmitted command uses them
+   * (the device calls it after a submit).
+   */
   trim(): void {
-    this.onDestroy();
-    for (const list of this.#free.values()) for (const b of list) b.buffer.destroy();
+    for (const list of this.#free.values()) this.#doomed.push(...list);
     this.#free.clear();
     this.#pooledBytes = 0;
+    this.destroyDoomed();
+  }
+
+  /** Destroys buffers released past the cache limit; the device calls this after each submit. */
+  destroyDoomed(): void {
+    if (!this.#doomed.length) return;
+    this.onDestroy();
+    for (const b of this.#doomed) b.buffer.destroy();
+    this.#doomed = [];
   }
 
   /** Bytes held by buffers that are acquired and not yet released. */

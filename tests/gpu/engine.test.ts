@@ -304,3 +304,24 @@ Deno.test("finite differences agree with autograd on a composite (20 coordinates
   }
   for (const t of [...Object.values(p), tokens, roles, targets, table]) t.dispose();
 });
+
+Deno.test("pool: past its cache limit, released buffers are destroyed only after the submit", async () => {
+  const gpu = await testGpu();
+  const limit = gpu.pool.maxPooledBytes;
+  gpu.pool.maxPooledBytes = 0;
+  try {
+    const x = tensor(new Float32Array(4096).fill(1), [4096]);
+    let y = T.exp(x);
+    for (let i = 0; i < 20; i++) {
+      const z = T.addScalar(y, 1); // recorded, not yet submitted
+      y.dispose(); // its buffer is still used by the open encoder
+      y = z;
+    }
+    const v = await y.toArray();
+    assertClose([v[0]], [Math.E + 20], { atol: 1e-4, rtol: 1e-6 }, "result");
+    x.dispose();
+    y.dispose();
+  } finally {
+    gpu.pool.maxPooledBytes = limit;
+  }
+});
