@@ -15,6 +15,8 @@ export interface Tuning {
   matmul: { tileM: number; tileN: number; workgroup: number };
   /** Queries per attention workgroup. */
   attentionWorkgroup: number;
+  /** Queries (or keys) per invocation in attention v2; 0 selects v1. */
+  attentionBlock: number;
   /** Row kernels use one invocation per row up to this row length, else a workgroup per row. */
   threadRowMaxLen: number;
   /** Reductions over at most this many elements run serially per output, else as a tree. */
@@ -27,6 +29,7 @@ const LLVMPIPE: Tuning = {
   rowWorkgroup: 64,
   matmul: { tileM: 8, tileN: 8, workgroup: 64 },
   attentionWorkgroup: 64,
+  attentionBlock: 4,
   // A workgroup barrier costs more than a short row's arithmetic on a CPU rasterizer.
   threadRowMaxLen: 1 << 20,
   serialReduceMax: 1024,
@@ -38,6 +41,7 @@ const GPU: Tuning = {
   rowWorkgroup: 256,
   matmul: { tileM: 4, tileN: 4, workgroup: 64 },
   attentionWorkgroup: 64,
+  attentionBlock: 1,
   threadRowMaxLen: 128,
   serialReduceMax: 256,
 };

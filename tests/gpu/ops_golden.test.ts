@@ -9,6 +9,7 @@ import { AdamW, clipGradNorm } from "../../src/tensor/optim.ts";
 import { scope, type Tensor } from "../../src/tensor/tensor.ts";
 import type { UnaryFn } from "../../src/gpu/kernels/elementwise.ts";
 import type { BinaryFn } from "../../src/gpu/kernels/elementwise.ts";
+import type { Tuning } from "../../src/gpu/tuning.ts";
 import {
   assertClose,
   assertTensorClose,
@@ -75,21 +76,37 @@ function tolFor(c: GoldenCase, base: Tolerance): Tolerance {
   return { atol: base.atol, rtol: Math.max(base.rtol, 2 * 2 ** -24 * maxAbs) };
 }
 
-/** Row ops run again with one invocation per row (the other RowMode), forward and backward. */
+/**
+ * Ops with several kernel versions run under each: row ops with a workgroup or one invocation
+ * per row; attention v1 (block 0) and v2 with blocks of 4 and of 3 queries/keys.
+ */
+const VERSIONS: Record<string, [string, Partial<Tuning>][]> = {
+  row: [["workgroup per row", { threadRowMaxLen: 0 }], ["thread per row", {
+    threadRowMaxLen: 1 << 30,
+  }]],
+  attention: [["v1", { attentionBlock: 0 }], ["v2 block 4", { attentionBlock: 4 }], ["v2 block 3", {
+    attentionBlock: 3,
+  }]],
+};
 const ROW_OPS = new Set(["softmax", "log_softmax", "rmsnorm", "cross_entropy"]);
-const variants = cases.filter((c) => c.op !== "adamw" && c.op !== "clip_grad_norm").flatMap((c) =>
-  ROW_OPS.has(c.op) ? [{ c, thread: false }, { c, thread: true }] : [{ c, thread: false }]
-);
+const variants = cases.filter((c) => c.op !== "adamw" && c.op !== "clip_grad_norm").flatMap((c) => {
+  const vs = ROW_OPS.has(c.op)
+    ? VERSIONS.row
+    : c.op === "attention"
+    ? VERSIONS.attention
+    : [["", {}]];
+  return vs.map(([label, tuning]) => ({ c, label, tuning: tuning as Partial<Tuning> }));
+});
 
-for (const { c, thread } of variants) {
-  Deno.test(`golden ${c.name}${thread ? " (thread per row)" : ""}`, async () => {
+for (const { c, label, tuning } of variants) {
+  Deno.test(`golden ${c.name}${label ? ` (${label})` : ""}`, async () => {
     const gpu = await testGpu();
-    const saved = gpu.tuning.threadRowMaxLen;
-    gpu.tuning.threadRowMaxLen = thread ? 1 << 30 : 0;
+    const saved = { ...gpu.tuning };
+    Object.assign(gpu.tuning, tuning);
     try {
       await runCase(c);
     } finally {
-      gpu.tuning.threadRowMaxLen = saved;
+      Object.assign(gpu.tuning, saved);
     }
   });
 }

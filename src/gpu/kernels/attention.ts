@@ -11,6 +11,7 @@
  * buffer so no kernel binds more than 8 storage buffers). A row with no visible key outputs 0 and passes no gradient.
  *
  * Versions: v1 one invocation per query row (forward, dq) or key row (dk, dv); D is compiled in.
+ *           v2 vec4 loads and a block of queries/keys per invocation (head dim % 4 == 0).
  */
 
 import type { Gpu } from "../device.ts";
@@ -237,6 +238,247 @@ fn main(${GRID_BUILTINS}) {
   };
 }
 
+/**
+ * Version 2 (head dim a multiple of 4): vec4 loads and `qb` queries (forward, dq) or keys (dk,
+ * dv) per invocation, so each key or query row loaded is used `qb` times. On llvmpipe every
+ * storage load costs the same per lane whatever its width, so this cuts loads by up to 4 * qb.
+ */
+function blockHead(qb: number, d4: number): string {
+  return `
+const D4 = ${d4}u;
+const QB = ${qb}u;`;
+}
+
+/** Block of queries decode shared by the v2 forward and dq kernels. */
+function queryBlock(wg: number): string {
+  return `
+  let blk = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  let nb = (P.TQ + QB - 1u) / QB;
+  let bhCount = P.rows / P.TQ;
+  if (blk >= bhCount * nb) { return; }
+  let t0 = (blk % nb) * QB;
+  let bh = blk / nb;
+  let h = bh % P.HQ;
+  let b = bh / P.HQ;
+  let g = h / (P.HQ / P.HKV);
+  let nq = min(QB, P.TQ - t0);
+  // Keys after the last query of the block are visible only through an 'all' rule.
+  let end = select(min(t0 + nq + P.QOFF, P.TK), P.TK, P.hasAll != 0u);`;
+}
+
+export function attentionForwardKernelV2(
+  d: number,
+  wg: number,
+  plain: boolean,
+  qb: number,
+): Kernel {
+  const d4 = d / 4;
+  const source = `${PARAMS}
+${blockHead(qb, d4)}
+@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> ROLES: array<i32>;
+@group(0) @binding(5) var<storage, read_write> O: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> STATS: array<f32>;
+${helpers(plain)}
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+${queryBlock(wg)}
+  var q: array<array<vec4<f32>, ${d4}>, ${qb}>;
+  var acc: array<array<vec4<f32>, ${d4}>, ${qb}>;
+  var m: array<f32, ${qb}>;
+  var l: array<f32, ${qb}>;
+  var bits: array<u32, ${qb}>;
+  for (var i = 0u; i < QB; i++) {
+    let t = min(t0 + i, P.TQ - 1u);
+    let qBase = ((b * P.TQ + t) * P.HQ + h) * D4;
+    for (var j = 0u; j < D4; j++) { q[i][j] = Q[qBase + j] * P.scale; }
+    bits[i] = select(rowBitsOf(ROLES[b * P.TCAP + t + P.QOFF]), 0u, PLAIN);
+    m[i] = -3.4028234e38;
+  }
+  for (var s = 0u; s < end; s++) {
+    let rk = select(ROLES[b * P.TCAP + s], 0, PLAIN);
+    let kBase = ((b * P.TCAP + s) * P.HKV + g) * D4;
+    var k: array<vec4<f32>, ${d4}>;
+    var v: array<vec4<f32>, ${d4}>;
+    for (var j = 0u; j < D4; j++) { k[j] = K[kBase + j]; v[j] = V[kBase + j]; }
+    for (var i = 0u; i < QB; i++) {
+      if (!allowed(bits[i], rk, t0 + i + P.QOFF, s)) { continue; }
+      var sc = 0.0;
+      for (var j = 0u; j < D4; j++) { sc += dot(q[i][j], k[j]); }
+      // One exp per key: either the new score or the old max is the larger.
+      let diff = sc - m[i];
+      let e = exp(-abs(diff));
+      let up = diff > 0.0;
+      let corr = select(1.0, e, up);
+      let p = select(e, 1.0, up);
+      m[i] = max(m[i], sc);
+      l[i] = l[i] * corr + p;
+      for (var j = 0u; j < D4; j++) { acc[i][j] = acc[i][j] * corr + p * v[j]; }
+    }
+  }
+  for (var i = 0u; i < nq; i++) {
+    let t = t0 + i;
+    let qBase = ((b * P.TQ + t) * P.HQ + h) * D4;
+    let inv = select(0.0, 1.0 / l[i], l[i] > 0.0);
+    for (var j = 0u; j < D4; j++) { O[qBase + j] = acc[i][j] * inv; }
+    STATS[bh * P.TQ + t] = select(0.0, m[i] + log(l[i]), l[i] > 0.0);
+  }
+}`;
+  return {
+    name: `attention_fwd_v2_d${d}_qb${qb}${plain ? "_causal" : ""}`,
+    source,
+    buffers: ["read", "read", "read", "read", "rw", "rw"],
+  };
+}
+
+export function attentionBackwardQueryKernelV2(
+  d: number,
+  wg: number,
+  plain: boolean,
+  qb: number,
+): Kernel {
+  const d4 = d / 4;
+  const source = `${PARAMS}
+${blockHead(qb, d4)}
+@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> ROLES: array<i32>;
+@group(0) @binding(5) var<storage, read> O: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> DO: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> STATS: array<f32>;
+@group(0) @binding(8) var<storage, read_write> DQ: array<vec4<f32>>;
+${helpers(plain)}
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+${queryBlock(wg)}
+  var q: array<array<vec4<f32>, ${d4}>, ${qb}>;
+  var dout: array<array<vec4<f32>, ${d4}>, ${qb}>;
+  var dq: array<array<vec4<f32>, ${d4}>, ${qb}>;
+  var delta: array<f32, ${qb}>;
+  var lse: array<f32, ${qb}>;
+  var bits: array<u32, ${qb}>;
+  for (var i = 0u; i < QB; i++) {
+    let t = min(t0 + i, P.TQ - 1u);
+    let qBase = ((b * P.TQ + t) * P.HQ + h) * D4;
+    var dl = 0.0;
+    for (var j = 0u; j < D4; j++) {
+      q[i][j] = Q[qBase + j] * P.scale;
+      dout[i][j] = DO[qBase + j];
+      dl += dot(dout[i][j], O[qBase + j]);
+    }
+    delta[i] = dl;
+    lse[i] = STATS[bh * P.TQ + t];
+    bits[i] = select(rowBitsOf(ROLES[b * P.TCAP + t + P.QOFF]), 0u, PLAIN);
+  }
+  for (var s = 0u; s < end; s++) {
+    let rk = select(ROLES[b * P.TCAP + s], 0, PLAIN);
+    let kBase = ((b * P.TCAP + s) * P.HKV + g) * D4;
+    var k: array<vec4<f32>, ${d4}>;
+    var v: array<vec4<f32>, ${d4}>;
+    for (var j = 0u; j < D4; j++) { k[j] = K[kBase + j]; v[j] = V[kBase + j]; }
+    for (var i = 0u; i < QB; i++) {
+      if (!allowed(bits[i], rk, t0 + i + P.QOFF, s)) { continue; }
+      var sc = 0.0;
+      var dp = 0.0;
+      for (var j = 0u; j < D4; j++) { sc += dot(q[i][j], k[j]); dp += dot(dout[i][j], v[j]); }
+      let ds = exp(sc - lse[i]) * (dp - delta[i]);
+      for (var j = 0u; j < D4; j++) { dq[i][j] += ds * k[j]; }
+    }
+  }
+  for (var i = 0u; i < nq; i++) {
+    let t = t0 + i;
+    let qBase = ((b * P.TQ + t) * P.HQ + h) * D4;
+    for (var j = 0u; j < D4; j++) { DQ[qBase + j] = dq[i][j] * P.scale; }
+    STATS[P.rows + bh * P.TQ + t] = delta[i];
+  }
+}`;
+  return {
+    name: `attention_bwd_q_v2_d${d}_qb${qb}${plain ? "_causal" : ""}`,
+    source,
+    buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
+  };
+}
+
+export function attentionBackwardKeyKernelV2(
+  d: number,
+  wg: number,
+  plain: boolean,
+  kb: number,
+): Kernel {
+  const d4 = d / 4;
+  const source = `${PARAMS}
+${blockHead(kb, d4)}
+@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> ROLES: array<i32>;
+@group(0) @binding(5) var<storage, read> DO: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> STATS: array<f32>;
+@group(0) @binding(7) var<storage, read_write> DK: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> DV: array<vec4<f32>>;
+${helpers(plain)}
+@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let blk = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  let nb = (P.TQ + QB - 1u) / QB;
+  let bgCount = P.rows / P.TQ / P.HQ * P.HKV;
+  if (blk >= bgCount * nb) { return; }
+  let s0 = (blk % nb) * QB;
+  let bg = blk / nb;
+  let g = bg % P.HKV;
+  let b = bg / P.HKV;
+  let ns = min(QB, P.TQ - s0);
+  var k: array<array<vec4<f32>, ${d4}>, ${kb}>;
+  var v: array<array<vec4<f32>, ${d4}>, ${kb}>;
+  var dk: array<array<vec4<f32>, ${d4}>, ${kb}>;
+  var dv: array<array<vec4<f32>, ${d4}>, ${kb}>;
+  var rk: array<i32, ${kb}>;
+  for (var i = 0u; i < QB; i++) {
+    let s = min(s0 + i, P.TQ - 1u);
+    let kBase = ((b * P.TQ + s) * P.HKV + g) * D4;
+    for (var j = 0u; j < D4; j++) { k[i][j] = K[kBase + j] * P.scale; v[i][j] = V[kBase + j]; }
+    rk[i] = select(ROLES[b * P.TQ + s], 0, PLAIN);
+  }
+  let group = P.HQ / P.HKV;
+  // Queries before the block see it only through an 'all' rule.
+  let start = select(s0, 0u, P.hasAll != 0u);
+  for (var hh = 0u; hh < group; hh++) {
+    let h = g * group + hh;
+    for (var t = start; t < P.TQ; t++) {
+      let bits = select(rowBitsOf(ROLES[b * P.TQ + t]), 0u, PLAIN);
+      let qBase = ((b * P.TQ + t) * P.HQ + h) * D4;
+      let r = (b * P.HQ + h) * P.TQ + t;
+      var q: array<vec4<f32>, ${d4}>;
+      var dout: array<vec4<f32>, ${d4}>;
+      for (var j = 0u; j < D4; j++) { q[j] = Q[qBase + j]; dout[j] = DO[qBase + j]; }
+      let lse = STATS[r];
+      let delta = STATS[P.rows + r];
+      for (var i = 0u; i < QB; i++) {
+        if (i >= ns || !allowed(bits, rk[i], t, s0 + i)) { continue; }
+        var sc = 0.0;
+        var dp = 0.0;
+        for (var j = 0u; j < D4; j++) { sc += dot(q[j], k[i][j]); dp += dot(dout[j], v[i][j]); }
+        let p = exp(sc - lse);
+        let ds = p * (dp - delta);
+        for (var j = 0u; j < D4; j++) { dv[i][j] += p * dout[j]; dk[i][j] += ds * q[j]; }
+      }
+    }
+  }
+  for (var i = 0u; i < ns; i++) {
+    let kBase = ((b * P.TQ + s0 + i) * P.HKV + g) * D4;
+    for (var j = 0u; j < D4; j++) { DK[kBase + j] = dk[i][j] * P.scale; DV[kBase + j] = dv[i][j]; }
+  }
+}`;
+  return {
+    name: `attention_bwd_kv_v2_d${d}_kb${kb}${plain ? "_causal" : ""}`,
+    source,
+    buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
+  };
+}
+
 function params(dims: AttentionDims, table: readonly (readonly number[])[]): ParamWriter {
   const r = table.length;
   const hasAll = table.flat().includes(RULE.all) ? 1 : 0;
@@ -277,6 +519,12 @@ export function checkRoleTable(table: readonly (readonly number[])[]): string | 
   return null;
 }
 
+/** Kernel version and block size for a head dim on this adapter (v2 needs d % 4 == 0). */
+function version(gpu: Gpu, d: number): { v2: boolean; qb: number } {
+  const qb = gpu.tuning.attentionBlock;
+  return { v2: d % 4 === 0 && qb > 0, qb: Math.max(qb, 1) };
+}
+
 export function runAttention(
   gpu: Gpu,
   bufs: {
@@ -291,15 +539,20 @@ export function runAttention(
   table: readonly (readonly number[])[],
 ): void {
   const wg = gpu.tuning.attentionWorkgroup;
-  const rows = dims.b * dims.hq * dims.t;
+  const plain = isPlain(table);
+  const { v2, qb } = version(gpu, dims.d);
+  const units = dims.b * dims.hq * (v2 ? Math.ceil(dims.t / qb) : dims.t);
+  const kernel = v2
+    ? cached(
+      `f2${dims.d},${wg},${plain},${qb}`,
+      () => attentionForwardKernelV2(dims.d, wg, plain, qb),
+    )
+    : cached(`f${dims.d},${wg},${plain}`, () => attentionForwardKernel(dims.d, wg, plain));
   gpu.dispatch(
-    cached(
-      `f${dims.d},${wg},${isPlain(table)}`,
-      () => attentionForwardKernel(dims.d, wg, isPlain(table)),
-    ),
+    kernel,
     [bufs.q, bufs.k, bufs.v, bufs.roles, bufs.o, bufs.stats],
     params(dims, table),
-    grid(Math.ceil(rows / wg)),
+    grid(Math.ceil(units / wg)),
   );
 }
 
@@ -325,24 +578,31 @@ export function runAttentionBackward(
     throw new Error("attention backward needs as many keys as queries (no KV cache)");
   }
   const p = params(dims, table);
-  const rows = dims.b * dims.hq * dims.t;
+  const plain = isPlain(table);
+  const { v2, qb } = version(gpu, dims.d);
+  const blocks = v2 ? Math.ceil(dims.t / qb) : dims.t;
+  const qk = v2
+    ? cached(
+      `q2${dims.d},${wg},${plain},${qb}`,
+      () => attentionBackwardQueryKernelV2(dims.d, wg, plain, qb),
+    )
+    : cached(`q${dims.d},${wg},${plain}`, () => attentionBackwardQueryKernel(dims.d, wg, plain));
   gpu.dispatch(
-    cached(
-      `q${dims.d},${wg},${isPlain(table)}`,
-      () => attentionBackwardQueryKernel(dims.d, wg, isPlain(table)),
-    ),
+    qk,
     [bufs.q, bufs.k, bufs.v, bufs.roles, bufs.o, bufs.dout, bufs.stats, bufs.dq],
     p,
-    grid(Math.ceil(rows / wg)),
+    grid(Math.ceil((dims.b * dims.hq * blocks) / wg)),
   );
-  const keyRows = dims.b * dims.hkv * dims.t;
+  const kk = v2
+    ? cached(
+      `k2${dims.d},${wg},${plain},${qb}`,
+      () => attentionBackwardKeyKernelV2(dims.d, wg, plain, qb),
+    )
+    : cached(`k${dims.d},${wg},${plain}`, () => attentionBackwardKeyKernel(dims.d, wg, plain));
   gpu.dispatch(
-    cached(
-      `k${dims.d},${wg},${isPlain(table)}`,
-      () => attentionBackwardKeyKernel(dims.d, wg, isPlain(table)),
-    ),
+    kk,
     [bufs.q, bufs.k, bufs.v, bufs.roles, bufs.dout, bufs.stats, bufs.dk, bufs.dv],
     p,
-    grid(Math.ceil(keyRows / wg)),
+    grid(Math.ceil((dims.b * dims.hkv * blocks) / wg)),
   );
 }
