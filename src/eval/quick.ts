@@ -4,7 +4,8 @@
  * MTEB-style harness builds on the same pieces.
  */
 
-import { collate, disposeBatch } from "../gem/batch.ts";
+import { disposePacked, pack } from "../gem/batch.ts";
+import { ROLE } from "../gem/mask.ts";
 import { rawSample } from "../gem/sample.ts";
 import { dataDir } from "../io/paths.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
@@ -45,14 +46,20 @@ export async function perplexity(
     return rawSample(ids, maxLen);
   });
   for (let at = 0; at < samples.length; at += bs) {
-    const group = samples.slice(at, at + bs);
-    const batch = collate(group, 0);
-    const roles = new Int32Array(batch.b * batch.t).fill(1);
-    group.forEach((s, i) => roles.fill(0, i * batch.t, i * batch.t + s.ids.length));
-    const rolesT = tensor(roles, [batch.b, batch.t], "i32");
+    const batch = pack(samples.slice(at, at + bs), 0);
+    // Raw texts: role 0 on tokens, 1 on the pack's padding (CAUSAL_PADDED).
+    const roles = tensor(batch.roles.storage.host!.map((r) => (r === ROLE.pad ? 1 : 0)), [
+      1,
+      batch.t,
+    ], "i32");
     const loss = noGrad(() =>
       scope(() => {
-        const out = model.forward(batch.tokens, { roles: rolesT, table: CAUSAL_PADDED });
+        const out = model.forward(batch.tokens, {
+          roles,
+          table: CAUSAL_PADDED,
+          positions: batch.positions,
+          segments: batch.segments,
+        });
         const v = out.logits!.shape[2];
         return T.crossEntropy(T.reshape(out.logits!, [-1, v]), batch.labels);
       })
@@ -60,8 +67,8 @@ export async function perplexity(
     nll += (await loss.item()) * batch.labelled;
     tokens += batch.labelled;
     loss.dispose();
-    rolesT.dispose();
-    disposeBatch(batch);
+    roles.dispose();
+    disposePacked(batch);
   }
   return { perplexity: Math.exp(nll / tokens), nll: nll / tokens, tokens, truncated };
 }

@@ -48,6 +48,66 @@ export function collate(samples: readonly GemSample[], padId: number, padTo?: nu
   };
 }
 
+/**
+ * Packs samples into one row of N tokens (no padding between them): tokens, roles, positions
+ * (restarting at 0 in each sample) and segments [1, N, 2] (each token's sample range), so
+ * attention stays within a sample. N is rounded up to a multiple of 4 with padding tokens (role
+ * pad, a segment of their own), which keeps matmuls over tokens on the 4-wide kernels.
+ */
+export interface PackedBatch extends Batch {
+  positions: Tensor;
+  segments: Tensor;
+  /** Token offset of each sample in the row. */
+  offsets: number[];
+}
+
+export function pack(samples: readonly GemSample[], padId = 0): PackedBatch {
+  const total = samples.reduce((n, s) => n + s.ids.length, 0);
+  const n = Math.max(4, Math.ceil(total / 4) * 4);
+  const ids = new Int32Array(n).fill(padId);
+  const roles = new Int32Array(n).fill(ROLE.pad);
+  const labels = new Int32Array(n).fill(IGNORE);
+  const pos = new Int32Array(n);
+  const seg = new Int32Array(2 * n);
+  const offsets: number[] = [];
+  let at = 0, labelled = 0;
+  for (const s of samples) {
+    offsets.push(at);
+    ids.set(s.ids, at);
+    roles.set(s.roles, at);
+    labels.set(s.labels, at);
+    for (let p = 0; p < s.ids.length; p++) {
+      pos[at + p] = p;
+      seg[2 * (at + p)] = at;
+      seg[2 * (at + p) + 1] = at + s.ids.length;
+    }
+    labelled += s.labels.filter((l) => l !== IGNORE).length;
+    at += s.ids.length;
+  }
+  for (let i = at; i < n; i++) {
+    seg[2 * i] = i;
+    seg[2 * i + 1] = i + 1;
+  }
+  return {
+    tokens: tensor(ids, [1, n], "i32"),
+    roles: tensor(roles, [1, n], "i32"),
+    labels: tensor(labels, [n], "i32"),
+    positions: tensor(pos, [1, n], "i32"),
+    segments: tensor(seg, [1, n, 2], "i32"),
+    offsets,
+    b: 1,
+    t: n,
+    labelled,
+  };
+}
+
+/** Releases a packed batch's tensors. */
+export function disposePacked(batch: PackedBatch): void {
+  disposeBatch(batch);
+  batch.positions.dispose();
+  batch.segments.dispose();
+}
+
 /** Releases a batch's tensors. */
 export function disposeBatch(batch: Batch): void {
   for (const x of [batch.tokens, batch.roles, batch.labels]) x.dispose();
@@ -83,14 +143,25 @@ export function poolRows(
 }
 
 /**
- * Weighted sum over T of hidden [B, T, D] with host weights [B * T] (e.g. 1/n on the tokens to
- * average): [B, D].
+ * Mean of groups of rows of hidden [..., D] (flat row indices per group): [groups, D]. Each
+ * group's sum runs over its own rows in order (shorter groups add exact zeros), so a group's
+ * result does not depend on the other groups.
  */
-export function weightedSum(hidden: Tensor, weights: Float32Array): Tensor {
-  const [b, t] = hidden.shape;
-  const w = tensor(weights, [b, t, 1]);
-  const out = T.sum(T.mul(hidden, w), 1);
-  w.dispose();
+export function meanRows(hidden: Tensor, groups: readonly (readonly number[])[]): Tensor {
+  const d = hidden.shape[hidden.rank - 1];
+  const flat = T.reshape(hidden, [-1, d]);
+  const len = Math.max(1, ...groups.map((g) => g.length));
+  const idx = new Int32Array(groups.length * len), w = new Float32Array(groups.length * len);
+  groups.forEach((g, i) => {
+    g.forEach((r, j) => {
+      idx[i * len + j] = r;
+      w[i * len + j] = 1 / g.length;
+    });
+  });
+  const it = tensor(idx, [groups.length, len], "i32"), wt = tensor(w, [groups.length, len, 1]);
+  const out = T.sum(T.mul(T.embedding(flat, it), wt), 1);
+  it.dispose();
+  wt.dispose();
   return out;
 }
 

@@ -11,15 +11,15 @@ import type { RoleTable } from "../tensor/ops.ts";
 import { Rng } from "../tensor/random.ts";
 import { keep, noGrad, scope, type Tensor, tensor } from "../tensor/tensor.ts";
 import {
-  collate,
-  disposeBatch,
+  disposePacked,
   l2normalize,
+  meanRows,
+  pack,
+  type PackedBatch,
   poolRows,
   type SpecialPooling,
-  specialRows,
-  weightedSum,
 } from "./batch.ts";
-import { MASK_DESIGNS, parseRoleTable } from "./mask.ts";
+import { MASK_DESIGNS, parseRoleTable, ROLE } from "./mask.ts";
 import { embedSample, type GemSample, rawSample } from "./sample.ts";
 
 /** What makes a model a GEM model; saved as gem.json beside the checkpoint. */
@@ -145,29 +145,45 @@ export async function embedIds(
   for (let at = 0; at < order.length; at += bs) {
     const idx = order.slice(at, at + bs);
     const group = idx.map((i) => samples[i]);
-    const batch = collate(group, 0);
+    const batch = pack(group, 0);
     const pooled = noGrad(() =>
       scope(() => {
         const table = pooling === "gem" ? opts.table! : CAUSAL_PADDED;
-        const roles = pooling === "gem" ? batch.roles : causalRoles(group, batch.t);
-        const out = model.forward(batch.tokens, { roles, table, logits: false });
+        // Raw texts use CAUSAL_PADDED's roles: 0 for text, 1 for the padding tokens of the pack.
+        const roles = pooling === "gem" ? batch.roles : rawRoles(batch);
+        const out = model.forward(batch.tokens, {
+          roles,
+          table,
+          positions: batch.positions,
+          segments: batch.segments,
+          logits: false,
+        });
+        const rows = (i: number, from: number, to: number) =>
+          Array.from({ length: to - from }, (_, j) => batch.offsets[i] + from + j);
         let v: Tensor;
         if (pooling === "gem") {
-          v = poolRows(out.hidden, specialRows(group, batch.t), k, opts.gem!.pooling);
+          const flat = group.flatMap((s, i) => s.specialPos.map((p) => batch.offsets[i] + p));
+          v = poolRows(out.hidden, flat, k, opts.gem!.pooling);
         } else if (pooling === "last") {
           v = poolRows(
             out.hidden,
-            group.map((s, i) => i * batch.t + s.ids.length - 1),
+            group.map((s, i) => batch.offsets[i] + s.ids.length - 1),
             1,
             "mean",
           );
-        } else v = weightedSum(out.hidden, meanWeights(group, batch.t));
+        } else {
+          // Mean over the text's tokens after BOS (BOS alone for an empty text).
+          v = meanRows(
+            out.hidden,
+            group.map((s, i) => (s.ids.length > 1 ? rows(i, 1, s.ids.length) : [batch.offsets[i]])),
+          );
+        }
         return l2normalize(v);
       })
     );
     const host = (await pooled.toArray()) as Float32Array;
     pooled.dispose();
-    disposeBatch(batch);
+    disposePacked(batch);
     dim = host.length / idx.length;
     idx.forEach((i, j) => (vectors[i] = host.slice(j * dim, (j + 1) * dim)));
     opts.onProgress?.(Math.min(at + bs, order.length));
@@ -175,22 +191,10 @@ export async function embedIds(
   return { vectors, truncated, dim };
 }
 
-/** Roles for CAUSAL_PADDED: 0 on tokens, 1 on padding. */
-function causalRoles(group: readonly GemSample[], t: number): Tensor {
-  const r = new Int32Array(group.length * t).fill(1);
-  group.forEach((s, i) => r.fill(0, i * t, i * t + s.ids.length));
-  return tensor(r, [group.length, t], "i32");
-}
-
-/** 1/n on each text token after BOS (the BOS itself when it is the only token). */
-function meanWeights(group: readonly GemSample[], t: number): Float32Array {
-  const w = new Float32Array(group.length * t);
-  group.forEach((s, i) => {
-    const n = s.ids.length;
-    if (n <= 1) w[i * t] = 1;
-    else w.fill(1 / (n - 1), i * t + 1, i * t + n);
-  });
-  return w;
+/** Roles for CAUSAL_PADDED from a packed batch of raw samples: 0 on tokens, 1 on padding. */
+function rawRoles(batch: PackedBatch): Tensor {
+  const host = batch.roles.storage.host!;
+  return tensor(host.map((r) => (r === ROLE.pad ? 1 : 0)), batch.roles.shape, "i32");
 }
 
 /**

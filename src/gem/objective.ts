@@ -8,7 +8,7 @@
 import * as T from "../tensor/ops.ts";
 import type { Rng } from "../tensor/random.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import { collate, disposeBatch, l2normalize, poolRows, specialRows } from "./batch.ts";
+import { disposePacked, l2normalize, pack, poolRows } from "./batch.ts";
 import { contrastiveLoss, type GemModel } from "./gem.ts";
 import {
   cropSample,
@@ -117,39 +117,37 @@ export function stepLoss(
   symmetric = true,
 ): StepLoss {
   const rows = [...s.ntp, ...s.anchors.map(unlabelled), ...s.positives.map(unlabelled)];
-  const batch = collate(rows, 0);
+  // All rows packed into one sequence of tokens: no padding, attention kept within each row.
+  const batch = pack(rows, 0);
   try {
     const out = gem.model.forward(batch.tokens, {
       roles: batch.roles,
       table: gem.table,
+      positions: batch.positions,
+      segments: batch.segments,
       logits: false,
     });
     let ntp: Tensor | undefined, contrastive: Tensor | undefined;
     const parts: Tensor[] = [];
     if (s.ntp.length) {
-      // Logits only for the NTP rows: the pair rows carry no next-token loss.
-      const n = s.ntp.length * batch.t;
+      // Logits only for the NTP rows (they come first): the pair rows carry no next-token loss.
+      const n = s.ntp.reduce((a, x) => a + x.ids.length, 0);
       const h = T.slice(T.reshape(out.hidden, [-1, out.hidden.shape[2]]), 0, 0, n);
       const logits = T.matmul(h, gem.model.classifier, { transB: true });
       ntp = T.crossEntropy(logits, T.slice(batch.labels, 0, 0, n));
       parts.push(T.mulScalar(ntp, (1 - alpha) * scale));
     }
     if (s.anchors.length) {
-      const off = s.ntp.length;
       const k = gem.info.k;
+      const rowsOf = (group: GemSample[], first: number) =>
+        group.flatMap((x, i) => x.specialPos.map((p) => batch.offsets[first + i] + p));
       const a = l2normalize(
-        poolRows(
-          out.hidden,
-          specialRows(s.anchors, batch.t).map((r) => r + off * batch.t),
-          k,
-          gem.info.pooling,
-        ),
+        poolRows(out.hidden, rowsOf(s.anchors, s.ntp.length), k, gem.info.pooling),
       );
-      const pOff = (off + s.anchors.length) * batch.t;
       const b = l2normalize(
         poolRows(
           out.hidden,
-          specialRows(s.positives, batch.t).map((r) => r + pOff),
+          rowsOf(s.positives, s.ntp.length + s.anchors.length),
           k,
           gem.info.pooling,
         ),
@@ -158,8 +156,8 @@ export function stepLoss(
       parts.push(T.mulScalar(contrastive, alpha * scale));
     }
     const total = parts.length === 1 ? parts[0] : T.add(parts[0], parts[1]);
-    return { total, ntp, contrastive, tokens: batch.b * batch.t, labelled: batch.labelled };
+    return { total, ntp, contrastive, tokens: batch.t, labelled: batch.labelled };
   } finally {
-    disposeBatch(batch);
+    disposePacked(batch);
   }
 }

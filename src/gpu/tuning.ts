@@ -13,6 +13,10 @@ export interface Tuning {
   rowWorkgroup: number;
   /** Matmul output tile per invocation (rows x cols) and invocations per workgroup. */
   matmul: { tileM: number; tileN: number; workgroup: number };
+  /** Highest matmul kernel version to use (1 = general strides only). */
+  matmulVersion: number;
+  /** Matmuls with fewer output tiles than this split K to keep the device busy. */
+  matmulMinInvocations: number;
   /** Queries per attention workgroup. */
   attentionWorkgroup: number;
   /** Queries (or keys) per invocation in attention v2; 0 selects v1. */
@@ -28,6 +32,8 @@ const LLVMPIPE: Tuning = {
   elementwiseWorkgroup: 64,
   rowWorkgroup: 64,
   matmul: { tileM: 8, tileN: 8, workgroup: 64 },
+  matmulVersion: 2,
+  matmulMinInvocations: 1024,
   attentionWorkgroup: 64,
   attentionBlock: 4,
   // A workgroup barrier costs more than a short row's arithmetic on a CPU rasterizer.
@@ -40,6 +46,8 @@ const GPU: Tuning = {
   elementwiseWorkgroup: 256,
   rowWorkgroup: 256,
   matmul: { tileM: 4, tileN: 4, workgroup: 64 },
+  matmulVersion: 2,
+  matmulMinInvocations: 16384,
   attentionWorkgroup: 64,
   attentionBlock: 1,
   threadRowMaxLen: 128,

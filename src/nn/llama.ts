@@ -134,6 +134,8 @@ export interface ForwardOptions {
   table?: RoleTable;
   /** Position of each token [B, T] (i32) for RoPE; default 0..T-1 (after the cache's length). */
   positions?: Tensor;
+  /** Packed sequences: each token's key range [B, T, 2] (i32); see ops.attention. */
+  segments?: Tensor;
   /** Compute logits (default true); embedding needs only hidden states. */
   logits?: boolean;
   /** Also return the residual stream after the embedding and after every layer. */
@@ -245,7 +247,9 @@ export class Llama {
     const [b, t] = tokens.shape;
     const cache = opts.cache;
     const start = cache?.length ?? 0;
-    if (start + t > c.maxSeqLen) {
+    // Packed batches carry explicit positions (checked by rope against the table); otherwise the
+    // row itself must fit the context.
+    if (!opts.positions && start + t > c.maxSeqLen) {
       throw new ShapeError(`Llama.forward: ${start + t} positions exceed maxSeqLen ${c.maxSeqLen}`);
     }
     if (cache && (cache.batch !== b || start + t > cache.capacity)) {
@@ -283,7 +287,7 @@ export class Llama {
           T.copyInto(T.slice(cache.v[l], 1, start, start + t), v);
           [k, v, attRoles, keys] = [cache.k[l], cache.v[l], cache.roles, start + t];
         }
-        const o = T.attention(q, k, v, attRoles, table, { keys });
+        const o = T.attention(q, k, v, attRoles, table, { keys, segments: opts.segments });
         x = T.add(
           x,
           T.matmul(T.reshape(o, [b, t, c.dim]), p("self_attn.o_proj.weight"), { transB: true }),

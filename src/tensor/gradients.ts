@@ -240,6 +240,7 @@ export const GRADIENTS: Record<Op, GradRule> = {
   },
   attention: (g, n) => {
     const [q, k, v, roles, o, stats] = n.saved;
+    const meta = n.ctx.packed ? roles : null;
     const gc = contiguous(g);
     const dq = empty(q.shape, "f32", "attention.dq");
     const dk = empty(k.shape, "f32", "attention.dk");
@@ -251,6 +252,7 @@ export const GRADIENTS: Record<Op, GradRule> = {
         k: k.buf,
         v: v.buf,
         roles: roles.buf,
+        meta: meta?.buf,
         o: o.buf,
         dout: gc.buf,
         stats: stats.buf,
@@ -262,7 +264,7 @@ export const GRADIENTS: Record<Op, GradRule> = {
       n.ctx.table as number[][],
     );
     gc.dispose();
-    return [dq, dk, dv, null];
+    return [dq, dk, dv, null, null];
   },
 };
 

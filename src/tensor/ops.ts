@@ -627,6 +627,11 @@ export interface AttentionOptions {
   keys?: number;
   /** Score scale; default 1/sqrt(head dim). */
   scale?: number;
+  /**
+   * Packed sequences: i32 [B, T, 2], each token's (start, end) key range within its row. A
+   * token sees only keys in its range, so several sequences share a row without padding.
+   */
+  segments?: Tensor;
 }
 
 /**
@@ -645,8 +650,10 @@ export function attention(
     wantDType("attention", t, "f32", name);
   }
   wantDType("attention", roles, "i32", "roles");
+  const seg = opts.segments ?? null;
   const shapes = () =>
-    `q ${shapeStr(q)}, k ${shapeStr(k)}, v ${shapeStr(v)}, roles ${shapeStr(roles)}`;
+    `q ${shapeStr(q)}, k ${shapeStr(k)}, v ${shapeStr(v)}, roles ${shapeStr(roles)}` +
+    (seg ? `, segments ${shapeStr(seg)}` : "");
   if (q.rank !== 4 || k.rank !== 4 || v.rank !== 4) fail("attention", `${shapes()}: want rank 4`);
   const [b, t, hq, d] = q.shape, [, tcap, hkv] = k.shape;
   if (k.shape.join() !== v.shape.join() || k.shape[0] !== b || k.shape[3] !== d) {
@@ -661,23 +668,60 @@ export function attention(
   }
   if (hq % hkv !== 0) fail("attention", `${shapes()}: ${hq} query heads not a multiple of ${hkv}`);
   if (roles.size !== b * tcap) fail("attention", `${shapes()}: roles must be [B, Tk]`);
+  if (seg) {
+    wantDType("attention", seg, "i32", "segments");
+    if (seg.size !== b * tcap * 2 || tk !== tcap) {
+      fail("attention", `${shapes()}: segments must be [B, T, 2]`);
+    }
+    checkSegments(seg, tcap);
+  }
   const bad = checkRoleTable(table);
   if (bad) fail("attention", bad);
   checkIndices("attention", roles, 0, table.length, "role");
   const scale = opts.scale ?? 1 / Math.sqrt(d);
-  const qc = contiguous(q), kc = contiguous(k), vc = contiguous(v), rc = contiguous(roles);
+  const qc = contiguous(q), kc = contiguous(k), vc = contiguous(v);
+  // Packed sequences: one (role, start, end, 0) record per token, read with a single load.
+  const rc = seg
+    ? concat(
+      [reshape(roles, [b, tcap, 1]), reshape(seg, [b, tcap, 2]), zeros([b, tcap, 1], "i32")],
+      2,
+    )
+    : contiguous(roles);
   const out = empty(q.shape, "f32", "attention");
   const stats = empty([2, b * hq * t], "f32", "attention.stats");
   const dims = { b, t, hq, hkv, d, scale, tk, tcap };
   runAttention(
     gpu(),
-    { q: qc.buf, k: kc.buf, v: vc.buf, roles: rc.buf, o: out.buf, stats: stats.buf },
+    {
+      q: qc.buf,
+      k: kc.buf,
+      v: vc.buf,
+      roles: rc.buf,
+      meta: seg ? rc.buf : null,
+      o: out.buf,
+      stats: stats.buf,
+    },
     dims,
     table,
   );
-  record(out, "attention", [q, k, v, roles], [qc, kc, vc, rc, out, stats], { dims, table });
+  const inputs = seg ? [q, k, v, roles, seg] : [q, k, v, roles];
+  record(out, "attention", inputs, [qc, kc, vc, rc, out, stats], { dims, table, packed: !!seg });
   for (const x of [qc, kc, vc, rc, stats]) x.dispose();
   return out;
+}
+
+/** Segments (start, end) with a host copy must satisfy 0 <= start <= position < end <= T. */
+function checkSegments(seg: Tensor, t: number): void {
+  const host = seg.storage.host;
+  if (!host || !seg.contiguous) return;
+  for (let i = 0; i < seg.size / 2; i++) {
+    const s = host[seg.offset + 2 * i], e = host[seg.offset + 2 * i + 1], pos = i % t;
+    if (!(s >= 0 && s <= pos && pos < e && e <= t)) {
+      throw new IndexError(
+        `attention: segment (${s}, ${e}) of token ${i} does not contain its position ${pos} within [0, ${t}]`,
+      );
+    }
+  }
 }
 
 /** Wraps host data as a scalar f32 tensor. */

@@ -6,7 +6,8 @@
 
 import type { Tuning } from "../../src/gpu/tuning.ts";
 import * as T from "../../src/tensor/ops.ts";
-import { tensor } from "../../src/tensor/tensor.ts";
+import { backward } from "../../src/tensor/backward.ts";
+import { type Tensor, tensor } from "../../src/tensor/tensor.ts";
 import { assertClose, FWD, testGpu } from "../helpers.ts";
 import {
   attentionRef,
@@ -23,6 +24,7 @@ const TUNINGS: Partial<Tuning>[] = [
     elementwiseWorkgroup: 64,
     rowWorkgroup: 64,
     matmul: { tileM: 8, tileN: 8, workgroup: 64 },
+    matmulVersion: 2,
     attentionWorkgroup: 64,
     attentionBlock: 4,
     threadRowMaxLen: 1 << 20,
@@ -32,6 +34,7 @@ const TUNINGS: Partial<Tuning>[] = [
     elementwiseWorkgroup: 256,
     rowWorkgroup: 256,
     matmul: { tileM: 4, tileN: 4, workgroup: 64 },
+    matmulVersion: 1,
     attentionWorkgroup: 8,
     attentionBlock: 0,
     threadRowMaxLen: 0,
@@ -40,7 +43,8 @@ const TUNINGS: Partial<Tuning>[] = [
   {
     elementwiseWorkgroup: 32,
     rowWorkgroup: 32,
-    matmul: { tileM: 1, tileN: 1, workgroup: 32 },
+    matmul: { tileM: 4, tileN: 8, workgroup: 32 },
+    matmulVersion: 2,
     attentionWorkgroup: 32,
     attentionBlock: 3,
     threadRowMaxLen: 128,
@@ -62,7 +66,18 @@ async function underEachTuning(fn: (label: string) => Promise<void>): Promise<vo
 }
 
 Deno.test("matmul vs CPU: tile edges, transposes, batch, every tuning", async () => {
-  const shapes = [[1, 129, 67, 255], [3, 17, 130, 9], [1, 256, 256, 64], [2, 8, 1, 33]];
+  // K % 4 == 0 with odd M, N exercises v2's edges; K % 4 != 0 falls back to v1.
+  const shapes = [
+    [1, 129, 67, 255],
+    [3, 17, 130, 9],
+    [1, 256, 256, 64],
+    [2, 8, 1, 33],
+    [1, 33, 68, 29],
+    [2, 7, 12, 5],
+    [1, 1, 4, 1],
+    [1, 8, 4096, 8], // few tiles, long K: split-K
+    [2, 9, 1028, 12],
+  ];
   await underEachTuning(async (tuning) => {
     for (const [batch, m, k, n] of shapes) {
       const a = randomArray(batch * m * k, m * 7 + k), b = randomArray(batch * k * n, n * 13 + k);
@@ -74,7 +89,10 @@ Deno.test("matmul vs CPU: tile edges, transposes, batch, every tuning", async ()
       const at = T.contiguous(T.transpose(ta)), bt = T.contiguous(T.transpose(tb));
       const c2 = T.matmul(at, bt, { transA: true, transB: true });
       assertClose(await c2.toArray(), want, FWD, `matmul^T ${[batch, m, k, n]} ${tuning}`);
-      for (const x of [ta, tb, c, at, bt, c2]) x.dispose();
+      const c3 = T.matmul(ta, bt, { transB: true }), c4 = T.matmul(at, tb, { transA: true });
+      assertClose(await c3.toArray(), want, FWD, `matmul a @ b^T ${[batch, m, k, n]} ${tuning}`);
+      assertClose(await c4.toArray(), want, FWD, `matmul a^T @ b ${[batch, m, k, n]} ${tuning}`);
+      for (const x of [ta, tb, c, at, bt, c2, c3, c4]) x.dispose();
     }
   });
 });
@@ -213,5 +231,78 @@ Deno.test("reductions vs CPU: serial and tree kernels, long and short axes, ever
       );
       for (const t of [tx, s, m, mean]) t.dispose();
     }
+  });
+});
+
+Deno.test("attention on packed sequences equals the padded batch, forward and backward, every tuning", async () => {
+  // Three sequences, lengths 5, 9 and 2, roles from the GEM table with a pad role 3.
+  const table = [[1, 0, 0, 0], [1, 2, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]];
+  const lens = [5, 9, 2], roles = [[0, 0, 1, 2, 2], [0, 0, 0, 0, 1, 1, 2, 2, 2], [0, 1]];
+  const [hq, hkv, d] = [4, 2, 8];
+  const n = 16, tmax = 9;
+  await underEachTuning(async (tuning) => {
+    const q = randomArray(n * hq * d, 1),
+      k = randomArray(n * hkv * d, 2),
+      v = randomArray(n * hkv * d, 3);
+    const dout = randomArray(n * hq * d, 4);
+    // Packed: one row of 16 tokens.
+    const seg = new Int32Array(n * 2), packedRoles = new Int32Array(n);
+    let at = 0;
+    lens.forEach((len, i) => {
+      for (let p = 0; p < len; p++) {
+        seg.set([at, at + len], 2 * (at + p));
+        packedRoles[at + p] = roles[i][p];
+      }
+      at += len;
+    });
+    const P = (x: Float32Array, h: number) => T.parameter(tensor(x, [1, n, h, d]));
+    const [pq, pk, pv] = [P(q, hq), P(k, hkv), P(v, hkv)];
+    const po = T.attention(pq, pk, pv, tensor(packedRoles, [1, n], "i32"), table, {
+      segments: tensor(seg, [1, n, 2], "i32"),
+    });
+    backward(po, { grad: tensor(dout, [1, n, hq, d]) });
+    // Padded: [3, 9] with pad role 3 after each sequence.
+    const pad = (x: Float32Array, h: number) => {
+      const out = new Float32Array(3 * tmax * h * d);
+      let a = 0;
+      lens.forEach((len, i) => {
+        out.set(x.subarray(a * h * d, (a + len) * h * d), i * tmax * h * d);
+        a += len;
+      });
+      return out;
+    };
+    const padRoles = new Int32Array(3 * tmax).fill(3);
+    lens.forEach((len, i) => padRoles.set(roles[i], i * tmax));
+    const B = (x: Float32Array, h: number) => T.parameter(tensor(pad(x, h), [3, tmax, h, d]));
+    const [bq, bk, bv] = [B(q, hq), B(k, hkv), B(v, hkv)];
+    const bo = T.attention(bq, bk, bv, tensor(padRoles, [3, tmax], "i32"), table);
+    backward(bo, { grad: tensor(pad(dout, hq), [3, tmax, hq, d]) });
+    const tol = { atol: 1e-5, rtol: 1e-4 };
+    const same = async (packed: Tensor, padded: Tensor, h: number, what: string) =>
+      assertClose(
+        pad((await packed.toArray()) as Float32Array, h),
+        await padded.toArray(),
+        tol,
+        `${what} ${tuning}`,
+      );
+    await same(po, bo, hq, "out");
+    await same(pq.grad!, bq.grad!, hq, "dq");
+    await same(pk.grad!, bk.grad!, hkv, "dk");
+    await same(pv.grad!, bv.grad!, hkv, "dv");
+    const wantOut = attentionRef(
+      q.subarray(0, 5 * hq * d),
+      k.subarray(0, 5 * hkv * d),
+      v.subarray(0, 5 * hkv * d),
+      roles[0],
+      table,
+      { b: 1, t: 5, hq, hkv, d, scale: 1 / Math.sqrt(d) },
+    );
+    assertClose(
+      ((await po.toArray()) as Float32Array).subarray(0, 5 * hq * d),
+      wantOut,
+      tol,
+      `first sequence vs CPU ${tuning}`,
+    );
+    for (const x of [pq, pk, pv, po, bq, bk, bv, bo]) x.dispose();
   });
 });

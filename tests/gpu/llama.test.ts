@@ -5,6 +5,8 @@
  */
 
 import assert from "node:assert/strict";
+import { disposePacked, pack } from "../../src/gem/batch.ts";
+import { rawSample } from "../../src/gem/sample.ts";
 import { readHfModel } from "../../src/io/hf.ts";
 import { CheckpointError, parseLlama2c, readLlama2c } from "../../src/io/llama2c.ts";
 import { dataDir } from "../../src/io/paths.ts";
@@ -208,5 +210,43 @@ Deno.test("hidden states of every layer; backward reaches every parameter; AdamW
   opt.dispose();
   tokens.dispose();
   targets.dispose();
+  m.dispose();
+});
+
+Deno.test("packed batch: sequences packed in one row give their own logits", async () => {
+  await testGpu();
+  const m = await loadStories();
+  const seqs: number[][] = [stories.prompt.ids.slice(0, 4), stories.prompt.ids, [1, 403]];
+  const samples = seqs.map((ids) => rawSample(ids, 64));
+  const batch = pack(samples);
+  const roles = tensor(
+    batch.roles.storage.host!.map((r) => (r === 3 ? 1 : 0)),
+    [1, batch.t],
+    "i32",
+  );
+  const got = await noGrad(async () => {
+    const out = m.forward(batch.tokens, {
+      roles,
+      table: CAUSAL_PADDED,
+      positions: batch.positions,
+      segments: batch.segments,
+    });
+    const l = (await out.logits!.toArray()) as Float32Array;
+    out.logits!.dispose();
+    out.hidden.dispose();
+    return l;
+  });
+  const v = m.config.vocabSize;
+  for (let i = 0; i < seqs.length; i++) {
+    const at = batch.offsets[i];
+    assertClose(
+      got.subarray(at * v, (at + seqs[i].length) * v),
+      await fullLogits(m, seqs[i]),
+      LOGITS_TOL,
+      `sequence ${i}`,
+    );
+  }
+  disposePacked(batch);
+  roles.dispose();
   m.dispose();
 });

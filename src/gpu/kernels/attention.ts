@@ -6,12 +6,20 @@
  * or score matrix is stored: the forward pass uses an online softmax and saves only the
  * log-sum-exp of each row; the backward pass recomputes scores.
  *
- * Layouts: q [B, T, Hq, D], k and v [B, T, Hkv, D], roles [B, T] i32, out like q,
- * stats [2, B, Hq, T] (log-sum-exp, then delta = dO . O, filled by the backward pass; one
- * buffer so no kernel binds more than 8 storage buffers). A row with no visible key outputs 0 and passes no gradient.
+ * Sequences are rows of [B, T], or, with segments, several sequences packed into one row: each
+ * token then carries (role, start, end) and sees only keys in [start, end) of its row. Packing
+ * removes padding, which is most of the work for short texts.
  *
- * Versions: v1 one invocation per query row (forward, dq) or key row (dk, dv); D is compiled in.
- *           v2 vec4 loads and a block of queries/keys per invocation (head dim % 4 == 0).
+ * Layouts: q [B, T, Hq, D], k and v [B, T, Hkv, D], roles [B, T] i32 or meta [B, T, 4] i32
+ * (role, start, end, 0), out like q, stats [2, B, Hq, T] (log-sum-exp, then delta = dO . O,
+ * filled by the backward pass; one buffer so no kernel binds more than 8 storage buffers).
+ * A row with no visible key outputs 0 and passes no gradient.
+ *
+ * Versions (one generator; each checked against the CPU reference and the PyTorch goldens):
+ *   v1 one query (forward, dq) or key (dk, dv) per invocation, scalar loads;
+ *   v2 a block of `qb` queries or keys per invocation and vec4 loads (head dim % 4 == 0): on
+ *      llvmpipe every storage load costs about the same per lane whatever its width, so this
+ *      cuts loads by up to 4 * qb.
  */
 
 import type { Gpu } from "../device.ts";
@@ -42,6 +50,20 @@ export interface AttentionDims {
   tcap?: number;
 }
 
+/** Compile-time choices of one attention kernel. */
+export interface AttentionVariant {
+  d: number;
+  wg: number;
+  /** The causal table [[1]]: no role checks. */
+  plain: boolean;
+  /** Tokens carry segments (packed sequences): a meta buffer instead of roles. */
+  seg: boolean;
+  /** Queries or keys per invocation (1 = v1). */
+  qb: number;
+  /** Load width: 4 (vec4, needs d % 4 == 0) or 1. */
+  w: 1 | 4;
+}
+
 const PARAMS = `struct Params {
   TQ: u32, TK: u32, TCAP: u32, QOFF: u32,
   HQ: u32, HKV: u32, R: u32, hasAll: u32,
@@ -50,263 +72,102 @@ const PARAMS = `struct Params {
 };
 @group(0) @binding(0) var<uniform> P: Params;`;
 
-/**
- * Each query role's row of the table is packed 2 bits per key role into one u32, read once per
- * query; `plain` kernels (the causal table [[1]]) skip role checks altogether.
- */
-function helpers(plain: boolean): string {
+/** Shared declarations: element type, dims, role rules, token meta access. */
+function common(v: AttentionVariant): string {
+  const vt = v.w === 4 ? "vec4<f32>" : "f32";
   return `
-const PLAIN = ${plain};
-fn rowBitsOf(r: i32) -> u32 {
-  return P.rowBits[u32(r) / 4u][u32(r) % 4u];
-}
+alias VT = ${vt};
+const DW = ${v.d / v.w}u;
+const QB = ${v.qb}u;
+const PLAIN = ${v.plain};
+fn dotw(a: VT, b: VT) -> f32 { return ${v.w === 4 ? "dot(a, b)" : "a * b"}; }
+// Each query role's row of the table, packed 2 bits per key role.
+fn rowBitsOf(r: i32) -> u32 { return P.rowBits[u32(r) / 4u][u32(r) % 4u]; }
 fn allowed(bits: u32, rk: i32, t: u32, s: u32) -> bool {
   if (PLAIN) { return s <= t; }
   let r = (bits >> (2u * u32(rk))) & 3u;
   return r == 3u || (r == 1u && s <= t) || (r == 2u && s == t);
+}
+// (role, first key, end key) of token i of sequence row b.
+fn tokenMeta(b: u32, i: u32) -> vec3<u32> {
+${
+    v.seg
+      ? "  let m = META[b * P.TCAP + i];\n  return vec3<u32>(select(u32(m.x), 0u, PLAIN), u32(m.y), u32(m.z));"
+      : "  return vec3<u32>(select(u32(ROLES[b * P.TCAP + i]), 0u, PLAIN), 0u, P.TK);"
+  }
 }`;
 }
 
-/** Query row decode shared by the forward and dq kernels. */
-function queryRow(wg: number): string {
-  return `
-  let row = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (row >= P.rows) { return; }
-  let t = row % P.TQ;
-  let bh = row / P.TQ;
-  let h = bh % P.HQ;
-  let b = bh / P.HQ;
-  let g = h / (P.HQ / P.HKV);
-  // Position of this query among the keys (queries are the last TQ of TK when decoding).
-  let tq = t + P.QOFF;
-  let bits = select(rowBitsOf(ROLES[b * P.TCAP + tq]), 0u, PLAIN);
-  let qBase = ((b * P.TQ + t) * P.HQ + h) * D;
-  // Keys after the query are visible only through an 'all' rule.
-  let end = select(min(tq + 1u, P.TK), P.TK, P.hasAll != 0u);`;
+function metaBinding(v: AttentionVariant, i: number): string {
+  return v.seg
+    ? `@group(0) @binding(${i}) var<storage, read> META: array<vec4<i32>>;`
+    : `@group(0) @binding(${i}) var<storage, read> ROLES: array<i32>;`;
 }
 
-export function attentionForwardKernel(d: number, wg: number, plain: boolean): Kernel {
-  const source = `${PARAMS}
-const D = ${d}u;
-@group(0) @binding(1) var<storage, read> Q: array<f32>;
-@group(0) @binding(2) var<storage, read> K: array<f32>;
-@group(0) @binding(3) var<storage, read> V: array<f32>;
-@group(0) @binding(4) var<storage, read> ROLES: array<i32>;
-@group(0) @binding(5) var<storage, read_write> O: array<f32>;
-@group(0) @binding(6) var<storage, read_write> STATS: array<f32>;
-${helpers(plain)}
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-${queryRow(wg)}
-  var q: array<f32, ${d}>;
-  for (var j = 0u; j < D; j++) { q[j] = Q[qBase + j] * P.scale; }
-  var acc: array<f32, ${d}>;
-  var m = -3.4028234e38;
-  var l = 0.0;
-  for (var s = 0u; s < end; s++) {
-    if (!allowed(bits, ROLES[b * P.TCAP + s], tq, s)) { continue; }
-    let kBase = ((b * P.TCAP + s) * P.HKV + g) * D;
-    var sc = 0.0;
-    for (var j = 0u; j < D; j++) { sc = fma(q[j], K[kBase + j], sc); }
-    // One exp per key: either the new score or the old max is the larger.
-    let diff = sc - m;
-    let e = exp(-abs(diff));
-    let up = diff > 0.0;
-    let corr = select(1.0, e, up);
-    let p = select(e, 1.0, up);
-    m = max(m, sc);
-    l = l * corr + p;
-    for (var j = 0u; j < D; j++) { acc[j] = fma(acc[j], corr, p * V[kBase + j]); }
-  }
-  let inv = select(0.0, 1.0 / l, l > 0.0);
-  for (var j = 0u; j < D; j++) { O[qBase + j] = acc[j] * inv; }
-  STATS[row] = select(0.0, m + log(l), l > 0.0);
-}`;
-  return {
-    name: `attention_fwd_d${d}${plain ? "_causal" : ""}`,
-    source,
-    buffers: ["read", "read", "read", "read", "rw", "rw"],
-  };
-}
-
-/** dq for each query row, and delta = dO . O which the dk/dv kernel needs. */
-export function attentionBackwardQueryKernel(d: number, wg: number, plain: boolean): Kernel {
-  const source = `${PARAMS}
-const D = ${d}u;
-@group(0) @binding(1) var<storage, read> Q: array<f32>;
-@group(0) @binding(2) var<storage, read> K: array<f32>;
-@group(0) @binding(3) var<storage, read> V: array<f32>;
-@group(0) @binding(4) var<storage, read> ROLES: array<i32>;
-@group(0) @binding(5) var<storage, read> O: array<f32>;
-@group(0) @binding(6) var<storage, read> DO: array<f32>;
-@group(0) @binding(7) var<storage, read_write> STATS: array<f32>;
-@group(0) @binding(8) var<storage, read_write> DQ: array<f32>;
-${helpers(plain)}
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-${queryRow(wg)}
-  var q: array<f32, ${d}>;
-  var dout: array<f32, ${d}>;
-  var delta = 0.0;
-  for (var j = 0u; j < D; j++) {
-    q[j] = Q[qBase + j] * P.scale;
-    dout[j] = DO[qBase + j];
-    delta = fma(dout[j], O[qBase + j], delta);
-  }
-  let lse = STATS[row];
-  var dq: array<f32, ${d}>;
-  for (var s = 0u; s < end; s++) {
-    if (!allowed(bits, ROLES[b * P.TCAP + s], tq, s)) { continue; }
-    let kBase = ((b * P.TCAP + s) * P.HKV + g) * D;
-    var sc = 0.0;
-    var dp = 0.0;
-    for (var j = 0u; j < D; j++) {
-      sc = fma(q[j], K[kBase + j], sc);
-      dp = fma(dout[j], V[kBase + j], dp);
-    }
-    let ds = exp(sc - lse) * (dp - delta);
-    for (var j = 0u; j < D; j++) { dq[j] = fma(ds, K[kBase + j], dq[j]); }
-  }
-  for (var j = 0u; j < D; j++) { DQ[qBase + j] = dq[j] * P.scale; }
-  STATS[P.rows + row] = delta;
-}`;
-  return {
-    name: `attention_bwd_q_d${d}${plain ? "_causal" : ""}`,
-    source,
-    buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
-  };
-}
-
-/** dk, dv for each key row: sums over the query heads of its group and the queries that see it. */
-export function attentionBackwardKeyKernel(d: number, wg: number, plain: boolean): Kernel {
-  const source = `${PARAMS}
-const D = ${d}u;
-@group(0) @binding(1) var<storage, read> Q: array<f32>;
-@group(0) @binding(2) var<storage, read> K: array<f32>;
-@group(0) @binding(3) var<storage, read> V: array<f32>;
-@group(0) @binding(4) var<storage, read> ROLES: array<i32>;
-@group(0) @binding(5) var<storage, read> DO: array<f32>;
-@group(0) @binding(6) var<storage, read> STATS: array<f32>;
-@group(0) @binding(7) var<storage, read_write> DK: array<f32>;
-@group(0) @binding(8) var<storage, read_write> DV: array<f32>;
-${helpers(plain)}
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let row = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  let keyRows = P.rows / P.HQ * P.HKV;
-  if (row >= keyRows) { return; }
-  let s = row % P.TQ;
-  let bg = row / P.TQ;
-  let g = bg % P.HKV;
-  let b = bg / P.HKV;
-  let rk = ROLES[b * P.TQ + s];
-  let kBase = ((b * P.TQ + s) * P.HKV + g) * D;
-  var k: array<f32, ${d}>;
-  var v: array<f32, ${d}>;
-  for (var j = 0u; j < D; j++) { k[j] = K[kBase + j] * P.scale; v[j] = V[kBase + j]; }
-  var dk: array<f32, ${d}>;
-  var dv: array<f32, ${d}>;
-  let group = P.HQ / P.HKV;
-  // Queries before s see it only through an 'all' rule.
-  let start = select(s, 0u, P.hasAll != 0u);
-  for (var hh = 0u; hh < group; hh++) {
-    let h = g * group + hh;
-    for (var t = start; t < P.TQ; t++) {
-      if (!allowed(select(rowBitsOf(ROLES[b * P.TQ + t]), 0u, PLAIN), rk, t, s)) { continue; }
-      let qBase = ((b * P.TQ + t) * P.HQ + h) * D;
-      let r = (b * P.HQ + h) * P.TQ + t;
-      var sc = 0.0;
-      var dp = 0.0;
-      for (var j = 0u; j < D; j++) {
-        sc = fma(Q[qBase + j], k[j], sc);
-        dp = fma(DO[qBase + j], v[j], dp);
-      }
-      let p = exp(sc - STATS[r]);
-      let ds = p * (dp - STATS[P.rows + r]);
-      for (var j = 0u; j < D; j++) {
-        dv[j] = fma(p, DO[qBase + j], dv[j]);
-        dk[j] = fma(ds, Q[qBase + j], dk[j]);
-      }
-    }
-  }
-  for (var j = 0u; j < D; j++) { DK[kBase + j] = dk[j] * P.scale; DV[kBase + j] = dv[j]; }
-}`;
-  return {
-    name: `attention_bwd_kv_d${d}${plain ? "_causal" : ""}`,
-    source,
-    buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
-  };
-}
-
-/**
- * Version 2 (head dim a multiple of 4): vec4 loads and `qb` queries (forward, dq) or keys (dk,
- * dv) per invocation, so each key or query row loaded is used `qb` times. On llvmpipe every
- * storage load costs the same per lane whatever its width, so this cuts loads by up to 4 * qb.
- */
-function blockHead(qb: number, d4: number): string {
-  return `
-const D4 = ${d4}u;
-const QB = ${qb}u;`;
-}
-
-/** Block of queries decode shared by the v2 forward and dq kernels. */
+/** Decode of a block of QB queries (forward and dq kernels). */
 function queryBlock(wg: number): string {
   return `
   let blk = ${LINEAR_GROUP_ID} * ${wg}u + lid;
   let nb = (P.TQ + QB - 1u) / QB;
-  let bhCount = P.rows / P.TQ;
-  if (blk >= bhCount * nb) { return; }
+  if (blk >= P.rows / P.TQ * nb) { return; }
   let t0 = (blk % nb) * QB;
   let bh = blk / nb;
   let h = bh % P.HQ;
   let b = bh / P.HQ;
   let g = h / (P.HQ / P.HKV);
   let nq = min(QB, P.TQ - t0);
-  // Keys after the last query of the block are visible only through an 'all' rule.
-  let end = select(min(t0 + nq + P.QOFF, P.TK), P.TK, P.hasAll != 0u);`;
+  // Key range of the block: the union of its queries' segments, cut after the last query
+  // unless some rule is 'all'.
+  var lo = P.TK;
+  var hi = 0u;
+  var bits: array<u32, ${"${QB}"}>;
+  var ends: array<vec2<u32>, ${"${QB}"}>;
+  for (var i = 0u; i < QB; i++) {
+    let tq = min(t0 + i, P.TQ - 1u) + P.QOFF;
+    let mt = tokenMeta(b, tq);
+    bits[i] = select(rowBitsOf(i32(mt.x)), 0u, PLAIN);
+    let e = select(min(tq + 1u, mt.z), mt.z, P.hasAll != 0u);
+    ends[i] = vec2<u32>(mt.y, e);
+    if (i < nq && (bits[i] != 0u || PLAIN)) { lo = min(lo, mt.y); hi = max(hi, e); }
+  }`;
 }
 
-export function attentionForwardKernelV2(
-  d: number,
-  wg: number,
-  plain: boolean,
-  qb: number,
-): Kernel {
-  const d4 = d / 4;
-  const source = `${PARAMS}
-${blockHead(qb, d4)}
-@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> ROLES: array<i32>;
-@group(0) @binding(5) var<storage, read_write> O: array<vec4<f32>>;
+function fill(src: string, v: AttentionVariant): string {
+  return src.replaceAll("${QB}", String(v.qb));
+}
+
+export function attentionForwardKernel(v: AttentionVariant): Kernel {
+  const source = fill(
+    `${PARAMS}
+@group(0) @binding(1) var<storage, read> Q: array<VT>;
+@group(0) @binding(2) var<storage, read> K: array<VT>;
+@group(0) @binding(3) var<storage, read> V: array<VT>;
+${metaBinding(v, 4)}
+@group(0) @binding(5) var<storage, read_write> O: array<VT>;
 @group(0) @binding(6) var<storage, read_write> STATS: array<f32>;
-${helpers(plain)}
-@compute @workgroup_size(${wg})
+${common(v)}
+@compute @workgroup_size(${v.wg})
 fn main(${GRID_BUILTINS}) {
-${queryBlock(wg)}
-  var q: array<array<vec4<f32>, ${d4}>, ${qb}>;
-  var acc: array<array<vec4<f32>, ${d4}>, ${qb}>;
-  var m: array<f32, ${qb}>;
-  var l: array<f32, ${qb}>;
-  var bits: array<u32, ${qb}>;
+${queryBlock(v.wg)}
+  var q: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
+  var acc: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
+  var m: array<f32, ${v.qb}>;
+  var l: array<f32, ${v.qb}>;
   for (var i = 0u; i < QB; i++) {
-    let t = min(t0 + i, P.TQ - 1u);
-    let qBase = ((b * P.TQ + t) * P.HQ + h) * D4;
-    for (var j = 0u; j < D4; j++) { q[i][j] = Q[qBase + j] * P.scale; }
-    bits[i] = select(rowBitsOf(ROLES[b * P.TCAP + t + P.QOFF]), 0u, PLAIN);
+    let qBase = ((b * P.TQ + min(t0 + i, P.TQ - 1u)) * P.HQ + h) * DW;
+    for (var j = 0u; j < DW; j++) { q[i][j] = Q[qBase + j] * P.scale; }
     m[i] = -3.4028234e38;
   }
-  for (var s = 0u; s < end; s++) {
-    let rk = select(ROLES[b * P.TCAP + s], 0, PLAIN);
-    let kBase = ((b * P.TCAP + s) * P.HKV + g) * D4;
-    var k: array<vec4<f32>, ${d4}>;
-    var v: array<vec4<f32>, ${d4}>;
-    for (var j = 0u; j < D4; j++) { k[j] = K[kBase + j]; v[j] = V[kBase + j]; }
+  for (var s = lo; s < hi; s++) {
+    let rk = i32(tokenMeta(b, s).x);
+    let kBase = ((b * P.TCAP + s) * P.HKV + g) * DW;
+    var k: array<VT, ${v.d / v.w}>;
+    var vv: array<VT, ${v.d / v.w}>;
+    for (var j = 0u; j < DW; j++) { k[j] = K[kBase + j]; vv[j] = V[kBase + j]; }
     for (var i = 0u; i < QB; i++) {
-      if (!allowed(bits[i], rk, t0 + i + P.QOFF, s)) { continue; }
+      if (s < ends[i].x || s >= ends[i].y || !allowed(bits[i], rk, t0 + i + P.QOFF, s)) { continue; }
       var sc = 0.0;
-      for (var j = 0u; j < D4; j++) { sc += dot(q[i][j], k[j]); }
+      for (var j = 0u; j < DW; j++) { sc += dotw(q[i][j], k[j]); }
       // One exp per key: either the new score or the old max is the larger.
       let diff = sc - m[i];
       let e = exp(-abs(diff));
@@ -315,168 +176,173 @@ ${queryBlock(wg)}
       let p = select(e, 1.0, up);
       m[i] = max(m[i], sc);
       l[i] = l[i] * corr + p;
-      for (var j = 0u; j < D4; j++) { acc[i][j] = acc[i][j] * corr + p * v[j]; }
+      for (var j = 0u; j < DW; j++) { acc[i][j] = acc[i][j] * corr + p * vv[j]; }
     }
   }
   for (var i = 0u; i < nq; i++) {
     let t = t0 + i;
-    let qBase = ((b * P.TQ + t) * P.HQ + h) * D4;
+    let qBase = ((b * P.TQ + t) * P.HQ + h) * DW;
     let inv = select(0.0, 1.0 / l[i], l[i] > 0.0);
-    for (var j = 0u; j < D4; j++) { O[qBase + j] = acc[i][j] * inv; }
+    for (var j = 0u; j < DW; j++) { O[qBase + j] = acc[i][j] * inv; }
     STATS[bh * P.TQ + t] = select(0.0, m[i] + log(l[i]), l[i] > 0.0);
   }
-}`;
+}`,
+    v,
+  );
   return {
-    name: `attention_fwd_v2_d${d}_qb${qb}${plain ? "_causal" : ""}`,
+    name: `attention_fwd_${variantName(v)}`,
     source,
     buffers: ["read", "read", "read", "read", "rw", "rw"],
   };
 }
 
-export function attentionBackwardQueryKernelV2(
-  d: number,
-  wg: number,
-  plain: boolean,
-  qb: number,
-): Kernel {
-  const d4 = d / 4;
-  const source = `${PARAMS}
-${blockHead(qb, d4)}
-@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> ROLES: array<i32>;
-@group(0) @binding(5) var<storage, read> O: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> DO: array<vec4<f32>>;
+/** dq for each query, and delta = dO . O which the dk/dv kernel needs. */
+export function attentionBackwardQueryKernel(v: AttentionVariant): Kernel {
+  const source = fill(
+    `${PARAMS}
+@group(0) @binding(1) var<storage, read> Q: array<VT>;
+@group(0) @binding(2) var<storage, read> K: array<VT>;
+@group(0) @binding(3) var<storage, read> V: array<VT>;
+${metaBinding(v, 4)}
+@group(0) @binding(5) var<storage, read> O: array<VT>;
+@group(0) @binding(6) var<storage, read> DO: array<VT>;
 @group(0) @binding(7) var<storage, read_write> STATS: array<f32>;
-@group(0) @binding(8) var<storage, read_write> DQ: array<vec4<f32>>;
-${helpers(plain)}
-@compute @workgroup_size(${wg})
+@group(0) @binding(8) var<storage, read_write> DQ: array<VT>;
+${common(v)}
+@compute @workgroup_size(${v.wg})
 fn main(${GRID_BUILTINS}) {
-${queryBlock(wg)}
-  var q: array<array<vec4<f32>, ${d4}>, ${qb}>;
-  var dout: array<array<vec4<f32>, ${d4}>, ${qb}>;
-  var dq: array<array<vec4<f32>, ${d4}>, ${qb}>;
-  var delta: array<f32, ${qb}>;
-  var lse: array<f32, ${qb}>;
-  var bits: array<u32, ${qb}>;
+${queryBlock(v.wg)}
+  var q: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
+  var dout: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
+  var dq: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
+  var delta: array<f32, ${v.qb}>;
+  var lse: array<f32, ${v.qb}>;
   for (var i = 0u; i < QB; i++) {
     let t = min(t0 + i, P.TQ - 1u);
-    let qBase = ((b * P.TQ + t) * P.HQ + h) * D4;
+    let qBase = ((b * P.TQ + t) * P.HQ + h) * DW;
     var dl = 0.0;
-    for (var j = 0u; j < D4; j++) {
+    for (var j = 0u; j < DW; j++) {
       q[i][j] = Q[qBase + j] * P.scale;
       dout[i][j] = DO[qBase + j];
-      dl += dot(dout[i][j], O[qBase + j]);
+      dl += dotw(dout[i][j], O[qBase + j]);
     }
     delta[i] = dl;
     lse[i] = STATS[bh * P.TQ + t];
-    bits[i] = select(rowBitsOf(ROLES[b * P.TCAP + t + P.QOFF]), 0u, PLAIN);
   }
-  for (var s = 0u; s < end; s++) {
-    let rk = select(ROLES[b * P.TCAP + s], 0, PLAIN);
-    let kBase = ((b * P.TCAP + s) * P.HKV + g) * D4;
-    var k: array<vec4<f32>, ${d4}>;
-    var v: array<vec4<f32>, ${d4}>;
-    for (var j = 0u; j < D4; j++) { k[j] = K[kBase + j]; v[j] = V[kBase + j]; }
+  for (var s = lo; s < hi; s++) {
+    let rk = i32(tokenMeta(b, s).x);
+    let kBase = ((b * P.TCAP + s) * P.HKV + g) * DW;
+    var k: array<VT, ${v.d / v.w}>;
+    var vv: array<VT, ${v.d / v.w}>;
+    for (var j = 0u; j < DW; j++) { k[j] = K[kBase + j]; vv[j] = V[kBase + j]; }
     for (var i = 0u; i < QB; i++) {
-      if (!allowed(bits[i], rk, t0 + i + P.QOFF, s)) { continue; }
+      if (s < ends[i].x || s >= ends[i].y || !allowed(bits[i], rk, t0 + i + P.QOFF, s)) { continue; }
       var sc = 0.0;
       var dp = 0.0;
-      for (var j = 0u; j < D4; j++) { sc += dot(q[i][j], k[j]); dp += dot(dout[i][j], v[j]); }
+      for (var j = 0u; j < DW; j++) { sc += dotw(q[i][j], k[j]); dp += dotw(dout[i][j], vv[j]); }
       let ds = exp(sc - lse[i]) * (dp - delta[i]);
-      for (var j = 0u; j < D4; j++) { dq[i][j] += ds * k[j]; }
+      for (var j = 0u; j < DW; j++) { dq[i][j] += ds * k[j]; }
     }
   }
   for (var i = 0u; i < nq; i++) {
     let t = t0 + i;
-    let qBase = ((b * P.TQ + t) * P.HQ + h) * D4;
-    for (var j = 0u; j < D4; j++) { DQ[qBase + j] = dq[i][j] * P.scale; }
+    let qBase = ((b * P.TQ + t) * P.HQ + h) * DW;
+    for (var j = 0u; j < DW; j++) { DQ[qBase + j] = dq[i][j] * P.scale; }
     STATS[P.rows + bh * P.TQ + t] = delta[i];
   }
-}`;
+}`,
+    v,
+  );
   return {
-    name: `attention_bwd_q_v2_d${d}_qb${qb}${plain ? "_causal" : ""}`,
+    name: `attention_bwd_q_${variantName(v)}`,
     source,
     buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
   };
 }
 
-export function attentionBackwardKeyKernelV2(
-  d: number,
-  wg: number,
-  plain: boolean,
-  kb: number,
-): Kernel {
-  const d4 = d / 4;
-  const source = `${PARAMS}
-${blockHead(kb, d4)}
-@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> K: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> V: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> ROLES: array<i32>;
-@group(0) @binding(5) var<storage, read> DO: array<vec4<f32>>;
+/** dk, dv for each key: sums over the query heads of its group and the queries that see it. */
+export function attentionBackwardKeyKernel(v: AttentionVariant): Kernel {
+  const source = fill(
+    `${PARAMS}
+@group(0) @binding(1) var<storage, read> Q: array<VT>;
+@group(0) @binding(2) var<storage, read> K: array<VT>;
+@group(0) @binding(3) var<storage, read> V: array<VT>;
+${metaBinding(v, 4)}
+@group(0) @binding(5) var<storage, read> DO: array<VT>;
 @group(0) @binding(6) var<storage, read> STATS: array<f32>;
-@group(0) @binding(7) var<storage, read_write> DK: array<vec4<f32>>;
-@group(0) @binding(8) var<storage, read_write> DV: array<vec4<f32>>;
-${helpers(plain)}
-@compute @workgroup_size(${wg})
+@group(0) @binding(7) var<storage, read_write> DK: array<VT>;
+@group(0) @binding(8) var<storage, read_write> DV: array<VT>;
+${common(v)}
+@compute @workgroup_size(${v.wg})
 fn main(${GRID_BUILTINS}) {
-  let blk = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
   let nb = (P.TQ + QB - 1u) / QB;
-  let bgCount = P.rows / P.TQ / P.HQ * P.HKV;
-  if (blk >= bgCount * nb) { return; }
+  if (blk >= P.rows / P.TQ / P.HQ * P.HKV * nb) { return; }
   let s0 = (blk % nb) * QB;
   let bg = blk / nb;
   let g = bg % P.HKV;
   let b = bg / P.HKV;
   let ns = min(QB, P.TQ - s0);
-  var k: array<array<vec4<f32>, ${d4}>, ${kb}>;
-  var v: array<array<vec4<f32>, ${d4}>, ${kb}>;
-  var dk: array<array<vec4<f32>, ${d4}>, ${kb}>;
-  var dv: array<array<vec4<f32>, ${d4}>, ${kb}>;
-  var rk: array<i32, ${kb}>;
+  var k: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
+  var vv: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
+  var dk: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
+  var dv: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
+  var rk: array<i32, ${v.qb}>;
+  // Queries that may see a key: its segment, from the key on unless some rule is 'all'.
+  var lo = P.TQ;
+  var hi = 0u;
   for (var i = 0u; i < QB; i++) {
     let s = min(s0 + i, P.TQ - 1u);
-    let kBase = ((b * P.TQ + s) * P.HKV + g) * D4;
-    for (var j = 0u; j < D4; j++) { k[i][j] = K[kBase + j] * P.scale; v[i][j] = V[kBase + j]; }
-    rk[i] = select(ROLES[b * P.TQ + s], 0, PLAIN);
+    let kBase = ((b * P.TQ + s) * P.HKV + g) * DW;
+    for (var j = 0u; j < DW; j++) { k[i][j] = K[kBase + j] * P.scale; vv[i][j] = V[kBase + j]; }
+    let mt = tokenMeta(b, s);
+    rk[i] = i32(mt.x);
+    if (i < ns) { lo = min(lo, select(s, mt.y, P.hasAll != 0u)); hi = max(hi, mt.z); }
   }
   let group = P.HQ / P.HKV;
-  // Queries before the block see it only through an 'all' rule.
-  let start = select(s0, 0u, P.hasAll != 0u);
   for (var hh = 0u; hh < group; hh++) {
     let h = g * group + hh;
-    for (var t = start; t < P.TQ; t++) {
-      let bits = select(rowBitsOf(ROLES[b * P.TQ + t]), 0u, PLAIN);
-      let qBase = ((b * P.TQ + t) * P.HQ + h) * D4;
+    for (var t = lo; t < hi; t++) {
+      let mt = tokenMeta(b, t);
+      let bits = select(rowBitsOf(i32(mt.x)), 0u, PLAIN);
+      if (bits == 0u && !PLAIN) { continue; }
+      let qBase = ((b * P.TQ + t) * P.HQ + h) * DW;
       let r = (b * P.HQ + h) * P.TQ + t;
-      var q: array<vec4<f32>, ${d4}>;
-      var dout: array<vec4<f32>, ${d4}>;
-      for (var j = 0u; j < D4; j++) { q[j] = Q[qBase + j]; dout[j] = DO[qBase + j]; }
+      var q: array<VT, ${v.d / v.w}>;
+      var dout: array<VT, ${v.d / v.w}>;
+      for (var j = 0u; j < DW; j++) { q[j] = Q[qBase + j]; dout[j] = DO[qBase + j]; }
       let lse = STATS[r];
       let delta = STATS[P.rows + r];
       for (var i = 0u; i < QB; i++) {
-        if (i >= ns || !allowed(bits, rk[i], t, s0 + i)) { continue; }
+        // Same segment: the query's range contains the key.
+        if (i >= ns || s0 + i < mt.y || s0 + i >= mt.z || !allowed(bits, rk[i], t, s0 + i)) { continue; }
         var sc = 0.0;
         var dp = 0.0;
-        for (var j = 0u; j < D4; j++) { sc += dot(q[j], k[i][j]); dp += dot(dout[j], v[i][j]); }
+        for (var j = 0u; j < DW; j++) { sc += dotw(q[j], k[i][j]); dp += dotw(dout[j], vv[i][j]); }
         let p = exp(sc - lse);
         let ds = p * (dp - delta);
-        for (var j = 0u; j < D4; j++) { dv[i][j] += p * dout[j]; dk[i][j] += ds * q[j]; }
+        for (var j = 0u; j < DW; j++) { dv[i][j] += p * dout[j]; dk[i][j] += ds * q[j]; }
       }
     }
   }
   for (var i = 0u; i < ns; i++) {
-    let kBase = ((b * P.TQ + s0 + i) * P.HKV + g) * D4;
-    for (var j = 0u; j < D4; j++) { DK[kBase + j] = dk[i][j] * P.scale; DV[kBase + j] = dv[i][j]; }
+    let kBase = ((b * P.TQ + s0 + i) * P.HKV + g) * DW;
+    for (var j = 0u; j < DW; j++) { DK[kBase + j] = dk[i][j] * P.scale; DV[kBase + j] = dv[i][j]; }
   }
-}`;
+}`,
+    v,
+  );
   return {
-    name: `attention_bwd_kv_v2_d${d}_kb${kb}${plain ? "_causal" : ""}`,
+    name: `attention_bwd_kv_${variantName(v)}`,
     source,
     buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
   };
+}
+
+function variantName(v: AttentionVariant): string {
+  return `${v.qb > 1 || v.w > 1 ? "v2" : "v1"}_d${v.d}_qb${v.qb}_w${v.w}${
+    v.plain ? "_causal" : ""
+  }${v.seg ? "_seg" : ""}`;
 }
 
 function params(dims: AttentionDims, table: readonly (readonly number[])[]): ParamWriter {
@@ -497,13 +363,6 @@ function isPlain(table: readonly (readonly number[])[]): boolean {
   return table.length === 1 && table[0][0] === RULE.causal;
 }
 
-const memo = new Map<string, Kernel>();
-function cached(key: string, make: () => Kernel): Kernel {
-  let k = memo.get(key);
-  if (!k) memo.set(key, k = make());
-  return k;
-}
-
 /** Checks a role table: square, at most MAX_ROLES, entries in 0..3. Returns an error or null. */
 export function checkRoleTable(table: readonly (readonly number[])[]): string | null {
   const r = table.length;
@@ -519,90 +378,84 @@ export function checkRoleTable(table: readonly (readonly number[])[]): string | 
   return null;
 }
 
-/** Kernel version and block size for a head dim on this adapter (v2 needs d % 4 == 0). */
-function version(gpu: Gpu, d: number): { v2: boolean; qb: number } {
-  const qb = gpu.tuning.attentionBlock;
-  return { v2: d % 4 === 0 && qb > 0, qb: Math.max(qb, 1) };
+const memo = new Map<string, Kernel>();
+function cached(kind: string, v: AttentionVariant, make: (v: AttentionVariant) => Kernel): Kernel {
+  const key = `${kind}${JSON.stringify(v)}`;
+  let k = memo.get(key);
+  if (!k) memo.set(key, k = make(v));
+  return k;
+}
+
+/** The kernel variant for this call on this adapter (v2 when the head dim allows vec4). */
+function variant(
+  gpu: Gpu,
+  d: number,
+  table: readonly (readonly number[])[],
+  seg: boolean,
+): AttentionVariant {
+  const qb = Math.max(1, gpu.tuning.attentionBlock);
+  const w = d % 4 === 0 && gpu.tuning.attentionBlock > 0 ? 4 : 1;
+  return {
+    d,
+    wg: gpu.tuning.attentionWorkgroup,
+    plain: isPlain(table),
+    seg,
+    qb: w === 4 ? qb : 1,
+    w,
+  };
+}
+
+/** Buffers of a forward call; `meta` replaces `roles` for packed sequences. */
+export interface AttentionBuffers {
+  q: GpuBuffer;
+  k: GpuBuffer;
+  v: GpuBuffer;
+  roles: GpuBuffer;
+  o: GpuBuffer;
+  stats: GpuBuffer;
+  /** Per-token (role, start, end, 0) when sequences are packed; roles is then ignored. */
+  meta?: GpuBuffer | null;
 }
 
 export function runAttention(
   gpu: Gpu,
-  bufs: {
-    q: GpuBuffer;
-    k: GpuBuffer;
-    v: GpuBuffer;
-    roles: GpuBuffer;
-    o: GpuBuffer;
-    stats: GpuBuffer;
-  },
+  bufs: AttentionBuffers,
   dims: AttentionDims,
   table: readonly (readonly number[])[],
 ): void {
-  const wg = gpu.tuning.attentionWorkgroup;
-  const plain = isPlain(table);
-  const { v2, qb } = version(gpu, dims.d);
-  const units = dims.b * dims.hq * (v2 ? Math.ceil(dims.t / qb) : dims.t);
-  const kernel = v2
-    ? cached(
-      `f2${dims.d},${wg},${plain},${qb}`,
-      () => attentionForwardKernelV2(dims.d, wg, plain, qb),
-    )
-    : cached(`f${dims.d},${wg},${plain}`, () => attentionForwardKernel(dims.d, wg, plain));
+  const v = variant(gpu, dims.d, table, !!bufs.meta);
+  const units = dims.b * dims.hq * Math.ceil(dims.t / v.qb);
   gpu.dispatch(
-    kernel,
-    [bufs.q, bufs.k, bufs.v, bufs.roles, bufs.o, bufs.stats],
+    cached("f", v, attentionForwardKernel),
+    [bufs.q, bufs.k, bufs.v, bufs.meta ?? bufs.roles, bufs.o, bufs.stats],
     params(dims, table),
-    grid(Math.ceil(units / wg)),
+    grid(Math.ceil(units / v.wg)),
   );
 }
 
 export function runAttentionBackward(
   gpu: Gpu,
-  bufs: {
-    q: GpuBuffer;
-    k: GpuBuffer;
-    v: GpuBuffer;
-    roles: GpuBuffer;
-    o: GpuBuffer;
-    dout: GpuBuffer;
-    stats: GpuBuffer;
-    dq: GpuBuffer;
-    dk: GpuBuffer;
-    dv: GpuBuffer;
-  },
+  bufs: AttentionBuffers & { dout: GpuBuffer; dq: GpuBuffer; dk: GpuBuffer; dv: GpuBuffer },
   dims: AttentionDims,
   table: readonly (readonly number[])[],
 ): void {
-  const wg = gpu.tuning.attentionWorkgroup;
   if ((dims.tk ?? dims.t) !== dims.t || (dims.tcap ?? dims.t) !== dims.t) {
     throw new Error("attention backward needs as many keys as queries (no KV cache)");
   }
+  const v = variant(gpu, dims.d, table, !!bufs.meta);
   const p = params(dims, table);
-  const plain = isPlain(table);
-  const { v2, qb } = version(gpu, dims.d);
-  const blocks = v2 ? Math.ceil(dims.t / qb) : dims.t;
-  const qk = v2
-    ? cached(
-      `q2${dims.d},${wg},${plain},${qb}`,
-      () => attentionBackwardQueryKernelV2(dims.d, wg, plain, qb),
-    )
-    : cached(`q${dims.d},${wg},${plain}`, () => attentionBackwardQueryKernel(dims.d, wg, plain));
+  const blocks = Math.ceil(dims.t / v.qb);
+  const roles = bufs.meta ?? bufs.roles;
   gpu.dispatch(
-    qk,
-    [bufs.q, bufs.k, bufs.v, bufs.roles, bufs.o, bufs.dout, bufs.stats, bufs.dq],
+    cached("q", v, attentionBackwardQueryKernel),
+    [bufs.q, bufs.k, bufs.v, roles, bufs.o, bufs.dout, bufs.stats, bufs.dq],
     p,
-    grid(Math.ceil((dims.b * dims.hq * blocks) / wg)),
+    grid(Math.ceil((dims.b * dims.hq * blocks) / v.wg)),
   );
-  const kk = v2
-    ? cached(
-      `k2${dims.d},${wg},${plain},${qb}`,
-      () => attentionBackwardKeyKernelV2(dims.d, wg, plain, qb),
-    )
-    : cached(`k${dims.d},${wg},${plain}`, () => attentionBackwardKeyKernel(dims.d, wg, plain));
   gpu.dispatch(
-    kk,
-    [bufs.q, bufs.k, bufs.v, bufs.roles, bufs.dout, bufs.stats, bufs.dk, bufs.dv],
+    cached("k", v, attentionBackwardKeyKernel),
+    [bufs.q, bufs.k, bufs.v, roles, bufs.dout, bufs.stats, bufs.dk, bufs.dv],
     p,
-    grid(Math.ceil((dims.b * dims.hkv * blocks) / wg)),
+    grid(Math.ceil((dims.b * dims.hkv * blocks) / v.wg)),
   );
 }

@@ -4,11 +4,16 @@
  *
  * Versions (bench/matmul_versions.ts times each against the CPU reference):
  *   v1 register-blocked, TM x TN outputs per invocation, general strides, no workgroup memory.
+ *   v2 the same blocking with vec4 loads: each operand is read 4 elements at a time along
+ *      whichever of its axes is contiguous (the reduction axis or the output axis), fully
+ *      unrolled. On llvmpipe a storage load costs about the same per lane whatever its width, so
+ *      loads per FMA fall 4x. Needs 4-aligned strides/offsets and K % 4 == 0; else v1.
  */
 
 import type { Gpu } from "../device.ts";
 import { grid, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
+import { runReduce } from "./reduce.ts";
 
 /** A matrix operand: buffer, element offset, and strides for (batch, row, col). */
 export interface MatOperand {
@@ -75,7 +80,152 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   return { name: `matmul_v1_${tm}x${tn}`, source, buffers: ["read", "read", "rw"] };
 }
 
-/** Records C (contiguous [batch, M, N] at `offC`) = A @ B. */
+/** Which axis of an operand its vec4 loads run along. */
+export type VecAxis = "k" | "out";
+
+/** The layout an operand needs for v2, or null when it cannot be read 4-wide. */
+export function vecAxis(op: MatOperand, isA: boolean, k: number): VecAxis | null {
+  const [outStride, kStride] = isA ? [op.rowStride, op.colStride] : [op.colStride, op.rowStride];
+  const aligned = (...xs: number[]) => xs.every((x) => x % 4 === 0);
+  if (k % 4 !== 0 || !aligned(op.offset, op.batchStride)) return null;
+  if (kStride === 1 && aligned(outStride)) return "k";
+  if (outStride === 1 && aligned(kStride)) return "out";
+  return null;
+}
+
+export function matmulKernelV2(
+  tm: number,
+  tn: number,
+  wg: number,
+  aAxis: VecAxis,
+  bAxis: VecAxis,
+  vecStore: boolean,
+): Kernel {
+  if (tm % 4 || tn % 4) throw new Error(`matmul v2: tile ${tm}x${tn} must be multiples of 4`);
+  const tm4 = tm / 4, tn4 = tn / 4;
+  const L: string[] = [];
+  const e = (x: string) => L.push(x);
+  // Loads for one step of 4 along k. aK[i]: vec4 over kk (A along k); aO[kk][i4]: vec4 over rows.
+  if (aAxis === "k") {
+    for (let i = 0; i < tm; i++) {
+      e(`    let a${i} = A[aBase + min(m0 + ${i}u, P.M - 1u) * P.aOut + k4];`);
+    }
+  } else {
+    for (let kk = 0; kk < 4; kk++) {
+      for (let i4 = 0; i4 < tm4; i4++) {
+        e(`    let a${kk}_${i4} = A[aBase + (4u * k4 + ${kk}u) * P.aK + min(m0 / 4u + ${i4}u, P.M4 - 1u)];`);
+      }
+    }
+  }
+  if (bAxis === "out") {
+    for (let kk = 0; kk < 4; kk++) {
+      for (let j4 = 0; j4 < tn4; j4++) {
+        e(`    let b${kk}_${j4} = B[bBase + (4u * k4 + ${kk}u) * P.bK + min(n0 / 4u + ${j4}u, P.N4 - 1u)];`);
+      }
+    }
+  } else {
+    for (let j = 0; j < tn; j++) {
+      e(`    let bk${j} = B[bBase + min(n0 + ${j}u, P.N - 1u) * P.bOut + k4];`);
+    }
+    for (let kk = 0; kk < 4; kk++) {
+      for (let j4 = 0; j4 < tn4; j4++) {
+        const c = "xyzw"[kk];
+        e(`    let b${kk}_${j4} = vec4<f32>(bk${4 * j4}.${c}, bk${4 * j4 + 1}.${c}, bk${
+          4 * j4 + 2
+        }.${c}, bk${4 * j4 + 3}.${c});`);
+      }
+    }
+  }
+  for (let kk = 0; kk < 4; kk++) {
+    for (let i = 0; i < tm; i++) {
+      const a = aAxis === "k" ? `a${i}.${"xyzw"[kk]}` : `a${kk}_${i >> 2}.${"xyzw"[i & 3]}`;
+      for (let j4 = 0; j4 < tn4; j4++) {
+        e(`    c${i}_${j4} = fma(vec4<f32>(${a}), b${kk}_${j4}, c${i}_${j4});`);
+      }
+    }
+  }
+  const decls: string[] = [];
+  for (let i = 0; i < tm; i++) {
+    for (let j4 = 0; j4 < tn4; j4++) decls.push(`  var c${i}_${j4} = vec4<f32>(0.0);`);
+  }
+  // With vecStore (N and the output offset 4-aligned) whole vec4s go out at once.
+  const one = (idx: string, v: string) =>
+    vecStore ? `C4[(${idx}) / 4u][(${idx}) % 4u] = ${v};` : `C[${idx}] = ${v};`;
+  const stores: string[] = [];
+  for (let i = 0; i < tm; i++) {
+    stores.push(`  if (m0 + ${i}u < P.M) {`);
+    stores.push(`    let row = cBase + (m0 + ${i}u) * P.N;`);
+    for (let j4 = 0; j4 < tn4; j4++) {
+      const col = `n0 + ${4 * j4}u`;
+      stores.push(
+        vecStore
+          ? `    if (${col} + 3u < P.N) { C4[(row + ${col}) / 4u] = c${i}_${j4}; } else {`
+          : `    {`,
+      );
+      for (let q = 0; q < 4; q++) {
+        stores.push(
+          `      if (${col} + ${q}u < P.N) { ${
+            one(`row + ${col} + ${q}u`, `c${i}_${j4}.${"xyzw"[q]}`)
+          } }`,
+        );
+      }
+      stores.push(`    }`);
+    }
+    stores.push(`  }`);
+  }
+  const source = `
+struct Params {
+  M: u32, N: u32, K: u32, tilesN: u32,
+  tilesPerBatch: u32, batch: u32, M4: u32, N4: u32,
+  aOff: u32, aBatch: u32, aOut: u32, aK: u32,
+  bOff: u32, bBatch: u32, bOut: u32, bK: u32,
+  cOff: u32, S: u32, kChunk4: u32, _c: u32,
+};
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> A: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> B: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> ${
+    vecStore ? "C4: array<vec4<f32>>" : "C: array<f32>"
+  };
+@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let t = (wid.x + wid.y * nwg.x) * ${wg}u + lid;
+  if (t >= P.tilesPerBatch * P.batch * P.S) { return; }
+  // Split-K: slice sl of S covers k4 in [sl * kChunk4, (sl + 1) * kChunk4) and writes its
+  // partial product to its own [M, N] block; the caller sums the S blocks.
+  let bs = t / P.tilesPerBatch;
+  let b = bs / P.S;
+  let sl = bs % P.S;
+  let r = t % P.tilesPerBatch;
+  let m0 = (r / P.tilesN) * ${tm}u;
+  let n0 = (r % P.tilesN) * ${tn}u;
+  // Offsets and strides in vec4 units.
+  let aBase = P.aOff + b * P.aBatch;
+  let bBase = P.bOff + b * P.bBatch;
+  let cBase = P.cOff + bs * P.M * P.N;
+${decls.join("\n")}
+  let kEnd = min(P.K / 4u, (sl + 1u) * P.kChunk4);
+  for (var k4 = sl * P.kChunk4; k4 < kEnd; k4++) {
+${L.join("\n")}
+  }
+${stores.join("\n")}
+}`;
+  return {
+    name: `matmul_v2_${tm}x${tn}_a${aAxis}_b${bAxis}${vecStore ? "_v" : ""}`,
+    source,
+    buffers: ["read", "read", "rw"],
+  };
+}
+
+const kernels = new Map<string, Kernel>();
+function cached(key: string, make: () => Kernel): Kernel {
+  let k = kernels.get(key);
+  if (!k) kernels.set(key, k = make());
+  return k;
+}
+
+/** Records C (contiguous [batch, M, N] at `offC`) = A @ B with the fastest version that fits. */
 export function runMatmul(
   gpu: Gpu,
   a: MatOperand,
@@ -85,7 +235,41 @@ export function runMatmul(
   s: MatmulShape,
 ): void {
   if (s.batch * s.m * s.n === 0) return;
+  if (s.k === 0) throw new Error("matmul with K = 0 is not supported");
   const { tileM, tileN, workgroup } = gpu.tuning.matmul;
+  const aAxis = vecAxis(a, true, s.k), bAxis = vecAxis(b, false, s.k);
+  if (gpu.tuning.matmulVersion >= 2 && aAxis && bAxis && tileM % 4 === 0 && tileN % 4 === 0) {
+    const tilesN = Math.ceil(s.n / tileN);
+    const tilesPerBatch = Math.ceil(s.m / tileM) * tilesN;
+    // Split-K when the output has too few tiles to occupy the device (weight gradients: a long
+    // reduction over tokens into a small matrix).
+    const k4 = s.k / 4;
+    const want = Math.ceil(gpu.tuning.matmulMinInvocations / (tilesPerBatch * s.batch));
+    const slices = Math.max(1, Math.min(want, Math.floor(k4 / 16)));
+    const kChunk4 = Math.ceil(k4 / slices);
+    const S = Math.ceil(k4 / kChunk4);
+    const scratch = S > 1 ? gpu.pool.acquire(4 * s.batch * S * s.m * s.n, "matmul.splitk") : null;
+    const vecStore = s.n % 4 === 0 && (scratch ? true : offC % 4 === 0);
+    const p = new ParamWriter()
+      .u32(s.m).u32(s.n).u32(s.k).u32(tilesN)
+      .u32(tilesPerBatch).u32(s.batch).u32(Math.ceil(s.m / 4)).u32(Math.ceil(s.n / 4))
+      .u32(a.offset / 4).u32(a.batchStride / 4).u32(a.rowStride / 4 | 0).u32(a.colStride / 4 | 0)
+      .u32(b.offset / 4).u32(b.batchStride / 4).u32(b.colStride / 4 | 0).u32(b.rowStride / 4 | 0)
+      .u32(scratch ? 0 : offC).u32(S).u32(kChunk4).u32(0);
+    const key = `${tileM},${tileN},${workgroup},${aAxis},${bAxis},${vecStore}`;
+    gpu.dispatch(
+      cached(key, () => matmulKernelV2(tileM, tileN, workgroup, aAxis, bAxis, vecStore)),
+      [a.buf, b.buf, scratch ?? c],
+      p,
+      grid(Math.ceil((tilesPerBatch * s.batch * S) / workgroup)),
+    );
+    if (scratch) {
+      // Fixed slice count and order: the sum is deterministic.
+      runReduce(gpu, "sum", scratch, 0, { outer: s.batch, r: S, inner: s.m * s.n }, c, offC, c);
+      gpu.pool.release(scratch);
+    }
+    return;
+  }
   const tilesN = Math.ceil(s.n / tileN);
   const tilesPerBatch = Math.ceil(s.m / tileM) * tilesN;
   const p = new ParamWriter()
@@ -93,9 +277,8 @@ export function runMatmul(
     .u32(tilesPerBatch).u32(s.batch).u32(a.offset).u32(b.offset)
     .u32(a.batchStride).u32(a.rowStride).u32(a.colStride).u32(b.batchStride)
     .u32(b.rowStride).u32(b.colStride).u32(offC).u32(0);
-  if (s.k === 0) throw new Error("matmul with K = 0 is not supported");
   gpu.dispatch(
-    matmulKernelV1(tileM, tileN, workgroup),
+    cached(`v1,${tileM},${tileN},${workgroup}`, () => matmulKernelV1(tileM, tileN, workgroup)),
     [a.buf, b.buf, c],
     p,
     grid(Math.ceil((tilesPerBatch * s.batch) / workgroup)),
