@@ -165,3 +165,107 @@ export { HfTokenizer } from "./src/io/tokenizer_hf.ts";
 export type { HfTokenizerOptions } from "./src/io/tokenizer_hf.ts";
 /** Shared data directory ($GEMKIT_DATA or <repo>/../shared/data). */
 export { dataDir, DataDirError } from "./src/io/paths.ts";
+
+/** GEM: special tokens, the GEM model, embedding with any pooling, contrastive loss. */
+export {
+  addSpecialTokens,
+  contrastiveLoss,
+  embedIds,
+  GemModel,
+  LOGIT_SCALE_MAX,
+  MASK_NAMES,
+} from "./src/gem/gem.ts";
+/** GEM types. */
+export type { EmbedOptions, EmbedResult, GemInfo, Pooling, SpecialInit } from "./src/gem/gem.ts";
+/** Mask designs as role tables, their parsing and drawing. */
+export {
+  allowed,
+  drawMask,
+  MASK_DESIGNS,
+  parseRoleTable,
+  ROLE,
+  ROLE_NAMES,
+  RULE_NAMES,
+} from "./src/gem/mask.ts";
+/** GEM sample builders (raw, random split, reconstruction, dropout and crop positives). */
+export {
+  cropSample,
+  dropoutPositive,
+  embedSample,
+  gemSample,
+  IGNORE,
+  nextTokenLabels,
+  rawSample,
+  splitSample,
+} from "./src/gem/sample.ts";
+/** Sample types. */
+export type { GemSample, SampleOptions } from "./src/gem/sample.ts";
+/** Batching: padded and packed batches, poolings. */
+export {
+  collate,
+  disposeBatch,
+  disposePacked,
+  l2normalize,
+  meanRows,
+  pack,
+  poolRows,
+  specialRows,
+} from "./src/gem/batch.ts";
+/** Batch types. */
+export type { Batch, PackedBatch, SpecialPooling } from "./src/gem/batch.ts";
+/** GEM's training objective for one micro-batch. */
+export { drawSamples, stepLoss } from "./src/gem/objective.ts";
+/** Objective types. */
+export type { ObjectiveOptions, StepLoss, StepSamples, TextSource } from "./src/gem/objective.ts";
+/** GEM checkpoints (HF layout + tokenizer + gem.json). */
+export { GemFileError, isGemDir, loadGem, readGemInfo, saveGem } from "./src/gem/io.ts";
+/** Training configuration: defaults, documentation, validation, schedule. */
+export { buildConfig, ConfigError, defaultConfig, FIELDS, scheduleAt } from "./src/train/config.ts";
+/** Training configuration types. */
+export type { Phase, TrainConfig } from "./src/train/config.ts";
+/** The training loop with exact resume. */
+export {
+  NonFiniteLossError,
+  readTrainerState,
+  resolveCheckpoint,
+  train,
+} from "./src/train/trainer.ts";
+/** Training loop types. */
+export type {
+  MicroLoss,
+  StepRecord,
+  TrainerState,
+  TrainOptions,
+  TrainResult,
+  TrainTask,
+} from "./src/train/trainer.ts";
+/** The seeded, resumable text stream. */
+export { TextStream } from "./src/train/data.ts";
+/** Its state. */
+export type { StreamState } from "./src/train/data.ts";
+/** Corpora with the held-out rule. */
+export {
+  CorpusError,
+  paragraphs,
+  readTexts,
+  tinyStories,
+  wikitextSentences,
+} from "./src/io/corpus.ts";
+/** TinyStories splits. */
+export type { TinyStoriesSplits } from "./src/io/corpus.ts";
+/** Evaluation metrics. */
+export {
+  averageRanks,
+  dot,
+  mean,
+  mrrAtK,
+  ndcgAtK,
+  pearson,
+  recallAtK,
+  spearman,
+  topK,
+} from "./src/eval/metrics.ts";
+/** The quick evaluation (perplexity, in-domain retrieval, STS-B). */
+export { inDomainRetrieval, perplexity, stsb, stsbPairs } from "./src/eval/quick.ts";
+/** Quick evaluation types. */
+export type { Embedder, Perplexity, RetrievalScores } from "./src/eval/quick.ts";

@@ -8,6 +8,7 @@
 
 import { initGpu } from "../src/gpu/device.ts";
 import { matmulBench } from "./matmul.ts";
+import { modelBench } from "./model.ts";
 
 /** One result row; benches add their own fields. */
 export interface BenchRecord {
@@ -28,6 +29,7 @@ type Bench = (ctx: BenchContext) => Promise<BenchRecord[]>;
 
 const BENCHES: Record<string, Bench> = {
   matmul: matmulBench,
+  model: modelBench,
 };
 
 /** Median, min and max of samples. */
@@ -40,10 +42,12 @@ export function stats(xs: number[]): { median: number; min: number; max: number 
 
 function table(records: BenchRecord[]): string {
   const cols = [...new Set(records.flatMap((r) => Object.keys(r)))].filter((c) =>
-    !["adapter", "date", "samples"].includes(c)
+    !["adapter", "date", "samples", "suite", "first_ids", "first_text", "sample_unit"].includes(c)
   );
   const fmt = (v: unknown) =>
-    typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : String(v ?? "");
+    typeof v === "number"
+      ? (Number.isInteger(v) ? String(v) : v.toPrecision(4))
+      : String(v ?? "").slice(0, 60);
   const rows = records.map((r) => cols.map((c) => fmt(r[c])));
   const widths = cols.map((c, i) => Math.max(c.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) => cells.map((x, i) => x.padEnd(widths[i])).join("  ");
@@ -70,7 +74,7 @@ async function main() {
   for (const name of run) {
     ctx.log(`running ${name}`);
     const recs = await BENCHES[name](ctx);
-    for (const r of recs) fresh.push({ ...r, adapter: ctx.adapter, date });
+    for (const r of recs) fresh.push({ suite: name, ...r, adapter: ctx.adapter, date });
     console.log(`\n## ${name}\n${table(recs)}`);
   }
   const path = new URL("./results.json", import.meta.url);
@@ -80,7 +84,7 @@ async function main() {
   } catch {
     // first run
   }
-  const merged = [...old.filter((r) => !run.includes(r.bench)), ...fresh];
+  const merged = [...old.filter((r) => !run.includes((r.suite ?? r.bench) as string)), ...fresh];
   const tmp = new URL("./results.json.tmp", import.meta.url);
   await Deno.writeTextFile(tmp, JSON.stringify(merged, null, 1) + "\n");
   await Deno.rename(tmp, path);

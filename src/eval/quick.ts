@@ -19,9 +19,11 @@ export type Embedder = (texts: readonly string[]) => Promise<Float32Array[]>;
 
 /** Perplexity and its parts. */
 export interface Perplexity {
+  /** exp(mean NLL per token). */
   perplexity: number;
   /** Mean negative log-likelihood per token, nats. */
   nll: number;
+  /** Tokens scored. */
   tokens: number;
   /** Texts longer than `maxLen` that were cut. */
   truncated: number;
@@ -75,8 +77,11 @@ export async function perplexity(
 
 /** Retrieval scores. */
 export interface RetrievalScores {
+  /** Mean recall@1 over queries. */
   recallAt1: number;
+  /** Mean nDCG@10 over queries. */
   ndcgAt10: number;
+  /** Queries evaluated. */
   queries: number;
 }
 

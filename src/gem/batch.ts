@@ -18,6 +18,7 @@ export interface Batch {
   labels: Tensor;
   /** Rows B, length T. */
   b: number;
+  /** Row length. */
   t: number;
   /** Non-ignored labels, for token counts. */
   labelled: number;
@@ -55,12 +56,15 @@ export function collate(samples: readonly GemSample[], padId: number, padTo?: nu
  * pad, a segment of their own), which keeps matmuls over tokens on the 4-wide kernels.
  */
 export interface PackedBatch extends Batch {
+  /** Position of each token within its sample [1, N]. */
   positions: Tensor;
+  /** Key range (start, end) of each token [1, N, 2]. */
   segments: Tensor;
   /** Token offset of each sample in the row. */
   offsets: number[];
 }
 
+/** Packs samples into one padding-free row; see {@link PackedBatch}. */
 export function pack(samples: readonly GemSample[], padId = 0): PackedBatch {
   const total = samples.reduce((n, s) => n + s.ids.length, 0);
   const n = Math.max(4, Math.ceil(total / 4) * 4);

@@ -44,6 +44,7 @@ export interface SpecialInit {
   kind: "mean" | "random";
   /** Noise std as a fraction of the embeddings' per-dim std (default 0.1). */
   noise: number;
+  /** Seed of the noise. */
   seed: number;
 }
 
@@ -103,6 +104,7 @@ export class GemModel {
 
 /** Options of {@link GemModel.embed} and {@link embedIds}. */
 export interface EmbedOptions {
+  /** gem (the special tokens), mean or last (default gem for GEM models). */
   pooling?: Pooling;
   /** Texts per forward pass (default 32). */
   batch?: number;
@@ -112,8 +114,11 @@ export interface EmbedOptions {
 
 /** Embeddings and how many texts had to be cut to fit the context. */
 export interface EmbedResult {
+  /** One L2-normalised vector per text, in input order. */
   vectors: Float32Array[];
+  /** Texts cut to fit the context. */
   truncated: number;
+  /** Length of each vector. */
   dim: number;
 }
 
@@ -268,7 +273,7 @@ export async function addSpecialTokens(
 }
 
 /** lambda's range: e^lambda in [1, 100], as CLIP clamps it. */
-export const LOGIT_SCALE_MAX = Math.log(100);
+export const LOGIT_SCALE_MAX: number = Math.log(100);
 
 /**
  * InfoNCE over a batch of pairs: a [n, D] and b [n, D] L2-normalised, row i of a matches row i

@@ -13,6 +13,7 @@ import type { RoleTable } from "../tensor/ops.ts";
 
 /** Role ids of GEM samples. Raw (plain causal LM) samples use PREFIX for every token. */
 export const ROLE = { prefix: 0, special: 1, suffix: 2, pad: 3 } as const;
+/** Role names by id, for plots and configs. */
 export const ROLE_NAMES = ["prefix", "special", "suffix", "pad"] as const;
 
 const { none: N, causal: C, self: S, all: A } = RULE;

@@ -22,27 +22,39 @@ import {
 
 /** Settings of the objective (a slice of the training config). */
 export interface ObjectiveOptions {
+  /** How texts become GEM samples. */
   sample: SampleOptions;
   /** Probability a text stays raw (plain causal LM). */
   rawProb: number;
+  /** Texts per step for the next-token loss. */
   batchSize: number;
+  /** How contrastive positives are made. */
   pairs: "crop" | "dropout" | "supervised";
+  /** Pairs per step. */
   pairBatch: number;
+  /** Prefix token dropout rate of dropout positives. */
   dropout: number;
+  /** Crop length as a fraction of the text. */
   cropFrac: number;
+  /** Average both directions of InfoNCE. */
   symmetric: boolean;
 }
 
 /** Source of texts (token ids, BOS first) and of supervised pairs. */
 export interface TextSource {
+  /** The next text (token ids, BOS first). */
   next(): readonly number[];
+  /** The next supervised (query, positive) pair. */
   nextPair?(): [readonly number[], readonly number[]];
 }
 
 /** The samples of one micro-batch. */
 export interface StepSamples {
+  /** Next-token samples (or loss). */
   ntp: GemSample[];
+  /** Contrastive anchors. */
   anchors: GemSample[];
+  /** Their positives, row for row. */
   positives: GemSample[];
 }
 
@@ -92,11 +104,15 @@ export function drawSamples(
 
 /** Losses of a micro-batch (scalar tensors; undefined when a part is off) and token counts. */
 export interface StepLoss {
+  /** The loss to differentiate. */
   total: Tensor;
+  /** Next-token samples (or loss). */
   ntp?: Tensor;
+  /** Contrastive loss, when alpha > 0. */
   contrastive?: Tensor;
   /** Tokens in the forward pass, and tokens carrying next-token loss. */
   tokens: number;
+  /** Tokens carrying next-token loss. */
   labelled: number;
 }
 

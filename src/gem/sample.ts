@@ -9,12 +9,15 @@ import type { Rng } from "../tensor/random.ts";
 import { ROLE } from "./mask.ts";
 
 /** Label of positions that carry no loss. */
-export const IGNORE = -1;
+export const IGNORE: number = -1;
 
 /** One sequence with its roles and labels (all the same length). */
 export interface GemSample {
+  /** Token ids. */
   ids: number[];
+  /** Role of each token (ROLE). */
   roles: number[];
+  /** Next-token target per position (-1 = no loss). */
   labels: number[];
   /** Positions of s1..sk (empty for a raw sample). */
   specialPos: number[];

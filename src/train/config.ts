@@ -16,18 +16,31 @@ export interface Phase {
 
 /** Everything `deno task train` can be told. */
 export interface TrainConfig {
+  /** Checkpoint to start from. */
   model: string;
+  /** Its tokenizer file. */
   tokenizer: string;
+  /** Training texts. */
   data: string;
+  /** Optimizer steps in the whole run. */
   steps: number;
+  /** Seed of everything random. */
   seed: number;
+  /** Texts per step for the next-token loss. */
   batchSize: number;
+  /** Longest sample in tokens. */
   maxLen: number;
+  /** Micro-batches per step. */
   accum: number;
+  /** Warm-up steps per phase. */
   warmup: number;
+  /** Cosine floor as a fraction of the peak lr. */
   minLrFrac: number;
+  /** The schedule. */
   phases: Phase[];
+  /** AdamW and clipping. */
   optim: { beta1: number; beta2: number; eps: number; weightDecay: number; clip: number };
+  /** GEM settings. */
   gem: {
     k: number;
     rawProb: number;
@@ -39,6 +52,7 @@ export interface TrainConfig {
     init: "mean" | "random";
     initNoise: number;
   };
+  /** Contrastive settings. */
   contrastive: {
     pairs: "crop" | "dropout" | "supervised";
     batchSize: number;
@@ -47,8 +61,11 @@ export interface TrainConfig {
     symmetric: boolean;
     pairsFile: string;
   };
+  /** Steps between checkpoints. */
   checkpointEvery: number;
+  /** Checkpoints kept. */
   keepCheckpoints: number;
+  /** Steps between validation evaluations. */
   evalEvery: number;
 }
 

@@ -7,7 +7,9 @@ import { Rng } from "../tensor/random.ts";
 
 /** Where a stream is: which epoch and how far into it. */
 export interface StreamState {
+  /** Passes over the texts completed. */
   epoch: number;
+  /** Texts taken in this epoch. */
   pos: number;
 }
 
@@ -16,6 +18,7 @@ export class TextStream {
   #order: number[] = [];
   #state: StreamState;
 
+  /** A stream over `texts`, from `state` or the start. */
   constructor(
     readonly texts: readonly (readonly number[])[],
     readonly seed: number,

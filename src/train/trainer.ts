@@ -32,6 +32,7 @@ export interface MicroLoss {
 export interface TrainTask {
   /** Parameters to optimise, and whether each gets weight decay. */
   params: Tensor[];
+  /** Weight decay on (true) or off, per parameter. */
   decay: boolean[];
   /** Loss of micro-batch `micro` of step `step` (alpha from the schedule, scale = 1/accum). */
   micro(step: number, micro: number, alpha: number, scale: number): MicroLoss;
@@ -39,14 +40,19 @@ export interface TrainTask {
   saveModel(dir: string): Promise<void>;
   /** The data side's state (stream positions, RNG), restored by `restoreData`. */
   dataState(): unknown;
+  /** Restores what dataState returned. */
   restoreData(state: unknown): void;
 }
 
 /** What the trainer keeps in trainer/state.json. */
 export interface TrainerState {
+  /** Steps completed. */
   step: number;
+  /** The data side state. */
   data: unknown;
+  /** The run configuration. */
   config: TrainConfig;
+  /** AdamW step count. */
   optimizerStep: number;
 }
 
@@ -66,13 +72,21 @@ export interface TrainOptions {
 
 /** One line of log.jsonl. */
 export interface StepRecord {
+  /** Steps completed. */
   step: number;
+  /** Learning rate used. */
   lr: number;
+  /** Contrastive weight used. */
   alpha: number;
+  /** Total loss. */
   loss: number;
+  /** Gradient norm before clipping. */
   gradNorm: number;
+  /** Tokens per second of the step. */
   tokensPerSec: number;
+  /** Step time in ms. */
   ms: number;
+  /** Loss parts (ntp, contrastive) and evaluation results. */
   [part: string]: number;
 }
 
@@ -84,8 +98,11 @@ export class NonFiniteLossError extends Error {
 
 /** How a run ended. */
 export interface TrainResult {
+  /** Steps completed. */
   steps: number;
+  /** Why the run ended. */
   stopped: "done" | "stop-at" | "signal";
+  /** The last checkpoint written. */
   checkpoint: string;
 }
 

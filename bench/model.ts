@@ -1,0 +1,247 @@
+/**
+ * Model benchmarks on stories260K, gemkit beside PyTorch CPU eager (bench/torch_llama.py) in the
+ * same run, on the same work:
+ *   generate         greedy decoding of 256 tokens from BOS (tokens/s, BOS step included)
+ *   prefill          one forward over 512 tokens with logits (tokens/s)
+ *   train_step       one GEM step on a synthetic 32 x 256 batch: forward, next-token loss,
+ *                    backward, clip, AdamW (ms/step, tokens/s = 32 * 256 / step)
+ *   train_step_pair  the same plus the contrastive half (anchors + dropout positives in one
+ *                    pass, symmetric InfoNCE; tokens/s = 2 * 32 * 256 / step)
+ *   embed            mean-pooled embeddings of the 2,758 STS-B test sentences, batches of 64
+ * The synthetic batch is rebuilt here exactly as torch_llama.py builds it (same Rng port).
+ * gemkit runs its training path: sequences packed without padding.
+ */
+
+import { addSpecialTokens, contrastiveLoss, embedIds, type GemModel } from "../src/gem/gem.ts";
+import { disposePacked, l2normalize, meanRows, pack } from "../src/gem/batch.ts";
+import type { GemSample } from "../src/gem/sample.ts";
+import { nextTokenLabels } from "../src/gem/sample.ts";
+import { gpu } from "../src/gpu/device.ts";
+import { loadModel } from "../src/io/model.ts";
+import { dataDir } from "../src/io/paths.ts";
+import { generate } from "../src/nn/generate.ts";
+import { backward } from "../src/tensor/backward.ts";
+import * as T from "../src/tensor/ops.ts";
+import { AdamW, clipGradNorm } from "../src/tensor/optim.ts";
+import { Rng } from "../src/tensor/random.ts";
+import { noGrad, scope, tensor } from "../src/tensor/tensor.ts";
+import { stsbPairs } from "../src/eval/quick.ts";
+import type { BenchContext, BenchRecord } from "./bench.ts";
+import { stats } from "./bench.ts";
+
+const D = () => `${dataDir()}/models/llama2c`;
+
+async function load() {
+  return await loadModel(`${D()}/stories260K.bin`, { tokenizer: `${D()}/tok512.bin` });
+}
+
+/** warmup untimed runs, then `repeats` timed ones; seconds of each. */
+async function time(warmup: number, repeats: number, run: () => Promise<void>): Promise<number[]> {
+  for (let i = 0; i < warmup; i++) await run();
+  const out: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const t0 = performance.now();
+    await run();
+    out.push((performance.now() - t0) / 1000);
+  }
+  return out;
+}
+
+function record(
+  bench: string,
+  samples: number[],
+  fields: (median: number) => Record<string, unknown>,
+): BenchRecord {
+  const s = stats(samples);
+  return {
+    bench,
+    impl: "gemkit",
+    ...fields(s.median),
+    median_s: s.median,
+    min_s: s.min,
+    max_s: s.max,
+    samples,
+  };
+}
+
+/** The synthetic GEM batch of torch_llama.py: 32 anchors (+ positives) of 256 tokens. */
+function syntheticBatch(seed = 1234): { anchors: GemSample[]; positives: GemSample[] } {
+  const rng = new Rng(seed);
+  const rows: { ids: number[]; roles: number[] }[] = [];
+  for (let r = 0; r < 32; r++) {
+    const n = 256 - (r % 4 === 3 ? 20 : 0);
+    const special = r % 5 === 4;
+    const m = special ? n - 4 : n;
+    const text = [1, ...Array.from({ length: m - 1 }, () => 3 + rng.int(509))];
+    if (special) {
+      const split = 17 + rng.int(m - 16 - 17 + 1);
+      rows.push({
+        ids: [...text.slice(0, split), 512, 513, 514, 515, ...text.slice(split)],
+        roles: [...Array(split).fill(0), 1, 1, 1, 1, ...Array(m - split).fill(2)],
+      });
+    } else rows.push({ ids: text, roles: Array(m).fill(0) });
+  }
+  // Positives: prefix tokens replaced, in row-major order over the padded 256 columns.
+  const pos = rows.map((r) => ({ ids: [...r.ids], roles: r.roles }));
+  for (const r of pos) {
+    for (let p = 1; p < 256; p++) {
+      if (p < r.roles.length && r.roles[p] === 0 && rng.uniform() < 0.1) {
+        r.ids[p] = 3 + ((r.ids[p] - 3 + 1 + rng.int(508)) % 509);
+      } else if (p >= r.roles.length) {
+        // Padding: torch's loop tests role first, so no draw happens here either.
+      }
+    }
+  }
+  const sample = (r: { ids: number[]; roles: number[] }, labelled: boolean): GemSample => ({
+    ids: r.ids,
+    roles: r.roles,
+    labels: labelled ? nextTokenLabels(r.ids, r.roles) : r.ids.map(() => -1),
+    specialPos: r.roles.flatMap((x, i) => (x === 1 ? [i] : [])),
+  });
+  return { anchors: rows.map((r) => sample(r, true)), positives: pos.map((r) => sample(r, false)) };
+}
+
+async function trainStep(ctx: BenchContext, pair: boolean): Promise<BenchRecord> {
+  const { model, tokenizer } = await load();
+  const gem: GemModel = await addSpecialTokens(model, tokenizer, { k: 4 });
+  const { anchors, positives } = syntheticBatch();
+  const rows = pair ? [...anchors, ...positives] : anchors;
+  const batch = pack(rows);
+  const nAnchorTokens = anchors.reduce((a, s) => a + s.ids.length, 0);
+  const params = gem.parameters();
+  const opt = new AdamW(params, { lr: 1e-3, weightDecay: 0.01 });
+  let first = NaN;
+  const step = async () => {
+    const loss = scope(() => {
+      const out = gem.model.forward(batch.tokens, {
+        roles: batch.roles,
+        table: gem.table,
+        positions: batch.positions,
+        segments: batch.segments,
+        logits: false,
+      });
+      const h = T.slice(T.reshape(out.hidden, [-1, 64]), 0, 0, nAnchorTokens);
+      const ntp = T.crossEntropy(
+        T.matmul(h, gem.model.classifier, { transB: true }),
+        T.slice(batch.labels, 0, 0, nAnchorTokens),
+      );
+      if (!pair) return ntp;
+      // Pooling as torch_llama.py: the specials' mean, else the mean of tokens after BOS.
+      const groups = rows.map((s, i) => {
+        const at = batch.offsets[i];
+        const sp = s.specialPos.map((p) => at + p);
+        return sp.length ? sp : Array.from({ length: s.ids.length - 1 }, (_, j) => at + 1 + j);
+      });
+      const pooled = l2normalize(meanRows(out.hidden, groups));
+      const a = T.slice(pooled, 0, 0, 32), b = T.slice(pooled, 0, 32, 64);
+      return T.add(
+        T.mulScalar(ntp, 0.5),
+        T.mulScalar(contrastiveLoss(a, b, gem.logitScale, true), 0.5),
+      );
+    });
+    backward(loss);
+    clipGradNorm(params, 1.0).dispose();
+    opt.update();
+    opt.zeroGrad();
+    const v = await loss.item();
+    if (Number.isNaN(first)) first = v;
+    loss.dispose();
+  };
+  const samples = await time(2, ctx.quick ? 2 : 5, step);
+  opt.dispose();
+  disposePacked(batch);
+  gem.dispose();
+  const tokens = (pair ? 2 : 1) * 32 * 256;
+  return record(pair ? "train_step_pair" : "train_step", samples, (m) => ({
+    ms_per_step: m * 1000,
+    tokens_per_s: tokens / m,
+    loss: first,
+  }));
+}
+
+/** The model benchmarks: gemkit then PyTorch (1 and 2 threads), each on the same work. */
+export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
+  const out: BenchRecord[] = [];
+  const reps = ctx.quick ? 2 : 5;
+  {
+    ctx.log("generate");
+    const { model } = await load();
+    let ids: number[] = [];
+    const samples = await time(1, reps, async () => {
+      ids =
+        (await generate(model, [1], { maxTokens: 256, temperature: 0, stopIds: [], readEvery: 64 }))
+          .ids;
+    });
+    out.push(
+      record("generate", samples, (m) => ({ tokens_per_s: 256 / m, first_ids: ids.slice(0, 20) })),
+    );
+    ctx.log("prefill");
+    const ids512 = Int32Array.from(
+      { length: 512 },
+      (_, i) => (i === 0 ? 1 : ((i - 1) * 7919 + 13) % 509 + 3),
+    );
+    const toks = tensor(ids512, [1, 512], "i32");
+    const pre = await time(1, reps, async () => {
+      const o = noGrad(() => model.forward(toks));
+      await gpu().read(o.logits!.buf, 0, 4);
+      o.logits!.dispose();
+      o.hidden.dispose();
+    });
+    toks.dispose();
+    out.push(record("prefill", pre, (m) => ({ tokens_per_s: 512 / m })));
+    ctx.log("embed");
+    const { tokenizer } = await load();
+    const texts = stsbPairs("test").flatMap((p) => [p.a, p.b]).map((t) =>
+      tokenizer.encode(t, { bos: true })
+    );
+    const emb = await time(1, ctx.quick ? 1 : 3, async () => {
+      await embedIds(model, texts, { pooling: "mean", batch: 64 });
+    });
+    out.push(
+      record("embed", emb, (m) => ({ texts_per_s: texts.length / m, n_texts: texts.length })),
+    );
+    model.dispose();
+  }
+  ctx.log("train_step");
+  out.push(await trainStep(ctx, false));
+  ctx.log("train_step_pair");
+  out.push(await trainStep(ctx, true));
+  for (const threads of [1, 2]) {
+    ctx.log(`PyTorch CPU, ${threads} thread(s)`);
+    out.push(...await torchModel(threads, ctx));
+  }
+  return out;
+}
+
+async function torchModel(threads: number, ctx: BenchContext): Promise<BenchRecord[]> {
+  const script = new URL("./torch_llama.py", import.meta.url).pathname;
+  const arg = {
+    benches: ["generate", "prefill", "train_step", "train_step_pair", "embed"],
+    threads,
+    warmup: 2,
+    repeats: ctx.quick ? 2 : 5,
+    model: `${D()}/stories260K.bin`,
+    stsb: `${dataDir()}/eval/stsb/sts-test.csv`,
+  };
+  const impl = `torch-cpu-${threads}t`;
+  try {
+    const r = await new Deno.Command("/usr/bin/python3", {
+      args: [script, JSON.stringify(arg)],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(r.stdout).trim().split("\n").at(-1) ?? "";
+    const j = JSON.parse(text || "{}");
+    if (!r.success || j.error) {
+      const why = j.error ?? new TextDecoder().decode(r.stderr).slice(-300);
+      return [{ bench: "model", impl, note: `PyTorch not available: ${why}` }];
+    }
+    return j.results as BenchRecord[];
+  } catch (e) {
+    return [{
+      bench: "model",
+      impl,
+      note: `PyTorch not available: ${e instanceof Error ? e.message : e}`,
+    }];
+  }
+}

@@ -1,0 +1,110 @@
+/**
+ * `deno task embed --model PATH --input FILE --output OUT.npy [--pooling P] [--batch B]`
+ *
+ * FILE is text (one text per line) or JSONL with a `text` field; OUT.npy is float32 [n, d] in
+ * input order. An empty text or bad UTF-8 is an error naming the line; texts longer than the
+ * context are cut from the end and counted in a warning.
+ */
+
+import { type GemModel, type Pooling } from "../gem/gem.ts";
+import { isGemDir, loadGem } from "../gem/io.ts";
+import { initGpu } from "../gpu/device.ts";
+import { CorpusError, firstBadUtf8Line } from "../io/corpus.ts";
+import { loadModel } from "../io/model.ts";
+import { makeEmbedder } from "../eval/tasks.ts";
+import { parseArgs, runMain, UsageError } from "./args.ts";
+
+const USAGE =
+  "usage: deno task embed --model PATH --input FILE --output OUT.npy [--pooling P] [--batch B]";
+
+/** Texts of the input file, one per line (text) or per JSON line; errors name the line. */
+export function readInputTexts(path: string): string[] {
+  const raw = Deno.readFileSync(path);
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(raw);
+  } catch {
+    throw new CorpusError(`${path}: line ${firstBadUtf8Line(raw)}: not valid UTF-8`);
+  }
+  const lines = text.split("\n");
+  if (lines.at(-1) === "") lines.pop();
+  return lines.map((line, i) => {
+    let t = line.replace(/\r$/, "");
+    if (path.endsWith(".jsonl")) {
+      try {
+        t = (JSON.parse(line) as { text?: unknown }).text as string;
+      } catch {
+        throw new CorpusError(`${path}: line ${i + 1}: not JSON`);
+      }
+      if (typeof t !== "string") {
+        throw new CorpusError(`${path}: line ${i + 1}: no string field 'text'`);
+      }
+    }
+    if (!t.trim()) throw new CorpusError(`${path}: line ${i + 1}: empty text`);
+    return t;
+  });
+}
+
+/** NumPy .npy (format 1.0) bytes of a float32 [n, d] matrix. */
+export function npyBytes(rows: readonly Float32Array[], d: number): Uint8Array {
+  let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (${rows.length}, ${d}), }`;
+  // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
+  const total = Math.ceil((10 + header.length + 1) / 64) * 64;
+  header = header.padEnd(total - 10 - 1, " ") + "\n";
+  const out = new Uint8Array(total + rows.length * d * 4);
+  out.set([0x93, ...new TextEncoder().encode("NUMPY"), 1, 0]);
+  new DataView(out.buffer).setUint16(8, header.length, true);
+  out.set(new TextEncoder().encode(header), 10);
+  const body = new Float32Array(out.buffer, total, rows.length * d);
+  rows.forEach((r, i) => body.set(r, i * d));
+  return out;
+}
+
+if (import.meta.main) {
+  await runMain(async () => {
+    const { flags } = parseArgs(Deno.args, {
+      model: { type: "string", help: "GEM checkpoint, HF directory, llama2.c .bin, or org/name" },
+      tokenizer: { type: "string", help: "tokenizer file (llama2.c models)" },
+      input: { type: "string", help: "texts: one per line, or JSONL with a 'text' field" },
+      output: { type: "string", help: "where to write float32 [n, d] .npy" },
+      pooling: { type: "string", help: "gem (GEM checkpoints) | mean | last | prompt" },
+      batch: { type: "number", help: "texts per forward pass", default: 64 },
+    }, USAGE);
+    for (const f of ["model", "input", "output"]) {
+      if (!flags[f]) throw new UsageError(`--${f} is required\n${USAGE}`);
+    }
+    const texts = readInputTexts(flags.input as string);
+    await initGpu();
+    let gem: GemModel | undefined;
+    const spec = flags.model as string;
+    const loaded = (await isGemDir(spec))
+      ? (gem = await loadGem(spec), { model: gem.model, tokenizer: gem.tokenizer })
+      : await loadModel(spec, { tokenizer: flags.tokenizer as string | undefined });
+    const pooling = (flags.pooling as string | undefined) ?? (gem ? "gem" : "mean");
+    if (!["gem", "mean", "last", "prompt"].includes(pooling)) {
+      throw new UsageError(`unknown pooling '${pooling}'`);
+    }
+    const t0 = performance.now();
+    const e = makeEmbedder(
+      loaded.model,
+      loaded.tokenizer,
+      pooling as Pooling | "prompt",
+      gem,
+      (d, n) => console.error(`gemkit embed: ${d}/${n}`),
+    );
+    const vectors = await e.embed(texts);
+    if (e.truncated) {
+      console.error(`gemkit embed: warning: ${e.truncated} texts longer than the context were cut`);
+    }
+    const d = vectors[0]?.length ?? 0;
+    const out = flags.output as string;
+    const tmp = `${out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+    await Deno.writeFile(tmp, npyBytes(vectors, d));
+    await Deno.rename(tmp, out);
+    console.error(
+      `gemkit embed: ${texts.length} texts -> ${out} [${texts.length}, ${d}] (${pooling} pooling, ` +
+        `${((performance.now() - t0) / 1000).toFixed(1)} s)`,
+    );
+    (gem ?? loaded.model).dispose();
+  });
+}

@@ -1,0 +1,63 @@
+/**
+ * Plotly figures for reports and notebooks. plotly.js cannot be imported in Deno (it needs a
+ * window), so we locate the npm package's file through `deno info` and inline it into
+ * self-contained HTML that opens offline.
+ */
+
+/** The pinned plotly.js build. */
+export const PLOTLY = "npm:plotly.js-dist-min@3.3.0";
+
+/** Path of plotly.min.js in Deno's npm cache (fetched on first use), or null when unavailable. */
+export async function plotlyPath(): Promise<string | null> {
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["info", "--json", PLOTLY],
+      stdout: "piped",
+      stderr: "null",
+    })
+      .output();
+    if (!out.success) return null;
+    const info = JSON.parse(new TextDecoder().decode(out.stdout));
+    const pkg = Object.values(
+      info.npmPackages as Record<string, { name: string; localPath?: string }>,
+    )
+      .find((p) => p.name === "plotly.js-dist-min");
+    return pkg?.localPath ? `${pkg.localPath}/plotly.min.js` : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A plotly figure: data traces and layout, as plotly.js takes them. */
+export interface Figure {
+  data: Record<string, unknown>[];
+  layout: Record<string, unknown>;
+}
+
+/** Self-contained HTML with `figures` (plotly inlined when available) and extra HTML. */
+export async function figuresHtml(
+  title: string,
+  figures: Figure[],
+  bodyHtml: string,
+): Promise<string> {
+  const path = await plotlyPath();
+  const lib = path ? await Deno.readTextFile(path) : null;
+  const divs = figures.map((_, i) => `<div id="fig${i}" style="width:900px;height:420px"></div>`)
+    .join("\n");
+  const calls = figures.map((f, i) =>
+    `Plotly.newPlot("fig${i}", ${JSON.stringify(f.data)}, ${JSON.stringify(f.layout)});`
+  )
+    .join("\n");
+  const esc = (s: string) => s.replace(/</g, "\\u003c");
+  return `<!doctype html>
+<html><head><meta charset="utf-8"><title>${title}</title>
+<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f4f4f4}</style>
+${lib ? `<script>${esc(lib)}</script>` : "<!-- plotly.js unavailable: figures omitted -->"}
+</head><body>
+<h1>${title}</h1>
+${lib ? divs : "<p>(plotly.js could not be located; figures omitted, tables below.)</p>"}
+${bodyHtml}
+${lib ? `<script>${esc(calls)}</script>` : ""}
+</body></html>
+`;
+}
