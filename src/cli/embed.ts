@@ -6,7 +6,7 @@
  * context are cut from the end and counted in a warning.
  */
 
-import { type GemModel, type Pooling } from "../gem/gem.ts";
+import type { GemModel, Pooling } from "../gem/gem.ts";
 import { isGemDir, loadGem } from "../gem/io.ts";
 import { initGpu } from "../gpu/device.ts";
 import { CorpusError, firstBadUtf8Line } from "../io/corpus.ts";

@@ -7,7 +7,7 @@
  * results.md and report.html (plotly bar charts, opens offline) into --out.
  */
 
-import { type GemModel, type Pooling } from "../gem/gem.ts";
+import type { GemModel, Pooling } from "../gem/gem.ts";
 import { isGemDir, loadGem } from "../gem/io.ts";
 import { initGpu } from "../gpu/device.ts";
 import { loadModel } from "../io/model.ts";

@@ -272,7 +272,7 @@ Deno.test("attention on packed sequences equals the padded batch, forward and ba
       return out;
     };
     const padRoles = new Int32Array(3 * tmax).fill(3);
-    lens.forEach((len, i) => padRoles.set(roles[i], i * tmax));
+    roles.forEach((r, i) => padRoles.set(r, i * tmax));
     const B = (x: Float32Array, h: number) => T.parameter(tensor(pad(x, h), [3, tmax, h, d]));
     const [bq, bk, bv] = [B(q, hq), B(k, hkv), B(v, hkv)];
     const bo = T.attention(bq, bk, bv, tensor(padRoles, [3, tmax], "i32"), table);
