@@ -16,7 +16,7 @@ import { loadModel } from "../io/model.ts";
 import { dataDir } from "../io/paths.ts";
 import { Rng } from "../tensor/random.ts";
 import { buildConfig, ConfigError, type TrainConfig } from "../train/config.ts";
-import { TextStream } from "../train/data.ts";
+import { PairStream, readPairs, type StreamState, TextStream } from "../train/data.ts";
 import { type StepRecord, train, type TrainTask } from "../train/trainer.ts";
 import { readTrainerState, resolveCheckpoint } from "../train/trainer.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
@@ -156,11 +156,19 @@ await runMain(async () => {
     symmetric: config.contrastive.symmetric,
   };
   let streamRef = stream;
+  const pairTexts = config.contrastive.pairs === "supervised"
+    ? readPairs(dataPath(config.contrastive.pairsFile)).map(([q, p]) =>
+      [gem.tokenizer.encode(q, { bos: true }), gem.tokenizer.encode(p, { bos: true })] as [number[], number[]]
+    )
+    : null;
+  let pairsRef = pairTexts ? new PairStream(pairTexts, config.seed + 2) : null;
+  // The objective draws texts from the stream and, for supervised pairs, pairs from the file.
+  const source = () => ({ next: () => streamRef.next(), nextPair: pairsRef ? () => pairsRef!.nextPair() : undefined });
   const task: TrainTask = {
     params: gem.parameters(),
     decay: gem.parameters().map((p) => p.rank >= 2),
     micro: (_step, _m, alpha, scale) => {
-      const s = drawSamples(streamRef, rng, obj, alpha);
+      const s = drawSamples(source(), rng, obj, alpha);
       const r = stepLoss(gem, s, alpha, scale, obj.symmetric);
       return {
         total: r.total,
@@ -169,10 +177,11 @@ await runMain(async () => {
       };
     },
     saveModel: (dir) => saveGem(dir, gem, tokenizerPath),
-    dataState: () => ({ stream: streamRef.state(), rng: [...rng.state()] }),
+    dataState: () => ({ stream: streamRef.state(), pairs: pairsRef?.state() ?? null, rng: [...rng.state()] }),
     restoreData: (st) => {
-      const s = st as { stream: { epoch: number; pos: number }; rng: number[] };
+      const s = st as { stream: StreamState; pairs: StreamState | null; rng: number[] };
       streamRef = new TextStream(texts, config.seed, s.stream);
+      if (pairTexts && s.pairs) pairsRef = new PairStream(pairTexts, config.seed + 2, s.pairs);
       rng = new Rng(Uint32Array.from(s.rng));
     },
   };

@@ -49,3 +49,54 @@ export class TextStream {
     return { ...this.#state };
   }
 }
+
+/** Supervised (query, positive) pairs, visited like {@link TextStream}. */
+export class PairStream {
+  #inner: TextStream;
+
+  /** Pairs of token-id sequences (BOS first), from `state` or the start. */
+  constructor(readonly pairs: readonly [readonly number[], readonly number[]][], seed: number, state?: StreamState) {
+    // The stream runs over pair indices; index i stands for pairs[i].
+    this.#inner = new TextStream(pairs.map((_, i) => [i]), seed, state);
+  }
+
+  /** The next pair. */
+  nextPair(): [readonly number[], readonly number[]] {
+    return this.pairs[this.#inner.next()[0]];
+  }
+
+  /** A copy of the position, for checkpoints. */
+  state(): StreamState {
+    return this.#inner.state();
+  }
+}
+
+/**
+ * Supervised pairs from a JSONL file: one {"query": ..., "positive": ...} per line (also accepted:
+ * "anchor"/"text" for the first). Errors name the file and line.
+ */
+export function readPairs(path: string): [string, string][] {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (e) {
+    throw new Error(`${path}: cannot read (${e instanceof Error ? e.message : e})`);
+  }
+  const out: [string, string][] = [];
+  text.split("\n").forEach((line, i) => {
+    if (!line.trim()) return;
+    let o: Record<string, unknown>;
+    try {
+      o = JSON.parse(line);
+    } catch {
+      throw new Error(`${path}: line ${i + 1}: not JSON`);
+    }
+    const q = o.query ?? o.anchor ?? o.text, p = o.positive;
+    if (typeof q !== "string" || typeof p !== "string" || !q.trim() || !p.trim()) {
+      throw new Error(`${path}: line ${i + 1}: needs non-empty string fields 'query' and 'positive'`);
+    }
+    out.push([q, p]);
+  });
+  if (!out.length) throw new Error(`${path}: no pairs`);
+  return out;
+}

@@ -4,6 +4,7 @@
  */
 
 import assert from "node:assert/strict";
+import { compressedCache, reconstruct } from "../../src/gem/compress.ts";
 import { addSpecialTokens, GemModel } from "../../src/gem/gem.ts";
 import { stepLoss } from "../../src/gem/objective.ts";
 import type { Tokenizer } from "../../src/io/tokenizer.ts";
@@ -14,7 +15,7 @@ import { MASK_DESIGNS, ROLE } from "../../src/gem/mask.ts";
 import { loadModel } from "../../src/io/model.ts";
 import { dataDir } from "../../src/io/paths.ts";
 import { noGrad, tensor } from "../../src/tensor/tensor.ts";
-import { assertTensorClose, BWD, FWD, loadGoldens, testGpu } from "../helpers.ts";
+import { assertClose, assertTensorClose, BWD, FWD, loadGoldens, testGpu } from "../helpers.ts";
 
 const D = () => `${dataDir()}/models/llama2c`;
 
@@ -203,5 +204,38 @@ Deno.test("GEM batch loss and gradients match PyTorch (mixed NTP + symmetric Inf
     await assertTensorClose(p.grad!, g, BWD, `grad ${name}`);
   }
   for (const x of [loss.ntp!, loss.contrastive!, loss.total]) x.dispose();
+  gem.dispose();
+});
+
+Deno.test("compression: decoding from the specials' cache alone equals the full GEM-masked pass", async () => {
+  await testGpu();
+  const gem = await stories(4);
+  const text = gem.tokenizer.encode("Tom had a red ball. He liked to throw it.", { bos: true });
+  const n = text.length + 4;
+  const suffix = [401, 396];
+  const ids = [...text, ...gem.info.specialIds, ...suffix];
+  const roles = ids.map((_, i) => (i < text.length ? 0 : i < n ? 1 : 2));
+  const full = await logitsOf(gem, ids, roles, "gem");
+  const v = gem.model.config.vocabSize;
+  const { cache, firstLogits, nextPosition } = await compressedCache(gem, text, 4);
+  assert.equal(nextPosition, n);
+  const tol = { atol: 1e-5, rtol: 1e-4 };
+  assertClose(firstLogits, full.slice((n - 1) * v, n * v), tol, "logits at the last special");
+  for (let i = 0; i < suffix.length; i++) {
+    const l = await noGrad(async () => {
+      const t = tensor(Int32Array.from([suffix[i]]), [1, 1], "i32");
+      const r = tensor(Int32Array.from([2]), [1, 1], "i32");
+      const p = tensor(Int32Array.from([n + i]), [1, 1], "i32");
+      const out = gem.model.forward(t, { roles: r, positions: p, table: gem.table, cache });
+      const x = (await out.logits!.toArray()) as Float32Array;
+      for (const y of [t, r, p, out.logits!, out.hidden]) y.dispose();
+      return x;
+    });
+    assertClose(l, full.slice((n + i) * v, (n + i + 1) * v), tol, `suffix token ${i} from the compressed cache`);
+  }
+  cache.dispose();
+  const rec = await reconstruct(gem, "Tom had a red ball.", 8);
+  assert.ok(rec.decoded.length <= 8 && rec.exactPrefix <= rec.decoded.length);
+  assert.equal(rec.text, gem.tokenizer.decode(rec.decoded));
   gem.dispose();
 });
