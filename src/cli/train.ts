@@ -158,12 +158,18 @@ await runMain(async () => {
   let streamRef = stream;
   const pairTexts = config.contrastive.pairs === "supervised"
     ? readPairs(dataPath(config.contrastive.pairsFile)).map(([q, p]) =>
-      [gem.tokenizer.encode(q, { bos: true }), gem.tokenizer.encode(p, { bos: true })] as [number[], number[]]
+      [gem.tokenizer.encode(q, { bos: true }), gem.tokenizer.encode(p, { bos: true })] as [
+        number[],
+        number[],
+      ]
     )
     : null;
   let pairsRef = pairTexts ? new PairStream(pairTexts, config.seed + 2) : null;
   // The objective draws texts from the stream and, for supervised pairs, pairs from the file.
-  const source = () => ({ next: () => streamRef.next(), nextPair: pairsRef ? () => pairsRef!.nextPair() : undefined });
+  const source = () => ({
+    next: () => streamRef.next(),
+    nextPair: pairsRef ? () => pairsRef!.nextPair() : undefined,
+  });
   const task: TrainTask = {
     params: gem.parameters(),
     decay: gem.parameters().map((p) => p.rank >= 2),
@@ -177,7 +183,11 @@ await runMain(async () => {
       };
     },
     saveModel: (dir) => saveGem(dir, gem, tokenizerPath),
-    dataState: () => ({ stream: streamRef.state(), pairs: pairsRef?.state() ?? null, rng: [...rng.state()] }),
+    dataState: () => ({
+      stream: streamRef.state(),
+      pairs: pairsRef?.state() ?? null,
+      rng: [...rng.state()],
+    }),
     restoreData: (st) => {
       const s = st as { stream: StreamState; pairs: StreamState | null; rng: number[] };
       streamRef = new TextStream(texts, config.seed, s.stream);

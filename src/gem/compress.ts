@@ -39,7 +39,9 @@ export async function compressedCache(
   const ids = [...textIds, ...info.specialIds];
   const n = ids.length;
   if (n + maxNew > model.config.maxSeqLen) {
-    throw new Error(`reconstruct: ${n} tokens + ${maxNew} new exceed the context ${model.config.maxSeqLen}`);
+    throw new Error(
+      `reconstruct: ${n} tokens + ${maxNew} new exceed the context ${model.config.maxSeqLen}`,
+    );
   }
   const roles = ids.map((_, i) => (i < textIds.length ? ROLE.prefix : ROLE.special));
   const full = model.newCache(1, n);
@@ -77,11 +79,18 @@ function argmax(x: ArrayLike<number>): number {
 }
 
 /** Greedy decoding from the specials' cache alone, up to `maxTokens` (or the text's length). */
-export async function reconstruct(gem: GemModel, text: string, maxTokens?: number): Promise<Reconstruction> {
+export async function reconstruct(
+  gem: GemModel,
+  text: string,
+  maxTokens?: number,
+): Promise<Reconstruction> {
   const { model, tokenizer } = gem;
   const withBos = tokenizer.encode(text, { bos: true });
   const original = withBos.slice(1);
-  const maxNew = Math.min(maxTokens ?? original.length, model.config.maxSeqLen - withBos.length - gem.info.k);
+  const maxNew = Math.min(
+    maxTokens ?? original.length,
+    model.config.maxSeqLen - withBos.length - gem.info.k,
+  );
   const { cache, firstLogits, nextPosition } = await compressedCache(gem, withBos, maxNew);
   const decoded: number[] = [];
   try {
@@ -105,6 +114,8 @@ export async function reconstruct(gem: GemModel, text: string, maxTokens?: numbe
     cache.dispose();
   }
   let exactPrefix = 0;
-  while (exactPrefix < decoded.length && decoded[exactPrefix] === original[exactPrefix]) exactPrefix++;
+  while (exactPrefix < decoded.length && decoded[exactPrefix] === original[exactPrefix]) {
+    exactPrefix++;
+  }
   return { original, decoded, text: tokenizer.decode(decoded), exactPrefix };
 }

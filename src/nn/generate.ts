@@ -5,10 +5,12 @@
  */
 
 import { gpu } from "../gpu/device.ts";
+import { fusedDecodeFits, runDecodeLayer } from "../gpu/kernels/decode.ts";
 import { runSample } from "../gpu/kernels/sample.ts";
+import * as T from "../tensor/ops.ts";
 import { Rng } from "../tensor/random.ts";
 import { empty, noGrad, type Tensor, tensor } from "../tensor/tensor.ts";
-import type { Llama } from "./llama.ts";
+import type { KVCache, Llama } from "./llama.ts";
 
 /** Settings of {@link generate}. */
 export interface GenerateOptions {
@@ -26,6 +28,61 @@ export interface GenerateOptions {
   readEvery?: number;
   /** Called with the ids confirmed so far (all of them, growing) after each readback. */
   onIds?: (ids: readonly number[]) => void;
+  /**
+   * Decode with one fused kernel per layer (default: when the model is small enough, see
+   * kernels/decode.ts); false forces the general per-op path.
+   */
+  fused?: boolean;
+}
+
+/**
+ * One decode step through the fused layer kernels: the token in `next` at position
+ * cache.length; appends to the cache and returns the logits [1, 1, vocab].
+ */
+export function fusedStep(model: Llama, cache: KVCache, next: Tensor, x: Tensor): Tensor {
+  const c = model.config, g = gpu();
+  const p = (n: string) => model.params.get(n)!.buf;
+  const shape = {
+    dim: c.dim,
+    hidden: c.hiddenDim,
+    heads: c.nHeads,
+    kvHeads: c.nKvHeads,
+    eps: c.normEps,
+    wg: 64,
+  };
+  const pos = cache.length;
+  for (let l = 0; l < c.nLayers; l++) {
+    const L = (n: string) => p(`model.layers.${l}.${n}`);
+    runDecodeLayer(
+      g,
+      x.buf,
+      {
+        token: next.buf,
+        embedding: p("model.embed_tokens.weight"),
+        attnNorm: L("input_layernorm.weight"),
+        wq: L("self_attn.q_proj.weight"),
+        wk: L("self_attn.k_proj.weight"),
+        wv: L("self_attn.v_proj.weight"),
+        wo: L("self_attn.o_proj.weight"),
+        ffnNorm: L("post_attention_layernorm.weight"),
+        w1: L("mlp.gate_proj.weight"),
+        w3: L("mlp.up_proj.weight"),
+        w2: L("mlp.down_proj.weight"),
+        kCache: cache.k[l].buf,
+        vCache: cache.v[l].buf,
+        rope: model.ropeBuffer,
+      },
+      shape,
+      l === 0,
+      pos,
+      c.maxSeqLen,
+    );
+  }
+  cache.length = pos + 1;
+  const h = T.rmsnorm(x, model.params.get("model.norm.weight")!, c.normEps);
+  const logits = T.matmul(h, model.classifier, { transB: true });
+  h.dispose();
+  return logits;
 }
 
 /** What {@link generate} produced, with timings. */
@@ -99,12 +156,24 @@ export async function generate(
       const t1 = performance.now();
       const ids: number[] = [];
       let done: GenerateResult["stop"] | null = null;
+      const fused = opts.fused ??
+        fusedDecodeFits(
+          { dim: c.dim, hidden: c.hiddenDim },
+          g.device.limits.maxStorageBuffersPerShaderStage,
+        );
+      const x = fused ? own(empty([1, 1, c.dim], "f32", "generate.x")) : null;
       for (let step = 1; step <= maxNew && !done; step++) {
         if (step < maxNew) {
-          const out = model.forward(next, { cache });
-          sample(out.logits!, step);
-          out.logits!.dispose();
-          out.hidden.dispose();
+          if (x) {
+            const logits = fusedStep(model, cache, next, x);
+            sample(logits, step);
+            logits.dispose();
+          } else {
+            const out = model.forward(next, { cache });
+            sample(out.logits!, step);
+            out.logits!.dispose();
+            out.hidden.dispose();
+          }
         }
         if (step % readEvery === 0 || step === maxNew) {
           const got = new Int32Array(await g.read(hist.buf, 0, 4 * step));

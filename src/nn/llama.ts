@@ -9,6 +9,7 @@
  */
 
 import { ShapeError } from "../gpu/errors.ts";
+import type { GpuBuffer } from "../gpu/pool.ts";
 import type { RopeScaling } from "../gpu/kernels/rope.ts";
 import * as T from "../tensor/ops.ts";
 import type { RoleTable } from "../tensor/ops.ts";
@@ -228,6 +229,11 @@ export class Llama {
 
   #p(name: string): Tensor {
     return this.params.get(name)!;
+  }
+
+  /** The RoPE (cos, sin) table's buffer, for fused kernels. */
+  get ropeBuffer(): GpuBuffer {
+    return this.#rope.buf;
   }
 
   /** The classifier weight [vocab, dim] (the embedding when tied). */

@@ -55,7 +55,11 @@ export class PairStream {
   #inner: TextStream;
 
   /** Pairs of token-id sequences (BOS first), from `state` or the start. */
-  constructor(readonly pairs: readonly [readonly number[], readonly number[]][], seed: number, state?: StreamState) {
+  constructor(
+    readonly pairs: readonly [readonly number[], readonly number[]][],
+    seed: number,
+    state?: StreamState,
+  ) {
     // The stream runs over pair indices; index i stands for pairs[i].
     this.#inner = new TextStream(pairs.map((_, i) => [i]), seed, state);
   }
@@ -93,7 +97,9 @@ export function readPairs(path: string): [string, string][] {
     }
     const q = o.query ?? o.anchor ?? o.text, p = o.positive;
     if (typeof q !== "string" || typeof p !== "string" || !q.trim() || !p.trim()) {
-      throw new Error(`${path}: line ${i + 1}: needs non-empty string fields 'query' and 'positive'`);
+      throw new Error(
+        `${path}: line ${i + 1}: needs non-empty string fields 'query' and 'positive'`,
+      );
     }
     out.push([q, p]);
   });

@@ -231,7 +231,12 @@ Deno.test("compression: decoding from the specials' cache alone equals the full 
       for (const y of [t, r, p, out.logits!, out.hidden]) y.dispose();
       return x;
     });
-    assertClose(l, full.slice((n + i) * v, (n + i + 1) * v), tol, `suffix token ${i} from the compressed cache`);
+    assertClose(
+      l,
+      full.slice((n + i) * v, (n + i + 1) * v),
+      tol,
+      `suffix token ${i} from the compressed cache`,
+    );
   }
   cache.dispose();
   const rec = await reconstruct(gem, "Tom had a red ball.", 8);

@@ -10,12 +10,12 @@ import { rawSample } from "../../src/gem/sample.ts";
 import { readHfModel } from "../../src/io/hf.ts";
 import { CheckpointError, parseLlama2c, readLlama2c } from "../../src/io/llama2c.ts";
 import { dataDir } from "../../src/io/paths.ts";
-import { generate } from "../../src/nn/generate.ts";
+import { fusedStep, generate } from "../../src/nn/generate.ts";
 import { CAUSAL_PADDED, Llama, padBatch } from "../../src/nn/llama.ts";
 import { backward } from "../../src/tensor/backward.ts";
 import * as T from "../../src/tensor/ops.ts";
 import { AdamW } from "../../src/tensor/optim.ts";
-import { noGrad, scope, tensor } from "../../src/tensor/tensor.ts";
+import { empty, noGrad, scope, tensor } from "../../src/tensor/tensor.ts";
 import { assertClose, type GoldenTensor, testGpu } from "../helpers.ts";
 
 const LOGITS_TOL = { atol: 1e-4, rtol: 1e-4 };
@@ -70,13 +70,53 @@ Deno.test("stories260K: prompt logits match PyTorch (full sequence and KV cache)
   m.dispose();
 });
 
-Deno.test("stories260K: 200 greedy tokens from BOS equal the reference, token for token", async () => {
+for (const fused of [true, false]) {
+  Deno.test(`stories260K: 200 greedy tokens from BOS equal the reference (${fused ? "fused layers" : "per-op"} decode)`, async () => {
+    await testGpu();
+    const m = await loadStories();
+    const r = await generate(m, [1], {
+      maxTokens: 200,
+      temperature: 0,
+      stopIds: [],
+      readEvery: 50,
+      fused,
+    });
+    assert.deepEqual(r.ids, stories.greedy.ids);
+    assert.equal(r.stop, "max-tokens");
+    m.dispose();
+  });
+}
+
+Deno.test("fused decode step: logits equal the per-op cached forward at every position", async () => {
   await testGpu();
-  const m = await loadStories();
-  const r = await generate(m, [1], { maxTokens: 200, temperature: 0, stopIds: [], readEvery: 50 });
-  assert.deepEqual(r.ids, stories.greedy.ids);
-  assert.equal(r.stop, "max-tokens");
-  m.dispose();
+  for (
+    const load of [loadStories, async () => {
+      const { config, weights } = await readLlama2c(repo(tiny.models[0].bin));
+      return Llama.fromWeights(config, weights, "tiny_gqa");
+    }]
+  ) {
+    const m = await load();
+    const ids: number[] = m.config.vocabSize === 512 ? stories.prompt.ids : tiny.models[0].tokens;
+    const want = await cachedLogits(m, ids);
+    const v = m.config.vocabSize;
+    const cache = m.newCache(1, ids.length);
+    const x = empty([1, 1, m.config.dim], "f32");
+    for (let t = 0; t < ids.length; t++) {
+      const tok = tensor(Int32Array.from([ids[t]]), [1, 1], "i32");
+      const l = noGrad(() => fusedStep(m, cache, tok, x));
+      assertClose(
+        await l.toArray(),
+        want.subarray(t * v, (t + 1) * v),
+        LOGITS_TOL,
+        `position ${t}`,
+      );
+      l.dispose();
+      tok.dispose();
+    }
+    x.dispose();
+    cache.dispose();
+    m.dispose();
+  }
 });
 
 for (const model of tiny.models) {

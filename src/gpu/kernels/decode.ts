@@ -1,0 +1,284 @@
+/**
+ * One decoder layer for one new token in a single workgroup: RMSNorm, q/k/v, RoPE, the KV-cache
+ * write, causal attention over the cache, the output projection, RMSNorm, SwiGLU MLP and both
+ * residual adds. Generation of a small model is dominated by per-dispatch overhead (on llvmpipe
+ * ~50 us each, ~17 dispatches per layer on the general path), so fusing a layer into one
+ * dispatch is worth more than any kernel speed-up. Only for small widths: one workgroup does
+ * all the arithmetic.
+ *
+ * Buffers: X [dim] residual (read-write), TOK [1] i32 (the token, read by layer 0 only, which
+ * also gathers its embedding), the layer's weights in [out, in] layout, the KV cache
+ * [capacity, Hkv, D] per layer, the RoPE table. The new token's position is a parameter.
+ *
+ * Versions: v1 (one workgroup; each invocation owns output rows of every matrix-vector product).
+ */
+
+import type { Gpu } from "../device.ts";
+import { type Kernel, ParamWriter } from "../kernel.ts";
+import type { GpuBuffer } from "../pool.ts";
+
+/** Shapes compiled into the kernel. */
+export interface DecodeShape {
+  dim: number;
+  hidden: number;
+  heads: number;
+  kvHeads: number;
+  eps: number;
+  /** Invocations of the workgroup. */
+  wg: number;
+}
+
+/** Widest model the fused path takes (its workgroup memory and single-core arithmetic). */
+export function fusedDecodeFits(s: { dim: number; hidden: number }, maxBindings: number): boolean {
+  return s.dim <= 512 && s.hidden <= 2048 && s.dim % 4 === 0 && s.hidden % 4 === 0 &&
+    maxBindings >= 16;
+}
+
+export function decodeLayerKernel(s: DecodeShape, first: boolean): Kernel {
+  const hd = s.dim / s.heads, kv = hd * s.kvHeads, group = s.heads / s.kvHeads;
+  const wg = s.wg;
+  const source = `
+struct Params { pos: u32, maxPos: u32, scale: f32, _p: u32 };
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> X: array<f32>;
+@group(0) @binding(2) var<storage, read> TOK: array<i32>;
+@group(0) @binding(3) var<storage, read> EMB: array<f32>;
+@group(0) @binding(4) var<storage, read> NA: array<f32>;
+@group(0) @binding(5) var<storage, read> WQ: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> WK: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> WV: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> WO: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> NF: array<f32>;
+@group(0) @binding(10) var<storage, read> W1: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> W3: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read> W2: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read_write> KC: array<f32>;
+@group(0) @binding(14) var<storage, read_write> VC: array<f32>;
+@group(0) @binding(15) var<storage, read> ROPE: array<f32>;
+const DIM = ${s.dim}u;
+const HID = ${s.hidden}u;
+const HD = ${hd}u;
+const KV = ${kv}u;
+var<workgroup> x: array<f32, ${s.dim}>;
+var<workgroup> xn: array<vec4<f32>, ${s.dim / 4}>;
+var<workgroup> q: array<f32, ${s.dim}>;
+var<workgroup> k: array<f32, ${kv}>;
+var<workgroup> v: array<f32, ${kv}>;
+var<workgroup> att: array<vec4<f32>, ${s.dim / 4}>;
+var<workgroup> h: array<vec4<f32>, ${s.hidden / 4}>;
+var<workgroup> red: array<f32, ${wg}>;
+
+fn sumAll(val: f32, lid: u32) -> f32 {
+  red[lid] = val;
+  workgroupBarrier();
+  for (var st = ${wg / 2}u; st > 0u; st >>= 1u) {
+    if (lid < st) { red[lid] += red[lid + st]; }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+
+// xn = rmsnorm(x) * w, as vec4s.
+fn norm(w: u32, lid: u32) {
+  var ss = 0.0;
+  for (var i = lid; i < DIM; i += ${wg}u) { ss += x[i] * x[i]; }
+  let rstd = inverseSqrt(sumAll(ss, lid) / f32(DIM) + ${s.eps});
+  for (var i = lid; i < DIM / 4u; i += ${wg}u) {
+    let b = 4u * i;
+    var g: vec4<f32>;
+    if (w == 0u) { g = vec4<f32>(NA[b], NA[b + 1u], NA[b + 2u], NA[b + 3u]); }
+    else { g = vec4<f32>(NF[b], NF[b + 1u], NF[b + 2u], NF[b + 3u]); }
+    xn[i] = vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]) * rstd * g;
+  }
+  workgroupBarrier();
+}
+
+@compute @workgroup_size(${wg})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  ${
+    first
+      ? "let tok = u32(TOK[0]);\n  for (var i = lid; i < DIM; i += " + wg +
+        "u) { x[i] = EMB[tok * DIM + i]; }"
+      : `for (var i = lid; i < DIM; i += ${wg}u) { x[i] = X[i]; }`
+  }
+  workgroupBarrier();
+  norm(0u, lid);
+  // q, k, v: invocation j computes rows j, j + wg, ...
+  for (var r = lid; r < DIM + 2u * KV; r += ${wg}u) {
+    var acc = vec4<f32>(0.0);
+    if (r < DIM) {
+      for (var c = 0u; c < DIM / 4u; c++) { acc += WQ[r * (DIM / 4u) + c] * xn[c]; }
+      q[r] = acc.x + acc.y + acc.z + acc.w;
+    } else if (r < DIM + KV) {
+      let rr = r - DIM;
+      for (var c = 0u; c < DIM / 4u; c++) { acc += WK[rr * (DIM / 4u) + c] * xn[c]; }
+      k[rr] = acc.x + acc.y + acc.z + acc.w;
+    } else {
+      let rr = r - DIM - KV;
+      for (var c = 0u; c < DIM / 4u; c++) { acc += WV[rr * (DIM / 4u) + c] * xn[c]; }
+      v[rr] = acc.x + acc.y + acc.z + acc.w;
+    }
+  }
+  workgroupBarrier();
+  // RoPE on interleaved pairs of q (pairs 0..DIM/2) and k (pairs DIM/2..DIM/2 + KV/2).
+  for (var p = lid; p < (DIM + KV) / 2u; p += ${wg}u) {
+    let isQ = p < DIM / 2u;
+    let pp = select(p - DIM / 2u, p, isQ);
+    let at = (min(P.pos, P.maxPos - 1u) * (HD / 2u) + pp % (HD / 2u)) * 2u;
+    let c = ROPE[at];
+    let sn = ROPE[at + 1u];
+    if (isQ) {
+      let a = q[2u * pp];
+      let b = q[2u * pp + 1u];
+      q[2u * pp] = a * c - b * sn;
+      q[2u * pp + 1u] = a * sn + b * c;
+    } else {
+      let a = k[2u * pp];
+      let b = k[2u * pp + 1u];
+      k[2u * pp] = a * c - b * sn;
+      k[2u * pp + 1u] = a * sn + b * c;
+    }
+  }
+  workgroupBarrier();
+  for (var i = lid; i < KV; i += ${wg}u) { KC[P.pos * KV + i] = k[i]; VC[P.pos * KV + i] = v[i]; }
+  // Causal attention, one invocation per query head; the new position is read from workgroup
+  // memory (this dispatch's cache writes are not ordered before its own reads).
+  if (lid < ${s.heads}u) {
+    let hh = lid;
+    let g = hh / ${group}u;
+    var m = -3.4028234e38;
+    var l = 0.0;
+    var acc: array<f32, ${hd}>;
+    for (var sidx = 0u; sidx <= P.pos; sidx++) {
+      var sc = 0.0;
+      for (var j = 0u; j < HD; j++) {
+        let kk = select(KC[sidx * KV + g * HD + j], k[g * HD + j], sidx == P.pos);
+        sc += q[hh * HD + j] * kk;
+      }
+      sc *= P.scale;
+      let mNew = max(m, sc);
+      let corr = exp(m - mNew);
+      let pr = exp(sc - mNew);
+      l = l * corr + pr;
+      for (var j = 0u; j < HD; j++) {
+        let vv = select(VC[sidx * KV + g * HD + j], v[g * HD + j], sidx == P.pos);
+        acc[j] = acc[j] * corr + pr * vv;
+      }
+      m = mNew;
+    }
+    for (var j = 0u; j < HD; j += 4u) {
+      att[(hh * HD + j) / 4u] = vec4<f32>(acc[j], acc[j + 1u], acc[j + 2u], acc[j + 3u]) / l;
+    }
+  }
+  workgroupBarrier();
+  for (var r = lid; r < DIM; r += ${wg}u) {
+    var acc = vec4<f32>(0.0);
+    for (var c = 0u; c < DIM / 4u; c++) { acc += WO[r * (DIM / 4u) + c] * att[c]; }
+    x[r] += acc.x + acc.y + acc.z + acc.w;
+  }
+  workgroupBarrier();
+  norm(1u, lid);
+  for (var r = lid; r < HID; r += ${wg}u) {
+    var a1 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    for (var c = 0u; c < DIM / 4u; c++) {
+      a1 += W1[r * (DIM / 4u) + c] * xn[c];
+      a3 += W3[r * (DIM / 4u) + c] * xn[c];
+    }
+    let g1 = a1.x + a1.y + a1.z + a1.w;
+    let g3 = a3.x + a3.y + a3.z + a3.w;
+    let e = exp(-abs(g1));
+    let sg = select(e / (1.0 + e), 1.0 / (1.0 + e), g1 >= 0.0);
+    h[r / 4u][r % 4u] = g1 * sg * g3;
+  }
+  workgroupBarrier();
+  for (var r = lid; r < DIM; r += ${wg}u) {
+    var acc = vec4<f32>(0.0);
+    for (var c = 0u; c < HID / 4u; c++) { acc += W2[r * (HID / 4u) + c] * h[c]; }
+    X[r] = x[r] + acc.x + acc.y + acc.z + acc.w;
+  }
+}`;
+  return {
+    name: `decode_layer_d${s.dim}_h${s.hidden}${first ? "_first" : ""}`,
+    source,
+    buffers: [
+      "rw",
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "rw",
+      "rw",
+      "read",
+    ],
+  };
+}
+
+/** The buffers of one layer, in binding order after X. */
+export interface DecodeLayerBuffers {
+  token: GpuBuffer;
+  embedding: GpuBuffer;
+  attnNorm: GpuBuffer;
+  wq: GpuBuffer;
+  wk: GpuBuffer;
+  wv: GpuBuffer;
+  wo: GpuBuffer;
+  ffnNorm: GpuBuffer;
+  w1: GpuBuffer;
+  w3: GpuBuffer;
+  w2: GpuBuffer;
+  kCache: GpuBuffer;
+  vCache: GpuBuffer;
+  rope: GpuBuffer;
+}
+
+const memo = new Map<string, Kernel>();
+
+/** Records one fused layer for the token at position `pos`. */
+export function runDecodeLayer(
+  gpu: Gpu,
+  x: GpuBuffer,
+  b: DecodeLayerBuffers,
+  shape: DecodeShape,
+  first: boolean,
+  pos: number,
+  maxPos: number,
+): void {
+  const key = `${JSON.stringify(shape)}${first}`;
+  let k = memo.get(key);
+  if (!k) memo.set(key, k = decodeLayerKernel(shape, first));
+  const p = new ParamWriter().u32(pos).u32(maxPos).f32(1 / Math.sqrt(shape.dim / shape.heads)).u32(
+    0,
+  );
+  gpu.dispatch(
+    k,
+    [
+      x,
+      b.token,
+      b.embedding,
+      b.attnNorm,
+      b.wq,
+      b.wk,
+      b.wv,
+      b.wo,
+      b.ffnNorm,
+      b.w1,
+      b.w3,
+      b.w2,
+      b.kCache,
+      b.vCache,
+      b.rope,
+    ],
+    p,
+    [1, 1, 1],
+  );
+}
