@@ -20,6 +20,7 @@ import { PairStream, readPairs, type StreamState, TextStream } from "../train/da
 import { type StepRecord, train, type TrainTask } from "../train/trainer.ts";
 import { readTrainerState, resolveCheckpoint } from "../train/trainer.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
+import { inDomainRetrieval, perplexity } from "../eval/quick.ts";
 import { baselineReport, gemReport, printReport } from "./report.ts";
 
 const USAGE = "usage: deno task train [--config FILE] [--out DIR] [--steps N] [--seed S] " +
@@ -202,9 +203,20 @@ await runMain(async () => {
     }, ` +
       `${texts.length} texts, run directory ${out}`,
   );
+  // Validation slice of the train part: for choosing recipes, never the held-out paragraphs.
+  const evaluate = async () => {
+    const val = tinyStories().validation;
+    const r = await inDomainRetrieval(
+      async (t) => (await gem.embed(t, { batch: 64 })).vectors,
+      val,
+    );
+    const p = await perplexity(gem.model, gem.tokenizer, val);
+    return { valRecallAt1: r.recallAt1, valNdcgAt10: r.ndcgAt10, valPerplexity: p.perplexity };
+  };
   const result = await train(task, config, {
     out,
     resume: ckpt,
+    evaluate,
     stopAt: flags["stop-at"] as number | undefined,
     onStep: progress(Math.min(config.steps, (flags["stop-at"] as number) ?? config.steps), start),
   });

@@ -122,7 +122,7 @@ export const FIELDS: Record<string, [unknown, string]> = {
   "contrastive.pairsFile": ["", "JSONL of {query, positive} for supervised pairs"],
   checkpointEvery: [100, "steps between checkpoints (also at the end and on Ctrl-C)"],
   keepCheckpoints: [2, "checkpoints kept in the run directory"],
-  evalEvery: [0, "steps between validation-slice evaluations (0 = only at the end)"],
+  evalEvery: [0, "steps between evaluations on the validation slice, logged (0 = none)"],
 };
 
 /** A configuration value that cannot be used; the message names the field. */

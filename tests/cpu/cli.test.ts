@@ -1,0 +1,52 @@
+/** CLI pieces without a GPU: argument parsing, the .npy writer, and input validation. */
+
+import assert from "node:assert/strict";
+import { parseArgs, UsageError } from "../../src/cli/args.ts";
+import { npyBytes, readInputTexts } from "../../src/cli/embed.ts";
+import { CorpusError } from "../../src/io/corpus.ts";
+
+Deno.test("args: flags, booleans, overrides; unknown flags and bad numbers are usage errors", () => {
+  const spec = {
+    steps: { type: "number" as const, help: "" },
+    out: { type: "string" as const, help: "", default: "runs" },
+    quiet: { type: "boolean" as const, help: "" },
+  };
+  const r = parseArgs(["--steps", "5", "--quiet", "gem.k=8", "--out=x"], spec, "usage: t");
+  assert.deepEqual(r.flags, { steps: 5, out: "x", quiet: true });
+  assert.deepEqual(r.overrides, [["gem.k", "8"]]);
+  assert.throws(
+    () => parseArgs(["--nope"], spec, "usage: t"),
+    (e: Error) => e instanceof UsageError && /--nope/.test(e.message),
+  );
+  assert.throws(() => parseArgs(["--steps", "five"], spec, "usage: t"), /'five' is not a number/);
+  assert.throws(() => parseArgs(["stray"], spec, "usage: t"), /unexpected argument 'stray'/);
+});
+
+Deno.test("npy: header and float32 payload as numpy writes them", () => {
+  const bytes = npyBytes([Float32Array.of(1, 2, 3), Float32Array.of(4, 5, 6)], 3);
+  assert.deepEqual([...bytes.subarray(0, 8)], [0x93, 78, 85, 77, 80, 89, 1, 0]);
+  const hlen = new DataView(bytes.buffer).getUint16(8, true);
+  assert.equal((10 + hlen) % 64, 0);
+  const header = new TextDecoder().decode(bytes.subarray(10, 10 + hlen));
+  assert.match(header, /'descr': '<f4', 'fortran_order': False, 'shape': \(2, 3\)/);
+  assert.ok(header.endsWith("\n"));
+  assert.deepEqual([...new Float32Array(bytes.buffer.slice(10 + hlen))], [1, 2, 3, 4, 5, 6]);
+});
+
+Deno.test("embed input: text and JSONL; empty texts and bad UTF-8 name the line", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${dir}/a.txt`, "one\ntwo\r\nthree\n");
+  assert.deepEqual(readInputTexts(`${dir}/a.txt`), ["one", "two", "three"]);
+  await Deno.writeTextFile(`${dir}/b.jsonl`, '{"text": "x"}\n{"text": "y"}\n');
+  assert.deepEqual(readInputTexts(`${dir}/b.jsonl`), ["x", "y"]);
+  await Deno.writeTextFile(`${dir}/c.txt`, "ok\n   \nok\n");
+  assert.throws(
+    () => readInputTexts(`${dir}/c.txt`),
+    (e: Error) => e instanceof CorpusError && /c\.txt: line 2: empty text/.test(e.message),
+  );
+  await Deno.writeTextFile(`${dir}/d.jsonl`, '{"text": "x"}\n{"txt": "y"}\n');
+  assert.throws(() => readInputTexts(`${dir}/d.jsonl`), /d\.jsonl: line 2: no string field 'text'/);
+  await Deno.writeFile(`${dir}/e.txt`, new Uint8Array([0x61, 0x0a, 0x62, 0xff, 0x0a]));
+  assert.throws(() => readInputTexts(`${dir}/e.txt`), /e\.txt: line 2: not valid UTF-8/);
+  await Deno.remove(dir, { recursive: true });
+});
