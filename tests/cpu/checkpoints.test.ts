@@ -92,3 +92,22 @@ Deno.test("Llama 3 RoPE scaling frequencies match transformers' formula", () => 
     assertClose(mine, c.inv_freq, { atol: 0, rtol: 1e-12 }, `head_dim ${c.head_dim}`);
   }
 });
+
+Deno.test("deno task convert: llama2.c -> HF -> llama2.c gives the same config and weights", async () => {
+  const dir = await Deno.makeTempDir();
+  const cli = new URL("../../src/cli/convert.ts", import.meta.url).pathname;
+  const run = async (...args: string[]) => {
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", cli, ...args],
+      stderr: "piped",
+    }).output();
+    assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
+  };
+  const src = repo("tests/fixtures/tiny_gqa/model.bin");
+  await run("--input", src, "--output", `${dir}/hf`);
+  await run("--input", `${dir}/hf`, "--output", `${dir}/back.bin`);
+  const a = await readLlama2c(src), b = await readLlama2c(`${dir}/back.bin`);
+  assert.deepEqual(b.config, a.config);
+  for (const [k, w] of a.weights) assert.deepEqual(b.weights.get(k), w, k);
+  await Deno.remove(dir, { recursive: true });
+});
