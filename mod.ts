@@ -269,3 +269,7 @@ export {
 export { inDomainRetrieval, perplexity, stsb, stsbPairs } from "./src/eval/quick.ts";
 /** Quick evaluation types. */
 export type { Embedder, Perplexity, RetrievalScores } from "./src/eval/quick.ts";
+/** The compression demo: decode from the special tokens' KV cache alone (paper appendix B). */
+export { compressedCache, reconstruct } from "./src/gem/compress.ts";
+/** What reconstruct returns. */
+export type { Reconstruction } from "./src/gem/compress.ts";

@@ -48,7 +48,9 @@ export async function figuresHtml(
     `Plotly.newPlot("fig${i}", ${JSON.stringify(f.data)}, ${JSON.stringify(f.layout)});`
   )
     .join("\n");
-  const esc = (s: string) => s.replace(/</g, "\\u003c");
+  // Only a literal "</script" would end the inline script early; escaping every "<" would
+  // corrupt the library's own code.
+  const esc = (s: string) => s.replace(/<\/script/gi, "<\\/script");
   return `<!doctype html>
 <html><head><meta charset="utf-8"><title>${title}</title>
 <style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f4f4f4}</style>

@@ -15,8 +15,9 @@ import { ROLE } from "./mask.ts";
 
 /** What {@link reconstruct} recovered. */
 export interface Reconstruction {
-  /** The text's token ids (BOS excluded) and the ids decoded from the specials. */
+  /** The text's token ids (BOS excluded). */
   original: number[];
+  /** The ids decoded from the specials. */
   decoded: number[];
   /** Decoded text. */
   text: string;
