@@ -9,7 +9,7 @@
 
 import { DisposedError, NoAdapterError, numberLines, ShaderError } from "./errors.ts";
 import type { Access, Kernel, ParamWriter } from "./kernel.ts";
-import { BufferPool, type GpuBuffer } from "./pool.ts";
+import { BufferPool, type GpuBuffer, type GpuTexture, TEXTURE_WIDTH, TexturePool } from "./pool.ts";
 import { type Tuning, tuningFor } from "./tuning.ts";
 
 /** Bytes of the uniform ring used by one submit; more params than this force a flush. */
@@ -33,12 +33,18 @@ export function debugLevel(): number {
 export class Gpu {
   /** Where every storage buffer comes from and goes back to. */
   readonly pool: BufferPool;
+  /** Flat rgba32float textures for kernels that read operands as textures (llvmpipe matmul). */
+  readonly textures: TexturePool;
   /** Kernel parameters chosen for this adapter; mutable for experiments and tests. */
   readonly tuning: Tuning;
   /** Adapter description, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
   readonly description: string;
   /** Features granted on the device (shader-f16, timestamp-query when the adapter has them). */
   readonly features: ReadonlySet<string>;
+  /** SIMD width of the adapter (llvmpipe: 8, or 16 with 512-bit vectors); kernels size to it. */
+  readonly simdWidth: number;
+  /** CPU cores (llvmpipe's worker threads), for cost models. */
+  readonly cores: number;
 
   #pipelines = new Map<string, GPUComputePipeline>();
   #layouts = new Map<string, GPUBindGroupLayout>();
@@ -65,8 +71,11 @@ export class Gpu {
   /** Wraps an acquired device; use {@link initGpu} rather than calling this. */
   constructor(readonly adapter: GPUAdapter, readonly device: GPUDevice) {
     this.pool = new BufferPool(device, () => this.#bindGroups.clear());
+    this.textures = new TexturePool(device);
     this.description = adapter.info.description || adapter.info.vendor || "unknown adapter";
     this.features = new Set(device.features);
+    this.simdWidth = adapter.info.subgroupMinSize || 8;
+    this.cores = navigator.hardwareConcurrency || 2;
     this.tuning = tuningFor(this.description);
     this.#uniformBuffer = device.createBuffer({
       size: UNIFORM_RING_BYTES,
@@ -108,13 +117,13 @@ export class Gpu {
           buffer: { type: "uniform", hasDynamicOffset: true },
         },
       ];
-      buffers.forEach((a, i) =>
-        entries.push({
-          binding: i + 1,
-          visibility: GPUShaderStage.COMPUTE,
-          buffer: { type: a === "rw" ? "storage" : "read-only-storage" },
-        })
-      );
+      buffers.forEach((a, i) => {
+        const e: GPUBindGroupLayoutEntry = { binding: i + 1, visibility: GPUShaderStage.COMPUTE };
+        if (a === "tex") e.texture = { sampleType: "unfilterable-float", viewDimension: "2d" };
+        else if (a === "stex") e.storageTexture = { access: "write-only", format: "rgba32float" };
+        else e.buffer = { type: a === "rw" ? "storage" : "read-only-storage" };
+        entries.push(e);
+      });
       layout = this.device.createBindGroupLayout({ entries, label: `gemkit.layout(${key})` });
       this.#layouts.set(key, layout);
     }
@@ -165,7 +174,7 @@ export class Gpu {
    */
   dispatch(
     kernel: Kernel,
-    buffers: readonly GpuBuffer[],
+    buffers: readonly (GpuBuffer | GpuTexture)[],
     params: ParamWriter,
     groups: readonly [number, number, number],
   ): void {
@@ -188,7 +197,11 @@ export class Gpu {
 
     let key = kernel.buffers.join("");
     for (const b of buffers) {
-      if (b.released) throw new DisposedError(`kernel '${kernel.name}': buffer '${b.owner}' freed`);
+      if (b.released) {
+        throw new DisposedError(
+          `kernel '${kernel.name}': ${"view" in b ? "texture" : `buffer '${b.owner}'`} freed`,
+        );
+      }
       b.lastUse = this.epoch;
       key += "," + b.id;
     }
@@ -200,7 +213,9 @@ export class Gpu {
           resource: { buffer: this.#uniformBuffer, offset: 0, size: UNIFORM_SLOT_BYTES },
         },
       ];
-      buffers.forEach((b, i) => entries.push({ binding: i + 1, resource: { buffer: b.buffer } }));
+      buffers.forEach((b, i) =>
+        entries.push({ binding: i + 1, resource: "view" in b ? b.view : { buffer: b.buffer } })
+      );
       bindGroup = this.device.createBindGroup({ layout: this.#layout(kernel.buffers), entries });
       if (this.#bindGroups.size >= BIND_GROUP_CACHE) this.#bindGroups.clear();
       this.#bindGroups.set(key, bindGroup);
@@ -234,6 +249,34 @@ export class Gpu {
     this.#endPass();
     src.lastUse = dst.lastUse = this.epoch;
     this.#commandEncoder().copyBufferToBuffer(src.buffer, srcOffset, dst.buffer, dstOffset, bytes);
+  }
+
+  /**
+   * Records a copy of `texels` vec4s (16 bytes each) from `src` at `byteOffset` into the flat
+   * texture `dst` from texel 0. `byteOffset` must be a multiple of 16.
+   */
+  copyToTexture(src: GpuBuffer, byteOffset: number, dst: GpuTexture, texels: number): void {
+    if (texels === 0) return;
+    this.#endPass();
+    src.lastUse = dst.lastUse = this.epoch;
+    const enc = this.#commandEncoder();
+    const full = Math.floor(texels / TEXTURE_WIDTH), rest = texels - full * TEXTURE_WIDTH;
+    const bytesPerRow = TEXTURE_WIDTH * 16;
+    if (full > 0) {
+      enc.copyBufferToTexture({ buffer: src.buffer, offset: byteOffset, bytesPerRow }, {
+        texture: dst.texture,
+      }, [
+        TEXTURE_WIDTH,
+        full,
+      ]);
+    }
+    if (rest > 0) {
+      enc.copyBufferToTexture(
+        { buffer: src.buffer, offset: byteOffset + full * bytesPerRow, bytesPerRow },
+        { texture: dst.texture, origin: [0, full] },
+        [rest, 1],
+      );
+    }
   }
 
   /** Submits everything recorded so far. Does not wait. */

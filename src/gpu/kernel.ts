@@ -1,13 +1,14 @@
 /**
- * What a kernel is: WGSL source plus the access mode of each storage buffer it binds.
+ * What a kernel is: WGSL source plus the kind of each resource it binds.
  *
  * Convention for every kernel in src/gpu/kernels: binding 0 of group 0 is a uniform `Params`
- * struct, bindings 1..n are storage buffers in the order of `buffers`. Buffers are bound whole
+ * struct, bindings 1..n follow `buffers`: storage buffers ("read", "rw"), or rgba32float textures
+ * read with textureLoad ("tex") or written with textureStore ("stex"). Buffers are bound whole
  * (storage-binding offsets must be 256-byte aligned), so element offsets travel in Params.
  */
 
-/** How a kernel binds a storage buffer. */
-export type Access = "read" | "rw";
+/** How a kernel binds a resource. */
+export type Access = "read" | "rw" | "tex" | "stex";
 
 /** A compute kernel: WGSL source (entry point `main`) and its storage bindings. */
 export interface Kernel {

@@ -138,3 +138,69 @@ export class BufferPool {
     return m;
   }
 }
+
+/** Width in texels of every pooled texture: rows of 64 KiB satisfy copy alignment rules. */
+export const TEXTURE_WIDTH = 4096;
+
+let nextTextureId = 0;
+
+/** A pooled 2-D rgba32float texture used as a flat array of vec4 texels (row-major). */
+export class GpuTexture {
+  /** Unique id, part of the bind-group cache key (shared counter space with buffers: negative). */
+  readonly id: number = -1 - nextTextureId++;
+  /** Submit epoch of its last recorded use. */
+  lastUse: number = -1;
+  /** True once given back to the pool. */
+  released = false;
+  /** The default view, made once. */
+  readonly view: GPUTextureView;
+  /** Wraps a created texture; the pool does this. */
+  constructor(readonly texture: GPUTexture, readonly height: number) {
+    this.view = texture.createView();
+  }
+  /** Texels it holds. */
+  get texels(): number {
+    return TEXTURE_WIDTH * this.height;
+  }
+}
+
+/** Pool of flat textures by height (powers of two), released and reused like buffers. */
+export class TexturePool {
+  #free = new Map<number, GpuTexture[]>();
+
+  /** A pool allocating from `device`. */
+  constructor(readonly device: GPUDevice) {}
+
+  /** A texture holding at least `texels` vec4 texels. */
+  acquire(texels: number): GpuTexture {
+    const rows = Math.max(1, Math.ceil(texels / TEXTURE_WIDTH));
+    const height = 2 ** Math.ceil(Math.log2(rows));
+    if (height > this.device.limits.maxTextureDimension2D) {
+      throw new Error(
+        `an operand of ${texels} texels exceeds the ${this.device.limits.maxTextureDimension2D}-row texture limit`,
+      );
+    }
+    const t = this.#free.get(height)?.pop();
+    if (t) {
+      t.released = false;
+      return t;
+    }
+    const texture = this.device.createTexture({
+      size: [TEXTURE_WIDTH, height],
+      format: "rgba32float",
+      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST |
+        GPUTextureUsage.STORAGE_BINDING,
+      label: "gemkit.texture",
+    });
+    return new GpuTexture(texture, height);
+  }
+
+  /** Gives a texture back for reuse. */
+  release(t: GpuTexture): void {
+    if (t.released) throw new Error("texture released twice");
+    t.released = true;
+    const list = this.#free.get(t.height) ?? [];
+    list.push(t);
+    this.#free.set(t.height, list);
+  }
+}

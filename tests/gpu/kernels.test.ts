@@ -24,7 +24,7 @@ const TUNINGS: Partial<Tuning>[] = [
     elementwiseWorkgroup: 64,
     rowWorkgroup: 64,
     matmul: { tileM: 8, tileN: 8, workgroup: 64 },
-    matmulVersion: 2,
+    matmulVersion: 3,
     attentionWorkgroup: 64,
     attentionBlock: 4,
     threadRowMaxLen: 1 << 20,
@@ -304,5 +304,36 @@ Deno.test("attention on packed sequences equals the padded batch, forward and ba
       `first sequence vs CPU ${tuning}`,
     );
     for (const x of [pq, pk, pv, po, bq, bk, bv, bo]) x.dispose();
+  });
+});
+
+Deno.test("matmul on strided views and broadcast weights, every version", async () => {
+  await underEachTuning(async (tuning) => {
+    const [m, k, n] = [37, 24, 19];
+    const big = randomArray(m * 40, 91), w = randomArray(n * k, 92);
+    // A = columns 3..27 of a [37, 40] matrix: row stride 40, not its width.
+    const tb = tensor(big, [m, 40]);
+    const a = T.slice(tb, 1, 3, 3 + k);
+    const aHost = new Float32Array(m * k);
+    for (let i = 0; i < m; i++) aHost.set(big.subarray(i * 40 + 3, i * 40 + 3 + k), i * k);
+    const tw = tensor(w, [n, k]);
+    const want = matmulRef(
+      aHost,
+      Float32Array.from({ length: k * n }, (_, i) => w[(i % n) * k + Math.floor(i / n)]),
+      1,
+      m,
+      k,
+      n,
+    );
+    const c = T.matmul(a, tw, { transB: true });
+    assertClose(await c.toArray(), want, FWD, `strided A ${tuning}`);
+    // Batched A [3, m, k] against a 2-D weight (broadcast), transposed.
+    const a3 = tensor(new Float32Array(3 * m * k).map((_, i) => aHost[i % (m * k)]), [3, m, k]);
+    const c3 = T.matmul(a3, tw, { transB: true });
+    const got3 = (await c3.toArray()) as Float32Array;
+    for (let bi = 0; bi < 3; bi++) {
+      assertClose(got3.subarray(bi * m * n, (bi + 1) * m * n), want, FWD, `batch ${bi} ${tuning}`);
+    }
+    for (const x of [tb, a, tw, c, a3, c3]) x.dispose();
   });
 });

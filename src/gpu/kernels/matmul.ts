@@ -8,11 +8,13 @@
  *      whichever of its axes is contiguous (the reduction axis or the output axis), fully
  *      unrolled. On llvmpipe a storage load costs about the same per lane whatever its width, so
  *      loads per FMA fall 4x. Needs 4-aligned strides/offsets and K % 4 == 0; else v1.
+ *   v3 (matmul_tex.ts) operands copied into textures, 32x32 tiles; the llvmpipe default.
  */
 
 import type { Gpu } from "../device.ts";
 import { grid, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
+import { runMatmulTex, texMatmulFits } from "./matmul_tex.ts";
 import { runReduce } from "./reduce.ts";
 
 /** A matrix operand: buffer, element offset, and strides for (batch, row, col). */
@@ -236,6 +238,9 @@ export function runMatmul(
 ): void {
   if (s.batch * s.m * s.n === 0) return;
   if (s.k === 0) throw new Error("matmul with K = 0 is not supported");
+  if (gpu.tuning.matmulVersion >= 3 && texMatmulFits(a, b, s)) {
+    return runMatmulTex(gpu, a, b, c, offC, s);
+  }
   const { tileM, tileN, workgroup } = gpu.tuning.matmul;
   const aAxis = vecAxis(a, true, s.k), bAxis = vecAxis(b, false, s.k);
   if (gpu.tuning.matmulVersion >= 2 && aAxis && bAxis && tileM % 4 === 0 && tileN % 4 === 0) {
