@@ -372,6 +372,12 @@ function preferVulkan(): void {
   try {
     if (!Deno.env.get("DENO_WEBGPU_BACKEND")) Deno.env.set("DENO_WEBGPU_BACKEND", "vulkan");
     if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+    // llvmpipe defaults to 256-bit lanes; on an AVX-512 CPU 512-bit ones run every kernel
+    // ~1.5x faster (measured on matmul). Read by llvmpipe when the adapter is created.
+    if (!Deno.env.get("LP_NATIVE_VECTOR_WIDTH")) {
+      const cpu = Deno.readTextFileSync("/proc/cpuinfo");
+      if (/\bavx512f\b/.test(cpu)) Deno.env.set("LP_NATIVE_VECTOR_WIDTH", "512");
+    }
   } catch {
     // Without --allow-env the defaults stay; the adapter still works, only slower to compile.
   }
