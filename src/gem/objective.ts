@@ -29,7 +29,7 @@ export interface ObjectiveOptions {
   /** Texts per step for the next-token loss. */
   batchSize: number;
   /** How contrastive positives are made. */
-  pairs: "crop" | "dropout" | "supervised";
+  pairs: "crop" | "dropout" | "mix" | "supervised";
   /** Pairs per step. */
   pairBatch: number;
   /** Prefix token dropout rate of dropout positives. */
@@ -85,7 +85,7 @@ export function drawSamples(
         const end = { ...o.sample, insertion: "end" as const };
         anchors.push(gemSample(a, end, rng));
         positives.push(gemSample(b, end, rng));
-      } else if (o.pairs === "crop") {
+      } else if (o.pairs === "crop" || (o.pairs === "mix" && i % 2 === 0)) {
         const text = src.next();
         anchors.push(cropSample(text, o.cropFrac, o.sample, rng));
         positives.push(cropSample(text, o.cropFrac, o.sample, rng));

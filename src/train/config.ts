@@ -54,7 +54,7 @@ export interface TrainConfig {
   };
   /** Contrastive settings. */
   contrastive: {
-    pairs: "crop" | "dropout" | "supervised";
+    pairs: "crop" | "dropout" | "mix" | "supervised";
     batchSize: number;
     dropout: number;
     cropFrac: number;
@@ -243,7 +243,7 @@ function validate(c: Record<string, unknown>): void {
   oneOf("gem.pooling", ["mean", "concat", "last"]);
   oneOf("gem.init", ["mean", "random"]);
   num("gem.initNoise", 0, 100);
-  oneOf("contrastive.pairs", ["crop", "dropout", "supervised"]);
+  oneOf("contrastive.pairs", ["crop", "dropout", "mix", "supervised"]);
   int("contrastive.batchSize", 2);
   num("contrastive.dropout", 0, 0.99);
   num("contrastive.cropFrac", 0.05, 1);
