@@ -112,8 +112,8 @@ export const FIELDS: Record<string, [unknown, string]> = {
   "gem.init": ["mean", "special-token rows: mean of embeddings + noise | random"],
   "gem.initNoise": [0.1, "noise std as a fraction of the embeddings' per-dim std"],
   "contrastive.pairs": [
-    "crop",
-    "positives: crop (two random crops of a text) | dropout (paper) | supervised",
+    "mix",
+    "positives: crop (two random crops of a text) | dropout (paper) | mix (half each) | supervised",
   ],
   "contrastive.batchSize": [32, "pairs per step (in-batch negatives)"],
   "contrastive.dropout": [0.1, "prefix token dropout rate for dropout positives"],

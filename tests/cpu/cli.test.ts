@@ -4,6 +4,8 @@ import assert from "node:assert/strict";
 import { parseArgs, UsageError } from "../../src/cli/args.ts";
 import { npyBytes, readInputTexts } from "../../src/cli/embed.ts";
 import { CorpusError } from "../../src/io/corpus.ts";
+import { withConfigTable } from "../../scripts/readme_config.ts";
+import { FIELDS } from "../../src/train/config.ts";
 
 Deno.test("args: flags, booleans, overrides; unknown flags and bad numbers are usage errors", () => {
   const spec = {
@@ -49,4 +51,15 @@ Deno.test("embed input: text and JSONL; empty texts and bad UTF-8 name the line"
   await Deno.writeFile(`${dir}/e.txt`, new Uint8Array([0x61, 0x0a, 0x62, 0xff, 0x0a]));
   assert.throws(() => readInputTexts(`${dir}/e.txt`), /e\.txt: line 2: not valid UTF-8/);
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("README: the configuration table matches FIELDS (every field, its default and help)", () => {
+  const readme = Deno.readTextFileSync(new URL("../../README.md", import.meta.url));
+  const norm = (s: string) => s.replace(/-{3,}/g, "---").replace(/[ \t]+/g, " ");
+  assert.equal(
+    norm(withConfigTable(readme)),
+    norm(readme),
+    "run deno run -A scripts/readme_config.ts",
+  );
+  for (const k of Object.keys(FIELDS)) assert.ok(readme.includes(`\`${k}\``), k);
 });
