@@ -22,6 +22,8 @@ export interface BenchContext {
   adapter: string;
   /** Scale sample counts down (GEMKIT_BENCH_QUICK=1) for a smoke run. */
   quick: boolean;
+  /** Log a per-kernel GPU time profile of the model steps (GEMKIT_PROFILE=1). */
+  profile: boolean;
   log: (msg: string) => void;
 }
 
@@ -67,6 +69,7 @@ async function main() {
   const ctx: BenchContext = {
     adapter: gpu.description,
     quick: Deno.env.get("GEMKIT_BENCH_QUICK") === "1",
+    profile: Deno.env.get("GEMKIT_PROFILE") === "1",
     log: (m) => console.error(`bench: ${m}`),
   };
   const date = new Date().toISOString().slice(0, 10);

@@ -35,6 +35,27 @@ async function load() {
   return await loadModel(`${D()}/stories260K.bin`, { tokenizer: `${D()}/tok512.bin` });
 }
 
+/** Runs `run` once more with GPU timestamps on every dispatch and logs the costliest kernels. */
+async function profile(ctx: BenchContext, name: string, run: () => Promise<void>): Promise<void> {
+  const t0 = performance.now();
+  gpu().startProfile();
+  await run();
+  const kernels = await gpu().stopProfile();
+  const wall = performance.now() - t0;
+  const total = kernels.reduce((a, k) => a + k.ms, 0);
+  ctx.log(
+    `${name} profile: wall ${wall.toFixed(0)} ms (one pass per dispatch), GPU ${
+      total.toFixed(0)
+    } ms in ${kernels.reduce((a, k) => a + k.calls, 0)} dispatches`,
+  );
+  for (const k of kernels.slice(0, 20)) {
+    ctx.log(
+      `  ${k.ms.toFixed(1).padStart(8)} ms ${(100 * k.ms / total).toFixed(1).padStart(5)}% ` +
+        `${String(k.calls).padStart(5)} x ${k.kernel}`,
+    );
+  }
+}
+
 /** warmup untimed runs, then `repeats` timed ones; seconds of each. */
 async function time(warmup: number, repeats: number, run: () => Promise<void>): Promise<number[]> {
   for (let i = 0; i < warmup; i++) await run();
@@ -101,7 +122,7 @@ function syntheticBatch(seed = 1234): { anchors: GemSample[]; positives: GemSamp
   return { anchors: rows.map((r) => sample(r, true)), positives: pos.map((r) => sample(r, false)) };
 }
 
-async function trainStep(ctx: BenchContext, pair: boolean): Promise<BenchRecord> {
+export async function trainStep(ctx: BenchContext, pair: boolean): Promise<BenchRecord> {
   const { model, tokenizer } = await load();
   const gem: GemModel = await addSpecialTokens(model, tokenizer, { k: 4 });
   const { anchors, positives } = syntheticBatch();
@@ -148,6 +169,7 @@ async function trainStep(ctx: BenchContext, pair: boolean): Promise<BenchRecord>
     loss.dispose();
   };
   const samples = await time(2, ctx.quick ? 2 : 5, step);
+  if (ctx.profile) await profile(ctx, pair ? "train_step_pair" : "train_step", step);
   opt.dispose();
   disposePacked(batch);
   gem.dispose();

@@ -4,6 +4,7 @@
  * timing to stderr.
  */
 
+import { isGemDir, loadGem } from "../gem/io.ts";
 import { initGpu } from "../gpu/device.ts";
 import { loadModel } from "../io/model.ts";
 import { generateText } from "../nn/generate.ts";
@@ -13,7 +14,10 @@ const USAGE = "usage: deno task generate --model PATH [--tokenizer PATH] [--prom
 
 await runMain(async () => {
   const { flags } = parseArgs(Deno.args, {
-    model: { type: "string", help: "llama2.c .bin, Hugging Face directory, or hub id org/name" },
+    model: {
+      type: "string",
+      help: "llama2.c .bin, HF or GEM checkpoint, run directory, or hub id org/name",
+    },
     tokenizer: { type: "string", help: "tokenizer file (required for llama2.c models)" },
     prompt: { type: "string", help: "text to continue", default: "" },
     "max-tokens": { type: "number", help: "new tokens at most", default: 256 },
@@ -27,9 +31,11 @@ await runMain(async () => {
   if (!(topP > 0 && topP <= 1)) throw new UsageError("--top-p must be in (0, 1]");
   await initGpu();
   const t0 = performance.now();
-  const { model, tokenizer } = await loadModel(flags.model as string, {
-    tokenizer: flags.tokenizer as string | undefined,
-  });
+  const spec = flags.model as string;
+  // A GEM checkpoint generates on the plain causal path; its tokenizer knows the specials.
+  const { model, tokenizer } = (await isGemDir(spec))
+    ? await loadGem(spec)
+    : await loadModel(spec, { tokenizer: flags.tokenizer as string | undefined });
   console.error(`gemkit: loaded ${flags.model} in ${(performance.now() - t0).toFixed(0)} ms`);
   const enc = new TextEncoder();
   const prompt = flags.prompt as string;

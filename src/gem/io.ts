@@ -6,6 +6,7 @@
 
 import { readHfModel, writeHfModel } from "../io/hf.ts";
 import { loadTokenizer } from "../io/tokenizer.ts";
+import { resolveRunDir } from "../io/model.ts";
 import { Llama } from "../nn/llama.ts";
 import { type GemInfo, GemModel } from "./gem.ts";
 import { parseRoleTable } from "./mask.ts";
@@ -72,8 +73,9 @@ export async function readGemInfo(dir: string): Promise<GemInfo> {
   return j as unknown as GemInfo;
 }
 
-/** Loads a GEM checkpoint directory written by {@link saveGem}. */
-export async function loadGem(dir: string): Promise<GemModel> {
+/** Loads a GEM checkpoint directory written by {@link saveGem} (or a run directory's latest). */
+export async function loadGem(path: string): Promise<GemModel> {
+  const dir = await resolveRunDir(path);
   const info = await readGemInfo(dir);
   const { config, weights } = await readHfModel(dir);
   const base = config.vocabSize - info.k;
@@ -93,10 +95,10 @@ export async function loadGem(dir: string): Promise<GemModel> {
   return new GemModel(Llama.fromWeights(config, weights, dir), tokenizer, info);
 }
 
-/** Whether a directory holds a GEM checkpoint (has gem.json). */
-export async function isGemDir(dir: string): Promise<boolean> {
+/** Whether a directory (or a run directory's latest checkpoint) holds a GEM checkpoint. */
+export async function isGemDir(path: string): Promise<boolean> {
   try {
-    return (await Deno.stat(`${dir}/gem.json`)).isFile;
+    return (await Deno.stat(`${await resolveRunDir(path)}/gem.json`)).isFile;
   } catch {
     return false;
   }

@@ -67,6 +67,8 @@ export class Gpu {
   maxDispatchesPerSubmit = 256;
   /** Counters for benchmarks and tests. */
   readonly stats = { dispatches: 0, submits: 0, reads: 0 };
+  /** Open kernel profile ({@link Gpu.startProfile}), or null. */
+  #profile: Profile | null = null;
 
   /** Wraps an acquired device; use {@link initGpu} rather than calling this. */
   constructor(readonly adapter: GPUAdapter, readonly device: GPUDevice) {
@@ -220,10 +222,13 @@ export class Gpu {
       if (this.#bindGroups.size >= BIND_GROUP_CACHE) this.#bindGroups.clear();
       this.#bindGroups.set(key, bindGroup);
     }
-    const pass = this.#computePass();
+    const prof = this.#profile;
+    if (prof && prof.names.length * 2 >= PROFILE_QUERIES) this.flush();
+    const pass = prof ? this.#profiledPass(prof, kernel.name) : this.#computePass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup, [at]);
     pass.dispatchWorkgroups(groups[0], groups[1], groups[2]);
+    if (prof) this.#endPass();
     this.stats.dispatches++;
     if (++this.#dispatches >= this.maxDispatchesPerSubmit) this.flush();
   }
@@ -236,6 +241,82 @@ export class Gpu {
   #computePass(): GPUComputePassEncoder {
     if (!this.#pass) this.#pass = this.#commandEncoder().beginComputePass();
     return this.#pass;
+  }
+
+  /** A pass of its own for one dispatch, with GPU timestamps before and after it. */
+  #profiledPass(prof: Profile, name: string): GPUComputePassEncoder {
+    this.#endPass();
+    const i = prof.names.length * 2;
+    prof.names.push(name);
+    this.#pass = this.#commandEncoder().beginComputePass({
+      timestampWrites: {
+        querySet: prof.querySet,
+        beginningOfPassWriteIndex: i,
+        endOfPassWriteIndex: i + 1,
+      },
+    });
+    return this.#pass;
+  }
+
+  /**
+   * Starts timing every dispatch on the GPU (needs the adapter's `timestamp-query`). Each
+   * dispatch gets a pass of its own, so a profiled run is a little slower than a plain one.
+   */
+  startProfile(): void {
+    if (!this.features.has("timestamp-query")) {
+      throw new Error(`gemkit: the adapter "${this.description}" has no timestamp-query`);
+    }
+    if (this.#profile) throw new Error("gemkit: a profile is already running");
+    this.flush();
+    this.#profile = {
+      querySet: this.device.createQuerySet({ type: "timestamp", count: PROFILE_QUERIES }),
+      names: [],
+      pending: [],
+      totals: new Map(),
+    };
+  }
+
+  /** Stops the profile and returns per-kernel GPU time, largest first. */
+  async stopProfile(): Promise<KernelTime[]> {
+    const prof = this.#profile;
+    if (!prof) throw new Error("gemkit: no profile is running");
+    this.flush();
+    this.#profile = null;
+    for (const { names, buffer, resolved } of prof.pending) {
+      await buffer.mapAsync(GPUMapMode.READ);
+      const t = new BigInt64Array(buffer.getMappedRange());
+      names.forEach((name, j) => {
+        const ms = Number(t[2 * j + 1] - t[2 * j]) / 1e6;
+        const e = prof.totals.get(name) ?? { kernel: name, calls: 0, ms: 0 };
+        e.calls++;
+        e.ms += ms;
+        prof.totals.set(name, e);
+      });
+      buffer.destroy();
+      resolved.destroy();
+    }
+    prof.querySet.destroy();
+    return [...prof.totals.values()].sort((a, b) => b.ms - a.ms);
+  }
+
+  /** Copies the open encoder's timestamps to a readable buffer, before the submit. */
+  #resolveProfile(prof: Profile): void {
+    if (!prof.names.length) return;
+    this.#endPass();
+    const bytes = prof.names.length * 16;
+    const resolved = this.device.createBuffer({
+      size: bytes,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    });
+    const buffer = this.device.createBuffer({
+      size: bytes,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    const enc = this.#commandEncoder();
+    enc.resolveQuerySet(prof.querySet, 0, prof.names.length * 2, resolved, 0);
+    enc.copyBufferToBuffer(resolved, 0, buffer, 0, bytes);
+    prof.pending.push({ names: prof.names, buffer, resolved });
+    prof.names = [];
   }
 
   #endPass(): void {
@@ -282,6 +363,7 @@ export class Gpu {
   /** Submits everything recorded so far. Does not wait. */
   flush(): void {
     if (!this.#encoder) return;
+    if (this.#profile) this.#resolveProfile(this.#profile);
     this.#endPass();
     if (this.#uniformUsed > 0) {
       this.device.queue.writeBuffer(
@@ -352,6 +434,25 @@ export class Gpu {
     await this.device.queue.onSubmittedWorkDone();
     this.checkErrors();
   }
+}
+
+/** Timestamp queries per profiled submit (two per dispatch). */
+const PROFILE_QUERIES = 4096;
+
+/** GPU time of one kernel over a profile. */
+export interface KernelTime {
+  kernel: string;
+  calls: number;
+  ms: number;
+}
+
+interface Profile {
+  querySet: GPUQuerySet;
+  /** Kernel names of the dispatches in the open encoder, in query order. */
+  names: string[];
+  /** Resolved timestamps of submitted encoders, read by stopProfile. */
+  pending: { names: string[]; buffer: GPUBuffer; resolved: GPUBuffer }[];
+  totals: Map<string, KernelTime>;
 }
 
 let current: Gpu | null = null;

@@ -43,6 +43,27 @@ async function stat(path: string): Promise<Deno.FileInfo | null> {
   }
 }
 
+/**
+ * A training run directory (`DIR/latest` names its newest checkpoint) resolves to that checkpoint,
+ * so `--model runs/gem` means the run's latest weights; any other path is returned unchanged.
+ */
+export async function resolveRunDir(path: string): Promise<string> {
+  const info = await stat(path);
+  if (!info?.isDirectory || await stat(`${path}/config.json`)) return path;
+  let latest: string;
+  try {
+    latest = (await Deno.readTextFile(`${path}/latest`)).trim();
+  } catch {
+    return path;
+  }
+  if (!latest || latest.includes("/")) {
+    throw new ModelNotFoundError(
+      `${path}/latest: must name a checkpoint directory, got '${latest}'`,
+    );
+  }
+  return `${path}/${latest}`;
+}
+
 /** The tokenizer file saved beside an HF-layout checkpoint, if any. */
 async function tokenizerIn(dir: string): Promise<string | null> {
   for (const f of ["tokenizer.json", "tokenizer.bin"]) {
@@ -53,7 +74,7 @@ async function tokenizerIn(dir: string): Promise<string | null> {
 
 /** Loads a model and its tokenizer from a path or a hub id. */
 export async function loadModel(spec: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
-  let path = spec;
+  let path = await resolveRunDir(spec);
   let info = await stat(path);
   if (!info && /^[\w.-]+\/[\w.-]+(@[\w./-]+)?$/.test(spec)) {
     const { resolveModel } = await import("./hub.ts");

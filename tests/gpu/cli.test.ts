@@ -1,7 +1,8 @@
 /** The embed and eval commands end to end on stories260K (small inputs). */
 
 import assert from "node:assert/strict";
-import { embedIds } from "../../src/gem/gem.ts";
+import { addSpecialTokens, embedIds } from "../../src/gem/gem.ts";
+import { saveGem } from "../../src/gem/io.ts";
 import { loadModel } from "../../src/io/model.ts";
 import { dataDir } from "../../src/io/paths.ts";
 import { testGpu } from "../helpers.ts";
@@ -22,6 +23,36 @@ async function run(script: string, args: string[]) {
     err: new TextDecoder().decode(r.stderr),
   };
 }
+
+Deno.test("deno task generate: greedy text; a GEM run directory generates the same", async () => {
+  await testGpu();
+  const args = ["--prompt", "Once upon a time", "--max-tokens", "24", "--temperature", "0"];
+  const base = await run("generate.ts", [
+    "--model",
+    `${M()}/stories260K.bin`,
+    "--tokenizer",
+    `${M()}/tok512.bin`,
+    ...args,
+  ]);
+  assert.equal(base.code, 0, base.err);
+  assert.match(base.out, /^Once upon a time.{20,}/);
+  // Specials add classifier rows but leave the text tokens' logits alone, so greedy text is equal.
+  const { model, tokenizer } = await loadModel(`${M()}/stories260K.bin`, {
+    tokenizer: `${M()}/tok512.bin`,
+  });
+  const gem = await addSpecialTokens(model, tokenizer, { k: 4 });
+  const dir = await Deno.makeTempDir();
+  await saveGem(`${dir}/ckpt-000001`, gem, `${M()}/tok512.bin`);
+  await Deno.writeTextFile(`${dir}/latest`, "ckpt-000001");
+  gem.dispose();
+  const g = await run("generate.ts", ["--model", dir, ...args]);
+  assert.equal(g.code, 0, g.err);
+  assert.equal(g.out, base.out);
+  const bad = await run("generate.ts", ["--model", `${dir}/nothing-here`, ...args]);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.err, /nothing-here: no such file or directory/);
+  await Deno.remove(dir, { recursive: true });
+});
 
 Deno.test("deno task embed: .npy in input order equals the library's vectors; errors name the line", async () => {
   await testGpu();

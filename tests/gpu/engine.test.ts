@@ -236,6 +236,23 @@ Deno.test("batching: a forward + backward records many dispatches and only syncs
   for (const t of [w, x, loss]) t.dispose();
 });
 
+Deno.test("profile: GPU time per kernel, results unchanged, and no profile left open", async () => {
+  const gpu = await testGpu();
+  const rng = new Rng(4);
+  const a = T.randn([64, 48], rng), b = T.randn([48, 40], rng);
+  const plain = await noGrad(() => T.silu(T.matmul(a, b))).toArray();
+  gpu.startProfile();
+  assert.throws(() => gpu.startProfile(), /already running/);
+  const c = noGrad(() => T.silu(T.matmul(a, b)));
+  const profiled = await c.toArray();
+  const kernels = await gpu.stopProfile();
+  assert.deepEqual(profiled, plain);
+  assert.ok(kernels.some((k) => k.kernel.startsWith("matmul")), JSON.stringify(kernels));
+  assert.ok(kernels.every((k) => k.calls >= 1 && k.ms >= 0 && Number.isFinite(k.ms)));
+  await assert.rejects(gpu.stopProfile(), /no profile is running/);
+  for (const t of [a, b, c]) t.dispose();
+});
+
 /** Loss of a small composite: attention + SwiGLU + RMSNorm + cross-entropy. */
 function composite(
   p: Record<string, Tensor>,

@@ -10,7 +10,7 @@ import { stepLoss } from "../../src/gem/objective.ts";
 import type { Tokenizer } from "../../src/io/tokenizer.ts";
 import { Llama } from "../../src/nn/llama.ts";
 import { backward } from "../../src/tensor/backward.ts";
-import { loadGem, saveGem } from "../../src/gem/io.ts";
+import { isGemDir, loadGem, saveGem } from "../../src/gem/io.ts";
 import { MASK_DESIGNS, ROLE } from "../../src/gem/mask.ts";
 import { loadModel } from "../../src/io/model.ts";
 import { dataDir } from "../../src/io/paths.ts";
@@ -144,6 +144,23 @@ Deno.test("GEM checkpoint: save then load gives the same embeddings and settings
   await Deno.remove(dir, { recursive: true });
   gem.dispose();
   back.dispose();
+});
+
+Deno.test("a training run directory loads as its latest checkpoint", async () => {
+  await testGpu();
+  const gem = await stories(2);
+  const run = await Deno.makeTempDir();
+  assert.equal(await isGemDir(run), false);
+  await saveGem(`${run}/ckpt-000007`, gem, `${D()}/tok512.bin`);
+  await Deno.writeTextFile(`${run}/latest`, "ckpt-000007\n");
+  assert.equal(await isGemDir(run), true);
+  const back = await loadGem(run);
+  assert.equal(back.info.k, 2);
+  assert.equal(back.model.config.vocabSize, 514);
+  await Deno.writeTextFile(`${run}/latest`, "../elsewhere");
+  await assert.rejects(loadGem(run), /latest: must name a checkpoint directory/);
+  await Deno.remove(run, { recursive: true });
+  for (const m of [gem, back]) m.dispose();
 });
 
 Deno.test("GEM batch loss and gradients match PyTorch (mixed NTP + symmetric InfoNCE)", async () => {
