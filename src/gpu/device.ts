@@ -193,6 +193,8 @@ export class Gpu {
       );
     }
     if (this.#uniformUsed + UNIFORM_SLOT_BYTES > UNIFORM_RING_BYTES) this.flush();
+    // The query set holds PROFILE_QUERIES timestamps per submit.
+    if (this.#profile && this.#profile.names.length * 2 >= PROFILE_QUERIES) this.flush();
     const at = this.#uniformUsed;
     params.writeTo(this.#uniformView, at);
     this.#uniformUsed += UNIFORM_SLOT_BYTES;
@@ -223,7 +225,6 @@ export class Gpu {
       this.#bindGroups.set(key, bindGroup);
     }
     const prof = this.#profile;
-    if (prof && prof.names.length * 2 >= PROFILE_QUERIES) this.flush();
     const pass = prof ? this.#profiledPass(prof, kernel.name) : this.#computePass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup, [at]);

@@ -253,6 +253,27 @@ Deno.test("profile: GPU time per kernel, results unchanged, and no profile left 
   for (const t of [a, b, c]) t.dispose();
 });
 
+Deno.test("profile: more dispatches than one submit's timestamps keeps every kernel's params", async () => {
+  const gpu = await testGpu();
+  const before = gpu.maxDispatchesPerSubmit;
+  gpu.maxDispatchesPerSubmit = 1 << 20; // only the uniform ring and the query set force submits
+  const n = 2100; // > 4096 timestamps / 2
+  gpu.startProfile();
+  const out = noGrad(() =>
+    scope(() => {
+      let x = tensor(new Float32Array(4), [4]);
+      for (let i = 0; i < n; i++) x = T.addScalar(x, i);
+      return x;
+    })
+  );
+  const got = await out.toArray();
+  const kernels = await gpu.stopProfile();
+  gpu.maxDispatchesPerSubmit = before;
+  assert.deepEqual(Array.from(got), new Array(4).fill((n * (n - 1)) / 2));
+  assert.equal(kernels.reduce((a, k) => a + k.calls, 0), n);
+  out.dispose();
+});
+
 /** Loss of a small composite: attention + SwiGLU + RMSNorm + cross-entropy. */
 function composite(
   p: Record<string, Tensor>,
