@@ -9,6 +9,8 @@ export interface Tuning {
   profile: "llvmpipe" | "gpu";
   /** Workgroup size of elementwise kernels. */
   elementwiseWorkgroup: number;
+  /** Elementwise v2: four contiguous elements per invocation through vec4 loads. */
+  elementwiseVec4: boolean;
   /** Workgroup size of row kernels (softmax, RMSNorm, reductions with one group per row). */
   rowWorkgroup: number;
   /** Matmul output tile per invocation (rows x cols) and invocations per workgroup. */
@@ -19,8 +21,10 @@ export interface Tuning {
   matmulMinInvocations: number;
   /** Queries per attention workgroup. */
   attentionWorkgroup: number;
-  /** Queries (or keys) per invocation in attention v2; 0 selects v1. */
+  /** Queries (or keys) per invocation in attention v2/v3; 0 selects v1. */
   attentionBlock: number;
+  /** Highest attention version with blocks: 2 (block in private arrays) or 3 (unrolled). */
+  attentionVersion: number;
   /** Row kernels use one invocation per row up to this row length, else a workgroup per row. */
   threadRowMaxLen: number;
   /** Reductions over at most this many elements run serially per output, else as a tree. */
@@ -30,13 +34,15 @@ export interface Tuning {
 const LLVMPIPE: Tuning = {
   profile: "llvmpipe",
   elementwiseWorkgroup: 64,
+  elementwiseVec4: true,
   rowWorkgroup: 64,
   matmul: { tileM: 8, tileN: 8, workgroup: 64 },
   // Texture operands: a texel load is 2-3x cheaper than a storage load on llvmpipe.
   matmulVersion: 3,
   matmulMinInvocations: 1024,
   attentionWorkgroup: 64,
-  attentionBlock: 4,
+  attentionBlock: 8,
+  attentionVersion: 3,
   // A workgroup barrier costs more than a short row's arithmetic on a CPU rasterizer.
   threadRowMaxLen: 1 << 20,
   serialReduceMax: 1024,
@@ -45,12 +51,14 @@ const LLVMPIPE: Tuning = {
 const GPU: Tuning = {
   profile: "gpu",
   elementwiseWorkgroup: 256,
+  elementwiseVec4: true,
   rowWorkgroup: 256,
   matmul: { tileM: 4, tileN: 4, workgroup: 64 },
   matmulVersion: 2,
   matmulMinInvocations: 16384,
   attentionWorkgroup: 64,
   attentionBlock: 1,
+  attentionVersion: 3,
   threadRowMaxLen: 128,
   serialReduceMax: 256,
 };

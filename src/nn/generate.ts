@@ -5,7 +5,7 @@
  */
 
 import { gpu } from "../gpu/device.ts";
-import { fusedDecodeFits, runDecodeLayer } from "../gpu/kernels/decode.ts";
+import { DECODE_HEAD_BINDINGS, fusedDecodeFits, runDecodeLayer } from "../gpu/kernels/decode.ts";
 import { runSample } from "../gpu/kernels/sample.ts";
 import * as T from "../tensor/ops.ts";
 import { Rng } from "../tensor/random.ts";
@@ -37,10 +37,21 @@ export interface GenerateOptions {
 
 /**
  * One decode step through the fused layer kernels: the token in `next` at position
- * cache.length; appends to the cache and returns the logits [1, 1, vocab].
+ * cache.length; appends to the cache and returns the logits [1, 1, vocab]. `fuseHead`: the last
+ * layer's kernel also computes the logits (default: when the adapter has the bindings).
  */
-export function fusedStep(model: Llama, cache: KVCache, next: Tensor, x: Tensor): Tensor {
+export function fusedStep(
+  model: Llama,
+  cache: KVCache,
+  next: Tensor,
+  x: Tensor,
+  fuseHead = gpu().device.limits.maxStorageBuffersPerShaderStage >= DECODE_HEAD_BINDINGS,
+): Tensor {
   const c = model.config, g = gpu();
+  const fits = { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads };
+  if (!fusedDecodeFits(fits, g.device.limits.maxStorageBuffersPerShaderStage)) {
+    throw new Error(`fusedStep: the fused decode kernel does not take ${JSON.stringify(fits)}`);
+  }
   const p = (n: string) => model.params.get(n)!.buf;
   const shape = {
     dim: c.dim,
@@ -49,10 +60,13 @@ export function fusedStep(model: Llama, cache: KVCache, next: Tensor, x: Tensor)
     kvHeads: c.nKvHeads,
     eps: c.normEps,
     wg: 64,
+    vocab: c.vocabSize,
   };
+  const logits = fuseHead ? empty([1, 1, c.vocabSize], "f32", "generate.logits") : null;
   const pos = cache.length;
   for (let l = 0; l < c.nLayers; l++) {
     const L = (n: string) => p(`model.layers.${l}.${n}`);
+    const last = l === c.nLayers - 1;
     runDecodeLayer(
       g,
       x.buf,
@@ -71,6 +85,9 @@ export function fusedStep(model: Llama, cache: KVCache, next: Tensor, x: Tensor)
         kCache: cache.k[l].buf,
         vCache: cache.v[l].buf,
         rope: model.ropeBuffer,
+        head: last && logits
+          ? { norm: p("model.norm.weight"), classifier: model.classifier.buf, logits: logits.buf }
+          : undefined,
       },
       shape,
       l === 0,
@@ -79,10 +96,11 @@ export function fusedStep(model: Llama, cache: KVCache, next: Tensor, x: Tensor)
     );
   }
   cache.length = pos + 1;
+  if (logits) return logits;
   const h = T.rmsnorm(x, model.params.get("model.norm.weight")!, c.normEps);
-  const logits = T.matmul(h, model.classifier, { transB: true });
+  const out = T.matmul(h, model.classifier, { transB: true });
   h.dispose();
-  return logits;
+  return out;
 }
 
 /** What {@link generate} produced, with timings. */
@@ -158,7 +176,7 @@ export async function generate(
       let done: GenerateResult["stop"] | null = null;
       const fused = opts.fused ??
         fusedDecodeFits(
-          { dim: c.dim, hidden: c.hiddenDim },
+          { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads },
           g.device.limits.maxStorageBuffersPerShaderStage,
         );
       const x = fused ? own(empty([1, 1, c.dim], "f32", "generate.x")) : null;

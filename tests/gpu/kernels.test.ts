@@ -26,17 +26,20 @@ const TUNINGS: Partial<Tuning>[] = [
     matmul: { tileM: 8, tileN: 8, workgroup: 64 },
     matmulVersion: 3,
     attentionWorkgroup: 64,
-    attentionBlock: 4,
+    attentionBlock: 8,
+    attentionVersion: 3,
     threadRowMaxLen: 1 << 20,
     serialReduceMax: 1 << 20,
   },
   {
     elementwiseWorkgroup: 256,
+    elementwiseVec4: false,
     rowWorkgroup: 256,
     matmul: { tileM: 4, tileN: 4, workgroup: 64 },
     matmulVersion: 1,
     attentionWorkgroup: 8,
     attentionBlock: 0,
+    attentionVersion: 2,
     threadRowMaxLen: 0,
     serialReduceMax: 0,
   },
@@ -47,6 +50,7 @@ const TUNINGS: Partial<Tuning>[] = [
     matmulVersion: 2,
     attentionWorkgroup: 32,
     attentionBlock: 3,
+    attentionVersion: 2,
     threadRowMaxLen: 128,
     serialReduceMax: 64,
   },
@@ -173,6 +177,35 @@ Deno.test("rope vs CPU at 512 positions (angles from the float64 table)", async 
   assertClose(await y.toArray(), ropeRef(x, dims, 10000), FWD, "rope 512");
   y.dispose();
   table.dispose();
+});
+
+Deno.test("elementwise vs CPU: vec4 and scalar paths, offsets, broadcast, every tuning", async () => {
+  await underEachTuning(async (tuning) => {
+    for (const n of [4096, 4094, 12]) {
+      const a = randomArray(n, n, 2), b = randomArray(n, n + 1, 2);
+      const ta = tensor(a, [n]), tb = tensor(b, [n]);
+      const sum = T.add(ta, tb), act = T.silu(ta);
+      // Views at offsets 4 (vec4-aligned) and 3 (not): the kernels read through the offset.
+      const s4 = T.slice(ta, 0, 4, n - 4), s3 = T.slice(tb, 0, 3, n - 1);
+      const mixed = T.mul(s4, T.slice(tb, 0, 4, n - 4)), odd = T.mulScalar(s3, 2);
+      const [gs, ga, gm, go] = await Promise.all([sum, act, mixed, odd].map((t) => t.toArray()));
+      assertClose(gs, Array.from(a, (x, i) => x + b[i]), FWD, `add n=${n} ${tuning}`);
+      assertClose(ga, Array.from(a, (x) => x / (1 + Math.exp(-x))), FWD, `silu n=${n} ${tuning}`);
+      assertClose(
+        gm,
+        Array.from(a.slice(4, n - 4), (x, i) => x * b[i + 4]),
+        FWD,
+        `mul@4 ${tuning}`,
+      );
+      assertClose(go, Array.from(b.slice(3, n - 1), (x) => 2 * x), FWD, `mulScalar@3 ${tuning}`);
+      for (const t of [ta, tb, sum, act, s4, s3, mixed, odd]) t.dispose();
+    }
+    const rows = tensor(randomArray(64, 9, 1), [16, 4]), bias = tensor(randomArray(4, 10, 1), [4]);
+    const br = T.add(rows, bias);
+    const [r, bb, got] = await Promise.all([rows, bias, br].map((t) => t.toArray()));
+    assertClose(got, Array.from(r, (x, i) => x + bb[i % 4]), FWD, `broadcast ${tuning}`);
+    for (const t of [rows, bias, br]) t.dispose();
+  });
 });
 
 Deno.test("elementwise over a grid folded past 65535 workgroups", async () => {

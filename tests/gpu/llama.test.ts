@@ -99,22 +99,25 @@ Deno.test("fused decode step: logits equal the per-op cached forward at every po
     const ids: number[] = m.config.vocabSize === 512 ? stories.prompt.ids : tiny.models[0].tokens;
     const want = await cachedLogits(m, ids);
     const v = m.config.vocabSize;
-    const cache = m.newCache(1, ids.length);
-    const x = empty([1, 1, m.config.dim], "f32");
-    for (let t = 0; t < ids.length; t++) {
-      const tok = tensor(Int32Array.from([ids[t]]), [1, 1], "i32");
-      const l = noGrad(() => fusedStep(m, cache, tok, x));
-      assertClose(
-        await l.toArray(),
-        want.subarray(t * v, (t + 1) * v),
-        LOGITS_TOL,
-        `position ${t}`,
-      );
-      l.dispose();
-      tok.dispose();
+    // The head (final norm + classifier) fused into the last layer's kernel, and separate.
+    for (const fuseHead of [true, false]) {
+      const cache = m.newCache(1, ids.length);
+      const x = empty([1, 1, m.config.dim], "f32");
+      for (let t = 0; t < ids.length; t++) {
+        const tok = tensor(Int32Array.from([ids[t]]), [1, 1], "i32");
+        const l = noGrad(() => fusedStep(m, cache, tok, x, fuseHead));
+        assertClose(
+          await l.toArray(),
+          want.subarray(t * v, (t + 1) * v),
+          LOGITS_TOL,
+          `position ${t}, fuseHead ${fuseHead}`,
+        );
+        l.dispose();
+        tok.dispose();
+      }
+      x.dispose();
+      cache.dispose();
     }
-    x.dispose();
-    cache.dispose();
     m.dispose();
   }
 });

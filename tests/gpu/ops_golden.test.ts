@@ -78,15 +78,19 @@ function tolFor(c: GoldenCase, base: Tolerance): Tolerance {
 
 /**
  * Ops with several kernel versions run under each: row ops with a workgroup or one invocation
- * per row; attention v1 (block 0) and v2 with blocks of 4 and of 3 queries/keys.
+ * per row; attention v1 (block 0), v2 with blocks of 4 and 3, v3 with blocks of 8 and 3.
  */
 const VERSIONS: Record<string, [string, Partial<Tuning>][]> = {
   row: [["workgroup per row", { threadRowMaxLen: 0 }], ["thread per row", {
     threadRowMaxLen: 1 << 30,
   }]],
-  attention: [["v1", { attentionBlock: 0 }], ["v2 block 4", { attentionBlock: 4 }], ["v2 block 3", {
-    attentionBlock: 3,
-  }]],
+  attention: [
+    ["v1", { attentionBlock: 0 }],
+    ["v2 block 4", { attentionBlock: 4, attentionVersion: 2 }],
+    ["v2 block 3", { attentionBlock: 3, attentionVersion: 2 }],
+    ["v3 block 8", { attentionBlock: 8, attentionVersion: 3 }],
+    ["v3 block 3", { attentionBlock: 3, attentionVersion: 3 }],
+  ],
 };
 const ROW_OPS = new Set(["softmax", "log_softmax", "rmsnorm", "cross_entropy"]);
 const variants = cases.filter((c) => c.op !== "adamw" && c.op !== "clip_grad_norm").flatMap((c) => {

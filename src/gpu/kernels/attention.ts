@@ -20,6 +20,12 @@
  *   v2 a block of `qb` queries or keys per invocation and vec4 loads (head dim % 4 == 0): on
  *      llvmpipe every storage load costs about the same per lane whatever its width, so this
  *      cuts loads by up to 4 * qb.
+ *   v3 v2 with the block unrolled by the generator into named variables (q0_0, a0_0, ...) and
+ *      masked keys handled with selects instead of `continue`. v2 keeps its block in private
+ *      arrays indexed by a loop counter; where the compiler does not unroll that loop (llvmpipe
+ *      does not, with a `continue` in it), every access is a per-lane gather from scratch
+ *      memory. On llvmpipe v3 runs forward + backward of stories260K's attention 2.5x faster
+ *      than v2, and wider blocks (8 instead of 4) now pay off.
  */
 
 import type { Gpu } from "../device.ts";
@@ -62,6 +68,8 @@ export interface AttentionVariant {
   qb: number;
   /** Load width: 4 (vec4, needs d % 4 == 0) or 1. */
   w: 1 | 4;
+  /** v3: the block is unrolled into named variables instead of private arrays. */
+  unroll: boolean;
 }
 
 const PARAMS = `struct Params {
@@ -193,6 +201,245 @@ ${queryBlock(v.wg)}
     name: `attention_fwd_${variantName(v)}`,
     source,
     buffers: ["read", "read", "read", "read", "rw", "rw"],
+  };
+}
+
+/** v3 forward: v2 with the block unrolled into named registers (see the header). */
+export function attentionForwardKernelV3(v: AttentionVariant): Kernel {
+  const QB = v.qb, DW = v.d / v.w;
+  const R = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const L: string[] = [];
+  const e = (x: string) => L.push(x);
+  e(`  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
+  let nb = (P.TQ + QB - 1u) / QB;
+  if (blk >= P.rows / P.TQ * nb) { return; }
+  let t0 = (blk % nb) * QB;
+  let bh = blk / nb;
+  let h = bh % P.HQ;
+  let b = bh / P.HQ;
+  let g = h / (P.HQ / P.HKV);
+  let nq = min(QB, P.TQ - t0);
+  var lo = P.TK;
+  var hi = 0u;`);
+  for (const i of R(QB)) {
+    e(`  let tq${i} = min(t0 + ${i}u, P.TQ - 1u) + P.QOFF;
+  let mt${i} = tokenMeta(b, tq${i});
+  let bits${i} = select(rowBitsOf(i32(mt${i}.x)), 0u, PLAIN);
+  let st${i} = mt${i}.y;
+  let en${i} = select(min(tq${i} + 1u, mt${i}.z), mt${i}.z, P.hasAll != 0u);
+  if (${i}u < nq && (bits${i} != 0u || PLAIN)) { lo = min(lo, st${i}); hi = max(hi, en${i}); }
+  let qb${i} = ((b * P.TQ + min(t0 + ${i}u, P.TQ - 1u)) * P.HQ + h) * DW;
+  var m${i} = -3.4028234e38;
+  var l${i} = 0.0;`);
+    for (const j of R(DW)) {
+      e(`  let q${i}_${j} = Q[qb${i} + ${j}u] * P.scale;
+  var a${i}_${j} = VT();`);
+    }
+  }
+  e(`  for (var s = lo; s < hi; s++) {
+    let rk = i32(tokenMeta(b, s).x);
+    let kBase = ((b * P.TCAP + s) * P.HKV + g) * DW;`);
+  for (const j of R(DW)) {
+    e(`    let k${j} = K[kBase + ${j}u];
+    let v${j} = V[kBase + ${j}u];`);
+  }
+  for (const i of R(QB)) {
+    e(`    {
+      let ok = s >= st${i} && s < en${i} && allowed(bits${i}, rk, tq${i}, s);
+      let sc = ${R(DW).map((j) => `dotw(q${i}_${j}, k${j})`).join(" + ")};
+      let diff = sc - m${i};
+      let ex = exp(-abs(diff));
+      let up = ok && diff > 0.0;
+      let corr = select(1.0, ex, up);
+      let p = select(select(ex, 1.0, up), 0.0, !ok);
+      m${i} = select(m${i}, max(m${i}, sc), ok);
+      l${i} = l${i} * corr + p;`);
+    for (const j of R(DW)) e(`      a${i}_${j} = a${i}_${j} * corr + p * v${j};`);
+    e(`    }`);
+  }
+  e(`  }`);
+  for (const i of R(QB)) {
+    e(`  if (${i}u < nq) {
+    let inv = select(0.0, 1.0 / l${i}, l${i} > 0.0);`);
+    for (const j of R(DW)) e(`    O[qb${i} + ${j}u] = a${i}_${j} * inv;`);
+    e(`    STATS[bh * P.TQ + t0 + ${i}u] = select(0.0, m${i} + log(l${i}), l${i} > 0.0);
+  }`);
+  }
+  const source = `${PARAMS}
+@group(0) @binding(1) var<storage, read> Q: array<VT>;
+@group(0) @binding(2) var<storage, read> K: array<VT>;
+@group(0) @binding(3) var<storage, read> V: array<VT>;
+${metaBinding(v, 4)}
+@group(0) @binding(5) var<storage, read_write> O: array<VT>;
+@group(0) @binding(6) var<storage, read_write> STATS: array<f32>;
+${common(v)}
+@compute @workgroup_size(${v.wg})
+fn main(${GRID_BUILTINS}) {
+${L.join("\n")}
+}`;
+  return {
+    name: `attention_fwd_${variantName(v)}`,
+    source,
+    buffers: ["read", "read", "read", "read", "rw", "rw"],
+  };
+}
+
+/** v3 dq and delta, unrolled. */
+export function attentionBackwardQueryKernelV3(v: AttentionVariant): Kernel {
+  const QB = v.qb, DW = v.d / v.w;
+  const R = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const L: string[] = [];
+  const e = (x: string) => L.push(x);
+  e(`  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
+  let nb = (P.TQ + QB - 1u) / QB;
+  if (blk >= P.rows / P.TQ * nb) { return; }
+  let t0 = (blk % nb) * QB;
+  let bh = blk / nb;
+  let h = bh % P.HQ;
+  let b = bh / P.HQ;
+  let g = h / (P.HQ / P.HKV);
+  let nq = min(QB, P.TQ - t0);
+  var lo = P.TK;
+  var hi = 0u;`);
+  for (const i of R(QB)) {
+    e(`  let tq${i} = min(t0 + ${i}u, P.TQ - 1u);
+  let mt${i} = tokenMeta(b, tq${i});
+  let bits${i} = select(rowBitsOf(i32(mt${i}.x)), 0u, PLAIN);
+  let st${i} = mt${i}.y;
+  let en${i} = select(min(tq${i} + 1u, mt${i}.z), mt${i}.z, P.hasAll != 0u);
+  if (${i}u < nq && (bits${i} != 0u || PLAIN)) { lo = min(lo, st${i}); hi = max(hi, en${i}); }
+  let qb${i} = ((b * P.TQ + tq${i}) * P.HQ + h) * DW;
+  let lse${i} = STATS[bh * P.TQ + tq${i}];`);
+    for (const j of R(DW)) {
+      e(`  let q${i}_${j} = Q[qb${i} + ${j}u] * P.scale;
+  let d${i}_${j} = DO[qb${i} + ${j}u];
+  var g${i}_${j} = VT();`);
+    }
+    e(`  let delta${i} = ${R(DW).map((j) => `dotw(d${i}_${j}, O[qb${i} + ${j}u])`).join(" + ")};`);
+  }
+  e(`  for (var s = lo; s < hi; s++) {
+    let rk = i32(tokenMeta(b, s).x);
+    let kBase = ((b * P.TCAP + s) * P.HKV + g) * DW;`);
+  for (const j of R(DW)) e(`    let k${j} = K[kBase + ${j}u];\n    let v${j} = V[kBase + ${j}u];`);
+  for (const i of R(QB)) {
+    e(`    {
+      let ok = s >= st${i} && s < en${i} && allowed(bits${i}, rk, tq${i}, s);
+      let sc = ${R(DW).map((j) => `dotw(q${i}_${j}, k${j})`).join(" + ")};
+      let dp = ${R(DW).map((j) => `dotw(d${i}_${j}, v${j})`).join(" + ")};
+      let ds = select(0.0, exp(sc - lse${i}) * (dp - delta${i}), ok);`);
+    for (const j of R(DW)) e(`      g${i}_${j} += ds * k${j};`);
+    e(`    }`);
+  }
+  e(`  }`);
+  for (const i of R(QB)) {
+    e(`  if (${i}u < nq) {`);
+    for (const j of R(DW)) e(`    DQ[qb${i} + ${j}u] = g${i}_${j} * P.scale;`);
+    e(`    STATS[P.rows + bh * P.TQ + tq${i}] = delta${i};
+  }`);
+  }
+  const source = `${PARAMS}
+@group(0) @binding(1) var<storage, read> Q: array<VT>;
+@group(0) @binding(2) var<storage, read> K: array<VT>;
+@group(0) @binding(3) var<storage, read> V: array<VT>;
+${metaBinding(v, 4)}
+@group(0) @binding(5) var<storage, read> O: array<VT>;
+@group(0) @binding(6) var<storage, read> DO: array<VT>;
+@group(0) @binding(7) var<storage, read_write> STATS: array<f32>;
+@group(0) @binding(8) var<storage, read_write> DQ: array<VT>;
+${common(v)}
+@compute @workgroup_size(${v.wg})
+fn main(${GRID_BUILTINS}) {
+${L.join("\n")}
+}`;
+  return {
+    name: `attention_bwd_q_${variantName(v)}`,
+    source,
+    buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
+  };
+}
+
+/** v3 dk and dv, unrolled: each invocation owns a block of keys. */
+export function attentionBackwardKeyKernelV3(v: AttentionVariant): Kernel {
+  const QB = v.qb, DW = v.d / v.w;
+  const R = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const L: string[] = [];
+  const e = (x: string) => L.push(x);
+  e(`  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
+  let nb = (P.TQ + QB - 1u) / QB;
+  if (blk >= P.rows / P.TQ / P.HQ * P.HKV * nb) { return; }
+  let sb = (blk % nb) * QB;
+  let bg = blk / nb;
+  let g = bg % P.HKV;
+  let b = bg / P.HKV;
+  let ns = min(QB, P.TQ - sb);
+  var lo = P.TQ;
+  var hi = 0u;`);
+  for (const i of R(QB)) {
+    e(`  let s${i} = min(sb + ${i}u, P.TQ - 1u);
+  let kb${i} = ((b * P.TQ + s${i}) * P.HKV + g) * DW;
+  let mk${i} = tokenMeta(b, s${i});
+  let rk${i} = i32(mk${i}.x);
+  if (${i}u < ns) { lo = min(lo, select(s${i}, mk${i}.y, P.hasAll != 0u)); hi = max(hi, mk${i}.z); }`);
+    for (const j of R(DW)) {
+      e(`  let k${i}_${j} = K[kb${i} + ${j}u] * P.scale;
+  let v${i}_${j} = V[kb${i} + ${j}u];
+  var dk${i}_${j} = VT();
+  var dv${i}_${j} = VT();`);
+    }
+  }
+  e(`  let group = P.HQ / P.HKV;
+  for (var hh = 0u; hh < group; hh++) {
+    let h = g * group + hh;
+    for (var t = lo; t < hi; t++) {
+      let mt = tokenMeta(b, t);
+      let bits = select(rowBitsOf(i32(mt.x)), 0u, PLAIN);
+      if (bits == 0u && !PLAIN) { continue; }
+      let qBase = ((b * P.TQ + t) * P.HQ + h) * DW;
+      let r = (b * P.HQ + h) * P.TQ + t;
+      let lse = STATS[r];
+      let delta = STATS[P.rows + r];`);
+  for (const j of R(DW)) {
+    e(`      let q${j} = Q[qBase + ${j}u];\n      let d${j} = DO[qBase + ${j}u];`);
+  }
+  for (const i of R(QB)) {
+    e(`      {
+        let ok = ${i}u < ns && s${i} >= mt.y && s${i} < mt.z && allowed(bits, rk${i}, t, s${i});
+        let sc = ${R(DW).map((j) => `dotw(q${j}, k${i}_${j})`).join(" + ")};
+        let dp = ${R(DW).map((j) => `dotw(d${j}, v${i}_${j})`).join(" + ")};
+        let p = select(0.0, exp(sc - lse), ok);
+        let ds = p * (dp - delta);`);
+    for (const j of R(DW)) {
+      e(`        dv${i}_${j} += p * d${j};\n        dk${i}_${j} += ds * q${j};`);
+    }
+    e(`      }`);
+  }
+  e(`    }
+  }`);
+  for (const i of R(QB)) {
+    e(`  if (${i}u < ns) {`);
+    for (const j of R(DW)) {
+      e(`    DK[kb${i} + ${j}u] = dk${i}_${j} * P.scale;\n    DV[kb${i} + ${j}u] = dv${i}_${j};`);
+    }
+    e(`  }`);
+  }
+  const source = `${PARAMS}
+@group(0) @binding(1) var<storage, read> Q: array<VT>;
+@group(0) @binding(2) var<storage, read> K: array<VT>;
+@group(0) @binding(3) var<storage, read> V: array<VT>;
+${metaBinding(v, 4)}
+@group(0) @binding(5) var<storage, read> DO: array<VT>;
+@group(0) @binding(6) var<storage, read> STATS: array<f32>;
+@group(0) @binding(7) var<storage, read_write> DK: array<VT>;
+@group(0) @binding(8) var<storage, read_write> DV: array<VT>;
+${common(v)}
+@compute @workgroup_size(${v.wg})
+fn main(${GRID_BUILTINS}) {
+${L.join("\n")}
+}`;
+  return {
+    name: `attention_bwd_kv_${variantName(v)}`,
+    source,
+    buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
   };
 }
 
@@ -340,7 +587,7 @@ fn main(${GRID_BUILTINS}) {
 }
 
 function variantName(v: AttentionVariant): string {
-  return `${v.qb > 1 || v.w > 1 ? "v2" : "v1"}_d${v.d}_qb${v.qb}_w${v.w}${
+  return `${v.unroll ? "v3" : v.qb > 1 || v.w > 1 ? "v2" : "v1"}_d${v.d}_qb${v.qb}_w${v.w}${
     v.plain ? "_causal" : ""
   }${v.seg ? "_seg" : ""}`;
 }
@@ -379,6 +626,7 @@ export function checkRoleTable(table: readonly (readonly number[])[]): string | 
 }
 
 const memo = new Map<string, Kernel>();
+
 function cached(kind: string, v: AttentionVariant, make: (v: AttentionVariant) => Kernel): Kernel {
   const key = `${kind}${JSON.stringify(v)}`;
   let k = memo.get(key);
@@ -386,23 +634,23 @@ function cached(kind: string, v: AttentionVariant, make: (v: AttentionVariant) =
   return k;
 }
 
-/** The kernel variant for this call on this adapter (v2 when the head dim allows vec4). */
+/** The kernel variant for this call on this adapter and these dims. */
 function variant(
   gpu: Gpu,
-  d: number,
+  dims: AttentionDims,
   table: readonly (readonly number[])[],
   seg: boolean,
 ): AttentionVariant {
-  const qb = Math.max(1, gpu.tuning.attentionBlock);
-  const w = d % 4 === 0 && gpu.tuning.attentionBlock > 0 ? 4 : 1;
-  return {
-    d,
-    wg: gpu.tuning.attentionWorkgroup,
-    plain: isPlain(table),
-    seg,
-    qb: w === 4 ? qb : 1,
-    w,
-  };
+  const { attentionBlock: block, attentionVersion: version } = gpu.tuning;
+  const d = dims.d;
+  const w = d % 4 === 0 && block > 0 ? 4 : 1;
+  const unroll = w === 4 && version >= 3;
+  // v3 keeps a block's registers near 64 floats per operand whatever the head size, and never
+  // blocks wider than there are queries (one new token when decoding).
+  const qb = w === 4
+    ? Math.max(1, unroll ? Math.min(block, Math.floor(64 / d), dims.t) : block)
+    : 1;
+  return { d, wg: gpu.tuning.attentionWorkgroup, plain: isPlain(table), seg, qb, w, unroll };
 }
 
 /** Buffers of a forward call; `meta` replaces `roles` for packed sequences. */
@@ -423,10 +671,10 @@ export function runAttention(
   dims: AttentionDims,
   table: readonly (readonly number[])[],
 ): void {
-  const v = variant(gpu, dims.d, table, !!bufs.meta);
+  const v = variant(gpu, dims, table, !!bufs.meta);
   const units = dims.b * dims.hq * Math.ceil(dims.t / v.qb);
   gpu.dispatch(
-    cached("f", v, attentionForwardKernel),
+    cached("f", v, v.unroll ? attentionForwardKernelV3 : attentionForwardKernel),
     [bufs.q, bufs.k, bufs.v, bufs.meta ?? bufs.roles, bufs.o, bufs.stats],
     params(dims, table),
     grid(Math.ceil(units / v.wg)),
@@ -442,18 +690,18 @@ export function runAttentionBackward(
   if ((dims.tk ?? dims.t) !== dims.t || (dims.tcap ?? dims.t) !== dims.t) {
     throw new Error("attention backward needs as many keys as queries (no KV cache)");
   }
-  const v = variant(gpu, dims.d, table, !!bufs.meta);
+  const v = variant(gpu, dims, table, !!bufs.meta);
   const p = params(dims, table);
   const blocks = Math.ceil(dims.t / v.qb);
   const roles = bufs.meta ?? bufs.roles;
   gpu.dispatch(
-    cached("q", v, attentionBackwardQueryKernel),
+    cached("q", v, v.unroll ? attentionBackwardQueryKernelV3 : attentionBackwardQueryKernel),
     [bufs.q, bufs.k, bufs.v, roles, bufs.o, bufs.dout, bufs.stats, bufs.dq],
     p,
     grid(Math.ceil((dims.b * dims.hq * blocks) / v.wg)),
   );
   gpu.dispatch(
-    cached("k", v, attentionBackwardKeyKernel),
+    cached("k", v, v.unroll ? attentionBackwardKeyKernelV3 : attentionBackwardKeyKernel),
     [bufs.q, bufs.k, bufs.v, roles, bufs.dout, bufs.stats, bufs.dk, bufs.dv],
     p,
     grid(Math.ceil((dims.b * dims.hkv * blocks) / v.wg)),
