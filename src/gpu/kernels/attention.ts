@@ -204,13 +204,15 @@ ${queryBlock(v.wg)}
   };
 }
 
-/** v3 forward: v2 with the block unrolled into named registers (see the header). */
-export function attentionForwardKernelV3(v: AttentionVariant): Kernel {
-  const QB = v.qb, DW = v.d / v.w;
-  const R = (n: number) => Array.from({ length: n }, (_, i) => i);
-  const L: string[] = [];
-  const e = (x: string) => L.push(x);
-  e(`  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+/**
+ * v3 prologue of a block of queries (forward and dq): per query i, its row `tr{i}` (clamped),
+ * position `tq{i}` (after the cached keys), mask bits, visible key range [st{i}, en{i}) and
+ * Q/O offset `qb{i}`; the union of the ranges in [lo, hi).
+ */
+function queryBlockV3(v: AttentionVariant): string[] {
+  const L = [`  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
   let nb = (P.TQ + QB - 1u) / QB;
   if (blk >= P.rows / P.TQ * nb) { return; }
   let t0 = (blk % nb) * QB;
@@ -220,33 +222,49 @@ export function attentionForwardKernelV3(v: AttentionVariant): Kernel {
   let g = h / (P.HQ / P.HKV);
   let nq = min(QB, P.TQ - t0);
   var lo = P.TK;
-  var hi = 0u;`);
-  for (const i of R(QB)) {
-    e(`  let tq${i} = min(t0 + ${i}u, P.TQ - 1u) + P.QOFF;
+  var hi = 0u;`];
+  for (const i of range(v.qb)) {
+    L.push(`  let tr${i} = min(t0 + ${i}u, P.TQ - 1u);
+  let tq${i} = tr${i} + P.QOFF;
   let mt${i} = tokenMeta(b, tq${i});
   let bits${i} = select(rowBitsOf(i32(mt${i}.x)), 0u, PLAIN);
   let st${i} = mt${i}.y;
   let en${i} = select(min(tq${i} + 1u, mt${i}.z), mt${i}.z, P.hasAll != 0u);
   if (${i}u < nq && (bits${i} != 0u || PLAIN)) { lo = min(lo, st${i}); hi = max(hi, en${i}); }
-  let qb${i} = ((b * P.TQ + min(t0 + ${i}u, P.TQ - 1u)) * P.HQ + h) * DW;
-  var m${i} = -3.4028234e38;
+  let qb${i} = ((b * P.TQ + tr${i}) * P.HQ + h) * DW;`);
+  }
+  return L;
+}
+
+/** v3 head of the loop over keys: the key's role and its K and V rows in k{j}, v{j}. */
+function keyLoopV3(v: AttentionVariant): string {
+  return `  for (var s = lo; s < hi; s++) {
+    let rk = i32(tokenMeta(b, s).x);
+    let kBase = ((b * P.TCAP + s) * P.HKV + g) * DW;
+${
+    range(v.d / v.w).map((j) =>
+      `    let k${j} = K[kBase + ${j}u];\n    let v${j} = V[kBase + ${j}u];`
+    ).join("\n")
+  }`;
+}
+
+/** v3 forward: v2 with the block unrolled into named registers (see the header). */
+export function attentionForwardKernelV3(v: AttentionVariant): Kernel {
+  const QB = v.qb, DW = v.d / v.w;
+  const L = queryBlockV3(v);
+  const e = (x: string) => L.push(x);
+  for (const i of range(QB)) {
+    e(`  var m${i} = -3.4028234e38;
   var l${i} = 0.0;`);
-    for (const j of R(DW)) {
-      e(`  let q${i}_${j} = Q[qb${i} + ${j}u] * P.scale;
-  var a${i}_${j} = VT();`);
+    for (const j of range(DW)) {
+      e(`  let q${i}_${j} = Q[qb${i} + ${j}u] * P.scale;\n  var a${i}_${j} = VT();`);
     }
   }
-  e(`  for (var s = lo; s < hi; s++) {
-    let rk = i32(tokenMeta(b, s).x);
-    let kBase = ((b * P.TCAP + s) * P.HKV + g) * DW;`);
-  for (const j of R(DW)) {
-    e(`    let k${j} = K[kBase + ${j}u];
-    let v${j} = V[kBase + ${j}u];`);
-  }
-  for (const i of R(QB)) {
+  e(keyLoopV3(v));
+  for (const i of range(QB)) {
     e(`    {
       let ok = s >= st${i} && s < en${i} && allowed(bits${i}, rk, tq${i}, s);
-      let sc = ${R(DW).map((j) => `dotw(q${i}_${j}, k${j})`).join(" + ")};
+      let sc = ${range(DW).map((j) => `dotw(q${i}_${j}, k${j})`).join(" + ")};
       let diff = sc - m${i};
       let ex = exp(-abs(diff));
       let up = ok && diff > 0.0;
@@ -254,14 +272,14 @@ export function attentionForwardKernelV3(v: AttentionVariant): Kernel {
       let p = select(select(ex, 1.0, up), 0.0, !ok);
       m${i} = select(m${i}, max(m${i}, sc), ok);
       l${i} = l${i} * corr + p;`);
-    for (const j of R(DW)) e(`      a${i}_${j} = a${i}_${j} * corr + p * v${j};`);
+    for (const j of range(DW)) e(`      a${i}_${j} = a${i}_${j} * corr + p * v${j};`);
     e(`    }`);
   }
   e(`  }`);
-  for (const i of R(QB)) {
+  for (const i of range(QB)) {
     e(`  if (${i}u < nq) {
     let inv = select(0.0, 1.0 / l${i}, l${i} > 0.0);`);
-    for (const j of R(DW)) e(`    O[qb${i} + ${j}u] = a${i}_${j} * inv;`);
+    for (const j of range(DW)) e(`    O[qb${i} + ${j}u] = a${i}_${j} * inv;`);
     e(`    STATS[bh * P.TQ + t0 + ${i}u] = select(0.0, m${i} + log(l${i}), l${i} > 0.0);
   }`);
   }
@@ -287,54 +305,34 @@ ${L.join("\n")}
 /** v3 dq and delta, unrolled. */
 export function attentionBackwardQueryKernelV3(v: AttentionVariant): Kernel {
   const QB = v.qb, DW = v.d / v.w;
-  const R = (n: number) => Array.from({ length: n }, (_, i) => i);
-  const L: string[] = [];
+  const L = queryBlockV3(v);
   const e = (x: string) => L.push(x);
-  e(`  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
-  let nb = (P.TQ + QB - 1u) / QB;
-  if (blk >= P.rows / P.TQ * nb) { return; }
-  let t0 = (blk % nb) * QB;
-  let bh = blk / nb;
-  let h = bh % P.HQ;
-  let b = bh / P.HQ;
-  let g = h / (P.HQ / P.HKV);
-  let nq = min(QB, P.TQ - t0);
-  var lo = P.TK;
-  var hi = 0u;`);
-  for (const i of R(QB)) {
-    e(`  let tq${i} = min(t0 + ${i}u, P.TQ - 1u);
-  let mt${i} = tokenMeta(b, tq${i});
-  let bits${i} = select(rowBitsOf(i32(mt${i}.x)), 0u, PLAIN);
-  let st${i} = mt${i}.y;
-  let en${i} = select(min(tq${i} + 1u, mt${i}.z), mt${i}.z, P.hasAll != 0u);
-  if (${i}u < nq && (bits${i} != 0u || PLAIN)) { lo = min(lo, st${i}); hi = max(hi, en${i}); }
-  let qb${i} = ((b * P.TQ + tq${i}) * P.HQ + h) * DW;
-  let lse${i} = STATS[bh * P.TQ + tq${i}];`);
-    for (const j of R(DW)) {
+  for (const i of range(QB)) {
+    e(`  let lse${i} = STATS[bh * P.TQ + tr${i}];`);
+    for (const j of range(DW)) {
       e(`  let q${i}_${j} = Q[qb${i} + ${j}u] * P.scale;
   let d${i}_${j} = DO[qb${i} + ${j}u];
   var g${i}_${j} = VT();`);
     }
-    e(`  let delta${i} = ${R(DW).map((j) => `dotw(d${i}_${j}, O[qb${i} + ${j}u])`).join(" + ")};`);
+    e(`  let delta${i} = ${
+      range(DW).map((j) => `dotw(d${i}_${j}, O[qb${i} + ${j}u])`).join(" + ")
+    };`);
   }
-  e(`  for (var s = lo; s < hi; s++) {
-    let rk = i32(tokenMeta(b, s).x);
-    let kBase = ((b * P.TCAP + s) * P.HKV + g) * DW;`);
-  for (const j of R(DW)) e(`    let k${j} = K[kBase + ${j}u];\n    let v${j} = V[kBase + ${j}u];`);
-  for (const i of R(QB)) {
+  e(keyLoopV3(v));
+  for (const i of range(QB)) {
     e(`    {
       let ok = s >= st${i} && s < en${i} && allowed(bits${i}, rk, tq${i}, s);
-      let sc = ${R(DW).map((j) => `dotw(q${i}_${j}, k${j})`).join(" + ")};
-      let dp = ${R(DW).map((j) => `dotw(d${i}_${j}, v${j})`).join(" + ")};
+      let sc = ${range(DW).map((j) => `dotw(q${i}_${j}, k${j})`).join(" + ")};
+      let dp = ${range(DW).map((j) => `dotw(d${i}_${j}, v${j})`).join(" + ")};
       let ds = select(0.0, exp(sc - lse${i}) * (dp - delta${i}), ok);`);
-    for (const j of R(DW)) e(`      g${i}_${j} += ds * k${j};`);
+    for (const j of range(DW)) e(`      g${i}_${j} += ds * k${j};`);
     e(`    }`);
   }
   e(`  }`);
-  for (const i of R(QB)) {
+  for (const i of range(QB)) {
     e(`  if (${i}u < nq) {`);
-    for (const j of R(DW)) e(`    DQ[qb${i} + ${j}u] = g${i}_${j} * P.scale;`);
-    e(`    STATS[P.rows + bh * P.TQ + tq${i}] = delta${i};
+    for (const j of range(DW)) e(`    DQ[qb${i} + ${j}u] = g${i}_${j} * P.scale;`);
+    e(`    STATS[P.rows + bh * P.TQ + tr${i}] = delta${i};
   }`);
   }
   const source = `${PARAMS}
@@ -361,7 +359,6 @@ ${L.join("\n")}
 /** v3 dk and dv, unrolled: each invocation owns a block of keys. */
 export function attentionBackwardKeyKernelV3(v: AttentionVariant): Kernel {
   const QB = v.qb, DW = v.d / v.w;
-  const R = (n: number) => Array.from({ length: n }, (_, i) => i);
   const L: string[] = [];
   const e = (x: string) => L.push(x);
   e(`  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
@@ -374,13 +371,13 @@ export function attentionBackwardKeyKernelV3(v: AttentionVariant): Kernel {
   let ns = min(QB, P.TQ - sb);
   var lo = P.TQ;
   var hi = 0u;`);
-  for (const i of R(QB)) {
+  for (const i of range(QB)) {
     e(`  let s${i} = min(sb + ${i}u, P.TQ - 1u);
   let kb${i} = ((b * P.TQ + s${i}) * P.HKV + g) * DW;
   let mk${i} = tokenMeta(b, s${i});
   let rk${i} = i32(mk${i}.x);
   if (${i}u < ns) { lo = min(lo, select(s${i}, mk${i}.y, P.hasAll != 0u)); hi = max(hi, mk${i}.z); }`);
-    for (const j of R(DW)) {
+    for (const j of range(DW)) {
       e(`  let k${i}_${j} = K[kb${i} + ${j}u] * P.scale;
   let v${i}_${j} = V[kb${i} + ${j}u];
   var dk${i}_${j} = VT();
@@ -398,26 +395,26 @@ export function attentionBackwardKeyKernelV3(v: AttentionVariant): Kernel {
       let r = (b * P.HQ + h) * P.TQ + t;
       let lse = STATS[r];
       let delta = STATS[P.rows + r];`);
-  for (const j of R(DW)) {
+  for (const j of range(DW)) {
     e(`      let q${j} = Q[qBase + ${j}u];\n      let d${j} = DO[qBase + ${j}u];`);
   }
-  for (const i of R(QB)) {
+  for (const i of range(QB)) {
     e(`      {
         let ok = ${i}u < ns && s${i} >= mt.y && s${i} < mt.z && allowed(bits, rk${i}, t, s${i});
-        let sc = ${R(DW).map((j) => `dotw(q${j}, k${i}_${j})`).join(" + ")};
-        let dp = ${R(DW).map((j) => `dotw(d${j}, v${i}_${j})`).join(" + ")};
+        let sc = ${range(DW).map((j) => `dotw(q${j}, k${i}_${j})`).join(" + ")};
+        let dp = ${range(DW).map((j) => `dotw(d${j}, v${i}_${j})`).join(" + ")};
         let p = select(0.0, exp(sc - lse), ok);
         let ds = p * (dp - delta);`);
-    for (const j of R(DW)) {
+    for (const j of range(DW)) {
       e(`        dv${i}_${j} += p * d${j};\n        dk${i}_${j} += ds * q${j};`);
     }
     e(`      }`);
   }
   e(`    }
   }`);
-  for (const i of R(QB)) {
+  for (const i of range(QB)) {
     e(`  if (${i}u < ns) {`);
-    for (const j of R(DW)) {
+    for (const j of range(DW)) {
       e(`    DK[kb${i} + ${j}u] = dk${i}_${j} * P.scale;\n    DV[kb${i} + ${j}u] = dv${i}_${j};`);
     }
     e(`  }`);
