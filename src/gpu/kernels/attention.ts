@@ -112,6 +112,47 @@ function metaBinding(v: AttentionVariant, i: number): string {
     : `@group(0) @binding(${i}) var<storage, read> ROLES: array<i32>;`;
 }
 
+/** Storage bindings of each kernel kind, shared by its versions. */
+function fwdBindings(v: AttentionVariant): string {
+  return `@group(0) @binding(1) var<storage, read> Q: array<VT>;
+@group(0) @binding(2) var<storage, read> K: array<VT>;
+@group(0) @binding(3) var<storage, read> V: array<VT>;
+${metaBinding(v, 4)}
+@group(0) @binding(5) var<storage, read_write> O: array<VT>;
+@group(0) @binding(6) var<storage, read_write> STATS: array<f32>;`;
+}
+function bwdQBindings(v: AttentionVariant): string {
+  return `@group(0) @binding(1) var<storage, read> Q: array<VT>;
+@group(0) @binding(2) var<storage, read> K: array<VT>;
+@group(0) @binding(3) var<storage, read> V: array<VT>;
+${metaBinding(v, 4)}
+@group(0) @binding(5) var<storage, read> O: array<VT>;
+@group(0) @binding(6) var<storage, read> DO: array<VT>;
+@group(0) @binding(7) var<storage, read_write> STATS: array<f32>;
+@group(0) @binding(8) var<storage, read_write> DQ: array<VT>;`;
+}
+function bwdKvBindings(v: AttentionVariant): string {
+  return `@group(0) @binding(1) var<storage, read> Q: array<VT>;
+@group(0) @binding(2) var<storage, read> K: array<VT>;
+@group(0) @binding(3) var<storage, read> V: array<VT>;
+${metaBinding(v, 4)}
+@group(0) @binding(5) var<storage, read> DO: array<VT>;
+@group(0) @binding(6) var<storage, read> STATS: array<f32>;
+@group(0) @binding(7) var<storage, read_write> DK: array<VT>;
+@group(0) @binding(8) var<storage, read_write> DV: array<VT>;`;
+}
+
+/** A kernel's WGSL: params, bindings, shared helpers, then `body` as the entry point. */
+function kernelSource(v: AttentionVariant, bindings: string, body: string): string {
+  return `${PARAMS}
+${bindings}
+${common(v)}
+@compute @workgroup_size(${v.wg})
+fn main(${GRID_BUILTINS}) {
+${body}
+}`;
+}
+
 /** Decode of a block of QB queries (forward and dq kernels). */
 function queryBlock(wg: number): string {
   return `
@@ -146,17 +187,10 @@ function fill(src: string, v: AttentionVariant): string {
 
 export function attentionForwardKernel(v: AttentionVariant): Kernel {
   const source = fill(
-    `${PARAMS}
-@group(0) @binding(1) var<storage, read> Q: array<VT>;
-@group(0) @binding(2) var<storage, read> K: array<VT>;
-@group(0) @binding(3) var<storage, read> V: array<VT>;
-${metaBinding(v, 4)}
-@group(0) @binding(5) var<storage, read_write> O: array<VT>;
-@group(0) @binding(6) var<storage, read_write> STATS: array<f32>;
-${common(v)}
-@compute @workgroup_size(${v.wg})
-fn main(${GRID_BUILTINS}) {
-${queryBlock(v.wg)}
+    kernelSource(
+      v,
+      fwdBindings(v),
+      `${queryBlock(v.wg)}
   var q: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
   var acc: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
   var m: array<f32, ${v.qb}>;
@@ -193,8 +227,8 @@ ${queryBlock(v.wg)}
     let inv = select(0.0, 1.0 / l[i], l[i] > 0.0);
     for (var j = 0u; j < DW; j++) { O[qBase + j] = acc[i][j] * inv; }
     STATS[bh * P.TQ + t] = select(0.0, m[i] + log(l[i]), l[i] > 0.0);
-  }
-}`,
+  }`,
+    ),
     v,
   );
   return {
@@ -283,18 +317,7 @@ export function attentionForwardKernelV3(v: AttentionVariant): Kernel {
     e(`    STATS[bh * P.TQ + t0 + ${i}u] = select(0.0, m${i} + log(l${i}), l${i} > 0.0);
   }`);
   }
-  const source = `${PARAMS}
-@group(0) @binding(1) var<storage, read> Q: array<VT>;
-@group(0) @binding(2) var<storage, read> K: array<VT>;
-@group(0) @binding(3) var<storage, read> V: array<VT>;
-${metaBinding(v, 4)}
-@group(0) @binding(5) var<storage, read_write> O: array<VT>;
-@group(0) @binding(6) var<storage, read_write> STATS: array<f32>;
-${common(v)}
-@compute @workgroup_size(${v.wg})
-fn main(${GRID_BUILTINS}) {
-${L.join("\n")}
-}`;
+  const source = kernelSource(v, fwdBindings(v), L.join("\n"));
   return {
     name: `attention_fwd_${variantName(v)}`,
     source,
@@ -335,20 +358,7 @@ export function attentionBackwardQueryKernelV3(v: AttentionVariant): Kernel {
     e(`    STATS[P.rows + bh * P.TQ + tr${i}] = delta${i};
   }`);
   }
-  const source = `${PARAMS}
-@group(0) @binding(1) var<storage, read> Q: array<VT>;
-@group(0) @binding(2) var<storage, read> K: array<VT>;
-@group(0) @binding(3) var<storage, read> V: array<VT>;
-${metaBinding(v, 4)}
-@group(0) @binding(5) var<storage, read> O: array<VT>;
-@group(0) @binding(6) var<storage, read> DO: array<VT>;
-@group(0) @binding(7) var<storage, read_write> STATS: array<f32>;
-@group(0) @binding(8) var<storage, read_write> DQ: array<VT>;
-${common(v)}
-@compute @workgroup_size(${v.wg})
-fn main(${GRID_BUILTINS}) {
-${L.join("\n")}
-}`;
+  const source = kernelSource(v, bwdQBindings(v), L.join("\n"));
   return {
     name: `attention_bwd_q_${variantName(v)}`,
     source,
@@ -419,20 +429,7 @@ export function attentionBackwardKeyKernelV3(v: AttentionVariant): Kernel {
     }
     e(`  }`);
   }
-  const source = `${PARAMS}
-@group(0) @binding(1) var<storage, read> Q: array<VT>;
-@group(0) @binding(2) var<storage, read> K: array<VT>;
-@group(0) @binding(3) var<storage, read> V: array<VT>;
-${metaBinding(v, 4)}
-@group(0) @binding(5) var<storage, read> DO: array<VT>;
-@group(0) @binding(6) var<storage, read> STATS: array<f32>;
-@group(0) @binding(7) var<storage, read_write> DK: array<VT>;
-@group(0) @binding(8) var<storage, read_write> DV: array<VT>;
-${common(v)}
-@compute @workgroup_size(${v.wg})
-fn main(${GRID_BUILTINS}) {
-${L.join("\n")}
-}`;
+  const source = kernelSource(v, bwdKvBindings(v), L.join("\n"));
   return {
     name: `attention_bwd_kv_${variantName(v)}`,
     source,
@@ -443,19 +440,10 @@ ${L.join("\n")}
 /** dq for each query, and delta = dO . O which the dk/dv kernel needs. */
 export function attentionBackwardQueryKernel(v: AttentionVariant): Kernel {
   const source = fill(
-    `${PARAMS}
-@group(0) @binding(1) var<storage, read> Q: array<VT>;
-@group(0) @binding(2) var<storage, read> K: array<VT>;
-@group(0) @binding(3) var<storage, read> V: array<VT>;
-${metaBinding(v, 4)}
-@group(0) @binding(5) var<storage, read> O: array<VT>;
-@group(0) @binding(6) var<storage, read> DO: array<VT>;
-@group(0) @binding(7) var<storage, read_write> STATS: array<f32>;
-@group(0) @binding(8) var<storage, read_write> DQ: array<VT>;
-${common(v)}
-@compute @workgroup_size(${v.wg})
-fn main(${GRID_BUILTINS}) {
-${queryBlock(v.wg)}
+    kernelSource(
+      v,
+      bwdQBindings(v),
+      `${queryBlock(v.wg)}
   var q: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
   var dout: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
   var dq: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
@@ -493,8 +481,8 @@ ${queryBlock(v.wg)}
     let qBase = ((b * P.TQ + t) * P.HQ + h) * DW;
     for (var j = 0u; j < DW; j++) { DQ[qBase + j] = dq[i][j] * P.scale; }
     STATS[P.rows + bh * P.TQ + t] = delta[i];
-  }
-}`,
+  }`,
+    ),
     v,
   );
   return {
@@ -507,19 +495,10 @@ ${queryBlock(v.wg)}
 /** dk, dv for each key: sums over the query heads of its group and the queries that see it. */
 export function attentionBackwardKeyKernel(v: AttentionVariant): Kernel {
   const source = fill(
-    `${PARAMS}
-@group(0) @binding(1) var<storage, read> Q: array<VT>;
-@group(0) @binding(2) var<storage, read> K: array<VT>;
-@group(0) @binding(3) var<storage, read> V: array<VT>;
-${metaBinding(v, 4)}
-@group(0) @binding(5) var<storage, read> DO: array<VT>;
-@group(0) @binding(6) var<storage, read> STATS: array<f32>;
-@group(0) @binding(7) var<storage, read_write> DK: array<VT>;
-@group(0) @binding(8) var<storage, read_write> DV: array<VT>;
-${common(v)}
-@compute @workgroup_size(${v.wg})
-fn main(${GRID_BUILTINS}) {
-  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
+    kernelSource(
+      v,
+      bwdKvBindings(v),
+      `  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
   let nb = (P.TQ + QB - 1u) / QB;
   if (blk >= P.rows / P.TQ / P.HQ * P.HKV * nb) { return; }
   let s0 = (blk % nb) * QB;
@@ -572,8 +551,8 @@ fn main(${GRID_BUILTINS}) {
   for (var i = 0u; i < ns; i++) {
     let kBase = ((b * P.TQ + s0 + i) * P.HKV + g) * DW;
     for (var j = 0u; j < DW; j++) { DK[kBase + j] = dk[i][j] * P.scale; DV[kBase + j] = dv[i][j]; }
-  }
-}`,
+  }`,
+    ),
     v,
   );
   return {
