@@ -112,35 +112,37 @@ function metaBinding(v: AttentionVariant, i: number): string {
     : `@group(0) @binding(${i}) var<storage, read> ROLES: array<i32>;`;
 }
 
-/** Storage bindings of each kernel kind, shared by its versions. */
-function fwdBindings(v: AttentionVariant): string {
-  return `@group(0) @binding(1) var<storage, read> Q: array<VT>;
-@group(0) @binding(2) var<storage, read> K: array<VT>;
-@group(0) @binding(3) var<storage, read> V: array<VT>;
-${metaBinding(v, 4)}
-@group(0) @binding(5) var<storage, read_write> O: array<VT>;
-@group(0) @binding(6) var<storage, read_write> STATS: array<f32>;`;
+/**
+ * Storage bindings of each kernel kind, shared by its versions: Q, K, V and the token roles (or
+ * meta) at 1..4, then the kind's own `[access, name, element type]` from binding 5.
+ */
+function bindings(v: AttentionVariant, rest: [string, string, string][]): string {
+  const decl = (i: number, access: string, name: string, type: string) =>
+    `@group(0) @binding(${i}) var<storage, ${access}> ${name}: array<${type}>;`;
+  return [
+    decl(1, "read", "Q", "VT"),
+    decl(2, "read", "K", "VT"),
+    decl(3, "read", "V", "VT"),
+    metaBinding(v, 4),
+    ...rest.map(([access, name, type], i) => decl(5 + i, access, name, type)),
+  ].join("\n");
 }
-function bwdQBindings(v: AttentionVariant): string {
-  return `@group(0) @binding(1) var<storage, read> Q: array<VT>;
-@group(0) @binding(2) var<storage, read> K: array<VT>;
-@group(0) @binding(3) var<storage, read> V: array<VT>;
-${metaBinding(v, 4)}
-@group(0) @binding(5) var<storage, read> O: array<VT>;
-@group(0) @binding(6) var<storage, read> DO: array<VT>;
-@group(0) @binding(7) var<storage, read_write> STATS: array<f32>;
-@group(0) @binding(8) var<storage, read_write> DQ: array<VT>;`;
-}
-function bwdKvBindings(v: AttentionVariant): string {
-  return `@group(0) @binding(1) var<storage, read> Q: array<VT>;
-@group(0) @binding(2) var<storage, read> K: array<VT>;
-@group(0) @binding(3) var<storage, read> V: array<VT>;
-${metaBinding(v, 4)}
-@group(0) @binding(5) var<storage, read> DO: array<VT>;
-@group(0) @binding(6) var<storage, read> STATS: array<f32>;
-@group(0) @binding(7) var<storage, read_write> DK: array<VT>;
-@group(0) @binding(8) var<storage, read_write> DV: array<VT>;`;
-}
+const fwdBindings = (v: AttentionVariant) =>
+  bindings(v, [["read_write", "O", "VT"], ["read_write", "STATS", "f32"]]);
+const bwdQBindings = (v: AttentionVariant) =>
+  bindings(v, [
+    ["read", "O", "VT"],
+    ["read", "DO", "VT"],
+    ["read_write", "STATS", "f32"],
+    ["read_write", "DQ", "VT"],
+  ]);
+const bwdKvBindings = (v: AttentionVariant) =>
+  bindings(v, [
+    ["read", "DO", "VT"],
+    ["read", "STATS", "f32"],
+    ["read_write", "DK", "VT"],
+    ["read_write", "DV", "VT"],
+  ]);
 
 /** A kernel's WGSL: params, bindings, shared helpers, then `body` as the entry point. */
 function kernelSource(v: AttentionVariant, bindings: string, body: string): string {
