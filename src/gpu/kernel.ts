@@ -20,6 +20,11 @@ export interface Kernel {
   readonly buffers: readonly Access[];
 }
 
+/** 0, 1, ..., n - 1: the indices a generator unrolls a kernel's block over. */
+export function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
+
 /** Largest workgroup count per grid dimension WebGPU guarantees. */
 export const MAX_GROUPS_PER_DIM = 65535;
 

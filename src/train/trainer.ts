@@ -10,6 +10,7 @@
  * complete checkpoint intact.
  */
 
+import { resolveRunDir } from "../io/model.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import { clipGradNorm } from "../tensor/optim.ts";
 import { AdamW } from "../tensor/optim.ts";
@@ -112,17 +113,14 @@ function ckptName(step: number): string {
 
 /** Resolves `--resume` (a run directory with `latest`, or a checkpoint directory). */
 export async function resolveCheckpoint(path: string): Promise<string> {
-  try {
-    const latest = (await Deno.readTextFile(`${path}/latest`)).trim();
-    return `${path}/${latest}`;
-  } catch {
-    await Deno.stat(`${path}/trainer/state.json`).catch(() => {
-      throw new Error(
-        `${path}: neither a run directory (no 'latest') nor a checkpoint (no trainer/state.json)`,
-      );
-    });
-    return path;
-  }
+  const ckpt = await resolveRunDir(path);
+  if (ckpt !== path) return ckpt;
+  await Deno.stat(`${path}/trainer/state.json`).catch(() => {
+    throw new Error(
+      `${path}: neither a run directory (no 'latest') nor a checkpoint (no trainer/state.json)`,
+    );
+  });
+  return path;
 }
 
 /** Reads a checkpoint's trainer state. */

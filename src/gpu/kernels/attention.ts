@@ -29,7 +29,14 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import {
+  grid,
+  GRID_BUILTINS,
+  type Kernel,
+  LINEAR_GROUP_ID,
+  ParamWriter,
+  range,
+} from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
 
 /** Attention rule codes of a role table. */
@@ -112,47 +119,56 @@ function metaBinding(v: AttentionVariant, i: number): string {
     : `@group(0) @binding(${i}) var<storage, read> ROLES: array<i32>;`;
 }
 
+/** A kernel kind's own storage bindings after Q, K, V and roles: [access, name, element type]. */
+type Bindings = readonly (readonly ["read" | "read_write", string, string])[];
+const FWD: Bindings = [["read_write", "O", "VT"], ["read_write", "STATS", "f32"]];
+const BWD_Q: Bindings = [
+  ["read", "O", "VT"],
+  ["read", "DO", "VT"],
+  ["read_write", "STATS", "f32"],
+  ["read_write", "DQ", "VT"],
+];
+const BWD_KV: Bindings = [
+  ["read", "DO", "VT"],
+  ["read", "STATS", "f32"],
+  ["read_write", "DK", "VT"],
+  ["read_write", "DV", "VT"],
+];
+
 /**
- * Storage bindings of each kernel kind, shared by its versions: Q, K, V and the token roles (or
- * meta) at 1..4, then the kind's own `[access, name, element type]` from binding 5.
+ * A kernel of any version: params, Q, K, V and the token roles (or meta) at bindings 1..4, the
+ * kind's own bindings from 5, shared helpers, then `body` as the entry point. The buffer access
+ * list comes from the same bindings.
  */
-function bindings(v: AttentionVariant, rest: [string, string, string][]): string {
+function attentionKernel(v: AttentionVariant, own: Bindings, name: string, body: string): Kernel {
   const decl = (i: number, access: string, name: string, type: string) =>
     `@group(0) @binding(${i}) var<storage, ${access}> ${name}: array<${type}>;`;
-  return [
-    decl(1, "read", "Q", "VT"),
-    decl(2, "read", "K", "VT"),
-    decl(3, "read", "V", "VT"),
-    metaBinding(v, 4),
-    ...rest.map(([access, name, type], i) => decl(5 + i, access, name, type)),
-  ].join("\n");
-}
-const fwdBindings = (v: AttentionVariant) =>
-  bindings(v, [["read_write", "O", "VT"], ["read_write", "STATS", "f32"]]);
-const bwdQBindings = (v: AttentionVariant) =>
-  bindings(v, [
-    ["read", "O", "VT"],
-    ["read", "DO", "VT"],
-    ["read_write", "STATS", "f32"],
-    ["read_write", "DQ", "VT"],
-  ]);
-const bwdKvBindings = (v: AttentionVariant) =>
-  bindings(v, [
-    ["read", "DO", "VT"],
-    ["read", "STATS", "f32"],
-    ["read_write", "DK", "VT"],
-    ["read_write", "DV", "VT"],
-  ]);
-
-/** A kernel's WGSL: params, bindings, shared helpers, then `body` as the entry point. */
-function kernelSource(v: AttentionVariant, bindings: string, body: string): string {
-  return `${PARAMS}
-${bindings}
+  const source = `${PARAMS}
+${
+    [
+      decl(1, "read", "Q", "VT"),
+      decl(2, "read", "K", "VT"),
+      decl(3, "read", "V", "VT"),
+      metaBinding(v, 4),
+      ...own.map(([access, n, type], i) => decl(5 + i, access, n, type)),
+    ].join("\n")
+  }
 ${common(v)}
 @compute @workgroup_size(${v.wg})
 fn main(${GRID_BUILTINS}) {
 ${body}
 }`;
+  return {
+    name,
+    source,
+    buffers: [
+      "read",
+      "read",
+      "read",
+      "read",
+      ...own.map(([access]) => (access === "read" ? "read" as const : "rw" as const)),
+    ],
+  };
 }
 
 /** Decode of a block of QB queries (forward and dq kernels). */
@@ -188,10 +204,11 @@ function fill(src: string, v: AttentionVariant): string {
 }
 
 export function attentionForwardKernel(v: AttentionVariant): Kernel {
-  const source = fill(
-    kernelSource(
-      v,
-      fwdBindings(v),
+  return attentionKernel(
+    v,
+    FWD,
+    `attention_fwd_${variantName(v)}`,
+    fill(
       `${queryBlock(v.wg)}
   var q: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
   var acc: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
@@ -230,17 +247,10 @@ export function attentionForwardKernel(v: AttentionVariant): Kernel {
     for (var j = 0u; j < DW; j++) { O[qBase + j] = acc[i][j] * inv; }
     STATS[bh * P.TQ + t] = select(0.0, m[i] + log(l[i]), l[i] > 0.0);
   }`,
+      v,
     ),
-    v,
   );
-  return {
-    name: `attention_fwd_${variantName(v)}`,
-    source,
-    buffers: ["read", "read", "read", "read", "rw", "rw"],
-  };
 }
-
-const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /**
  * v3 prologue of a block of queries (forward and dq): per query i, its row `tr{i}` (clamped),
@@ -319,12 +329,7 @@ export function attentionForwardKernelV3(v: AttentionVariant): Kernel {
     e(`    STATS[bh * P.TQ + t0 + ${i}u] = select(0.0, m${i} + log(l${i}), l${i} > 0.0);
   }`);
   }
-  const source = kernelSource(v, fwdBindings(v), L.join("\n"));
-  return {
-    name: `attention_fwd_${variantName(v)}`,
-    source,
-    buffers: ["read", "read", "read", "read", "rw", "rw"],
-  };
+  return attentionKernel(v, FWD, `attention_fwd_${variantName(v)}`, L.join("\n"));
 }
 
 /** v3 dq and delta, unrolled. */
@@ -360,12 +365,7 @@ export function attentionBackwardQueryKernelV3(v: AttentionVariant): Kernel {
     e(`    STATS[P.rows + bh * P.TQ + tr${i}] = delta${i};
   }`);
   }
-  const source = kernelSource(v, bwdQBindings(v), L.join("\n"));
-  return {
-    name: `attention_bwd_q_${variantName(v)}`,
-    source,
-    buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
-  };
+  return attentionKernel(v, BWD_Q, `attention_bwd_q_${variantName(v)}`, L.join("\n"));
 }
 
 /** v3 dk and dv, unrolled: each invocation owns a block of keys. */
@@ -431,20 +431,16 @@ export function attentionBackwardKeyKernelV3(v: AttentionVariant): Kernel {
     }
     e(`  }`);
   }
-  const source = kernelSource(v, bwdKvBindings(v), L.join("\n"));
-  return {
-    name: `attention_bwd_kv_${variantName(v)}`,
-    source,
-    buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
-  };
+  return attentionKernel(v, BWD_KV, `attention_bwd_kv_${variantName(v)}`, L.join("\n"));
 }
 
 /** dq for each query, and delta = dO . O which the dk/dv kernel needs. */
 export function attentionBackwardQueryKernel(v: AttentionVariant): Kernel {
-  const source = fill(
-    kernelSource(
-      v,
-      bwdQBindings(v),
+  return attentionKernel(
+    v,
+    BWD_Q,
+    `attention_bwd_q_${variantName(v)}`,
+    fill(
       `${queryBlock(v.wg)}
   var q: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
   var dout: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
@@ -484,22 +480,18 @@ export function attentionBackwardQueryKernel(v: AttentionVariant): Kernel {
     for (var j = 0u; j < DW; j++) { DQ[qBase + j] = dq[i][j] * P.scale; }
     STATS[P.rows + bh * P.TQ + t] = delta[i];
   }`,
+      v,
     ),
-    v,
   );
-  return {
-    name: `attention_bwd_q_${variantName(v)}`,
-    source,
-    buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
-  };
 }
 
 /** dk, dv for each key: sums over the query heads of its group and the queries that see it. */
 export function attentionBackwardKeyKernel(v: AttentionVariant): Kernel {
-  const source = fill(
-    kernelSource(
-      v,
-      bwdKvBindings(v),
+  return attentionKernel(
+    v,
+    BWD_KV,
+    `attention_bwd_kv_${variantName(v)}`,
+    fill(
       `  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
   let nb = (P.TQ + QB - 1u) / QB;
   if (blk >= P.rows / P.TQ / P.HQ * P.HKV * nb) { return; }
@@ -554,14 +546,9 @@ export function attentionBackwardKeyKernel(v: AttentionVariant): Kernel {
     let kBase = ((b * P.TQ + s0 + i) * P.HKV + g) * DW;
     for (var j = 0u; j < DW; j++) { DK[kBase + j] = dk[i][j] * P.scale; DV[kBase + j] = dv[i][j]; }
   }`,
+      v,
     ),
-    v,
   );
-  return {
-    name: `attention_bwd_kv_${variantName(v)}`,
-    source,
-    buffers: ["read", "read", "read", "read", "read", "read", "rw", "rw"],
-  };
 }
 
 function variantName(v: AttentionVariant): string {

@@ -18,7 +18,7 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { type Kernel, ParamWriter } from "../kernel.ts";
+import { type Kernel, ParamWriter, range } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
 
 /** Shapes compiled into the kernel. */
@@ -53,7 +53,6 @@ export const DECODE_HEAD_BINDINGS = 18;
  */
 export function decodeLayerKernel(s: DecodeShape, first: boolean, head = false): Kernel {
   const hd = s.dim / s.heads, kv = hd * s.kvHeads, group = s.heads / s.kvHeads;
-  const R = (n: number) => Array.from({ length: n }, (_, i) => i);
   const wg = s.wg;
   const source = `
 struct Params { pos: u32, maxPos: u32, scale: f32, _p: u32 };
@@ -185,7 +184,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     var m = -3.4028234e38;
     var l = 0.0;
 ${
-    R(hd / 4).map((j) =>
+    range(hd / 4).map((j) =>
       `    let q${j} = vec4<f32>(q[hh * HD + ${4 * j}u], q[hh * HD + ${4 * j + 1}u], q[hh * HD + ${
         4 * j + 2
       }u], q[hh * HD + ${4 * j + 3}u]);
@@ -202,28 +201,28 @@ ${
     for (var sidx = 0u; sidx <= P.pos; sidx++) {
       let base = (sidx * KV + kb) / 4u;
 ${
-    R(hd / 4).map((j) =>
+    range(hd / 4).map((j) =>
       `      var k${j} = KC[base + ${j}u];
       var v${j} = VC[base + ${j}u];`
     ).join("\n")
   }
       if (sidx == P.pos) {
 ${
-    R(hd / 4).map((j) =>
+    range(hd / 4).map((j) =>
       `        k${j} = kNew${j};
         v${j} = vNew${j};`
     ).join("\n")
   }
       }
-      let sc = (${R(hd / 4).map((j) => `dot(q${j}, k${j})`).join(" + ")}) * P.scale;
+      let sc = (${range(hd / 4).map((j) => `dot(q${j}, k${j})`).join(" + ")}) * P.scale;
       let mNew = max(m, sc);
       let corr = exp(m - mNew);
       let pr = exp(sc - mNew);
       l = l * corr + pr;
-${R(hd / 4).map((j) => `      a${j} = a${j} * corr + pr * v${j};`).join("\n")}
+${range(hd / 4).map((j) => `      a${j} = a${j} * corr + pr * v${j};`).join("\n")}
       m = mNew;
     }
-${R(hd / 4).map((j) => `    att[(hh * HD) / 4u + ${j}u] = a${j} / l;`).join("\n")}
+${range(hd / 4).map((j) => `    att[(hh * HD) / 4u + ${j}u] = a${j} / l;`).join("\n")}
   }
   workgroupBarrier();
   for (var r = lid; r < DIM; r += ${wg}u) {
