@@ -171,10 +171,9 @@ ${body}
   };
 }
 
-/** Decode of a block of QB queries (forward and dq kernels). */
-function queryBlock(wg: number): string {
-  return `
-  let blk = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+/** Which QB queries of which (sequence, head) this invocation owns (every query kernel). */
+function blockOfQueries(wg: number): string {
+  return `  let blk = ${LINEAR_GROUP_ID} * ${wg}u + lid;
   let nb = (P.TQ + QB - 1u) / QB;
   if (blk >= P.rows / P.TQ * nb) { return; }
   let t0 = (blk % nb) * QB;
@@ -182,7 +181,13 @@ function queryBlock(wg: number): string {
   let h = bh % P.HQ;
   let b = bh / P.HQ;
   let g = h / (P.HQ / P.HKV);
-  let nq = min(QB, P.TQ - t0);
+  let nq = min(QB, P.TQ - t0);`;
+}
+
+/** Decode of a block of QB queries (forward and dq kernels). */
+function queryBlock(wg: number): string {
+  return `
+${blockOfQueries(wg)}
   // Key range of the block: the union of its queries' segments, cut after the last query
   // unless some rule is 'all'.
   var lo = P.TK;
@@ -258,15 +263,7 @@ export function attentionForwardKernel(v: AttentionVariant): Kernel {
  * Q/O offset `qb{i}`; the union of the ranges in [lo, hi).
  */
 function queryBlockV3(v: AttentionVariant): string[] {
-  const L = [`  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
-  let nb = (P.TQ + QB - 1u) / QB;
-  if (blk >= P.rows / P.TQ * nb) { return; }
-  let t0 = (blk % nb) * QB;
-  let bh = blk / nb;
-  let h = bh % P.HQ;
-  let b = bh / P.HQ;
-  let g = h / (P.HQ / P.HKV);
-  let nq = min(QB, P.TQ - t0);
+  const L = [`${blockOfQueries(v.wg)}
   var lo = P.TK;
   var hi = 0u;`];
   for (const i of range(v.qb)) {
