@@ -184,6 +184,32 @@ function blockOfQueries(wg: number): string {
   let nq = min(QB, P.TQ - t0);`;
 }
 
+/** Which QB keys of which (sequence, KV head) this invocation owns; `first` names the first. */
+function blockOfKeys(wg: number, first: string): string {
+  return `  let blk = ${LINEAR_GROUP_ID} * ${wg}u + lid;
+  let nb = (P.TQ + QB - 1u) / QB;
+  if (blk >= P.rows / P.TQ / P.HQ * P.HKV * nb) { return; }
+  let ${first} = (blk % nb) * QB;
+  let bg = blk / nb;
+  let g = bg % P.HKV;
+  let b = bg / P.HKV;
+  let ns = min(QB, P.TQ - ${first});`;
+}
+
+/**
+ * The dk/dv kernels' loop over the queries that may see the block's keys: every query head of
+ * the group, every query in [lo, hi) whose role sees anything; `r` indexes its STATS row.
+ */
+const QUERIES_OF_GROUP = `  let group = P.HQ / P.HKV;
+  for (var hh = 0u; hh < group; hh++) {
+    let h = g * group + hh;
+    for (var t = lo; t < hi; t++) {
+      let mt = tokenMeta(b, t);
+      let bits = select(rowBitsOf(i32(mt.x)), 0u, PLAIN);
+      if (bits == 0u && !PLAIN) { continue; }
+      let qBase = ((b * P.TQ + t) * P.HQ + h) * DW;
+      let r = (b * P.HQ + h) * P.TQ + t;`;
+
 /** Decode of a block of QB queries (forward and dq kernels). */
 function queryBlock(wg: number): string {
   return `
@@ -370,14 +396,7 @@ export function attentionBackwardKeyKernelV3(v: AttentionVariant): Kernel {
   const QB = v.qb, DW = v.d / v.w;
   const L: string[] = [];
   const e = (x: string) => L.push(x);
-  e(`  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
-  let nb = (P.TQ + QB - 1u) / QB;
-  if (blk >= P.rows / P.TQ / P.HQ * P.HKV * nb) { return; }
-  let sb = (blk % nb) * QB;
-  let bg = blk / nb;
-  let g = bg % P.HKV;
-  let b = bg / P.HKV;
-  let ns = min(QB, P.TQ - sb);
+  e(`${blockOfKeys(v.wg, "sb")}
   var lo = P.TQ;
   var hi = 0u;`);
   for (const i of range(QB)) {
@@ -393,15 +412,7 @@ export function attentionBackwardKeyKernelV3(v: AttentionVariant): Kernel {
   var dv${i}_${j} = VT();`);
     }
   }
-  e(`  let group = P.HQ / P.HKV;
-  for (var hh = 0u; hh < group; hh++) {
-    let h = g * group + hh;
-    for (var t = lo; t < hi; t++) {
-      let mt = tokenMeta(b, t);
-      let bits = select(rowBitsOf(i32(mt.x)), 0u, PLAIN);
-      if (bits == 0u && !PLAIN) { continue; }
-      let qBase = ((b * P.TQ + t) * P.HQ + h) * DW;
-      let r = (b * P.HQ + h) * P.TQ + t;
+  e(`${QUERIES_OF_GROUP}
       let lse = STATS[r];
       let delta = STATS[P.rows + r];`);
   for (const j of range(DW)) {
@@ -489,14 +500,7 @@ export function attentionBackwardKeyKernel(v: AttentionVariant): Kernel {
     BWD_KV,
     `attention_bwd_kv_${variantName(v)}`,
     fill(
-      `  let blk = ${LINEAR_GROUP_ID} * ${v.wg}u + lid;
-  let nb = (P.TQ + QB - 1u) / QB;
-  if (blk >= P.rows / P.TQ / P.HQ * P.HKV * nb) { return; }
-  let s0 = (blk % nb) * QB;
-  let bg = blk / nb;
-  let g = bg % P.HKV;
-  let b = bg / P.HKV;
-  let ns = min(QB, P.TQ - s0);
+      `${blockOfKeys(v.wg, "s0")}
   var k: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
   var vv: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
   var dk: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
@@ -513,15 +517,7 @@ export function attentionBackwardKeyKernel(v: AttentionVariant): Kernel {
     rk[i] = i32(mt.x);
     if (i < ns) { lo = min(lo, select(s, mt.y, P.hasAll != 0u)); hi = max(hi, mt.z); }
   }
-  let group = P.HQ / P.HKV;
-  for (var hh = 0u; hh < group; hh++) {
-    let h = g * group + hh;
-    for (var t = lo; t < hi; t++) {
-      let mt = tokenMeta(b, t);
-      let bits = select(rowBitsOf(i32(mt.x)), 0u, PLAIN);
-      if (bits == 0u && !PLAIN) { continue; }
-      let qBase = ((b * P.TQ + t) * P.HQ + h) * DW;
-      let r = (b * P.HQ + h) * P.TQ + t;
+${QUERIES_OF_GROUP}
       var q: array<VT, ${v.d / v.w}>;
       var dout: array<VT, ${v.d / v.w}>;
       for (var j = 0u; j < DW; j++) { q[j] = Q[qBase + j]; dout[j] = DO[qBase + j]; }
