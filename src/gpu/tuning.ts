@@ -29,6 +29,11 @@ export interface Tuning {
   threadRowMaxLen: number;
   /** Reductions over at most this many elements run serially per output, else as a tree. */
   serialReduceMax: number;
+  /**
+   * Fused decode kernel version: 2 (a dispatch per layer) or 3 (one dispatch per token, weights
+   * in a texture; on llvmpipe each dispatch costs ~90 us whatever it does).
+   */
+  decodeVersion: 2 | 3;
 }
 
 const LLVMPIPE: Tuning = {
@@ -46,6 +51,7 @@ const LLVMPIPE: Tuning = {
   // A workgroup barrier costs more than a short row's arithmetic on a CPU rasterizer.
   threadRowMaxLen: 1 << 20,
   serialReduceMax: 1024,
+  decodeVersion: 3,
 };
 
 const GPU: Tuning = {
@@ -61,6 +67,7 @@ const GPU: Tuning = {
   attentionVersion: 3,
   threadRowMaxLen: 128,
   serialReduceMax: 256,
+  decodeVersion: 3,
 };
 
 /** Picks the profile for an adapter description; GEMKIT_TUNING=llvmpipe|gpu overrides. */

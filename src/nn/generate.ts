@@ -5,11 +5,22 @@
  */
 
 import { gpu } from "../gpu/device.ts";
-import { DECODE_HEAD_BINDINGS, fusedDecodeFits, runDecodeLayer } from "../gpu/kernels/decode.ts";
+import {
+  DECODE_HEAD_BINDINGS,
+  decodeLayersPerStep,
+  type DecodeLayout,
+  decodeLayout,
+  type DecodeShape,
+  fusedDecodeFits,
+  runDecodeLayer,
+  runDecodeStep,
+} from "../gpu/kernels/decode.ts";
+import { range } from "../gpu/kernel.ts";
+import type { GpuTexture } from "../gpu/pool.ts";
 import { runSample } from "../gpu/kernels/sample.ts";
 import * as T from "../tensor/ops.ts";
 import { Rng } from "../tensor/random.ts";
-import { empty, noGrad, type Tensor, tensor } from "../tensor/tensor.ts";
+import { empty, keep, noGrad, type Tensor, tensor } from "../tensor/tensor.ts";
 import type { KVCache, Llama } from "./llama.ts";
 
 /** Settings of {@link generate}. */
@@ -29,78 +40,182 @@ export interface GenerateOptions {
   /** Called with the ids confirmed so far (all of them, growing) after each readback. */
   onIds?: (ids: readonly number[]) => void;
   /**
-   * Decode with one fused kernel per layer (default: when the model is small enough, see
-   * kernels/decode.ts); false forces the general per-op path.
+   * Decode through the fused kernels (default: when the model is small enough, see
+   * kernels/decode.ts), with these settings when an object; false forces the general per-op path.
    */
-  fused?: boolean;
+  fused?: boolean | FusedDecoderOptions;
+}
+
+/** Settings of {@link FusedDecoder}. */
+export interface FusedDecoderOptions {
+  /**
+   * Kernel version (default: the adapter's tuning). 2: one dispatch per layer, weights in storage
+   * buffers. 3: every layer and the head in one dispatch, weights packed into one texture.
+   */
+  version?: 2 | 3;
+  /** v2: the last layer's kernel also computes the logits (default: when the adapter can bind it). */
+  fuseHead?: boolean;
+  /** v3: layers per dispatch (default: as many as the storage-buffer limit allows). */
+  layersPerStep?: number;
 }
 
 /**
- * One decode step through the fused layer kernels: the token in `next` at position
- * cache.length; appends to the cache and returns the logits [1, 1, vocab]. `fuseHead`: the last
- * layer's kernel also computes the logits (default: when the adapter has the bindings).
+ * Decodes one token per {@link FusedDecoder.step} through the fused kernels of
+ * kernels/decode.ts. v3 copies the weights into a texture when constructed: build a new decoder
+ * after the weights change.
  */
-export function fusedStep(
+export class FusedDecoder {
+  readonly version: 2 | 3;
+  readonly #model: Llama;
+  readonly #x: Tensor;
+  readonly #shape: DecodeShape;
+  readonly #fuseHead: boolean;
+  readonly #runs: [number, number][] = [];
+  #packed: { texture: GpuTexture; layout: DecodeLayout } | null = null;
+
+  /** Checks that the model fits the fused path (see `fusedDecodeFits`) and packs its weights. */
+  constructor(model: Llama, opts: FusedDecoderOptions = {}) {
+    const c = model.config, g = gpu();
+    const limit = g.device.limits.maxStorageBuffersPerShaderStage;
+    const fits = { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads };
+    if (!fusedDecodeFits(fits, limit)) {
+      throw new Error(`FusedDecoder: the fused decode kernels do not take ${JSON.stringify(fits)}`);
+    }
+    this.version = opts.version ?? g.tuning.decodeVersion;
+    this.#model = model;
+    this.#fuseHead = opts.fuseHead ?? limit >= DECODE_HEAD_BINDINGS;
+    this.#shape = {
+      dim: c.dim,
+      hidden: c.hiddenDim,
+      heads: c.nHeads,
+      kvHeads: c.nKvHeads,
+      eps: c.normEps,
+      wg: 64,
+      vocab: c.vocabSize,
+    };
+    this.#x = keep(empty([1, 1, c.dim], "f32", "generate.x"));
+    if (this.version === 3) {
+      const per = Math.min(opts.layersPerStep ?? Infinity, decodeLayersPerStep(limit));
+      if (!(per >= 1)) throw new Error(`FusedDecoder: layersPerStep ${opts.layersPerStep}`);
+      for (let l = 0; l < c.nLayers; l += per) this.#runs.push([l, Math.min(l + per, c.nLayers)]);
+      this.#packed = packWeights(model, this.#shape);
+    }
+  }
+
+  /**
+   * The token in `next` ([1, 1] i32) at position cache.length: appends its keys and values to
+   * the cache and returns its logits [1, 1, vocab].
+   */
+  step(cache: KVCache, next: Tensor): Tensor {
+    const c = this.#model.config, g = gpu(), m = this.#model;
+    const p = (n: string) => m.params.get(n)!.buf;
+    const pos = cache.length;
+    if (this.#packed) {
+      const logits = empty([1, 1, c.vocabSize], "f32", "generate.logits");
+      for (const [from, to] of this.#runs) {
+        runDecodeStep(
+          g,
+          this.#packed.texture,
+          this.#packed.layout,
+          {
+            x: this.#x.buf,
+            token: next.buf,
+            rope: m.ropeBuffer,
+            caches: range(to - from).map((i) => ({
+              k: cache.k[from + i].buf,
+              v: cache.v[from + i].buf,
+            })),
+            logits: logits.buf,
+          },
+          this.#shape,
+          from,
+          to,
+          pos,
+          c.maxSeqLen,
+        );
+      }
+      cache.length = pos + 1;
+      return logits;
+    }
+    const logits = this.#fuseHead ? empty([1, 1, c.vocabSize], "f32", "generate.logits") : null;
+    for (let l = 0; l < c.nLayers; l++) {
+      const L = (n: string) => p(`model.layers.${l}.${n}`);
+      const last = l === c.nLayers - 1;
+      runDecodeLayer(
+        g,
+        this.#x.buf,
+        {
+          token: next.buf,
+          embedding: p("model.embed_tokens.weight"),
+          attnNorm: L("input_layernorm.weight"),
+          wq: L("self_attn.q_proj.weight"),
+          wk: L("self_attn.k_proj.weight"),
+          wv: L("self_attn.v_proj.weight"),
+          wo: L("self_attn.o_proj.weight"),
+          ffnNorm: L("post_attention_layernorm.weight"),
+          w1: L("mlp.gate_proj.weight"),
+          w3: L("mlp.up_proj.weight"),
+          w2: L("mlp.down_proj.weight"),
+          kCache: cache.k[l].buf,
+          vCache: cache.v[l].buf,
+          rope: m.ropeBuffer,
+          head: last && logits
+            ? { norm: p("model.norm.weight"), classifier: m.classifier.buf, logits: logits.buf }
+            : undefined,
+        },
+        this.#shape,
+        l === 0,
+        pos,
+        c.maxSeqLen,
+      );
+    }
+    cache.length = pos + 1;
+    if (logits) return logits;
+    const h = T.rmsnorm(this.#x, m.params.get("model.norm.weight")!, c.normEps);
+    const out = T.matmul(h, m.classifier, { transB: true });
+    h.dispose();
+    return out;
+  }
+
+  /** Releases the residual buffer and the packed weights. */
+  dispose(): void {
+    this.#x.dispose();
+    if (this.#packed) gpu().textures.release(this.#packed.texture);
+    this.#packed = null;
+  }
+}
+
+/** The model's weights in one texture, in the order of `decodeLayout`. */
+function packWeights(
   model: Llama,
-  cache: KVCache,
-  next: Tensor,
-  x: Tensor,
-  fuseHead = gpu().device.limits.maxStorageBuffersPerShaderStage >= DECODE_HEAD_BINDINGS,
-): Tensor {
+  shape: DecodeShape,
+): { texture: GpuTexture; layout: DecodeLayout } {
   const c = model.config, g = gpu();
-  const fits = { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads };
-  if (!fusedDecodeFits(fits, g.device.limits.maxStorageBuffersPerShaderStage)) {
-    throw new Error(`fusedStep: the fused decode kernel does not take ${JSON.stringify(fits)}`);
-  }
-  const p = (n: string) => model.params.get(n)!.buf;
-  const shape = {
-    dim: c.dim,
-    hidden: c.hiddenDim,
-    heads: c.nHeads,
-    kvHeads: c.nKvHeads,
-    eps: c.normEps,
-    wg: 64,
-    vocab: c.vocabSize,
+  const layout = decodeLayout(shape, c.nLayers, c.tiedEmbeddings);
+  const staging = empty([layout.texels * 4], "f32", "generate.packed");
+  const put = (name: string, texel: number) => {
+    const t = model.params.get(name)!;
+    g.copy(t.buf, 0, staging.buf, texel * 16, t.size * 4);
   };
-  const logits = fuseHead ? empty([1, 1, c.vocabSize], "f32", "generate.logits") : null;
-  const pos = cache.length;
-  for (let l = 0; l < c.nLayers; l++) {
-    const L = (n: string) => p(`model.layers.${l}.${n}`);
-    const last = l === c.nLayers - 1;
-    runDecodeLayer(
-      g,
-      x.buf,
-      {
-        token: next.buf,
-        embedding: p("model.embed_tokens.weight"),
-        attnNorm: L("input_layernorm.weight"),
-        wq: L("self_attn.q_proj.weight"),
-        wk: L("self_attn.k_proj.weight"),
-        wv: L("self_attn.v_proj.weight"),
-        wo: L("self_attn.o_proj.weight"),
-        ffnNorm: L("post_attention_layernorm.weight"),
-        w1: L("mlp.gate_proj.weight"),
-        w3: L("mlp.up_proj.weight"),
-        w2: L("mlp.down_proj.weight"),
-        kCache: cache.k[l].buf,
-        vCache: cache.v[l].buf,
-        rope: model.ropeBuffer,
-        head: last && logits
-          ? { norm: p("model.norm.weight"), classifier: model.classifier.buf, logits: logits.buf }
-          : undefined,
-      },
-      shape,
-      l === 0,
-      pos,
-      c.maxSeqLen,
-    );
-  }
-  cache.length = pos + 1;
-  if (logits) return logits;
-  const h = T.rmsnorm(x, model.params.get("model.norm.weight")!, c.normEps);
-  const out = T.matmul(h, model.classifier, { transB: true });
-  h.dispose();
-  return out;
+  layout.layers.forEach((o, l) => {
+    const L = `model.layers.${l}.`;
+    put(L + "input_layernorm.weight", o.attnNorm);
+    put(L + "self_attn.q_proj.weight", o.wq);
+    put(L + "self_attn.k_proj.weight", o.wk);
+    put(L + "self_attn.v_proj.weight", o.wv);
+    put(L + "self_attn.o_proj.weight", o.wo);
+    put(L + "post_attention_layernorm.weight", o.ffnNorm);
+    put(L + "mlp.gate_proj.weight", o.w1);
+    put(L + "mlp.up_proj.weight", o.w3);
+    put(L + "mlp.down_proj.weight", o.w2);
+  });
+  put("model.norm.weight", layout.norm);
+  put("model.embed_tokens.weight", layout.embedding);
+  if (!c.tiedEmbeddings) put("lm_head.weight", layout.classifier);
+  const texture = g.textures.acquire(layout.texels);
+  g.copyToTexture(staging.buf, 0, texture, layout.texels);
+  staging.dispose();
+  return { texture, layout };
 }
 
 /** What {@link generate} produced, with timings. */
@@ -144,6 +259,7 @@ export async function generate(
   const cache = model.newCache(1, prompt.length + maxNew);
   const owned: Tensor[] = [];
   const own = <T extends Tensor>(t: T) => (owned.push(t), t);
+  let decoder = null as FusedDecoder | null;
   try {
     return await noGrad(async () => {
       const uniforms = own(
@@ -179,11 +295,11 @@ export async function generate(
           { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads },
           g.device.limits.maxStorageBuffersPerShaderStage,
         );
-      const x = fused ? own(empty([1, 1, c.dim], "f32", "generate.x")) : null;
+      decoder = fused ? new FusedDecoder(model, typeof fused === "object" ? fused : {}) : null;
       for (let step = 1; step <= maxNew && !done; step++) {
         if (step < maxNew) {
-          if (x) {
-            const logits = fusedStep(model, cache, next, x);
+          if (decoder) {
+            const logits = decoder.step(cache, next);
             sample(logits, step);
             logits.dispose();
           } else {
@@ -215,6 +331,7 @@ export async function generate(
       };
     });
   } finally {
+    decoder?.dispose();
     for (const t of owned) t.dispose();
     cache.dispose();
   }

@@ -10,7 +10,7 @@ import { rawSample } from "../../src/gem/sample.ts";
 import { readHfModel } from "../../src/io/hf.ts";
 import { CheckpointError, parseLlama2c, readLlama2c } from "../../src/io/llama2c.ts";
 import { dataDir } from "../../src/io/paths.ts";
-import { fusedStep, generate } from "../../src/nn/generate.ts";
+import { FusedDecoder, type FusedDecoderOptions, generate } from "../../src/nn/generate.ts";
 import { CAUSAL_PADDED, Llama, padBatch } from "../../src/nn/llama.ts";
 import { backward } from "../../src/tensor/backward.ts";
 import * as T from "../../src/tensor/ops.ts";
@@ -70,8 +70,14 @@ Deno.test("stories260K: prompt logits match PyTorch (full sequence and KV cache)
   m.dispose();
 });
 
-for (const fused of [true, false]) {
-  Deno.test(`stories260K: 200 greedy tokens from BOS equal the reference (${fused ? "fused layers" : "per-op"} decode)`, async () => {
+for (
+  const [name, fused] of [
+    ["fused v3", { version: 3 }],
+    ["fused v2", { version: 2 }],
+    ["per-op", false],
+  ] as const
+) {
+  Deno.test(`stories260K: 200 greedy tokens from BOS equal the reference (${name} decode)`, async () => {
     await testGpu();
     const m = await loadStories();
     const r = await generate(m, [1], {
@@ -87,6 +93,15 @@ for (const fused of [true, false]) {
   });
 }
 
+// v2: a dispatch per layer, the head in the last one or separate. v3: one dispatch for every
+// layer, or runs of 2 layers (stories260K: 2 + 2 + 1, the residual passed through X).
+const DECODERS: [string, FusedDecoderOptions][] = [
+  ["v2, head fused", { version: 2, fuseHead: true }],
+  ["v2, head separate", { version: 2, fuseHead: false }],
+  ["v3, all layers", { version: 3 }],
+  ["v3, 2 layers per dispatch", { version: 3, layersPerStep: 2 }],
+];
+
 Deno.test("fused decode step: logits equal the per-op cached forward at every position", async () => {
   await testGpu();
   for (
@@ -99,23 +114,22 @@ Deno.test("fused decode step: logits equal the per-op cached forward at every po
     const ids: number[] = m.config.vocabSize === 512 ? stories.prompt.ids : tiny.models[0].tokens;
     const want = await cachedLogits(m, ids);
     const v = m.config.vocabSize;
-    // The head (final norm + classifier) fused into the last layer's kernel, and separate.
-    for (const fuseHead of [true, false]) {
+    for (const [name, opts] of DECODERS) {
       const cache = m.newCache(1, ids.length);
-      const x = empty([1, 1, m.config.dim], "f32");
+      const decoder = new FusedDecoder(m, opts);
       for (let t = 0; t < ids.length; t++) {
         const tok = tensor(Int32Array.from([ids[t]]), [1, 1], "i32");
-        const l = noGrad(() => fusedStep(m, cache, tok, x, fuseHead));
+        const l = noGrad(() => decoder.step(cache, tok));
         assertClose(
           await l.toArray(),
           want.subarray(t * v, (t + 1) * v),
           LOGITS_TOL,
-          `position ${t}, fuseHead ${fuseHead}`,
+          `${m.config.nLayers} layers, position ${t}, ${name}`,
         );
         l.dispose();
         tok.dispose();
       }
-      x.dispose();
+      decoder.dispose();
       cache.dispose();
     }
     m.dispose();

@@ -19,7 +19,7 @@
 
 import type { Gpu } from "../device.ts";
 import { type Kernel, ParamWriter, range } from "../kernel.ts";
-import type { GpuBuffer } from "../pool.ts";
+import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../pool.ts";
 
 /** Shapes compiled into the kernel. */
 export interface DecodeShape {
@@ -46,6 +46,103 @@ export function fusedDecodeFits(
 /** Storage buffers a layer kernel binds; the last layer also binds the output head. */
 export const DECODE_BINDINGS = 15;
 export const DECODE_HEAD_BINDINGS = 18;
+
+/** WGSL: `sumAll(val, lid)`, the sum of `val` over the workgroup's `wg` invocations. */
+function sumAllSource(wg: number): string {
+  return `fn sumAll(val: f32, lid: u32) -> f32 {
+  red[lid] = val;
+  workgroupBarrier();
+  for (var st = ${wg / 2}u; st > 0u; st >>= 1u) {
+    if (lid < st) { red[lid] += red[lid + st]; }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}`;
+}
+
+/** WGSL: `rope(lid)`, RoPE on interleaved pairs of q (pairs 0..DIM/2) and k (the next KV/2). */
+function ropeSource(wg: number): string {
+  return `fn rope(lid: u32) {
+  for (var p = lid; p < (DIM + KV) / 2u; p += ${wg}u) {
+    let isQ = p < DIM / 2u;
+    let pp = select(p - DIM / 2u, p, isQ);
+    let at = (min(P.pos, P.maxPos - 1u) * (HD / 2u) + pp % (HD / 2u)) * 2u;
+    let c = ROPE[at];
+    let sn = ROPE[at + 1u];
+    if (isQ) {
+      let a = q[2u * pp];
+      let b = q[2u * pp + 1u];
+      q[2u * pp] = a * c - b * sn;
+      q[2u * pp + 1u] = a * sn + b * c;
+    } else {
+      let a = k[2u * pp];
+      let b = k[2u * pp + 1u];
+      k[2u * pp] = a * c - b * sn;
+      k[2u * pp + 1u] = a * sn + b * c;
+    }
+  }
+  workgroupBarrier();
+}`;
+}
+
+/**
+ * WGSL statements: causal attention of the new token, one invocation per query head, over the
+ * cached keys in `kc`/`vc` and then the new one, which is read from workgroup memory (this
+ * dispatch's cache writes are not ordered before its own reads). Writes `att`. The head is
+ * unrolled into vec4 registers: a private array indexed in a loop would be gathered from scratch
+ * memory on every access.
+ */
+function attentionHead(s: DecodeShape, kc: string, vc: string): string {
+  const hd = s.dim / s.heads, group = s.heads / s.kvHeads;
+  return `  if (lid < ${s.heads}u) {
+    let hh = lid;
+    let kb = (hh / ${group}u) * HD;
+    var m = -3.4028234e38;
+    var l = 0.0;
+${
+    range(hd / 4).map((j) =>
+      `    let q${j} = vec4<f32>(q[hh * HD + ${4 * j}u], q[hh * HD + ${4 * j + 1}u], q[hh * HD + ${
+        4 * j + 2
+      }u], q[hh * HD + ${4 * j + 3}u]);
+    var a${j} = vec4<f32>(0.0);
+    let kNew${j} = vec4<f32>(k[kb + ${4 * j}u], k[kb + ${4 * j + 1}u], k[kb + ${
+        4 * j + 2
+      }u], k[kb + ${4 * j + 3}u]);
+    let vNew${j} = vec4<f32>(v[kb + ${4 * j}u], v[kb + ${4 * j + 1}u], v[kb + ${
+        4 * j + 2
+      }u], v[kb + ${4 * j + 3}u]);`
+    ).join("\n")
+  }
+    // The cached keys, then the new one: the order of the unfused path.
+    for (var sidx = 0u; sidx <= P.pos; sidx++) {
+      let base = (sidx * KV + kb) / 4u;
+${
+    range(hd / 4).map((j) =>
+      `      var k${j} = ${kc}[base + ${j}u];
+      var v${j} = ${vc}[base + ${j}u];`
+    ).join("\n")
+  }
+      if (sidx == P.pos) {
+${
+    range(hd / 4).map((j) =>
+      `        k${j} = kNew${j};
+        v${j} = vNew${j};`
+    ).join("\n")
+  }
+      }
+      let sc = (${range(hd / 4).map((j) => `dot(q${j}, k${j})`).join(" + ")}) * P.scale;
+      let mNew = max(m, sc);
+      let corr = exp(m - mNew);
+      let pr = exp(sc - mNew);
+      l = l * corr + pr;
+${range(hd / 4).map((j) => `      a${j} = a${j} * corr + pr * v${j};`).join("\n")}
+      m = mNew;
+    }
+${range(hd / 4).map((j) => `    att[(hh * HD) / 4u + ${j}u] = a${j} / l;`).join("\n")}
+  }`;
+}
 
 /**
  * The kernel of one layer. `head`: this is the last layer, and it goes on with the final RMSNorm
@@ -92,17 +189,7 @@ var<workgroup> att: array<vec4<f32>, ${s.dim / 4}>;
 var<workgroup> h: array<vec4<f32>, ${s.hidden / 4}>;
 var<workgroup> red: array<f32, ${wg}>;
 
-fn sumAll(val: f32, lid: u32) -> f32 {
-  red[lid] = val;
-  workgroupBarrier();
-  for (var st = ${wg / 2}u; st > 0u; st >>= 1u) {
-    if (lid < st) { red[lid] += red[lid + st]; }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
+${sumAllSource(wg)}
 
 // xn = rmsnorm(x) * w, as vec4s.
 fn norm(w: u32, lid: u32) {
@@ -122,6 +209,8 @@ fn norm(w: u32, lid: u32) {
   }
   workgroupBarrier();
 }
+
+${ropeSource(wg)}
 
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32) {
@@ -150,80 +239,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
   }
   workgroupBarrier();
-  // RoPE on interleaved pairs of q (pairs 0..DIM/2) and k (pairs DIM/2..DIM/2 + KV/2).
-  for (var p = lid; p < (DIM + KV) / 2u; p += ${wg}u) {
-    let isQ = p < DIM / 2u;
-    let pp = select(p - DIM / 2u, p, isQ);
-    let at = (min(P.pos, P.maxPos - 1u) * (HD / 2u) + pp % (HD / 2u)) * 2u;
-    let c = ROPE[at];
-    let sn = ROPE[at + 1u];
-    if (isQ) {
-      let a = q[2u * pp];
-      let b = q[2u * pp + 1u];
-      q[2u * pp] = a * c - b * sn;
-      q[2u * pp + 1u] = a * sn + b * c;
-    } else {
-      let a = k[2u * pp];
-      let b = k[2u * pp + 1u];
-      k[2u * pp] = a * c - b * sn;
-      k[2u * pp + 1u] = a * sn + b * c;
-    }
-  }
-  workgroupBarrier();
+  rope(lid);
   for (var i = lid; i < KV / 4u; i += ${wg}u) {
     KC[P.pos * KV / 4u + i] = vec4<f32>(k[4u * i], k[4u * i + 1u], k[4u * i + 2u], k[4u * i + 3u]);
     VC[P.pos * KV / 4u + i] = vec4<f32>(v[4u * i], v[4u * i + 1u], v[4u * i + 2u], v[4u * i + 3u]);
   }
-  // Causal attention, one invocation per query head, over the cached keys and then the new one,
-  // which is read from workgroup memory (this dispatch's cache writes are not ordered before its
-  // own reads). The head is unrolled into vec4 registers: a private array indexed in a loop
-  // would be gathered from scratch memory on every access.
-  if (lid < ${s.heads}u) {
-    let hh = lid;
-    let kb = (hh / ${group}u) * HD;
-    var m = -3.4028234e38;
-    var l = 0.0;
-${
-    range(hd / 4).map((j) =>
-      `    let q${j} = vec4<f32>(q[hh * HD + ${4 * j}u], q[hh * HD + ${4 * j + 1}u], q[hh * HD + ${
-        4 * j + 2
-      }u], q[hh * HD + ${4 * j + 3}u]);
-    var a${j} = vec4<f32>(0.0);
-    let kNew${j} = vec4<f32>(k[kb + ${4 * j}u], k[kb + ${4 * j + 1}u], k[kb + ${
-        4 * j + 2
-      }u], k[kb + ${4 * j + 3}u]);
-    let vNew${j} = vec4<f32>(v[kb + ${4 * j}u], v[kb + ${4 * j + 1}u], v[kb + ${
-        4 * j + 2
-      }u], v[kb + ${4 * j + 3}u]);`
-    ).join("\n")
-  }
-    // The cached keys, then the new one: the order of the unfused path.
-    for (var sidx = 0u; sidx <= P.pos; sidx++) {
-      let base = (sidx * KV + kb) / 4u;
-${
-    range(hd / 4).map((j) =>
-      `      var k${j} = KC[base + ${j}u];
-      var v${j} = VC[base + ${j}u];`
-    ).join("\n")
-  }
-      if (sidx == P.pos) {
-${
-    range(hd / 4).map((j) =>
-      `        k${j} = kNew${j};
-        v${j} = vNew${j};`
-    ).join("\n")
-  }
-      }
-      let sc = (${range(hd / 4).map((j) => `dot(q${j}, k${j})`).join(" + ")}) * P.scale;
-      let mNew = max(m, sc);
-      let corr = exp(m - mNew);
-      let pr = exp(sc - mNew);
-      l = l * corr + pr;
-${range(hd / 4).map((j) => `      a${j} = a${j} * corr + pr * v${j};`).join("\n")}
-      m = mNew;
-    }
-${range(hd / 4).map((j) => `    att[(hh * HD) / 4u + ${j}u] = a${j} / l;`).join("\n")}
-  }
+${attentionHead(s, "KC", "VC")}
   workgroupBarrier();
   for (var r = lid; r < DIM; r += ${wg}u) {
     var acc = vec4<f32>(0.0);
@@ -347,6 +368,253 @@ export function runDecodeLayer(
       b.rope,
       ...(head ? [head.norm, head.classifier, head.logits] : []),
     ],
+    p,
+    [1, 1, 1],
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// v3: every layer of a token (or a run of layers, when the KV-cache bindings would exceed the
+// adapter's limit) and the head in one dispatch, weights read as texels of one packed texture.
+
+/** Texel offsets of one layer's weights in the packed texture. */
+export interface DecodeLayerOffsets {
+  attnNorm: number;
+  wq: number;
+  wk: number;
+  wv: number;
+  wo: number;
+  ffnNorm: number;
+  w1: number;
+  w3: number;
+  w2: number;
+}
+
+/** Where each weight sits in the packed texture (texels of 4 floats). */
+export interface DecodeLayout {
+  layers: DecodeLayerOffsets[];
+  norm: number;
+  embedding: number;
+  /** Equals `embedding` for a tied classifier. */
+  classifier: number;
+  /** Texels in all. */
+  texels: number;
+}
+
+/** Packs the weights of `layers` layers back to back (dims are multiples of 4, so is every size). */
+export function decodeLayout(s: DecodeShape, layers: number, tied: boolean): DecodeLayout {
+  const kv = (s.dim / s.heads) * s.kvHeads;
+  let at = 0;
+  const take = (floats: number) => ((at += floats / 4), at - floats / 4);
+  const out: DecodeLayerOffsets[] = range(layers).map(() => ({
+    attnNorm: take(s.dim),
+    wq: take(s.dim * s.dim),
+    wk: take(kv * s.dim),
+    wv: take(kv * s.dim),
+    wo: take(s.dim * s.dim),
+    ffnNorm: take(s.dim),
+    w1: take(s.hidden * s.dim),
+    w3: take(s.hidden * s.dim),
+    w2: take(s.dim * s.hidden),
+  }));
+  const norm = take(s.dim), embedding = take(s.vocab * s.dim);
+  const classifier = tied ? embedding : take(s.vocab * s.dim);
+  return { layers: out, norm, embedding, classifier, texels: at };
+}
+
+/** Storage buffers of a v3 dispatch over `layers` layers: X, TOK, ROPE, K and V per layer, logits. */
+export function decodeStepBindings(layers: number): number {
+  return 4 + 2 * layers;
+}
+
+/** Layers per v3 dispatch under a storage-buffer limit. */
+export function decodeLayersPerStep(maxBindings: number): number {
+  return Math.floor((maxBindings - 4) / 2);
+}
+
+/**
+ * The v3 kernel for layers [from, to) of `layout`. `from == 0`: gathers the token's embedding;
+ * else reads the residual from X. `to == layers`: ends with the final RMSNorm and the logits;
+ * else writes the residual to X.
+ */
+export function decodeStepKernel(
+  s: DecodeShape,
+  layout: DecodeLayout,
+  from: number,
+  to: number,
+): Kernel {
+  const hd = s.dim / s.heads, kv = hd * s.kvHeads, group = s.heads / s.kvHeads;
+  const wg = s.wg, n = to - from, head = to === layout.layers.length;
+  const d4 = s.dim / 4;
+  const layer = (l: number) => {
+    const o = layout.layers[l], i = l - from;
+    return `  // Layer ${l}.
+  norm(${o.attnNorm}u, lid);
+  qkv(${o.wq}u, ${o.wk}u, ${o.wv}u, lid);
+  rope(lid);
+  for (var i = lid; i < KV / 4u; i += ${wg}u) {
+    KC${i}[P.pos * KV / 4u + i] = vec4<f32>(k[4u * i], k[4u * i + 1u], k[4u * i + 2u], k[4u * i + 3u]);
+    VC${i}[P.pos * KV / 4u + i] = vec4<f32>(v[4u * i], v[4u * i + 1u], v[4u * i + 2u], v[4u * i + 3u]);
+  }
+${attentionHead(s, `KC${i}`, `VC${i}`)}
+  workgroupBarrier();
+  addMatvec(${o.wo}u, lid);
+  norm(${o.ffnNorm}u, lid);
+  mlp(${o.w1}u, ${o.w3}u, ${o.w2}u, lid);`;
+  };
+  const source = `
+struct Params { pos: u32, maxPos: u32, scale: f32, _p: u32 };
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var W: texture_2d<f32>;
+@group(0) @binding(2) var<storage, read_write> X: array<f32>;
+@group(0) @binding(3) var<storage, read> TOK: array<i32>;
+@group(0) @binding(4) var<storage, read> ROPE: array<f32>;
+${
+    range(n).map((i) =>
+      `@group(0) @binding(${5 + 2 * i}) var<storage, read_write> KC${i}: array<vec4<f32>>;
+@group(0) @binding(${6 + 2 * i}) var<storage, read_write> VC${i}: array<vec4<f32>>;`
+    ).join("\n")
+  }
+@group(0) @binding(${5 + 2 * n}) var<storage, read_write> LOGITS: array<f32>;
+const DIM = ${s.dim}u;
+const HID = ${s.hidden}u;
+const HD = ${hd}u;
+const KV = ${kv}u;
+var<workgroup> x: array<f32, ${s.dim}>;
+var<workgroup> xn: array<vec4<f32>, ${d4}>;
+var<workgroup> q: array<f32, ${s.dim}>;
+var<workgroup> k: array<f32, ${kv}>;
+var<workgroup> v: array<f32, ${kv}>;
+var<workgroup> att: array<vec4<f32>, ${d4}>;
+var<workgroup> h: array<vec4<f32>, ${s.hidden / 4}>;
+var<workgroup> red: array<f32, ${wg}>;
+
+// Texel t of the packed weights.
+fn w(t: u32) -> vec4<f32> {
+  return textureLoad(W, vec2<u32>(t & ${TEXTURE_WIDTH - 1}u, t >> ${Math.log2(TEXTURE_WIDTH)}u), 0);
+}
+
+${sumAllSource(wg)}
+
+// xn = rmsnorm(x) * weight (texels from nw).
+fn norm(nw: u32, lid: u32) {
+  var ss = 0.0;
+  for (var i = lid; i < DIM; i += ${wg}u) { ss += x[i] * x[i]; }
+  let rstd = inverseSqrt(sumAll(ss, lid) / f32(DIM) + ${s.eps});
+  for (var i = lid; i < DIM / 4u; i += ${wg}u) {
+    let b = 4u * i;
+    xn[i] = vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]) * rstd * w(nw + i);
+  }
+  workgroupBarrier();
+}
+
+// Row r of the [rows, DIM] matrix at texel m times xn.
+fn rowDot(m: u32, r: u32) -> f32 {
+  var acc = vec4<f32>(0.0);
+  for (var c = 0u; c < DIM / 4u; c++) { acc += w(m + r * (DIM / 4u) + c) * xn[c]; }
+  return acc.x + acc.y + acc.z + acc.w;
+}
+
+fn qkv(wq: u32, wk: u32, wv: u32, lid: u32) {
+  for (var r = lid; r < DIM + 2u * KV; r += ${wg}u) {
+    if (r < DIM) { q[r] = rowDot(wq, r); }
+    else if (r < DIM + KV) { k[r - DIM] = rowDot(wk, r - DIM); }
+    else { v[r - DIM - KV] = rowDot(wv, r - DIM - KV); }
+  }
+  workgroupBarrier();
+}
+
+${ropeSource(wg)}
+
+// x += WO att.
+fn addMatvec(wo: u32, lid: u32) {
+  for (var r = lid; r < DIM; r += ${wg}u) {
+    var acc = vec4<f32>(0.0);
+    for (var c = 0u; c < DIM / 4u; c++) { acc += w(wo + r * (DIM / 4u) + c) * att[c]; }
+    x[r] += acc.x + acc.y + acc.z + acc.w;
+  }
+  workgroupBarrier();
+}
+
+// x += W2 (silu(W1 xn) * W3 xn).
+fn mlp(w1: u32, w3: u32, w2: u32, lid: u32) {
+  for (var r = lid; r < HID; r += ${wg}u) {
+    let g1 = rowDot(w1, r);
+    let g3 = rowDot(w3, r);
+    let e = exp(-abs(g1));
+    let sg = select(e / (1.0 + e), 1.0 / (1.0 + e), g1 >= 0.0);
+    h[r / 4u][r % 4u] = g1 * sg * g3;
+  }
+  workgroupBarrier();
+  for (var r = lid; r < DIM; r += ${wg}u) {
+    var acc = vec4<f32>(0.0);
+    for (var c = 0u; c < HID / 4u; c++) { acc += w(w2 + r * (HID / 4u) + c) * h[c]; }
+    x[r] += acc.x + acc.y + acc.z + acc.w;
+  }
+  workgroupBarrier();
+}
+
+@compute @workgroup_size(${wg})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  ${
+    from === 0
+      ? `let tok = u32(TOK[0]);
+  for (var i = lid; i < DIM / 4u; i += ${wg}u) {
+    let e = w(${layout.embedding}u + tok * (DIM / 4u) + i);
+    x[4u * i] = e.x;
+    x[4u * i + 1u] = e.y;
+    x[4u * i + 2u] = e.z;
+    x[4u * i + 3u] = e.w;
+  }`
+      : `for (var i = lid; i < DIM; i += ${wg}u) { x[i] = X[i]; }`
+  }
+  workgroupBarrier();
+${range(n).map((i) => layer(from + i)).join("\n")}
+${
+    head
+      ? `  norm(${layout.norm}u, lid);
+  for (var r = lid; r < ${s.vocab}u; r += ${wg}u) { LOGITS[r] = rowDot(${layout.classifier}u, r); }`
+      : `  for (var i = lid; i < DIM; i += ${wg}u) { X[i] = x[i]; }`
+  }
+}`;
+  return {
+    name: `decode_step_d${s.dim}_h${s.hidden}_l${from}-${to}`,
+    source,
+    buffers: ["tex", "rw", "read", "read", ...range(2 * n).map(() => "rw" as const), "rw"],
+  };
+}
+
+/** What one v3 dispatch binds besides the packed weights. */
+export interface DecodeStepBuffers {
+  x: GpuBuffer;
+  token: GpuBuffer;
+  rope: GpuBuffer;
+  /** K and V caches of layers [from, to). */
+  caches: { k: GpuBuffer; v: GpuBuffer }[];
+  /** Written by the last run of layers; bound (unused) by the others. */
+  logits: GpuBuffer;
+}
+
+/** Records layers [from, to) for the token at position `pos`. */
+export function runDecodeStep(
+  gpu: Gpu,
+  weights: GpuTexture,
+  layout: DecodeLayout,
+  b: DecodeStepBuffers,
+  shape: DecodeShape,
+  from: number,
+  to: number,
+  pos: number,
+  maxPos: number,
+): void {
+  const key = `v3${JSON.stringify(shape)}${JSON.stringify(layout)}${from},${to}`;
+  let k = memo.get(key);
+  if (!k) memo.set(key, k = decodeStepKernel(shape, layout, from, to));
+  const p = new ParamWriter().u32(pos).u32(maxPos).f32(1 / Math.sqrt(shape.dim / shape.heads))
+    .u32(0);
+  gpu.dispatch(
+    k,
+    [weights, b.x, b.token, b.rope, ...b.caches.flatMap((c) => [c.k, c.v]), b.logits],
     p,
     [1, 1, 1],
   );
