@@ -15,7 +15,7 @@ import { CAUSAL_PADDED, Llama, padBatch } from "../../src/nn/llama.ts";
 import { backward } from "../../src/tensor/backward.ts";
 import * as T from "../../src/tensor/ops.ts";
 import { AdamW } from "../../src/tensor/optim.ts";
-import { empty, noGrad, scope, tensor } from "../../src/tensor/tensor.ts";
+import { noGrad, scope, tensor } from "../../src/tensor/tensor.ts";
 import { assertClose, type GoldenTensor, testGpu } from "../helpers.ts";
 
 const LOGITS_TOL = { atol: 1e-4, rtol: 1e-4 };

@@ -149,7 +149,7 @@ ${range(hd / 4).map((j) => `    att[(hh * HD) / 4u + ${j}u] = a${j} / l;`).join(
  * and the classifier, writing the logits (two dispatches fewer per token).
  */
 export function decodeLayerKernel(s: DecodeShape, first: boolean, head = false): Kernel {
-  const hd = s.dim / s.heads, kv = hd * s.kvHeads, group = s.heads / s.kvHeads;
+  const hd = s.dim / s.heads, kv = hd * s.kvHeads;
   const wg = s.wg;
   const source = `
 struct Params { pos: u32, maxPos: u32, scale: f32, _p: u32 };
@@ -443,7 +443,7 @@ export function decodeStepKernel(
   from: number,
   to: number,
 ): Kernel {
-  const hd = s.dim / s.heads, kv = hd * s.kvHeads, group = s.heads / s.kvHeads;
+  const hd = s.dim / s.heads, kv = hd * s.kvHeads;
   const wg = s.wg, n = to - from, head = to === layout.layers.length;
   const d4 = s.dim / 4;
   const layer = (l: number) => {
