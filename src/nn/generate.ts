@@ -296,6 +296,21 @@ export async function generate(
           g.device.limits.maxStorageBuffersPerShaderStage,
         );
       decoder = fused ? new FusedDecoder(model, typeof fused === "object" ? fused : {}) : null;
+      // Reads of the history overlap the next steps' work: a read is awaited only after the
+      // following batch of steps is recorded, so the GPU never idles through a sync. On a stop
+      // id, up to `readEvery` steps past it were computed and are dropped.
+      const take = (got: Int32Array) => {
+        if (done) return;
+        for (let i = ids.length; i < got.length; i++) {
+          if (stop.has(got[i])) {
+            done = "stop-id";
+            break;
+          }
+          ids.push(got[i]);
+        }
+        opts.onIds?.(ids);
+      };
+      let pending: Promise<ArrayBuffer> | null = null;
       for (let step = 1; step <= maxNew && !done; step++) {
         if (step < maxNew) {
           if (decoder) {
@@ -310,17 +325,12 @@ export async function generate(
           }
         }
         if (step % readEvery === 0 || step === maxNew) {
-          const got = new Int32Array(await g.read(hist.buf, 0, 4 * step));
-          for (let i = ids.length; i < got.length; i++) {
-            if (stop.has(got[i])) {
-              done = "stop-id";
-              break;
-            }
-            ids.push(got[i]);
-          }
-          opts.onIds?.(ids);
+          const read = g.read(hist.buf, 0, 4 * step);
+          if (pending) take(new Int32Array(await pending));
+          pending = read;
         }
       }
+      if (pending) take(new Int32Array(await pending));
       const stopReason = done ?? (maxNew < opts.maxTokens ? "context" : "max-tokens");
       return {
         ids,

@@ -93,6 +93,31 @@ for (
   });
 }
 
+Deno.test("generate: stops at the first stop id, whichever batch of steps read it back", async () => {
+  await testGpu();
+  const m = await loadStories();
+  const ref: number[] = stories.greedy.ids;
+  // An id whose first use is well inside the reference, so the stop lands mid-batch.
+  const at = ref.findIndex((id, i) => i >= 30 && ref.indexOf(id) === i);
+  for (const fused of [true, false]) {
+    for (const readEvery of [4, 7, 64]) {
+      let streamed: number[] = [];
+      const r = await generate(m, [1], {
+        maxTokens: 200,
+        temperature: 0,
+        stopIds: [ref[at]],
+        readEvery,
+        fused,
+        onIds: (ids) => (streamed = [...ids]),
+      });
+      assert.deepEqual(r.ids, ref.slice(0, at), `fused ${fused}, readEvery ${readEvery}`);
+      assert.deepEqual(streamed, r.ids, "the ids streamed to onIds");
+      assert.equal(r.stop, "stop-id");
+    }
+  }
+  m.dispose();
+});
+
 // v2: a dispatch per layer, the head in the last one or separate. v3: one dispatch for every
 // layer, or runs of 2 layers (stories260K: 2 + 2 + 1, the residual passed through X).
 const DECODERS: [string, FusedDecoderOptions][] = [

@@ -432,6 +432,32 @@ export function decodeLayersPerStep(maxBindings: number): number {
   return Math.floor((maxBindings - 4) / 2);
 }
 
+/** Matrix-vector products whose input has at most this many vec4s keep it in registers. */
+const UNROLL_MAX = 64;
+
+/**
+ * WGSL: the input vector `src` (workgroup memory, `n` vec4s) in registers `p0, p1, ...`, loaded
+ * once per product: on llvmpipe every workgroup-memory load is a per-lane gather costing about
+ * as much as a texel fetch, so reading it again for each output row doubles the loads.
+ */
+function operand(src: string, n: number, p: string): string {
+  return n <= UNROLL_MAX ? range(n).map((c) => `let ${p}${c} = ${src}[${c}u];`).join(" ") : "";
+}
+
+/**
+ * WGSL: `acc` (vec4 partial sums) = the row of vec4 texels at `base` times the input of
+ * {@link operand}, in column order; unrolled over the registers, or a loop over `src`.
+ */
+function dot(acc: string, base: string, n: number, src: string, p: string): string {
+  if (n > UNROLL_MAX) {
+    return `var ${acc} = vec4<f32>(0.0);
+    for (var c = 0u; c < ${n}u; c++) { ${acc} += w(${base} + c) * ${src}[c]; }`;
+  }
+  return `let ${acc}b = ${base};
+    var ${acc} = w(${acc}b) * ${p}0;` +
+    range(n - 1).map((c) => ` ${acc} += w(${acc}b + ${c + 1}u) * ${p}${c + 1};`).join("");
+}
+
 /**
  * The v3 kernel for layers [from, to) of `layout`. `from == 0`: gathers the token's embedding;
  * else reads the residual from X. `to == layers`: ends with the final RMSNorm and the logits;
@@ -445,7 +471,7 @@ export function decodeStepKernel(
 ): Kernel {
   const hd = s.dim / s.heads, kv = hd * s.kvHeads;
   const wg = s.wg, n = to - from, head = to === layout.layers.length;
-  const d4 = s.dim / 4;
+  const d4 = s.dim / 4, h4 = s.hidden / 4;
   const layer = (l: number) => {
     const o = layout.layers[l], i = l - from;
     return `  // Layer ${l}.
@@ -508,18 +534,17 @@ fn norm(nw: u32, lid: u32) {
   workgroupBarrier();
 }
 
-// Row r of the [rows, DIM] matrix at texel m times xn.
-fn rowDot(m: u32, r: u32) -> f32 {
-  var acc = vec4<f32>(0.0);
-  for (var c = 0u; c < DIM / 4u; c++) { acc += w(m + r * (DIM / 4u) + c) * xn[c]; }
-  return acc.x + acc.y + acc.z + acc.w;
-}
-
 fn qkv(wq: u32, wk: u32, wv: u32, lid: u32) {
+  ${operand("xn", d4, "o")}
   for (var r = lid; r < DIM + 2u * KV; r += ${wg}u) {
-    if (r < DIM) { q[r] = rowDot(wq, r); }
-    else if (r < DIM + KV) { k[r - DIM] = rowDot(wk, r - DIM); }
-    else { v[r - DIM - KV] = rowDot(wv, r - DIM - KV); }
+    var m = wq + r * ${d4}u;
+    if (r >= DIM + KV) { m = wv + (r - DIM - KV) * ${d4}u; }
+    else if (r >= DIM) { m = wk + (r - DIM) * ${d4}u; }
+    ${dot("acc", "m", d4, "xn", "o")}
+    let y = acc.x + acc.y + acc.z + acc.w;
+    if (r < DIM) { q[r] = y; }
+    else if (r < DIM + KV) { k[r - DIM] = y; }
+    else { v[r - DIM - KV] = y; }
   }
   workgroupBarrier();
 }
@@ -528,9 +553,9 @@ ${ropeSource(wg)}
 
 // x += WO att.
 fn addMatvec(wo: u32, lid: u32) {
+  ${operand("att", d4, "o")}
   for (var r = lid; r < DIM; r += ${wg}u) {
-    var acc = vec4<f32>(0.0);
-    for (var c = 0u; c < DIM / 4u; c++) { acc += w(wo + r * (DIM / 4u) + c) * att[c]; }
+    ${dot("acc", `wo + r * ${d4}u`, d4, "att", "o")}
     x[r] += acc.x + acc.y + acc.z + acc.w;
   }
   workgroupBarrier();
@@ -538,17 +563,22 @@ fn addMatvec(wo: u32, lid: u32) {
 
 // x += W2 (silu(W1 xn) * W3 xn).
 fn mlp(w1: u32, w3: u32, w2: u32, lid: u32) {
-  for (var r = lid; r < HID; r += ${wg}u) {
-    let g1 = rowDot(w1, r);
-    let g3 = rowDot(w3, r);
-    let e = exp(-abs(g1));
-    let sg = select(e / (1.0 + e), 1.0 / (1.0 + e), g1 >= 0.0);
-    h[r / 4u][r % 4u] = g1 * sg * g3;
+  {
+    ${operand("xn", d4, "o")}
+    for (var r = lid; r < HID; r += ${wg}u) {
+      ${dot("a1", `w1 + r * ${d4}u`, d4, "xn", "o")}
+      ${dot("a3", `w3 + r * ${d4}u`, d4, "xn", "o")}
+      let g1 = a1.x + a1.y + a1.z + a1.w;
+      let g3 = a3.x + a3.y + a3.z + a3.w;
+      let e = exp(-abs(g1));
+      let sg = select(e / (1.0 + e), 1.0 / (1.0 + e), g1 >= 0.0);
+      h[r / 4u][r % 4u] = g1 * sg * g3;
+    }
   }
   workgroupBarrier();
+  ${operand("h", h4, "o")}
   for (var r = lid; r < DIM; r += ${wg}u) {
-    var acc = vec4<f32>(0.0);
-    for (var c = 0u; c < HID / 4u; c++) { acc += w(w2 + r * (HID / 4u) + c) * h[c]; }
+    ${dot("acc", `w2 + r * ${h4}u`, h4, "h", "o")}
     x[r] += acc.x + acc.y + acc.z + acc.w;
   }
   workgroupBarrier();
@@ -573,7 +603,11 @@ ${range(n).map((i) => layer(from + i)).join("\n")}
 ${
     head
       ? `  norm(${layout.norm}u, lid);
-  for (var r = lid; r < ${s.vocab}u; r += ${wg}u) { LOGITS[r] = rowDot(${layout.classifier}u, r); }`
+  ${operand("xn", d4, "o")}
+  for (var r = lid; r < ${s.vocab}u; r += ${wg}u) {
+    ${dot("acc", `${layout.classifier}u + r * ${d4}u`, d4, "xn", "o")}
+    LOGITS[r] = acc.x + acc.y + acc.z + acc.w;
+  }`
       : `  for (var i = lid; i < DIM; i += ${wg}u) { X[i] = x[i]; }`
   }
 }`;
