@@ -7,6 +7,7 @@
 import { gpu } from "../gpu/device.ts";
 import {
   DECODE_HEAD_BINDINGS,
+  type DecodeChoice,
   decodeLayersPerStep,
   type DecodeLayout,
   decodeLayout,
@@ -104,9 +105,10 @@ export class FusedDecoder {
 
   /**
    * The token in `next` ([1, 1] i32) at position cache.length: appends its keys and values to
-   * the cache and returns its logits [1, 1, vocab].
+   * the cache and returns its logits [1, 1, vocab]. With `choice`, also picks the next token
+   * into `next` and `choice.history` (v3: in the same dispatch).
    */
-  step(cache: KVCache, next: Tensor): Tensor {
+  step(cache: KVCache, next: Tensor, choice?: DecodeChoice): Tensor {
     const c = this.#model.config, g = gpu(), m = this.#model;
     const p = (n: string) => m.params.get(n)!.buf;
     const pos = cache.length;
@@ -132,6 +134,7 @@ export class FusedDecoder {
           to,
           pos,
           c.maxSeqLen,
+          to === c.nLayers ? choice : undefined,
         );
       }
       cache.length = pos + 1;
@@ -170,10 +173,25 @@ export class FusedDecoder {
       );
     }
     cache.length = pos + 1;
-    if (logits) return logits;
-    const h = T.rmsnorm(this.#x, m.params.get("model.norm.weight")!, c.normEps);
-    const out = T.matmul(h, m.classifier, { transB: true });
-    h.dispose();
+    let out = logits;
+    if (!out) {
+      const h = T.rmsnorm(this.#x, m.params.get("model.norm.weight")!, c.normEps);
+      out = T.matmul(h, m.classifier, { transB: true });
+      h.dispose();
+    }
+    if (choice) {
+      runSample(g, out.buf, choice.uniforms, next.buf, choice.history, {
+        vocab: c.vocabSize,
+        rowStride: c.vocabSize,
+        rowOffset: 0,
+        batch: 1,
+        step: choice.step,
+        maxNew: 0, // one sequence: its history row starts at 0
+
+        temperature: choice.temperature,
+        topP: choice.topP,
+      });
+    }
     return out;
   }
 
@@ -314,9 +332,8 @@ export async function generate(
       for (let step = 1; step <= maxNew && !done; step++) {
         if (step < maxNew) {
           if (decoder) {
-            const logits = decoder.step(cache, next);
-            sample(logits, step);
-            logits.dispose();
+            const choice = { uniforms: uniforms.buf, history: hist.buf, step, temperature, topP };
+            decoder.step(cache, next, choice).dispose();
           } else {
             const out = model.forward(next, { cache });
             sample(out.logits!, step);

@@ -4,6 +4,8 @@
  * kernel version at every block size.
  */
 
+import assert from "node:assert/strict";
+import { runSample } from "../../src/gpu/kernels/sample.ts";
 import type { Tuning } from "../../src/gpu/tuning.ts";
 import * as T from "../../src/tensor/ops.ts";
 import { backward } from "../../src/tensor/backward.ts";
@@ -369,4 +371,88 @@ Deno.test("matmul on strided views and broadcast weights, every version", async 
     }
     for (const x of [tb, a, tw, c, a3, c3]) x.dispose();
   });
+});
+
+/**
+ * The sampler's CPU reference: softmax(l / temperature) in float64, the kept set {p >= theta}
+ * with theta the largest threshold whose mass reaches topP, then the first id (vocabulary
+ * order) at which the kept running mass passes u times the kept mass. Returns, per kept id, the
+ * u in the middle of its interval, so the GPU's float32 sums cannot land on the other side.
+ */
+function nucleusRef(l: Float32Array, temperature: number, topP: number) {
+  const m = Math.max(...l);
+  const e = Array.from(l, (x) => Math.exp((x - m) / temperature));
+  const z = e.reduce((a, b) => a + b, 0);
+  const p = e.map((x) => x / z);
+  const sorted = [...p].sort((a, b) => b - a);
+  let mass = 0, theta = 0;
+  for (const q of sorted) {
+    mass += q;
+    theta = q;
+    if (mass >= topP) break;
+  }
+  const kept = p.map((q, i) => [q, i]).filter(([q]) => q >= theta);
+  const total = kept.reduce((a, [q]) => a + q, 0);
+  let acc = 0;
+  return kept.map(([q, id]) => {
+    const u = (acc + q / 2) / total;
+    acc += q;
+    return { id, u };
+  });
+}
+
+Deno.test("sampler vs CPU: greedy, temperature and top-p pick the reference id for each u", async () => {
+  const gpu = await testGpu();
+  const saved = gpu.tuning.rowWorkgroup;
+  try {
+    for (const wg of [64, 256]) {
+      gpu.tuning.rowWorkgroup = wg;
+      // 300 ids (several per invocation), logits spread so the nucleus holds dozens of ids.
+      const v = 300, logits = randomArray(v, 77, 3);
+      for (const [temperature, topP] of [[1, 0.9], [0.5, 0.7], [2, 1], [1, 0.2]]) {
+        const want = nucleusRef(logits, temperature, topP);
+        assert.ok(want.length >= 2, `${want.length} kept ids`);
+        const steps = want.length;
+        const tl = tensor(logits, [1, 1, v]);
+        const us = tensor(Float32Array.from(want, (w) => w.u), [steps]);
+        const next = tensor(new Int32Array(1), [1, 1], "i32");
+        const hist = tensor(new Int32Array(steps), [1, steps], "i32");
+        for (let step = 0; step < steps; step++) {
+          runSample(gpu, tl.buf, us.buf, next.buf, hist.buf, {
+            vocab: v,
+            rowStride: v,
+            rowOffset: 0,
+            batch: 1,
+            step,
+            maxNew: steps,
+            temperature,
+            topP,
+          });
+        }
+        const got = Array.from(await hist.toArray() as Int32Array);
+        assert.deepEqual(got, want.map((w) => w.id), `T ${temperature}, top-p ${topP}, wg ${wg}`);
+        for (const t of [tl, us, next, hist]) t.dispose();
+      }
+      // Greedy: the first arg-max, whatever u is.
+      const tied = Float32Array.from({ length: 300 }, (_, i) => (i === 123 || i === 250 ? 5 : 0));
+      const tl = tensor(tied, [1, 1, 300]);
+      const us = tensor(Float32Array.of(0.99), [1]);
+      const next = tensor(new Int32Array(1), [1, 1], "i32");
+      const hist = tensor(new Int32Array(1), [1, 1], "i32");
+      runSample(gpu, tl.buf, us.buf, next.buf, hist.buf, {
+        vocab: 300,
+        rowStride: 300,
+        rowOffset: 0,
+        batch: 1,
+        step: 0,
+        maxNew: 1,
+        temperature: 0,
+        topP: 0.9,
+      });
+      assert.deepEqual(Array.from(await next.toArray() as Int32Array), [123]);
+      for (const t of [tl, us, next, hist]) t.dispose();
+    }
+  } finally {
+    gpu.tuning.rowWorkgroup = saved;
+  }
 });

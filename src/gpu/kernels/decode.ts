@@ -20,6 +20,8 @@
 import type { Gpu } from "../device.ts";
 import { type Kernel, ParamWriter, range } from "../kernel.ts";
 import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../pool.ts";
+import { rowReduceHelpers } from "./rowwise.ts";
+import { chooseSource } from "./sample.ts";
 
 /** Shapes compiled into the kernel. */
 export interface DecodeShape {
@@ -46,21 +48,6 @@ export function fusedDecodeFits(
 /** Storage buffers a layer kernel binds; the last layer also binds the output head. */
 export const DECODE_BINDINGS = 15;
 export const DECODE_HEAD_BINDINGS = 18;
-
-/** WGSL: `sumAll(val, lid)`, the sum of `val` over the workgroup's `wg` invocations. */
-function sumAllSource(wg: number): string {
-  return `fn sumAll(val: f32, lid: u32) -> f32 {
-  red[lid] = val;
-  workgroupBarrier();
-  for (var st = ${wg / 2}u; st > 0u; st >>= 1u) {
-    if (lid < st) { red[lid] += red[lid + st]; }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}`;
-}
 
 /** WGSL: `rope(lid)`, RoPE on interleaved pairs of q (pairs 0..DIM/2) and k (the next KV/2). */
 function ropeSource(wg: number): string {
@@ -187,15 +174,14 @@ var<workgroup> k: array<f32, ${kv}>;
 var<workgroup> v: array<f32, ${kv}>;
 var<workgroup> att: array<vec4<f32>, ${s.dim / 4}>;
 var<workgroup> h: array<vec4<f32>, ${s.hidden / 4}>;
-var<workgroup> red: array<f32, ${wg}>;
 
-${sumAllSource(wg)}
+${rowReduceHelpers(wg)}
 
 // xn = rmsnorm(x) * w, as vec4s.
 fn norm(w: u32, lid: u32) {
   var ss = 0.0;
   for (var i = lid; i < DIM; i += ${wg}u) { ss += x[i] * x[i]; }
-  let rstd = inverseSqrt(sumAll(ss, lid) / f32(DIM) + ${s.eps});
+  let rstd = inverseSqrt(wgSum(ss, lid) / f32(DIM) + ${s.eps});
   for (var i = lid; i < DIM / 4u; i += ${wg}u) {
     let b = 4u * i;
     var g: vec4<f32>;
@@ -422,14 +408,12 @@ export function decodeLayout(s: DecodeShape, layers: number, tied: boolean): Dec
   return { layers: out, norm, embedding, classifier, texels: at };
 }
 
-/** Storage buffers of a v3 dispatch over `layers` layers: X, TOK, ROPE, K and V per layer, logits. */
-export function decodeStepBindings(layers: number): number {
-  return 4 + 2 * layers;
-}
-
-/** Layers per v3 dispatch under a storage-buffer limit. */
+/**
+ * Layers per v3 dispatch under a storage-buffer limit: X, TOK, ROPE, the logits and, when it
+ * samples, the uniforms and the history, then K and V per layer.
+ */
 export function decodeLayersPerStep(maxBindings: number): number {
-  return Math.floor((maxBindings - 4) / 2);
+  return Math.floor((maxBindings - 6) / 2);
 }
 
 /** Matrix-vector products whose input has at most this many vec4s keep it in registers. */
@@ -468,9 +452,11 @@ export function decodeStepKernel(
   layout: DecodeLayout,
   from: number,
   to: number,
+  sample = false,
 ): Kernel {
   const hd = s.dim / s.heads, kv = hd * s.kvHeads;
   const wg = s.wg, n = to - from, head = to === layout.layers.length;
+  if (sample && !head) throw new Error("decodeStepKernel: sampling needs the last layer's run");
   const d4 = s.dim / 4, h4 = s.hidden / 4;
   const layer = (l: number) => {
     const o = layout.layers[l], i = l - from;
@@ -489,11 +475,14 @@ ${attentionHead(s, `KC${i}`, `VC${i}`)}
   mlp(${o.w1}u, ${o.w3}u, ${o.w2}u, lid);`;
   };
   const source = `
-struct Params { pos: u32, maxPos: u32, scale: f32, _p: u32 };
+struct Params {
+  pos: u32, maxPos: u32, scale: f32, step: u32,
+  temperature: f32, topP: f32, _p: u32, _q: u32,
+};
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var W: texture_2d<f32>;
 @group(0) @binding(2) var<storage, read_write> X: array<f32>;
-@group(0) @binding(3) var<storage, read> TOK: array<i32>;
+@group(0) @binding(3) var<storage, ${sample ? "read_write" : "read"}> TOK: array<i32>;
 @group(0) @binding(4) var<storage, read> ROPE: array<f32>;
 ${
     range(n).map((i) =>
@@ -501,7 +490,14 @@ ${
 @group(0) @binding(${6 + 2 * i}) var<storage, read_write> VC${i}: array<vec4<f32>>;`
     ).join("\n")
   }
-@group(0) @binding(${5 + 2 * n}) var<storage, read_write> LOGITS: array<f32>;
+@group(0) @binding(${5 + 2 * n}) var<storage, read_write> LOGITS: array<f32>;${
+    sample
+      ? `
+@group(0) @binding(${6 + 2 * n}) var<storage, read> U: array<f32>;
+@group(0) @binding(${7 + 2 * n}) var<storage, read_write> HIST: array<i32>;
+${chooseSource(wg, "LOGITS")}`
+      : ""
+  }
 const DIM = ${s.dim}u;
 const HID = ${s.hidden}u;
 const HD = ${hd}u;
@@ -513,20 +509,19 @@ var<workgroup> k: array<f32, ${kv}>;
 var<workgroup> v: array<f32, ${kv}>;
 var<workgroup> att: array<vec4<f32>, ${d4}>;
 var<workgroup> h: array<vec4<f32>, ${s.hidden / 4}>;
-var<workgroup> red: array<f32, ${wg}>;
 
 // Texel t of the packed weights.
 fn w(t: u32) -> vec4<f32> {
   return textureLoad(W, vec2<u32>(t & ${TEXTURE_WIDTH - 1}u, t >> ${Math.log2(TEXTURE_WIDTH)}u), 0);
 }
 
-${sumAllSource(wg)}
+${rowReduceHelpers(wg)}
 
 // xn = rmsnorm(x) * weight (texels from nw).
 fn norm(nw: u32, lid: u32) {
   var ss = 0.0;
   for (var i = lid; i < DIM; i += ${wg}u) { ss += x[i] * x[i]; }
-  let rstd = inverseSqrt(sumAll(ss, lid) / f32(DIM) + ${s.eps});
+  let rstd = inverseSqrt(wgSum(ss, lid) / f32(DIM) + ${s.eps});
   for (var i = lid; i < DIM / 4u; i += ${wg}u) {
     let b = 4u * i;
     xn[i] = vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]) * rstd * w(nw + i);
@@ -607,14 +602,33 @@ ${
   for (var r = lid; r < ${s.vocab}u; r += ${wg}u) {
     ${dot("acc", `${layout.classifier}u + r * ${d4}u`, d4, "xn", "o")}
     LOGITS[r] = acc.x + acc.y + acc.z + acc.w;
+  }${
+        sample
+          ? `
+  // The logits were written by other invocations: a storage barrier makes them visible.
+  storageBarrier();
+  let choice = choose(0u, ${s.vocab}u, U[P.step], P.temperature, P.topP, lid);
+  if (lid == 0u) {
+    TOK[0] = i32(choice);
+    HIST[P.step] = i32(choice);
   }`
+          : ""
+      }`
       : `  for (var i = lid; i < DIM; i += ${wg}u) { X[i] = x[i]; }`
   }
 }`;
   return {
-    name: `decode_step_d${s.dim}_h${s.hidden}_l${from}-${to}`,
+    name: `decode_step_d${s.dim}_h${s.hidden}_l${from}-${to}${sample ? "_sample" : ""}`,
     source,
-    buffers: ["tex", "rw", "read", "read", ...range(2 * n).map(() => "rw" as const), "rw"],
+    buffers: [
+      "tex",
+      "rw",
+      sample ? "rw" : "read",
+      "read",
+      ...range(2 * n).map(() => "rw" as const),
+      "rw",
+      ...(sample ? ["read", "rw"] as const : []),
+    ],
   };
 }
 
@@ -629,7 +643,19 @@ export interface DecodeStepBuffers {
   logits: GpuBuffer;
 }
 
-/** Records layers [from, to) for the token at position `pos`. */
+/**
+ * The next token, chosen in the last run's dispatch: written to `token` (the next step's input)
+ * and to `history[step]`; `uniforms[step]` drives sampling.
+ */
+export interface DecodeChoice {
+  uniforms: GpuBuffer;
+  history: GpuBuffer;
+  step: number;
+  temperature: number;
+  topP: number;
+}
+
+/** Records layers [from, to) for the token at position `pos`, and the choice of the next one. */
 export function runDecodeStep(
   gpu: Gpu,
   weights: GpuTexture,
@@ -640,15 +666,24 @@ export function runDecodeStep(
   to: number,
   pos: number,
   maxPos: number,
+  choice?: DecodeChoice,
 ): void {
-  const key = `v3${JSON.stringify(shape)}${JSON.stringify(layout)}${from},${to}`;
+  const key = `v3${JSON.stringify(shape)}${JSON.stringify(layout)}${from},${to},${!!choice}`;
   let k = memo.get(key);
-  if (!k) memo.set(key, k = decodeStepKernel(shape, layout, from, to));
+  if (!k) memo.set(key, k = decodeStepKernel(shape, layout, from, to, !!choice));
   const p = new ParamWriter().u32(pos).u32(maxPos).f32(1 / Math.sqrt(shape.dim / shape.heads))
-    .u32(0);
+    .u32(choice?.step ?? 0).f32(choice?.temperature ?? 0).f32(choice?.topP ?? 1).u32(0).u32(0);
   gpu.dispatch(
     k,
-    [weights, b.x, b.token, b.rope, ...b.caches.flatMap((c) => [c.k, c.v]), b.logits],
+    [
+      weights,
+      b.x,
+      b.token,
+      b.rope,
+      ...b.caches.flatMap((c) => [c.k, c.v]),
+      b.logits,
+      ...(choice ? [choice.uniforms, choice.history] : []),
+    ],
     p,
     [1, 1, 1],
   );

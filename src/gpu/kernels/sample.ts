@@ -14,41 +14,29 @@
 import type { Gpu } from "../device.ts";
 import { type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
+import { rowReduceHelpers } from "./rowwise.ts";
 
-export function sampleKernel(wg: number): Kernel {
-  const source = `struct Params {
-  V: u32, rowStride: u32, rowOffset: u32, step: u32,
-  maxNew: u32, batch: u32, temperature: f32, topP: f32,
-};
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> L: array<f32>;
-@group(0) @binding(2) var<storage, read> U: array<f32>;
-@group(0) @binding(3) var<storage, read_write> NEXT: array<i32>;
-@group(0) @binding(4) var<storage, read_write> HIST: array<i32>;
-var<workgroup> red: array<f32, ${wg}>;
-var<workgroup> arg: array<u32, ${wg}>;
+/**
+ * WGSL: `choose(base, V, u, temperature, topP, lid) -> u32`, the id picked by the whole workgroup
+ * (every invocation gets it) from the V logits at `base` of the storage array named `logits`:
+ * greedy when temperature is 0, else temperature + top-p with the uniform `u`. Needs
+ * {@link rowReduceHelpers}.
+ */
+export function chooseSource(wg: number, logits: string): string {
+  return `var<workgroup> arg: array<u32, ${wg}>;
 
-fn wgSum(v: f32, lid: u32) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] += red[lid + s]; }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
+fn sumExp(base: u32, V: u32, m: f32, inv: f32, lid: u32) -> f32 {
+  var s = 0.0;
+  for (var j = lid; j < V; j += ${wg}u) { s += exp((${logits}[base + j] - m) * inv); }
+  return s;
 }
 
-@compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let b = wid.x;
-  let base = b * P.rowStride + P.rowOffset;
+fn choose(base: u32, V: u32, u: f32, temperature: f32, topP: f32, lid: u32) -> u32 {
   // Arg-max with first-index tie break.
   var best = -3.4028234e38;
   var bi = 0xffffffffu;
-  for (var j = lid; j < P.V; j += ${wg}u) {
-    let x = L[base + j];
+  for (var j = lid; j < V; j += ${wg}u) {
+    let x = ${logits}[base + j];
     if (x > best) { best = x; bi = j; }
   }
   red[lid] = best;
@@ -67,32 +55,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let m = red[0];
   var choice = arg[0];
   workgroupBarrier();
-  if (P.temperature > 0.0) {
-    let inv = 1.0 / P.temperature;
-    let z = wgSum(sumExp(base, m, inv, lid), lid);
+  if (temperature > 0.0) {
+    let inv = 1.0 / temperature;
+    let z = wgSum(sumExp(base, V, m, inv, lid), lid);
     // Bisection for the top-p threshold on normalised probabilities.
     var lo = 0.0;
     var hi = 1.0;
-    if (P.topP < 1.0) {
+    if (topP < 1.0) {
       for (var it = 0; it < 32; it++) {
         let mid = 0.5 * (lo + hi);
         var part = 0.0;
-        for (var j = lid; j < P.V; j += ${wg}u) {
-          let p = exp((L[base + j] - m) * inv) / z;
+        for (var j = lid; j < V; j += ${wg}u) {
+          let p = exp((${logits}[base + j] - m) * inv) / z;
           if (p >= mid) { part += p; }
         }
         let mass = wgSum(part, lid);
-        if (mass >= P.topP) { lo = mid; } else { hi = mid; }
+        if (mass >= topP) { lo = mid; } else { hi = mid; }
       }
     }
     let theta = lo;
     // Contiguous chunks per invocation so a prefix over chunks orders ids.
-    let chunk = (P.V + ${wg - 1}u) / ${wg}u;
-    let j0 = min(lid * chunk, P.V);
-    let j1 = min(j0 + chunk, P.V);
+    let chunk = (V + ${wg - 1}u) / ${wg}u;
+    let j0 = min(lid * chunk, V);
+    let j1 = min(j0 + chunk, V);
     var mine = 0.0;
     for (var j = j0; j < j1; j++) {
-      let p = exp((L[base + j] - m) * inv) / z;
+      let p = exp((${logits}[base + j] - m) * inv) / z;
       if (p >= theta) { mine += p; }
     }
     red[lid] = mine;
@@ -100,15 +88,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (lid == 0u) {
       var total = 0.0;
       for (var i = 0u; i < ${wg}u; i++) { total += red[i]; }
-      let goal = U[P.step * P.batch + b] * total;
+      let goal = u * total;
       var acc = 0.0;
       var found = false;
       for (var i = 0u; i < ${wg}u && !found; i++) {
         if (acc + red[i] > goal) {
-          let a0 = min(i * chunk, P.V);
-          let a1 = min(a0 + chunk, P.V);
+          let a0 = min(i * chunk, V);
+          let a1 = min(a0 + chunk, V);
           for (var j = a0; j < a1; j++) {
-            let p = exp((L[base + j] - m) * inv) / z;
+            let p = exp((${logits}[base + j] - m) * inv) / z;
             if (p >= theta) {
               acc += p;
               choice = j;
@@ -124,16 +112,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
     choice = arg[0];
   }
+  return choice;
+}`;
+}
+
+export function sampleKernel(wg: number): Kernel {
+  const source = `struct Params {
+  V: u32, rowStride: u32, rowOffset: u32, step: u32,
+  maxNew: u32, batch: u32, temperature: f32, topP: f32,
+};
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> L: array<f32>;
+@group(0) @binding(2) var<storage, read> U: array<f32>;
+@group(0) @binding(3) var<storage, read_write> NEXT: array<i32>;
+@group(0) @binding(4) var<storage, read_write> HIST: array<i32>;
+${rowReduceHelpers(wg)}
+${chooseSource(wg, "L")}
+
+@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let b = wid.x;
+  let u = U[P.step * P.batch + b];
+  let choice = choose(b * P.rowStride + P.rowOffset, P.V, u, P.temperature, P.topP, lid);
   if (lid == 0u) {
     NEXT[b] = i32(choice);
     HIST[b * P.maxNew + P.step] = i32(choice);
   }
-}
-
-fn sumExp(base: u32, m: f32, inv: f32, lid: u32) -> f32 {
-  var s = 0.0;
-  for (var j = lid; j < P.V; j += ${wg}u) { s += exp((L[base + j] - m) * inv); }
-  return s;
 }`;
   return { name: "sample", source, buffers: ["read", "read", "rw", "rw"] };
 }
