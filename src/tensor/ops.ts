@@ -478,7 +478,7 @@ export function rmsnorm(x: Tensor, w: Tensor, eps = 1e-5): Tensor {
   const g = gpu();
   runRowKernel(
     g,
-    rmsnormKernel,
+    (wg, mode) => rmsnormKernel(wg, mode, d % 4 === 0),
     [xc.buf, wc.buf, out.buf, rstd.buf],
     rows,
     d,

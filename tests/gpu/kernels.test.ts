@@ -170,15 +170,19 @@ Deno.test("row kernels vs CPU: softmax, log-softmax, rmsnorm, cross-entropy; lon
   });
 });
 
-Deno.test("rope vs CPU at 512 positions (angles from the float64 table)", async () => {
-  await testGpu();
-  const dims = { b: 1, t: 512, h: 2, d: 64 };
-  const x = randomArray(512 * 2 * 64, 5);
-  const table = T.ropeTable(64, 512, 10000);
-  const y = T.rope(tensor(x, [1, 512, 2, 64]), table);
-  assertClose(await y.toArray(), ropeRef(x, dims, 10000), FWD, "rope 512");
-  y.dispose();
-  table.dispose();
+Deno.test("rope vs CPU at 512 positions (angles from the float64 table), v1 and v2", async () => {
+  // The tunings switch vec4 elementwise (rope v2) on and off; d = 6 always takes v1.
+  await underEachTuning(async (tuning) => {
+    for (const d of [64, 6]) {
+      const dims = { b: 1, t: 512, h: 2, d };
+      const x = randomArray(512 * 2 * d, 5);
+      const table = T.ropeTable(d, 512, 10000);
+      const y = T.rope(tensor(x, [1, 512, 2, d]), table);
+      assertClose(await y.toArray(), ropeRef(x, dims, 10000), FWD, `rope 512 d=${d} ${tuning}`);
+      y.dispose();
+      table.dispose();
+    }
+  });
 });
 
 Deno.test("elementwise vs CPU: vec4 and scalar paths, offsets, broadcast, every tuning", async () => {

@@ -152,8 +152,39 @@ export function softmaxBackwardKernel(log: boolean, wg: number, mode: RowMode = 
     ));
 }
 
-/** y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps); saves rstd per row. */
-export function rmsnormKernel(wg: number, mode: RowMode = "group"): Kernel {
+/**
+ * y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps); saves rstd per row. `vec4` (thread
+ * mode, rows of a multiple of 4): the row is read and written as vec4s, 4x fewer per-lane
+ * gathers on llvmpipe, with the same summation order (bitwise the same result).
+ */
+export function rmsnormKernel(wg: number, mode: RowMode = "group", vec4 = false): Kernel {
+  if (vec4 && mode === "thread") {
+    return memo(`rmsnorm${wg}${mode}vec4`, () =>
+      rowKernel(
+        "rmsnorm_fwd_vec4",
+        wg,
+        mode,
+        [
+          ["X", "read", "array<vec4<f32>>"],
+          ["W", "read", "array<vec4<f32>>"],
+          ["Y", "rw", "array<vec4<f32>>"],
+          ["R", "rw", "array<f32>"],
+        ],
+        () => `
+  let b4 = base / 4u;
+  var s = 0.0;
+  for (var j = 0u; j < P.n / 4u; j++) {
+    let v = X[b4 + j];
+    s += v.x * v.x;
+    s += v.y * v.y;
+    s += v.z * v.z;
+    s += v.w * v.w;
+  }
+  let rstd = inverseSqrt(s / f32(P.n) + P.eps);
+  for (var j = 0u; j < P.n / 4u; j++) { Y[b4 + j] = X[b4 + j] * rstd * W[j]; }
+  R[row] = rstd;`,
+      ));
+  }
   return memo(`rmsnorm${wg}${mode}`, () =>
     rowKernel(
       "rmsnorm_fwd",
