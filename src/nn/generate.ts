@@ -5,24 +5,12 @@
  */
 
 import { gpu } from "../gpu/device.ts";
-import {
-  DECODE_HEAD_BINDINGS,
-  type DecodeChoice,
-  decodeLayersPerStep,
-  type DecodeLayout,
-  decodeLayout,
-  type DecodeShape,
-  fusedDecodeFits,
-  runDecodeLayer,
-  runDecodeStep,
-} from "../gpu/kernels/decode.ts";
-import { range } from "../gpu/kernel.ts";
-import type { GpuTexture } from "../gpu/pool.ts";
+import { fusedDecodeFits } from "../gpu/kernels/decode.ts";
 import { runSample } from "../gpu/kernels/sample.ts";
-import * as T from "../tensor/ops.ts";
 import { Rng } from "../tensor/random.ts";
-import { empty, keep, noGrad, type Tensor, tensor } from "../tensor/tensor.ts";
-import type { KVCache, Llama } from "./llama.ts";
+import { empty, noGrad, type Tensor, tensor } from "../tensor/tensor.ts";
+import { FusedDecoder, type FusedDecoderOptions } from "./fused.ts";
+import type { Llama } from "./llama.ts";
 
 /** Settings of {@link generate}. */
 export interface GenerateOptions {
@@ -45,195 +33,6 @@ export interface GenerateOptions {
    * kernels/decode.ts), with these settings when an object; false forces the general per-op path.
    */
   fused?: boolean | FusedDecoderOptions;
-}
-
-/** Settings of {@link FusedDecoder}. */
-export interface FusedDecoderOptions {
-  /**
-   * Kernel version (default: the adapter's tuning). 2: one dispatch per layer, weights in storage
-   * buffers. 3: every layer and the head in one dispatch, weights packed into one texture.
-   */
-  version?: 2 | 3;
-  /** v2: the last layer's kernel also computes the logits (default: when the adapter can bind it). */
-  fuseHead?: boolean;
-  /** v3: layers per dispatch (default: as many as the storage-buffer limit allows). */
-  layersPerStep?: number;
-}
-
-/**
- * Decodes one token per {@link FusedDecoder.step} through the fused kernels of
- * kernels/decode.ts. v3 copies the weights into a texture when constructed: build a new decoder
- * after the weights change.
- */
-export class FusedDecoder {
-  readonly version: 2 | 3;
-  readonly #model: Llama;
-  readonly #x: Tensor;
-  readonly #shape: DecodeShape;
-  readonly #fuseHead: boolean;
-  readonly #runs: [number, number][] = [];
-  #packed: { texture: GpuTexture; layout: DecodeLayout } | null = null;
-
-  /** Checks that the model fits the fused path (see `fusedDecodeFits`) and packs its weights. */
-  constructor(model: Llama, opts: FusedDecoderOptions = {}) {
-    const c = model.config, g = gpu();
-    const limit = g.device.limits.maxStorageBuffersPerShaderStage;
-    const fits = { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads };
-    if (!fusedDecodeFits(fits, limit)) {
-      throw new Error(`FusedDecoder: the fused decode kernels do not take ${JSON.stringify(fits)}`);
-    }
-    this.version = opts.version ?? g.tuning.decodeVersion;
-    this.#model = model;
-    this.#fuseHead = opts.fuseHead ?? limit >= DECODE_HEAD_BINDINGS;
-    this.#shape = {
-      dim: c.dim,
-      hidden: c.hiddenDim,
-      heads: c.nHeads,
-      kvHeads: c.nKvHeads,
-      eps: c.normEps,
-      wg: 64,
-      vocab: c.vocabSize,
-    };
-    this.#x = keep(empty([1, 1, c.dim], "f32", "generate.x"));
-    if (this.version === 3) {
-      const per = Math.min(opts.layersPerStep ?? Infinity, decodeLayersPerStep(limit));
-      if (!(per >= 1)) throw new Error(`FusedDecoder: layersPerStep ${opts.layersPerStep}`);
-      for (let l = 0; l < c.nLayers; l += per) this.#runs.push([l, Math.min(l + per, c.nLayers)]);
-      this.#packed = packWeights(model, this.#shape);
-    }
-  }
-
-  /**
-   * The token in `next` ([1, 1] i32) at position cache.length: appends its keys and values to
-   * the cache and returns its logits [1, 1, vocab]. With `choice`, also picks the next token
-   * into `next` and `choice.history` (v3: in the same dispatch).
-   */
-  step(cache: KVCache, next: Tensor, choice?: DecodeChoice): Tensor {
-    const c = this.#model.config, g = gpu(), m = this.#model;
-    const p = (n: string) => m.params.get(n)!.buf;
-    const pos = cache.length;
-    if (this.#packed) {
-      const logits = empty([1, 1, c.vocabSize], "f32", "generate.logits");
-      for (const [from, to] of this.#runs) {
-        runDecodeStep(
-          g,
-          this.#packed.texture,
-          this.#packed.layout,
-          {
-            x: this.#x.buf,
-            token: next.buf,
-            rope: m.ropeBuffer,
-            caches: range(to - from).map((i) => ({
-              k: cache.k[from + i].buf,
-              v: cache.v[from + i].buf,
-            })),
-            logits: logits.buf,
-          },
-          this.#shape,
-          from,
-          to,
-          pos,
-          c.maxSeqLen,
-          to === c.nLayers ? choice : undefined,
-        );
-      }
-      cache.length = pos + 1;
-      return logits;
-    }
-    const logits = this.#fuseHead ? empty([1, 1, c.vocabSize], "f32", "generate.logits") : null;
-    for (let l = 0; l < c.nLayers; l++) {
-      const L = (n: string) => p(`model.layers.${l}.${n}`);
-      const last = l === c.nLayers - 1;
-      runDecodeLayer(
-        g,
-        this.#x.buf,
-        {
-          token: next.buf,
-          embedding: p("model.embed_tokens.weight"),
-          attnNorm: L("input_layernorm.weight"),
-          wq: L("self_attn.q_proj.weight"),
-          wk: L("self_attn.k_proj.weight"),
-          wv: L("self_attn.v_proj.weight"),
-          wo: L("self_attn.o_proj.weight"),
-          ffnNorm: L("post_attention_layernorm.weight"),
-          w1: L("mlp.gate_proj.weight"),
-          w3: L("mlp.up_proj.weight"),
-          w2: L("mlp.down_proj.weight"),
-          kCache: cache.k[l].buf,
-          vCache: cache.v[l].buf,
-          rope: m.ropeBuffer,
-          head: last && logits
-            ? { norm: p("model.norm.weight"), classifier: m.classifier.buf, logits: logits.buf }
-            : undefined,
-        },
-        this.#shape,
-        l === 0,
-        pos,
-        c.maxSeqLen,
-      );
-    }
-    cache.length = pos + 1;
-    let out = logits;
-    if (!out) {
-      const h = T.rmsnorm(this.#x, m.params.get("model.norm.weight")!, c.normEps);
-      out = T.matmul(h, m.classifier, { transB: true });
-      h.dispose();
-    }
-    if (choice) {
-      runSample(g, out.buf, choice.uniforms, next.buf, choice.history, {
-        vocab: c.vocabSize,
-        rowStride: c.vocabSize,
-        rowOffset: 0,
-        batch: 1,
-        step: choice.step,
-        maxNew: 0, // one sequence: its history row starts at 0
-
-        temperature: choice.temperature,
-        topP: choice.topP,
-      });
-    }
-    return out;
-  }
-
-  /** Releases the residual buffer and the packed weights. */
-  dispose(): void {
-    this.#x.dispose();
-    if (this.#packed) gpu().textures.release(this.#packed.texture);
-    this.#packed = null;
-  }
-}
-
-/** The model's weights in one texture, in the order of `decodeLayout`. */
-function packWeights(
-  model: Llama,
-  shape: DecodeShape,
-): { texture: GpuTexture; layout: DecodeLayout } {
-  const c = model.config, g = gpu();
-  const layout = decodeLayout(shape, c.nLayers, c.tiedEmbeddings);
-  const staging = empty([layout.texels * 4], "f32", "generate.packed");
-  const put = (name: string, texel: number) => {
-    const t = model.params.get(name)!;
-    g.copy(t.buf, 0, staging.buf, texel * 16, t.size * 4);
-  };
-  layout.layers.forEach((o, l) => {
-    const L = `model.layers.${l}.`;
-    put(L + "input_layernorm.weight", o.attnNorm);
-    put(L + "self_attn.q_proj.weight", o.wq);
-    put(L + "self_attn.k_proj.weight", o.wk);
-    put(L + "self_attn.v_proj.weight", o.wv);
-    put(L + "self_attn.o_proj.weight", o.wo);
-    put(L + "post_attention_layernorm.weight", o.ffnNorm);
-    put(L + "mlp.gate_proj.weight", o.w1);
-    put(L + "mlp.up_proj.weight", o.w3);
-    put(L + "mlp.down_proj.weight", o.w2);
-  });
-  put("model.norm.weight", layout.norm);
-  put("model.embed_tokens.weight", layout.embedding);
-  if (!c.tiedEmbeddings) put("lm_head.weight", layout.classifier);
-  const texture = g.textures.acquire(layout.texels);
-  g.copyToTexture(staging.buf, 0, texture, layout.texels);
-  staging.dispose();
-  return { texture, layout };
 }
 
 /** What {@link generate} produced, with timings. */
@@ -299,21 +98,27 @@ export async function generate(
         });
       };
       const t0 = performance.now();
-      const promptT = own(tensor(Int32Array.from(prompt), [1, prompt.length], "i32"));
-      const first = model.forward(promptT, { cache });
-      sample(first.logits!, 0);
-      first.logits!.dispose();
-      first.hidden.dispose();
-      await g.read(next.buf, 0, 4);
-      const t1 = performance.now();
-      const ids: number[] = [];
-      let done: GenerateResult["stop"] | null = null;
       const fused = opts.fused ??
         fusedDecodeFits(
           { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads },
           g.device.limits.maxStorageBuffersPerShaderStage,
         );
       decoder = fused ? new FusedDecoder(model, typeof fused === "object" ? fused : {}) : null;
+      const promptT = own(tensor(Int32Array.from(prompt), [1, prompt.length], "i32"));
+      if (decoder) {
+        const logits = decoder.prefill(promptT, cache, true);
+        sample(logits, 0);
+        logits.dispose();
+      } else {
+        const first = model.forward(promptT, { cache });
+        sample(first.logits!, 0);
+        first.logits!.dispose();
+        first.hidden.dispose();
+      }
+      await g.read(next.buf, 0, 4);
+      const t1 = performance.now();
+      const ids: number[] = [];
+      let done: GenerateResult["stop"] | null = null;
       // Reads of the history overlap the next steps' work: a read is awaited only after the
       // following batch of steps is recorded, so the GPU never idles through a sync. On a stop
       // id, up to `readEvery` steps past it were computed and are dropped.

@@ -10,7 +10,8 @@ import { rawSample } from "../../src/gem/sample.ts";
 import { readHfModel } from "../../src/io/hf.ts";
 import { CheckpointError, parseLlama2c, readLlama2c } from "../../src/io/llama2c.ts";
 import { dataDir } from "../../src/io/paths.ts";
-import { FusedDecoder, type FusedDecoderOptions, generate } from "../../src/nn/generate.ts";
+import { FusedDecoder, type FusedDecoderOptions } from "../../src/nn/fused.ts";
+import { generate } from "../../src/nn/generate.ts";
 import { CAUSAL_PADDED, Llama, padBatch } from "../../src/nn/llama.ts";
 import { backward } from "../../src/tensor/backward.ts";
 import * as T from "../../src/tensor/ops.ts";
@@ -133,6 +134,54 @@ Deno.test("sampled generation: the fused v3 sampler, v2 and the per-op path pick
   assert.notDeepEqual((await run({ version: 3 }, 3)).ids, (await run({ version: 3 }, 4)).ids);
   assert.notDeepEqual((await run({ version: 3 }, 3)).ids, stories.greedy.ids.slice(0, 120));
   m.dispose();
+});
+
+Deno.test("fused prefill: logits equal the general forward, whole and in two parts through the cache", async () => {
+  await testGpu();
+  for (
+    const load of [loadStories, async () => {
+      const { config, weights } = await readLlama2c(repo(tiny.models[0].bin));
+      return Llama.fromWeights(config, weights, "tiny_gqa");
+    }]
+  ) {
+    const m = await load();
+    const ids: number[] = m.config.vocabSize === 512 ? stories.prompt.ids : tiny.models[0].tokens;
+    const v = m.config.vocabSize, n = ids.length;
+    const want = await fullLogits(m, ids);
+    const decoder = new FusedDecoder(m);
+    const run = async (parts: number[][], lastOnly: boolean) => {
+      const cache = m.newCache(1, n);
+      const out: number[] = [];
+      for (const part of parts) {
+        const tok = tensor(Int32Array.from(part), [1, part.length], "i32");
+        const l = decoder.prefill(tok, cache, lastOnly);
+        out.push(...(await l.toArray() as Float32Array));
+        l.dispose();
+        tok.dispose();
+      }
+      assert.equal(cache.length, n);
+      cache.dispose();
+      return out;
+    };
+    const label = `${m.config.nLayers} layers`;
+    assertClose(await run([ids], false), want, LOGITS_TOL, `${label}, whole`);
+    const split = Math.floor(n / 3);
+    assertClose(
+      await run([ids.slice(0, split), ids.slice(split)], false),
+      want,
+      LOGITS_TOL,
+      `${label}, ${split} + ${n - split}`,
+    );
+    assertClose(await run([ids], true), want.subarray((n - 1) * v), LOGITS_TOL, `${label}, last`);
+    const big = m.newCache(1, 2);
+    assert.throws(
+      () => decoder.prefill(tensor(Int32Array.from(ids), [1, n], "i32"), big),
+      /exceed the cache/,
+    );
+    big.dispose();
+    decoder.dispose();
+    m.dispose();
+  }
 });
 
 // v2: a dispatch per layer, the head in the last one or separate. v3: one dispatch for every

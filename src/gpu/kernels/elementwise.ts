@@ -99,8 +99,8 @@ export const BINARY = {
 } as const;
 export type BinaryFn = keyof typeof BINARY;
 
-/** WGSL helpers available to every expression. */
-const HELPERS = `
+/** WGSL `sigmoid(x)`, shared by every kernel that computes it so results agree bitwise. */
+export const SIGMOID_WGSL = `
 fn sigmoid(x: f32) -> f32 {
   // Two branches so exp never sees a large positive argument.
   let e = exp(-abs(x));
@@ -169,7 +169,7 @@ export function elementwiseKernel(
     index.push(`  let at = o${o};`);
   }
   const source = `${decl}
-${HELPERS}
+${SIGMOID_WGSL}
 @compute @workgroup_size(${workgroup})
 fn main(${GRID_BUILTINS}) {
   let i = ${LINEAR_GROUP_ID} * ${workgroup}u + lid;

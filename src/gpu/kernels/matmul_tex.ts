@@ -20,6 +20,7 @@ import type { Gpu } from "../device.ts";
 import { grid, type Kernel, ParamWriter } from "../kernel.ts";
 import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../pool.ts";
 import type { MatmulShape, MatOperand } from "./matmul.ts";
+import { SIGMOID_WGSL } from "./elementwise.ts";
 import { runReduce } from "./reduce.ts";
 
 const SHIFT = Math.log2(TEXTURE_WIDTH);
@@ -34,11 +35,27 @@ export interface TexMatmulOpts {
   transB: boolean;
   /** C written as vec4 (N and the output offset are 4-aligned). */
   vecStore: boolean;
+  /** A fused epilogue instead of the plain store (needs vecStore and no split-K); see below. */
+  epilogue?: TexEpilogue;
 }
 
+/**
+ * Fused epilogues of the inference path (src/nn/fused.ts), each saving the dispatches of the ops
+ * it absorbs; each computes exactly what the unfused ops compute, element by element:
+ *   residual  C = R + A B (the residual add after the attention output and the MLP).
+ *   swiglu    C = silu(A B1) * (A B3) with B3 the N rows after B1 in the same texture (the MLP's
+ *             gate and up projections and the SwiGLU between them).
+ *   qkv       A [Wq; Wk; Wv]: q with RoPE into C [T, dim], k with RoPE and v into rows
+ *             start + t of the KV cache (the three projections, both RoPEs and the cache writes).
+ */
+export type TexEpilogue = "residual" | "swiglu" | "qkv";
+
 export function matmulKernelV3(o: TexMatmulOpts): Kernel {
-  const { tm, tn, wx } = o;
+  const { tm, tn, wx } = o, epi = o.epilogue;
   if (tm % 4 || tn % 4) throw new Error(`matmul v3: tile ${tm}x${tn} must be multiples of 4`);
+  if (epi && (!o.vecStore || !o.transB || o.transA)) {
+    throw new Error(`matmul v3: the ${epi} epilogue needs vec4 stores and B as [N, K] rows`);
+  }
   const tn4 = tn / 4, tm4 = tm / 4, X = "xyzw";
   const L: string[] = [];
   const e = (s: string) => L.push(s);
@@ -46,12 +63,18 @@ export function matmulKernelV3(o: TexMatmulOpts): Kernel {
   M: u32, N: u32, K: u32, K4: u32,
   ldA: u32, bsA: u32, ldB: u32, bsB: u32,
   offC: u32, ldC: u32, bsC: u32, sC: u32,
-  S: u32, kChunk: u32, _a: u32, _b: u32,
+  S: u32, kChunk: u32, offB: u32, _b: u32,${
+    epi
+      ? "\n  dim: u32, kv: u32, half: u32, start: u32, maxPos: u32, _c: u32, _d: u32, _e: u32,"
+      : ""
+  }
 };
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var TA: texture_2d<f32>;
 @group(0) @binding(2) var TB: texture_2d<f32>;
-@group(0) @binding(3) var<storage, read_write> Cb: array<${o.vecStore ? "vec4<f32>" : "f32"}>;
+@group(0) @binding(3) var<storage, read_write> Cb: array<${o.vecStore ? "vec4<f32>" : "f32"}>;${
+    epilogueBindings(epi)
+  }
 fn ldA(t: u32) -> vec4<f32> { return textureLoad(TA, vec2<u32>(t & ${
     TEXTURE_WIDTH - 1
   }u, t >> ${SHIFT}u), 0); }
@@ -65,7 +88,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   let i0 = wg.y * ${tm}u;
   let g0 = wg.x * ${wx * tn4}u + lid.x;
   let aB = b * P.bsA;
-  let bB = b * P.bsB;`);
+  let bB = P.offB + b * P.bsB;`);
   // Row / column texel bases, clamped so reads stay inside the operand (results dropped on store).
   if (!o.transA) {
     for (let r = 0; r < tm; r++) e(`  let ar${r} = aB + min(i0 + ${r}u, P.M - 1u) * P.ldA;`);
@@ -82,7 +105,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     }
   }
   for (let r = 0; r < tm; r++) {
-    for (let c = 0; c < tn4; c++) e(`  var acc${r}_${c} = vec4<f32>(0.0);`);
+    for (let c = 0; c < tn4; c++) {
+      e(`  var acc${r}_${c} = vec4<f32>(0.0);`);
+      if (epi === "swiglu") e(`  var up${r}_${c} = vec4<f32>(0.0);`);
+    }
   }
   e(`  let k4b = s * P.kChunk;
   let k4e = min(P.K4, k4b + P.kChunk);`);
@@ -123,11 +149,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
           B.push(`let tb${q} = ${mask ? `select(vec4<f32>(0.0), ${ld}, km)` : ld};`);
         }
       }
-      const bvec = (kk: number) =>
-        !o.transB ? `tb${kk}` : `vec4<f32>(tb0.${X[kk]}, tb1.${X[kk]}, tb2.${X[kk]}, tb3.${X[kk]})`;
+      const bvec = (kk: number, v = "tb") =>
+        !o.transB
+          ? `${v}${kk}`
+          : `vec4<f32>(${v}0.${X[kk]}, ${v}1.${X[kk]}, ${v}2.${X[kk]}, ${v}3.${X[kk]})`;
       for (let r = 0; r < tm; r++) {
         for (let kk = 0; kk < 4; kk++) {
           B.push(`acc${r}_${c} = fma(vec4<f32>(${aval(r, kk)}), ${bvec(kk)}, acc${r}_${c});`);
+        }
+      }
+      if (epi === "swiglu") {
+        // The up projection's rows follow the gate's N rows.
+        for (let q = 0; q < 4; q++) {
+          const ld = `ldB(br${c}_${q} + P.N * P.ldB + ${k4})`;
+          B.push(`let tu${q} = ${mask ? `select(vec4<f32>(0.0), ${ld}, km)` : ld};`);
+        }
+        for (let r = 0; r < tm; r++) {
+          for (let kk = 0; kk < 4; kk++) {
+            B.push(`up${r}_${c} = fma(vec4<f32>(${aval(r, kk)}), ${bvec(kk, "tu")}, up${r}_${c});`);
+          }
         }
       }
       B.push("}");
@@ -148,7 +188,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let cr = cB + (i0 + ${r}u) * P.ldC;`);
     for (let c = 0; c < tn4; c++) {
       const g = `(g0 + ${c * wx}u)`;
-      if (o.vecStore) e(`    if (${g} * 4u < P.N) { Cb[cr / 4u + ${g}] = acc${r}_${c}; }`);
+      if (epi) e(`    if (${g} * 4u < P.N) { ${epilogueStore(epi, r, c, g)} }`);
+      else if (o.vecStore) e(`    if (${g} * 4u < P.N) { Cb[cr / 4u + ${g}] = acc${r}_${c}; }`);
       else {for (let q = 0; q < 4; q++) {
           e(`    if (${g} * 4u + ${q}u < P.N) { Cb[cr + ${g} * 4u + ${q}u] = acc${r}_${c}.${
             X[q]
@@ -158,14 +199,73 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     e(`  }`);
   }
   e(`}`);
+  if (epi) e(epilogueHelpers(epi));
   return {
     name: `matmul_v3_${tm}x${tn}_w${wx}${o.transA ? "_tA" : ""}${o.transB ? "_tB" : ""}${
       o.vecStore ? "_v" : ""
-    }`,
+    }${epi ? `_${epi}` : ""}`,
     source: L.join("\n"),
-    buffers: ["tex", "tex", "rw"],
+    buffers: ["tex", "tex", "rw", ...EPILOGUE_BUFFERS[epi ?? "none"]],
   };
 }
+
+/** Bindings after C that each epilogue adds. */
+const EPILOGUE_BUFFERS = {
+  none: [],
+  residual: ["read"],
+  swiglu: [],
+  qkv: ["rw", "rw", "read"],
+} as const;
+
+function epilogueBindings(epi: TexEpilogue | undefined): string {
+  if (epi === "residual") {
+    return "\n@group(0) @binding(4) var<storage, read> R: array<vec4<f32>>;";
+  }
+  if (epi === "qkv") {
+    return `
+@group(0) @binding(4) var<storage, read_write> KC: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> VC: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> ROPE: array<vec4<f32>>;`;
+  }
+  return "";
+}
+
+function epilogueHelpers(epi: TexEpilogue): string {
+  if (epi === "swiglu") return SIGMOID_WGSL;
+  if (epi !== "qkv") return "";
+  // RoPE of two interleaved pairs (pair index k even): rope v2's arithmetic.
+  return `fn rope2(x: vec4<f32>, pos: u32, k: u32) -> vec4<f32> {
+  let cs = ROPE[(min(pos, P.maxPos - 1u) * P.half + k) / 2u];
+  return vec4<f32>(
+    x.x * cs.x - x.y * cs.y,
+    x.x * cs.y + x.y * cs.x,
+    x.z * cs.z - x.w * cs.w,
+    x.z * cs.w + x.w * cs.z,
+  );
+}`;
+}
+
+/** WGSL storing the vec4 of row i0 + r, column group g (`cr` is the row's offset in C). */
+function epilogueStore(epi: TexEpilogue, r: number, c: number, g: string): string {
+  const acc = `acc${r}_${c}`;
+  if (epi === "residual") return `Cb[cr / 4u + ${g}] = R[cr / 4u + ${g}] + ${acc};`;
+  if (epi === "swiglu") {
+    return `var h: vec4<f32>;${
+      [...X4].map((q) =>
+        ` { let a = ${acc}.${q}; let b = up${r}_${c}.${q}; h.${q} = a * sigmoid(a) * b; }`
+      )
+        .join("")
+    } Cb[cr / 4u + ${g}] = h;`;
+  }
+  // qkv: columns [0, dim) are q (C's rows are dim long), then k, then v; a vec4 never straddles
+  // q, k and v or a head (dim, kv and the head dim are multiples of 4).
+  return `let n0 = ${g} * 4u;
+      let pos = P.start + i0 + ${r}u;
+      if (n0 < P.dim) { Cb[cr / 4u + ${g}] = rope2(${acc}, pos, (n0 % (2u * P.half)) / 2u); }
+      else if (n0 < P.dim + P.kv) { KC[(pos * P.kv + n0 - P.dim) / 4u] = rope2(${acc}, pos, ((n0 - P.dim) % (2u * P.half)) / 2u); }
+      else { VC[(pos * P.kv + n0 - P.dim - P.kv) / 4u] = ${acc}; }`;
+}
+const X4 = "xyzw";
 
 /** Copies a strided row-major operand [batch][rows, cols] into the flat texel layout, zero-padded. */
 export function packKernel(wg: number): Kernel {
@@ -212,6 +312,7 @@ export function choosePlan(
   batch: number,
   threads: number,
   simd: number,
+  maxSlices = 32,
 ): TexPlan {
   // Few tile sizes: each combination is a separate (slow to compile, fully unrolled) kernel.
   const sizes = [32, 24, 16, 8, 4];
@@ -221,7 +322,7 @@ export function choosePlan(
     for (const tn of sizes) {
       const gx = Math.ceil(n / (tn * simd)), gy = Math.ceil(m / tm);
       for (const slices of [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]) {
-        if (slices > 1 && k4 / slices < 16) break;
+        if (slices > maxSlices || (slices > 1 && k4 / slices < 16)) break;
         if (batch * slices > 65535) break;
         const steps = Math.ceil(k4 / slices);
         const cost = (steps * 1.6 * (8 * (tm + tn) + tm * tn) + 22.6 * tm * tn) * (simd / 8) + 5000;
@@ -372,4 +473,57 @@ export function runMatmulTex(
   }
   gpu.textures.release(sa.tex);
   gpu.textures.release(sb.tex);
+}
+
+/**
+ * A product with a fused epilogue (inference path): A [M, K] contiguous in `a`, B the rows
+ * [N, K] (swiglu: [2N, K]) from texel `offB` of a packed weight texture. K, N multiples of 4.
+ */
+export interface FusedMatmul {
+  a: GpuBuffer;
+  m: number;
+  k: number;
+  weights: GpuTexture;
+  offB: number;
+  n: number;
+  /** Output: [M, N] (qkv: q [M, dim]). */
+  c: GpuBuffer;
+  epilogue: TexEpilogue;
+  /** residual: [R]; qkv: [K cache, V cache, RoPE table]; swiglu: []. */
+  extra: GpuBuffer[];
+  /** qkv: widths, RoPE half head dim, position of row 0, RoPE table rows. */
+  qkv?: { dim: number; kv: number; half: number; start: number; maxPos: number };
+}
+
+/** Records a {@link FusedMatmul}: A staged into a texture, one dispatch, no split-K. */
+export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
+  if (f.k % 4 || f.n % 4) throw new Error(`matmul v3 ${f.epilogue}: K ${f.k}, N ${f.n} % 4 != 0`);
+  const simd = gpu.simdWidth, k4 = f.k / 4;
+  const plan = choosePlan(f.m, f.n, f.k, 1, gpu.cores, simd, 1);
+  const o: TexMatmulOpts = {
+    tm: plan.tm,
+    tn: plan.tn,
+    wx: simd,
+    transA: false,
+    transB: true,
+    vecStore: true,
+    epilogue: f.epilogue,
+  };
+  const tex = gpu.textures.acquire(f.m * k4);
+  gpu.copyToTexture(f.a, 0, tex, f.m * k4);
+  const q = f.qkv ?? { dim: 0, kv: 0, half: 0, start: 0, maxPos: 0 };
+  const ldC = f.epilogue === "qkv" ? q.dim : f.n;
+  const p = new ParamWriter()
+    .u32(f.m).u32(f.n).u32(f.k).u32(k4)
+    .u32(k4).u32(0).u32(k4).u32(0)
+    .u32(0).u32(ldC).u32(0).u32(0)
+    .u32(1).u32(k4).u32(f.offB).u32(0)
+    .u32(q.dim).u32(q.kv).u32(q.half).u32(q.start).u32(q.maxPos).u32(0).u32(0).u32(0);
+  gpu.dispatch(
+    cached(JSON.stringify(o), () => matmulKernelV3(o)),
+    [tex, f.weights, f.c, ...f.extra],
+    p,
+    [Math.ceil(f.n / (plan.tn * simd)), Math.ceil(f.m / plan.tm), 1],
+  );
+  gpu.textures.release(tex);
 }

@@ -1,0 +1,288 @@
+/**
+ * The fused inference path of a small Llama (kernels/decode.ts, and matmul v3's epilogues):
+ * decoding one token per dispatch, and a prefill of the prompt in 7 dispatches per layer instead
+ * of the general forward's 17. Plain causal generation only (token roles are not read), batch 1.
+ * Every weight is packed once into one texture; build a new FusedDecoder after the weights change.
+ */
+
+import { gpu } from "../gpu/device.ts";
+import {
+  DECODE_HEAD_BINDINGS,
+  type DecodeChoice,
+  decodeLayersPerStep,
+  type DecodeLayout,
+  decodeLayout,
+  type DecodeShape,
+  fusedDecodeFits,
+  runDecodeLayer,
+  runDecodeStep,
+} from "../gpu/kernels/decode.ts";
+import { range } from "../gpu/kernel.ts";
+import { runMatmulFused } from "../gpu/kernels/matmul_tex.ts";
+import type { GpuBuffer, GpuTexture } from "../gpu/pool.ts";
+import { runSample } from "../gpu/kernels/sample.ts";
+import * as T from "../tensor/ops.ts";
+import { empty, keep, noGrad, scope, type Tensor } from "../tensor/tensor.ts";
+import { CAUSAL, headDim, type KVCache, type Llama } from "./llama.ts";
+
+/** Settings of {@link FusedDecoder}. */
+export interface FusedDecoderOptions {
+  /**
+   * Kernel version (default: the adapter's tuning). 2: one dispatch per layer, weights in storage
+   * buffers. 3: every layer and the head in one dispatch, weights packed into one texture.
+   */
+  version?: 2 | 3;
+  /** v2: the last layer's kernel also computes the logits (default: when the adapter can bind it). */
+  fuseHead?: boolean;
+  /** v3: layers per dispatch (default: as many as the storage-buffer limit allows). */
+  layersPerStep?: number;
+}
+
+/**
+ * Decodes one token per {@link FusedDecoder.step} through the fused kernels of
+ * kernels/decode.ts. v3 copies the weights into a texture when constructed: build a new decoder
+ * after the weights change.
+ */
+export class FusedDecoder {
+  readonly version: 2 | 3;
+  readonly #model: Llama;
+  readonly #x: Tensor;
+  readonly #shape: DecodeShape;
+  readonly #fuseHead: boolean;
+  readonly #runs: [number, number][] = [];
+  #packed: { texture: GpuTexture; layout: DecodeLayout } | null = null;
+
+  /** Checks that the model fits the fused path (see `fusedDecodeFits`) and packs its weights. */
+  constructor(model: Llama, opts: FusedDecoderOptions = {}) {
+    const c = model.config, g = gpu();
+    const limit = g.device.limits.maxStorageBuffersPerShaderStage;
+    const fits = { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads };
+    if (!fusedDecodeFits(fits, limit)) {
+      throw new Error(`FusedDecoder: the fused decode kernels do not take ${JSON.stringify(fits)}`);
+    }
+    this.version = opts.version ?? g.tuning.decodeVersion;
+    this.#model = model;
+    this.#fuseHead = opts.fuseHead ?? limit >= DECODE_HEAD_BINDINGS;
+    this.#shape = {
+      dim: c.dim,
+      hidden: c.hiddenDim,
+      heads: c.nHeads,
+      kvHeads: c.nKvHeads,
+      eps: c.normEps,
+      wg: 64,
+      vocab: c.vocabSize,
+    };
+    this.#x = keep(empty([1, 1, c.dim], "f32", "generate.x"));
+    const per = Math.min(opts.layersPerStep ?? Infinity, decodeLayersPerStep(limit));
+    if (!(per >= 1)) throw new Error(`FusedDecoder: layersPerStep ${opts.layersPerStep}`);
+    for (let l = 0; l < c.nLayers; l += per) this.#runs.push([l, Math.min(l + per, c.nLayers)]);
+    this.#packed = packWeights(model, this.#shape);
+  }
+
+  /**
+   * The prompt `tokens` ([1, T] i32) after the cache's positions: appends their keys and values
+   * to the cache and returns the logits [1, T, vocab], or [1, 1, vocab] of the last token with
+   * `lastOnly` (all generation needs). Per layer: RMSNorm, q/k/v with both RoPEs and the cache
+   * writes (one matmul), attention, the output projection with the residual add, RMSNorm, the
+   * gate and up projections with SwiGLU, the down projection with the residual add.
+   */
+  prefill(tokens: Tensor, cache: KVCache, lastOnly = false): Tensor {
+    const c = this.#model.config, m = this.#model, g = gpu(), packed = this.#packed!;
+    const [b, t] = tokens.shape;
+    const start = cache.length;
+    if (tokens.rank !== 2 || tokens.dtype !== "i32" || b !== 1 || cache.batch !== 1) {
+      throw new Error(`FusedDecoder.prefill: tokens must be i32 [1, T], got ${tokens.describe()}`);
+    }
+    if (start + t > Math.min(cache.capacity, c.maxSeqLen)) {
+      throw new Error(
+        `FusedDecoder.prefill: ${start} cached + ${t} new tokens exceed the cache (${cache.capacity}) or the context (${c.maxSeqLen})`,
+      );
+    }
+    const hd = headDim(c), kv = hd * c.nKvHeads;
+    const w = (n: string) => m.params.get(n)!;
+    const mm = (
+      a: Tensor,
+      k: number,
+      offB: number,
+      n: number,
+      out: Tensor,
+      epilogue: "residual" | "swiglu" | "qkv",
+      extra: GpuBuffer[],
+    ) =>
+      runMatmulFused(g, {
+        a: a.buf,
+        m: t,
+        k,
+        weights: packed.texture,
+        offB,
+        n,
+        c: out.buf,
+        epilogue,
+        extra,
+        qkv: { dim: c.dim, kv, half: hd / 2, start, maxPos: c.maxSeqLen },
+      });
+    return noGrad(() =>
+      scope(() => {
+        let x = T.embedding(w("model.embed_tokens.weight"), tokens);
+        packed.layout.layers.forEach((o, l) => {
+          const L = (n: string) => w(`model.layers.${l}.${n}`);
+          const xn = T.rmsnorm(x, L("input_layernorm.weight"), c.normEps);
+          const q = empty([1, t, c.nHeads, hd], "f32", "prefill.q");
+          mm(xn, c.dim, o.wq, c.dim + 2 * kv, q, "qkv", [
+            cache.k[l].buf,
+            cache.v[l].buf,
+            m.ropeBuffer,
+          ]);
+          const att = T.attention(q, cache.k[l], cache.v[l], cache.roles, CAUSAL, {
+            keys: start + t,
+          });
+          const x1 = empty([1, t, c.dim], "f32", "prefill.x");
+          mm(att, c.dim, o.wo, c.dim, x1, "residual", [x.buf]);
+          const xn2 = T.rmsnorm(x1, L("post_attention_layernorm.weight"), c.normEps);
+          const h = empty([1, t, c.hiddenDim], "f32", "prefill.h");
+          mm(xn2, c.dim, o.w1, c.hiddenDim, h, "swiglu", []);
+          const x2 = empty([1, t, c.dim], "f32", "prefill.x");
+          mm(h, c.hiddenDim, o.w2, c.dim, x2, "residual", [x1.buf]);
+          x = x2;
+        });
+        cache.length = start + t;
+        const last = lastOnly ? T.slice(x, 1, t - 1, t) : x;
+        const hn = T.rmsnorm(last, w("model.norm.weight"), c.normEps);
+        return T.matmul(hn, m.classifier, { transB: true });
+      })
+    );
+  }
+
+  /**
+   * The token in `next` ([1, 1] i32) at position cache.length: appends its keys and values to
+   * the cache and returns its logits [1, 1, vocab]. With `choice`, also picks the next token
+   * into `next` and `choice.history` (v3: in the same dispatch).
+   */
+  step(cache: KVCache, next: Tensor, choice?: DecodeChoice): Tensor {
+    const c = this.#model.config, g = gpu(), m = this.#model;
+    const p = (n: string) => m.params.get(n)!.buf;
+    const pos = cache.length;
+    if (this.version === 3) {
+      const packed = this.#packed!;
+      const logits = empty([1, 1, c.vocabSize], "f32", "generate.logits");
+      for (const [from, to] of this.#runs) {
+        runDecodeStep(
+          g,
+          packed.texture,
+          packed.layout,
+          {
+            x: this.#x.buf,
+            token: next.buf,
+            rope: m.ropeBuffer,
+            caches: range(to - from).map((i) => ({
+              k: cache.k[from + i].buf,
+              v: cache.v[from + i].buf,
+            })),
+            logits: logits.buf,
+          },
+          this.#shape,
+          from,
+          to,
+          pos,
+          c.maxSeqLen,
+          to === c.nLayers ? choice : undefined,
+        );
+      }
+      cache.length = pos + 1;
+      return logits;
+    }
+    const logits = this.#fuseHead ? empty([1, 1, c.vocabSize], "f32", "generate.logits") : null;
+    for (let l = 0; l < c.nLayers; l++) {
+      const L = (n: string) => p(`model.layers.${l}.${n}`);
+      const last = l === c.nLayers - 1;
+      runDecodeLayer(
+        g,
+        this.#x.buf,
+        {
+          token: next.buf,
+          embedding: p("model.embed_tokens.weight"),
+          attnNorm: L("input_layernorm.weight"),
+          wq: L("self_attn.q_proj.weight"),
+          wk: L("self_attn.k_proj.weight"),
+          wv: L("self_attn.v_proj.weight"),
+          wo: L("self_attn.o_proj.weight"),
+          ffnNorm: L("post_attention_layernorm.weight"),
+          w1: L("mlp.gate_proj.weight"),
+          w3: L("mlp.up_proj.weight"),
+          w2: L("mlp.down_proj.weight"),
+          kCache: cache.k[l].buf,
+          vCache: cache.v[l].buf,
+          rope: m.ropeBuffer,
+          head: last && logits
+            ? { norm: p("model.norm.weight"), classifier: m.classifier.buf, logits: logits.buf }
+            : undefined,
+        },
+        this.#shape,
+        l === 0,
+        pos,
+        c.maxSeqLen,
+      );
+    }
+    cache.length = pos + 1;
+    let out = logits;
+    if (!out) {
+      const h = T.rmsnorm(this.#x, m.params.get("model.norm.weight")!, c.normEps);
+      out = T.matmul(h, m.classifier, { transB: true });
+      h.dispose();
+    }
+    if (choice) {
+      runSample(g, out.buf, choice.uniforms, next.buf, choice.history, {
+        vocab: c.vocabSize,
+        rowStride: c.vocabSize,
+        rowOffset: 0,
+        batch: 1,
+        step: choice.step,
+        maxNew: 0, // one sequence: its history row starts at 0
+
+        temperature: choice.temperature,
+        topP: choice.topP,
+      });
+    }
+    return out;
+  }
+
+  /** Releases the residual buffer and the packed weights. */
+  dispose(): void {
+    this.#x.dispose();
+    if (this.#packed) gpu().textures.release(this.#packed.texture);
+    this.#packed = null;
+  }
+}
+
+/** The model's weights in one texture, in the order of `decodeLayout`. */
+function packWeights(
+  model: Llama,
+  shape: DecodeShape,
+): { texture: GpuTexture; layout: DecodeLayout } {
+  const c = model.config, g = gpu();
+  const layout = decodeLayout(shape, c.nLayers, c.tiedEmbeddings);
+  const staging = empty([layout.texels * 4], "f32", "generate.packed");
+  const put = (name: string, texel: number) => {
+    const t = model.params.get(name)!;
+    g.copy(t.buf, 0, staging.buf, texel * 16, t.size * 4);
+  };
+  layout.layers.forEach((o, l) => {
+    const L = `model.layers.${l}.`;
+    put(L + "input_layernorm.weight", o.attnNorm);
+    put(L + "self_attn.q_proj.weight", o.wq);
+    put(L + "self_attn.k_proj.weight", o.wk);
+    put(L + "self_attn.v_proj.weight", o.wv);
+    put(L + "self_attn.o_proj.weight", o.wo);
+    put(L + "post_attention_layernorm.weight", o.ffnNorm);
+    put(L + "mlp.gate_proj.weight", o.w1);
+    put(L + "mlp.up_proj.weight", o.w3);
+    put(L + "mlp.down_proj.weight", o.w2);
+  });
+  put("model.norm.weight", layout.norm);
+  put("model.embed_tokens.weight", layout.embedding);
+  if (!c.tiedEmbeddings) put("lm_head.weight", layout.classifier);
+  const texture = g.textures.acquire(layout.texels);
+  g.copyToTexture(staging.buf, 0, texture, layout.texels);
+  staging.dispose();
+  return { texture, layout };
+}
