@@ -25,6 +25,8 @@ export interface Tuning {
   attentionBlock: number;
   /** Highest attention version with blocks: 2 (block in private arrays) or 3 (unrolled). */
   attentionVersion: number;
+  /** Attention v3 reads K and V from textures they are copied into. */
+  attentionKvTextures: boolean;
   /** Row kernels use one invocation per row up to this row length, else a workgroup per row. */
   threadRowMaxLen: number;
   /** Reductions over at most this many elements run serially per output, else as a tree. */
@@ -48,6 +50,7 @@ const LLVMPIPE: Tuning = {
   attentionWorkgroup: 64,
   attentionBlock: 8,
   attentionVersion: 3,
+  attentionKvTextures: true,
   // A workgroup barrier costs more than a short row's arithmetic on a CPU rasterizer.
   threadRowMaxLen: 1 << 20,
   serialReduceMax: 1024,
@@ -65,6 +68,7 @@ const GPU: Tuning = {
   attentionWorkgroup: 64,
   attentionBlock: 1,
   attentionVersion: 3,
+  attentionKvTextures: false,
   threadRowMaxLen: 128,
   serialReduceMax: 256,
   decodeVersion: 3,

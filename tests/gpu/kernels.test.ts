@@ -30,9 +30,12 @@ const TUNINGS: Partial<Tuning>[] = [
     attentionWorkgroup: 64,
     attentionBlock: 8,
     attentionVersion: 3,
+    attentionKvTextures: true,
     threadRowMaxLen: 1 << 20,
     serialReduceMax: 1 << 20,
   },
+  // Attention v3 with K and V in storage buffers, blocks of 4.
+  { attentionVersion: 3, attentionBlock: 4, attentionKvTextures: false, attentionWorkgroup: 16 },
   {
     elementwiseWorkgroup: 256,
     elementwiseVec4: false,
