@@ -23,9 +23,9 @@ export { initGpu } from "./src/gpu/device.ts";
 /** The device returned by {@link initGpu}; throws before initialisation. */
 export { gpu } from "./src/gpu/device.ts";
 /** The device wrapper: buffer pool, pipeline cache, command batching, readback. */
-export type { Gpu, GpuOptions } from "./src/gpu/device.ts";
+export type { Gpu, GpuOptions, KernelTime } from "./src/gpu/device.ts";
 /** Pooled buffers and their pool. */
-export type { BufferPool, GpuBuffer } from "./src/gpu/pool.ts";
+export type { BufferPool, GpuBuffer, GpuTexture, TexturePool } from "./src/gpu/pool.ts";
 /** Kernel descriptions and their uniform writer. */
 export type { Access, Kernel, ParamWriter } from "./src/gpu/kernel.ts";
 /** Per-adapter kernel parameters (workgroup sizes, matmul tiles). */
@@ -100,6 +100,15 @@ export type {
 export { generate, generateText } from "./src/nn/generate.ts";
 /** Options and results of generation. */
 export type { GenerateOptions, GenerateResult, TextCodec } from "./src/nn/generate.ts";
+/**
+ * The fused inference path generate() uses for small models: prompt prefill in 7 dispatches per
+ * layer and one dispatch per decoded token (weights packed into one texture).
+ */
+export { FusedDecoder } from "./src/nn/fused.ts";
+/** Settings of {@link FusedDecoder}. */
+export type { FusedDecoderOptions } from "./src/nn/fused.ts";
+/** The next-token choice {@link FusedDecoder} can make inside its decode step. */
+export type { DecodeChoice } from "./src/gpu/kernels/decode.ts";
 
 /** Loads a model and tokenizer from a llama2.c file, a Hugging Face directory, or a hub id. */
 export { loadModel, ModelNotFoundError } from "./src/io/model.ts";

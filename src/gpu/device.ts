@@ -442,8 +442,11 @@ const PROFILE_QUERIES = 4096;
 
 /** GPU time of one kernel over a profile. */
 export interface KernelTime {
+  /** Kernel name. */
   kernel: string;
+  /** Dispatches of it. */
   calls: number;
+  /** Their GPU time in milliseconds. */
   ms: number;
 }
 

@@ -44,6 +44,7 @@ export interface FusedDecoderOptions {
  * after the weights change.
  */
 export class FusedDecoder {
+  /** The decode kernel version in use. */
   readonly version: 2 | 3;
   readonly #model: Llama;
   readonly #x: Tensor;

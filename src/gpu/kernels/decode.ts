@@ -652,10 +652,15 @@ export interface DecodeStepBuffers {
  * and to `history[step]`; `uniforms[step]` drives sampling.
  */
 export interface DecodeChoice {
+  /** One uniform in [0, 1) per step (f32). */
   uniforms: GpuBuffer;
+  /** Chosen ids by step (i32). */
   history: GpuBuffer;
+  /** This step's index into `uniforms` and `history`. */
   step: number;
+  /** 0 = greedy. */
   temperature: number;
+  /** Nucleus mass kept when sampling. */
   topP: number;
 }
 
