@@ -101,7 +101,7 @@ export { generate, generateText } from "./src/nn/generate.ts";
 /** Options and results of generation. */
 export type { GenerateOptions, GenerateResult, TextCodec } from "./src/nn/generate.ts";
 /**
- * The fused inference path generate() uses for small models: prompt prefill in 7 dispatches per
+ * The fused inference path generate() uses for small models: prompt prefill in 5 dispatches per
  * layer and one dispatch per decoded token (weights packed into one texture).
  */
 export { FusedDecoder } from "./src/nn/fused.ts";

@@ -1,6 +1,6 @@
 /**
  * The fused inference path of a small Llama (kernels/decode.ts, and matmul v3's epilogues):
- * decoding one token per dispatch, and a prefill of the prompt in 7 dispatches per layer instead
+ * decoding one token per dispatch, and a prefill of the prompt in 5 dispatches per layer instead
  * of the general forward's 17. Plain causal generation only (token roles are not read), batch 1.
  * Every weight is packed once into one texture; build a new FusedDecoder after the weights change.
  */
@@ -18,7 +18,7 @@ import {
   runDecodeStep,
 } from "../gpu/kernels/decode.ts";
 import { range } from "../gpu/kernel.ts";
-import { runMatmulFused } from "../gpu/kernels/matmul_tex.ts";
+import { runMatmulFused, type TexEpilogue } from "../gpu/kernels/matmul_tex.ts";
 import type { GpuBuffer, GpuTexture } from "../gpu/pool.ts";
 import { runSample } from "../gpu/kernels/sample.ts";
 import * as T from "../tensor/ops.ts";
@@ -100,19 +100,22 @@ export class FusedDecoder {
       );
     }
     const hd = headDim(c), kv = hd * c.nKvHeads;
-    const w = (n: string) => m.params.get(n)!;
+    // One fused product of rows `a` [rows, k] with the packed rows at `offB`; `norm`: the rows
+    // are RMS-normalised on the fly (the norm's weight is folded into those packed rows).
     const mm = (
       a: Tensor,
+      rows: number,
       k: number,
       offB: number,
       n: number,
       out: Tensor,
-      epilogue: "residual" | "swiglu" | "qkv",
+      epilogue: TexEpilogue,
       extra: GpuBuffer[],
+      norm: boolean,
     ) =>
       runMatmulFused(g, {
         a: a.buf,
-        m: t,
+        m: rows,
         k,
         weights: packed.texture,
         offB,
@@ -121,35 +124,32 @@ export class FusedDecoder {
         epilogue,
         extra,
         qkv: { dim: c.dim, kv, half: hd / 2, start, maxPos: c.maxSeqLen },
+        normEps: norm ? c.normEps : undefined,
       });
     return noGrad(() =>
       scope(() => {
-        let x = T.embedding(w("model.embed_tokens.weight"), tokens);
+        let x = T.embedding(m.params.get("model.embed_tokens.weight")!, tokens);
         packed.layout.layers.forEach((o, l) => {
-          const L = (n: string) => w(`model.layers.${l}.${n}`);
-          const xn = T.rmsnorm(x, L("input_layernorm.weight"), c.normEps);
           const q = empty([1, t, c.nHeads, hd], "f32", "prefill.q");
-          mm(xn, c.dim, o.wq, c.dim + 2 * kv, q, "qkv", [
-            cache.k[l].buf,
-            cache.v[l].buf,
-            m.ropeBuffer,
-          ]);
+          const caches = [cache.k[l].buf, cache.v[l].buf, m.ropeBuffer];
+          mm(x, t, c.dim, o.wq, c.dim + 2 * kv, q, "qkv", caches, true);
           const att = T.attention(q, cache.k[l], cache.v[l], cache.roles, CAUSAL, {
             keys: start + t,
           });
           const x1 = empty([1, t, c.dim], "f32", "prefill.x");
-          mm(att, c.dim, o.wo, c.dim, x1, "residual", [x.buf]);
-          const xn2 = T.rmsnorm(x1, L("post_attention_layernorm.weight"), c.normEps);
+          mm(att, t, c.dim, o.wo, c.dim, x1, "residual", [x.buf], false);
           const h = empty([1, t, c.hiddenDim], "f32", "prefill.h");
-          mm(xn2, c.dim, o.w1, c.hiddenDim, h, "swiglu", []);
+          mm(x1, t, c.dim, o.w1, c.hiddenDim, h, "swiglu", [], true);
           const x2 = empty([1, t, c.dim], "f32", "prefill.x");
-          mm(h, c.hiddenDim, o.w2, c.dim, x2, "residual", [x1.buf]);
+          mm(h, t, c.hiddenDim, o.w2, c.dim, x2, "residual", [x1.buf], false);
           x = x2;
         });
         cache.length = start + t;
-        const last = lastOnly ? T.slice(x, 1, t - 1, t) : x;
-        const hn = T.rmsnorm(last, w("model.norm.weight"), c.normEps);
-        return T.matmul(hn, m.classifier, { transB: true });
+        const rows = lastOnly ? 1 : t;
+        const last = lastOnly ? T.contiguous(T.slice(x, 1, t - 1, t)) : x;
+        const logits = empty([1, rows, c.vocabSize], "f32", "prefill.logits");
+        mm(last, rows, c.dim, packed.layout.classifier, c.vocabSize, logits, "plain", [], true);
+        return logits;
       })
     );
   }
@@ -255,33 +255,38 @@ export class FusedDecoder {
   }
 }
 
-/** The model's weights in one texture, in the order of `decodeLayout`. */
+/**
+ * The model's weights in one texture, in the order of `decodeLayout`, with each RMSNorm's weight
+ * folded into the columns of the matrices it feeds.
+ */
 function packWeights(
   model: Llama,
   shape: DecodeShape,
 ): { texture: GpuTexture; layout: DecodeLayout } {
   const c = model.config, g = gpu();
-  const layout = decodeLayout(shape, c.nLayers, c.tiedEmbeddings);
+  const layout = decodeLayout(shape, c.nLayers);
   const staging = empty([layout.texels * 4], "f32", "generate.packed");
-  const put = (name: string, texel: number) => {
-    const t = model.params.get(name)!;
-    g.copy(t.buf, 0, staging.buf, texel * 16, t.size * 4);
-  };
-  layout.layers.forEach((o, l) => {
-    const L = `model.layers.${l}.`;
-    put(L + "input_layernorm.weight", o.attnNorm);
-    put(L + "self_attn.q_proj.weight", o.wq);
-    put(L + "self_attn.k_proj.weight", o.wk);
-    put(L + "self_attn.v_proj.weight", o.wv);
-    put(L + "self_attn.o_proj.weight", o.wo);
-    put(L + "post_attention_layernorm.weight", o.ffnNorm);
-    put(L + "mlp.gate_proj.weight", o.w1);
-    put(L + "mlp.up_proj.weight", o.w3);
-    put(L + "mlp.down_proj.weight", o.w2);
-  });
-  put("model.norm.weight", layout.norm);
-  put("model.embed_tokens.weight", layout.embedding);
-  if (!c.tiedEmbeddings) put("lm_head.weight", layout.classifier);
+  const w = (name: string) => model.params.get(name)!;
+  const put = (t: Tensor, texel: number) =>
+    g.copy(t.buf, t.offset * 4, staging.buf, texel * 16, t.size * 4);
+  noGrad(() =>
+    scope(() => {
+      const folded = (name: string, norm: string) => T.mul(w(name), w(norm));
+      layout.layers.forEach((o, l) => {
+        const L = `model.layers.${l}.`;
+        const an = L + "input_layernorm.weight", fn = L + "post_attention_layernorm.weight";
+        put(folded(L + "self_attn.q_proj.weight", an), o.wq);
+        put(folded(L + "self_attn.k_proj.weight", an), o.wk);
+        put(folded(L + "self_attn.v_proj.weight", an), o.wv);
+        put(w(L + "self_attn.o_proj.weight"), o.wo);
+        put(folded(L + "mlp.gate_proj.weight", fn), o.w1);
+        put(folded(L + "mlp.up_proj.weight", fn), o.w3);
+        put(w(L + "mlp.down_proj.weight"), o.w2);
+      });
+      put(w("model.embed_tokens.weight"), layout.embedding);
+      put(T.mul(model.classifier, w("model.norm.weight")), layout.classifier);
+    })
+  );
   const texture = g.textures.acquire(layout.texels);
   g.copyToTexture(staging.buf, 0, texture, layout.texels);
   staging.dispose();

@@ -367,14 +367,16 @@ export function runDecodeLayer(
 // v3: every layer of a token (or a run of layers, when the KV-cache bindings would exceed the
 // adapter's limit) and the head in one dispatch, weights read as texels of one packed texture.
 
-/** Texel offsets of one layer's weights in the packed texture. */
+/**
+ * Texel offsets of one layer's weights in the packed texture. The matrices that follow an RMSNorm
+ * (q, k, v after the attention norm; gate and up after the MLP norm) hold W diag(g), the norm's
+ * weight g folded into their columns, so kernels only scale by 1 / rms(x).
+ */
 export interface DecodeLayerOffsets {
-  attnNorm: number;
   wq: number;
   wk: number;
   wv: number;
   wo: number;
-  ffnNorm: number;
   w1: number;
   w3: number;
   w2: number;
@@ -383,33 +385,30 @@ export interface DecodeLayerOffsets {
 /** Where each weight sits in the packed texture (texels of 4 floats). */
 export interface DecodeLayout {
   layers: DecodeLayerOffsets[];
-  norm: number;
+  /** The embedding rows, as they are (token lookup). */
   embedding: number;
-  /** Equals `embedding` for a tied classifier. */
+  /** The classifier with the final norm's weight folded in (its own copy even when tied). */
   classifier: number;
   /** Texels in all. */
   texels: number;
 }
 
 /** Packs the weights of `layers` layers back to back (dims are multiples of 4, so is every size). */
-export function decodeLayout(s: DecodeShape, layers: number, tied: boolean): DecodeLayout {
+export function decodeLayout(s: DecodeShape, layers: number): DecodeLayout {
   const kv = (s.dim / s.heads) * s.kvHeads;
   let at = 0;
   const take = (floats: number) => ((at += floats / 4), at - floats / 4);
   const out: DecodeLayerOffsets[] = range(layers).map(() => ({
-    attnNorm: take(s.dim),
     wq: take(s.dim * s.dim),
     wk: take(kv * s.dim),
     wv: take(kv * s.dim),
     wo: take(s.dim * s.dim),
-    ffnNorm: take(s.dim),
     w1: take(s.hidden * s.dim),
     w3: take(s.hidden * s.dim),
     w2: take(s.dim * s.hidden),
   }));
-  const norm = take(s.dim), embedding = take(s.vocab * s.dim);
-  const classifier = tied ? embedding : take(s.vocab * s.dim);
-  return { layers: out, norm, embedding, classifier, texels: at };
+  const embedding = take(s.vocab * s.dim), classifier = take(s.vocab * s.dim);
+  return { layers: out, embedding, classifier, texels: at };
 }
 
 /**
@@ -465,7 +464,7 @@ export function decodeStepKernel(
   const layer = (l: number) => {
     const o = layout.layers[l], i = l - from;
     return `  // Layer ${l}.
-  norm(${o.attnNorm}u, lid);
+  norm(lid);
   qkv(${o.wq}u, ${o.wk}u, ${o.wv}u, lid);
   rope(lid);
   for (var i = lid; i < KV / 4u; i += ${wg}u) {
@@ -475,7 +474,7 @@ export function decodeStepKernel(
 ${attentionHead(s, `KC${i}`, `VC${i}`)}
   workgroupBarrier();
   addMatvec(${o.wo}u, lid);
-  norm(${o.ffnNorm}u, lid);
+  norm(lid);
   mlp(${o.w1}u, ${o.w3}u, ${o.w2}u, lid);`;
   };
   const source = `
@@ -521,14 +520,14 @@ fn w(t: u32) -> vec4<f32> {
 
 ${rowReduceHelpers(wg)}
 
-// xn = rmsnorm(x) * weight (texels from nw).
-fn norm(nw: u32, lid: u32) {
+// xn = x / rms(x); the norm's weight is folded into the next matrices.
+fn norm(lid: u32) {
   var ss = 0.0;
   for (var i = lid; i < DIM; i += ${wg}u) { ss += x[i] * x[i]; }
   let rstd = inverseSqrt(wgSum(ss, lid) / f32(DIM) + ${s.eps});
   for (var i = lid; i < DIM / 4u; i += ${wg}u) {
     let b = 4u * i;
-    xn[i] = vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]) * rstd * w(nw + i);
+    xn[i] = vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]) * rstd;
   }
   workgroupBarrier();
 }
@@ -601,7 +600,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 ${range(n).map((i) => layer(from + i)).join("\n")}
 ${
     head
-      ? `  norm(${layout.norm}u, lid);
+      ? `  norm(lid);
   ${operand("xn", d4, "o")}
   for (var r = lid; r < ${s.vocab}u; r += ${wg}u) {
     ${dot("acc", `${layout.classifier}u + r * ${d4}u`, d4, "xn", "o")}

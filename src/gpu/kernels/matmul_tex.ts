@@ -37,23 +37,30 @@ export interface TexMatmulOpts {
   vecStore: boolean;
   /** A fused epilogue instead of the plain store (needs vecStore and no split-K); see below. */
   epilogue?: TexEpilogue;
+  /**
+   * With an epilogue: C's row i is scaled by 1 / rms(A's row i) (an RMSNorm whose weight is
+   * folded into B's columns), the sum of squares taken from the A texels the product loads.
+   */
+  rowNorm?: boolean;
 }
 
 /**
  * Fused epilogues of the inference path (src/nn/fused.ts), each saving the dispatches of the ops
- * it absorbs; each computes exactly what the unfused ops compute, element by element:
+ * it absorbs; each computes what the unfused ops compute, element by element:
+ *   plain     C = A B (with `rowNorm`: the final RMSNorm and the classifier).
  *   residual  C = R + A B (the residual add after the attention output and the MLP).
  *   swiglu    C = silu(A B1) * (A B3) with B3 the N rows after B1 in the same texture (the MLP's
  *             gate and up projections and the SwiGLU between them).
  *   qkv       A [Wq; Wk; Wv]: q with RoPE into C [T, dim], k with RoPE and v into rows
  *             start + t of the KV cache (the three projections, both RoPEs and the cache writes).
  */
-export type TexEpilogue = "residual" | "swiglu" | "qkv";
+export type TexEpilogue = "plain" | "residual" | "swiglu" | "qkv";
 
 export function matmulKernelV3(o: TexMatmulOpts): Kernel {
   const { tm, tn, wx } = o, epi = o.epilogue;
   if (tm % 4 || tn % 4) throw new Error(`matmul v3: tile ${tm}x${tn} must be multiples of 4`);
-  if (epi && (!o.vecStore || !o.transB || o.transA)) {
+  const norm = !!(epi && o.rowNorm);
+  if (epi && ((!o.vecStore && epi !== "plain") || !o.transB || o.transA)) {
     throw new Error(`matmul v3: the ${epi} epilogue needs vec4 stores and B as [N, K] rows`);
   }
   const tn4 = tn / 4, tm4 = tm / 4, X = "xyzw";
@@ -63,7 +70,7 @@ export function matmulKernelV3(o: TexMatmulOpts): Kernel {
   M: u32, N: u32, K: u32, K4: u32,
   ldA: u32, bsA: u32, ldB: u32, bsB: u32,
   offC: u32, ldC: u32, bsC: u32, sC: u32,
-  S: u32, kChunk: u32, offB: u32, _b: u32,${
+  S: u32, kChunk: u32, offB: u32, eps: f32,${
     epi
       ? "\n  dim: u32, kv: u32, half: u32, start: u32, maxPos: u32, _c: u32, _d: u32, _e: u32,"
       : ""
@@ -109,6 +116,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
       e(`  var acc${r}_${c} = vec4<f32>(0.0);`);
       if (epi === "swiglu") e(`  var up${r}_${c} = vec4<f32>(0.0);`);
     }
+    if (norm) e(`  var ss${r} = 0.0;`);
   }
   e(`  let k4b = s * P.kChunk;
   let k4e = min(P.K4, k4b + P.kChunk);`);
@@ -123,6 +131,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             mask ? `select(vec4<f32>(0.0), ldA(ar${r} + ${k4}), km)` : `ldA(ar${r} + ${k4})`
           };`,
         );
+        if (norm) B.push(`ss${r} += dot(ta${r}, ta${r});`);
       }
     } else {
       B.push(`let ka = (${k4} * 4u) * P.ldA;`);
@@ -183,13 +192,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   for (const l of step("P.K4", true)) e("    " + l);
   e(`  }
   let cB = P.offC + b * P.bsC + s * P.sC;`);
+  if (norm) {
+    for (let r = 0; r < tm; r++) {
+      e(`  let rs${r} = inverseSqrt(ss${r} / f32(P.K) + P.eps);`);
+      for (let c = 0; c < tn4; c++) {
+        e(`  acc${r}_${c} *= rs${r};`);
+        if (epi === "swiglu") e(`  up${r}_${c} *= rs${r};`);
+      }
+    }
+  }
   for (let r = 0; r < tm; r++) {
     e(`  if (i0 + ${r}u < P.M) {
     let cr = cB + (i0 + ${r}u) * P.ldC;`);
     for (let c = 0; c < tn4; c++) {
       const g = `(g0 + ${c * wx}u)`;
-      if (epi) e(`    if (${g} * 4u < P.N) { ${epilogueStore(epi, r, c, g)} }`);
-      else if (o.vecStore) e(`    if (${g} * 4u < P.N) { Cb[cr / 4u + ${g}] = acc${r}_${c}; }`);
+      if (epi && epi !== "plain") {
+        e(`    if (${g} * 4u < P.N) { ${epilogueStore(epi, r, c, g)} }`);
+      } else if (o.vecStore) e(`    if (${g} * 4u < P.N) { Cb[cr / 4u + ${g}] = acc${r}_${c}; }`);
       else {for (let q = 0; q < 4; q++) {
           e(`    if (${g} * 4u + ${q}u < P.N) { Cb[cr + ${g} * 4u + ${q}u] = acc${r}_${c}.${
             X[q]
@@ -203,7 +222,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   return {
     name: `matmul_v3_${tm}x${tn}_w${wx}${o.transA ? "_tA" : ""}${o.transB ? "_tB" : ""}${
       o.vecStore ? "_v" : ""
-    }${epi ? `_${epi}` : ""}`,
+    }${epi ? `_${epi}` : ""}${norm ? "_norm" : ""}`,
     source: L.join("\n"),
     buffers: ["tex", "tex", "rw", ...EPILOGUE_BUFFERS[epi ?? "none"]],
   };
@@ -212,6 +231,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
 /** Bindings after C that each epilogue adds. */
 const EPILOGUE_BUFFERS = {
   none: [],
+  plain: [],
   residual: ["read"],
   swiglu: [],
   qkv: ["rw", "rw", "read"],
@@ -477,7 +497,8 @@ export function runMatmulTex(
 
 /**
  * A product with a fused epilogue (inference path): A [M, K] contiguous in `a`, B the rows
- * [N, K] (swiglu: [2N, K]) from texel `offB` of a packed weight texture. K, N multiples of 4.
+ * [N, K] (swiglu: [2N, K]) from texel `offB` of a packed weight texture. K a multiple of 4, and N
+ * too except for the plain epilogue.
  */
 export interface FusedMatmul {
   a: GpuBuffer;
@@ -493,11 +514,16 @@ export interface FusedMatmul {
   extra: GpuBuffer[];
   /** qkv: widths, RoPE half head dim, position of row 0, RoPE table rows. */
   qkv?: { dim: number; kv: number; half: number; start: number; maxPos: number };
+  /** Scale row i by 1 / rms(A's row i) with this epsilon (see `rowNorm`). */
+  normEps?: number;
 }
 
 /** Records a {@link FusedMatmul}: A staged into a texture, one dispatch, no split-K. */
 export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
-  if (f.k % 4 || f.n % 4) throw new Error(`matmul v3 ${f.epilogue}: K ${f.k}, N ${f.n} % 4 != 0`);
+  const vecStore = f.n % 4 === 0;
+  if (f.k % 4 || (!vecStore && f.epilogue !== "plain")) {
+    throw new Error(`matmul v3 ${f.epilogue}: K ${f.k} and N ${f.n} must be multiples of 4`);
+  }
   const simd = gpu.simdWidth, k4 = f.k / 4;
   const plan = choosePlan(f.m, f.n, f.k, 1, gpu.cores, simd, 1);
   const o: TexMatmulOpts = {
@@ -506,8 +532,9 @@ export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
     wx: simd,
     transA: false,
     transB: true,
-    vecStore: true,
+    vecStore,
     epilogue: f.epilogue,
+    rowNorm: f.normEps !== undefined,
   };
   const tex = gpu.textures.acquire(f.m * k4);
   gpu.copyToTexture(f.a, 0, tex, f.m * k4);
@@ -517,7 +544,7 @@ export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
     .u32(f.m).u32(f.n).u32(f.k).u32(k4)
     .u32(k4).u32(0).u32(k4).u32(0)
     .u32(0).u32(ldC).u32(0).u32(0)
-    .u32(1).u32(k4).u32(f.offB).u32(0)
+    .u32(1).u32(k4).u32(f.offB).f32(f.normEps ?? 0)
     .u32(q.dim).u32(q.kv).u32(q.half).u32(q.start).u32(q.maxPos).u32(0).u32(0).u32(0);
   gpu.dispatch(
     cached(JSON.stringify(o), () => matmulKernelV3(o)),
