@@ -46,7 +46,7 @@ export function fusedDecodeFits(
   maxBindings: number,
 ): boolean {
   return s.dim <= 512 && s.hidden <= 2048 && s.dim % 4 === 0 && s.hidden % 4 === 0 &&
-    (s.dim / s.heads) % 4 === 0 && maxBindings >= DECODE_BINDINGS;
+    (s.dim / s.heads) % 4 === 0 && s.heads <= 64 && maxBindings >= DECODE_BINDINGS;
 }
 
 /** Storage buffers a layer kernel binds; the last layer also binds the output head. */
@@ -78,22 +78,37 @@ function ropeSource(wg: number): string {
 }`;
 }
 
+/** Lanes that split one head's positions in {@link attentionHead}. */
+function splits(s: DecodeShape): number {
+  return Math.floor(s.wg / s.heads);
+}
+
+/** Workgroup memory of {@link attentionHead}: each lane's partial softmax state. */
+function attentionHeadDecls(s: DecodeShape): string {
+  return `var<workgroup> pm: array<f32, ${s.wg}>;
+var<workgroup> pl: array<f32, ${s.wg}>;
+var<workgroup> pa: array<vec4<f32>, ${(s.wg * s.dim) / s.heads / 4}>;`;
+}
+
 /**
- * WGSL statements: causal attention of the new token, one invocation per query head, over the
- * cached keys in `kc`/`vc` and then the new one, which is read from workgroup memory (this
- * dispatch's cache writes are not ordered before its own reads). Writes `att`. The head is
- * unrolled into vec4 registers: a private array indexed in a loop would be gathered from scratch
- * memory on every access.
+ * WGSL statements: causal attention of the new token, over the cached keys in `kc`/`vc` and then
+ * the new one, which is read from workgroup memory (this dispatch's cache writes are not ordered
+ * before its own reads). Writes `att`. Each head's positions are split over S = wg / heads lanes
+ * (lane sp takes positions sp, sp + S, ...), each with its own online softmax, and one lane per
+ * head merges the S partial states: with one lane per head, 8 of 64 lanes worked through every
+ * position. The head is unrolled into vec4 registers: a private array indexed in a loop would be
+ * gathered from scratch memory on every access.
  */
 function attentionHead(s: DecodeShape, kc: string, vc: string): string {
-  const hd = s.dim / s.heads, group = s.heads / s.kvHeads;
-  return `  if (lid < ${s.heads}u) {
-    let hh = lid;
+  const hd = s.dim / s.heads, group = s.heads / s.kvHeads, S = splits(s), d4 = hd / 4;
+  return `  if (lid < ${s.heads * S}u) {
+    let hh = lid / ${S}u;
+    let sp = lid % ${S}u;
     let kb = (hh / ${group}u) * HD;
     var m = -3.4028234e38;
     var l = 0.0;
 ${
-    range(hd / 4).map((j) =>
+    range(d4).map((j) =>
       `    let q${j} = vec4<f32>(q[hh * HD + ${4 * j}u], q[hh * HD + ${4 * j + 1}u], q[hh * HD + ${
         4 * j + 2
       }u], q[hh * HD + ${4 * j + 3}u]);
@@ -106,32 +121,49 @@ ${
       }u], v[kb + ${4 * j + 3}u]);`
     ).join("\n")
   }
-    // The cached keys, then the new one: the order of the unfused path.
-    for (var sidx = 0u; sidx <= P.pos; sidx++) {
+    for (var sidx = sp; sidx <= P.pos; sidx += ${S}u) {
       let base = (sidx * KV + kb) / 4u;
 ${
-    range(hd / 4).map((j) =>
+    range(d4).map((j) =>
       `      var k${j} = ${kc}[base + ${j}u];
       var v${j} = ${vc}[base + ${j}u];`
     ).join("\n")
   }
       if (sidx == P.pos) {
 ${
-    range(hd / 4).map((j) =>
+    range(d4).map((j) =>
       `        k${j} = kNew${j};
         v${j} = vNew${j};`
     ).join("\n")
   }
       }
-      let sc = (${range(hd / 4).map((j) => `dot(q${j}, k${j})`).join(" + ")}) * P.scale;
+      let sc = (${range(d4).map((j) => `dot(q${j}, k${j})`).join(" + ")}) * P.scale;
       let mNew = max(m, sc);
       let corr = exp(m - mNew);
       let pr = exp(sc - mNew);
       l = l * corr + pr;
-${range(hd / 4).map((j) => `      a${j} = a${j} * corr + pr * v${j};`).join("\n")}
+${range(d4).map((j) => `      a${j} = a${j} * corr + pr * v${j};`).join("\n")}
       m = mNew;
     }
-${range(hd / 4).map((j) => `    att[(hh * HD) / 4u + ${j}u] = a${j} / l;`).join("\n")}
+    pm[lid] = m;
+    pl[lid] = l;
+${range(d4).map((j) => `    pa[lid * ${d4}u + ${j}u] = a${j};`).join("\n")}
+  }
+  workgroupBarrier();
+  // Lane sp = 0 of each split always has position 0, so the merged maximum is finite and splits
+  // without positions (m = -max, l = 0) weigh 0.
+  if (lid < ${s.heads}u) {
+    let h0 = lid * ${S}u;
+    var mx = pm[h0];
+    for (var i = 1u; i < ${S}u; i++) { mx = max(mx, pm[h0 + i]); }
+    var lt = 0.0;
+${range(d4).map((j) => `    var at${j} = vec4<f32>(0.0);`).join("\n")}
+    for (var i = 0u; i < ${S}u; i++) {
+      let f = exp(pm[h0 + i] - mx);
+      lt += pl[h0 + i] * f;
+${range(d4).map((j) => `      at${j} += pa[(h0 + i) * ${d4}u + ${j}u] * f;`).join("\n")}
+    }
+${range(d4).map((j) => `    att[(lid * HD) / 4u + ${j}u] = at${j} / lt;`).join("\n")}
   }`;
 }
 
@@ -177,6 +209,7 @@ var<workgroup> q: array<f32, ${s.dim}>;
 var<workgroup> k: array<f32, ${kv}>;
 var<workgroup> v: array<f32, ${kv}>;
 var<workgroup> att: array<vec4<f32>, ${s.dim / 4}>;
+${attentionHeadDecls(s)}
 var<workgroup> h: array<vec4<f32>, ${s.hidden / 4}>;
 
 ${rowReduceHelpers(wg)}
@@ -511,6 +544,7 @@ var<workgroup> q: array<f32, ${s.dim}>;
 var<workgroup> k: array<f32, ${kv}>;
 var<workgroup> v: array<f32, ${kv}>;
 var<workgroup> att: array<vec4<f32>, ${d4}>;
+${attentionHeadDecls(s)}
 var<workgroup> h: array<vec4<f32>, ${s.hidden / 4}>;
 
 // Texel t of the packed weights.
