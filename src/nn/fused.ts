@@ -1,8 +1,9 @@
 /**
  * The fused inference path of a small Llama (kernels/decode.ts, and matmul v3's epilogues):
  * decoding one token per dispatch, and a prefill of the prompt in 5 dispatches per layer instead
- * of the general forward's 17. Plain causal generation only (token roles are not read), batch 1.
- * Every weight is packed once into one texture; build a new FusedDecoder after the weights change.
+ * of the general forward's 15 (17 with a KV cache). Plain causal generation only (token roles are
+ * not read), batch 1. Every weight is packed once into one texture; build a new FusedDecoder after
+ * the weights change.
  */
 
 import { gpu } from "../gpu/device.ts";
@@ -39,9 +40,9 @@ export interface FusedDecoderOptions {
 }
 
 /**
- * Decodes one token per {@link FusedDecoder.step} through the fused kernels of
- * kernels/decode.ts. v3 copies the weights into a texture when constructed: build a new decoder
- * after the weights change.
+ * Prefills a prompt ({@link FusedDecoder.prefill}) and decodes one token per
+ * {@link FusedDecoder.step} through the fused kernels. The weights are copied into a texture when
+ * it is constructed: build a new decoder after the weights change.
  */
 export class FusedDecoder {
   /** The decode kernel version in use. */
@@ -83,12 +84,12 @@ export class FusedDecoder {
   /**
    * The prompt `tokens` ([1, T] i32) after the cache's positions: appends their keys and values
    * to the cache and returns the logits [1, T, vocab], or [1, 1, vocab] of the last token with
-   * `lastOnly` (all generation needs). Per layer: RMSNorm, q/k/v with both RoPEs and the cache
-   * writes (one matmul), attention, the output projection with the residual add, RMSNorm, the
-   * gate and up projections with SwiGLU, the down projection with the residual add.
+   * `lastOnly` (all generation needs). Per layer, 5 dispatches: RMSNorm, q/k/v with both RoPEs
+   * and the cache writes (one matmul); attention; the output projection with the residual add;
+   * RMSNorm, the gate and up projections and SwiGLU; the down projection with the residual add.
    */
   prefill(tokens: Tensor, cache: KVCache, lastOnly = false): Tensor {
-    const c = this.#model.config, m = this.#model, g = gpu(), packed = this.#packed!;
+    const c = this.#model.config, m = this.#model, g = gpu(), packed = this.#weights();
     const [b, t] = tokens.shape;
     const start = cache.length;
     if (tokens.rank !== 2 || tokens.dtype !== "i32" || b !== 1 || cache.batch !== 1) {
@@ -164,7 +165,7 @@ export class FusedDecoder {
     const p = (n: string) => m.params.get(n)!.buf;
     const pos = cache.length;
     if (this.version === 3) {
-      const packed = this.#packed!;
+      const packed = this.#weights();
       const logits = empty([1, 1, c.vocabSize], "f32", "generate.logits");
       for (const [from, to] of this.#runs) {
         runDecodeStep(
@@ -245,6 +246,11 @@ export class FusedDecoder {
       });
     }
     return out;
+  }
+
+  #weights(): { texture: GpuTexture; layout: DecodeLayout } {
+    if (!this.#packed) throw new Error("FusedDecoder: used after dispose()");
+    return this.#packed;
   }
 
   /** Releases the residual buffer and the packed weights. */

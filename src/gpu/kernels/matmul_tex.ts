@@ -46,7 +46,8 @@ export interface TexMatmulOpts {
 
 /**
  * Fused epilogues of the inference path (src/nn/fused.ts), each saving the dispatches of the ops
- * it absorbs; each computes what the unfused ops compute, element by element:
+ * it absorbs. Each computes what the unfused ops compute with the same expressions; with
+ * `rowNorm` the rounding differs (the norm's weight multiplies B instead of A):
  *   plain     C = A B (with `rowNorm`: the final RMSNorm and the classifier).
  *   residual  C = R + A B (the residual add after the attention output and the MLP).
  *   swiglu    C = silu(A B1) * (A B3) with B3 the N rows after B1 in the same texture (the MLP's
