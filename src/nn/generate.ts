@@ -1,7 +1,10 @@
 /**
- * Autoregressive generation with a KV cache. The sampler kernel writes each chosen id straight
- * into the next step's input buffer, so steps chain on the GPU; the host reads the ids back only
- * every `readEvery` steps (each readback costs a full sync) to stream text and spot a stop id.
+ * Autoregressive generation with a KV cache. Small models (see `fusedDecodeFits`) go through
+ * {@link FusedDecoder}: a fused prefill, then one dispatch per token that also picks the next id;
+ * others through `Llama.forward` and the sample kernel. Either way the chosen id is written
+ * straight into the next step's input buffer, so steps chain on the GPU; the host reads the ids
+ * back every `readEvery` steps (each readback costs a ~11.5 ms sync), overlapped with the next
+ * steps' work, to stream text and spot a stop id.
  */
 
 import { gpu } from "../gpu/device.ts";
