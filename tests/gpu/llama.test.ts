@@ -94,6 +94,15 @@ for (
   });
 }
 
+/** The fused path's models: stories260K with its prompt; tiny_gqa (GQA, separate classifier, odd vocabulary). */
+const FUSED_CASES: (() => Promise<{ m: Llama; ids: number[] }>)[] = [
+  async () => ({ m: await loadStories(), ids: stories.prompt.ids }),
+  async () => {
+    const { config, weights } = await readLlama2c(repo(tiny.models[0].bin));
+    return { m: Llama.fromWeights(config, weights, "tiny_gqa"), ids: tiny.models[0].tokens };
+  },
+];
+
 Deno.test("generate: stops at the first stop id, whichever batch of steps read it back", async () => {
   await testGpu();
   const m = await loadStories();
@@ -138,14 +147,8 @@ Deno.test("sampled generation: the fused v3 sampler, v2 and the per-op path pick
 
 Deno.test("fused prefill: logits equal the general forward, whole and in two parts through the cache", async () => {
   await testGpu();
-  for (
-    const load of [loadStories, async () => {
-      const { config, weights } = await readLlama2c(repo(tiny.models[0].bin));
-      return Llama.fromWeights(config, weights, "tiny_gqa");
-    }]
-  ) {
-    const m = await load();
-    const ids: number[] = m.config.vocabSize === 512 ? stories.prompt.ids : tiny.models[0].tokens;
+  for (const load of FUSED_CASES) {
+    const { m, ids } = await load();
     const v = m.config.vocabSize, n = ids.length;
     const want = await fullLogits(m, ids);
     const decoder = new FusedDecoder(m);
@@ -195,14 +198,8 @@ const DECODERS: [string, FusedDecoderOptions][] = [
 
 Deno.test("fused decode step: logits equal the per-op cached forward at every position", async () => {
   await testGpu();
-  for (
-    const load of [loadStories, async () => {
-      const { config, weights } = await readLlama2c(repo(tiny.models[0].bin));
-      return Llama.fromWeights(config, weights, "tiny_gqa");
-    }]
-  ) {
-    const m = await load();
-    const ids: number[] = m.config.vocabSize === 512 ? stories.prompt.ids : tiny.models[0].tokens;
+  for (const load of FUSED_CASES) {
+    const { m, ids } = await load();
     const want = await cachedLogits(m, ids);
     const v = m.config.vocabSize;
     for (const [name, opts] of DECODERS) {

@@ -27,6 +27,7 @@
 import type { Gpu } from "../device.ts";
 import { type Kernel, ParamWriter, range } from "../kernel.ts";
 import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../pool.ts";
+import { SIGMOID_WGSL } from "./elementwise.ts";
 import { rowReduceHelpers } from "./rowwise.ts";
 import { chooseSource } from "./sample.ts";
 
@@ -216,6 +217,7 @@ ${attentionHeadDecls(s)}
 var<workgroup> h: array<vec4<f32>, ${s.hidden / 4}>;
 
 ${rowReduceHelpers(wg)}
+${SIGMOID_WGSL}
 
 // xn = rmsnorm(x) * w, as vec4s.
 fn norm(w: u32, lid: u32) {
@@ -288,9 +290,7 @@ ${attentionHead(s, "KC", "VC")}
     }
     let g1 = a1.x + a1.y + a1.z + a1.w;
     let g3 = a3.x + a3.y + a3.z + a3.w;
-    let e = exp(-abs(g1));
-    let sg = select(e / (1.0 + e), 1.0 / (1.0 + e), g1 >= 0.0);
-    h[r / 4u][r % 4u] = g1 * sg * g3;
+    h[r / 4u][r % 4u] = g1 * sigmoid(g1) * g3;
   }
   workgroupBarrier();
   for (var r = lid; r < DIM; r += ${wg}u) {
@@ -556,6 +556,7 @@ fn w(t: u32) -> vec4<f32> {
 }
 
 ${rowReduceHelpers(wg)}
+${SIGMOID_WGSL}
 
 // xn = x / rms(x); the norm's weight is folded into the next matrices.
 fn norm(lid: u32) {
@@ -605,9 +606,7 @@ fn mlp(w1: u32, w3: u32, w2: u32, lid: u32) {
       ${dot("a3", `w3 + r * ${d4}u`, d4, "xn", "o")}
       let g1 = a1.x + a1.y + a1.z + a1.w;
       let g3 = a3.x + a3.y + a3.z + a3.w;
-      let e = exp(-abs(g1));
-      let sg = select(e / (1.0 + e), 1.0 / (1.0 + e), g1 >= 0.0);
-      h[r / 4u][r % 4u] = g1 * sg * g3;
+      h[r / 4u][r % 4u] = g1 * sigmoid(g1) * g3;
     }
   }
   workgroupBarrier();
