@@ -19,7 +19,7 @@
  *      (a texel fetch is ~2x cheaper than a storage load on llvmpipe, and one binding holds them
  *      all) with the RMSNorm weights folded into the matrices after them, and each
  *      matrix-vector product loads its input vector into registers once instead of once per
- *      output row. On llvmpipe stories260K decodes ~2.1x faster than with v2 (1,752 against 832
+ *      output row. On llvmpipe stories260K decodes ~2.1x faster than with v2 (1,679 against 786
  *      tok/s in one process).
  * Both versions split each head's cached positions over wg / heads lanes (see attentionHead).
  */
