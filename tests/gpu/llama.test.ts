@@ -103,6 +103,33 @@ const FUSED_CASES: (() => Promise<{ m: Llama; ids: number[] }>)[] = [
   },
 ];
 
+Deno.test("fused path: a model it cannot take (head dim 6) is refused by FusedDecoder, and generate falls back", async () => {
+  await testGpu();
+  const m = Llama.random(
+    {
+      dim: 36,
+      nLayers: 2,
+      nHeads: 6,
+      nKvHeads: 3,
+      hiddenDim: 50,
+      vocabSize: 40,
+      maxSeqLen: 32,
+      ropeTheta: 10000,
+      normEps: 1e-5,
+      tiedEmbeddings: true,
+    },
+    1,
+    0.5,
+  );
+  assert.throws(() => new FusedDecoder(m), /fused decode kernels do not take/);
+  const opts = { maxTokens: 8, temperature: 0, stopIds: [] };
+  const auto = await generate(m, [1, 5, 7], opts);
+  const perOp = await generate(m, [1, 5, 7], { ...opts, fused: false });
+  assert.equal(auto.ids.length, 8);
+  assert.deepEqual(auto.ids, perOp.ids);
+  m.dispose();
+});
+
 Deno.test("generate: stops at the first stop id, whichever batch of steps read it back", async () => {
   await testGpu();
   const m = await loadStories();
