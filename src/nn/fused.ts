@@ -164,6 +164,11 @@ export class FusedDecoder {
     const c = this.#model.config, g = gpu(), m = this.#model;
     const p = (n: string) => m.params.get(n)!.buf;
     const pos = cache.length;
+    if (cache.batch !== 1 || pos >= Math.min(cache.capacity, c.maxSeqLen)) {
+      throw new Error(
+        `FusedDecoder.step: position ${pos} does not fit the cache [${cache.batch}, ${cache.capacity}] (batch 1) or the context (${c.maxSeqLen})`,
+      );
+    }
     if (this.version === 3) {
       const packed = this.#weights();
       const logits = empty([1, 1, c.vocabSize], "f32", "generate.logits");
@@ -240,7 +245,6 @@ export class FusedDecoder {
         batch: 1,
         step: choice.step,
         maxNew: 0, // one sequence: its history row starts at 0
-
         temperature: choice.temperature,
         topP: choice.topP,
       });

@@ -203,12 +203,17 @@ Deno.test("fused prefill: logits equal the general forward, whole and in two par
       `${label}, ${split} + ${n - split}`,
     );
     assertClose(await run([ids], true), want.subarray((n - 1) * v), LOGITS_TOL, `${label}, last`);
-    const big = m.newCache(1, 2);
+    const small = m.newCache(1, 2);
     assert.throws(
-      () => decoder.prefill(tensor(Int32Array.from(ids), [1, n], "i32"), big),
+      () => decoder.prefill(tensor(Int32Array.from(ids), [1, n], "i32"), small),
       /exceed the cache/,
     );
-    big.dispose();
+    small.length = 2;
+    assert.throws(
+      () => decoder.step(small, tensor(Int32Array.of(ids[0]), [1, 1], "i32")),
+      /position 2 does not fit the cache \[1, 2\]/,
+    );
+    small.dispose();
     decoder.dispose();
     m.dispose();
   }
