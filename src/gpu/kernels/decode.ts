@@ -172,11 +172,33 @@ ${range(d4).map((j) => `    att[(lid * HD) / 4u + ${j}u] = at${j} / lt;`).join("
 }
 
 /**
+ * WGSL shared by every decode kernel: the shape constants, the workgroup state of one layer
+ * (residual, normed input, q/k/v, attention output, MLP hidden), the workgroup sum and sigmoid.
+ */
+function layerState(s: DecodeShape): string {
+  const kv = (s.dim / s.heads) * s.kvHeads;
+  return `const DIM = ${s.dim}u;
+const HID = ${s.hidden}u;
+const HD = ${s.dim / s.heads}u;
+const KV = ${kv}u;
+var<workgroup> x: array<f32, ${s.dim}>;
+var<workgroup> xn: array<vec4<f32>, ${s.dim / 4}>;
+var<workgroup> q: array<f32, ${s.dim}>;
+var<workgroup> k: array<f32, ${kv}>;
+var<workgroup> v: array<f32, ${kv}>;
+var<workgroup> att: array<vec4<f32>, ${s.dim / 4}>;
+${attentionHeadDecls(s)}
+var<workgroup> h: array<vec4<f32>, ${s.hidden / 4}>;
+
+${rowReduceHelpers(s.wg)}
+${SIGMOID_WGSL}`;
+}
+
+/**
  * The kernel of one layer. `head`: this is the last layer, and it goes on with the final RMSNorm
  * and the classifier, writing the logits (two dispatches fewer per token).
  */
 export function decodeLayerKernel(s: DecodeShape, first: boolean, head = false): Kernel {
-  const hd = s.dim / s.heads, kv = hd * s.kvHeads;
   const wg = s.wg;
   const source = `
 struct Params { pos: u32, maxPos: u32, scale: f32, _p: u32 };
@@ -203,21 +225,7 @@ struct Params { pos: u32, maxPos: u32, scale: f32, _p: u32 };
 @group(0) @binding(18) var<storage, read_write> LOGITS: array<f32>;`
       : ""
   }
-const DIM = ${s.dim}u;
-const HID = ${s.hidden}u;
-const HD = ${hd}u;
-const KV = ${kv}u;
-var<workgroup> x: array<f32, ${s.dim}>;
-var<workgroup> xn: array<vec4<f32>, ${s.dim / 4}>;
-var<workgroup> q: array<f32, ${s.dim}>;
-var<workgroup> k: array<f32, ${kv}>;
-var<workgroup> v: array<f32, ${kv}>;
-var<workgroup> att: array<vec4<f32>, ${s.dim / 4}>;
-${attentionHeadDecls(s)}
-var<workgroup> h: array<vec4<f32>, ${s.hidden / 4}>;
-
-${rowReduceHelpers(wg)}
-${SIGMOID_WGSL}
+${layerState(s)}
 
 // xn = rmsnorm(x) * w, as vec4s.
 fn norm(w: u32, lid: u32) {
@@ -493,7 +501,6 @@ export function decodeStepKernel(
   to: number,
   sample = false,
 ): Kernel {
-  const hd = s.dim / s.heads, kv = hd * s.kvHeads;
   const wg = s.wg, n = to - from, head = to === layout.layers.length;
   if (sample && !head) throw new Error("decodeStepKernel: sampling needs the last layer's run");
   const d4 = s.dim / 4, h4 = s.hidden / 4;
@@ -537,26 +544,12 @@ ${
 ${chooseSource(wg, "LOGITS")}`
       : ""
   }
-const DIM = ${s.dim}u;
-const HID = ${s.hidden}u;
-const HD = ${hd}u;
-const KV = ${kv}u;
-var<workgroup> x: array<f32, ${s.dim}>;
-var<workgroup> xn: array<vec4<f32>, ${d4}>;
-var<workgroup> q: array<f32, ${s.dim}>;
-var<workgroup> k: array<f32, ${kv}>;
-var<workgroup> v: array<f32, ${kv}>;
-var<workgroup> att: array<vec4<f32>, ${d4}>;
-${attentionHeadDecls(s)}
-var<workgroup> h: array<vec4<f32>, ${s.hidden / 4}>;
+${layerState(s)}
 
 // Texel t of the packed weights.
 fn w(t: u32) -> vec4<f32> {
   return textureLoad(W, vec2<u32>(t & ${TEXTURE_WIDTH - 1}u, t >> ${Math.log2(TEXTURE_WIDTH)}u), 0);
 }
-
-${rowReduceHelpers(wg)}
-${SIGMOID_WGSL}
 
 // xn = x / rms(x); the norm's weight is folded into the next matrices.
 fn norm(lid: u32) {
