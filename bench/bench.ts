@@ -1,6 +1,7 @@
 /**
  * `deno task bench [names...]`: runs all or the named benchmarks, prints a table, and writes
- * bench/results.json (records of the benches that ran replace their old ones; others are kept).
+ * bench/results.json, or the file GEMKIT_BENCH_RESULTS names (records of the benches that ran
+ * replace their old ones; others are kept). PyTorch's runs: see torchSetup in competitors.ts.
  *
  * Every figure is the median of several timed samples after warm-up, all in this one process,
  * with the min..max spread: these machines are noisy.
@@ -80,7 +81,11 @@ async function main() {
     for (const r of recs) fresh.push({ suite: name, ...r, adapter: ctx.adapter, date });
     console.log(`\n## ${name}\n${table(recs)}`);
   }
-  const path = new URL("./results.json", import.meta.url);
+  // GEMKIT_BENCH_RESULTS keeps another machine's numbers apart (bench/results_h100.json).
+  const where = Deno.env.get("GEMKIT_BENCH_RESULTS");
+  const path = where
+    ? new URL(where, `file://${Deno.cwd()}/`)
+    : new URL("./results.json", import.meta.url);
   let old: BenchRecord[] = [];
   try {
     old = JSON.parse(await Deno.readTextFile(path));
@@ -88,7 +93,7 @@ async function main() {
     // first run
   }
   const merged = [...old.filter((r) => !run.includes((r.suite ?? r.bench) as string)), ...fresh];
-  const tmp = new URL("./results.json.tmp", import.meta.url);
+  const tmp = new URL(`${path.href}.tmp`);
   await Deno.writeTextFile(tmp, JSON.stringify(merged, null, 1) + "\n");
   await Deno.rename(tmp, path);
   ctx.log(`wrote ${path.pathname} (${fresh.length} new records)`);

@@ -67,6 +67,34 @@ export interface TorchOptions extends TimingOptions {
   threads?: number[];
   /** Python interpreter; default /usr/bin/python3 (the one that has Debian's PyTorch). */
   python?: string;
+  /** Also run once on the GPU through CUDA (impl "torch-cuda"); default false. */
+  cuda?: boolean;
+}
+
+/** Where PyTorch runs in the benches. */
+export interface TorchSetup {
+  python: string;
+  threads: number[];
+  cuda: boolean;
+}
+
+/**
+ * PyTorch's setup from the environment, so that a lent GPU machine (its own python, 16 cores,
+ * CUDA) runs the same benches: GEMKIT_PYTHON (default /usr/bin/python3, Debian's PyTorch),
+ * GEMKIT_TORCH_THREADS (comma-separated CPU thread counts, default "1,2"; "" for none) and
+ * GEMKIT_TORCH_CUDA=1 (add a run on the GPU).
+ */
+export function torchSetup(env: { get(key: string): string | undefined } = Deno.env): TorchSetup {
+  const raw = env.get("GEMKIT_TORCH_THREADS") ?? "1,2";
+  const threads = raw.trim() === "" ? [] : raw.split(",").map((x) => Number(x.trim()));
+  if (!threads.every((t) => Number.isInteger(t) && t >= 1)) {
+    throw new Error(`GEMKIT_TORCH_THREADS: expected thread counts like "1,2", got "${raw}"`);
+  }
+  const cuda = env.get("GEMKIT_TORCH_CUDA") ?? "0";
+  if (cuda !== "0" && cuda !== "1") {
+    throw new Error(`GEMKIT_TORCH_CUDA: expected 0 or 1, got "${cuda}"`);
+  }
+  return { python: env.get("GEMKIT_PYTHON") || "/usr/bin/python3", threads, cuda: cuda === "1" };
 }
 
 /** Exact versions; keep in sync with the literal specifiers in the `import()` calls below. */
@@ -405,7 +433,8 @@ interface TorchResult {
  * PyTorch CPU through `/usr/bin/python3 bench/torch_matmul.py`. Runs one python process per
  * thread count (default 1 and 2; OPENBLAS/OMP/MKL_NUM_THREADS set to match, and the script calls
  * torch.set_num_threads and openblas_set_num_threads). Returns one Timing per (thread count,
- * size), impl "torch-cpu-<t>t", in thread-major order. When python or torch is missing, returns
+ * size), impl "torch-cpu-<t>t", in thread-major order, then with `cuda` one per size on the GPU
+ * (impl "torch-cuda", TF32 off). When python or torch is missing, returns
  * one Timing per size with `times_ms: []` and note "PyTorch not available: <reason>". Never
  * throws. Timing: each sample is `inner` x torch.mm(a, b, out=c), figure = sample / inner.
  */
@@ -432,19 +461,24 @@ export async function torchMatmul(sizes: number[], opts: TorchOptions): Promise<
   }
 
   const out: Timing[] = [];
-  for (const t of threads) {
+  const runs = [
+    ...threads.map((t) => ({ t, device: "cpu" })),
+    ...(opts.cuda ? [{ t: 1, device: "cuda" }] : []),
+  ];
+  for (const { t, device } of runs) {
     const arg = JSON.stringify({
       sizes,
       warmup: opts.warmup,
       repeats: opts.repeats,
       inner: opts.inner,
       threads: [t],
+      device,
     });
     // A failed run for one thread count is reported per size and the next count still runs;
     // python or torch missing ends it for all.
     const failed = (why: string): Timing[] =>
       sizes.map((n) => ({
-        impl: `torch-cpu-${t}t`,
+        impl: device === "cuda" ? "torch-cuda" : `torch-cpu-${t}t`,
         n,
         times_ms: [],
         note: `PyTorch run failed: ${why}`,
@@ -482,7 +516,7 @@ export async function torchMatmul(sizes: number[], opts: TorchOptions): Promise<
     if (!parsed.ok || !parsed.results) {
       const why = parsed.error ?? `exit ${code}`;
       // Exit 3 = import torch failed; anything else is a failure of the run itself.
-      if (code === 3) return unavailable(why);
+      if (code === 3 && device === "cpu") return unavailable(why);
       out.push(...failed(why));
       continue;
     }
@@ -492,7 +526,7 @@ export async function torchMatmul(sizes: number[], opts: TorchOptions): Promise<
         n: r.n,
         times_ms: r.times_ms,
         verified: r.verified,
-        backend: `cpu (${parsed.blas ?? "unknown BLAS"})`,
+        backend: device === "cuda" ? "cuda" : `cpu (${parsed.blas ?? "unknown BLAS"})`,
         note: r.note,
       });
     }

@@ -12,14 +12,26 @@ import * as T from "../src/tensor/ops.ts";
 import { tensor } from "../src/tensor/tensor.ts";
 import type { BenchContext, BenchRecord } from "./bench.ts";
 import { stats } from "./bench.ts";
-import { jaxjsMatmul, randomMatrix, tfjsMatmul, type Timing, torchMatmul } from "./competitors.ts";
+import {
+  jaxjsMatmul,
+  randomMatrix,
+  tfjsMatmul,
+  type Timing,
+  torchMatmul,
+  torchSetup,
+} from "./competitors.ts";
 
 const SIZES = [256, 512, 1024, 2048];
 
-/** Samples per figure: enough work per sample to amortise the ~11.5 ms sync. */
+/**
+ * Samples per figure: enough work per sample to amortise the ~11.5 ms sync (Deno's mapAsync
+ * sleeps 10 ms whatever the adapter). A real GPU does 2e9 flops in well under that, so it gets
+ * a hundred times the work, capped to keep the command stream short.
+ */
 function plan(n: number, quick: boolean) {
   const flops = 2 * n ** 3;
-  const inner = Math.max(1, Math.round(2e9 / flops));
+  const work = gpu().tuning.profile === "gpu" ? 2e11 : 2e9;
+  const inner = Math.min(2000, Math.max(1, Math.round(work / flops)));
   return {
     warmup: 1,
     repeats: quick ? 2 : n >= 2048 ? 3 : 5,
@@ -77,11 +89,12 @@ export async function matmulBench(ctx: BenchContext): Promise<BenchRecord[]> {
     out.push(toRecord(await jaxjsMatmul(n, p)));
     out.push(toRecord(await tfjsMatmul(n, p)));
   }
+  const torch = torchSetup();
   for (const n of SIZES) {
     // PyTorch is ~10x faster here: ten times the work per sample keeps its samples as long.
     const p = plan(n, ctx.quick);
     const inner = ctx.quick ? 1 : Math.max(1, Math.round(2e10 / (2 * n ** 3)));
-    for (const t of await torchMatmul([n], { ...p, inner })) out.push(toRecord(t));
+    for (const t of await torchMatmul([n], { ...p, inner, ...torch })) out.push(toRecord(t));
   }
   return out;
 }

@@ -32,6 +32,7 @@ import { noGrad, scope, tensor } from "../src/tensor/tensor.ts";
 import { stsbPairs } from "../src/eval/quick.ts";
 import type { BenchContext, BenchRecord } from "./bench.ts";
 import { stats } from "./bench.ts";
+import { torchSetup } from "./competitors.ts";
 
 const D = () => `${dataDir()}/models/llama2c`;
 
@@ -262,14 +263,24 @@ export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
   out.push(await trainStep(ctx, false));
   ctx.log("train_step_pair");
   out.push(await trainStep(ctx, true));
-  for (const threads of [1, 2]) {
+  const torch = torchSetup();
+  for (const threads of torch.threads) {
     ctx.log(`PyTorch CPU, ${threads} thread(s)`);
-    out.push(...await torchModel(threads, ctx));
+    out.push(...await torchModel(torch.python, threads, "cpu", ctx));
+  }
+  if (torch.cuda) {
+    ctx.log("PyTorch CUDA");
+    out.push(...await torchModel(torch.python, 1, "cuda", ctx));
   }
   return out;
 }
 
-async function torchModel(threads: number, ctx: BenchContext): Promise<BenchRecord[]> {
+async function torchModel(
+  python: string,
+  threads: number,
+  device: "cpu" | "cuda",
+  ctx: BenchContext,
+): Promise<BenchRecord[]> {
   const script = new URL("./torch_llama.py", import.meta.url).pathname;
   const arg = {
     benches: ["generate", "prefill", "train_step", "train_step_pair", "embed"],
@@ -278,10 +289,11 @@ async function torchModel(threads: number, ctx: BenchContext): Promise<BenchReco
     repeats: ctx.quick ? 2 : 5,
     model: `${D()}/stories260K.bin`,
     stsb: `${dataDir()}/eval/stsb/sts-test.csv`,
+    device,
   };
-  const impl = `torch-cpu-${threads}t`;
+  const impl = device === "cuda" ? "torch-cuda" : `torch-cpu-${threads}t`;
   try {
-    const r = await new Deno.Command("/usr/bin/python3", {
+    const r = await new Deno.Command(python, {
       args: [script, JSON.stringify(arg)],
       stdout: "piped",
       stderr: "piped",

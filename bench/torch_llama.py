@@ -33,6 +33,11 @@ torch.set_num_threads(threads), and openblas_set_num_threads(threads) through ct
 OpenBLAS library is mapped (Debian's torch does its fp32 GEMM in OpenBLAS, which keeps its own
 thread pool). impl is "torch-cpu-<threads>t".
 
+Device: "device": "cuda" runs the same benches on the GPU (PyTorch >= 2.0, through
+torch.set_default_device); impl is then "torch-cuda", and every timed sample ends with
+torch.cuda.synchronize() inside the timed region. generate still calls .item() per token, as an
+eager greedy loop does. Debian's torch 1.13 has no CUDA; this is for a lent GPU machine.
+
 Memory: by default the script calls glibc's mallopt (M_MMAP_MAX = 0, M_TRIM_THRESHOLD = INT_MAX)
 before importing torch, so that freed tensor memory is reused instead of being unmapped and
 page-faulted in again for the next large tensor. On the sandboxed VMs this project runs on a
@@ -170,6 +175,7 @@ DEFAULTS = {
     "tokenizer": None,  # default: tok512.bin beside the model
     "seed": 1234,
     "malloc": "reuse",  # or "default"; see set_malloc
+    "device": "cpu",  # or "cuda"; see Device below
 }
 
 # Benchmark shapes (fixed so that numbers are comparable with the TS side).
@@ -232,6 +238,8 @@ def parse_args(argv):
         v = cfg[name]
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise BenchError(f"'{name}' must be an integer >= {lo}, got {v!r}")
+    if cfg["device"] not in ("cpu", "cuda"):
+        raise BenchError(f"'device' must be \"cpu\" or \"cuda\", got {cfg['device']!r}")
     if cfg["malloc"] not in ("reuse", "default"):
         raise BenchError(f"'malloc' must be \"reuse\" or \"default\", got {cfg['malloc']!r}")
     if cfg["tokenizer"] is None:
@@ -457,7 +465,7 @@ def define_model(torch):
         """A Llama from a llama_ref weight dict; extra_rows [k, dim] grows the vocabulary."""
         emb = w["token_embedding"]
         if extra_rows is not None:
-            emb = torch.cat([emb, extra_rows])
+            emb = torch.cat([emb, extra_rows.to(emb.device)])
         m = Llama(cfg, emb.shape[0])
         with torch.no_grad():
             m.tok_embeddings.weight.copy_(emb)
@@ -481,22 +489,29 @@ def define_model(torch):
 # timing
 # ----------------------------------------------------------------------------
 
-def time_samples(fn, warmup, repeats):
-    """Runs fn() warmup times untimed, then repeats times timed. Returns the seconds."""
+def time_samples(fn, warmup, repeats, sync=lambda: None):
+    """Runs fn() warmup times untimed, then repeats times timed. Returns the seconds. sync()
+    waits for queued device work (CUDA is asynchronous), inside the timed region."""
     for _ in range(warmup):
         fn()
+        sync()
     out = []
     for _ in range(repeats):
         gc.collect()
         t0 = time.perf_counter()
         fn()
+        sync()
         out.append(time.perf_counter() - t0)
     return out
 
 
+def impl_name(ctx):
+    return "torch-cuda" if ctx["device"] == "cuda" else f"torch-cpu-{ctx['threads']}t"
+
+
 def result(bench, ctx, samples, **fields):
     med = statistics.median(samples)
-    r = {"bench": bench, "impl": f"torch-cpu-{ctx['threads']}t", "threads": ctx["threads"]}
+    r = {"bench": bench, "impl": impl_name(ctx), "threads": ctx["threads"]}
     r.update({k: (fn(med) if callable(fn) else fn) for k, fn in fields.items()})
     r.update({"median_s": med, "samples": samples, "sample_unit": "s",
               "warmup": ctx["warmup"], "repeats": ctx["repeats"]})
@@ -516,7 +531,9 @@ class Bench:
         if (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size) != \
                 (64, 172, 5, 8, 4, 512) or not c.shared:
             raise BenchError(f"{cfg['model']}: expected stories260K, got {c}")
-        self.ctx = {"threads": cfg["threads"], "warmup": cfg["warmup"], "repeats": cfg["repeats"]}
+        self.ctx = {"threads": cfg["threads"], "warmup": cfg["warmup"], "repeats": cfg["repeats"],
+                    "device": cfg["device"]}
+        self.sync = torch.cuda.synchronize if cfg["device"] == "cuda" else (lambda: None)
         self.tables = {}
 
     def table(self, rows):
@@ -545,7 +562,7 @@ class Bench:
         if ids[:20] != EXPECTED_FIRST_IDS:
             raise BenchError(f"generate: first ids {ids[:20]} != reference {EXPECTED_FIRST_IDS}")
         samples = time_samples(lambda: self.greedy(model, GEN_TOKENS),
-                               self.ctx["warmup"], self.ctx["repeats"])
+                               self.ctx["warmup"], self.ctx["repeats"], self.sync)
         tok = self.ref.Tokenizer(self.args["tokenizer"])
         return result("generate", self.ctx, samples,
                       tokens_per_s=lambda s: GEN_TOKENS / s, n_tokens=GEN_TOKENS,
@@ -569,7 +586,7 @@ class Bench:
         if tuple(logits.shape) != (1, 512, 512) or not bool(torch.isfinite(logits).all()):
             raise BenchError(f"prefill: bad logits {tuple(logits.shape)}")
         samples = time_samples(lambda: self.prefill(model, ids), self.ctx["warmup"],
-                               self.ctx["repeats"])
+                               self.ctx["repeats"], self.sync)
         return result("prefill", self.ctx, samples, tokens_per_s=lambda s: 512 / s,
                       n_tokens=512,
                       note="one causal forward, batch 1 x 512 ids, logits for all positions, "
@@ -677,7 +694,7 @@ class Bench:
         losses = []
         _, step = self.make_trainer(pair)
         samples = time_samples(lambda: losses.append(step()), self.ctx["warmup"],
-                               self.ctx["repeats"])
+                               self.ctx["repeats"], self.sync)
         if not all(math.isfinite(x) for x in losses):
             raise BenchError(f"train_step{'_pair' if pair else ''}: non-finite loss {losses}")
         n_tok = (2 if pair else 1) * TRAIN_B * TRAIN_T
@@ -749,7 +766,7 @@ class Bench:
         if not norm_err < 1e-4:
             raise BenchError(f"embed: vectors not unit norm (max |norm - 1| = {norm_err})")
         samples = time_samples(lambda: self.embed_all(model, batches, len(texts)),
-                               self.ctx["warmup"], self.ctx["repeats"])
+                               self.ctx["warmup"], self.ctx["repeats"], self.sync)
         n = len(texts)
         return result("embed", self.ctx, samples, texts_per_s=lambda s: n / s, n_texts=n,
                       n_batches=len(batches), max_norm_err=norm_err,
@@ -887,6 +904,12 @@ def main():
         if blas is not None:
             blas.openblas_set_num_threads(ctypes.c_int(cfg["threads"]))
         torch.manual_seed(0)
+        if cfg["device"] == "cuda":
+            if not torch.cuda.is_available():
+                raise BenchError("'device' is \"cuda\" but torch.cuda.is_available() is False")
+            # Every tensor and module the benches create lands on the GPU; the checkpoint is
+            # read on the CPU and copied into the parameters.
+            torch.set_default_device("cuda")
         for key in ("model", "tokenizer") + (("stsb",) if selfcheck or "embed" in
                                               cfg["benches"] else ()):
             if not os.path.isfile(cfg[key]):
@@ -896,7 +919,8 @@ def main():
             emit({"selfcheck": "ok", "torch": torch.__version__, "malloc": malloc,
                   "checks": bench.selfcheck()})
         results = [bench.run(name) for name in cfg["benches"]]
-        emit({"torch": torch.__version__, "threads": cfg["threads"],
+        emit({"torch": torch.__version__, "threads": cfg["threads"], "device": cfg["device"],
+              "gpu": torch.cuda.get_device_name() if cfg["device"] == "cuda" else None,
               "torch_num_threads": torch.get_num_threads(),
               "openblas": blas is not None, "malloc": malloc, "results": results})
     except SystemExit:

@@ -17,7 +17,8 @@ arguments give {"ok": false, "error": "..."} and exit status 2.
 What is timed, per sample: `inner` back-to-back `torch.mm(a, b, out=c)` calls on fixed random
 inputs (uniform in [-1, 1), created once, outside the timed region), measured with
 time.perf_counter around the whole batch; the recorded figure is batch time / inner, in ms.
-PyTorch on the CPU is synchronous, so no extra sync is needed. Each of the `warmup` untimed runs
+PyTorch on the CPU is synchronous, so no extra sync is needed; with "device": "cuda" the batch
+ends with torch.cuda.synchronize() inside the timed region (TF32 off: an fp32 comparison). Each of the `warmup` untimed runs
 is one whole sample (inner matmuls) whose time is thrown away.
 
 Thread count: torch.set_num_threads(t) sets ATen/OpenMP threads, but Debian's PyTorch does its
@@ -69,6 +70,9 @@ def parse_args(argv):
         isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in threads
     ):
         fail(2, f"'threads' must be a positive integer or a list of them, got {threads!r}")
+    device = args.get("device", "cpu")
+    if device not in ("cpu", "cuda"):
+        fail(2, f"'device' must be \"cpu\" or \"cuda\", got {device!r}")
     return {
         "sizes": sizes,
         "warmup": nonneg_int("warmup", 1),
@@ -76,6 +80,7 @@ def parse_args(argv):
         "inner": nonneg_int("inner", 1, minimum=1),
         "threads": threads,
         "seed": nonneg_int("seed", 1234),
+        "device": device,
     }
 
 
@@ -142,15 +147,24 @@ def main():
     blas_path, openblas = find_openblas()
     rng = random.Random(args["seed"])
     gen = torch.Generator().manual_seed(args["seed"])
+    cuda = args["device"] == "cuda"
+    if cuda:
+        if not torch.cuda.is_available():
+            fail(3, "'device' is \"cuda\" but torch.cuda.is_available() is False")
+        # The comparison is fp32 against fp32: no TF32 tensor-core shortcut.
+        torch.backends.cuda.matmul.allow_tf32 = False
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     results = []
-    for t in args["threads"]:
+    for t in args["threads"][:1] if cuda else args["threads"]:
         blas_threads = set_threads(torch, openblas, t)
         for n in args["sizes"]:
             a = torch.rand((n, n), generator=gen, dtype=torch.float32) * 2 - 1
             b = torch.rand((n, n), generator=gen, dtype=torch.float32) * 2 - 1
             c = torch.empty((n, n), dtype=torch.float32)
+            if cuda:
+                a, b, c = a.cuda(), b.cuda(), c.cuda()
             torch.mm(a, b, out=c)
-            max_err, tol, ok = verify(torch, a, b, c, n, rng)
+            max_err, tol, ok = verify(torch, a.cpu(), b.cpu(), c.cpu(), n, rng)
             times = []
             if ok:
                 inner = args["inner"]
@@ -158,12 +172,19 @@ def main():
                     t0 = time.perf_counter()
                     for _ in range(inner):
                         torch.mm(a, b, out=c)
+                    sync()
                     dt = time.perf_counter() - t0
                     if r >= args["warmup"]:
                         times.append(dt * 1e3 / inner)
-            note = (
-                f"torch {torch.__version__} CPU, torch.get_num_threads()={torch.get_num_threads()}, "
+            where = (
+                f"torch {torch.__version__} CUDA on {torch.cuda.get_device_name()}, TF32 off; "
+                if cuda
+                else f"torch {torch.__version__} CPU, torch.get_num_threads()="
+                f"{torch.get_num_threads()}, "
                 f"openblas threads={blas_threads if blas_threads is not None else 'n/a'}; "
+            )
+            note = (
+                where
                 + (
                     f"verified 8 entries vs fp64 dot (max abs err {max_err:.2e}, tol {tol:.2e}); "
                     if ok
@@ -173,7 +194,7 @@ def main():
             )
             results.append(
                 {
-                    "impl": f"torch-cpu-{t}t",
+                    "impl": "torch-cuda" if cuda else f"torch-cpu-{t}t",
                     "n": n,
                     "threads": t,
                     "times_ms": times,
