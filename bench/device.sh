@@ -10,6 +10,7 @@
 #   .gl/*.deb             the Vulkan loader (the machine has NVIDIA's driver and ICD, no loader)
 # Then: run(command="bash bench/device.sh", carry=[".dev", ".gl"]). Results and logs go to $OUT:
 # results_h100.json (the bench records), bench.log, test.log, probe.log, profile.log.
+# BENCHES="model" runs one suite; TESTS=0 stops after the bench; RESULTS names the results file.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,10 +70,11 @@ timeout 60 deno run -A --cached-only bench/probe.ts 2>&1 | tee "$OUT/probe.log"
 # The bench first: it is what the lease is for. Then the tests, on the GPU profile.
 stamp bench
 GEMKIT_PYTHON=$(command -v python3) GEMKIT_TORCH_THREADS=${TORCH_THREADS-1,16} \
-  GEMKIT_TORCH_CUDA=${TORCH_CUDA-1} GEMKIT_BENCH_RESULTS="$OUT/results_h100.json" \
+  GEMKIT_TORCH_CUDA=${TORCH_CUDA-1} GEMKIT_BENCH_RESULTS="$OUT/${RESULTS:-results_h100.json}" \
   timeout "${BENCH_TIMEOUT:-330}" deno run -A --cached-only bench/bench.ts ${BENCHES:-} 2>&1 |
   tee "$OUT/bench.log"
 
+[ "${TESTS:-1}" = 1 ] || { stamp done; exit 0; }
 stamp tests
 timeout "${TEST_TIMEOUT:-150}" deno test -A --no-check --cached-only tests/ >"$OUT/test.log" 2>&1
 echo "tests exit $?"
