@@ -76,7 +76,7 @@ GEMKIT_PYTHON=$(command -v python3) GEMKIT_TORCH_THREADS=${TORCH_THREADS-1,16} \
 
 [ "${TESTS:-1}" = 1 ] || { stamp done; exit 0; }
 stamp tests
-timeout "${TEST_TIMEOUT:-150}" deno test -A --no-check --cached-only tests/ >"$OUT/test.log" 2>&1
+timeout "${TEST_TIMEOUT:-150}" deno test -A --no-check --cached-only ${TEST_FILES:-tests/} >"$OUT/test.log" 2>&1
 echo "tests exit $?"
 grep -E ' \.\.\. FAILED' "$OUT/test.log" | head -30
 echo "$(grep -cE ' \.\.\. ok( |$)' "$OUT/test.log") passed, $(grep -cE ' \.\.\. FAILED( |$)' "$OUT/test.log") failed"

@@ -2,8 +2,9 @@
  * Model benchmarks on stories260K, gemkit beside PyTorch CPU eager (bench/torch_llama.py) in the
  * same run, on the same work:
  *   generate         greedy decoding of 256 tokens from BOS (tokens/s, BOS step included)
- *   prefill          512 prompt tokens with logits at every position, through the fused
- *                    inference kernels generate() uses, KV cache written (tokens/s)
+ *   prefill          512 prompt tokens with logits at every position, KV cache written, through
+ *                    the path generate() takes on this adapter (field `path`: the fused prefill
+ *                    kernels, or the general forward; tuning.fusedPrefill) (tokens/s)
  *   prefill_x4       4 such prompts back to back, one readback at the end (tokens/s)
  *   prefill_forward  one prompt as in prefill, through the general forward (training path)
  *   train_step       one GEM step on a synthetic 32 x 256 batch: forward, next-token loss,
@@ -208,20 +209,29 @@ export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
       (_, i) => (i === 0 ? 1 : ((i - 1) * 7919 + 13) % 509 + 3),
     );
     const toks = tensor(ids512, [1, 512], "i32");
-    // The path generate() takes: the fused inference kernels, writing the KV cache. Packing the
-    // weights into the decoder's texture is timed apart (generate() packs once per call).
+    // The path generate() takes, writing the KV cache. Packing the weights into the decoder's
+    // texture is timed apart (generate() packs once per call).
     const t0 = performance.now();
     const decoder = new FusedDecoder(model);
     await gpu().sync();
     const packMs = performance.now() - t0;
+    const path = gpu().tuning.fusedPrefill ? "fused" : "forward";
     const cache = model.newCache(1, 512);
+    const prefill = () => {
+      if (path === "fused") return decoder.prefill(toks, cache);
+      const o = noGrad(() => model.forward(toks, { cache }));
+      o.hidden.dispose();
+      return o.logits!;
+    };
     const pre = await time(1, reps, async () => {
       cache.length = 0;
-      const logits = decoder.prefill(toks, cache);
+      const logits = prefill();
       await gpu().read(logits.buf, 0, 4);
       logits.dispose();
     });
-    out.push(record("prefill", pre, (m) => ({ tokens_per_s: 512 / m, pack_ms_untimed: packMs })));
+    out.push(
+      record("prefill", pre, (m) => ({ tokens_per_s: 512 / m, path, pack_ms_untimed: packMs })),
+    );
     // Four prompts back to back and one readback: what a stream of prompts sees once the fixed
     // ~11.5 ms readback (Deno's mapAsync poll interval) is paid once instead of per prompt.
     const four = await time(1, reps, async () => {
@@ -229,14 +239,14 @@ export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
       for (let i = 0; i < 4; i++) {
         logits?.dispose();
         cache.length = 0;
-        logits = decoder.prefill(toks, cache);
+        logits = prefill();
       }
       await gpu().read(logits!.buf, 0, 4);
       logits!.dispose();
     });
     cache.dispose();
     decoder.dispose();
-    out.push(record("prefill_x4", four, (m) => ({ tokens_per_s: (4 * 512) / m })));
+    out.push(record("prefill_x4", four, (m) => ({ tokens_per_s: (4 * 512) / m, path })));
     // The general forward (training and embedding path) on the same ids, for reference.
     const fwd = await time(1, reps, async () => {
       const o = noGrad(() => model.forward(toks));

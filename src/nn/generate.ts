@@ -36,6 +36,11 @@ export interface GenerateOptions {
    * kernels/decode.ts), with these settings when an object; false forces the general per-op path.
    */
   fused?: boolean | FusedDecoderOptions;
+  /**
+   * With the fused decoder, how the prompt runs: the fused prefill kernels or the general
+   * forward (default: the adapter's tuning, `fusedPrefill`). Either writes the same cache.
+   */
+  prefill?: "fused" | "forward";
 }
 
 /** What {@link generate} produced, with timings. */
@@ -108,7 +113,8 @@ export async function generate(
         );
       decoder = fused ? new FusedDecoder(model, typeof fused === "object" ? fused : {}) : null;
       const promptT = own(tensor(Int32Array.from(prompt), [1, prompt.length], "i32"));
-      if (decoder) {
+      const prefill = opts.prefill ?? (g.tuning.fusedPrefill ? "fused" : "forward");
+      if (decoder && prefill === "fused") {
         const logits = decoder.prefill(promptT, cache, true);
         sample(logits, 0);
         logits.dispose();

@@ -172,6 +172,22 @@ Deno.test("sampled generation: the fused v3 sampler, v2 and the per-op path pick
   m.dispose();
 });
 
+Deno.test("generate: a prompt through the fused prefill or the general forward, then fused steps, gives the per-op ids", async () => {
+  await testGpu();
+  const m = await loadStories();
+  const prompt: number[] = stories.prompt.ids;
+  const run = (fused: boolean, prefill?: "fused" | "forward") =>
+    generate(m, prompt, { maxTokens: 60, temperature: 0, stopIds: [], fused, prefill });
+  const ref = await run(false);
+  assert.equal(ref.ids.length, 60);
+  assert.equal(ref.promptTokens, prompt.length);
+  assert.deepEqual((await run(true, "fused")).ids, ref.ids, "fused prefill");
+  assert.deepEqual((await run(true, "forward")).ids, ref.ids, "general forward prefill");
+  // The prompt matters: from BOS alone the text is another.
+  assert.notDeepEqual(ref.ids, stories.greedy.ids.slice(0, 60));
+  m.dispose();
+});
+
 Deno.test("fused prefill: logits equal the general forward, whole and in two parts through the cache", async () => {
   await testGpu();
   for (const load of FUSED_CASES) {
