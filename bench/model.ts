@@ -24,7 +24,7 @@ import { gpu } from "../src/gpu/device.ts";
 import { loadModel } from "../src/io/model.ts";
 import { dataDir } from "../src/io/paths.ts";
 import { FusedDecoder } from "../src/nn/fused.ts";
-import { generate } from "../src/nn/generate.ts";
+import { generate, prefillPath, prefillPrompt } from "../src/nn/generate.ts";
 import { backward } from "../src/tensor/backward.ts";
 import * as T from "../src/tensor/ops.ts";
 import { AdamW, clipGradNorm } from "../src/tensor/optim.ts";
@@ -215,14 +215,9 @@ export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
     const decoder = new FusedDecoder(model);
     await gpu().sync();
     const packMs = performance.now() - t0;
-    const path = gpu().tuning.fusedPrefill ? "fused" : "forward";
+    const path = prefillPath();
     const cache = model.newCache(1, 512);
-    const prefill = () => {
-      if (path === "fused") return decoder.prefill(toks, cache);
-      const o = noGrad(() => model.forward(toks, { cache }));
-      o.hidden.dispose();
-      return o.logits!;
-    };
+    const prefill = () => noGrad(() => prefillPrompt(model, decoder, toks, cache));
     const pre = await time(1, reps, async () => {
       cache.length = 0;
       const logits = prefill();

@@ -13,7 +13,7 @@ import { runSample } from "../gpu/kernels/sample.ts";
 import { Rng } from "../tensor/random.ts";
 import { empty, noGrad, type Tensor, tensor } from "../tensor/tensor.ts";
 import { FusedDecoder, type FusedDecoderOptions } from "./fused.ts";
-import type { Llama } from "./llama.ts";
+import type { KVCache, Llama } from "./llama.ts";
 
 /** Settings of {@link generate}. */
 export interface GenerateOptions {
@@ -55,6 +55,32 @@ export interface GenerateResult {
   prefillMs: number;
   /** Milliseconds of decoding. */
   decodeMs: number;
+}
+
+/** Which prefill path {@link prefillPrompt} takes with a decoder: "fused" or "forward". */
+export function prefillPath(path?: "fused" | "forward"): "fused" | "forward" {
+  return path ?? (gpu().tuning.fusedPrefill ? "fused" : "forward");
+}
+
+/**
+ * Runs `tokens` [1, T] through the model, appending their keys and values to `cache`, and returns
+ * the logits, the last token's in the last row: through the decoder's fused prefill when there is
+ * a decoder and {@link prefillPath} says "fused" (every row, or the last only with `lastOnly`),
+ * else through the general forward (every row). Call under noGrad.
+ */
+export function prefillPrompt(
+  model: Llama,
+  decoder: FusedDecoder | null,
+  tokens: Tensor,
+  cache: KVCache,
+  opts: { path?: "fused" | "forward"; lastOnly?: boolean } = {},
+): Tensor {
+  if (decoder && prefillPath(opts.path) === "fused") {
+    return decoder.prefill(tokens, cache, opts.lastOnly ?? false);
+  }
+  const out = model.forward(tokens, { cache });
+  out.hidden.dispose();
+  return out.logits!;
 }
 
 /** Generates up to `maxTokens` ids after `prompt` (ids; BOS included by the caller). */
@@ -113,17 +139,12 @@ export async function generate(
         );
       decoder = fused ? new FusedDecoder(model, typeof fused === "object" ? fused : {}) : null;
       const promptT = own(tensor(Int32Array.from(prompt), [1, prompt.length], "i32"));
-      const prefill = opts.prefill ?? (g.tuning.fusedPrefill ? "fused" : "forward");
-      if (decoder && prefill === "fused") {
-        const logits = decoder.prefill(promptT, cache, true);
-        sample(logits, 0);
-        logits.dispose();
-      } else {
-        const first = model.forward(promptT, { cache });
-        sample(first.logits!, 0);
-        first.logits!.dispose();
-        first.hidden.dispose();
-      }
+      const logits = prefillPrompt(model, decoder, promptT, cache, {
+        path: opts.prefill,
+        lastOnly: true,
+      });
+      sample(logits, 0);
+      logits.dispose();
       await g.read(next.buf, 0, 4);
       const t1 = performance.now();
       const ids: number[] = [];
