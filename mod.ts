@@ -110,10 +110,26 @@ export type { FusedDecoderOptions } from "./src/nn/fused.ts";
 /** The next-token choice {@link FusedDecoder} can make inside its decode step. */
 export type { DecodeChoice } from "./src/gpu/kernels/decode.ts";
 
-/** Loads a model and tokenizer from a llama2.c file, a Hugging Face directory, or a hub id. */
-export { loadModel, ModelNotFoundError } from "./src/io/model.ts";
+/**
+ * Plain checkpoints in any registered format (llama2.c file, Hugging Face directory), run
+ * directories, hub ids and `@data/...` paths: locate, load, and the format registry.
+ */
+export {
+  dataPath,
+  FORMATS,
+  loadModel,
+  locateModel,
+  ModelNotFoundError,
+  resolveRunDir,
+} from "./src/io/model.ts";
 /** What {@link loadModel} returns and accepts. */
-export type { LoadedModel, LoadModelOptions } from "./src/io/model.ts";
+export type { LoadedModel, LoadModelOptions, LocatedModel } from "./src/io/model.ts";
+/** A checkpoint format of the registry, and what it reads. */
+export type { Checkpoint, ModelFormat } from "./src/io/format.ts";
+/** The registered formats. */
+export { hfFormat } from "./src/io/hf.ts";
+/** The llama2.c format. */
+export { llama2cFormat } from "./src/io/llama2c.ts";
 /** llama2.c checkpoints: read, parse, write. */
 export { CheckpointError, parseLlama2c, readLlama2c, writeLlama2c } from "./src/io/llama2c.ts";
 /** Hugging Face checkpoints: config mapping, q/k RoPE permutation, read and write. */
@@ -185,7 +201,13 @@ export {
   MASK_NAMES,
 } from "./src/gem/gem.ts";
 /** GEM types. */
-export type { EmbedOptions, EmbedResult, GemInfo, Pooling, SpecialInit } from "./src/gem/gem.ts";
+export type {
+  EmbedOptions,
+  EmbedResult,
+  GemInfo,
+  Pooling,
+  SpecialTokenOptions,
+} from "./src/gem/gem.ts";
 /** Mask designs as role tables, their parsing and drawing. */
 export {
   allowed,
@@ -225,13 +247,47 @@ export type { Batch, PackedBatch, SpecialPooling } from "./src/gem/batch.ts";
 /** GEM's training objective for one micro-batch. */
 export { drawSamples, stepLoss } from "./src/gem/objective.ts";
 /** Objective types. */
-export type { ObjectiveOptions, StepLoss, StepSamples, TextSource } from "./src/gem/objective.ts";
+export type {
+  ObjectiveOptions,
+  PairOptions,
+  StepLoss,
+  StepSamples,
+  TextSource,
+} from "./src/gem/objective.ts";
 /** GEM checkpoints (HF layout + tokenizer + gem.json). */
 export { GemFileError, isGemDir, loadGem, readGemInfo, saveGem } from "./src/gem/io.ts";
-/** Training configuration: defaults, documentation, validation, schedule. */
-export { buildConfig, ConfigError, defaultConfig, FIELDS, scheduleAt } from "./src/train/config.ts";
-/** Training configuration types. */
-export type { Phase, TrainConfig } from "./src/train/config.ts";
+/** The training loop's schedule (warm-up + cosine per phase). */
+export { scheduleAt } from "./src/train/schedule.ts";
+/** The loop's part of a configuration. */
+export type { LoopConfig, Phase } from "./src/train/schedule.ts";
+/** The GEM recipe's configuration: defaults, documentation, validation, the parsed mask. */
+export {
+  buildConfig,
+  ConfigError,
+  defaultConfig,
+  FIELDS,
+  maskTable,
+  readConfigFile,
+} from "./src/recipe/config.ts";
+/** Configuration types. */
+export type { ContrastiveSettings, GemSettings, TrainConfig } from "./src/recipe/config.ts";
+/** The GEM recipe: config -> model with specials, objective, trainer task. */
+export {
+  checkpointConfig,
+  encodeAll,
+  gemTask,
+  objectiveOf,
+  openBase,
+  prepareRun,
+  trainingTexts,
+  withSpecials,
+} from "./src/recipe/recipe.ts";
+/** What prepareRun returns. */
+export type { PreparedRun } from "./src/recipe/recipe.ts";
+/** One resolver for every model spec (path, run dir, GEM checkpoint, HF dir, hub id, @data/). */
+export { openModel } from "./src/recipe/open.ts";
+/** What openModel returns. */
+export type { OpenedModel } from "./src/recipe/open.ts";
 /** The training loop with exact resume. */
 export {
   NonFiniteLossError,

@@ -1,9 +1,9 @@
 /**
- * Writes the README's configuration table from `FIELDS` (src/train/config.ts), between the
+ * Writes the README's configuration table from `FIELDS` (src/recipe/config.ts), between the
  * `<!-- config:begin -->` and `<!-- config:end -->` markers. `--check` exits 1 when the README is
  * stale instead of writing (a test runs it that way).
  */
-import { FIELDS } from "../src/train/config.ts";
+import { FIELDS } from "../src/recipe/config.ts";
 
 /** The markdown table of every training field, its default and its help text. */
 export function configTable(): string {

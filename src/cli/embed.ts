@@ -6,11 +6,10 @@
  * context are cut from the end and counted in a warning.
  */
 
-import type { GemModel, Pooling } from "../gem/gem.ts";
-import { isGemDir, loadGem } from "../gem/io.ts";
+import type { Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
 import { CorpusError, firstBadUtf8Line } from "../io/corpus.ts";
-import { loadModel } from "../io/model.ts";
+import { openModel } from "../recipe/open.ts";
 import { makeEmbedder } from "../eval/tasks.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
 
@@ -75,11 +74,10 @@ if (import.meta.main) {
     }
     const texts = readInputTexts(flags.input as string);
     await initGpu();
-    let gem: GemModel | undefined;
-    const spec = flags.model as string;
-    const loaded = (await isGemDir(spec))
-      ? (gem = await loadGem(spec), { model: gem.model, tokenizer: gem.tokenizer })
-      : await loadModel(spec, { tokenizer: flags.tokenizer as string | undefined });
+    const loaded = await openModel(flags.model as string, {
+      tokenizer: flags.tokenizer as string | undefined,
+    });
+    const gem = loaded.gem ?? undefined;
     const pooling = (flags.pooling as string | undefined) ?? (gem ? "gem" : "mean");
     if (!["gem", "mean", "last", "prompt"].includes(pooling)) {
       throw new UsageError(`unknown pooling '${pooling}'`);
@@ -105,6 +103,6 @@ if (import.meta.main) {
       `gemkit embed: ${texts.length} texts -> ${out} [${texts.length}, ${d}] (${pooling} pooling, ` +
         `${((performance.now() - t0) / 1000).toFixed(1)} s)`,
     );
-    (gem ?? loaded.model).dispose();
+    loaded.dispose();
   });
 }

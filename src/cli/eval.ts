@@ -7,13 +7,10 @@
  * results.md and report.html (plotly bar charts, opens offline) into --out.
  */
 
-import type { GemModel, Pooling } from "../gem/gem.ts";
-import { isGemDir, loadGem } from "../gem/io.ts";
+import type { Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
-import { loadModel } from "../io/model.ts";
 import { dataDir } from "../io/paths.ts";
-import type { Tokenizer } from "../io/tokenizer.ts";
-import type { Llama } from "../nn/llama.ts";
+import { openModel } from "../recipe/open.ts";
 import {
   ALL_TASKS,
   EMBEDDING_TASKS,
@@ -147,16 +144,9 @@ await runMain(async () => {
   const gpu = await initGpu();
   const t0 = performance.now();
   const spec = flags.model as string;
-  let gem: GemModel | undefined, model: Llama, tokenizer: Tokenizer;
-  if (await isGemDir(spec)) {
-    gem = await loadGem(spec);
-    model = gem.model;
-    tokenizer = gem.tokenizer;
-  } else {
-    ({ model, tokenizer } = await loadModel(spec, {
-      tokenizer: flags.tokenizer as string | undefined,
-    }));
-  }
+  const opened = await openModel(spec, { tokenizer: flags.tokenizer as string | undefined });
+  const { model, tokenizer } = opened;
+  const gem = opened.gem ?? undefined;
   const allPoolings: string[] = gem
     ? ["gem", "mean", "last", "prompt"]
     : ["mean", "last", "prompt"];
@@ -270,5 +260,5 @@ await runMain(async () => {
   );
   console.log(md);
   log(`wrote ${out}/results.json, results.md, report.html (${json.seconds.toFixed(0)} s)`);
-  (gem ?? model).dispose();
+  opened.dispose();
 });

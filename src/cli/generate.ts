@@ -4,9 +4,8 @@
  * timing to stderr.
  */
 
-import { isGemDir, loadGem } from "../gem/io.ts";
 import { initGpu } from "../gpu/device.ts";
-import { loadModel } from "../io/model.ts";
+import { openModel } from "../recipe/open.ts";
 import { generateText } from "../nn/generate.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
 
@@ -33,9 +32,8 @@ await runMain(async () => {
   const t0 = performance.now();
   const spec = flags.model as string;
   // A GEM checkpoint generates on the plain causal path; its tokenizer knows the specials.
-  const { model, tokenizer } = (await isGemDir(spec))
-    ? await loadGem(spec)
-    : await loadModel(spec, { tokenizer: flags.tokenizer as string | undefined });
+  const opened = await openModel(spec, { tokenizer: flags.tokenizer as string | undefined });
+  const { model, tokenizer } = opened;
   console.error(`gemkit: loaded ${flags.model} in ${(performance.now() - t0).toFixed(0)} ms`);
   const enc = new TextEncoder();
   const prompt = flags.prompt as string;
@@ -56,5 +54,5 @@ await runMain(async () => {
         (n / (r.decodeMs / 1000)).toFixed(1)
       } tok/s), stop: ${r.stop}`,
   );
-  model.dispose();
+  opened.dispose();
 });

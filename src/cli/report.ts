@@ -9,7 +9,7 @@ import { tinyStories } from "../io/corpus.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
 import type { Llama } from "../nn/llama.ts";
 import { type Embedder, inDomainRetrieval, perplexity, stsb } from "../eval/quick.ts";
-import type { TrainConfig } from "../train/config.ts";
+import type { TrainConfig } from "../recipe/config.ts";
 
 /** Embedding scores of one pooling. */
 export interface EmbedScores {

@@ -3,21 +3,17 @@
  *   [--stop-at K] [--no-report] [key=value ...]`
  *
  * With no arguments: GEM fine-tuning of stories260K on the TinyStories train split with the
- * default recipe (src/train/config.ts), then a report of perplexity and embedding quality before
+ * default recipe (src/recipe/config.ts), then a report of perplexity and embedding quality before
  * and after on held-out data.
  */
 
-import { addSpecialTokens, type GemModel } from "../gem/gem.ts";
-import { loadGem, saveGem } from "../gem/io.ts";
-import { drawSamples, type ObjectiveOptions, stepLoss } from "../gem/objective.ts";
 import { initGpu } from "../gpu/device.ts";
-import { readTexts, tinyStories, wikitextSentences } from "../io/corpus.ts";
-import { loadModel } from "../io/model.ts";
-import { dataDir } from "../io/paths.ts";
-import { Rng } from "../tensor/random.ts";
-import { buildConfig, ConfigError, type TrainConfig } from "../train/config.ts";
-import { PairStream, readPairs, type StreamState, TextStream } from "../train/data.ts";
-import { type StepRecord, train, type TrainTask } from "../train/trainer.ts";
+import { tinyStories } from "../io/corpus.ts";
+import { buildConfig, readConfigFile, type TrainConfig } from "../recipe/config.ts";
+import type { GemModel } from "../gem/gem.ts";
+import { loadGem } from "../gem/io.ts";
+import { checkpointConfig, gemTask, openBase, withSpecials } from "../recipe/recipe.ts";
+import { type StepRecord, train } from "../train/trainer.ts";
 import { readTrainerState, resolveCheckpoint } from "../train/trainer.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
 import { inDomainRetrieval, perplexity } from "../eval/quick.ts";
@@ -25,18 +21,6 @@ import { baselineReport, gemReport, printReport } from "./report.ts";
 
 const USAGE = "usage: deno task train [--config FILE] [--out DIR] [--steps N] [--seed S] " +
   "[--resume DIR] [--stop-at K] [--no-report] [key=value ...]";
-
-/** `@data/...` in config paths means the shared data directory. */
-function dataPath(p: string): string {
-  return p.startsWith("@data/") ? `${dataDir()}/${p.slice(6)}` : p;
-}
-
-/** Training texts of the config's `data` field. */
-function trainingTexts(data: string): string[] {
-  if (data === "tinystories") return tinyStories().train;
-  if (data === "wikitext") return wikitextSentences("valid");
-  return readTexts(data);
-}
 
 function progress(total: number, start: number) {
   const tty = Deno.stderr.isTerminal();
@@ -86,122 +70,37 @@ await runMain(async () => {
   if (flags.resume) {
     ckpt = await resolveCheckpoint(flags.resume as string);
     if (flags.out === undefined) out = ckpt.replace(/\/[^/]+\/?$/, "") || ".";
-    const state = await readTrainerState(ckpt);
     if (overrides.length || flags.config || flags.steps !== undefined || flags.seed !== undefined) {
       throw new UsageError(
         "--resume continues the saved run exactly: drop --config, --steps, --seed and overrides",
       );
     }
-    config = buildConfig(
-      state.config as unknown as Record<string, unknown>,
-      [],
-      `${ckpt}/trainer/state.json`,
-    );
+    config = await checkpointConfig(ckpt);
   } else {
-    let file: Record<string, unknown> | null = null;
-    if (flags.config) {
-      try {
-        file = JSON.parse(await Deno.readTextFile(flags.config as string));
-      } catch (e) {
-        throw new ConfigError(
-          `${flags.config}: cannot read as JSON (${e instanceof Error ? e.message : e})`,
-        );
-      }
-    }
+    const file = flags.config ? await readConfigFile(flags.config as string) : null;
     const extra: [string, string][] = [];
     if (flags.steps !== undefined) extra.push(["steps", String(flags.steps)]);
     if (flags.seed !== undefined) extra.push(["seed", String(flags.seed)]);
     config = buildConfig(file, [...overrides, ...extra], (flags.config as string) ?? "config");
   }
   await initGpu();
-  const tokenizerPath = dataPath(config.tokenizer);
-  let gem: GemModel;
-  let baseline = null;
   const wantReport = (flags.report as boolean) && !(flags["no-report"] as boolean);
+  let baseline = null;
+  let gem: GemModel;
   if (ckpt) {
     gem = await loadGem(ckpt);
   } else {
-    const loaded = await loadModel(dataPath(config.model), { tokenizer: tokenizerPath });
-    if (wantReport) {
-      baseline = await baselineReport(loaded.model, loaded.tokenizer, dataPath(config.model));
-    }
-    gem = await addSpecialTokens(loaded.model, loaded.tokenizer, {
-      k: config.gem.k,
-      init: { kind: config.gem.init, noise: config.gem.initNoise, seed: config.seed },
-      mask: config.gem.mask,
-      pooling: config.gem.pooling,
-    });
+    const base = await openBase(config);
+    // The base model's report comes first: adding the specials consumes the base model.
+    if (wantReport) baseline = await baselineReport(base.model, base.tokenizer, base.path);
+    gem = await withSpecials(base, config);
   }
-  const texts = trainingTexts(
-    config.data === "tinystories" || config.data === "wikitext"
-      ? config.data
-      : dataPath(config.data),
-  )
-    .map((t) => gem.tokenizer.encode(t, { bos: true }));
-  const stream = new TextStream(texts, config.seed);
-  let rng = new Rng(config.seed + 1);
-  const obj: ObjectiveOptions = {
-    sample: {
-      specialIds: gem.info.specialIds,
-      insertion: config.gem.insertion,
-      minPrefix: config.gem.minPrefix,
-      minSuffix: config.gem.minSuffix,
-      maxLen: Math.min(config.maxLen, gem.model.config.maxSeqLen),
-    },
-    rawProb: config.gem.rawProb,
-    batchSize: config.batchSize,
-    pairs: config.contrastive.pairs,
-    pairBatch: config.contrastive.batchSize,
-    dropout: config.contrastive.dropout,
-    cropFrac: config.contrastive.cropFrac,
-    symmetric: config.contrastive.symmetric,
-  };
-  let streamRef = stream;
-  const pairTexts = config.contrastive.pairs === "supervised"
-    ? readPairs(dataPath(config.contrastive.pairsFile)).map(([q, p]) =>
-      [gem.tokenizer.encode(q, { bos: true }), gem.tokenizer.encode(p, { bos: true })] as [
-        number[],
-        number[],
-      ]
-    )
-    : null;
-  let pairsRef = pairTexts ? new PairStream(pairTexts, config.seed + 2) : null;
-  // The objective draws texts from the stream and, for supervised pairs, pairs from the file.
-  const source = () => ({
-    next: () => streamRef.next(),
-    nextPair: pairsRef ? () => pairsRef!.nextPair() : undefined,
-  });
-  const task: TrainTask = {
-    params: gem.parameters(),
-    decay: gem.parameters().map((p) => p.rank >= 2),
-    micro: (_step, _m, alpha, scale) => {
-      const s = drawSamples(source(), rng, obj, alpha);
-      const r = stepLoss(gem, s, alpha, scale, obj.symmetric);
-      return {
-        total: r.total,
-        parts: { ntp: r.ntp, contrastive: r.contrastive },
-        tokens: r.tokens,
-      };
-    },
-    saveModel: (dir) => saveGem(dir, gem, tokenizerPath),
-    dataState: () => ({
-      stream: streamRef.state(),
-      pairs: pairsRef?.state() ?? null,
-      rng: [...rng.state()],
-    }),
-    restoreData: (st) => {
-      const s = st as { stream: StreamState; pairs: StreamState | null; rng: number[] };
-      streamRef = new TextStream(texts, config.seed, s.stream);
-      if (pairTexts && s.pairs) pairsRef = new PairStream(pairTexts, config.seed + 2, s.pairs);
-      rng = new Rng(Uint32Array.from(s.rng));
-    },
-  };
+  const task = gemTask(gem, config);
   const start = ckpt ? (await readTrainerState(ckpt)).step : 0;
   console.error(
     `gemkit: training ${config.steps} steps (from ${start}), k=${config.gem.k}, mask ${
       JSON.stringify(config.gem.mask)
-    }, ` +
-      `${texts.length} texts, run directory ${out}`,
+    }, run directory ${out}`,
   );
   // Validation slice of the train part: for choosing recipes, never the held-out paragraphs.
   const evaluate = async () => {

@@ -38,14 +38,24 @@ export interface GemInfo {
   logitScale: number;
 }
 
-/** How new special-token rows are initialised. */
-export interface SpecialInit {
-  /** mean: the mean of existing embeddings plus noise; random: normal noise only. */
-  kind: "mean" | "random";
+/** Options of {@link addSpecialTokens}, named as the training config's `gem` fields. */
+export interface SpecialTokenOptions {
+  /** Number of special tokens. */
+  k: number;
+  /** New rows: the mean of existing embeddings plus noise (default), or normal noise only. */
+  init?: "mean" | "random";
   /** Noise std as a fraction of the embeddings' per-dim std (default 0.1). */
-  noise: number;
-  /** Seed of the noise. */
-  seed: number;
+  initNoise?: number;
+  /** Seed of the noise (default 0). */
+  seed?: number;
+  /** Mask design name or role table (default "gem"). */
+  mask?: string | number[][];
+  /** `mask` already parsed, when the caller has it. */
+  table?: RoleTable;
+  /** Pooling of the specials' states (default mean). */
+  pooling?: SpecialPooling;
+  /** Token names (default `<gem_0>`..). */
+  names?: string[];
 }
 
 /** Baseline poolings of a plain decoder, and GEM's. */
@@ -55,19 +65,21 @@ export type Pooling = "gem" | "mean" | "last";
 export class GemModel {
   /** e^lambda scales cosine similarities in the contrastive loss; clamped to [0, log 100]. */
   readonly logitScale: Tensor;
+  /** The mask design's role table, parsed once from `info.mask`. */
+  readonly table: RoleTable;
 
-  /** Wraps an already grown model; see {@link addSpecialTokens}. */
+  /**
+   * Wraps an already grown model; see {@link addSpecialTokens}. `table` is `info.mask` already
+   * parsed (by the training config); without it the mask is parsed here.
+   */
   constructor(
     readonly model: Llama,
     readonly tokenizer: Tokenizer,
     readonly info: GemInfo,
+    table?: RoleTable,
   ) {
+    this.table = table ?? parseRoleTable(info.mask, "gem.mask");
     this.logitScale = keep(T.parameter(tensor([info.logitScale], []), "logit_scale"));
-  }
-
-  /** The mask design's role table. */
-  get table(): RoleTable {
-    return parseRoleTable(this.info.mask, "gem.mask");
   }
 
   /** Parameters to train: the decoder's and the contrastive scale. */
@@ -209,13 +221,7 @@ function rawRoles(batch: PackedBatch): Tensor {
 export async function addSpecialTokens(
   model: Llama,
   tokenizer: Tokenizer,
-  opts: {
-    k: number;
-    init?: SpecialInit;
-    mask?: string | number[][];
-    pooling?: SpecialPooling;
-    names?: string[];
-  },
+  opts: SpecialTokenOptions,
 ): Promise<GemModel> {
   const k = opts.k;
   if (!Number.isInteger(k) || k < 1) throw new Error(`gem.k must be a positive integer, got ${k}`);
@@ -226,8 +232,8 @@ export async function addSpecialTokens(
     );
   }
   const names = opts.names ?? Array.from({ length: k }, (_, i) => `<gem_${i}>`);
-  const init = opts.init ?? { kind: "mean", noise: 0.1, seed: 0 };
-  const rng = new Rng(init.seed);
+  const kind = opts.init ?? "mean", noise = opts.initNoise ?? 0.1;
+  const rng = new Rng(opts.seed ?? 0);
   const grow = async (w: Tensor): Promise<Tensor> => {
     const host = (await w.toArray()) as Float32Array;
     const [v, d] = w.shape;
@@ -244,8 +250,8 @@ export async function addSpecialTokens(
     for (let r = 0; r < k; r++) {
       for (let j = 0; j < d; j++) {
         const std = Math.sqrt(Math.max(sq[j] - mean[j] ** 2, 0));
-        const base = init.kind === "mean" ? mean[j] : 0;
-        out[(v + r) * d + j] = base + rng.normal() * std * init.noise;
+        const base = kind === "mean" ? mean[j] : 0;
+        out[(v + r) * d + j] = base + rng.normal() * std * noise;
       }
     }
     return tensor(out, [v + k, d]);
@@ -260,16 +266,14 @@ export async function addSpecialTokens(
   if (specialIds[0] !== c.vocabSize) {
     throw new Error(`tokenizer gave special ids from ${specialIds[0]}, expected ${c.vocabSize}`);
   }
-  const mask = opts.mask ?? "gem";
-  parseRoleTable(mask, "gem.mask");
   return new GemModel(grown, tokenizer, {
     k,
     specialIds,
     specialNames: names,
-    mask,
+    mask: opts.mask ?? "gem",
     pooling: opts.pooling ?? "mean",
     logitScale: Math.log(20),
-  });
+  }, opts.table);
 }
 
 /** lambda's range: e^lambda in [1, 100], as CLIP clamps it. */

@@ -48,6 +48,16 @@ export const MASK_DESIGNS: Record<string, RoleTable> = {
     [N, C, C, N],
     [N, N, N, N],
   ],
+  /**
+   * Control: the specials are inserted but every token attends plain causally (specials see the
+   * prefix and earlier specials, the suffix sees everything before it), so no bottleneck exists.
+   */
+  causal: [
+    [C, N, N, N],
+    [C, C, N, N],
+    [C, C, C, N],
+    [N, N, N, N],
+  ],
 };
 
 /** Names of the rules, for configs and plots. */

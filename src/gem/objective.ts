@@ -20,7 +20,21 @@ import {
   type SampleOptions,
 } from "./sample.ts";
 
-/** Settings of the objective (a slice of the training config). */
+/** How contrastive pairs are built and scored (the training config's `contrastive` fields). */
+export interface PairOptions {
+  /** How positives are made. */
+  pairs: "crop" | "dropout" | "mix" | "supervised";
+  /** Pairs per step. */
+  batchSize: number;
+  /** Prefix token dropout rate of dropout positives. */
+  dropout: number;
+  /** Crop length as a fraction of the text. */
+  cropFrac: number;
+  /** Average both directions of InfoNCE. */
+  symmetric: boolean;
+}
+
+/** Settings of the objective, named as in the training config. */
 export interface ObjectiveOptions {
   /** How texts become GEM samples. */
   sample: SampleOptions;
@@ -28,16 +42,8 @@ export interface ObjectiveOptions {
   rawProb: number;
   /** Texts per step for the next-token loss. */
   batchSize: number;
-  /** How contrastive positives are made. */
-  pairs: "crop" | "dropout" | "mix" | "supervised";
-  /** Pairs per step. */
-  pairBatch: number;
-  /** Prefix token dropout rate of dropout positives. */
-  dropout: number;
-  /** Crop length as a fraction of the text. */
-  cropFrac: number;
-  /** Average both directions of InfoNCE. */
-  symmetric: boolean;
+  /** The contrastive half. */
+  contrastive: PairOptions;
 }
 
 /** Source of texts (token ids, BOS first) and of supervised pairs. */
@@ -77,25 +83,26 @@ export function drawSamples(
     }
   }
   const anchors: GemSample[] = [], positives: GemSample[] = [];
+  const c = o.contrastive;
   if (alpha > 0) {
-    for (let i = 0; i < o.pairBatch; i++) {
-      if (o.pairs === "supervised") {
+    for (let i = 0; i < c.batchSize; i++) {
+      if (c.pairs === "supervised") {
         if (!src.nextPair) throw new Error("supervised pairs need a pairs file");
         const [a, b] = src.nextPair();
         const end = { ...o.sample, insertion: "end" as const };
         anchors.push(gemSample(a, end, rng));
         positives.push(gemSample(b, end, rng));
-      } else if (o.pairs === "crop" || (o.pairs === "mix" && i % 2 === 0)) {
+      } else if (c.pairs === "crop" || (c.pairs === "mix" && i % 2 === 0)) {
         const text = src.next();
-        anchors.push(cropSample(text, o.cropFrac, o.sample, rng));
-        positives.push(cropSample(text, o.cropFrac, o.sample, rng));
+        anchors.push(cropSample(text, c.cropFrac, o.sample, rng));
+        positives.push(cropSample(text, c.cropFrac, o.sample, rng));
       } else {
         const s = gemSample(src.next(), {
           ...o.sample,
           insertion: o.sample.insertion === "reconstruct" ? "random" : o.sample.insertion,
         }, rng);
         anchors.push(s);
-        positives.push(dropoutPositive(s, o.sample.specialIds, o.dropout, rng));
+        positives.push(dropoutPositive(s, o.sample.specialIds, c.dropout, rng));
       }
     }
   }
@@ -123,15 +130,17 @@ function unlabelled(s: GemSample): GemSample {
 
 /**
  * Forward pass and losses: total = (1 - alpha) * NTP + alpha * contrastive, scaled by `scale`
- * (1 / micro-batches). Returns graph-carrying tensors; call backward on `total`.
+ * (1 / micro-batches); InfoNCE is symmetric unless `o.contrastive.symmetric` is false. Returns
+ * graph-carrying tensors; call backward on `total`.
  */
 export function stepLoss(
   gem: GemModel,
   s: StepSamples,
   alpha: number,
   scale: number,
-  symmetric = true,
+  o?: { contrastive: Pick<PairOptions, "symmetric"> },
 ): StepLoss {
+  const symmetric = o?.contrastive.symmetric ?? true;
   const rows = [...s.ntp, ...s.anchors.map(unlabelled), ...s.positives.map(unlabelled)];
   // All rows packed into one sequence of tokens: no padding, attention kept within each row.
   const batch = pack(rows, 0);

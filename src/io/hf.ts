@@ -7,6 +7,7 @@
 
 import type { LlamaConfig, RopeScaling } from "../nn/llama.ts";
 import { parameterShapes, validateConfig } from "../nn/llama.ts";
+import { type ModelFormat, statOrNull } from "./format.ts";
 import { CheckpointError } from "./llama2c.ts";
 import { openCheckpoint, writeSafetensors } from "./safetensors.ts";
 
@@ -225,3 +226,21 @@ export async function writeHfModel(
   await Deno.writeTextFile(tmp, JSON.stringify(configToHf(config), null, 2) + "\n");
   await Deno.rename(tmp, `${dir}/config.json`);
 }
+
+/**
+ * The Hugging Face directory format: config.json, model.safetensors (or shards with an index),
+ * and tokenizer.json (or gemkit's tokenizer.bin for llama2.c vocabularies) beside them.
+ */
+export const hfFormat: ModelFormat = {
+  name: "hf",
+  detect: async (path, info) =>
+    info.isDirectory && (await statOrNull(`${path}/config.json`))?.isFile === true,
+  read: (path, opts) => readHfModel(path, { maxSeqLen: opts.maxSeqLen }),
+  write: (path, ckpt, opts) => writeHfModel(path, ckpt.config, ckpt.weights, opts),
+  tokenizerIn: async (path) => {
+    for (const f of ["tokenizer.json", "tokenizer.bin"]) {
+      if (await statOrNull(`${path}/${f}`)) return `${path}/${f}`;
+    }
+    return null;
+  },
+};

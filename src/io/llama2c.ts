@@ -10,6 +10,7 @@
 
 import type { LlamaConfig } from "../nn/llama.ts";
 import { parameterShapes } from "../nn/llama.ts";
+import type { ModelFormat } from "./format.ts";
 
 /** A checkpoint file that cannot be read as what it claims to be. */
 export class CheckpointError extends Error {
@@ -195,3 +196,16 @@ export async function writeLlama2c(
   }
   await Deno.rename(tmp, path);
 }
+
+/** The llama2.c `.bin` format: one file, no tokenizer inside (tok512.bin and the like beside it). */
+export const llama2cFormat: ModelFormat = {
+  name: "llama2c",
+  detect: (_path, info) => Promise.resolve(info.isFile),
+  read: async (path, opts) => {
+    const ckpt = await readLlama2c(path);
+    if (opts.maxSeqLen) ckpt.config.maxSeqLen = Math.min(ckpt.config.maxSeqLen, opts.maxSeqLen);
+    return ckpt;
+  },
+  write: (path, ckpt) => writeLlama2c(path, ckpt.config, ckpt.weights),
+  tokenizerIn: () => Promise.resolve(null),
+};

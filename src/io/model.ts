@@ -1,13 +1,20 @@
 /**
- * One entry point for "a model": a llama2.c `.bin` (with `--tokenizer`), a Hugging Face
- * directory (config.json + safetensors + tokenizer.json), or a hub id `org/name[@revision]`
- * fetched into the local cache.
+ * One entry point for "a model" in the io layer: a file or directory in any registered checkpoint
+ * format (llama2.c `.bin`, Hugging Face directory), a run directory (its `latest` checkpoint), a
+ * hub id `org/name[@revision]` fetched into the local cache, or `@data/...` in the shared data
+ * directory. GEM checkpoints (an HF directory with gem.json) are opened by `openModel` in the
+ * recipe layer, which builds on this.
  */
 
 import { Llama } from "../nn/llama.ts";
-import { readHfModel } from "./hf.ts";
-import { readLlama2c } from "./llama2c.ts";
+import { type ModelFormat, statOrNull } from "./format.ts";
+import { hfFormat } from "./hf.ts";
+import { llama2cFormat } from "./llama2c.ts";
+import { dataDir } from "./paths.ts";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
+
+/** Checkpoint formats, tried in order. */
+export const FORMATS: readonly ModelFormat[] = [hfFormat, llama2cFormat];
 
 /** A loaded model with its tokenizer and where it came from. */
 export interface LoadedModel {
@@ -17,8 +24,8 @@ export interface LoadedModel {
   tokenizer: Tokenizer;
   /** Path of the checkpoint (file or directory). */
   path: string;
-  /** Checkpoint layout it was read from. */
-  format: "llama2c" | "hf";
+  /** Checkpoint format it was read from (a {@link FORMATS} name). */
+  format: string;
 }
 
 /** Options of {@link loadModel}. */
@@ -35,12 +42,9 @@ export class ModelNotFoundError extends Error {
   override name = "ModelNotFoundError";
 }
 
-async function stat(path: string): Promise<Deno.FileInfo | null> {
-  try {
-    return await Deno.stat(path);
-  } catch {
-    return null;
-  }
+/** `@data/...` means the shared data directory; any other path is returned unchanged. */
+export function dataPath(p: string): string {
+  return p.startsWith("@data/") ? `${dataDir()}/${p.slice(6)}` : p;
 }
 
 /**
@@ -48,8 +52,8 @@ async function stat(path: string): Promise<Deno.FileInfo | null> {
  * so `--model runs/gem` means the run's latest weights; any other path is returned unchanged.
  */
 export async function resolveRunDir(path: string): Promise<string> {
-  const info = await stat(path);
-  if (!info?.isDirectory || await stat(`${path}/config.json`)) return path;
+  const info = await statOrNull(path);
+  if (!info?.isDirectory || await statOrNull(`${path}/config.json`)) return path;
   let latest: string;
   try {
     latest = (await Deno.readTextFile(`${path}/latest`)).trim();
@@ -64,44 +68,50 @@ export async function resolveRunDir(path: string): Promise<string> {
   return `${path}/${latest}`;
 }
 
-/** The tokenizer file saved beside an HF-layout checkpoint, if any. */
-async function tokenizerIn(dir: string): Promise<string | null> {
-  for (const f of ["tokenizer.json", "tokenizer.bin"]) {
-    if (await stat(`${dir}/${f}`)) return `${dir}/${f}`;
-  }
-  return null;
+/** A checkpoint located on disk: its path and format. */
+export interface LocatedModel {
+  /** File or directory of the checkpoint. */
+  path: string;
+  /** Its format. */
+  format: ModelFormat;
 }
 
-/** Loads a model and its tokenizer from a path or a hub id. */
-export async function loadModel(spec: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
-  let path = await resolveRunDir(spec);
-  let info = await stat(path);
+/**
+ * Resolves a spec (`@data/...`, a run directory, a path, or a hub id fetched into the cache) to a
+ * checkpoint on disk and detects its format. Errors name the spec.
+ */
+export async function locateModel(spec: string): Promise<LocatedModel> {
+  let path = await resolveRunDir(dataPath(spec));
+  let info = await statOrNull(path);
   if (!info && /^[\w.-]+\/[\w.-]+(@[\w./-]+)?$/.test(spec)) {
     const { resolveModel } = await import("./hub.ts");
     path = await resolveModel(spec);
-    info = await stat(path);
+    info = await statOrNull(path);
   }
   if (!info) {
     throw new ModelNotFoundError(`${spec}: no such file or directory (nor a hub id org/name)`);
   }
-  if (info.isFile) {
-    if (!opts.tokenizer) {
-      throw new ModelNotFoundError(
-        `${spec}: a llama2.c checkpoint needs --tokenizer PATH (e.g. tok512.bin)`,
-      );
-    }
-    const { config, weights } = await readLlama2c(path);
-    if (opts.maxSeqLen) config.maxSeqLen = Math.min(config.maxSeqLen, opts.maxSeqLen);
-    const tokenizer = loadTokenizer(opts.tokenizer, { vocabSize: config.vocabSize });
-    return { model: Llama.fromWeights(config, weights, path), tokenizer, path, format: "llama2c" };
+  for (const format of FORMATS) {
+    if (await format.detect(path, info)) return { path, format };
   }
-  const tokPath = opts.tokenizer ?? (await tokenizerIn(path));
+  throw new ModelNotFoundError(
+    `${path}: not a checkpoint of a known format (${FORMATS.map((f) => f.name).join(", ")}); ` +
+      "a directory needs config.json",
+  );
+}
+
+/** Loads a plain decoder and its tokenizer from any spec {@link locateModel} accepts. */
+export async function loadModel(spec: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
+  const { path, format } = await locateModel(spec);
+  const tokPath = opts.tokenizer ? dataPath(opts.tokenizer) : await format.tokenizerIn(path);
   if (!tokPath) {
     throw new ModelNotFoundError(
-      `${path}: no tokenizer.json or tokenizer.bin; pass --tokenizer PATH`,
+      format === llama2cFormat
+        ? `${spec}: a llama2.c checkpoint needs --tokenizer PATH (e.g. tok512.bin)`
+        : `${path}: no tokenizer.json or tokenizer.bin; pass --tokenizer PATH`,
     );
   }
-  const { config, weights } = await readHfModel(path, { maxSeqLen: opts.maxSeqLen });
+  const { config, weights } = await format.read(path, { maxSeqLen: opts.maxSeqLen });
   const tokenizer = loadTokenizer(tokPath, { vocabSize: config.vocabSize });
-  return { model: Llama.fromWeights(config, weights, path), tokenizer, path, format: "hf" };
+  return { model: Llama.fromWeights(config, weights, path), tokenizer, path, format: format.name };
 }

@@ -16,8 +16,7 @@ import { clipGradNorm } from "../tensor/optim.ts";
 import { AdamW } from "../tensor/optim.ts";
 import { backward } from "../tensor/backward.ts";
 import { scope, type Tensor, tensor } from "../tensor/tensor.ts";
-import type { TrainConfig } from "./config.ts";
-import { scheduleAt } from "./config.ts";
+import { type LoopConfig, scheduleAt } from "./schedule.ts";
 
 /** What one micro-batch returns to the loop. */
 export interface MicroLoss {
@@ -45,14 +44,14 @@ export interface TrainTask {
   restoreData(state: unknown): void;
 }
 
-/** What the trainer keeps in trainer/state.json. */
-export interface TrainerState {
+/** What the trainer keeps in trainer/state.json; `C` is the run's whole configuration. */
+export interface TrainerState<C extends LoopConfig = LoopConfig> {
   /** Steps completed. */
   step: number;
   /** The data side state. */
   data: unknown;
   /** The run configuration. */
-  config: TrainConfig;
+  config: C;
   /** AdamW step count. */
   optimizerStep: number;
 }
@@ -124,7 +123,9 @@ export async function resolveCheckpoint(path: string): Promise<string> {
 }
 
 /** Reads a checkpoint's trainer state. */
-export async function readTrainerState(ckpt: string): Promise<TrainerState> {
+export async function readTrainerState<C extends LoopConfig = LoopConfig>(
+  ckpt: string,
+): Promise<TrainerState<C>> {
   const path = `${ckpt}/trainer/state.json`;
   try {
     return JSON.parse(await Deno.readTextFile(path));
@@ -138,7 +139,7 @@ async function saveCheckpoint(
   step: number,
   task: TrainTask,
   opt: AdamW,
-  config: TrainConfig,
+  config: LoopConfig,
   keep: number,
 ): Promise<string> {
   const name = ckptName(step);
@@ -186,10 +187,13 @@ async function restoreOptimizer(ckpt: string, opt: AdamW, state: TrainerState): 
   opt.step = state.optimizerStep;
 }
 
-/** Trains `task` under `config` from step 0, or from a checkpoint with `resume`. */
+/**
+ * Trains `task` under `config` from step 0, or from a checkpoint with `resume`. The whole config
+ * (a {@link LoopConfig} or any extension of it) is saved in each checkpoint's state.json.
+ */
 export async function train(
   task: TrainTask,
-  config: TrainConfig,
+  config: LoopConfig,
   opts: TrainOptions,
 ): Promise<TrainResult> {
   await Deno.mkdir(opts.out, { recursive: true });

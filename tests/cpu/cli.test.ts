@@ -5,7 +5,7 @@ import { parseArgs, UsageError } from "../../src/cli/args.ts";
 import { npyBytes, readInputTexts } from "../../src/cli/embed.ts";
 import { CorpusError } from "../../src/io/corpus.ts";
 import { withConfigTable } from "../../scripts/readme_config.ts";
-import { FIELDS } from "../../src/train/config.ts";
+import { FIELDS } from "../../src/recipe/config.ts";
 
 Deno.test("args: flags, booleans, overrides; unknown flags and bad numbers are usage errors", () => {
   const spec = {

@@ -12,7 +12,7 @@ import {
   type SampleOptions,
 } from "../../src/gem/sample.ts";
 import { Rng } from "../../src/tensor/random.ts";
-import { buildConfig, ConfigError, scheduleAt } from "../../src/train/config.ts";
+import { buildConfig, ConfigError, scheduleAt } from "../../src/recipe/config.ts";
 
 // A sample: BOS p1 p2 | S1 S2 | x1 x2 (roles 0 0 0 1 1 2 2).
 const ROLES = [0, 0, 0, 1, 1, 2, 2];

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import * as T from "../../src/tensor/ops.ts";
-import { buildConfig } from "../../src/train/config.ts";
+import { buildConfig } from "../../src/recipe/config.ts";
 import { NonFiniteLossError, train, type TrainTask } from "../../src/train/trainer.ts";
 import { tensor } from "../../src/tensor/tensor.ts";
 import { testGpu } from "../helpers.ts";

@@ -1,72 +1,73 @@
 /**
  * Training configuration: one JSON object, every field documented here with its default, merged
  * from defaults < `--config FILE` < `key=value` overrides (dotted paths). Bad values are errors
- * that name the field.
+ * that name the field. The mask design is parsed into its role table here, once
+ * ({@link maskTable}).
  */
 
-/** One phase of the schedule: a share of the run with its own loss mix and learning rate. */
-export interface Phase {
-  /** Share of `steps` (phases' fractions must sum to 1). */
-  frac: number;
-  /** Weight of the contrastive loss: total = (1 - alpha) * NTP + alpha * contrastive. */
-  alpha: number;
-  /** Peak learning rate of the phase. */
-  lr: number;
+import { parseRoleTable } from "../gem/mask.ts";
+import type { RoleTable } from "../tensor/ops.ts";
+import type { LoopConfig } from "../train/schedule.ts";
+
+import type { Phase } from "../train/schedule.ts";
+export { type Phase, scheduleAt } from "../train/schedule.ts";
+
+/** GEM's settings: the special tokens, where samples put them, and the mask. */
+export interface GemSettings {
+  /** Number of special tokens. */
+  k: number;
+  /** Probability a text stays plain causal LM. */
+  rawProb: number;
+  /** Where specials go in next-token samples. */
+  insertion: "random" | "end" | "reconstruct";
+  /** Fewest text tokens before the specials at a random split. */
+  minPrefix: number;
+  /** Fewest tokens after the specials at a random split. */
+  minSuffix: number;
+  /** Mask design name, or a role table (rule names or codes). */
+  mask: string | number[][];
+  /** Pooling of the specials' states. */
+  pooling: "mean" | "concat" | "last";
+  /** Special-token rows: mean of the embeddings plus noise, or noise only. */
+  init: "mean" | "random";
+  /** Noise std as a fraction of the embeddings' per-dim std. */
+  initNoise: number;
 }
 
-/** Everything `deno task train` can be told. */
-export interface TrainConfig {
+/** Contrastive settings. */
+export interface ContrastiveSettings {
+  /** How positives are made. */
+  pairs: "crop" | "dropout" | "mix" | "supervised";
+  /** Pairs per step (in-batch negatives). */
+  batchSize: number;
+  /** Prefix token dropout rate of dropout positives. */
+  dropout: number;
+  /** Crop length as a fraction of the text. */
+  cropFrac: number;
+  /** Average both directions of InfoNCE. */
+  symmetric: boolean;
+  /** JSONL of {query, positive} for supervised pairs. */
+  pairsFile: string;
+}
+
+/** Everything `deno task train` can be told (field names are those of the JSON config). */
+export interface TrainConfig extends LoopConfig {
   /** Checkpoint to start from. */
   model: string;
   /** Its tokenizer file. */
   tokenizer: string;
   /** Training texts. */
   data: string;
-  /** Optimizer steps in the whole run. */
-  steps: number;
   /** Seed of everything random. */
   seed: number;
   /** Texts per step for the next-token loss. */
   batchSize: number;
   /** Longest sample in tokens. */
   maxLen: number;
-  /** Micro-batches per step. */
-  accum: number;
-  /** Warm-up steps per phase. */
-  warmup: number;
-  /** Cosine floor as a fraction of the peak lr. */
-  minLrFrac: number;
-  /** The schedule. */
-  phases: Phase[];
-  /** AdamW and clipping. */
-  optim: { beta1: number; beta2: number; eps: number; weightDecay: number; clip: number };
   /** GEM settings. */
-  gem: {
-    k: number;
-    rawProb: number;
-    insertion: "random" | "end" | "reconstruct";
-    minPrefix: number;
-    minSuffix: number;
-    mask: string | number[][];
-    pooling: "mean" | "concat" | "last";
-    init: "mean" | "random";
-    initNoise: number;
-  };
+  gem: GemSettings;
   /** Contrastive settings. */
-  contrastive: {
-    pairs: "crop" | "dropout" | "mix" | "supervised";
-    batchSize: number;
-    dropout: number;
-    cropFrac: number;
-    symmetric: boolean;
-    pairsFile: string;
-  };
-  /** Steps between checkpoints. */
-  checkpointEvery: number;
-  /** Checkpoints kept. */
-  keepCheckpoints: number;
-  /** Steps between validation evaluations. */
-  evalEvery: number;
+  contrastive: ContrastiveSettings;
 }
 
 /** Field documentation: dotted path -> [default, help]. The README table is generated from it. */
@@ -106,7 +107,7 @@ export const FIELDS: Record<string, [unknown, string]> = {
   "gem.minSuffix": [4, "fewest tokens after the specials at a random split"],
   "gem.mask": [
     "gem",
-    "mask design: gem | specials-see-each-other | no-bottleneck | specials-self-only | 4x4 role table",
+    "mask design: gem | specials-see-each-other | no-bottleneck | specials-self-only | causal | 4x4 role table",
   ],
   "gem.pooling": ["mean", "pooling of the specials' states: mean | concat | last"],
   "gem.init": ["mean", "special-token rows: mean of embeddings + noise | random"],
@@ -155,6 +156,15 @@ export function defaultConfig(): TrainConfig {
   return c as unknown as TrainConfig;
 }
 
+/** Reads a JSON config file; an unreadable or malformed file is a ConfigError naming it. */
+export async function readConfigFile(path: string): Promise<Record<string, unknown>> {
+  try {
+    return JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new ConfigError(`${path}: cannot read as JSON (${e instanceof Error ? e.message : e})`);
+  }
+}
+
 /** Parses an override value: JSON when it parses, else the raw string. */
 function parseValue(raw: string): unknown {
   try {
@@ -186,6 +196,19 @@ export function buildConfig(
   for (const [k, v] of overrides) apply(k, parseValue(v), "override");
   validate(c);
   return c as unknown as TrainConfig;
+}
+
+/** Role tables of validated configs: the mask is parsed once, when the config is read. */
+const tables = new WeakMap<object, RoleTable>();
+
+/** The role table of a config's `gem.mask` (parsed when the config was built). */
+export function maskTable(c: TrainConfig): RoleTable {
+  let t = tables.get(c);
+  if (!t) {
+    t = parseRoleTable(c.gem.mask, "gem.mask");
+    tables.set(c, t);
+  }
+  return t;
 }
 
 function validate(c: Record<string, unknown>): void {
@@ -256,30 +279,13 @@ function validate(c: Record<string, unknown>): void {
   int("checkpointEvery", 1);
   int("keepCheckpoints", 1);
   int("evalEvery", 0);
+  try {
+    tables.set(c, parseRoleTable(getPath(c, "gem.mask"), "gem.mask"));
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
   const k = getPath(c, "gem.k") as number;
   if (k + 8 > (getPath(c, "maxLen") as number)) {
     bad("gem.k", `leaves no room in maxLen ${getPath(c, "maxLen")}`);
   }
-}
-
-/** Learning rate and alpha at `step` (0-based) of a run of `total` steps. */
-export function scheduleAt(
-  c: TrainConfig,
-  step: number,
-): { lr: number; alpha: number; phase: number } {
-  let start = 0;
-  for (let i = 0; i < c.phases.length; i++) {
-    const p = c.phases[i];
-    const len = i === c.phases.length - 1 ? c.steps - start : Math.round(p.frac * c.steps);
-    if (step < start + len || i === c.phases.length - 1) {
-      const s = step - start;
-      const warm = Math.min(c.warmup, Math.max(len - 1, 0));
-      if (s < warm) return { lr: (p.lr * (s + 1)) / (warm + 1), alpha: p.alpha, phase: i };
-      const progress = len - warm <= 1 ? 1 : (s - warm) / (len - warm - 1);
-      const cos = 0.5 * (1 + Math.cos(Math.PI * Math.min(progress, 1)));
-      return { lr: p.lr * (c.minLrFrac + (1 - c.minLrFrac) * cos), alpha: p.alpha, phase: i };
-    }
-    start += len;
-  }
-  throw new Error("unreachable");
 }

@@ -1,0 +1,154 @@
+/**
+ * The GEM training recipe: from a training config to a model with special tokens, the samples and
+ * pairs of each step, the step's loss, and the task the trainer runs. `deno task train`, the
+ * sweep runner, the benchmark and the notebooks all build training from these pieces, so the
+ * config's field names reach the objective unchanged.
+ */
+
+import { addSpecialTokens, type GemModel } from "../gem/gem.ts";
+import { loadGem, saveGem } from "../gem/io.ts";
+import { drawSamples, type ObjectiveOptions, stepLoss, type TextSource } from "../gem/objective.ts";
+import { readTexts, tinyStories, wikitextSentences } from "../io/corpus.ts";
+import { dataPath, type LoadedModel, loadModel } from "../io/model.ts";
+import type { Tokenizer } from "../io/tokenizer.ts";
+import { Rng } from "../tensor/random.ts";
+import { PairStream, readPairs, type StreamState, TextStream } from "../train/data.ts";
+import { readTrainerState, type TrainTask } from "../train/trainer.ts";
+import { buildConfig, maskTable, type TrainConfig } from "./config.ts";
+
+/** The config's base model and tokenizer (before special tokens are added). */
+export async function openBase(config: TrainConfig): Promise<LoadedModel> {
+  return await loadModel(config.model, { tokenizer: config.tokenizer });
+}
+
+/** Adds the config's special tokens to a base model (which is consumed). */
+export async function withSpecials(base: LoadedModel, config: TrainConfig): Promise<GemModel> {
+  return await addSpecialTokens(base.model, base.tokenizer, {
+    k: config.gem.k,
+    init: config.gem.init,
+    initNoise: config.gem.initNoise,
+    seed: config.seed,
+    mask: config.gem.mask,
+    table: maskTable(config),
+    pooling: config.gem.pooling,
+  });
+}
+
+/** The objective's settings for `gem` under `config`. */
+export function objectiveOf(config: TrainConfig, gem: GemModel): ObjectiveOptions {
+  return {
+    sample: {
+      specialIds: gem.info.specialIds,
+      insertion: config.gem.insertion,
+      minPrefix: config.gem.minPrefix,
+      minSuffix: config.gem.minSuffix,
+      maxLen: Math.min(config.maxLen, gem.model.config.maxSeqLen),
+    },
+    rawProb: config.gem.rawProb,
+    batchSize: config.batchSize,
+    contrastive: config.contrastive,
+  };
+}
+
+/** Training texts of the config's `data` field: tinystories, wikitext, or a file. */
+export function trainingTexts(config: TrainConfig): string[] {
+  if (config.data === "tinystories") return tinyStories().train;
+  if (config.data === "wikitext") return wikitextSentences("valid");
+  return readTexts(dataPath(config.data));
+}
+
+/** Data state saved in each checkpoint: stream positions and the sample RNG. */
+interface DataState {
+  stream: StreamState;
+  pairs: StreamState | null;
+  rng: number[];
+}
+
+/**
+ * The trainer's task for GEM: each micro-batch draws its samples (texts from a seeded stream,
+ * supervised pairs from the pairs file) and returns the step loss; checkpoints save the GEM model
+ * and the data position. `texts` (token ids, BOS first) defaults to the config's data.
+ */
+export function gemTask(
+  gem: GemModel,
+  config: TrainConfig,
+  texts: readonly (readonly number[])[] = encodeAll(gem.tokenizer, trainingTexts(config)),
+): TrainTask {
+  const objective = objectiveOf(config, gem);
+  const pairTexts = config.contrastive.pairs === "supervised"
+    ? readPairs(dataPath(config.contrastive.pairsFile)).map(([q, p]) =>
+      [gem.tokenizer.encode(q, { bos: true }), gem.tokenizer.encode(p, { bos: true })] as [
+        number[],
+        number[],
+      ]
+    )
+    : null;
+  let stream = new TextStream(texts, config.seed);
+  let pairs = pairTexts ? new PairStream(pairTexts, config.seed + 2) : null;
+  let rng = new Rng(config.seed + 1);
+  const source: TextSource = {
+    next: () => stream.next(),
+    nextPair: pairTexts ? () => pairs!.nextPair() : undefined,
+  };
+  const tokenizerPath = dataPath(config.tokenizer);
+  return {
+    params: gem.parameters(),
+    decay: gem.parameters().map((p) => p.rank >= 2),
+    micro: (_step, _m, alpha, scale) => {
+      const s = drawSamples(source, rng, objective, alpha);
+      const r = stepLoss(gem, s, alpha, scale, objective);
+      return {
+        total: r.total,
+        parts: { ntp: r.ntp, contrastive: r.contrastive },
+        tokens: r.tokens,
+      };
+    },
+    saveModel: (dir) => saveGem(dir, gem, tokenizerPath),
+    dataState: (): DataState => ({
+      stream: stream.state(),
+      pairs: pairs?.state() ?? null,
+      rng: [...rng.state()],
+    }),
+    restoreData: (st) => {
+      const s = st as DataState;
+      stream = new TextStream(texts, config.seed, s.stream);
+      if (pairTexts && s.pairs) pairs = new PairStream(pairTexts, config.seed + 2, s.pairs);
+      rng = new Rng(Uint32Array.from(s.rng));
+    },
+  };
+}
+
+/** Token ids (BOS first) of texts. */
+export function encodeAll(tokenizer: Tokenizer, texts: readonly string[]): number[][] {
+  return texts.map((t) => tokenizer.encode(t, { bos: true }));
+}
+
+/** A checkpoint's saved config, rebuilt (and validated) exactly as the run used it. */
+export async function checkpointConfig(ckpt: string): Promise<TrainConfig> {
+  const state = await readTrainerState<TrainConfig>(ckpt);
+  return buildConfig(
+    state.config as unknown as Record<string, unknown>,
+    [],
+    `${ckpt}/trainer/state.json`,
+  );
+}
+
+/** What {@link prepareRun} gives: the model, its task, and the step it starts from. */
+export interface PreparedRun {
+  /** The GEM model being trained. */
+  gem: GemModel;
+  /** The trainer's task. */
+  task: TrainTask;
+  /** Steps already done (0 for a fresh run). */
+  start: number;
+}
+
+/**
+ * A fresh run (base model + specials) or a resumed one (`resume` is a checkpoint directory; the
+ * trainer then restores the optimizer and data position from it).
+ */
+export async function prepareRun(config: TrainConfig, resume?: string): Promise<PreparedRun> {
+  const gem = resume ? await loadGem(resume) : await withSpecials(await openBase(config), config);
+  const start = resume ? (await readTrainerState(resume)).step : 0;
+  return { gem, task: gemTask(gem, config), start };
+}
