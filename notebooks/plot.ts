@@ -5,7 +5,7 @@
  * together with a PNG rendering (for GitHub, nbviewer and any viewer without the plotly
  * renderer). plotly.js cannot be imported in Deno (it needs `window`), so the PNG is made by
  * headless Chromium from a small HTML page that inlines plotly.min.js from Deno's npm cache
- * (located by `plotlyPath()` in src/cli/plotly.ts). When Chromium or plotly.js is missing the
+ * (located by `plotlyPath()` in src/eval/plotly.ts). When Chromium or plotly.js is missing the
  * figure is shown as JSON only and a note says why.
  *
  * ```ts
@@ -14,7 +14,7 @@
  * ```
  */
 
-import { type Figure, plotlyPath } from "../src/cli/plotly.ts";
+import { type Figure, plotlyPath } from "../src/eval/plotly.ts";
 
 export type { Figure };
 

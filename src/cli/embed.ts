@@ -8,6 +8,7 @@
 
 import type { Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
+import { writeAtomic } from "../io/atomic.ts";
 import { CorpusError, firstBadUtf8Line } from "../io/corpus.ts";
 import { openModel } from "../recipe/open.ts";
 import { makeEmbedder } from "../eval/tasks.ts";
@@ -96,9 +97,7 @@ if (import.meta.main) {
     }
     const d = vectors[0]?.length ?? 0;
     const out = flags.output as string;
-    const tmp = `${out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-    await Deno.writeFile(tmp, npyBytes(vectors, d));
-    await Deno.rename(tmp, out);
+    await writeAtomic(out, npyBytes(vectors, d));
     console.error(
       `gemkit embed: ${texts.length} texts -> ${out} [${texts.length}, ${d}] (${pooling} pooling, ` +
         `${((performance.now() - t0) / 1000).toFixed(1)} s)`,

@@ -11,79 +11,19 @@ import type { Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
 import { dataDir } from "../io/paths.ts";
 import { openModel } from "../recipe/open.ts";
-import {
-  ALL_TASKS,
-  EMBEDDING_TASKS,
-  makeEmbedder,
-  mmluTask,
-  runEmbeddingTask,
-  type TaskResult,
-  tinyStoriesPerplexityTask,
-  wikitextPerplexityTask,
-} from "../eval/tasks.ts";
+import { type EvalTask, evalTask, TASK_NAMES, TASKS } from "../eval/registry.ts";
+import { makeEmbedder, type TaskResult } from "../eval/tasks.ts";
+import { sha256Path } from "../io/hash.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
-import { type Figure, figuresHtml } from "./plotly.ts";
+import { type Figure, figuresHtml } from "../eval/plotly.ts";
 
 const USAGE =
   "usage: deno task eval --model PATH [--tokenizer PATH] [--tasks all|LIST] [--pooling P|all] " +
   "[--seed S] [--out DIR]";
 
-/** Files each task reads, hashed into results.json. */
-const TASK_FILES: Record<string, string[]> = {
-  stsb: ["eval/stsb/sts-test.csv"],
-  sick: ["eval/sick"],
-  banking77: ["eval/banking77"],
-  trec: ["eval/trec_qc"],
-  "trec-fine": ["eval/trec_qc"],
-  "banking77-clustering": ["eval/banking77"],
-  "trec-clustering": ["eval/trec_qc"],
-  cranfield: ["eval/cranfield"],
-  indomain: ["corpus/tinystories_valid_head.txt"],
-  "ppl-tinystories": ["corpus/tinystories_valid_head.txt"],
-  "ppl-wikitext": ["corpus/wikitext2_test.tokens.txt"],
-  mmlu: ["eval/mmlu"],
-};
-
-async function sha256Of(path: string): Promise<string> {
-  const info = await Deno.stat(path);
-  const h = async (bytes: Uint8Array<ArrayBuffer>) =>
-    [...new Uint8Array(await crypto.subtle.digest("SHA-256", bytes))].map((b) =>
-      b.toString(16).padStart(2, "0")
-    )
-      .join("");
-  if (info.isFile) return await h(await Deno.readFile(path));
-  // A directory: hash of the sorted (name, file hash) list.
-  const parts: string[] = [];
-  const walk = async (dir: string, rel: string) => {
-    const entries = [...Deno.readDirSync(dir)].sort((a, b) => a.name.localeCompare(b.name));
-    for (const e of entries) {
-      if (e.isDirectory) await walk(`${dir}/${e.name}`, `${rel}${e.name}/`);
-      else parts.push(`${rel}${e.name} ${await h(await Deno.readFile(`${dir}/${e.name}`))}`);
-    }
-  };
-  await walk(path, "");
-  return await h(new TextEncoder().encode(parts.join("\n")));
-}
-
 function fmt(x: number): string {
   return Math.abs(x) >= 100 ? x.toFixed(1) : x.toFixed(4);
 }
-
-/** Headline metric of each task, for tables and charts. */
-const HEADLINE: Record<string, string> = {
-  stsb: "spearman",
-  sick: "spearman",
-  banking77: "accuracy",
-  trec: "accuracy",
-  "trec-fine": "accuracy",
-  "banking77-clustering": "vMeasure",
-  "trec-clustering": "vMeasure",
-  cranfield: "ndcgAt10",
-  indomain: "ndcgAt10",
-  "ppl-tinystories": "perplexity",
-  "ppl-wikitext": "perplexity",
-  mmlu: "accuracy",
-};
 
 function markdown(results: TaskResult[], poolings: string[]): string {
   const tasks = [...new Set(results.map((r) => r.task))];
@@ -124,7 +64,7 @@ await runMain(async () => {
     tokenizer: { type: "string", help: "tokenizer file (llama2.c models)" },
     tasks: {
       type: "string",
-      help: `all, or a comma list of: ${ALL_TASKS.join(", ")}`,
+      help: `all, or a comma list of: ${TASK_NAMES.join(", ")} (probe: GEM models only)`,
       default: "all",
     },
     pooling: { type: "string", help: "gem | mean | last | prompt | all", default: "all" },
@@ -133,12 +73,12 @@ await runMain(async () => {
     "mmlu-limit": { type: "number", help: "questions per MMLU subject at most (default: all)" },
   }, USAGE);
   if (!flags.model) throw new UsageError(`--model is required\n${USAGE}`);
-  const tasks = flags.tasks === "all"
-    ? ALL_TASKS
-    : String(flags.tasks).split(",").map((t) => t.trim());
-  for (const t of tasks) {
-    if (!ALL_TASKS.includes(t)) {
-      throw new UsageError(`unknown task '${t}'; known: ${ALL_TASKS.join(", ")}`);
+  const named = flags.tasks === "all"
+    ? null
+    : String(flags.tasks).split(",").map((t) => t.trim()).filter(Boolean);
+  for (const t of named ?? []) {
+    if (!TASK_NAMES.includes(t)) {
+      throw new UsageError(`unknown task '${t}'; known: ${TASK_NAMES.join(", ")}`);
     }
   }
   const gpu = await initGpu();
@@ -159,58 +99,58 @@ await runMain(async () => {
       throw new UsageError(`--pooling gem needs a GEM checkpoint (a directory with gem.json)`);
     }
   }
+  // "all" means every task this model can run: gem tasks need a GEM checkpoint.
+  const tasks: EvalTask[] = named
+    ? named.map(evalTask)
+    : TASKS.filter((t) => t.kind !== "gem" || gem);
+  const bad = tasks.find((t) => t.kind === "gem" && !gem);
+  if (bad) {
+    throw new UsageError(`task '${bad.name}' needs a GEM checkpoint (a directory with gem.json)`);
+  }
   const results: TaskResult[] = [];
   const log = (m: string) => console.error(`gemkit eval: ${m}`);
   const tty = Deno.stderr.isTerminal();
   const progress = (label: string) => (done: number, total: number) => {
     if (tty) Deno.stderr.writeSync(new TextEncoder().encode(`\r${label}: ${done}/${total}\x1b[K`));
   };
-  for (const task of tasks.filter((t) => (EMBEDDING_TASKS as readonly string[]).includes(t))) {
+  const clearLine = () => tty && Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
+  const ctx = {
+    model,
+    tokenizer,
+    gem,
+    seed: flags.seed as number,
+    mmluLimit: flags["mmlu-limit"] as number | undefined,
+  };
+  const show = (r: TaskResult) =>
+    Object.entries(r.metrics).filter(([k]) => !k.startsWith("acc.")).map(([k, v]) =>
+      `${k} ${fmt(v)}`
+    ).join(", ");
+  for (const task of tasks.filter((t) => t.kind === "embedding")) {
     for (const pooling of poolings) {
-      const e = makeEmbedder(
+      const embedder = makeEmbedder(
         model,
         tokenizer,
         pooling as Pooling | "prompt",
         gem,
-        progress(`${task} ${pooling}`),
+        progress(`${task.name} ${pooling}`),
       );
-      const r = await runEmbeddingTask(task, e, flags.seed as number);
-      if (tty) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
-      log(
-        `${task} ${pooling}: ${
-          Object.entries(r.metrics).map(([k, v]) => `${k} ${fmt(v)}`).join(", ")
-        } (${r.seconds.toFixed(0)} s)`,
-      );
+      const r = await task.run({ ...ctx, embedder });
+      clearLine();
+      log(`${task.name} ${pooling}: ${show(r)} (${r.seconds.toFixed(0)} s)`);
       results.push(r);
     }
   }
-  for (const task of tasks) {
-    let r: TaskResult | null = null;
-    if (task === "ppl-tinystories") r = await tinyStoriesPerplexityTask(model, tokenizer);
-    if (task === "ppl-wikitext") r = await wikitextPerplexityTask(model, tokenizer);
-    if (task === "mmlu") {
-      r = await mmluTask(model, tokenizer, {
-        limitPerSubject: flags["mmlu-limit"] as number | undefined,
-        onProgress: progress("mmlu"),
-      });
-      if (tty) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
-    }
-    if (r) {
-      log(
-        `${task}: ${
-          Object.entries(r.metrics).filter(([k]) => !k.startsWith("acc.")).map(([k, v]) =>
-            `${k} ${fmt(v)}`
-          ).join(", ")
-        } (${r.seconds.toFixed(0)} s)`,
-      );
-      results.push(r);
-    }
+  for (const task of tasks.filter((t) => t.kind !== "embedding")) {
+    const r = await task.run({ ...ctx, onProgress: progress(task.name) });
+    clearLine();
+    log(`${task.name}: ${show(r)} (${r.seconds.toFixed(0)} s)`);
+    results.push(r);
   }
   const out = flags.out as string;
   await Deno.mkdir(out, { recursive: true });
   const data: Record<string, string> = {};
-  for (const f of new Set(tasks.flatMap((t) => TASK_FILES[t] ?? []))) {
-    data[f] = await sha256Of(`${dataDir()}/${f}`);
+  for (const f of new Set(tasks.flatMap((t) => t.files))) {
+    data[f] = await sha256Path(`${dataDir()}/${f}`);
   }
   const modelPath = spec;
   const json = {
@@ -242,7 +182,7 @@ await runMain(async () => {
         type: "bar",
         name: p,
         x: results.filter((r) => r.pooling === p).map((r) => r.task),
-        y: results.filter((r) => r.pooling === p).map((r) => r.metrics[HEADLINE[r.task]]),
+        y: results.filter((r) => r.pooling === p).map((r) => r.metrics[evalTask(r.task).headline]),
       })),
       layout: {
         title: "Embedding tasks (headline metric) by pooling",

@@ -4,6 +4,7 @@
  * design, pooling, lambda). Each file is written atomically.
  */
 
+import { writeAtomic } from "../io/atomic.ts";
 import { readHfModel, writeHfModel } from "../io/hf.ts";
 import { loadTokenizer } from "../io/tokenizer.ts";
 import { resolveRunDir } from "../io/model.ts";
@@ -15,13 +16,6 @@ import { parseRoleTable } from "./mask.ts";
 export class GemFileError extends Error {
   /** Error class name. */
   override name = "GemFileError";
-}
-
-async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  if (typeof data === "string") await Deno.writeTextFile(tmp, data);
-  else await Deno.writeFile(tmp, data);
-  await Deno.rename(tmp, path);
 }
 
 /** Name of the tokenizer file inside a checkpoint, by the source file's kind. */

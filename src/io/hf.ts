@@ -7,6 +7,7 @@
 
 import type { LlamaConfig, RopeScaling } from "../nn/llama.ts";
 import { parameterShapes, validateConfig } from "../nn/llama.ts";
+import { writeAtomic } from "./atomic.ts";
 import { type ModelFormat, statOrNull } from "./format.ts";
 import { CheckpointError } from "./llama2c.ts";
 import { openCheckpoint, writeSafetensors } from "./safetensors.ts";
@@ -222,9 +223,7 @@ export async function writeHfModel(
     dtype: opts.dtype ?? "F32",
     metadata: { format: "pt" },
   });
-  const tmp = `${dir}/config.json.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  await Deno.writeTextFile(tmp, JSON.stringify(configToHf(config), null, 2) + "\n");
-  await Deno.rename(tmp, `${dir}/config.json`);
+  await writeAtomic(`${dir}/config.json`, JSON.stringify(configToHf(config), null, 2) + "\n");
 }
 
 /**

@@ -10,6 +10,7 @@
 
 import type { LlamaConfig } from "../nn/llama.ts";
 import { parameterShapes } from "../nn/llama.ts";
+import { writeAtomic } from "./atomic.ts";
 import type { ModelFormat } from "./format.ts";
 
 /** A checkpoint file that cannot be read as what it claims to be. */
@@ -183,18 +184,7 @@ export async function writeLlama2c(
   }
   parts.push(new Uint8Array(re.buffer), new Uint8Array(im.buffer));
   if (!config.tiedEmbeddings) put("lm_head.weight");
-  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  const f = await Deno.open(tmp, { write: true, create: true, truncate: true });
-  try {
-    for (const p of parts) {
-      let off = 0;
-      while (off < p.byteLength) off += await f.write(p.subarray(off));
-    }
-    await f.sync();
-  } finally {
-    f.close();
-  }
-  await Deno.rename(tmp, path);
+  await writeAtomic(path, parts);
 }
 
 /** The llama2.c `.bin` format: one file, no tokenizer inside (tok512.bin and the like beside it). */

@@ -23,6 +23,8 @@
  * gaps, so every tensor starts at a multiple of its element size.
  */
 
+import { writeAtomic } from "./atomic.ts";
+
 /** A safetensors file or index is malformed; the message names the file and the field at fault. */
 export class SafetensorsError extends Error {
   /** Error class name. */
@@ -668,16 +670,9 @@ function encode(data: Float32Array, dtype: "F32" | "F16"): Uint8Array {
   return new Uint8Array(out.buffer);
 }
 
-/** Writes all of `bytes` (Deno's `write` may write fewer). */
-async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
-  let done = 0;
-  while (done < bytes.length) done += await file.write(bytes.subarray(done));
-}
-
 /**
- * Writes tensors to a safetensors file, atomically: the bytes go to `path.tmp-<random>`, which is
- * synced and renamed over `path`, so a failed write leaves any old file untouched and no temp file
- * behind. Tensors are stored sorted by name, back to back after a header padded with spaces to a
+ * Writes tensors to a safetensors file atomically ({@link writeAtomic}): a failed write leaves any
+ * old file untouched and no temp file behind. Tensors are stored sorted by name, back to back after a header padded with spaces to a
  * multiple of 8 bytes, so each starts aligned to its element size.
  */
 export async function writeSafetensors(
@@ -709,21 +704,12 @@ export async function writeSafetensors(
   const prefix = new Uint8Array(8);
   new DataView(prefix.buffer).setBigUint64(0, BigInt(json.length), true);
 
-  const rand = crypto.getRandomValues(new Uint8Array(6));
-  const tmp = `${path}.tmp-${[...rand].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
-  const file = await Deno.open(tmp, { write: true, createNew: true });
-  try {
-    try {
-      await writeAll(file, prefix);
-      await writeAll(file, json);
-      for (const t of sorted) await writeAll(file, encode(t.data, opts.dtype));
-      await file.sync();
-    } finally {
-      file.close();
-    }
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw e;
-  }
+  await writeAtomic(
+    path,
+    (function* () {
+      yield prefix;
+      yield json;
+      for (const t of sorted) yield encode(t.data, opts.dtype);
+    })(),
+  );
 }

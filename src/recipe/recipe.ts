@@ -57,6 +57,20 @@ export function trainingTexts(config: TrainConfig): string[] {
   return readTexts(dataPath(config.data));
 }
 
+/**
+ * Files a run of `config` reads: base model, tokenizer, training texts and pairs (data-directory
+ * paths as `@data/...`, others as given), for records that hash them.
+ */
+export function configFiles(config: TrainConfig): string[] {
+  const data = config.data === "tinystories"
+    ? "@data/corpus/tinystories_valid_head.txt"
+    : config.data === "wikitext"
+    ? "@data/corpus/wikitext2_valid.tokens.txt"
+    : config.data;
+  const pairs = config.contrastive.pairs === "supervised" ? [config.contrastive.pairsFile] : [];
+  return [config.model, config.tokenizer, data, ...pairs];
+}
+
 /** Data state saved in each checkpoint: stream positions and the sample RNG. */
 interface DataState {
   stream: StreamState;

@@ -10,6 +10,7 @@
  * complete checkpoint intact.
  */
 
+import { writeAtomic } from "../io/atomic.ts";
 import { resolveRunDir } from "../io/model.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import { clipGradNorm } from "../tensor/optim.ts";
@@ -157,9 +158,7 @@ async function saveCheckpoint(
   await Deno.writeTextFile(`${tmp}/trainer/state.json`, JSON.stringify(state, null, 1) + "\n");
   await Deno.remove(`${out}/${name}`, { recursive: true }).catch(() => {});
   await Deno.rename(tmp, `${out}/${name}`);
-  const ptr = `${out}/latest.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  await Deno.writeTextFile(ptr, name + "\n");
-  await Deno.rename(ptr, `${out}/latest`);
+  await writeAtomic(`${out}/latest`, name + "\n");
   // Prune older checkpoints beyond `keep`.
   const all = [...Deno.readDirSync(out)].map((e) => e.name).filter((n) => /^ckpt-\d{6}$/.test(n))
     .sort();

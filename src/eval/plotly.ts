@@ -34,14 +34,23 @@ export interface Figure {
   layout: Record<string, unknown>;
 }
 
-/** Self-contained HTML with `figures` (plotly inlined when available) and extra HTML. */
+/** plotly.js on its public CDN, for small HTML files meant to be committed. */
+export const PLOTLY_CDN = "https://cdn.plot.ly/plotly-3.3.0.min.js";
+
+/**
+ * HTML with `figures` and extra HTML. By default plotly.js is inlined when available, so the file
+ * opens offline (about 4.6 MB); with `opts.cdn` it loads plotly.js from {@link PLOTLY_CDN}
+ * instead, and the file stays a few kB.
+ */
 export async function figuresHtml(
   title: string,
   figures: Figure[],
   bodyHtml: string,
+  opts: { cdn?: boolean } = {},
 ): Promise<string> {
-  const path = await plotlyPath();
-  const lib = path ? await Deno.readTextFile(path) : null;
+  const path = opts.cdn ? null : await plotlyPath();
+  const inline = path ? await Deno.readTextFile(path) : null;
+  const lib = opts.cdn ? "" : inline;
   const divs = figures.map((_, i) => `<div id="fig${i}" style="width:900px;height:420px"></div>`)
     .join("\n");
   const calls = figures.map((f, i) =>
@@ -54,12 +63,18 @@ export async function figuresHtml(
   return `<!doctype html>
 <html><head><meta charset="utf-8"><title>${title}</title>
 <style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#f4f4f4}</style>
-${lib ? `<script>${esc(lib)}</script>` : "<!-- plotly.js unavailable: figures omitted -->"}
+${
+    opts.cdn
+      ? `<script src="${PLOTLY_CDN}"></script>`
+      : lib
+      ? `<script>${esc(lib)}</script>`
+      : "<!-- plotly.js unavailable: figures omitted -->"
+  }
 </head><body>
 <h1>${title}</h1>
-${lib ? divs : "<p>(plotly.js could not be located; figures omitted, tables below.)</p>"}
+${lib !== null ? divs : "<p>(plotly.js could not be located; figures omitted, tables below.)</p>"}
 ${bodyHtml}
-${lib ? `<script>${esc(calls)}</script>` : ""}
+${lib !== null ? `<script>${esc(calls)}</script>` : ""}
 </body></html>
 `;
 }

@@ -1,0 +1,38 @@
+/**
+ * Atomic file writes: the bytes go to `<path>.tmp-<random>` beside the target, are synced, and the
+ * file is renamed into place, so a reader (or a crash) sees the old file or the new one, never a
+ * part. Every file gemkit writes goes through here.
+ */
+
+/**
+ * Writes `data` to `path` atomically: a string, bytes, or byte chunks written in order (an
+ * iterable, so a generator can encode large files one piece at a time).
+ */
+export async function writeAtomic(
+  path: string,
+  data: string | Uint8Array | Iterable<Uint8Array>,
+): Promise<void> {
+  const chunks = typeof data === "string"
+    ? [new TextEncoder().encode(data)]
+    : data instanceof Uint8Array
+    ? [data]
+    : data;
+  // createNew: two writers racing on one target never share a temp file.
+  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  const file = await Deno.open(tmp, { write: true, createNew: true });
+  try {
+    try {
+      for (const c of chunks) {
+        let off = 0;
+        while (off < c.byteLength) off += await file.write(c.subarray(off));
+      }
+      await file.sync();
+    } finally {
+      file.close();
+    }
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+}

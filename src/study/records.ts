@@ -1,0 +1,168 @@
+/**
+ * Run records: one JSON line per finished run in `results/ablations/<study>/runs.jsonl`, holding
+ * everything needed to trust and reproduce it (resolved config, commit, versions, adapter, Mesa,
+ * tuning, data hashes, times) and every metric. Records are the lasting output of a sweep;
+ * checkpoints are not.
+ */
+
+import { gpu } from "../gpu/device.ts";
+import { writeAtomic } from "../io/atomic.ts";
+import { sha256Path } from "../io/hash.ts";
+import { dataDir } from "../io/paths.ts";
+import type { TrainConfig } from "../recipe/config.ts";
+
+/** One finished run (or one reference row of the base model). */
+export interface RunRecord {
+  /** Study name. */
+  study: string;
+  /** Variant label, or `base-<pooling>` for a reference row. */
+  label: string;
+  /** Seed (null for rows that do not depend on one). */
+  seed: number | null;
+  /** trained, untrained (fresh specials, no steps), or baseline (base model pooling). */
+  kind: "trained" | "untrained" | "baseline";
+  /** Pooling of the embeddings. */
+  pooling: string;
+  /** The whole resolved training config (the base model's for baseline rows). */
+  config: TrainConfig;
+  /** The experiment key ({@link experimentKey}). */
+  key: string;
+  /** Code and machine. */
+  env: RunEnv;
+  /** SHA-256 of every data file read, by path relative to the data directory. */
+  data: Record<string, string>;
+  /** SHA-256 of the trained model.safetensors (trained rows): equal hashes, equal weights. */
+  weights?: string;
+  /** Training: summed step time (s), wall time (s), and how many times the run was resumed. */
+  train: { stepSeconds: number; wallSeconds: number; resumes: number } | null;
+  /** Evaluation wall time (s). */
+  evalSeconds: number;
+  /** Every metric, as `task.metric`. */
+  metrics: Record<string, number>;
+  /** Notes of the eval tasks (truncation, convergence). */
+  notes: string[];
+  /** When the record was written (ISO 8601). */
+  date: string;
+  /** Set when this record copies one of another study (same experiment key). */
+  reusedFrom?: { study: string; label: string };
+}
+
+/** Code and machine a run ran on. */
+export interface RunEnv {
+  /** git commit of the code. */
+  commit: string;
+  /** Whether tracked files differed from the commit (records written by sweeps excepted). */
+  dirty: boolean;
+  /** gemkit's version (deno.json). */
+  gemkit: string;
+  /** Deno's version. */
+  deno: string;
+  /** WebGPU adapter description. */
+  adapter: string;
+  /** Mesa's Vulkan driver package version, when installed from Debian. */
+  mesa: string | null;
+  /** The kernel tuning in use. */
+  tuning: unknown;
+}
+
+async function git(args: string[]): Promise<string | null> {
+  try {
+    const out = await new Deno.Command("git", {
+      args,
+      cwd: new URL("../..", import.meta.url),
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    return out.success ? new TextDecoder().decode(out.stdout).trim() : null;
+  } catch {
+    return null;
+  }
+}
+
+async function mesaVersion(): Promise<string | null> {
+  try {
+    const out = await new Deno.Command("dpkg-query", {
+      args: ["-W", "-f", "${Version}", "mesa-vulkan-drivers"],
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    return out.success ? new TextDecoder().decode(out.stdout).trim() || null : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The code and machine of this process (the GPU must be initialised). */
+export async function runEnv(): Promise<RunEnv> {
+  const status = await git(["status", "--porcelain", "--untracked-files=no"]);
+  const dirty = (status ?? "").split("\n").filter((l) => l && !l.includes("results/ablations/"));
+  const deno = JSON.parse(await Deno.readTextFile(new URL("../../deno.json", import.meta.url)));
+  return {
+    commit: (await git(["rev-parse", "HEAD"])) ?? "unknown",
+    dirty: status === null ? true : dirty.length > 0,
+    gemkit: deno.version,
+    deno: Deno.version.deno,
+    adapter: gpu().description,
+    mesa: await mesaVersion(),
+    tuning: gpu().tuning,
+  };
+}
+
+/**
+ * SHA-256 of files and folders: `@data/...` in the data directory (keyed by the path inside it),
+ * any other path as given.
+ */
+export async function hashData(paths: Iterable<string>): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const p of [...new Set(paths)].sort()) {
+    const inData = p.startsWith("@data/");
+    out[inData ? p.slice(6) : p] = await sha256Path(inData ? `${dataDir()}/${p.slice(6)}` : p);
+  }
+  return out;
+}
+
+/** The records of a runs.jsonl (none when the file does not exist); bad lines are errors. */
+export async function readRecords(file: string): Promise<RunRecord[]> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return [];
+    throw e;
+  }
+  return text.split("\n").filter((l) => l.trim()).map((l, i) => {
+    try {
+      return JSON.parse(l) as RunRecord;
+    } catch {
+      throw new Error(`${file}: line ${i + 1}: not JSON`);
+    }
+  });
+}
+
+/** Appends a record (the file is rewritten atomically, so a crash never leaves half a line). */
+export async function appendRecord(file: string, rec: RunRecord): Promise<void> {
+  await Deno.mkdir(file.replace(/\/[^/]+$/, ""), { recursive: true });
+  let old = "";
+  try {
+    old = await Deno.readTextFile(file);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  if (old && !old.endsWith("\n")) old += "\n";
+  await writeAtomic(file, old + JSON.stringify(rec) + "\n");
+}
+
+/** Every record under a results folder (`<dir>/<study>/runs.jsonl`). */
+export async function allRecords(dir: string): Promise<RunRecord[]> {
+  const out: RunRecord[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync(dir)].sort((a, b) => a.name.localeCompare(b.name));
+  } catch {
+    return out;
+  }
+  for (const e of entries) {
+    if (e.isDirectory) out.push(...(await readRecords(`${dir}/${e.name}/runs.jsonl`)));
+  }
+  return out;
+}
