@@ -16,7 +16,9 @@
  * gemkit runs its training path: sequences packed without padding.
  */
 
-import { addSpecialTokens, contrastiveLoss, embedIds, type GemModel } from "../src/gem/gem.ts";
+import { contrastiveLoss, embedIds, type GemModel } from "../src/gem/gem.ts";
+import { buildConfig } from "../src/recipe/config.ts";
+import { openBase, withSpecials } from "../src/recipe/recipe.ts";
 import { disposePacked, l2normalize, meanRows, pack } from "../src/gem/batch.ts";
 import type { GemSample } from "../src/gem/sample.ts";
 import { nextTokenLabels } from "../src/gem/sample.ts";
@@ -129,8 +131,9 @@ function syntheticBatch(seed = 1234): { anchors: GemSample[]; positives: GemSamp
 }
 
 export async function trainStep(ctx: BenchContext, pair: boolean): Promise<BenchRecord> {
-  const { model, tokenizer } = await load();
-  const gem: GemModel = await addSpecialTokens(model, tokenizer, { k: 4 });
+  // The default recipe's model: stories260K with k = 4 specials (seed 0), as torch_llama.py.
+  const config = buildConfig(null, []);
+  const gem: GemModel = await withSpecials(await openBase(config), config);
   const { anchors, positives } = syntheticBatch();
   const rows = pair ? [...anchors, ...positives] : anchors;
   const batch = pack(rows);

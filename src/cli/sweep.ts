@@ -6,7 +6,8 @@
  * evaluated; one record per finished run is appended to <results>/NAME/runs.jsonl. The base
  * model's reference poolings are evaluated once. Idempotent: a recorded run is skipped, a run
  * recorded by another study with the same resolved config is copied instead of trained again,
- * and an interrupted run continues from its last checkpoint (every 20 steps). Each run trains
+ * and an interrupted run continues from its last checkpoint (every 20 steps; `--stop-at N` stops
+ * each training after step N on purpose). Each run trains
  * in a fresh process, so a record reproduces with `--only LABEL --seeds S` alone.
  * `--summarize` writes <results>/NAME/README.md and the figures from the records.
  */
@@ -28,7 +29,7 @@ import { writeSummary } from "../study/summary.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
 
 const USAGE = "usage: deno task sweep --study FILE [--only LABEL,...] [--seeds 0,1,2] " +
-  "[--runs DIR] [--results DIR] [--summarize] [--plan]";
+  "[--runs DIR] [--results DIR] [--summarize] [--plan] [--stop-at N]";
 
 /** One unit of work: a baseline row, the untrained row, or a variant with a seed. */
 interface Job {
@@ -90,6 +91,9 @@ function jobName(j: Job): string {
   return j.seed === null || j.kind === "untrained" ? j.label : `${j.label} seed ${j.seed}`;
 }
 
+/** Exit code of a worker whose run stopped at --stop-at: the sweep goes on with the next job. */
+const PAUSED = 3;
+
 const log = (m: string) => console.error(`gemkit sweep: ${m}`);
 
 /** Runs one job in this process and appends its record (the worker side). */
@@ -114,13 +118,21 @@ await runMain(async () => {
     results: { type: "string", help: "folder of records", default: "results/ablations" },
     summarize: { type: "boolean", help: "only write the summary from the records" },
     plan: { type: "boolean", help: "print what would run, reuse or be skipped, then stop" },
+    "stop-at": {
+      type: "number",
+      help: "stop each training after this step, with a checkpoint (rerun to continue)",
+    },
     worker: { type: "string", help: "(internal) run one job: LABEL or LABEL:SEED" },
   }, USAGE);
   if (!flags.study) throw new UsageError(`--study is required\n${USAGE}`);
   const study = await readStudy(flags.study as string);
   const results = flags.results as string;
   const file = `${results}/${study.name}/runs.jsonl`;
-  const place: RunPlace = { runsDir: flags.runs as string, log };
+  const place: RunPlace = {
+    runsDir: flags.runs as string,
+    log,
+    stopAt: flags["stop-at"] as number | undefined,
+  };
   if (flags.summarize) {
     await writeSummary(study, await readRecords(file), `${results}/${study.name}`);
     log(`wrote ${results}/${study.name}/README.md and figures`);
@@ -154,7 +166,7 @@ await runMain(async () => {
     } catch (e) {
       if (e instanceof RunInterrupted) {
         log(e.message);
-        Deno.exit(130);
+        Deno.exit(e.reason === "signal" ? 130 : PAUSED);
       }
       throw e;
     }
@@ -164,7 +176,7 @@ await runMain(async () => {
   let stopping = false;
   const onSignal = () => (stopping = true);
   for (const s of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(s, onSignal);
-  let ran = 0, reused = 0, skipped = 0;
+  let ran = 0, reused = 0, skipped = 0, paused = 0;
   for (const job of jobs) {
     const mine = await readRecords(file);
     if (mine.some((r) => r.key === job.key && r.label === job.label && covers(r, study))) {
@@ -210,6 +222,7 @@ await runMain(async () => {
         results,
         "--worker",
         worker,
+        ...(place.stopAt !== undefined ? ["--stop-at", String(place.stopAt)] : []),
       ],
       stdin: "null",
     }).spawn();
@@ -223,6 +236,10 @@ await runMain(async () => {
     Deno.addSignalListener("SIGTERM", forward);
     const status = await child.status;
     Deno.removeSignalListener("SIGTERM", forward);
+    if (status.code === PAUSED && !stopping) {
+      paused++;
+      continue;
+    }
     if (!status.success) {
       log(`${jobName(job)}: worker exited with ${status.code}; stopping (rerun to continue)`);
       Deno.exit(status.code === 0 ? 1 : status.code);

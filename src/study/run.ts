@@ -31,12 +31,18 @@ export interface RunPlace {
   runsDir: string;
   /** Progress lines. */
   log: (msg: string) => void;
+  /** Stop each training after this step, with a checkpoint (the run continues on the next call). */
+  stopAt?: number;
 }
 
-/** The training was interrupted (SIGINT/SIGTERM) after saving a checkpoint. */
+/** The training stopped early (a signal, or `stopAt`) after saving a checkpoint. */
 export class RunInterrupted extends Error {
   /** Error class name. */
   override name = "RunInterrupted";
+  /** Why: a signal (stop the sweep) or the requested stop step (go on with the next run). */
+  constructor(message: string, readonly reason: "signal" | "stop-at") {
+    super(message);
+  }
 }
 
 /** Metrics, notes and time of evaluating one model with one pooling. */
@@ -169,6 +175,7 @@ export async function runTrained(
     const result = await train(task, config, {
       out: dir,
       resume,
+      stopAt: place.stopAt,
       onStep: (r) => {
         if (r.step % config.checkpointEvery === 0) void saveWall();
         if (r.step - last >= 50 || r.step === config.steps) {
@@ -182,7 +189,10 @@ export async function runTrained(
     gem.dispose();
     await saveWall();
     if (result.stopped !== "done") {
-      throw new RunInterrupted(`${dir}: interrupted at step ${result.steps}; rerun to continue`);
+      throw new RunInterrupted(
+        `${dir}: stopped at step ${result.steps} (${result.stopped}); rerun to continue`,
+        result.stopped === "signal" ? "signal" : "stop-at",
+      );
     }
   }
   const final = await resolveRunDir(dir);

@@ -1,0 +1,96 @@
+/** openModel: every kind of model spec resolves in one place; formats through the registry. */
+
+import assert from "node:assert/strict";
+import { addSpecialTokens } from "../../src/gem/gem.ts";
+import { saveGem } from "../../src/gem/io.ts";
+import { hfFormat } from "../../src/io/hf.ts";
+import { FORMATS, loadModel, locateModel, ModelNotFoundError } from "../../src/io/model.ts";
+import { dataDir } from "../../src/io/paths.ts";
+import { openModel } from "../../src/recipe/open.ts";
+import { testGpu } from "../helpers.ts";
+
+const M = () => `${dataDir()}/models/llama2c`;
+const TOK = "@data/models/llama2c/tok512.bin";
+
+async function weights(m: { model: { params: Map<string, { toArray(): Promise<unknown> }> } }) {
+  return (await m.model.params.get("model.embed_tokens.weight")!.toArray()) as Float32Array;
+}
+
+Deno.test("openModel: llama2.c file, @data path, HF directory, GEM checkpoint and run directory", async () => {
+  await testGpu();
+  const bin = await openModel(`${M()}/stories260K.bin`, { tokenizer: `${M()}/tok512.bin` });
+  assert.equal(bin.format, "llama2c");
+  assert.equal(bin.gem, null);
+  const viaData = await openModel("@data/models/llama2c/stories260K.bin", { tokenizer: TOK });
+  assert.equal(viaData.path, `${dataDir()}/models/llama2c/stories260K.bin`);
+  assert.deepEqual(await weights(viaData), await weights(bin));
+  assert.equal(
+    viaData.tokenizer.encode("Once upon a time").join(),
+    bin.tokenizer.encode("Once upon a time").join(),
+  );
+  viaData.dispose();
+
+  const hfDir = new URL("../fixtures/tiny_gqa/hf", import.meta.url).pathname;
+  await assert.rejects(
+    () => openModel(hfDir),
+    /no tokenizer\.json or tokenizer\.bin; pass --tokenizer/,
+  );
+  assert.equal((await locateModel(hfDir)).format.name, "hf");
+  // An HF directory written through the registry carries its tokenizer: no flag needed.
+  const hfOut = await Deno.makeTempDir();
+  const located = await locateModel(`${M()}/stories260K.bin`);
+  await hfFormat.write(hfOut, await located.format.read(located.path, {}), {});
+  await Deno.copyFile(`${M()}/tok512.bin`, `${hfOut}/tokenizer.bin`);
+  const hf = await openModel(hfOut);
+  assert.equal(hf.format, "hf");
+  assert.deepEqual(await weights(hf), await weights(bin));
+  hf.dispose();
+  await Deno.remove(hfOut, { recursive: true });
+
+  const gem = await addSpecialTokens(bin.model, bin.tokenizer, { k: 3, mask: "causal" });
+  const run = await Deno.makeTempDir();
+  await saveGem(`${run}/ckpt-000005`, gem, `${M()}/tok512.bin`);
+  await Deno.writeTextFile(`${run}/latest`, "ckpt-000005\n");
+  const want = await weights(gem);
+  gem.dispose();
+  for (const spec of [run, `${run}/ckpt-000005`]) {
+    const g = await openModel(spec);
+    assert.equal(g.format, "gem", spec);
+    assert.equal(g.path, `${run}/ckpt-000005`);
+    assert.equal(g.gem!.info.k, 3);
+    assert.equal(g.gem!.info.mask, "causal");
+    assert.equal(g.model, g.gem!.model);
+    assert.deepEqual(g.gem!.info.specialIds, [512, 513, 514]);
+    assert.deepEqual(await weights(g), want);
+    g.dispose();
+  }
+  // To the io layer alone the directory is an HF checkpoint whose vocabulary outgrew its
+  // tokenizer file: refused with the sizes named (openModel is the GEM-aware entry).
+  await assert.rejects(
+    () => loadModel(`${run}/ckpt-000005`),
+    /tokenizer\.bin: holds 512 tokens, fewer than the model's vocab size 515/,
+  );
+  await Deno.remove(run, { recursive: true });
+});
+
+Deno.test("openModel: errors name the spec; the registry lists each format once", async () => {
+  await testGpu();
+  assert.deepEqual(FORMATS.map((f) => f.name), ["hf", "llama2c"]);
+  const dir = await Deno.makeTempDir();
+  await assert.rejects(() => openModel(`${dir}/missing`), (e: Error) => {
+    assert.ok(e instanceof ModelNotFoundError);
+    assert.match(e.message, /missing: no such file or directory/);
+    return true;
+  });
+  await assert.rejects(
+    () => openModel(dir),
+    /not a checkpoint of a known format \(hf, llama2c\); a directory needs config\.json/,
+  );
+  await assert.rejects(
+    () => openModel(`${M()}/stories260K.bin`),
+    /a llama2\.c checkpoint needs --tokenizer PATH/,
+  );
+  await Deno.writeTextFile(`${dir}/latest`, "../elsewhere\n");
+  await assert.rejects(() => openModel(dir), /latest: must name a checkpoint directory/);
+  await Deno.remove(dir, { recursive: true });
+});
