@@ -54,6 +54,8 @@ export { tensor } from "./src/tensor/tensor.ts";
 export { empty } from "./src/tensor/tensor.ts";
 /** Runs a function with gradient recording off. */
 export { noGrad } from "./src/tensor/tensor.ts";
+/** Waits for every recorded GPU operation. */
+export { synchronize } from "./src/tensor/tensor.ts";
 /** Runs a function and disposes the tensors it created but did not return. */
 export { scope } from "./src/tensor/tensor.ts";
 /** Exempts a tensor from the open scopes. */
@@ -66,7 +68,7 @@ export * as ops from "./src/tensor/ops.ts";
 /** A role table: table[queryRole][keyRole] is an attention rule. */
 export type { RoleTable } from "./src/tensor/ops.ts";
 /** Attention rule codes of a role table (none, causal, self, all). */
-export { RULE } from "./src/gpu/kernels/attention.ts";
+export { RULE } from "./src/tensor/ops.ts";
 /** Reverse-mode autodiff from a tensor to every leaf parameter. */
 export { backward, freeGraph } from "./src/tensor/backward.ts";
 /** Options of {@link backward}. */
@@ -104,11 +106,11 @@ export type { GenerateOptions, GenerateResult, TextCodec } from "./src/nn/genera
  * The fused inference path generate() uses for small models: prompt prefill in 5 dispatches per
  * layer and one dispatch per decoded token (weights packed into one texture).
  */
-export { FusedDecoder } from "./src/nn/fused.ts";
+export { FusedDecoder } from "./src/nn/infer/fused.ts";
 /** Settings of {@link FusedDecoder}. */
-export type { FusedDecoderOptions } from "./src/nn/fused.ts";
+export type { FusedDecoderOptions } from "./src/nn/infer/fused.ts";
 /** The next-token choice {@link FusedDecoder} can make inside its decode step. */
-export type { DecodeChoice } from "./src/gpu/kernels/decode.ts";
+export type { DecodeChoice } from "./src/nn/infer/decode.ts";
 
 /**
  * Plain checkpoints in any registered format (llama2.c file, Hugging Face directory), run
@@ -131,7 +133,9 @@ export { hfFormat } from "./src/io/hf.ts";
 /** The llama2.c format. */
 export { llama2cFormat } from "./src/io/llama2c.ts";
 /** llama2.c checkpoints: read, parse, write. */
-export { CheckpointError, parseLlama2c, readLlama2c, writeLlama2c } from "./src/io/llama2c.ts";
+export { parseLlama2c, readLlama2c, writeLlama2c } from "./src/io/llama2c.ts";
+/** A checkpoint that cannot be read as what it claims to be. */
+export { CheckpointError } from "./src/io/checkpoint_error.ts";
 /** Hugging Face checkpoints: config mapping, q/k RoPE permutation, read and write. */
 export { configFromHf, configToHf, permuteRope, readHfModel, writeHfModel } from "./src/io/hf.ts";
 /** Options of {@link readHfModel}. */
@@ -338,3 +342,47 @@ export type { Embedder, Perplexity, RetrievalScores } from "./src/eval/quick.ts"
 export { compressedCache, reconstruct } from "./src/gem/compress.ts";
 /** What reconstruct returns. */
 export type { Reconstruction } from "./src/gem/compress.ts";
+/** The bottleneck probe: suffix loss with the story's own, another, or no prefix. */
+export { bottleneckProbe } from "./src/eval/probe.ts";
+/** Probe types. */
+export type { ProbeLoss, ProbeOptions, ProbeResult } from "./src/eval/probe.ts";
+/** The evaluation task registry. */
+export { evalTask, TASK_NAMES, TASKS } from "./src/eval/registry.ts";
+/** Registry types. */
+export type { EvalContext, EvalTask } from "./src/eval/registry.ts";
+/** What an eval task returns, and the embedder embedding tasks use. */
+export type { Embedder as TaskEmbedder, TaskResult } from "./src/eval/tasks.ts";
+/** A plotly figure (data traces and layout). */
+export type { Figure } from "./src/eval/plotly.ts";
+/** Studies: study files, experiment keys. */
+export {
+  canonicalJson,
+  DEFAULT_TASKS,
+  experimentKey,
+  parseStudy,
+  readStudy,
+  StudyError,
+  variantConfig,
+} from "./src/study/study.ts";
+/** Study types. */
+export type { PaperNumbers, Study, Variant } from "./src/study/study.ts";
+/** Run records of sweeps. */
+export { allRecords, appendRecord, readRecords } from "./src/study/records.ts";
+/** Record types. */
+export type { RunEnv, RunRecord } from "./src/study/records.ts";
+/** Summaries of a study's records: spread over seeds, paired differences, figures. */
+export {
+  paired,
+  spread,
+  SUMMARY_METRICS,
+  summaryFigures,
+  summaryMarkdown,
+  summarySvg,
+  writeSummary,
+} from "./src/study/summary.ts";
+/** Summary types. */
+export type { Paired, Spread, SummaryMetric } from "./src/study/summary.ts";
+/** One run of a study (train + evaluate), and evaluating a model on a task list. */
+export { evaluateModel, runBaseline, runTrained, runUntrained } from "./src/study/run.ts";
+/** Run types. */
+export type { Evaluation, RunPlace } from "./src/study/run.ts";

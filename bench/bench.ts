@@ -8,25 +8,9 @@
  */
 
 import { initGpu } from "../src/gpu/device.ts";
+import type { BenchContext, BenchRecord } from "./common.ts";
 import { matmulBench } from "./matmul.ts";
 import { modelBench } from "./model.ts";
-
-/** One result row; benches add their own fields. */
-export interface BenchRecord {
-  bench: string;
-  impl: string;
-  [field: string]: unknown;
-}
-
-/** Context handed to each bench. */
-export interface BenchContext {
-  adapter: string;
-  /** Scale sample counts down (GEMKIT_BENCH_QUICK=1) for a smoke run. */
-  quick: boolean;
-  /** Log a per-kernel GPU time profile of the model steps (GEMKIT_PROFILE=1). */
-  profile: boolean;
-  log: (msg: string) => void;
-}
 
 type Bench = (ctx: BenchContext) => Promise<BenchRecord[]>;
 
@@ -34,14 +18,6 @@ const BENCHES: Record<string, Bench> = {
   matmul: matmulBench,
   model: modelBench,
 };
-
-/** Median, min and max of samples. */
-export function stats(xs: number[]): { median: number; min: number; max: number } {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  const median = s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-  return { median, min: s[0], max: s[s.length - 1] };
-}
 
 function table(records: BenchRecord[]): string {
   const cols = [...new Set(records.flatMap((r) => Object.keys(r)))].filter((c) =>

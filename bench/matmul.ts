@@ -10,8 +10,8 @@
 import { gpu } from "../src/gpu/device.ts";
 import * as T from "../src/tensor/ops.ts";
 import { tensor } from "../src/tensor/tensor.ts";
-import type { BenchContext, BenchRecord } from "./bench.ts";
-import { stats } from "./bench.ts";
+import type { BenchContext, BenchRecord } from "./common.ts";
+import { stats } from "./common.ts";
 import {
   jaxjsMatmul,
   randomMatrix,

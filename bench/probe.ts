@@ -10,7 +10,7 @@ import { gpu, initGpu } from "../src/gpu/device.ts";
 import { loadModel } from "../src/io/model.ts";
 import { dataDir } from "../src/io/paths.ts";
 import { generate } from "../src/nn/generate.ts";
-import { stats } from "./bench.ts";
+import { stats } from "./common.ts";
 
 const g = await initGpu();
 console.log(`adapter: ${g.description}; profile ${g.tuning.profile}`);

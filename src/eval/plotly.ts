@@ -30,7 +30,9 @@ export async function plotlyPath(): Promise<string | null> {
 
 /** A plotly figure: data traces and layout, as plotly.js takes them. */
 export interface Figure {
+  /** Traces. */
   data: Record<string, unknown>[];
+  /** Layout. */
   layout: Record<string, unknown>;
 }
 

@@ -23,21 +23,27 @@ import { inDomainRetrieval, perplexity, stsbPairs } from "./quick.ts";
 
 /** What a task reports. */
 export interface TaskResult {
+  /** Task name. */
   task: string;
   /** Pooling for embedding tasks; "-" for language tasks. */
   pooling: string;
+  /** Metric name -> value. */
   metrics: Record<string, number>;
   /** Texts embedded, questions asked, or tokens scored. */
   n: number;
   /** Things a reader must know (truncation, fewer shots...). */
   notes: string[];
+  /** Wall time. */
   seconds: number;
 }
 
 /** Embeds texts with a pooling; counts texts cut to fit the context. */
 export interface Embedder {
+  /** The pooling's name. */
   pooling: string;
+  /** L2-normalised vectors of texts, in order. */
   embed(texts: readonly string[]): Promise<Float32Array[]>;
+  /** Texts cut to fit the context so far. */
   truncated: number;
 }
 

@@ -6,10 +6,9 @@
  * per layer hold.
  */
 
-import { gpu } from "../gpu/device.ts";
 import type { KVCache } from "../nn/llama.ts";
 import * as T from "../tensor/ops.ts";
-import { noGrad, tensor } from "../tensor/tensor.ts";
+import { noGrad, synchronize, tensor } from "../tensor/tensor.ts";
 import type { GemModel } from "./gem.ts";
 import { ROLE } from "./mask.ts";
 
@@ -68,7 +67,7 @@ export async function compressedCache(
     small.length = k;
     for (const x of [t, r, out.logits!, out.hidden, last, sr, specials]) x.dispose();
     full.dispose();
-    await gpu().sync();
+    await synchronize();
     return { cache: small, firstLogits: firstLogits.subarray(0, v), nextPosition: n };
   });
 }

@@ -8,8 +8,7 @@
  * self (each sees only itself among specials), and a design where they do is the rule causal.
  */
 
-import { RULE } from "../gpu/kernels/attention.ts";
-import type { RoleTable } from "../tensor/ops.ts";
+import { type RoleTable, RULE } from "../tensor/ops.ts";
 
 /** Role ids of GEM samples. Raw (plain causal LM) samples use PREFIX for every token. */
 export const ROLE = { prefix: 0, special: 1, suffix: 2, pad: 3 } as const;

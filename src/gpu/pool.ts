@@ -13,7 +13,7 @@ let nextBufferId = 0;
 export class GpuBuffer {
   /** Unique id, part of the bind-group cache key. */
   readonly id: number = nextBufferId++;
-  /** Submit epoch in which this buffer was last recorded into a command; see Recorder. */
+  /** Submit epoch in which this buffer was last recorded into a command; see Gpu.epoch. */
   lastUse: number = -1;
   /** True once given back to the pool. */
   released = false;

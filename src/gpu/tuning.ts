@@ -31,17 +31,6 @@ export interface Tuning {
   threadRowMaxLen: number;
   /** Reductions over at most this many elements run serially per output, else as a tree. */
   serialReduceMax: number;
-  /**
-   * Fused decode kernel version: 2 (a dispatch per layer) or 3 (one dispatch per token, weights
-   * in a texture; on llvmpipe each dispatch costs ~90 us whatever it does).
-   */
-  decodeVersion: 2 | 3;
-  /**
-   * generate() runs the prompt through the fused prefill kernels (5 dispatches per layer) rather
-   * than the general forward. On llvmpipe fewer dispatches win; on an H100 the general forward
-   * was faster (512 tokens: 15.6 against 24.8 ms, both with the ~11.2 ms readback).
-   */
-  fusedPrefill: boolean;
 }
 
 const LLVMPIPE: Tuning = {
@@ -60,8 +49,6 @@ const LLVMPIPE: Tuning = {
   // A workgroup barrier costs more than a short row's arithmetic on a CPU rasterizer.
   threadRowMaxLen: 1 << 20,
   serialReduceMax: 1024,
-  decodeVersion: 3,
-  fusedPrefill: true,
 };
 
 const GPU: Tuning = {
@@ -78,8 +65,6 @@ const GPU: Tuning = {
   attentionKvTextures: false,
   threadRowMaxLen: 128,
   serialReduceMax: 256,
-  decodeVersion: 3,
-  fusedPrefill: false,
 };
 
 /** Picks the profile for an adapter description; GEMKIT_TUNING=llvmpipe|gpu overrides. */

@@ -9,7 +9,7 @@ import type { LlamaConfig, RopeScaling } from "../nn/llama.ts";
 import { parameterShapes, validateConfig } from "../nn/llama.ts";
 import { writeAtomic } from "./atomic.ts";
 import { type ModelFormat, statOrNull } from "./format.ts";
-import { CheckpointError } from "./llama2c.ts";
+import { CheckpointError } from "./checkpoint_error.ts";
 import { openCheckpoint, writeSafetensors } from "./safetensors.ts";
 
 /**

@@ -11,13 +11,10 @@
 import type { LlamaConfig } from "../nn/llama.ts";
 import { parameterShapes } from "../nn/llama.ts";
 import { writeAtomic } from "./atomic.ts";
+import { CheckpointError } from "./checkpoint_error.ts";
 import type { ModelFormat } from "./format.ts";
 
-/** A checkpoint file that cannot be read as what it claims to be. */
-export class CheckpointError extends Error {
-  /** Error class name. */
-  override name = "CheckpointError";
-}
+export { CheckpointError } from "./checkpoint_error.ts";
 
 const HEADER_BYTES = 28;
 

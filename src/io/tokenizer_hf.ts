@@ -15,7 +15,7 @@ import {
   type Tokenizer,
   TokenizerError,
   TokenizerFileError,
-} from "./tokenizer.ts";
+} from "./tokenizer_types.ts";
 
 // Used when neither tokenizer_config.json nor the caller names BOS/EOS: the common spellings,
 // looked up among the tokenizer's own tokens, first match wins.

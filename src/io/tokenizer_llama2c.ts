@@ -21,7 +21,7 @@ import {
   type Tokenizer,
   TokenizerError,
   TokenizerFileError,
-} from "./tokenizer.ts";
+} from "./tokenizer_types.ts";
 
 /** A parsed llama2.c tokenizer file. */
 export interface Llama2cVocab {

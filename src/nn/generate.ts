@@ -8,11 +8,12 @@
  */
 
 import { gpu } from "../gpu/device.ts";
-import { fusedDecodeFits } from "../gpu/kernels/decode.ts";
+import { fusedDecodeFits } from "./infer/decode.ts";
 import { runSample } from "../gpu/kernels/sample.ts";
 import { Rng } from "../tensor/random.ts";
 import { empty, noGrad, type Tensor, tensor } from "../tensor/tensor.ts";
-import { FusedDecoder, type FusedDecoderOptions } from "./fused.ts";
+import { FusedDecoder, type FusedDecoderOptions } from "./infer/fused.ts";
+import { inferTuning } from "./infer/tuning.ts";
 import type { KVCache, Llama } from "./llama.ts";
 
 /** Settings of {@link generate}. */
@@ -33,12 +34,12 @@ export interface GenerateOptions {
   onIds?: (ids: readonly number[]) => void;
   /**
    * Decode through the fused kernels (default: when the model is small enough, see
-   * kernels/decode.ts), with these settings when an object; false forces the general per-op path.
+   * infer/decode.ts), with these settings when an object; false forces the general per-op path.
    */
   fused?: boolean | FusedDecoderOptions;
   /**
    * With the fused decoder, how the prompt runs: the fused prefill kernels or the general
-   * forward (default: the adapter's tuning, `fusedPrefill`). Either writes the same cache.
+   * forward (default: the adapter's inference tuning, `fusedPrefill`). Either writes the same cache.
    */
   prefill?: "fused" | "forward";
 }
@@ -59,7 +60,7 @@ export interface GenerateResult {
 
 /** Which prefill path {@link prefillPrompt} takes with a decoder: "fused" or "forward". */
 export function prefillPath(path?: "fused" | "forward"): "fused" | "forward" {
-  return path ?? (gpu().tuning.fusedPrefill ? "fused" : "forward");
+  return path ?? (inferTuning().fusedPrefill ? "fused" : "forward");
 }
 
 /**

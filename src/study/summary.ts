@@ -36,10 +36,13 @@ export const SUMMARY_METRICS: SummaryMetric[] = [
 export interface Spread {
   /** Values, in seed order. */
   values: number[];
+  /** Mean. */
   mean: number;
   /** Sample standard deviation (0 for one value). */
   std: number;
+  /** Smallest value. */
   min: number;
+  /** Largest value. */
   max: number;
 }
 

@@ -4,41 +4,9 @@
  * backward rule needs (`saved`), so callers may dispose intermediates freely.
  */
 
-import { engine, type Tensor } from "./tensor.ts";
+import { engine, type Node, type Op, type Tensor } from "./tensor.ts";
 
-/** Names of the differentiable ops; gradients.ts has one rule per name (tsc checks). */
-export type Op =
-  | "reshape"
-  | "permute"
-  | "slice"
-  | "expand"
-  | "copy"
-  | "unary"
-  | "binary"
-  | "sum"
-  | "max"
-  | "matmul"
-  | "softmax"
-  | "logSoftmax"
-  | "rmsnorm"
-  | "rope"
-  | "swiglu"
-  | "embedding"
-  | "crossEntropy"
-  | "attention"
-  | "concat";
-
-/** A recorded op: what produced a tensor, for the backward pass. */
-export interface Node {
-  /** Which rule of gradients.ts applies. */
-  readonly op: Op;
-  /** The op's inputs, in order. */
-  readonly inputs: readonly Tensor[];
-  /** References owned by the node (aliases), released once backward has used them. */
-  saved: Tensor[];
-  /** Op attributes the rule needs (axis, fn name, shapes...). */
-  readonly ctx: Record<string, unknown>;
-}
+export type { Node, Op } from "./tensor.ts";
 
 /** True when an op on these inputs must be recorded. */
 export function needsGrad(inputs: readonly Tensor[]): boolean {

@@ -615,6 +615,12 @@ export function crossEntropy(
   return out;
 }
 
+/**
+ * Attention rules of a role table: `none` (never), `causal` (key position <= query position),
+ * `self` (the same position only), `all` (every key of the sequence).
+ */
+export const RULE = { none: 0, causal: 1, self: 2, all: 3 } as const;
+
 /** A role table: table[queryRole][keyRole] is a rule from {@link RULE}. */
 export type RoleTable = readonly (readonly number[])[];
 

@@ -11,7 +11,6 @@ import { gpu } from "../gpu/device.ts";
 import { DisposedError, DTypeError, ShapeError } from "../gpu/errors.ts";
 import { runElementwise } from "../gpu/kernels/elementwise.ts";
 import type { GpuBuffer } from "../gpu/pool.ts";
-import type { Node } from "./graph.ts";
 
 /** Element types. f16 storage is planned where the adapter has shader-f16. */
 export type DType = "f32" | "i32";
@@ -30,6 +29,40 @@ export class Storage {
   release(): void {
     if (--this.refs === 0) gpu().pool.release(this.buf);
   }
+}
+
+/** Names of the differentiable ops; gradients.ts has one rule per name; graph.ts records them (tsc checks). */
+export type Op =
+  | "reshape"
+  | "permute"
+  | "slice"
+  | "expand"
+  | "copy"
+  | "unary"
+  | "binary"
+  | "sum"
+  | "max"
+  | "matmul"
+  | "softmax"
+  | "logSoftmax"
+  | "rmsnorm"
+  | "rope"
+  | "swiglu"
+  | "embedding"
+  | "crossEntropy"
+  | "attention"
+  | "concat";
+
+/** A recorded op: what produced a tensor, for the backward pass. */
+export interface Node {
+  /** Which rule of gradients.ts applies. */
+  readonly op: Op;
+  /** The op's inputs, in order. */
+  readonly inputs: readonly Tensor[];
+  /** References owned by the node (aliases), released once backward has used them. */
+  saved: Tensor[];
+  /** Op attributes the rule needs (axis, fn name, shapes...). */
+  readonly ctx: Record<string, unknown>;
 }
 
 /** Grad mode and the stack of disposal scopes. */
@@ -226,6 +259,14 @@ export function tensor(
   if (host.byteLength) g.write(buf, host);
   const storage = new Storage(buf, dtype === "i32" ? host as Int32Array : null);
   return new Tensor(storage, [...shape], contiguousStrides(shape), 0, dtype);
+}
+
+/**
+ * Waits until every operation recorded so far has run on the device (results written, buffers
+ * free to reuse). Reads (`toArray`, `item`) wait by themselves; this is for work with no read.
+ */
+export async function synchronize(): Promise<void> {
+  await gpu().sync();
 }
 
 /** Runs `fn` with gradient recording off (inference). Works for sync and async functions. */

@@ -10,7 +10,7 @@ import { rawSample } from "../../src/gem/sample.ts";
 import { readHfModel } from "../../src/io/hf.ts";
 import { CheckpointError, parseLlama2c, readLlama2c } from "../../src/io/llama2c.ts";
 import { dataDir } from "../../src/io/paths.ts";
-import { FusedDecoder, type FusedDecoderOptions } from "../../src/nn/fused.ts";
+import { FusedDecoder, type FusedDecoderOptions } from "../../src/nn/infer/fused.ts";
 import { generate } from "../../src/nn/generate.ts";
 import { CAUSAL_PADDED, Llama, padBatch } from "../../src/nn/llama.ts";
 import { backward } from "../../src/tensor/backward.ts";

@@ -39,8 +39,11 @@ import {
 } from "../kernel.ts";
 import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../pool.ts";
 
-/** Attention rule codes of a role table. */
-export const RULE = { none: 0, causal: 1, self: 2, all: 3 } as const;
+/**
+ * Attention rule codes of a role table: the tensor layer's `RULE` (src/tensor/ops.ts), which the
+ * role tables the kernels receive are written in.
+ */
+const RULE = { none: 0, causal: 1, self: 2, all: 3 } as const;
 
 /** Largest role table (roles x roles) the kernels accept. */
 export const MAX_ROLES = 8;
@@ -232,7 +235,7 @@ const QUERIES_OF_GROUP = `  let group = P.HQ / P.HKV;
       let qBase = ((b * P.TQ + t) * P.HQ + h) * DW;
       let r = (b * P.HQ + h) * P.TQ + t;`;
 
-/** Decode of a block of QB queries (forward and dq kernels). */
+/** Unpacks a block of QB queries (forward and dq kernels). */
 function queryBlock(wg: number): string {
   return `
 ${blockOfQueries(wg)}

@@ -2,7 +2,8 @@
  * Batched matmul: out[b] = A[b] @ B[b], A [M, K] and B [K, N] given through strides, so either
  * operand may be a transposed view and a batch stride of 0 broadcasts a 2-D weight.
  *
- * Versions (bench/matmul_versions.ts times each against the CPU reference):
+ * Versions (bench/matmul.ts times the default against jax-js, tfjs and PyTorch; the kernel tests
+ * check each against the CPU reference):
  *   v1 register-blocked, TM x TN outputs per invocation, general strides, no workgroup memory.
  *   v2 the same blocking with vec4 loads: each operand is read 4 elements at a time along
  *      whichever of its axes is contiguous (the reduction axis or the output axis), fully
@@ -14,24 +15,11 @@
 import type { Gpu } from "../device.ts";
 import { grid, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
+import type { MatmulShape, MatOperand } from "./matmul_shape.ts";
 import { runMatmulTex, texMatmulFits } from "./matmul_tex.ts";
 import { runReduce } from "./reduce.ts";
 
-/** A matrix operand: buffer, element offset, and strides for (batch, row, col). */
-export interface MatOperand {
-  buf: GpuBuffer;
-  offset: number;
-  batchStride: number;
-  rowStride: number;
-  colStride: number;
-}
-
-export interface MatmulShape {
-  batch: number;
-  m: number;
-  n: number;
-  k: number;
-}
+export type { MatmulShape, MatOperand } from "./matmul_shape.ts";
 
 export function matmulKernelV1(tm: number, tn: number, wg: number): Kernel {
   const source = `

@@ -17,10 +17,9 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { grid, type Kernel, ParamWriter } from "../kernel.ts";
+import { type Access, grid, type Kernel, ParamWriter } from "../kernel.ts";
 import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../pool.ts";
-import type { MatmulShape, MatOperand } from "./matmul.ts";
-import { SIGMOID_WGSL } from "./elementwise.ts";
+import type { MatmulShape, MatOperand } from "./matmul_shape.ts";
 import { runReduce } from "./reduce.ts";
 
 const SHIFT = Math.log2(TEXTURE_WIDTH);
@@ -35,8 +34,8 @@ export interface TexMatmulOpts {
   transB: boolean;
   /** C written as vec4 (N and the output offset are 4-aligned). */
   vecStore: boolean;
-  /** A fused epilogue instead of the plain store (needs vecStore and no split-K); see below. */
-  epilogue?: TexEpilogue;
+  /** A fused epilogue instead of the plain store (no split-K); see {@link MatmulEpilogue}. */
+  epilogue?: MatmulEpilogue;
   /**
    * With an epilogue: C's row i is scaled by 1 / rms(A's row i) (an RMSNorm whose weight is
    * folded into B's columns), the sum of squares taken from the A texels the product loads.
@@ -45,24 +44,39 @@ export interface TexMatmulOpts {
 }
 
 /**
- * Fused epilogues of the inference path (src/nn/fused.ts), each saving the dispatches of the ops
- * it absorbs. Each computes what the unfused ops compute with the same expressions; with
- * `rowNorm` the rounding differs (the norm's weight multiplies B instead of A):
- *   plain     C = A B (with `rowNorm`: the final RMSNorm and the classifier).
- *   residual  C = R + A B (the residual add after the attention output and the MLP).
- *   swiglu    C = silu(A B1) * (A B3) with B3 the N rows after B1 in the same texture (the MLP's
- *             gate and up projections and the SwiGLU between them).
- *   qkv       A [Wq; Wk; Wv]: q with RoPE into C [T, dim], k with RoPE and v into rows
- *             start + t of the KV cache (the three projections, both RoPEs and the cache writes).
+ * What a layer above splices into a v3 product instead of the plain store: its own Params
+ * fields, bindings after C, WGSL helpers and the store of each vec4 of C. The gpu layer knows
+ * nothing of what the epilogue computes; a model's inference module defines them (for Llama:
+ * src/nn/infer/epilogues.ts). B must be [N, K] rows and there is no split-K.
  */
-export type TexEpilogue = "plain" | "residual" | "swiglu" | "qkv";
+export interface MatmulEpilogue {
+  /** Suffix of the kernel's name. */
+  name: string;
+  /** WGSL fields appended to `Params` after the 16 base words (a multiple of 4 words). */
+  params: string;
+  /** Bindings after C (binding 4 on): name, access, WGSL type. */
+  bindings: readonly [string, Access, string][];
+  /**
+   * A second product with the same A and B's next N rows, accumulated beside the first in
+   * `up{r}_{c}` (e.g. two projections of one input that the store then combines).
+   */
+  dual: boolean;
+  /**
+   * WGSL storing the vec4 of row `i0 + r`, column group `g` (`cr` is the row's offset in C and
+   * `acc{r}_{c}` / `up{r}_{c}` the accumulators); null: the plain vec4 store.
+   */
+  store: ((r: number, c: number, g: string) => string) | null;
+  /** WGSL functions appended after `main`. */
+  helpers: string;
+}
 
+/** The v3 product kernel for one shape and epilogue. */
 export function matmulKernelV3(o: TexMatmulOpts): Kernel {
   const { tm, tn, wx } = o, epi = o.epilogue;
   if (tm % 4 || tn % 4) throw new Error(`matmul v3: tile ${tm}x${tn} must be multiples of 4`);
   const norm = !!(epi && o.rowNorm);
-  if (epi && ((!o.vecStore && epi !== "plain") || !o.transB || o.transA)) {
-    throw new Error(`matmul v3: the ${epi} epilogue needs vec4 stores and B as [N, K] rows`);
+  if (epi && ((!o.vecStore && epi.store) || !o.transB || o.transA)) {
+    throw new Error(`matmul v3: the ${epi.name} epilogue needs vec4 stores and B as [N, K] rows`);
   }
   const tn4 = tn / 4, tm4 = tm / 4, X = "xyzw";
   const L: string[] = [];
@@ -71,17 +85,17 @@ export function matmulKernelV3(o: TexMatmulOpts): Kernel {
   M: u32, N: u32, K: u32, K4: u32,
   ldA: u32, bsA: u32, ldB: u32, bsB: u32,
   offC: u32, ldC: u32, bsC: u32, sC: u32,
-  S: u32, kChunk: u32, offB: u32, eps: f32,${
-    epi
-      ? "\n  dim: u32, kv: u32, half: u32, start: u32, maxPos: u32, _c: u32, _d: u32, _e: u32,"
-      : ""
-  }
+  S: u32, kChunk: u32, offB: u32, eps: f32,${epi ? `\n  ${epi.params}` : ""}
 };
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var TA: texture_2d<f32>;
 @group(0) @binding(2) var TB: texture_2d<f32>;
 @group(0) @binding(3) var<storage, read_write> Cb: array<${o.vecStore ? "vec4<f32>" : "f32"}>;${
-    epilogueBindings(epi)
+    (epi?.bindings ?? []).map(([name, access, type], i) =>
+      `\n@group(0) @binding(${4 + i}) var<storage, ${
+        access === "rw" ? "read_write" : "read"
+      }> ${name}: ${type};`
+    ).join("")
   }
 fn ldA(t: u32) -> vec4<f32> { return textureLoad(TA, vec2<u32>(t & ${
     TEXTURE_WIDTH - 1
@@ -115,7 +129,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   for (let r = 0; r < tm; r++) {
     for (let c = 0; c < tn4; c++) {
       e(`  var acc${r}_${c} = vec4<f32>(0.0);`);
-      if (epi === "swiglu") e(`  var up${r}_${c} = vec4<f32>(0.0);`);
+      if (epi?.dual) e(`  var up${r}_${c} = vec4<f32>(0.0);`);
     }
     if (norm) e(`  var ss${r} = 0.0;`);
   }
@@ -168,8 +182,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
           B.push(`acc${r}_${c} = fma(vec4<f32>(${aval(r, kk)}), ${bvec(kk)}, acc${r}_${c});`);
         }
       }
-      if (epi === "swiglu") {
-        // The up projection's rows follow the gate's N rows.
+      if (epi?.dual) {
+        // The second product's rows follow the first's N rows.
         for (let q = 0; q < 4; q++) {
           const ld = `ldB(br${c}_${q} + P.N * P.ldB + ${k4})`;
           B.push(`let tu${q} = ${mask ? `select(vec4<f32>(0.0), ${ld}, km)` : ld};`);
@@ -198,7 +212,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
       e(`  let rs${r} = inverseSqrt(ss${r} / f32(P.K) + P.eps);`);
       for (let c = 0; c < tn4; c++) {
         e(`  acc${r}_${c} *= rs${r};`);
-        if (epi === "swiglu") e(`  up${r}_${c} *= rs${r};`);
+        if (epi?.dual) e(`  up${r}_${c} *= rs${r};`);
       }
     }
   }
@@ -207,8 +221,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let cr = cB + (i0 + ${r}u) * P.ldC;`);
     for (let c = 0; c < tn4; c++) {
       const g = `(g0 + ${c * wx}u)`;
-      if (epi && epi !== "plain") {
-        e(`    if (${g} * 4u < P.N) { ${epilogueStore(epi, r, c, g)} }`);
+      if (epi?.store) {
+        e(`    if (${g} * 4u < P.N) { ${epi.store(r, c, g)} }`);
       } else if (o.vecStore) e(`    if (${g} * 4u < P.N) { Cb[cr / 4u + ${g}] = acc${r}_${c}; }`);
       else {for (let q = 0; q < 4; q++) {
           e(`    if (${g} * 4u + ${q}u < P.N) { Cb[cr + ${g} * 4u + ${q}u] = acc${r}_${c}.${
@@ -219,74 +233,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     e(`  }`);
   }
   e(`}`);
-  if (epi) e(epilogueHelpers(epi));
+  if (epi) e(epi.helpers);
   return {
     name: `matmul_v3_${tm}x${tn}_w${wx}${o.transA ? "_tA" : ""}${o.transB ? "_tB" : ""}${
       o.vecStore ? "_v" : ""
-    }${epi ? `_${epi}` : ""}${norm ? "_norm" : ""}`,
+    }${epi ? `_${epi.name}` : ""}${norm ? "_norm" : ""}`,
     source: L.join("\n"),
-    buffers: ["tex", "tex", "rw", ...EPILOGUE_BUFFERS[epi ?? "none"]],
+    buffers: ["tex", "tex", "rw", ...(epi?.bindings ?? []).map(([, access]) => access)],
   };
 }
-
-/** Bindings after C that each epilogue adds. */
-const EPILOGUE_BUFFERS = {
-  none: [],
-  plain: [],
-  residual: ["read"],
-  swiglu: [],
-  qkv: ["rw", "rw", "read"],
-} as const;
-
-function epilogueBindings(epi: TexEpilogue | undefined): string {
-  if (epi === "residual") {
-    return "\n@group(0) @binding(4) var<storage, read> R: array<vec4<f32>>;";
-  }
-  if (epi === "qkv") {
-    return `
-@group(0) @binding(4) var<storage, read_write> KC: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> VC: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> ROPE: array<vec4<f32>>;`;
-  }
-  return "";
-}
-
-function epilogueHelpers(epi: TexEpilogue): string {
-  if (epi === "swiglu") return SIGMOID_WGSL;
-  if (epi !== "qkv") return "";
-  // RoPE of two interleaved pairs (pair index k even): rope v2's arithmetic.
-  return `fn rope2(x: vec4<f32>, pos: u32, k: u32) -> vec4<f32> {
-  let cs = ROPE[(min(pos, P.maxPos - 1u) * P.half + k) / 2u];
-  return vec4<f32>(
-    x.x * cs.x - x.y * cs.y,
-    x.x * cs.y + x.y * cs.x,
-    x.z * cs.z - x.w * cs.w,
-    x.z * cs.w + x.w * cs.z,
-  );
-}`;
-}
-
-/** WGSL storing the vec4 of row i0 + r, column group g (`cr` is the row's offset in C). */
-function epilogueStore(epi: TexEpilogue, r: number, c: number, g: string): string {
-  const acc = `acc${r}_${c}`;
-  if (epi === "residual") return `Cb[cr / 4u + ${g}] = R[cr / 4u + ${g}] + ${acc};`;
-  if (epi === "swiglu") {
-    return `var h: vec4<f32>;${
-      [...X4].map((q) =>
-        ` { let a = ${acc}.${q}; let b = up${r}_${c}.${q}; h.${q} = a * sigmoid(a) * b; }`
-      )
-        .join("")
-    } Cb[cr / 4u + ${g}] = h;`;
-  }
-  // qkv: columns [0, dim) are q (C's rows are dim long), then k, then v; a vec4 never straddles
-  // q, k and v or a head (dim, kv and the head dim are multiples of 4).
-  return `let n0 = ${g} * 4u;
-      let pos = P.start + i0 + ${r}u;
-      if (n0 < P.dim) { Cb[cr / 4u + ${g}] = rope2(${acc}, pos, (n0 % (2u * P.half)) / 2u); }
-      else if (n0 < P.dim + P.kv) { KC[(pos * P.kv + n0 - P.dim) / 4u] = rope2(${acc}, pos, ((n0 - P.dim) % (2u * P.half)) / 2u); }
-      else { VC[(pos * P.kv + n0 - P.dim - P.kv) / 4u] = ${acc}; }`;
-}
-const X4 = "xyzw";
 
 /** Copies a strided row-major operand [batch][rows, cols] into the flat texel layout, zero-padded. */
 export function packKernel(wg: number): Kernel {
@@ -497,33 +452,44 @@ export function runMatmulTex(
 }
 
 /**
- * A product with a fused epilogue (inference path): A [M, K] contiguous in `a`, B the rows
- * [N, K] (swiglu: [2N, K]) from texel `offB` of a packed weight texture. K a multiple of 4, and N
- * too except for the plain epilogue.
+ * A product with a fused epilogue: A [M, K] contiguous in `a`, B the rows [N, K] (a dual
+ * epilogue: [2N, K]) from texel `offB` of a packed weight texture. K a multiple of 4, and N too
+ * when the epilogue has its own store.
  */
 export interface FusedMatmul {
+  /** A, [M, K] row-major. */
   a: GpuBuffer;
+  /** Rows of A and C. */
   m: number;
+  /** Inner dimension. */
   k: number;
+  /** The texture holding B. */
   weights: GpuTexture;
+  /** B's first texel in it. */
   offB: number;
+  /** Columns of the product. */
   n: number;
-  /** Output: [M, N] (qkv: q [M, dim]). */
+  /** Output C. */
   c: GpuBuffer;
-  epilogue: TexEpilogue;
-  /** residual: [R]; qkv: [K cache, V cache, RoPE table]; swiglu: []. */
+  /** Row stride of C (default n). */
+  ldC?: number;
+  /** The epilogue. */
+  epilogue: MatmulEpilogue;
+  /** Its buffers, in the order of its bindings. */
   extra: GpuBuffer[];
-  /** qkv: widths, RoPE half head dim, position of row 0, RoPE table rows. */
-  qkv?: { dim: number; kv: number; half: number; start: number; maxPos: number };
+  /** Writes the epilogue's Params fields (after the 16 base words). */
+  params?: (p: ParamWriter) => void;
   /** Scale row i by 1 / rms(A's row i) with this epsilon (see `rowNorm`). */
   normEps?: number;
 }
 
+const fusedMemo = new Map<string, Kernel>();
+
 /** Records a {@link FusedMatmul}: A staged into a texture, one dispatch, no split-K. */
 export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
   const vecStore = f.n % 4 === 0;
-  if (f.k % 4 || (!vecStore && f.epilogue !== "plain")) {
-    throw new Error(`matmul v3 ${f.epilogue}: K ${f.k} and N ${f.n} must be multiples of 4`);
+  if (f.k % 4 || (!vecStore && f.epilogue.store)) {
+    throw new Error(`matmul v3 ${f.epilogue.name}: K ${f.k} and N ${f.n} must be multiples of 4`);
   }
   const simd = gpu.simdWidth, k4 = f.k / 4;
   const plan = choosePlan(f.m, f.n, f.k, 1, gpu.cores, simd, 1);
@@ -539,16 +505,17 @@ export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
   };
   const tex = gpu.textures.acquire(f.m * k4);
   gpu.copyToTexture(f.a, 0, tex, f.m * k4);
-  const q = f.qkv ?? { dim: 0, kv: 0, half: 0, start: 0, maxPos: 0 };
-  const ldC = f.epilogue === "qkv" ? q.dim : f.n;
   const p = new ParamWriter()
     .u32(f.m).u32(f.n).u32(f.k).u32(k4)
     .u32(k4).u32(0).u32(k4).u32(0)
-    .u32(0).u32(ldC).u32(0).u32(0)
-    .u32(1).u32(k4).u32(f.offB).f32(f.normEps ?? 0)
-    .u32(q.dim).u32(q.kv).u32(q.half).u32(q.start).u32(q.maxPos).u32(0).u32(0).u32(0);
+    .u32(0).u32(f.ldC ?? f.n).u32(0).u32(0)
+    .u32(1).u32(k4).u32(f.offB).f32(f.normEps ?? 0);
+  f.params?.(p);
+  const key = JSON.stringify({ ...o, epilogue: f.epilogue.name });
+  let kernel = fusedMemo.get(key);
+  if (!kernel) fusedMemo.set(key, kernel = matmulKernelV3(o));
   gpu.dispatch(
-    cached(JSON.stringify(o), () => matmulKernelV3(o)),
+    kernel,
     [tex, f.weights, f.c, ...f.extra],
     p,
     [Math.ceil(f.n / (plan.tn * simd)), Math.ceil(f.m / plan.tm), 1],

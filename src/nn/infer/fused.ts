@@ -1,12 +1,13 @@
 /**
- * The fused inference path of a small Llama (kernels/decode.ts, and matmul v3's epilogues):
+ * The fused inference path of a small Llama (decode.ts, and the matmul v3 epilogues of
+ * epilogues.ts):
  * decoding one token per dispatch, and a prefill of the prompt in 5 dispatches per layer instead
  * of the general forward's 15 (17 with a KV cache). Plain causal generation only (token roles are
  * not read), batch 1. Every weight is packed once into one texture; build a new FusedDecoder after
  * the weights change.
  */
 
-import { gpu } from "../gpu/device.ts";
+import { gpu } from "../../gpu/device.ts";
 import {
   DECODE_HEAD_BINDINGS,
   type DecodeChoice,
@@ -17,14 +18,16 @@ import {
   fusedDecodeFits,
   runDecodeLayer,
   runDecodeStep,
-} from "../gpu/kernels/decode.ts";
-import { range } from "../gpu/kernel.ts";
-import { runMatmulFused, type TexEpilogue } from "../gpu/kernels/matmul_tex.ts";
-import type { GpuBuffer, GpuTexture } from "../gpu/pool.ts";
-import { runSample } from "../gpu/kernels/sample.ts";
-import * as T from "../tensor/ops.ts";
-import { empty, keep, noGrad, scope, type Tensor } from "../tensor/tensor.ts";
-import { CAUSAL, headDim, type KVCache, type Llama } from "./llama.ts";
+} from "./decode.ts";
+import { range } from "../../gpu/kernel.ts";
+import { type MatmulEpilogue, runMatmulFused } from "../../gpu/kernels/matmul_tex.ts";
+import type { GpuBuffer, GpuTexture } from "../../gpu/pool.ts";
+import { runSample } from "../../gpu/kernels/sample.ts";
+import * as T from "../../tensor/ops.ts";
+import { empty, keep, noGrad, scope, type Tensor } from "../../tensor/tensor.ts";
+import { CAUSAL, headDim, type KVCache, type Llama } from "../llama.ts";
+import { PLAIN, QKV, RESIDUAL, SWIGLU, writeQkvParams } from "./epilogues.ts";
+import { inferTuning } from "./tuning.ts";
 
 /** Settings of {@link FusedDecoder}. */
 export interface FusedDecoderOptions {
@@ -62,7 +65,7 @@ export class FusedDecoder {
     if (!fusedDecodeFits(fits, limit)) {
       throw new Error(`FusedDecoder: the fused decode kernels do not take ${JSON.stringify(fits)}`);
     }
-    this.version = opts.version ?? g.tuning.decodeVersion;
+    this.version = opts.version ?? inferTuning().decodeVersion;
     this.#model = model;
     this.#fuseHead = opts.fuseHead ?? limit >= DECODE_HEAD_BINDINGS;
     this.#shape = {
@@ -110,7 +113,7 @@ export class FusedDecoder {
       offB: number,
       n: number,
       out: Tensor,
-      epilogue: TexEpilogue,
+      epilogue: MatmulEpilogue,
       extra: GpuBuffer[],
       norm: boolean,
     ) =>
@@ -122,9 +125,11 @@ export class FusedDecoder {
         offB,
         n,
         c: out.buf,
+        ldC: epilogue === QKV ? c.dim : n,
         epilogue,
         extra,
-        qkv: { dim: c.dim, kv, half: hd / 2, start, maxPos: c.maxSeqLen },
+        params: (p) =>
+          writeQkvParams(p, { dim: c.dim, kv, half: hd / 2, start, maxPos: c.maxSeqLen }),
         normEps: norm ? c.normEps : undefined,
       });
     return noGrad(() =>
@@ -133,23 +138,23 @@ export class FusedDecoder {
         packed.layout.layers.forEach((o, l) => {
           const q = empty([1, t, c.nHeads, hd], "f32", "prefill.q");
           const caches = [cache.k[l].buf, cache.v[l].buf, m.ropeBuffer];
-          mm(x, t, c.dim, o.wq, c.dim + 2 * kv, q, "qkv", caches, true);
+          mm(x, t, c.dim, o.wq, c.dim + 2 * kv, q, QKV, caches, true);
           const att = T.attention(q, cache.k[l], cache.v[l], cache.roles, CAUSAL, {
             keys: start + t,
           });
           const x1 = empty([1, t, c.dim], "f32", "prefill.x");
-          mm(att, t, c.dim, o.wo, c.dim, x1, "residual", [x.buf], false);
+          mm(att, t, c.dim, o.wo, c.dim, x1, RESIDUAL, [x.buf], false);
           const h = empty([1, t, c.hiddenDim], "f32", "prefill.h");
-          mm(x1, t, c.dim, o.w1, c.hiddenDim, h, "swiglu", [], true);
+          mm(x1, t, c.dim, o.w1, c.hiddenDim, h, SWIGLU, [], true);
           const x2 = empty([1, t, c.dim], "f32", "prefill.x");
-          mm(h, t, c.hiddenDim, o.w2, c.dim, x2, "residual", [x1.buf], false);
+          mm(h, t, c.hiddenDim, o.w2, c.dim, x2, RESIDUAL, [x1.buf], false);
           x = x2;
         });
         cache.length = start + t;
         const rows = lastOnly ? 1 : t;
         const last = lastOnly ? T.contiguous(T.slice(x, 1, t - 1, t)) : x;
         const logits = empty([1, rows, c.vocabSize], "f32", "prefill.logits");
-        mm(last, rows, c.dim, packed.layout.classifier, c.vocabSize, logits, "plain", [], true);
+        mm(last, rows, c.dim, packed.layout.classifier, c.vocabSize, logits, PLAIN, [], true);
         return logits;
       })
     );

@@ -9,10 +9,10 @@
  * D] per layer, read as vec4s; the new token's position is a parameter.
  *
  * Versions:
- *   v1 one dispatch per layer; each invocation owns output rows of every matrix-vector product.
- *   v2 v1 with the attention head in vec4 registers (v1 kept it in a private array, gathered
- *      from scratch memory on llvmpipe), and optionally the final RMSNorm and the classifier in
- *      the last layer's kernel: stories260K in 6 dispatches per token (5 layers + sampling).
+ *   v2 one dispatch per layer; each invocation owns output rows of every matrix-vector product,
+ *      the attention head sits in vec4 registers, and optionally the final RMSNorm and the
+ *      classifier run in the last layer's kernel: stories260K in 6 dispatches per token (5 layers
+ *      + sampling).
  *   v3 every layer, the head and the choice of the next token in one dispatch (or one per run of
  *      layers when the KV-cache bindings would pass the adapter's limit). The residual stays in
  *      workgroup memory between layers; the weights are packed into one rgba32float texture
@@ -24,12 +24,12 @@
  * Both versions split each head's cached positions over wg / heads lanes (see attentionHead).
  */
 
-import type { Gpu } from "../device.ts";
-import { type Kernel, ParamWriter, range } from "../kernel.ts";
-import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../pool.ts";
-import { SIGMOID_WGSL } from "./elementwise.ts";
-import { rowReduceHelpers } from "./rowwise.ts";
-import { chooseSource } from "./sample.ts";
+import type { Gpu } from "../../gpu/device.ts";
+import { type Kernel, ParamWriter, range } from "../../gpu/kernel.ts";
+import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../../gpu/pool.ts";
+import { SIGMOID_WGSL } from "../../gpu/kernels/elementwise.ts";
+import { rowReduceHelpers } from "../../gpu/kernels/rowwise.ts";
+import { chooseSource } from "../../gpu/kernels/sample.ts";
 
 /** Shapes compiled into the kernel. */
 export interface DecodeShape {

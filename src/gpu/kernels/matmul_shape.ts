@@ -1,0 +1,29 @@
+/** The operands and shape of a batched product, shared by every matmul version. */
+
+import type { GpuBuffer } from "../pool.ts";
+
+/** A matrix operand: buffer, element offset, and strides for (batch, row, col). */
+export interface MatOperand {
+  /** The buffer. */
+  buf: GpuBuffer;
+  /** Element offset of [0, 0, 0]. */
+  offset: number;
+  /** Elements between batches (0 broadcasts one matrix). */
+  batchStride: number;
+  /** Elements between rows. */
+  rowStride: number;
+  /** Elements between columns. */
+  colStride: number;
+}
+
+/** out[b] = A[b] @ B[b] with A [m, k] and B [k, n], for b < batch. */
+export interface MatmulShape {
+  /** Batches. */
+  batch: number;
+  /** Rows of A and out. */
+  m: number;
+  /** Columns of B and out. */
+  n: number;
+  /** Inner dimension. */
+  k: number;
+}
