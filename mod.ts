@@ -218,6 +218,7 @@ export {
   drawMask,
   MASK_DESIGNS,
   parseRoleTable,
+  RAW_CAUSAL,
   ROLE,
   ROLE_NAMES,
   RULE_NAMES,
@@ -258,6 +259,8 @@ export type {
   StepSamples,
   TextSource,
 } from "./src/gem/objective.ts";
+/** Raw texts through a decoder: the packed causal forward and its summed next-token loss. */
+export { nextTokenNll, rawForward } from "./src/gem/score.ts";
 /** GEM checkpoints (HF layout + tokenizer + gem.json). */
 export { GemFileError, isGemDir, loadGem, readGemInfo, saveGem } from "./src/gem/io.ts";
 /** The training loop's schedule (warm-up + cosine per phase). */

@@ -4,14 +4,11 @@
  * MTEB-style harness builds on the same pieces.
  */
 
-import { disposePacked, pack } from "../gem/batch.ts";
-import { ROLE } from "../gem/mask.ts";
 import { rawSample } from "../gem/sample.ts";
+import { nextTokenNll } from "../gem/score.ts";
 import { dataDir } from "../io/paths.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
-import { CAUSAL_PADDED, type Llama } from "../nn/llama.ts";
-import * as T from "../tensor/ops.ts";
-import { noGrad, scope, tensor } from "../tensor/tensor.ts";
+import type { Llama } from "../nn/llama.ts";
 import { dot, mean, ndcgAtK, recallAtK, spearman, topK } from "./metrics.ts";
 
 /** Maps texts to L2-normalised vectors, in order. */
@@ -48,29 +45,9 @@ export async function perplexity(
     return rawSample(ids, maxLen);
   });
   for (let at = 0; at < samples.length; at += bs) {
-    const batch = pack(samples.slice(at, at + bs), 0);
-    // Raw texts: role 0 on tokens, 1 on the pack's padding (CAUSAL_PADDED).
-    const roles = tensor(batch.roles.storage.host!.map((r) => (r === ROLE.pad ? 1 : 0)), [
-      1,
-      batch.t,
-    ], "i32");
-    const loss = noGrad(() =>
-      scope(() => {
-        const out = model.forward(batch.tokens, {
-          roles,
-          table: CAUSAL_PADDED,
-          positions: batch.positions,
-          segments: batch.segments,
-        });
-        const v = out.logits!.shape[2];
-        return T.crossEntropy(T.reshape(out.logits!, [-1, v]), batch.labels);
-      })
-    );
-    nll += (await loss.item()) * batch.labelled;
-    tokens += batch.labelled;
-    loss.dispose();
-    roles.dispose();
-    disposePacked(batch);
+    const r = await nextTokenNll(model, samples.slice(at, at + bs));
+    nll += r.nll;
+    tokens += r.tokens;
   }
   return { perplexity: Math.exp(nll / tokens), nll: nll / tokens, tokens, truncated };
 }

@@ -7,12 +7,12 @@
 import type { GemModel, Pooling } from "../gem/gem.ts";
 import { embedIds } from "../gem/gem.ts";
 import { disposePacked, pack } from "../gem/batch.ts";
-import { ROLE } from "../gem/mask.ts";
 import { rawSample } from "../gem/sample.ts";
+import { nextTokenNll, rawForward } from "../gem/score.ts";
 import { tinyStories } from "../io/corpus.ts";
 import { dataDir } from "../io/paths.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
-import { CAUSAL_PADDED, type Llama } from "../nn/llama.ts";
+import type { Llama } from "../nn/llama.ts";
 import * as T from "../tensor/ops.ts";
 import { noGrad, scope, tensor } from "../tensor/tensor.ts";
 import { accuracy, fitLogReg, indexLabels, macroF1, predict } from "./classify.ts";
@@ -248,7 +248,7 @@ export function wikitextPerplexityTask(
         s.labels = s.labels.map((l, i) => (i + 1 < Math.max(scoreFrom, 1) ? -1 : l));
         return s;
       });
-      const r = await packedLoss(model, group);
+      const r = await nextTokenNll(model, group);
       nll += r.nll;
       tokens += r.tokens;
     }
@@ -259,35 +259,6 @@ export function wikitextPerplexityTask(
       notes: [`sliding window ${c} tokens, stride ${stride}`],
     };
   });
-}
-
-/** Summed next-token NLL and the number of labelled tokens of raw samples, packed. */
-async function packedLoss(
-  model: Llama,
-  samples: ReturnType<typeof rawSample>[],
-): Promise<{ nll: number; tokens: number }> {
-  const batch = pack(samples, 0);
-  const roles = tensor(
-    batch.roles.storage.host!.map((r) => (r === ROLE.pad ? 1 : 0)),
-    [1, batch.t],
-    "i32",
-  );
-  const loss = noGrad(() =>
-    scope(() => {
-      const out = model.forward(batch.tokens, {
-        roles,
-        table: CAUSAL_PADDED,
-        positions: batch.positions,
-        segments: batch.segments,
-      });
-      return T.crossEntropy(T.reshape(out.logits!, [-1, out.logits!.shape[2]]), batch.labels);
-    })
-  );
-  const v = batch.labelled ? (await loss.item()) * batch.labelled : 0;
-  loss.dispose();
-  roles.dispose();
-  disposePacked(batch);
-  return { nll: v, tokens: batch.labelled };
 }
 
 const LETTERS = ["A", "B", "C", "D"];
@@ -348,19 +319,9 @@ export function mmluTask(
       if (!group.length) continue;
       const samples = group.map((g) => rawSample(g.ids, ctx));
       const batch = pack(samples, 0);
-      const roles = tensor(batch.roles.storage.host!.map((r) => (r === ROLE.pad ? 1 : 0)), [
-        1,
-        batch.t,
-      ], "i32");
       const logits = noGrad(() =>
         scope(() => {
-          const out = model.forward(batch.tokens, {
-            roles,
-            table: CAUSAL_PADDED,
-            positions: batch.positions,
-            segments: batch.segments,
-            logits: false,
-          });
+          const out = rawForward(model, batch, false);
           const last = group.map((g, i) => batch.offsets[i] + g.ids.length - 1);
           const h = T.embedding(
             T.reshape(out.hidden, [-1, out.hidden.shape[2]]),
@@ -372,7 +333,6 @@ export function mmluTask(
       const lp = (await logits.toArray()) as Float32Array;
       const v = logits.shape[1];
       logits.dispose();
-      roles.dispose();
       disposePacked(batch);
       group.forEach((g, i) => {
         const scores = letterIds.map((id) => lp[i * v + id]);

@@ -5,7 +5,7 @@
  */
 
 import type { Tokenizer } from "../io/tokenizer.ts";
-import { CAUSAL_PADDED, Llama, type LlamaConfig } from "../nn/llama.ts";
+import { Llama, type LlamaConfig } from "../nn/llama.ts";
 import * as T from "../tensor/ops.ts";
 import type { RoleTable } from "../tensor/ops.ts";
 import { Rng } from "../tensor/random.ts";
@@ -15,12 +15,12 @@ import {
   l2normalize,
   meanRows,
   pack,
-  type PackedBatch,
   poolRows,
   type SpecialPooling,
 } from "./batch.ts";
-import { MASK_DESIGNS, parseRoleTable, ROLE } from "./mask.ts";
+import { MASK_DESIGNS, parseRoleTable } from "./mask.ts";
 import { embedSample, type GemSample, rawSample } from "./sample.ts";
+import { rawForward } from "./score.ts";
 
 /** What makes a model a GEM model; saved as gem.json beside the checkpoint. */
 export interface GemInfo {
@@ -165,16 +165,15 @@ export async function embedIds(
     const batch = pack(group, 0);
     const pooled = noGrad(() =>
       scope(() => {
-        const table = pooling === "gem" ? opts.table! : CAUSAL_PADDED;
-        // Raw texts use CAUSAL_PADDED's roles: 0 for text, 1 for the padding tokens of the pack.
-        const roles = pooling === "gem" ? batch.roles : rawRoles(batch);
-        const out = model.forward(batch.tokens, {
-          roles,
-          table,
-          positions: batch.positions,
-          segments: batch.segments,
-          logits: false,
-        });
+        const out = pooling === "gem"
+          ? model.forward(batch.tokens, {
+            roles: batch.roles,
+            table: opts.table!,
+            positions: batch.positions,
+            segments: batch.segments,
+            logits: false,
+          })
+          : rawForward(model, batch, false);
         const rows = (i: number, from: number, to: number) =>
           Array.from({ length: to - from }, (_, j) => batch.offsets[i] + from + j);
         let v: Tensor;
@@ -206,12 +205,6 @@ export async function embedIds(
     opts.onProgress?.(Math.min(at + bs, order.length));
   }
   return { vectors, truncated, dim };
-}
-
-/** Roles for CAUSAL_PADDED from a packed batch of raw samples: 0 on tokens, 1 on padding. */
-function rawRoles(batch: PackedBatch): Tensor {
-  const host = batch.roles.storage.host!;
-  return tensor(host.map((r) => (r === ROLE.pad ? 1 : 0)), batch.roles.shape, "i32");
 }
 
 /**

@@ -59,6 +59,13 @@ export const MASK_DESIGNS: Record<string, RoleTable> = {
   ],
 };
 
+/**
+ * Plain causal LM in GEM roles: raw samples are all prefix tokens, and the padding `pack` adds
+ * (role pad) sees and is seen by nothing. It is the `causal` design, used for every raw text
+ * (perplexity, mean/last pooling, MMLU scoring).
+ */
+export const RAW_CAUSAL: RoleTable = MASK_DESIGNS.causal;
+
 /** Names of the rules, for configs and plots. */
 export const RULE_NAMES = ["none", "causal", "self", "all"] as const;
 
