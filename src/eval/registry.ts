@@ -61,71 +61,37 @@ function embedder(ctx: EvalContext): Embedder {
 
 const TINYSTORIES = "corpus/tinystories_valid_head.txt";
 
+/** An embedding task: it runs once per pooling on the context's embedder. */
+function embedding(
+  name: string,
+  files: string[],
+  headline: string,
+  run: (e: Embedder, c: EvalContext) => Promise<TaskResult>,
+): EvalTask {
+  return { name, kind: "embedding", files, headline, run: (c) => run(embedder(c), c) };
+}
+
 /** Every task `deno task eval` and the sweep runner know, embedding tasks first. */
 export const TASKS: readonly EvalTask[] = [
-  {
-    name: "stsb",
-    kind: "embedding",
-    files: ["eval/stsb/sts-test.csv"],
-    headline: "spearman",
-    run: (c) => stsTask("stsb", embedder(c)),
-  },
-  {
-    name: "sick",
-    kind: "embedding",
-    files: ["eval/sick"],
-    headline: "spearman",
-    run: (c) => stsTask("sick", embedder(c)),
-  },
-  {
-    name: "banking77",
-    kind: "embedding",
-    files: ["eval/banking77"],
-    headline: "accuracy",
-    run: (c) => classificationTask("banking77", embedder(c)),
-  },
-  {
-    name: "trec",
-    kind: "embedding",
-    files: ["eval/trec_qc"],
-    headline: "accuracy",
-    run: (c) => classificationTask("trec", embedder(c)),
-  },
-  {
-    name: "trec-fine",
-    kind: "embedding",
-    files: ["eval/trec_qc"],
-    headline: "accuracy",
-    run: (c) => classificationTask("trec-fine", embedder(c)),
-  },
-  {
-    name: "banking77-clustering",
-    kind: "embedding",
-    files: ["eval/banking77"],
-    headline: "vMeasure",
-    run: (c) => clusteringTask("banking77", embedder(c), c.seed),
-  },
-  {
-    name: "trec-clustering",
-    kind: "embedding",
-    files: ["eval/trec_qc"],
-    headline: "vMeasure",
-    run: (c) => clusteringTask("trec", embedder(c), c.seed),
-  },
-  {
-    name: "cranfield",
-    kind: "embedding",
-    files: ["eval/cranfield"],
-    headline: "ndcgAt10",
-    run: (c) => cranfieldTask(embedder(c)),
-  },
-  {
-    name: "indomain",
-    kind: "embedding",
-    files: [TINYSTORIES],
-    headline: "ndcgAt10",
-    run: (c) => inDomainTask(embedder(c)),
-  },
+  embedding("stsb", ["eval/stsb/sts-test.csv"], "spearman", (e) => stsTask("stsb", e)),
+  embedding("sick", ["eval/sick"], "spearman", (e) => stsTask("sick", e)),
+  embedding("banking77", ["eval/banking77"], "accuracy", (e) => classificationTask("banking77", e)),
+  embedding("trec", ["eval/trec_qc"], "accuracy", (e) => classificationTask("trec", e)),
+  embedding("trec-fine", ["eval/trec_qc"], "accuracy", (e) => classificationTask("trec-fine", e)),
+  embedding(
+    "banking77-clustering",
+    ["eval/banking77"],
+    "vMeasure",
+    (e, c) => clusteringTask("banking77", e, c.seed),
+  ),
+  embedding(
+    "trec-clustering",
+    ["eval/trec_qc"],
+    "vMeasure",
+    (e, c) => clusteringTask("trec", e, c.seed),
+  ),
+  embedding("cranfield", ["eval/cranfield"], "ndcgAt10", (e) => cranfieldTask(e)),
+  embedding("indomain", [TINYSTORIES], "ndcgAt10", (e) => inDomainTask(e)),
   {
     name: "ppl-tinystories",
     kind: "language",

@@ -18,14 +18,7 @@ import { TokenizerFileError } from "./tokenizer_types.ts";
 import { Llama2cTokenizer } from "./tokenizer_llama2c.ts";
 import { HfTokenizer } from "./tokenizer_hf.ts";
 
-export {
-  type EncodeOptions,
-  type LoadTokenizerOptions,
-  SpecialTokenTable,
-  type Tokenizer,
-  TokenizerError,
-  TokenizerFileError,
-} from "./tokenizer_types.ts";
+export * from "./tokenizer_types.ts";
 
 /**
  * Loads a tokenizer, choosing the reader by file name: `*.json` (or a directory holding

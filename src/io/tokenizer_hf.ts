@@ -8,14 +8,8 @@
  */
 
 import { Tokenizer as HfCore } from "@huggingface/tokenizers";
-import {
-  type EncodeOptions,
-  type LoadTokenizerOptions,
-  SpecialTokenTable,
-  type Tokenizer,
-  TokenizerError,
-  TokenizerFileError,
-} from "./tokenizer_types.ts";
+import type { EncodeOptions, LoadTokenizerOptions, Tokenizer } from "./tokenizer_types.ts";
+import { SpecialTokenTable, TokenizerError, TokenizerFileError } from "./tokenizer_types.ts";
 
 // Used when neither tokenizer_config.json nor the caller names BOS/EOS: the common spellings,
 // looked up among the tokenizer's own tokens, first match wins.

@@ -14,14 +14,8 @@
  * @module
  */
 
-import {
-  type EncodeOptions,
-  type LoadTokenizerOptions,
-  SpecialTokenTable,
-  type Tokenizer,
-  TokenizerError,
-  TokenizerFileError,
-} from "./tokenizer_types.ts";
+import type { EncodeOptions, LoadTokenizerOptions, Tokenizer } from "./tokenizer_types.ts";
+import { SpecialTokenTable, TokenizerError, TokenizerFileError } from "./tokenizer_types.ts";
 
 /** A parsed llama2.c tokenizer file. */
 export interface Llama2cVocab {

@@ -198,28 +198,58 @@ export async function runTrained(
   const final = await resolveRunDir(dir);
   place.log(`${study.name} ${v.label} seed ${seed}: evaluating ${final}`);
   const gem = await loadGem(final);
-  let ev: Evaluation;
-  try {
-    ev = await evaluateModel(gem.model, gem.tokenizer, gem, study.pooling, study.tasks, place.log);
-  } finally {
-    gem.dispose();
-  }
-  return {
-    study: study.name,
+  return await evaluated(study, place, { model: gem.model, tokenizer: gem.tokenizer, gem }, {
     label: v.label,
     seed,
     kind: "trained",
     pooling: study.pooling,
     config,
     key,
-    env: await runEnv(),
-    data: await hashData([...configFiles(config), ...taskFiles(study.tasks)]),
+    files: configFiles(config),
     weights: await sha256Path(`${final}/model.safetensors`),
     train: {
       stepSeconds: await stepSeconds(dir),
       wallSeconds: wall.seconds,
       resumes: Math.max(0, wall.segments - 1),
     },
+  });
+}
+
+/** What a record says about its run besides the evaluation and the environment. */
+interface RunHead {
+  label: string;
+  seed: number | null;
+  kind: RunRecord["kind"];
+  pooling: "gem" | "mean" | "last" | "prompt";
+  config: TrainConfig;
+  key: string;
+  /** Files read besides the tasks' (model, tokenizer, training data). */
+  files: string[];
+  weights?: string;
+  train: RunRecord["train"];
+}
+
+/** Evaluates a model (then disposes it) and builds its record. */
+async function evaluated(
+  study: Study,
+  place: RunPlace,
+  m: { model: Llama; tokenizer: Tokenizer; gem?: GemModel },
+  head: RunHead,
+): Promise<RunRecord> {
+  let ev: Evaluation;
+  try {
+    ev = await evaluateModel(m.model, m.tokenizer, m.gem, head.pooling, study.tasks, place.log);
+  } finally {
+    (m.gem ?? m.model).dispose();
+  }
+  // gem tasks do not run without a GEM model, so their files are not read then.
+  const tasks = study.tasks.filter((t) => m.gem || evalTask(t).kind !== "gem");
+  const { files, ...rest } = head;
+  return {
+    study: study.name,
+    ...rest,
+    env: await runEnv(),
+    data: await hashData([...files, ...taskFiles(tasks)]),
     evalSeconds: ev.seconds,
     metrics: ev.metrics,
     notes: ev.notes,
@@ -236,28 +266,16 @@ export async function runUntrained(
   const config = variantConfig(study, v, 0);
   place.log(`${study.name} ${v.label}: base model + fresh specials, no training`);
   const gem = await withSpecials(await openBase(config), config);
-  let ev: Evaluation;
-  try {
-    ev = await evaluateModel(gem.model, gem.tokenizer, gem, study.pooling, study.tasks, place.log);
-  } finally {
-    gem.dispose();
-  }
-  return {
-    study: study.name,
+  return await evaluated(study, place, { model: gem.model, tokenizer: gem.tokenizer, gem }, {
     label: v.label,
     seed: 0,
     kind: "untrained",
     pooling: study.pooling,
     config,
     key: experimentKey(config, true, study.pooling),
-    env: await runEnv(),
-    data: await hashData([config.model, config.tokenizer, ...taskFiles(study.tasks)]),
+    files: [config.model, config.tokenizer],
     train: null,
-    evalSeconds: ev.seconds,
-    metrics: ev.metrics,
-    notes: ev.notes,
-    date: new Date().toISOString(),
-  };
+  });
 }
 
 /** The key of a base-model reference row. */
@@ -274,34 +292,14 @@ export async function runBaseline(
   const config = buildConfig(study.base, [], study.file);
   place.log(`${study.name} base-${pooling}: the base model, ${pooling} pooling`);
   const base = await openBase(config);
-  let ev: Evaluation;
-  try {
-    ev = await evaluateModel(
-      base.model,
-      base.tokenizer,
-      undefined,
-      pooling,
-      study.tasks,
-      place.log,
-    );
-  } finally {
-    base.model.dispose();
-  }
-  const tasks = study.tasks.filter((t) => evalTask(t).kind !== "gem");
-  return {
-    study: study.name,
+  return await evaluated(study, place, base, {
     label: `base-${pooling}`,
     seed: null,
     kind: "baseline",
     pooling,
     config,
     key: baselineKey(config, pooling),
-    env: await runEnv(),
-    data: await hashData([config.model, config.tokenizer, ...taskFiles(tasks)]),
+    files: [config.model, config.tokenizer],
     train: null,
-    evalSeconds: ev.seconds,
-    metrics: ev.metrics,
-    notes: ev.notes,
-    date: new Date().toISOString(),
-  };
+  });
 }

@@ -5,6 +5,7 @@ import { parseArgs, UsageError } from "../../src/cli/args.ts";
 import { npyBytes, readInputTexts } from "../../src/cli/embed.ts";
 import { CorpusError } from "../../src/io/corpus.ts";
 import { withConfigTable } from "../../scripts/readme_config.ts";
+import { normTables, withStudyTables } from "../../scripts/readme_studies.ts";
 import { FIELDS } from "../../src/recipe/config.ts";
 
 Deno.test("args: flags, booleans, overrides; unknown flags and bad numbers are usage errors", () => {
@@ -62,4 +63,13 @@ Deno.test("README: the configuration table matches FIELDS (every field, its defa
     "run deno run -A scripts/readme_config.ts",
   );
   for (const k of Object.keys(FIELDS)) assert.ok(readme.includes(`\`${k}\``), k);
+});
+
+Deno.test("README: the study tables match the committed records", async () => {
+  const readme = Deno.readTextFileSync(new URL("../../README.md", import.meta.url));
+  assert.equal(
+    normTables(await withStudyTables(readme)),
+    normTables(readme),
+    "run deno run -A scripts/readme_studies.ts",
+  );
 });
