@@ -34,6 +34,7 @@ export type { Tuning } from "./src/gpu/tuning.ts";
 export {
   DisposedError,
   DTypeError,
+  errorClass,
   IndexError,
   NoAdapterError,
   ShaderError,

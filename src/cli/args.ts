@@ -10,6 +10,16 @@ export interface FlagSpec {
   default?: string | number | boolean;
 }
 
+/** `--model` and `--tokenizer`, the same for every command that opens a model (openModel). */
+export const MODEL_FLAGS: Record<"model" | "tokenizer", FlagSpec> = {
+  model: {
+    type: "string",
+    help:
+      "GEM checkpoint, run directory, HF directory, llama2.c .bin, @data/PATH, or hub id org/name",
+  },
+  tokenizer: { type: "string", help: "tokenizer file (required for llama2.c models)" },
+};
+
 /** Parsed flags and the `key=value` overrides, in order. */
 export interface ParsedArgs {
   flags: Record<string, string | number | boolean | undefined>;

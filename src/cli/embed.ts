@@ -12,7 +12,7 @@ import { writeAtomic } from "../io/atomic.ts";
 import { CorpusError, firstBadUtf8Line } from "../io/corpus.ts";
 import { openModel } from "../recipe/open.ts";
 import { makeEmbedder } from "../eval/tasks.ts";
-import { parseArgs, runMain, UsageError } from "./args.ts";
+import { MODEL_FLAGS, parseArgs, runMain, UsageError } from "./args.ts";
 
 const USAGE =
   "usage: deno task embed --model PATH --input FILE --output OUT.npy [--pooling P] [--batch B]";
@@ -63,8 +63,7 @@ export function npyBytes(rows: readonly Float32Array[], d: number): Uint8Array {
 if (import.meta.main) {
   await runMain(async () => {
     const { flags } = parseArgs(Deno.args, {
-      model: { type: "string", help: "GEM checkpoint, HF directory, llama2.c .bin, or org/name" },
-      tokenizer: { type: "string", help: "tokenizer file (llama2.c models)" },
+      ...MODEL_FLAGS,
       input: { type: "string", help: "texts: one per line, or JSONL with a 'text' field" },
       output: { type: "string", help: "where to write float32 [n, d] .npy" },
       pooling: { type: "string", help: "gem (GEM checkpoints) | mean | last | prompt" },

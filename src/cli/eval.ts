@@ -14,7 +14,7 @@ import { openModel } from "../recipe/open.ts";
 import { type EvalTask, evalTask, TASK_NAMES, TASKS } from "../eval/registry.ts";
 import { makeEmbedder, type TaskResult } from "../eval/tasks.ts";
 import { sha256Path } from "../io/hash.ts";
-import { parseArgs, runMain, UsageError } from "./args.ts";
+import { MODEL_FLAGS, parseArgs, runMain, UsageError } from "./args.ts";
 import { type Figure, figuresHtml } from "../eval/plotly.ts";
 
 const USAGE =
@@ -57,11 +57,7 @@ function markdown(results: TaskResult[], poolings: string[]): string {
 
 await runMain(async () => {
   const { flags } = parseArgs(Deno.args, {
-    model: {
-      type: "string",
-      help: "checkpoint: GEM run checkpoint, HF directory, llama2.c .bin, or org/name",
-    },
-    tokenizer: { type: "string", help: "tokenizer file (llama2.c models)" },
+    ...MODEL_FLAGS,
     tasks: {
       type: "string",
       help: `all, or a comma list of: ${TASK_NAMES.join(", ")} (probe: GEM models only)`,

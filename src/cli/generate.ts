@@ -7,17 +7,13 @@
 import { initGpu } from "../gpu/device.ts";
 import { openModel } from "../recipe/open.ts";
 import { generateText } from "../nn/generate.ts";
-import { parseArgs, runMain, UsageError } from "./args.ts";
+import { MODEL_FLAGS, parseArgs, runMain, UsageError } from "./args.ts";
 
 const USAGE = "usage: deno task generate --model PATH [--tokenizer PATH] [--prompt TEXT] [options]";
 
 await runMain(async () => {
   const { flags } = parseArgs(Deno.args, {
-    model: {
-      type: "string",
-      help: "llama2.c .bin, HF or GEM checkpoint, run directory, or hub id org/name",
-    },
-    tokenizer: { type: "string", help: "tokenizer file (required for llama2.c models)" },
+    ...MODEL_FLAGS,
     prompt: { type: "string", help: "text to continue", default: "" },
     "max-tokens": { type: "number", help: "new tokens at most", default: 256 },
     temperature: { type: "number", help: "0 = greedy", default: 1.0 },

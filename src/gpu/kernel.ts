@@ -1,5 +1,6 @@
 /**
- * What a kernel is: WGSL source plus the kind of each resource it binds.
+ * What a kernel is: WGSL source plus the kind of each resource it binds, and the one place both
+ * are written from ({@link defineKernel}).
  *
  * Convention for every kernel in src/gpu/kernels: binding 0 of group 0 is a uniform `Params`
  * struct, bindings 1..n follow `buffers`: storage buffers ("read", "rw"), or rgba32float textures
@@ -18,6 +19,72 @@ export interface Kernel {
   readonly source: string;
   /** Access mode of bindings 1..n. */
   readonly buffers: readonly Access[];
+}
+
+/**
+ * One resource of a kernel after Params: a storage buffer (name, "read" or "rw", WGSL type such
+ * as `array<f32>`) or an rgba32float texture (name, "tex" or "stex"; the type follows).
+ */
+export type Binding =
+  | readonly [name: string, access: "read" | "rw", type: string]
+  | readonly [name: string, access: "tex" | "stex"];
+
+/** What {@link defineKernel} writes a kernel from. */
+export interface KernelSpec {
+  /** Label for errors and debugging. */
+  name: string;
+  /**
+   * The fields of `struct Params` as written between its braces ("n: u32, c: f32"); a field
+   * list over several lines is written one trimmed line each, indented.
+   */
+  params: string;
+  /** Bindings 1..n, in order. */
+  bindings: readonly Binding[];
+  /** The module after the declarations: helpers, then the entry point `main`. */
+  body: string;
+}
+
+/**
+ * A kernel from one description: the WGSL declarations of Params (binding 0) and of bindings
+ * 1..n, and the access list the dispatch binds by, come from the same `bindings`, so they
+ * cannot disagree.
+ */
+export function defineKernel(spec: KernelSpec): Kernel {
+  return {
+    name: spec.name,
+    source: `${declarations(spec.params, spec.bindings)}\n${spec.body}`,
+    buffers: spec.bindings.map((b) => b[1]),
+  };
+}
+
+/** WGSL declarations of `struct Params`, its uniform `P` at binding 0, and bindings 1..n. */
+function declarations(params: string, bindings: readonly Binding[]): string {
+  const fields = params.trim().split("\n").map((l) => l.trim());
+  const struct = fields.length === 1
+    ? `struct Params { ${fields[0]} };`
+    : `struct Params {\n${fields.map((f) => `  ${f}`).join("\n")}\n};`;
+  const decl = ([name, access, type]: Binding, i: number) => {
+    const at = `@group(0) @binding(${i + 1}) var`;
+    if (access === "tex") return `${at} ${name}: texture_2d<f32>;`;
+    if (access === "stex") return `${at} ${name}: texture_storage_2d<rgba32float, write>;`;
+    return `${at}<storage, ${access === "rw" ? "read_write" : "read"}> ${name}: ${type};`;
+  };
+  const lines = [struct, "@group(0) @binding(0) var<uniform> P: Params;", ...bindings.map(decl)];
+  return lines.join("\n");
+}
+
+const kernels = new Map<string, Kernel>();
+
+/**
+ * The one memo of generated kernels: the kernel stored under `key`, made by `make` on first use.
+ * A key names the generator and every argument its source depends on ("softmax:true:64:group"),
+ * so generators cannot collide. It keeps building long WGSL strings off the per-dispatch path;
+ * the device separately caches compiled pipelines by source.
+ */
+export function cachedKernel(key: string, make: () => Kernel): Kernel {
+  let k = kernels.get(key);
+  if (!k) kernels.set(key, k = make());
+  return k;
 }
 
 /** 0, 1, ..., n - 1: the indices a generator unrolls a kernel's block over. */
@@ -45,6 +112,26 @@ export const LINEAR_GROUP_ID = "(wid.x + wid.y * nwg.x)";
 /** Builtins to declare in a kernel entry point that uses {@link LINEAR_GROUP_ID}. */
 export const GRID_BUILTINS =
   "@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32";
+
+/**
+ * The entry point of a kernel over a {@link grid} of `wg`-wide workgroups with one item per
+ * invocation, or per workgroup when `perGroup`: `id` is the item, invocations for which `past`
+ * holds return at once, the others run `body`.
+ */
+export function gridMain(
+  wg: number,
+  id: string,
+  past: string,
+  body: string,
+  perGroup = false,
+): string {
+  return `@compute @workgroup_size(${wg})
+fn main(${GRID_BUILTINS}) {
+  let ${id} = ${perGroup ? LINEAR_GROUP_ID : `${LINEAR_GROUP_ID} * ${wg}u + lid`};
+  if (${past}) { return; }
+${body}
+}`;
+}
 
 /**
  * Packs uniform parameters in WGSL uniform layout: 4-byte scalars, vec4 arrays 16-byte aligned.
@@ -106,14 +193,4 @@ export class ParamWriter {
   get byteLength(): number {
     return Math.ceil(this.#words.length / 4) * 16;
   }
-}
-
-/** WGSL declaration of binding 0 (Params) and the storage bindings of a kernel. */
-export function bindings(params: string, buffers: [string, Access, string][]): string {
-  const lines = [`struct Params {\n${params}\n};`, `@group(0) @binding(0) var<uniform> P: Params;`];
-  buffers.forEach(([name, access, type], i) => {
-    const mode = access === "rw" ? "read_write" : "read";
-    lines.push(`@group(0) @binding(${i + 1}) var<storage, ${mode}> ${name}: ${type};`);
-  });
-  return lines.join("\n");
 }

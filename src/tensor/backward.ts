@@ -7,7 +7,7 @@
 import { gpu } from "../gpu/device.ts";
 import { runAccumulate } from "../gpu/kernels/optim.ts";
 import { releaseNode } from "./graph.ts";
-import { GRADIENTS } from "./gradients.ts";
+import { gradientsOf } from "./gradients.ts";
 import { add, contiguous, full } from "./ops.ts";
 import { keep, noGrad, type Tensor } from "./tensor.ts";
 
@@ -68,7 +68,7 @@ export function backward(root: Tensor, opts: BackwardOptions = {}): void {
       const g = grads.get(t);
       grads.delete(t);
       if (g) {
-        const results = GRADIENTS[node.op](g, node, t);
+        const results = gradientsOf(g, node, t);
         node.inputs.forEach((x, j) => {
           let r = results[j];
           if (!r) return;

@@ -1,13 +1,15 @@
 /**
  * Gradient rules, one per op (tinygrad style): given the upstream gradient `g` of a node's output,
  * return one gradient per input (null where none flows). Rules run with recording off and return
- * tensors the backward pass owns. Fused ops call their backward kernels directly.
+ * tensors the backward pass owns. Elementwise rules are WGSL expressions of the input values
+ * (`a`, `b`), the upstream gradient `g` and the op's scalar `P.c`, run as one elementwise kernel;
+ * fused ops call their backward kernels directly.
  */
 
 import { gpu } from "../gpu/device.ts";
 import { runAttentionBackward } from "../gpu/kernels/attention.ts";
 import { runCrossEntropyBackward } from "../gpu/kernels/cross_entropy.ts";
-import { UNARY_GRAD, type UnaryFn } from "../gpu/kernels/elementwise.ts";
+import type { BinaryFn, UnaryFn } from "../gpu/kernels/elementwise.ts";
 import { runScatterGrouped, runScatterScan, scatterPlan } from "../gpu/kernels/embedding.ts";
 import { runArgmaxScatter } from "../gpu/kernels/reduce.ts";
 import { runRope } from "../gpu/kernels/rope.ts";
@@ -17,8 +19,7 @@ import {
   runRowKernel,
   softmaxBackwardKernel,
 } from "../gpu/kernels/rowwise.ts";
-import type { AttentionDims } from "../gpu/kernels/attention.ts";
-import type { Node, Op } from "./graph.ts";
+import { type Node, type Op, type OpNode, opNode } from "./graph.ts";
 import {
   contiguous,
   copyInto,
@@ -32,7 +33,11 @@ import {
 } from "./ops.ts";
 import { empty, numel, type Tensor, tensor } from "./tensor.ts";
 
-export type GradRule = (g: Tensor, node: Node, out: Tensor) => (Tensor | null)[];
+/** The gradient rule of op `K`: one gradient per input of `node` (null where none flows). */
+export type GradRule<K extends Op = Op> = (g: Tensor, node: OpNode<K>, out: Tensor) => (
+  | Tensor
+  | null
+)[];
 
 /** Sums a broadcast gradient back down to `shape`. */
 export function sumTo(g: Tensor, shape: readonly number[]): Tensor {
@@ -73,7 +78,29 @@ function exprTo(
   return r;
 }
 
-const BINARY_GRAD: Record<string, [string, string] | null> = {
+/** d unary(a) / da times the upstream gradient g, from the input value a. */
+const UNARY_GRAD: Record<UnaryFn, string> = {
+  copy: "g",
+  neg: "-g",
+  exp: "g * exp(a)",
+  log: "g / a",
+  sqrt: "g * 0.5 / sqrt(a)",
+  rsqrt: "g * -0.5 * inverseSqrt(a) / a",
+  sigmoid: "g * sigmoid(a) * (1.0 - sigmoid(a))",
+  silu: "g * (sigmoid(a) * (1.0 + a * (1.0 - sigmoid(a))))",
+  tanh: "g * (1.0 - tanh(clamp(a, -15.0, 15.0)) * tanh(clamp(a, -15.0, 15.0)))",
+  relu: "select(0.0, g, a > 0.0)",
+  square: "g * 2.0 * a",
+  abs: "g * sign(a)",
+  recip: "-g / (a * a)",
+  addScalar: "g",
+  mulScalar: "g * P.c",
+  powScalar: "g * P.c * pow(a, P.c - 1.0)",
+  fill: "0.0",
+};
+
+/** (d/da, d/db) of binary(a, b) times g; null where the op passes no gradient. */
+const BINARY_GRAD: Record<BinaryFn, [string, string] | null> = {
   add: ["g", "g"],
   sub: ["g", "-g"],
   mul: ["g * b", "g * a"],
@@ -92,54 +119,48 @@ const BINARY_GRAD: Record<string, [string, string] | null> = {
   eq: null,
 };
 
-export const GRADIENTS: Record<Op, GradRule> = {
-  reshape: (g, n) => [reshape(g, n.ctx.from as number[])],
+/** The rule of each op. */
+export const GRADIENTS: { [K in Op]: GradRule<K> } = {
+  reshape: (g, n) => [reshape(g, n.ctx.from)],
   permute: (g, n) => {
-    const dims = n.ctx.dims as number[];
+    const dims = n.ctx.dims;
     const inv = new Array<number>(dims.length);
     dims.forEach((d, i) => (inv[d] = i));
     return [permute(g, inv)];
   },
   slice: (g, n) => {
-    const dx = zeros(n.ctx.from as number[]);
-    const region = slice(
-      dx,
-      n.ctx.axis as number,
-      n.ctx.start as number,
-      (n.ctx.start as number) + g.shape[n.ctx.axis as number],
-    );
+    const { axis, start, from } = n.ctx;
+    const dx = zeros(from);
+    const region = slice(dx, axis, start, start + g.shape[axis]);
     copyInto(region, g);
     region.dispose();
     return [dx];
   },
-  expand: (g, n) => [sumTo(g, n.ctx.from as number[])],
+  expand: (g, n) => [sumTo(g, n.ctx.from)],
   copy: (g) => [g.alias()],
   concat: (g, n) => {
-    const sizes = n.ctx.sizes as number[];
     let at = 0;
-    return sizes.map((s) => slice(g, n.ctx.axis as number, at, at += s));
+    return n.ctx.sizes.map((s) => slice(g, n.ctx.axis, at, at += s));
   },
   unary: (g, n) => {
     const [x] = n.saved;
-    return [mapExpr(UNARY_GRAD[n.ctx.fn as UnaryFn], { a: x, g }, x.shape, n.ctx.c as number)];
+    return [mapExpr(UNARY_GRAD[n.ctx.fn], { a: x, g }, x.shape, n.ctx.c)];
   },
   binary: (g, n) => {
     const [a, b] = n.saved;
-    const rule = BINARY_GRAD[n.ctx.fn as string];
+    const rule = BINARY_GRAD[n.ctx.fn];
     if (!rule) return [null, null];
     return rule.map((expr, i) => exprTo(expr, { a, b, g }, g.shape, i === 0 ? a.shape : b.shape));
   },
   sum: (g, n) => {
-    const from = n.ctx.from as number[];
-    const axis = n.ctx.axis as number;
+    const { from, axis, scale } = n.ctx;
     const kept = reshape(g, from.map((s, d) => (d === axis ? 1 : s)));
-    const dx = mapExpr("g * P.c", { g: kept }, from, n.ctx.scale as number);
+    const dx = mapExpr("g * P.c", { g: kept }, from, scale);
     kept.dispose();
     return [dx];
   },
   max: (g, n) => {
-    const from = n.ctx.from as number[];
-    const axis = n.ctx.axis as number;
+    const { from, axis } = n.ctx;
     const [arg] = n.saved;
     const gc = contiguous(g);
     const dx = empty(from, "f32", "max.grad");
@@ -153,7 +174,7 @@ export const GRADIENTS: Record<Op, GradRule> = {
   },
   matmul: (g, n) => {
     const [a, b] = n.saved;
-    const transA = n.ctx.transA as boolean, transB = n.ctx.transB as boolean;
+    const { transA, transB } = n.ctx;
     const da = transA
       ? matmul(b, g, { transA: transB, transB: true })
       : matmul(g, b, { transB: !transB });
@@ -187,8 +208,7 @@ export const GRADIENTS: Record<Op, GradRule> = {
     const [table, pos] = n.saved;
     const gc = contiguous(g);
     const dx = empty(g.shape, "f32", "rope.dx");
-    const dims = n.ctx.dims as { b: number; t: number; h: number; d: number; maxPos: number };
-    runRope(gpu(), gc.buf, table.buf, pos?.buf ?? null, dx.buf, dims, -1);
+    runRope(gpu(), gc.buf, table.buf, pos?.buf ?? null, dx.buf, n.ctx.dims, -1);
     gc.dispose();
     return [dx];
   },
@@ -201,7 +221,7 @@ export const GRADIENTS: Record<Op, GradRule> = {
   },
   embedding: (g, n) => {
     const [ids] = n.saved;
-    const v = n.ctx.v as number, d = n.ctx.d as number;
+    const { v, d } = n.ctx;
     const gc = contiguous(g);
     const host = ids.storage.host;
     // Rows no id touches stay zero in the grouped scatter; the scan writes every row.
@@ -220,7 +240,7 @@ export const GRADIENTS: Record<Op, GradRule> = {
   },
   crossEntropy: (g, n) => {
     const [logits, targets, lse, stats] = n.saved;
-    const nn = n.ctx.n as number, v = n.ctx.v as number;
+    const { n: nn, v, ignore } = n.ctx;
     const gc = contiguous(g);
     const dx = empty([nn, v], "f32", "ce.dx");
     runCrossEntropyBackward(
@@ -233,7 +253,7 @@ export const GRADIENTS: Record<Op, GradRule> = {
       dx.buf,
       nn,
       v,
-      n.ctx.ignore as number,
+      ignore,
     );
     gc.dispose();
     return [dx, null];
@@ -260,13 +280,24 @@ export const GRADIENTS: Record<Op, GradRule> = {
         dk: dk.buf,
         dv: dv.buf,
       },
-      n.ctx.dims as AttentionDims,
-      n.ctx.table as number[][],
+      n.ctx.dims,
+      n.ctx.table,
     );
     gc.dispose();
     return [dq, dk, dv, null, null];
   },
 };
+
+/** The gradients of `node`'s inputs by its op's rule. */
+export function gradientsOf(g: Tensor, node: Node, out: Tensor): (Tensor | null)[] {
+  const n = opNode(node);
+  return ruleOf(n.op)(g, n, out);
+}
+
+/** GRADIENTS[op] with its type tied to `op` (tsc cannot tie them through a union of ops). */
+function ruleOf<K extends Op>(op: K): GradRule<K> {
+  return GRADIENTS[op];
+}
 
 function softmaxGrad(g: Tensor, y: Tensor, log: boolean): Tensor {
   const n = y.shape[y.rank - 1];

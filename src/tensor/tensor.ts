@@ -9,7 +9,7 @@
 
 import { gpu } from "../gpu/device.ts";
 import { DisposedError, DTypeError, ShapeError } from "../gpu/errors.ts";
-import { runElementwise } from "../gpu/kernels/elementwise.ts";
+import { contiguousStrides, runElementwise } from "../gpu/kernels/elementwise.ts";
 import type { GpuBuffer } from "../gpu/pool.ts";
 
 /** Element types. f16 storage is planned where the adapter has shader-f16. */
@@ -31,7 +31,10 @@ export class Storage {
   }
 }
 
-/** Names of the differentiable ops; gradients.ts has one rule per name; graph.ts records them (tsc checks). */
+/**
+ * Names of the differentiable ops; gradients.ts has one rule per name; graph.ts records them
+ * with the ctx its `OpCtx` gives each (tsc checks).
+ */
 export type Op =
   | "reshape"
   | "permute"
@@ -61,7 +64,10 @@ export interface Node {
   readonly inputs: readonly Tensor[];
   /** References owned by the node (aliases), released once backward has used them. */
   saved: Tensor[];
-  /** Op attributes the rule needs (axis, fn name, shapes...). */
+  /**
+   * Op attributes the rule needs (axis, fn name, shapes...); graph.ts's `OpCtx` gives their
+   * type for each op.
+   */
   readonly ctx: Record<string, unknown>;
 }
 
@@ -201,15 +207,7 @@ export function numel(shape: readonly number[]): number {
 }
 
 /** Row-major strides of a shape. */
-export function contiguousStrides(shape: readonly number[]): number[] {
-  const s = new Array<number>(shape.length);
-  let acc = 1;
-  for (let d = shape.length - 1; d >= 0; d--) {
-    s[d] = acc;
-    acc *= shape[d];
-  }
-  return s;
-}
+export { contiguousStrides };
 
 /** True when strides describe a row-major layout without gaps. */
 export function isContiguous(shape: readonly number[], strides: readonly number[]): boolean {

@@ -30,6 +30,9 @@
 
 import type { Gpu } from "../device.ts";
 import {
+  type Binding,
+  cachedKernel,
+  defineKernel,
   grid,
   GRID_BUILTINS,
   type Kernel,
@@ -87,13 +90,10 @@ export interface AttentionVariant {
   kvTex: boolean;
 }
 
-const PARAMS = `struct Params {
-  TQ: u32, TK: u32, TCAP: u32, QOFF: u32,
-  HQ: u32, HKV: u32, R: u32, hasAll: u32,
-  scale: f32, rows: u32, _a: u32, _b: u32,
-  rowBits: array<vec4<u32>, 2>,
-};
-@group(0) @binding(0) var<uniform> P: Params;`;
+const PARAMS = `TQ: u32, TK: u32, TCAP: u32, QOFF: u32,
+                HQ: u32, HKV: u32, R: u32, hasAll: u32,
+                scale: f32, rows: u32, _a: u32, _b: u32,
+                rowBits: array<vec4<u32>, 2>,`;
 
 /** Shared declarations: element type, dims, role rules, token meta access. */
 function common(v: AttentionVariant): string {
@@ -121,70 +121,54 @@ ${
 }`;
 }
 
-function metaBinding(v: AttentionVariant, i: number): string {
-  return v.seg
-    ? `@group(0) @binding(${i}) var<storage, read> META: array<vec4<i32>>;`
-    : `@group(0) @binding(${i}) var<storage, read> ROLES: array<i32>;`;
-}
+/** The kernels of one variant: forward, dq (with delta), dk and dv. */
+type AttentionKind = "fwd" | "bwd_q" | "bwd_kv";
 
-/** A kernel kind's own storage bindings after Q, K, V and roles: [access, name, element type]. */
-type Bindings = readonly (readonly ["read" | "read_write", string, string])[];
-const FWD: Bindings = [["read_write", "O", "VT"], ["read_write", "STATS", "f32"]];
-const BWD_Q: Bindings = [
-  ["read", "O", "VT"],
-  ["read", "DO", "VT"],
-  ["read_write", "STATS", "f32"],
-  ["read_write", "DQ", "VT"],
-];
-const BWD_KV: Bindings = [
-  ["read", "DO", "VT"],
-  ["read", "STATS", "f32"],
-  ["read_write", "DK", "VT"],
-  ["read_write", "DV", "VT"],
-];
+/** Each kind's own bindings after Q, K, V and roles (VT: the variant's element type). */
+const OWN: Record<AttentionKind, readonly Binding[]> = {
+  fwd: [["O", "rw", "array<VT>"], ["STATS", "rw", "array<f32>"]],
+  bwd_q: [
+    ["O", "read", "array<VT>"],
+    ["DO", "read", "array<VT>"],
+    ["STATS", "rw", "array<f32>"],
+    ["DQ", "rw", "array<VT>"],
+  ],
+  bwd_kv: [
+    ["DO", "read", "array<VT>"],
+    ["STATS", "read", "array<f32>"],
+    ["DK", "rw", "array<VT>"],
+    ["DV", "rw", "array<VT>"],
+  ],
+};
 
 /**
  * A kernel of any version: params, Q, K, V and the token roles (or meta) at bindings 1..4, the
- * kind's own bindings from 5, shared helpers, then `body` as the entry point. The buffer access
- * list comes from the same bindings.
+ * kind's own bindings from 5, shared helpers, then `body` as the entry point.
  */
-function attentionKernel(v: AttentionVariant, own: Bindings, name: string, body: string): Kernel {
-  const decl = (i: number, access: string, name: string, type: string) =>
-    `@group(0) @binding(${i}) var<storage, ${access}> ${name}: array<${type}>;`;
-  const source = `${PARAMS}
-${
-    [
-      decl(1, "read", "Q", "VT"),
-      ...(v.kvTex ? [texDecl(2, "K"), texDecl(3, "V")] : [
-        decl(2, "read", "K", "VT"),
-        decl(3, "read", "V", "VT"),
-      ]),
-      metaBinding(v, 4),
-      ...own.map(([access, n, type], i) => decl(5 + i, access, n, type)),
-    ].join("\n")
-  }
-${common(v)}
+function attentionKernel(kind: AttentionKind, v: AttentionVariant, body: string): Kernel {
+  // K and V are storage arrays, or textures read through ldK / ldV.
+  const kvBinding = (n: string): Binding => v.kvTex ? [`${n}Tex`, "tex"] : [n, "read", "array<VT>"];
+  return defineKernel({
+    name: `attention_${kind}_${variantName(v)}`,
+    params: PARAMS,
+    bindings: [
+      ["Q", "read", "array<VT>"],
+      kvBinding("K"),
+      kvBinding("V"),
+      v.seg ? ["META", "read", "array<vec4<i32>>"] : ["ROLES", "read", "array<i32>"],
+      ...OWN[kind],
+    ],
+    body: `${v.kvTex ? `${texLoad("K")}\n${texLoad("V")}` : ""}${common(v)}
 @compute @workgroup_size(${v.wg})
 fn main(${GRID_BUILTINS}) {
 ${body}
-}`;
-  return {
-    name,
-    source,
-    buffers: [
-      "read",
-      v.kvTex ? "tex" : "read",
-      v.kvTex ? "tex" : "read",
-      "read",
-      ...own.map(([access]) => (access === "read" ? "read" as const : "rw" as const)),
-    ],
-  };
+}`,
+  });
 }
 
-/** A K or V operand as a texture, read through `ld{name}(texel)`. */
-function texDecl(i: number, name: string): string {
-  return `@group(0) @binding(${i}) var ${name}Tex: texture_2d<f32>;
-fn ld${name}(t: u32) -> vec4<f32> {
+/** `ld{name}(texel)`: a texel of the K or V texture (binding `{name}Tex`). */
+function texLoad(name: string): string {
+  return `fn ld${name}(t: u32) -> vec4<f32> {
   return textureLoad(${name}Tex, vec2<u32>(t & ${TEXTURE_WIDTH - 1}u, t >> ${
     Math.log2(TEXTURE_WIDTH)
   }u), 0);
@@ -255,15 +239,29 @@ ${blockOfQueries(wg)}
   }`;
 }
 
+/**
+ * v2 head of the loop over keys (forward and dq): the key's K and V rows in k, vv, then the loop
+ * over the block's queries `i` that may see it.
+ */
+function keyLoopV2(v: AttentionVariant): string {
+  return `  for (var s = lo; s < hi; s++) {
+    let rk = i32(tokenMeta(b, s).x);
+    let kBase = ((b * P.TCAP + s) * P.HKV + g) * DW;
+    var k: array<VT, ${v.d / v.w}>;
+    var vv: array<VT, ${v.d / v.w}>;
+    for (var j = 0u; j < DW; j++) { k[j] = K[kBase + j]; vv[j] = V[kBase + j]; }
+    for (var i = 0u; i < QB; i++) {
+      if (s < ends[i].x || s >= ends[i].y || !allowed(bits[i], rk, t0 + i + P.QOFF, s)) { continue; }`;
+}
+
 function fill(src: string, v: AttentionVariant): string {
   return src.replaceAll("${QB}", String(v.qb));
 }
 
 export function attentionForwardKernel(v: AttentionVariant): Kernel {
   return attentionKernel(
+    "fwd",
     v,
-    FWD,
-    `attention_fwd_${variantName(v)}`,
     fill(
       `${queryBlock(v.wg)}
   var q: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
@@ -275,14 +273,7 @@ export function attentionForwardKernel(v: AttentionVariant): Kernel {
     for (var j = 0u; j < DW; j++) { q[i][j] = Q[qBase + j] * P.scale; }
     m[i] = -3.4028234e38;
   }
-  for (var s = lo; s < hi; s++) {
-    let rk = i32(tokenMeta(b, s).x);
-    let kBase = ((b * P.TCAP + s) * P.HKV + g) * DW;
-    var k: array<VT, ${v.d / v.w}>;
-    var vv: array<VT, ${v.d / v.w}>;
-    for (var j = 0u; j < DW; j++) { k[j] = K[kBase + j]; vv[j] = V[kBase + j]; }
-    for (var i = 0u; i < QB; i++) {
-      if (s < ends[i].x || s >= ends[i].y || !allowed(bits[i], rk, t0 + i + P.QOFF, s)) { continue; }
+${keyLoopV2(v)}
       var sc = 0.0;
       for (var j = 0u; j < DW; j++) { sc += dotw(q[i][j], k[j]); }
       // One exp per key: either the new score or the old max is the larger.
@@ -379,7 +370,7 @@ export function attentionForwardKernelV3(v: AttentionVariant): Kernel {
     e(`    STATS[bh * P.TQ + t0 + ${i}u] = select(0.0, m${i} + log(l${i}), l${i} > 0.0);
   }`);
   }
-  return attentionKernel(v, FWD, `attention_fwd_${variantName(v)}`, L.join("\n"));
+  return attentionKernel("fwd", v, L.join("\n"));
 }
 
 /** v3 dq and delta, unrolled. */
@@ -415,7 +406,7 @@ export function attentionBackwardQueryKernelV3(v: AttentionVariant): Kernel {
     e(`    STATS[P.rows + bh * P.TQ + tr${i}] = delta${i};
   }`);
   }
-  return attentionKernel(v, BWD_Q, `attention_bwd_q_${variantName(v)}`, L.join("\n"));
+  return attentionKernel("bwd_q", v, L.join("\n"));
 }
 
 /** v3 dk and dv, unrolled: each invocation owns a block of keys. */
@@ -466,15 +457,14 @@ export function attentionBackwardKeyKernelV3(v: AttentionVariant): Kernel {
     }
     e(`  }`);
   }
-  return attentionKernel(v, BWD_KV, `attention_bwd_kv_${variantName(v)}`, L.join("\n"));
+  return attentionKernel("bwd_kv", v, L.join("\n"));
 }
 
 /** dq for each query, and delta = dO . O which the dk/dv kernel needs. */
 export function attentionBackwardQueryKernel(v: AttentionVariant): Kernel {
   return attentionKernel(
+    "bwd_q",
     v,
-    BWD_Q,
-    `attention_bwd_q_${variantName(v)}`,
     fill(
       `${queryBlock(v.wg)}
   var q: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
@@ -494,14 +484,7 @@ export function attentionBackwardQueryKernel(v: AttentionVariant): Kernel {
     delta[i] = dl;
     lse[i] = STATS[bh * P.TQ + t];
   }
-  for (var s = lo; s < hi; s++) {
-    let rk = i32(tokenMeta(b, s).x);
-    let kBase = ((b * P.TCAP + s) * P.HKV + g) * DW;
-    var k: array<VT, ${v.d / v.w}>;
-    var vv: array<VT, ${v.d / v.w}>;
-    for (var j = 0u; j < DW; j++) { k[j] = K[kBase + j]; vv[j] = V[kBase + j]; }
-    for (var i = 0u; i < QB; i++) {
-      if (s < ends[i].x || s >= ends[i].y || !allowed(bits[i], rk, t0 + i + P.QOFF, s)) { continue; }
+${keyLoopV2(v)}
       var sc = 0.0;
       var dp = 0.0;
       for (var j = 0u; j < DW; j++) { sc += dotw(q[i][j], k[j]); dp += dotw(dout[i][j], vv[j]); }
@@ -523,9 +506,8 @@ export function attentionBackwardQueryKernel(v: AttentionVariant): Kernel {
 /** dk, dv for each key: sums over the query heads of its group and the queries that see it. */
 export function attentionBackwardKeyKernel(v: AttentionVariant): Kernel {
   return attentionKernel(
+    "bwd_kv",
     v,
-    BWD_KV,
-    `attention_bwd_kv_${variantName(v)}`,
     fill(
       `${blockOfKeys(v.wg, "s0")}
   var k: array<array<VT, ${v.d / v.w}>, ${v.qb}>;
@@ -610,13 +592,13 @@ export function checkRoleTable(table: readonly (readonly number[])[]): string | 
   return null;
 }
 
-const memo = new Map<string, Kernel>();
-
-function cached(kind: string, v: AttentionVariant, make: (v: AttentionVariant) => Kernel): Kernel {
-  const key = `${kind}${JSON.stringify(v)}`;
-  let k = memo.get(key);
-  if (!k) memo.set(key, k = make(v));
-  return k;
+/** The kernel of `kind` for variant `v`, made once by `make`. */
+function cached(
+  kind: AttentionKind,
+  v: AttentionVariant,
+  make: (v: AttentionVariant) => Kernel,
+): Kernel {
+  return cachedKernel(`attention_${kind}:${JSON.stringify(v)}`, () => make(v));
 }
 
 /** The kernel variant for this call on this adapter and these dims. */
@@ -661,7 +643,7 @@ export function runAttention(
   const units = dims.b * dims.hq * Math.ceil(dims.t / v.qb);
   const [k, vv] = stageKv(gpu, v, bufs, dims);
   gpu.dispatch(
-    cached("f", v, v.unroll ? attentionForwardKernelV3 : attentionForwardKernel),
+    cached("fwd", v, v.unroll ? attentionForwardKernelV3 : attentionForwardKernel),
     [bufs.q, k, vv, bufs.meta ?? bufs.roles, bufs.o, bufs.stats],
     params(dims, table),
     grid(Math.ceil(units / v.wg)),
@@ -684,13 +666,13 @@ export function runAttentionBackward(
   const roles = bufs.meta ?? bufs.roles;
   const [k, vv] = stageKv(gpu, v, bufs, dims);
   gpu.dispatch(
-    cached("q", v, v.unroll ? attentionBackwardQueryKernelV3 : attentionBackwardQueryKernel),
+    cached("bwd_q", v, v.unroll ? attentionBackwardQueryKernelV3 : attentionBackwardQueryKernel),
     [bufs.q, k, vv, roles, bufs.o, bufs.dout, bufs.stats, bufs.dq],
     p,
     grid(Math.ceil((dims.b * dims.hq * blocks) / v.wg)),
   );
   gpu.dispatch(
-    cached("k", v, v.unroll ? attentionBackwardKeyKernelV3 : attentionBackwardKeyKernel),
+    cached("bwd_kv", v, v.unroll ? attentionBackwardKeyKernelV3 : attentionBackwardKeyKernel),
     [bufs.q, k, vv, roles, bufs.dout, bufs.stats, bufs.dk, bufs.dv],
     p,
     grid(Math.ceil((dims.b * dims.hkv * blocks) / v.wg)),

@@ -10,12 +10,11 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import { defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
-import { rowKernel, type RowMode, rowMode, rowReduceHelpers } from "./rowwise.ts";
+import { rowKernel, rowMaxSumExp, type RowMode, rowMode, rowReduceHelpers } from "./rowwise.ts";
 
-const PARAMS = "struct Params { rows: u32, n: u32, ignore: i32, _p: u32 };\n" +
-  "@group(0) @binding(0) var<uniform> P: Params;";
+const PARAMS = "rows: u32, n: u32, ignore: i32, _p: u32";
 
 export function crossEntropyRowsKernel(wg: number, mode: RowMode): Kernel {
   return rowKernel(
@@ -28,14 +27,9 @@ export function crossEntropyRowsKernel(wg: number, mode: RowMode): Kernel {
       ["LSE", "rw", "array<f32>"],
       ["L", "rw", "array<f32>"],
     ],
-    ({ start, stride, leader }) => `
-  var m = -3.4028234e38;
-  for (var j = ${start}; j < P.n; j += ${stride}) { m = max(m, X[base + j]); }
-  m = wgMax(m, lid);
-  var s = 0.0;
-  for (var j = ${start}; j < P.n; j += ${stride}) { s += exp(X[base + j] - m); }
-  s = wgSum(s, lid);
-  if (${leader}) {
+    (v) =>
+      `${rowMaxSumExp(v)}
+  if (${v.leader}) {
     let lse = m + log(s);
     LSE[row] = lse;
     let t = T[row];
@@ -48,11 +42,15 @@ export function crossEntropyRowsKernel(wg: number, mode: RowMode): Kernel {
 }
 
 export function crossEntropyMeanKernel(wg: number): Kernel {
-  const source = `${PARAMS}
-@group(0) @binding(1) var<storage, read> L: array<f32>;
-@group(0) @binding(2) var<storage, read> T: array<i32>;
-@group(0) @binding(3) var<storage, read_write> OUT: array<f32>;
-${rowReduceHelpers(wg)}
+  return defineKernel({
+    name: "cross_entropy_mean",
+    params: PARAMS,
+    bindings: [
+      ["L", "read", "array<f32>"],
+      ["T", "read", "array<i32>"],
+      ["OUT", "rw", "array<f32>"],
+    ],
+    body: `${rowReduceHelpers(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32) {
   var s = 0.0;
@@ -67,35 +65,31 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     OUT[0] = select(s / c, 0.0, c == 0.0);
     OUT[1] = c;
   }
-}`;
-  return { name: "cross_entropy_mean", source, buffers: ["read", "read", "rw"] };
+}`,
+  });
 }
 
 export function crossEntropyBackwardKernel(wg: number): Kernel {
-  const source = `${PARAMS}
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read> T: array<i32>;
-@group(0) @binding(3) var<storage, read> LSE: array<f32>;
-@group(0) @binding(4) var<storage, read> OUT: array<f32>;
-@group(0) @binding(5) var<storage, read> G: array<f32>;
-@group(0) @binding(6) var<storage, read_write> DX: array<f32>;
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (i >= P.rows * P.n) { return; }
-  let row = i / P.n;
+  const body = `  let row = i / P.n;
   let j = i % P.n;
   let t = T[row];
   let count = OUT[1];
   let scale = select(G[0] / count, 0.0, count == 0.0 || t == P.ignore);
   let p = exp(X[i] - LSE[row]);
-  DX[i] = scale * (p - select(0.0, 1.0, i32(j) == t));
-}`;
-  return {
+  DX[i] = scale * (p - select(0.0, 1.0, i32(j) == t));`;
+  return defineKernel({
     name: "cross_entropy_bwd",
-    source,
-    buffers: ["read", "read", "read", "read", "read", "rw"],
-  };
+    params: PARAMS,
+    bindings: [
+      ["X", "read", "array<f32>"],
+      ["T", "read", "array<i32>"],
+      ["LSE", "read", "array<f32>"],
+      ["OUT", "read", "array<f32>"],
+      ["G", "read", "array<f32>"],
+      ["DX", "rw", "array<f32>"],
+    ],
+    body: gridMain(wg, "i", "i >= P.rows * P.n", body),
+  });
 }
 
 function params(rows: number, v: number, ignore: number): ParamWriter {

@@ -11,7 +11,7 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import { cachedKernel, defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
 
 /** WGSL element type names for the storage dtypes the engine knows. */
@@ -65,27 +65,6 @@ export const UNARY = {
 } as const;
 export type UnaryFn = keyof typeof UNARY;
 
-/** d unary(a) / da times the upstream gradient g, from the input value a. */
-export const UNARY_GRAD: Record<UnaryFn, string> = {
-  copy: "g",
-  neg: "-g",
-  exp: "g * exp(a)",
-  log: "g / a",
-  sqrt: "g * 0.5 / sqrt(a)",
-  rsqrt: "g * -0.5 * inverseSqrt(a) / a",
-  sigmoid: "g * sigmoid(a) * (1.0 - sigmoid(a))",
-  silu: "g * (sigmoid(a) * (1.0 + a * (1.0 - sigmoid(a))))",
-  tanh: "g * (1.0 - tanh(clamp(a, -15.0, 15.0)) * tanh(clamp(a, -15.0, 15.0)))",
-  relu: "select(0.0, g, a > 0.0)",
-  square: "g * 2.0 * a",
-  abs: "g * sign(a)",
-  recip: "-g / (a * a)",
-  addScalar: "g",
-  mulScalar: "g * P.c",
-  powScalar: "g * P.c * pow(a, P.c - 1.0)",
-  fill: "0.0",
-};
-
 export const BINARY = {
   add: "a + b",
   sub: "a - b",
@@ -125,22 +104,13 @@ export function elementwiseKernel(
   if (vec4 && !contiguous) throw new Error("elementwise: vec4 needs contiguous operands");
   const ops = [...names.map((_, i) => i), names.length];
   const params = [
-    "  n: u32,",
-    "  c: f32,",
-    ...ops.map((i) => `  off${i}: u32,`),
-    "  shape: array<vec4<u32>, 2>,",
-    ...ops.map((i) => `  st${i}: array<vec4<u32>, 2>,`),
+    "n: u32,",
+    "c: f32,",
+    ...ops.map((i) => `off${i}: u32,`),
+    "shape: array<vec4<u32>, 2>,",
+    ...ops.map((i) => `st${i}: array<vec4<u32>, 2>,`),
   ].join("\n");
-  const decl = [
-    `struct Params {\n${params}\n};`,
-    "@group(0) @binding(0) var<uniform> P: Params;",
-    ...types.map((t, i) =>
-      `@group(0) @binding(${i + 1}) var<storage, read> x${i}: array<${vec4 ? `vec4<${t}>` : t}>;`
-    ),
-    `@group(0) @binding(${types.length + 1}) var<storage, read_write> out: array<${
-      vec4 ? `vec4<${outType}>` : outType
-    }>;`,
-  ].join("\n");
+  const array = (t: WgslType) => `array<${vec4 ? `vec4<${t}>` : t}>`;
   const index: string[] = [];
   const o = names.length;
   let store = `  out[at] = ${outType}(${expr});`;
@@ -168,23 +138,17 @@ export function elementwiseKernel(
     names.forEach((n, i) => index.push(`  let ${n} = x${i}[o${i}];`));
     index.push(`  let at = o${o};`);
   }
-  const source = `${decl}
-${SIGMOID_WGSL}
-@compute @workgroup_size(${workgroup})
-fn main(${GRID_BUILTINS}) {
-  let i = ${LINEAR_GROUP_ID} * ${workgroup}u + lid;
-  if (i >= P.n) { return; }
-${index.join("\n")}
-${store}
-}`;
-  return {
+  return defineKernel({
     name: `elementwise${vec4 ? "4" : ""}(${expr.slice(0, 40)})`,
-    source,
-    buffers: [...types.map(() => "read" as const), "rw"],
-  };
+    params,
+    bindings: [
+      ...types.map((t, i) => [`x${i}`, "read", array(t)] as const),
+      ["out", "rw", array(outType)],
+    ],
+    body: `${SIGMOID_WGSL}
+${gridMain(workgroup, "i", "i >= P.n", `${index.join("\n")}\n${store}`)}`,
+  });
 }
-
-const kernelMemo = new Map<string, Kernel>();
 
 /**
  * Dispatches `expr` over `inputs` into `out`, all indexed over `shape`. `c` is the scalar
@@ -213,12 +177,10 @@ export function runElementwise(
     operands.every((x) => x.offset % 4 === 0);
   const names = inputs.map((x) => x.name);
   const types = inputs.map((x) => x.type);
-  const key = `${expr}|${names}|${types}|${out.type}|${keep.length}|${contiguous}|${wg}|${vec4}`;
-  let kernel = kernelMemo.get(key);
-  if (!kernel) {
-    kernel = elementwiseKernel(expr, names, types, out.type, keep.length, contiguous, wg, vec4);
-    kernelMemo.set(key, kernel);
-  }
+  const kernel = cachedKernel(
+    `elementwise:${expr}|${names}|${types}|${out.type}|${keep.length}|${contiguous}|${wg}|${vec4}`,
+    () => elementwiseKernel(expr, names, types, out.type, keep.length, contiguous, wg, vec4),
+  );
   const per = vec4 ? 4 : 1;
   const p = new ParamWriter().u32(n / per).f32(c);
   for (const x of operands) p.u32(x.offset / per);

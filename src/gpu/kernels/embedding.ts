@@ -11,58 +11,49 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import { defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
 
-const PARAMS = "struct Params { n: u32, d: u32, v: u32, groups: u32 };\n" +
-  "@group(0) @binding(0) var<uniform> P: Params;";
+const PARAMS = "n: u32, d: u32, v: u32, groups: u32";
 
 export function gatherKernel(wg: number): Kernel {
-  const source = `${PARAMS}
-@group(0) @binding(1) var<storage, read> W: array<f32>;
-@group(0) @binding(2) var<storage, read> IDS: array<i32>;
-@group(0) @binding(3) var<storage, read_write> Y: array<f32>;
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (i >= P.n * P.d) { return; }
-  let row = u32(clamp(IDS[i / P.d], 0, i32(P.v) - 1));
-  Y[i] = W[row * P.d + i % P.d];
-}`;
-  return { name: "gather", source, buffers: ["read", "read", "rw"] };
+  const body = `  let row = u32(clamp(IDS[i / P.d], 0, i32(P.v) - 1));
+  Y[i] = W[row * P.d + i % P.d];`;
+  return defineKernel({
+    name: "gather",
+    params: PARAMS,
+    bindings: [
+      ["W", "read", "array<f32>"],
+      ["IDS", "read", "array<i32>"],
+      ["Y", "rw", "array<f32>"],
+    ],
+    body: gridMain(wg, "i", "i >= P.n * P.d", body),
+  });
 }
 
 export function scatterScanKernel(wg: number): Kernel {
-  const source = `${PARAMS}
-@group(0) @binding(1) var<storage, read> G: array<f32>;
-@group(0) @binding(2) var<storage, read> IDS: array<i32>;
-@group(0) @binding(3) var<storage, read_write> DW: array<f32>;
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let t = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (t >= P.v * P.d) { return; }
-  let v = i32(t / P.d);
+  const body = `  let v = i32(t / P.d);
   let j = t % P.d;
   var s = 0.0;
   for (var i = 0u; i < P.n; i++) {
     if (IDS[i] == v) { s += G[i * P.d + j]; }
   }
-  DW[t] = s;
-}`;
-  return { name: "scatter_scan", source, buffers: ["read", "read", "rw"] };
+  DW[t] = s;`;
+  return defineKernel({
+    name: "scatter_scan",
+    params: PARAMS,
+    bindings: [
+      ["G", "read", "array<f32>"],
+      ["IDS", "read", "array<i32>"],
+      ["DW", "rw", "array<f32>"],
+    ],
+    body: gridMain(wg, "t", "t >= P.v * P.d", body),
+  });
 }
 
 /** PLAN = [groups: (id, start)...][positions sorted by id]; DW must be zeroed by the caller. */
 export function scatterGroupedKernel(wg: number): Kernel {
-  const source = `${PARAMS}
-@group(0) @binding(1) var<storage, read> G: array<f32>;
-@group(0) @binding(2) var<storage, read> PLAN: array<i32>;
-@group(0) @binding(3) var<storage, read_write> DW: array<f32>;
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let t = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (t >= P.groups * P.d) { return; }
-  let g = t / P.d;
+  const body = `  let g = t / P.d;
   let j = t % P.d;
   let id = u32(PLAN[2u * g]);
   let start = u32(PLAN[2u * g + 1u]);
@@ -70,9 +61,17 @@ fn main(${GRID_BUILTINS}) {
   let pos0 = 2u * P.groups;
   var s = 0.0;
   for (var k = start; k < end; k++) { s += G[u32(PLAN[pos0 + k]) * P.d + j]; }
-  DW[id * P.d + j] = s;
-}`;
-  return { name: "scatter_grouped", source, buffers: ["read", "read", "rw"] };
+  DW[id * P.d + j] = s;`;
+  return defineKernel({
+    name: "scatter_grouped",
+    params: PARAMS,
+    bindings: [
+      ["G", "read", "array<f32>"],
+      ["PLAN", "read", "array<i32>"],
+      ["DW", "rw", "array<f32>"],
+    ],
+    body: gridMain(wg, "t", "t >= P.groups * P.d", body),
+  });
 }
 
 /** Host plan for the grouped scatter: distinct ids with segment starts, then sorted positions. */

@@ -13,33 +13,16 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { grid, type Kernel, ParamWriter } from "../kernel.ts";
+import { cachedKernel, defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
-import type { MatmulShape, MatOperand } from "./matmul_shape.ts";
+import type { MatmulRun, MatmulShape, MatOperand } from "./matmul_shape.ts";
 import { runMatmulTex, texMatmulFits } from "./matmul_tex.ts";
 import { runReduce } from "./reduce.ts";
 
 export type { MatmulShape, MatOperand } from "./matmul_shape.ts";
 
 export function matmulKernelV1(tm: number, tn: number, wg: number): Kernel {
-  const source = `
-struct Params {
-  M: u32, N: u32, K: u32, tilesN: u32,
-  tilesPerBatch: u32, batch: u32, offA: u32, offB: u32,
-  sAb: u32, sAm: u32, sAk: u32, sBb: u32,
-  sBk: u32, sBn: u32, offC: u32, _pad: u32,
-};
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> A: array<f32>;
-@group(0) @binding(2) var<storage, read> B: array<f32>;
-@group(0) @binding(3) var<storage, read_write> C: array<f32>;
-
-@compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let t = (wid.x + wid.y * nwg.x) * ${wg}u + lid;
-  if (t >= P.tilesPerBatch * P.batch) { return; }
-  let b = t / P.tilesPerBatch;
+  const body = `  let b = t / P.tilesPerBatch;
   let r = t % P.tilesPerBatch;
   let m0 = (r / P.tilesN) * ${tm}u;
   let n0 = (r % P.tilesN) * ${tn}u;
@@ -65,9 +48,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var j = 0u; j < ${tn}u; j++) {
       if (n0 + j < P.N) { C[cBase + (m0 + i) * P.N + n0 + j] = acc[i][j]; }
     }
-  }
-}`;
-  return { name: `matmul_v1_${tm}x${tn}`, source, buffers: ["read", "read", "rw"] };
+  }`;
+  return defineKernel({
+    name: `matmul_v1_${tm}x${tn}`,
+    params: `M: u32, N: u32, K: u32, tilesN: u32,
+             tilesPerBatch: u32, batch: u32, offA: u32, offB: u32,
+             sAb: u32, sAm: u32, sAk: u32, sBb: u32,
+             sBk: u32, sBn: u32, offC: u32, _pad: u32,`,
+    bindings: [["A", "read", "array<f32>"], ["B", "read", "array<f32>"], ["C", "rw", "array<f32>"]],
+    body: gridMain(wg, "t", "t >= P.tilesPerBatch * P.batch", body),
+  });
 }
 
 /** Which axis of an operand its vec4 loads run along. */
@@ -163,26 +153,8 @@ export function matmulKernelV2(
     }
     stores.push(`  }`);
   }
-  const source = `
-struct Params {
-  M: u32, N: u32, K: u32, tilesN: u32,
-  tilesPerBatch: u32, batch: u32, M4: u32, N4: u32,
-  aOff: u32, aBatch: u32, aOut: u32, aK: u32,
-  bOff: u32, bBatch: u32, bOut: u32, bK: u32,
-  cOff: u32, S: u32, kChunk4: u32, _c: u32,
-};
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> A: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> B: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> ${
-    vecStore ? "C4: array<vec4<f32>>" : "C: array<f32>"
-  };
-@compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let t = (wid.x + wid.y * nwg.x) * ${wg}u + lid;
-  if (t >= P.tilesPerBatch * P.batch * P.S) { return; }
-  // Split-K: slice sl of S covers k4 in [sl * kChunk4, (sl + 1) * kChunk4) and writes its
+  const body =
+    `  // Split-K: slice sl of S covers k4 in [sl * kChunk4, (sl + 1) * kChunk4) and writes its
   // partial product to its own [M, N] block; the caller sums the S blocks.
   let bs = t / P.tilesPerBatch;
   let b = bs / P.S;
@@ -199,31 +171,25 @@ ${decls.join("\n")}
   for (var k4 = sl * P.kChunk4; k4 < kEnd; k4++) {
 ${L.join("\n")}
   }
-${stores.join("\n")}
-}`;
-  return {
+${stores.join("\n")}`;
+  return defineKernel({
     name: `matmul_v2_${tm}x${tn}_a${aAxis}_b${bAxis}${vecStore ? "_v" : ""}`,
-    source,
-    buffers: ["read", "read", "rw"],
-  };
-}
-
-const kernels = new Map<string, Kernel>();
-function cached(key: string, make: () => Kernel): Kernel {
-  let k = kernels.get(key);
-  if (!k) kernels.set(key, k = make());
-  return k;
+    params: `M: u32, N: u32, K: u32, tilesN: u32,
+             tilesPerBatch: u32, batch: u32, M4: u32, N4: u32,
+             aOff: u32, aBatch: u32, aOut: u32, aK: u32,
+             bOff: u32, bBatch: u32, bOut: u32, bK: u32,
+             cOff: u32, S: u32, kChunk4: u32, _c: u32,`,
+    bindings: [
+      ["A", "read", "array<vec4<f32>>"],
+      ["B", "read", "array<vec4<f32>>"],
+      vecStore ? ["C4", "rw", "array<vec4<f32>>"] : ["C", "rw", "array<f32>"],
+    ],
+    body: gridMain(wg, "t", "t >= P.tilesPerBatch * P.batch * P.S", body),
+  });
 }
 
 /** Records C (contiguous [batch, M, N] at `offC`) = A @ B with the fastest version that fits. */
-export function runMatmul(
-  gpu: Gpu,
-  a: MatOperand,
-  b: MatOperand,
-  c: GpuBuffer,
-  offC: number,
-  s: MatmulShape,
-): void {
+export const runMatmul: MatmulRun = (gpu, a, b, c, offC, s) => {
   if (s.batch * s.m * s.n === 0) return;
   if (s.k === 0) throw new Error("matmul with K = 0 is not supported");
   if (gpu.tuning.matmulVersion >= 3 && texMatmulFits(a, b, s)) {
@@ -249,9 +215,9 @@ export function runMatmul(
       .u32(a.offset / 4).u32(a.batchStride / 4).u32(a.rowStride / 4 | 0).u32(a.colStride / 4 | 0)
       .u32(b.offset / 4).u32(b.batchStride / 4).u32(b.colStride / 4 | 0).u32(b.rowStride / 4 | 0)
       .u32(scratch ? 0 : offC).u32(S).u32(kChunk4).u32(0);
-    const key = `${tileM},${tileN},${workgroup},${aAxis},${bAxis},${vecStore}`;
+    const key = `matmul_v2:${tileM},${tileN},${workgroup},${aAxis},${bAxis},${vecStore}`;
     gpu.dispatch(
-      cached(key, () => matmulKernelV2(tileM, tileN, workgroup, aAxis, bAxis, vecStore)),
+      cachedKernel(key, () => matmulKernelV2(tileM, tileN, workgroup, aAxis, bAxis, vecStore)),
       [a.buf, b.buf, scratch ?? c],
       p,
       grid(Math.ceil((tilesPerBatch * s.batch * S) / workgroup)),
@@ -271,9 +237,12 @@ export function runMatmul(
     .u32(a.batchStride).u32(a.rowStride).u32(a.colStride).u32(b.batchStride)
     .u32(b.rowStride).u32(b.colStride).u32(offC).u32(0);
   gpu.dispatch(
-    cached(`v1,${tileM},${tileN},${workgroup}`, () => matmulKernelV1(tileM, tileN, workgroup)),
+    cachedKernel(
+      `matmul_v1:${tileM},${tileN},${workgroup}`,
+      () => matmulKernelV1(tileM, tileN, workgroup),
+    ),
     [a.buf, b.buf, c],
     p,
     grid(Math.ceil((tilesPerBatch * s.batch) / workgroup)),
   );
-}
+};

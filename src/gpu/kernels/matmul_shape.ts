@@ -1,5 +1,6 @@
 /** The operands and shape of a batched product, shared by every matmul version. */
 
+import type { Gpu } from "../device.ts";
 import type { GpuBuffer } from "../pool.ts";
 
 /** A matrix operand: buffer, element offset, and strides for (batch, row, col). */
@@ -27,3 +28,13 @@ export interface MatmulShape {
   /** Inner dimension. */
   k: number;
 }
+
+/** Records C (contiguous [batch, M, N] at element `offC` of `c`) = A @ B. */
+export type MatmulRun = (
+  gpu: Gpu,
+  a: MatOperand,
+  b: MatOperand,
+  c: GpuBuffer,
+  offC: number,
+  s: MatmulShape,
+) => void;

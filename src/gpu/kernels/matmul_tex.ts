@@ -17,9 +17,17 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { type Access, grid, type Kernel, ParamWriter } from "../kernel.ts";
+import {
+  type Binding,
+  cachedKernel,
+  defineKernel,
+  grid,
+  gridMain,
+  type Kernel,
+  ParamWriter,
+} from "../kernel.ts";
 import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../pool.ts";
-import type { MatmulShape, MatOperand } from "./matmul_shape.ts";
+import type { MatmulRun, MatmulShape, MatOperand } from "./matmul_shape.ts";
 import { runReduce } from "./reduce.ts";
 
 const SHIFT = Math.log2(TEXTURE_WIDTH);
@@ -54,8 +62,8 @@ export interface MatmulEpilogue {
   name: string;
   /** WGSL fields appended to `Params` after the 16 base words (a multiple of 4 words). */
   params: string;
-  /** Bindings after C (binding 4 on): name, access, WGSL type. */
-  bindings: readonly [string, Access, string][];
+  /** Bindings after C (binding 4 on). */
+  bindings: readonly Binding[];
   /**
    * A second product with the same A and B's next N rows, accumulated beside the first in
    * `up{r}_{c}` (e.g. two projections of one input that the store then combines).
@@ -81,23 +89,7 @@ export function matmulKernelV3(o: TexMatmulOpts): Kernel {
   const tn4 = tn / 4, tm4 = tm / 4, X = "xyzw";
   const L: string[] = [];
   const e = (s: string) => L.push(s);
-  e(`struct Params {
-  M: u32, N: u32, K: u32, K4: u32,
-  ldA: u32, bsA: u32, ldB: u32, bsB: u32,
-  offC: u32, ldC: u32, bsC: u32, sC: u32,
-  S: u32, kChunk: u32, offB: u32, eps: f32,${epi ? `\n  ${epi.params}` : ""}
-};
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var TA: texture_2d<f32>;
-@group(0) @binding(2) var TB: texture_2d<f32>;
-@group(0) @binding(3) var<storage, read_write> Cb: array<${o.vecStore ? "vec4<f32>" : "f32"}>;${
-    (epi?.bindings ?? []).map(([name, access, type], i) =>
-      `\n@group(0) @binding(${4 + i}) var<storage, ${
-        access === "rw" ? "read_write" : "read"
-      }> ${name}: ${type};`
-    ).join("")
-  }
-fn ldA(t: u32) -> vec4<f32> { return textureLoad(TA, vec2<u32>(t & ${
+  e(`fn ldA(t: u32) -> vec4<f32> { return textureLoad(TA, vec2<u32>(t & ${
     TEXTURE_WIDTH - 1
   }u, t >> ${SHIFT}u), 0); }
 fn ldB(t: u32) -> vec4<f32> { return textureLoad(TB, vec2<u32>(t & ${
@@ -234,27 +226,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   }
   e(`}`);
   if (epi) e(epi.helpers);
-  return {
+  return defineKernel({
     name: `matmul_v3_${tm}x${tn}_w${wx}${o.transA ? "_tA" : ""}${o.transB ? "_tB" : ""}${
       o.vecStore ? "_v" : ""
     }${epi ? `_${epi.name}` : ""}${norm ? "_norm" : ""}`,
-    source: L.join("\n"),
-    buffers: ["tex", "tex", "rw", ...(epi?.bindings ?? []).map(([, access]) => access)],
-  };
+    params: `M: u32, N: u32, K: u32, K4: u32,
+             ldA: u32, bsA: u32, ldB: u32, bsB: u32,
+             offC: u32, ldC: u32, bsC: u32, sC: u32,
+             S: u32, kChunk: u32, offB: u32, eps: f32,${epi ? `\n${epi.params}` : ""}`,
+    bindings: [
+      ["TA", "tex"],
+      ["TB", "tex"],
+      ["Cb", "rw", o.vecStore ? "array<vec4<f32>>" : "array<f32>"],
+      ...(epi?.bindings ?? []),
+    ],
+    body: L.join("\n"),
+  });
 }
 
 /** Copies a strided row-major operand [batch][rows, cols] into the flat texel layout, zero-padded. */
 export function packKernel(wg: number): Kernel {
-  const source =
-    `struct Params { rows: u32, cols: u32, off: u32, bs: u32, ld: u32, bsT: u32, total: u32, rowStride: u32 };
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var T: texture_storage_2d<rgba32float, write>;
-@compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let t = (wid.x + wid.y * nwg.x) * ${wg}u + lid;
-  if (t >= P.total) { return; }
-  let b = t / P.bsT;
+  const body = `  let b = t / P.bsT;
   let rm = t - b * P.bsT;
   let row = rm / P.ld;
   let c0 = (rm - row * P.ld) * 4u;
@@ -264,9 +256,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (c0 + 1u < P.cols) { v.y = X[base + c0 + 1u]; }
   if (c0 + 2u < P.cols) { v.z = X[base + c0 + 2u]; }
   if (c0 + 3u < P.cols) { v.w = X[base + c0 + 3u]; }
-  textureStore(T, vec2<u32>(t & ${TEXTURE_WIDTH - 1}u, t >> ${SHIFT}u), v);
-}`;
-  return { name: "matmul_v3_pack", source, buffers: ["read", "stex"] };
+  textureStore(T, vec2<u32>(t & ${TEXTURE_WIDTH - 1}u, t >> ${SHIFT}u), v);`;
+  return defineKernel({
+    name: "matmul_v3_pack",
+    params:
+      "rows: u32, cols: u32, off: u32, bs: u32, ld: u32, bsT: u32, total: u32, rowStride: u32",
+    bindings: [["X", "read", "array<f32>"], ["T", "stex"]],
+    body: gridMain(wg, "t", "t >= P.total", body),
+  });
 }
 
 /** Tile sizes and split-K slices of one call. */
@@ -345,11 +342,12 @@ export function texMatmulFits(a: MatOperand, b: MatOperand, s: MatmulShape): boo
   return layoutOf(a, true, s) !== null && layoutOf(b, false, s) !== null;
 }
 
-const kernels = new Map<string, Kernel>();
-function cached(key: string, make: () => Kernel): Kernel {
-  let k = kernels.get(key);
-  if (!k) kernels.set(key, k = make());
-  return k;
+/** The v3 kernel of `o`, made once; an epilogue is known by its name. */
+function v3Kernel(o: TexMatmulOpts): Kernel {
+  return cachedKernel(
+    `matmul_v3:${JSON.stringify({ ...o, epilogue: o.epilogue?.name })}`,
+    () => matmulKernelV3(o),
+  );
 }
 
 /** Stages an operand into a texture; returns it with its row length and batch stride in texels. */
@@ -376,7 +374,7 @@ function stage(
     .u32(bsT).u32(total)
     .u32(l.rowStride);
   gpu.dispatch(
-    cached(`pack${wg}`, () => packKernel(wg)),
+    cachedKernel(`matmul_v3_pack:${wg}`, () => packKernel(wg)),
     [op.buf, tex],
     p,
     grid(Math.ceil(total / wg)),
@@ -385,14 +383,7 @@ function stage(
 }
 
 /** Records C (contiguous [batch, M, N] at `offC`) = A @ B through textures. */
-export function runMatmulTex(
-  gpu: Gpu,
-  a: MatOperand,
-  b: MatOperand,
-  c: GpuBuffer,
-  offC: number,
-  s: MatmulShape,
-): void {
+export const runMatmulTex: MatmulRun = (gpu, a, b, c, offC, s) => {
   const la = layoutOf(a, true, s), lb = layoutOf(b, false, s);
   if (!la || !lb) throw new Error("matmul v3: operand layout not supported");
   const simd = gpu.simdWidth;
@@ -428,7 +419,7 @@ export function runMatmulTex(
     throw new Error(`matmul v3: grid [${groups}] exceeds 65535 workgroups per dimension`);
   }
   gpu.dispatch(
-    cached(JSON.stringify(o), () => matmulKernelV3(o)),
+    v3Kernel(o),
     [sa.tex, sb.tex, scratch ?? c],
     p,
     groups,
@@ -449,7 +440,7 @@ export function runMatmulTex(
   }
   gpu.textures.release(sa.tex);
   gpu.textures.release(sb.tex);
-}
+};
 
 /**
  * A product with a fused epilogue: A [M, K] contiguous in `a`, B the rows [N, K] (a dual
@@ -483,8 +474,6 @@ export interface FusedMatmul {
   normEps?: number;
 }
 
-const fusedMemo = new Map<string, Kernel>();
-
 /** Records a {@link FusedMatmul}: A staged into a texture, one dispatch, no split-K. */
 export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
   const vecStore = f.n % 4 === 0;
@@ -511,11 +500,8 @@ export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
     .u32(0).u32(f.ldC ?? f.n).u32(0).u32(0)
     .u32(1).u32(k4).u32(f.offB).f32(f.normEps ?? 0);
   f.params?.(p);
-  const key = JSON.stringify({ ...o, epilogue: f.epilogue.name });
-  let kernel = fusedMemo.get(key);
-  if (!kernel) fusedMemo.set(key, kernel = matmulKernelV3(o));
   gpu.dispatch(
-    kernel,
+    v3Kernel(o),
     [tex, f.weights, f.c, ...f.extra],
     p,
     [Math.ceil(f.n / (plan.tn * simd)), Math.ceil(f.m / plan.tm), 1],

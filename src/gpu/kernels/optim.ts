@@ -8,7 +8,7 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import { defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
 import { rowReduceHelpers } from "./rowwise.ts";
 
@@ -23,28 +23,25 @@ export interface AdamWStep {
 }
 
 export function adamwKernel(wg: number): Kernel {
-  const source = `struct Params {
-  n: u32, lr: f32, b1: f32, b2: f32,
-  eps: f32, wd: f32, c1: f32, c2: f32,
-};
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read_write> W: array<f32>;
-@group(0) @binding(2) var<storage, read> G: array<f32>;
-@group(0) @binding(3) var<storage, read_write> M: array<f32>;
-@group(0) @binding(4) var<storage, read_write> V: array<f32>;
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (i >= P.n) { return; }
-  let g = G[i];
+  const body = `  let g = G[i];
   var w = W[i] * (1.0 - P.lr * P.wd);
   let m = P.b1 * M[i] + (1.0 - P.b1) * g;
   let v = P.b2 * V[i] + (1.0 - P.b2) * g * g;
   M[i] = m;
   V[i] = v;
-  W[i] = w - P.lr * (m / P.c1) / (sqrt(v / P.c2) + P.eps);
-}`;
-  return { name: "adamw", source, buffers: ["rw", "read", "rw", "rw"] };
+  W[i] = w - P.lr * (m / P.c1) / (sqrt(v / P.c2) + P.eps);`;
+  return defineKernel({
+    name: "adamw",
+    params: `n: u32, lr: f32, b1: f32, b2: f32,
+             eps: f32, wd: f32, c1: f32, c2: f32,`,
+    bindings: [
+      ["W", "rw", "array<f32>"],
+      ["G", "read", "array<f32>"],
+      ["M", "rw", "array<f32>"],
+      ["V", "rw", "array<f32>"],
+    ],
+    body: gridMain(wg, "i", "i >= P.n", body),
+  });
 }
 
 export function runAdamW(
@@ -64,17 +61,12 @@ export function runAdamW(
 
 /** Y[offY + i] += X[offX + i] * c; accumulates gradients into a leaf's existing buffer. */
 export function accumulateKernel(wg: number): Kernel {
-  const source = `struct Params { n: u32, offX: u32, offY: u32, c: f32 };
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (i >= P.n) { return; }
-  Y[P.offY + i] += X[P.offX + i] * P.c;
-}`;
-  return { name: "accumulate", source, buffers: ["read", "rw"] };
+  return defineKernel({
+    name: "accumulate",
+    params: "n: u32, offX: u32, offY: u32, c: f32",
+    bindings: [["X", "read", "array<f32>"], ["Y", "rw", "array<f32>"]],
+    body: gridMain(wg, "i", "i >= P.n", "  Y[P.offY + i] += X[P.offX + i] * P.c;"),
+  });
 }
 
 export function runAccumulate(
@@ -93,11 +85,11 @@ export function runAccumulate(
 
 /** From per-tensor sums of squares: out = [norm, coef] with coef = min(1, max / (norm + 1e-6)). */
 export function clipCoefKernel(wg: number): Kernel {
-  const source = `struct Params { n: u32, maxNorm: f32, _a: u32, _b: u32 };
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> S: array<f32>;
-@group(0) @binding(2) var<storage, read_write> OUT: array<f32>;
-${rowReduceHelpers(wg)}
+  return defineKernel({
+    name: "clip_coef",
+    params: "n: u32, maxNorm: f32, _a: u32, _b: u32",
+    bindings: [["S", "read", "array<f32>"], ["OUT", "rw", "array<f32>"]],
+    body: `${rowReduceHelpers(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32) {
   var s = 0.0;
@@ -108,8 +100,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     OUT[0] = norm;
     OUT[1] = min(1.0, P.maxNorm / (norm + 1e-6));
   }
-}`;
-  return { name: "clip_coef", source, buffers: ["read", "rw"] };
+}`,
+  });
 }
 
 export function runClipCoef(
@@ -126,17 +118,12 @@ export function runClipCoef(
 
 /** Y[i] *= S[at]: scales a gradient in place by a scalar that lives on the GPU. */
 export function scaleByKernel(wg: number): Kernel {
-  const source = `struct Params { n: u32, at: u32, _a: u32, _b: u32 };
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> S: array<f32>;
-@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (i >= P.n) { return; }
-  Y[i] *= S[P.at];
-}`;
-  return { name: "scale_by", source, buffers: ["read", "rw"] };
+  return defineKernel({
+    name: "scale_by",
+    params: "n: u32, at: u32, _a: u32, _b: u32",
+    bindings: [["S", "read", "array<f32>"], ["Y", "rw", "array<f32>"]],
+    body: gridMain(wg, "i", "i >= P.n", "  Y[i] *= S[P.at];"),
+  });
 }
 
 export function runScaleBy(

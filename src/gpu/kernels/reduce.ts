@@ -10,7 +10,7 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import { defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
 
 export type ReduceFn = "sum" | "max" | "sumsq";
@@ -18,56 +18,46 @@ export type ReduceFn = "sum" | "max" | "sumsq";
 const INIT: Record<ReduceFn, string> = { sum: "0.0", sumsq: "0.0", max: "-3.4028234e38" };
 const MAP: Record<ReduceFn, string> = { sum: "v", sumsq: "v * v", max: "v" };
 
-const PARAMS = `struct Params { outer: u32, r: u32, inner: u32, off: u32, scale: f32, offOut: u32 };
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
-@group(0) @binding(3) var<storage, read_write> I: array<i32>;`;
+/** A reduction kernel: Params, X read, Y (results) and I (arg-max indices) written. */
+function reduceKernel(name: string, body: string): Kernel {
+  return defineKernel({
+    name,
+    params: "outer: u32, r: u32, inner: u32, off: u32, scale: f32, offOut: u32",
+    bindings: [["X", "read", "array<f32>"], ["Y", "rw", "array<f32>"], ["I", "rw", "array<i32>"]],
+    body,
+  });
+}
 
-export function reduceKernelV1(fn: ReduceFn, wg: number): Kernel {
+/**
+ * WGSL folding f over the reduced axis of output `t` into `acc` (and `arg` for max), with `r`
+ * running over `loop` (e.g. "var r = 0u; r < P.r; r++").
+ */
+function fold(fn: ReduceFn, loop: string): string {
   const update = fn === "max" ? "if (v > acc) { acc = v; arg = i32(r); }" : `acc += ${MAP[fn]};`;
-  const source = `${PARAMS}
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let t = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (t >= P.outer * P.inner) { return; }
-  let o = t / P.inner;
+  return `  let o = t / P.inner;
   let i = t % P.inner;
   var acc = ${INIT[fn]};
   var arg = 0;
   let base = P.off + o * P.r * P.inner + i;
-  for (var r = 0u; r < P.r; r++) {
+  for (${loop}) {
     let v = X[base + r * P.inner];
     ${update}
-  }
+  }`;
+}
+
+export function reduceKernelV1(fn: ReduceFn, wg: number): Kernel {
+  const body = `${fold(fn, "var r = 0u; r < P.r; r++")}
   Y[P.offOut + t] = acc * P.scale;
-  ${fn === "max" ? "I[t] = arg;" : ""}
-}`;
-  return { name: `reduce_v1_${fn}`, source, buffers: ["read", "rw", "rw"] };
+  ${fn === "max" ? "I[t] = arg;" : ""}`;
+  return reduceKernel(`reduce_v1_${fn}`, gridMain(wg, "t", "t >= P.outer * P.inner", body));
 }
 
 export function reduceKernelV2(fn: ReduceFn, wg: number): Kernel {
-  const update = fn === "max" ? "if (v > acc) { acc = v; arg = i32(r); }" : `acc += ${MAP[fn]};`;
   const combine = fn === "max"
     ? `let ov = sv[lid + s]; let oa = sa[lid + s];
        if (ov > sv[lid] || (ov == sv[lid] && oa < sa[lid])) { sv[lid] = ov; sa[lid] = oa; }`
     : "sv[lid] += sv[lid + s];";
-  const source = `${PARAMS}
-var<workgroup> sv: array<f32, ${wg}>;
-var<workgroup> sa: array<i32, ${wg}>;
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let t = ${LINEAR_GROUP_ID};
-  if (t >= P.outer * P.inner) { return; }
-  let o = t / P.inner;
-  let i = t % P.inner;
-  var acc = ${INIT[fn]};
-  var arg = 0;
-  let base = P.off + o * P.r * P.inner + i;
-  for (var r = lid; r < P.r; r += ${wg}u) {
-    let v = X[base + r * P.inner];
-    ${update}
-  }
+  const body = `${fold(fn, `var r = lid; r < P.r; r += ${wg}u`)}
   sv[lid] = acc;
   sa[lid] = arg;
   workgroupBarrier();
@@ -78,9 +68,13 @@ fn main(${GRID_BUILTINS}) {
   if (lid == 0u) {
     Y[P.offOut + t] = sv[0] * P.scale;
     ${fn === "max" ? "I[t] = sa[0];" : ""}
-  }
-}`;
-  return { name: `reduce_v2_${fn}`, source, buffers: ["read", "rw", "rw"] };
+  }`;
+  return reduceKernel(
+    `reduce_v2_${fn}`,
+    `var<workgroup> sv: array<f32, ${wg}>;
+var<workgroup> sa: array<i32, ${wg}>;
+${gridMain(wg, "t", "t >= P.outer * P.inner", body, true)}`,
+  );
 }
 
 /**
@@ -116,22 +110,21 @@ export function runReduce(
 
 /** Backward of max: dx[o, r, i] = g[o, i] where r is the saved arg-max, else 0. */
 export function argmaxScatterKernel(wg: number): Kernel {
-  const source = `struct Params { outer: u32, r: u32, inner: u32, _p: u32 };
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> G: array<f32>;
-@group(0) @binding(2) var<storage, read> ARG: array<i32>;
-@group(0) @binding(3) var<storage, read_write> DX: array<f32>;
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let t = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (t >= P.outer * P.r * P.inner) { return; }
-  let i = t % P.inner;
+  const body = `  let i = t % P.inner;
   let r = (t / P.inner) % P.r;
   let o = t / (P.inner * P.r);
   let j = o * P.inner + i;
-  DX[t] = select(0.0, G[j], ARG[j] == i32(r));
-}`;
-  return { name: "argmax_scatter", source, buffers: ["read", "read", "rw"] };
+  DX[t] = select(0.0, G[j], ARG[j] == i32(r));`;
+  return defineKernel({
+    name: "argmax_scatter",
+    params: "outer: u32, r: u32, inner: u32, _p: u32",
+    bindings: [
+      ["G", "read", "array<f32>"],
+      ["ARG", "read", "array<i32>"],
+      ["DX", "rw", "array<f32>"],
+    ],
+    body: gridMain(wg, "t", "t >= P.outer * P.r * P.inner", body),
+  });
 }
 
 export function runArgmaxScatter(

@@ -8,21 +8,23 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import { type Binding, defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
 
+const PARAMS = "pairs: u32, t: u32, h: u32, half: u32, maxPos: u32, sign: f32";
+
+/** X, the table TAB and the positions POS read, Y written; X, TAB and Y hold `elem`s. */
+function ropeBindings(elem: string): Binding[] {
+  return [
+    ["X", "read", `array<${elem}>`],
+    ["TAB", "read", `array<${elem}>`],
+    ["POS", "read", "array<i32>"],
+    ["Y", "rw", `array<${elem}>`],
+  ];
+}
+
 export function ropeKernel(wg: number, explicitPos: boolean): Kernel {
-  const source = `struct Params { pairs: u32, t: u32, h: u32, half: u32, maxPos: u32, sign: f32 };
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read> TAB: array<f32>;
-@group(0) @binding(3) var<storage, read> POS: array<i32>;
-@group(0) @binding(4) var<storage, read_write> Y: array<f32>;
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (i >= P.pairs) { return; }
-  let k = i % P.half;
+  const body = `  let k = i % P.half;
   let token = i / (P.half * P.h);
   ${explicitPos ? "let pos = u32(POS[token]);" : "let pos = token % P.t;"}
   let at = (min(pos, P.maxPos - 1u) * P.half + k) * 2u;
@@ -31,13 +33,13 @@ fn main(${GRID_BUILTINS}) {
   let x0 = X[2u * i];
   let x1 = X[2u * i + 1u];
   Y[2u * i] = x0 * c - x1 * s;
-  Y[2u * i + 1u] = x0 * s + x1 * c;
-}`;
-  return {
+  Y[2u * i + 1u] = x0 * s + x1 * c;`;
+  return defineKernel({
     name: `rope${explicitPos ? "_pos" : ""}`,
-    source,
-    buffers: ["read", "read", "read", "rw"],
-  };
+    params: PARAMS,
+    bindings: ropeBindings("f32"),
+    body: gridMain(wg, "i", "i >= P.pairs", body),
+  });
 }
 
 /**
@@ -46,17 +48,7 @@ fn main(${GRID_BUILTINS}) {
  * arithmetic of each element is v1's.
  */
 export function ropeKernelVec4(wg: number, explicitPos: boolean): Kernel {
-  const source = `struct Params { pairs: u32, t: u32, h: u32, half: u32, maxPos: u32, sign: f32 };
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> TAB: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> POS: array<i32>;
-@group(0) @binding(4) var<storage, read_write> Y: array<vec4<f32>>;
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let i = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (2u * i >= P.pairs) { return; }
-  let k = (2u * i) % P.half;
+  const body = `  let k = (2u * i) % P.half;
   let token = (2u * i) / (P.half * P.h);
   ${explicitPos ? "let pos = u32(POS[token]);" : "let pos = token % P.t;"}
   let cs = TAB[(min(pos, P.maxPos - 1u) * P.half + k) / 2u];
@@ -68,13 +60,13 @@ fn main(${GRID_BUILTINS}) {
     x.x * s0 + x.y * cs.x,
     x.z * cs.z - x.w * s1,
     x.z * s1 + x.w * cs.z,
-  );
-}`;
-  return {
+  );`;
+  return defineKernel({
     name: `rope_vec4${explicitPos ? "_pos" : ""}`,
-    source,
-    buffers: ["read", "read", "read", "rw"],
-  };
+    params: PARAMS,
+    bindings: ropeBindings("vec4<f32>"),
+    body: gridMain(wg, "i", "2u * i >= P.pairs", body),
+  });
 }
 
 /** Llama 3's RoPE frequency scaling (Hugging Face `rope_type: "llama3"`). */

@@ -7,7 +7,8 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { grid, GRID_BUILTINS, type Kernel, LINEAR_GROUP_ID, ParamWriter } from "../kernel.ts";
+import type { Binding, Kernel } from "../kernel.ts";
+import { cachedKernel, defineKernel, grid, gridMain, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
 
 /** Workgroup sum/max over `red` (size wg); every invocation gets the result. */
@@ -38,8 +39,7 @@ fn wgMax(v: f32, lid: u32) -> f32 {
 }`;
 }
 
-const ROW_PARAMS = "struct Params { rows: u32, n: u32, eps: f32, _p: u32 };\n" +
-  "@group(0) @binding(0) var<uniform> P: Params;";
+const ROW_PARAMS = "rows: u32, n: u32, eps: f32, _p: u32";
 
 /**
  * How a row kernel spreads over invocations: "group" gives each row a workgroup that reduces in
@@ -66,63 +66,58 @@ export interface RowVars {
 /**
  * A row kernel: `body` runs once per row with `base` (row offset), `row`, and the loop bounds
  * of `RowVars`; `wgSum`/`wgMax` reduce across the row's invocations (identity in thread mode).
+ * `params` are the fields of Params, which start with `rows` and `n`.
  */
 export function rowKernel(
   name: string,
   wg: number,
   mode: RowMode,
-  buffers: [string, "read" | "rw", string][],
+  bindings: readonly Binding[],
   body: (v: RowVars) => string,
   params = ROW_PARAMS,
 ): Kernel {
-  const decl = buffers.map(([n, a, t], i) =>
-    `@group(0) @binding(${i + 1}) var<storage, ${a === "rw" ? "read_write" : "read"}> ${n}: ${t};`
-  ).join("\n");
   const group = mode === "group";
   const helpers = group ? rowReduceHelpers(wg) : `
 fn wgSum(v: f32, lid: u32) -> f32 { return v; }
 fn wgMax(v: f32, lid: u32) -> f32 { return v; }`;
-  const rowExpr = group ? LINEAR_GROUP_ID : `${LINEAR_GROUP_ID} * ${wg}u + lid`;
   const vars: RowVars = group
     ? { start: "lid", stride: `${wg}u`, leader: "lid == 0u" }
     : { start: "0u", stride: "1u", leader: "true" };
-  const source = `${params}
-${decl}
-${helpers}
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let row = ${rowExpr};
-  if (row >= P.rows) { return; }
-  let base = row * P.n;
-${body(vars)}
-}`;
-  return { name: `${name}_${mode}`, source, buffers: buffers.map((b) => b[1]) };
+  return defineKernel({
+    name: `${name}_${mode}`,
+    params,
+    bindings,
+    body: `${helpers}
+${gridMain(wg, "row", "row >= P.rows", `  let base = row * P.n;\n${body(vars)}`, group)}`,
+  });
 }
 
-const kernelMemo = new Map<string, Kernel>();
-function memo(key: string, make: () => Kernel): Kernel {
-  let k = kernelMemo.get(key);
-  if (!k) kernelMemo.set(key, k = make());
-  return k;
-}
-
-/** y = softmax(x) or log_softmax(x) along rows. */
-export function softmaxKernel(log: boolean, wg: number, mode: RowMode = "group"): Kernel {
-  return memo(`softmax${log}${wg}${mode}`, () =>
-    rowKernel(
-      log ? "log_softmax_fwd" : "softmax_fwd",
-      wg,
-      mode,
-      [["X", "read", "array<f32>"], ["Y", "rw", "array<f32>"]],
-      ({ start, stride }) => `
+/**
+ * WGSL of a row body: `m`, the largest of X[base..base + n], and `s`, the sum of exp(x - m)
+ * over the row; with `lse = m + log(s)` the row's log-sum-exp.
+ */
+export function rowMaxSumExp({ start, stride }: RowVars): string {
+  return `
   var m = -3.4028234e38;
   for (var j = ${start}; j < P.n; j += ${stride}) { m = max(m, X[base + j]); }
   m = wgMax(m, lid);
   var s = 0.0;
   for (var j = ${start}; j < P.n; j += ${stride}) { s += exp(X[base + j] - m); }
-  s = wgSum(s, lid);
+  s = wgSum(s, lid);`;
+}
+
+/** y = softmax(x) or log_softmax(x) along rows. */
+export function softmaxKernel(log: boolean, wg: number, mode: RowMode = "group"): Kernel {
+  return cachedKernel(`softmax:${log}:${wg}:${mode}`, () =>
+    rowKernel(
+      log ? "log_softmax_fwd" : "softmax_fwd",
+      wg,
+      mode,
+      [["X", "read", "array<f32>"], ["Y", "rw", "array<f32>"]],
+      (v) =>
+        `${rowMaxSumExp(v)}
   let lse = m + log(s);
-  for (var j = ${start}; j < P.n; j += ${stride}) {
+  for (var j = ${v.start}; j < P.n; j += ${v.stride}) {
     ${log ? "Y[base + j] = X[base + j] - lse;" : "Y[base + j] = exp(X[base + j] - lse);"}
   }`,
     ));
@@ -130,7 +125,7 @@ export function softmaxKernel(log: boolean, wg: number, mode: RowMode = "group")
 
 /** dx from y and dy: softmax dx = y (dy - sum(dy y)); log_softmax dx = dy - exp(y) sum(dy). */
 export function softmaxBackwardKernel(log: boolean, wg: number, mode: RowMode = "group"): Kernel {
-  return memo(`softmaxbwd${log}${wg}${mode}`, () =>
+  return cachedKernel(`softmax_bwd:${log}:${wg}:${mode}`, () =>
     rowKernel(
       log ? "log_softmax_bwd" : "softmax_bwd",
       wg,
@@ -159,17 +154,12 @@ export function softmaxBackwardKernel(log: boolean, wg: number, mode: RowMode = 
  */
 export function rmsnormKernel(wg: number, mode: RowMode = "group", vec4 = false): Kernel {
   if (vec4 && mode === "thread") {
-    return memo(`rmsnorm${wg}${mode}vec4`, () =>
+    return cachedKernel(`rmsnorm_vec4:${wg}:${mode}`, () =>
       rowKernel(
         "rmsnorm_fwd_vec4",
         wg,
         mode,
-        [
-          ["X", "read", "array<vec4<f32>>"],
-          ["W", "read", "array<vec4<f32>>"],
-          ["Y", "rw", "array<vec4<f32>>"],
-          ["R", "rw", "array<f32>"],
-        ],
+        rmsnormBindings("vec4<f32>"),
         () => `
   let b4 = base / 4u;
   var s = 0.0;
@@ -185,17 +175,12 @@ export function rmsnormKernel(wg: number, mode: RowMode = "group", vec4 = false)
   R[row] = rstd;`,
       ));
   }
-  return memo(`rmsnorm${wg}${mode}`, () =>
+  return cachedKernel(`rmsnorm:${wg}:${mode}`, () =>
     rowKernel(
       "rmsnorm_fwd",
       wg,
       mode,
-      [
-        ["X", "read", "array<f32>"],
-        ["W", "read", "array<f32>"],
-        ["Y", "rw", "array<f32>"],
-        ["R", "rw", "array<f32>"],
-      ],
+      rmsnormBindings("f32"),
       ({ start, stride, leader }) => `
   var s = 0.0;
   for (var j = ${start}; j < P.n; j += ${stride}) { let v = X[base + j]; s += v * v; }
@@ -206,9 +191,19 @@ export function rmsnormKernel(wg: number, mode: RowMode = "group", vec4 = false)
     ));
 }
 
+/** RMSNorm forward: X and the weight W (of `elem`s) read, Y (of `elem`s) and rstd R written. */
+function rmsnormBindings(elem: string): Binding[] {
+  return [
+    ["X", "read", `array<${elem}>`],
+    ["W", "read", `array<${elem}>`],
+    ["Y", "rw", `array<${elem}>`],
+    ["R", "rw", "array<f32>"],
+  ];
+}
+
 /** dx = rstd (w dy - xhat mean(xhat w dy)), xhat = x rstd. */
 export function rmsnormBackwardKernel(wg: number, mode: RowMode = "group"): Kernel {
-  return memo(`rmsnormbwd${wg}${mode}`, () =>
+  return cachedKernel(`rmsnorm_bwd:${wg}:${mode}`, () =>
     rowKernel(
       "rmsnorm_bwd",
       wg,
@@ -236,24 +231,23 @@ export function rmsnormBackwardKernel(wg: number, mode: RowMode = "group"): Kern
  * chunks, which keeps both steps parallel when rows >> n.
  */
 export function rmsnormWeightGradKernel(wg: number, chunk: number): Kernel {
-  const source = `struct Params { rows: u32, n: u32, chunks: u32, _p: u32 };
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read> R: array<f32>;
-@group(0) @binding(3) var<storage, read> G: array<f32>;
-@group(0) @binding(4) var<storage, read_write> DW: array<f32>;
-@compute @workgroup_size(${wg})
-fn main(${GRID_BUILTINS}) {
-  let t = ${LINEAR_GROUP_ID} * ${wg}u + lid;
-  if (t >= P.n * P.chunks) { return; }
-  let c = t / P.n;
+  const body = `  let c = t / P.n;
   let j = t % P.n;
   var s = 0.0;
   let end = min((c + 1u) * ${chunk}u, P.rows);
   for (var r = c * ${chunk}u; r < end; r++) { s += G[r * P.n + j] * X[r * P.n + j] * R[r]; }
-  DW[t] = s;
-}`;
-  return { name: "rmsnorm_dw_partial", source, buffers: ["read", "read", "read", "rw"] };
+  DW[t] = s;`;
+  return defineKernel({
+    name: "rmsnorm_dw_partial",
+    params: "rows: u32, n: u32, chunks: u32, _p: u32",
+    bindings: [
+      ["X", "read", "array<f32>"],
+      ["R", "read", "array<f32>"],
+      ["G", "read", "array<f32>"],
+      ["DW", "rw", "array<f32>"],
+    ],
+    body: gridMain(wg, "t", "t >= P.n * P.chunks", body),
+  });
 }
 
 export const RMSNORM_DW_CHUNK = 256;

@@ -12,7 +12,7 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { type Kernel, ParamWriter } from "../kernel.ts";
+import { defineKernel, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
 import { rowReduceHelpers } from "./rowwise.ts";
 
@@ -117,16 +117,17 @@ fn choose(base: u32, V: u32, u: f32, temperature: f32, topP: f32, lid: u32) -> u
 }
 
 export function sampleKernel(wg: number): Kernel {
-  const source = `struct Params {
-  V: u32, rowStride: u32, rowOffset: u32, step: u32,
-  maxNew: u32, batch: u32, temperature: f32, topP: f32,
-};
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> L: array<f32>;
-@group(0) @binding(2) var<storage, read> U: array<f32>;
-@group(0) @binding(3) var<storage, read_write> NEXT: array<i32>;
-@group(0) @binding(4) var<storage, read_write> HIST: array<i32>;
-${rowReduceHelpers(wg)}
+  return defineKernel({
+    name: "sample",
+    params: `V: u32, rowStride: u32, rowOffset: u32, step: u32,
+             maxNew: u32, batch: u32, temperature: f32, topP: f32,`,
+    bindings: [
+      ["L", "read", "array<f32>"],
+      ["U", "read", "array<f32>"],
+      ["NEXT", "rw", "array<i32>"],
+      ["HIST", "rw", "array<i32>"],
+    ],
+    body: `${rowReduceHelpers(wg)}
 ${chooseSource(wg, "L")}
 
 @compute @workgroup_size(${wg})
@@ -138,8 +139,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     NEXT[b] = i32(choice);
     HIST[b * P.maxNew + P.step] = i32(choice);
   }
-}`;
-  return { name: "sample", source, buffers: ["read", "read", "rw", "rw"] };
+}`,
+  });
 }
 
 /** Sampling settings of one generation step. */

@@ -25,7 +25,7 @@
  */
 
 import type { Gpu } from "../../gpu/device.ts";
-import { type Kernel, ParamWriter, range } from "../../gpu/kernel.ts";
+import { cachedKernel, type Kernel, ParamWriter, range } from "../../gpu/kernel.ts";
 import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../../gpu/pool.ts";
 import { SIGMOID_WGSL } from "../../gpu/kernels/elementwise.ts";
 import { rowReduceHelpers } from "../../gpu/kernels/rowwise.ts";
@@ -363,8 +363,6 @@ export interface DecodeLayerBuffers {
   head?: { norm: GpuBuffer; classifier: GpuBuffer; logits: GpuBuffer };
 }
 
-const memo = new Map<string, Kernel>();
-
 /** Records one fused layer for the token at position `pos`. */
 export function runDecodeLayer(
   gpu: Gpu,
@@ -377,8 +375,7 @@ export function runDecodeLayer(
 ): void {
   const head = b.head;
   const key = `${JSON.stringify(shape)}${first}${!!head}`;
-  let k = memo.get(key);
-  if (!k) memo.set(key, k = decodeLayerKernel(shape, first, !!head));
+  const k = cachedKernel(`decode_layer:${key}`, () => decodeLayerKernel(shape, first, !!head));
   const p = new ParamWriter().u32(pos).u32(maxPos).f32(1 / Math.sqrt(shape.dim / shape.heads)).u32(
     0,
   );
@@ -706,8 +703,10 @@ export function runDecodeStep(
   choice?: DecodeChoice,
 ): void {
   const key = `v3${JSON.stringify(shape)}${JSON.stringify(layout)}${from},${to},${!!choice}`;
-  let k = memo.get(key);
-  if (!k) memo.set(key, k = decodeStepKernel(shape, layout, from, to, !!choice));
+  const k = cachedKernel(
+    `decode_step:${key}`,
+    () => decodeStepKernel(shape, layout, from, to, !!choice),
+  );
   const p = new ParamWriter().u32(pos).u32(maxPos).f32(1 / Math.sqrt(shape.dim / shape.heads))
     .u32(choice?.step ?? 0).f32(choice?.temperature ?? 0).f32(choice?.topP ?? 1).u32(0).u32(0);
   gpu.dispatch(
