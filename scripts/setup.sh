@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what gemkit needs on a fresh Debian machine, and nothing that is already there:
-#   Deno (from the npm package `deno`), Mesa's Vulkan driver (the llvmpipe WebGPU adapter), and
-#   with --bench, Debian's PyTorch for the benchmark's reference rows.
+#   Deno (from the npm package `deno`), Mesa's Vulkan driver (the llvmpipe WebGPU adapter), what the
+#   notebooks run with (Jupyter's client and nbclient for Debian's /usr/bin/python3, headless
+#   Chromium for their figures, Deno's Jupyter kernel), and with --bench, Debian's PyTorch for the
+#   benchmark's reference rows.
 # Idempotent: a second run only checks.
 set -euo pipefail
 
@@ -32,7 +34,7 @@ apt_install() {
   fi
 }
 
-apt_install mesa-vulkan-drivers
+apt_install mesa-vulkan-drivers python3-nbclient python3-nbformat jupyter-client chromium
 if [ "$bench" = 1 ]; then apt_install python3-torch; fi
 
 have=""
@@ -46,3 +48,9 @@ if [ "$have" != "$DENO_VERSION" ]; then
   hash -r
 fi
 command -v deno >/dev/null || { echo "setup: deno is not on PATH after install ($(npm prefix -g)/bin)" >&2; exit 1; }
+
+# Deno's Jupyter kernel, registered for the user that runs the notebooks.
+if [ ! -f "${JUPYTER_DATA_DIR:-$HOME/.local/share/jupyter}/kernels/deno/kernel.json" ]; then
+  echo "setup: deno jupyter --install" >&2
+  deno jupyter --install >/dev/null 2>&1 || { echo "setup: deno jupyter --install failed" >&2; exit 1; }
+fi
