@@ -34,7 +34,6 @@ export type { Tuning } from "./src/gpu/tuning.ts";
 export {
   DisposedError,
   DTypeError,
-  errorClass,
   IndexError,
   NoAdapterError,
   ShaderError,

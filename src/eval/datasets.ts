@@ -12,7 +12,7 @@
  *   once a doc's `.W` has begun, later markers are dropped and their lines stay in the abstract.
  */
 
-import { dataDir } from "../io/paths.ts";
+import { dataDir, readBytes } from "../io/paths.ts";
 
 /** A dataset file that cannot be parsed; the message names the file and line. */
 export class DatasetError extends Error {
@@ -114,12 +114,7 @@ export function parseCsv(text: string, source = "<string>"): CsvRecord[] {
 }
 
 function readText(path: string, encoding = "utf-8"): string {
-  let bytes: Uint8Array;
-  try {
-    bytes = Deno.readFileSync(path);
-  } catch (e) {
-    throw new DatasetError(`${path}: cannot read (${(e as Error).message})`);
-  }
+  const bytes = readBytes(path, (m) => new DatasetError(m));
   try {
     // fatal: a UTF-8 file with stray Latin-1 bytes must fail loudly, not decode to U+FFFD.
     return new TextDecoder(encoding, { fatal: true }).decode(bytes);

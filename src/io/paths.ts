@@ -29,3 +29,15 @@ export function dataDir(): string {
   }
   return dir;
 }
+
+/**
+ * A file's bytes; a file that cannot be read becomes the caller's error class, with the path and
+ * the reason in its message (`${path}: cannot read (...)`).
+ */
+export function readBytes(path: string, error: (message: string) => Error): Uint8Array {
+  try {
+    return Deno.readFileSync(path);
+  } catch (e) {
+    throw error(`${path}: cannot read (${(e as Error).message})`);
+  }
+}

@@ -10,6 +10,7 @@
 import { Tokenizer as HfCore } from "@huggingface/tokenizers";
 import type { EncodeOptions, LoadTokenizerOptions, Tokenizer } from "./tokenizer_types.ts";
 import { SpecialTokenTable, TokenizerError, TokenizerFileError } from "./tokenizer_types.ts";
+import { readBytes } from "./paths.ts";
 
 // Used when neither tokenizer_config.json nor the caller names BOS/EOS: the common spellings,
 // looked up among the tokenizer's own tokens, first match wins.
@@ -219,12 +220,7 @@ export class HfTokenizer implements Tokenizer {
 }
 
 function readJson(path: string): Record<string, unknown> {
-  let text: string;
-  try {
-    text = Deno.readTextFileSync(path);
-  } catch (e) {
-    throw new TokenizerFileError(`${path}: cannot read (${(e as Error).message})`);
-  }
+  const text = new TextDecoder().decode(readBytes(path, (m) => new TokenizerFileError(m)));
   try {
     const v = JSON.parse(text);
     if (v && typeof v === "object" && !Array.isArray(v)) return v;
