@@ -14,6 +14,7 @@ import { openModel } from "../recipe/open.ts";
 import { type EvalTask, evalTask, TASK_NAMES, TASKS } from "../eval/registry.ts";
 import { makeEmbedder, type TaskResult } from "../eval/tasks.ts";
 import { sha256Path } from "../io/hash.ts";
+import { writeAtomic } from "../io/atomic.ts";
 import { MODEL_FLAGS, parseArgs, runMain, UsageError } from "./args.ts";
 import { type Figure, figuresHtml } from "../eval/plotly.ts";
 
@@ -165,9 +166,9 @@ await runMain(async () => {
     seconds: (performance.now() - t0) / 1000,
     results,
   };
-  await Deno.writeTextFile(`${out}/results.json`, JSON.stringify(json, null, 1) + "\n");
+  await writeAtomic(`${out}/results.json`, JSON.stringify(json, null, 1) + "\n");
   const md = `# gemkit eval: ${modelPath}\n\n${markdown(results, poolings)}`;
-  await Deno.writeTextFile(`${out}/results.md`, md);
+  await writeAtomic(`${out}/results.md`, md);
   const figures: Figure[] = [
       ...new Set(
         results.filter((r) => r.pooling !== "-").map((r) => r.task),
@@ -190,7 +191,7 @@ await runMain(async () => {
   const table = md.split("\n").filter((l) => l.startsWith("|")).map((l) =>
     "<tr>" + l.split("|").slice(1, -1).map((c) => `<td>${c.trim()}</td>`).join("") + "</tr>"
   ).filter((l) => !l.includes("<td>---</td>")).join("\n");
-  await Deno.writeTextFile(
+  await writeAtomic(
     `${out}/report.html`,
     await figuresHtml(`gemkit eval: ${modelPath}`, figures, `<table>${table}</table>`),
   );

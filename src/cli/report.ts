@@ -5,6 +5,7 @@
  */
 
 import { embedIds, type GemModel } from "../gem/gem.ts";
+import { writeAtomic } from "../io/atomic.ts";
 import { tinyStories } from "../io/corpus.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
 import type { Llama } from "../nn/llama.ts";
@@ -66,7 +67,7 @@ export async function baselineReport(
   const rep = { perplexity: ppl.perplexity, poolings, seconds: (performance.now() - t0) / 1000 };
   if (cacheFile) {
     await Deno.mkdir("runs/.cache", { recursive: true });
-    await Deno.writeTextFile(cacheFile, JSON.stringify(rep, null, 1));
+    await writeAtomic(cacheFile, JSON.stringify(rep, null, 1));
   }
   return rep;
 }
@@ -83,12 +84,12 @@ export async function gemReport(gem: GemModel): Promise<ModelReport> {
 }
 
 /** Prints the before/after table to stdout and saves report.json beside the checkpoint. */
-export function printReport(
+export async function printReport(
   before: ModelReport | null,
   after: ModelReport,
   config: TrainConfig,
   ckpt: string,
-): void {
+): Promise<void> {
   const f = (x: number | undefined) => (x === undefined ? "-" : x.toFixed(3));
   const best = before
     ? Object.entries(before.poolings).sort((a, b) => b[1].ndcgAt10 - a[1].ndcgAt10)[0]
@@ -132,5 +133,5 @@ export function printReport(
     );
   }
   console.log(lines.join("\n"));
-  Deno.writeTextFileSync(`${ckpt}/report.json`, JSON.stringify({ before, after }, null, 1) + "\n");
+  await writeAtomic(`${ckpt}/report.json`, JSON.stringify({ before, after }, null, 1) + "\n");
 }

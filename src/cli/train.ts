@@ -124,7 +124,7 @@ await runMain(async () => {
   );
   if (wantReport && result.stopped === "done") {
     const after = await gemReport(gem);
-    printReport(baseline, after, config, result.checkpoint);
+    await printReport(baseline, after, config, result.checkpoint);
   }
   gem.dispose();
   if (result.stopped === "signal") Deno.exit(130);

@@ -1,7 +1,8 @@
 /**
  * Atomic file writes: the bytes go to `<path>.tmp-<random>` beside the target, are synced, and the
  * file is renamed into place, so a reader (or a crash) sees the old file or the new one, never a
- * part. Every file gemkit writes goes through here.
+ * part. Every file gemkit writes in place goes through here (the files inside a checkpoint are
+ * written into a temporary directory that is renamed into place as a whole).
  */
 
 /**

@@ -135,6 +135,10 @@ export function summaryMarkdown(study: Study, records: RunRecord[]): string {
     );
   }
   lines.push("## Results", "");
+  if (!records.length) {
+    lines.push("No records yet: `deno task sweep --study " + study.file + "` makes them.", "");
+    return lines.join("\n");
+  }
   lines.push(
     `| variant | seeds | ${metrics.map((m) => m.name + (m.higher ? " ↑" : " ↓")).join(" | ")} |`,
     `|---|---|${metrics.map(() => "---|").join("")}`,
