@@ -294,7 +294,7 @@ export type { PreparedRun } from "./src/recipe/recipe.ts";
 /** One resolver for every model spec (path, run dir, GEM checkpoint, HF dir, hub id, @data/). */
 export { openModel } from "./src/recipe/open.ts";
 /** What openModel returns. */
-export type { OpenedModel } from "./src/recipe/open.ts";
+export type { EncodeTextOptions, OpenedModel } from "./src/recipe/open.ts";
 /** The training loop with exact resume. */
 export {
   NonFiniteLossError,

@@ -122,11 +122,13 @@ export interface EmbedOptions {
   batch?: number;
   /** Called after each batch with the number of texts done. */
   onProgress?: (done: number) => void;
+  /** L2-normalise each vector (default true; cosine similarity is then a dot product). */
+  normalize?: boolean;
 }
 
 /** Embeddings and how many texts had to be cut to fit the context. */
 export interface EmbedResult {
-  /** One L2-normalised vector per text, in input order. */
+  /** One vector per text, in input order (L2-normalised unless `normalize` is false). */
   vectors: Float32Array[];
   /** Texts cut to fit the context. */
   truncated: number;
@@ -194,7 +196,7 @@ export async function embedIds(
             group.map((s, i) => (s.ids.length > 1 ? rows(i, 1, s.ids.length) : [batch.offsets[i]])),
           );
         }
-        return l2normalize(v);
+        return opts.normalize === false ? v : l2normalize(v);
       })
     );
     const host = (await pooled.toArray()) as Float32Array;

@@ -1,14 +1,36 @@
 /**
  * `openModel(spec)`: the one place that decides what a model spec is. A path in any checkpoint
  * format, a run directory (its latest checkpoint), a GEM checkpoint (a directory with gem.json),
- * a Hugging Face directory, a hub id, or `@data/...`. Every CLI opens models through it.
+ * a Hugging Face directory, a hub id, or `@data/...`. Every CLI opens models through it, and the
+ * opened model is the common case's API:
+ *
+ * ```ts
+ * const m = await openModel("results/checkpoints/default-s0");
+ * const [a, b] = await m.encode(["A cat sat.", "A dog ran."]);
+ * console.log(await m.similarity("A cat sat.", "The cat was sitting."));
+ * console.log((await m.generate("Once upon a time", { maxTokens: 40, temperature: 0 })).text);
+ * m.dispose();
+ * ```
  */
 
-import type { GemModel } from "../gem/gem.ts";
+import { embedIds, type GemModel, type Pooling } from "../gem/gem.ts";
 import { isGemDir, loadGem } from "../gem/io.ts";
 import { dataPath, loadModel, type LoadModelOptions, resolveRunDir } from "../io/model.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
+import { type GenerateOptions, type GenerateResult, generateText } from "../nn/generate.ts";
 import type { Llama } from "../nn/llama.ts";
+
+/** Options of {@link OpenedModel.encode}. */
+export interface EncodeTextOptions {
+  /** gem (a GEM model's special tokens; its default), mean or last (a plain model's default: mean). */
+  pooling?: Pooling;
+  /** Texts per forward pass (default 64). */
+  batchSize?: number;
+  /** L2-normalise each vector (default true). */
+  normalize?: boolean;
+  /** Called after each batch with the texts done and the total. */
+  onProgress?: (done: number, total: number) => void;
+}
 
 /** An opened model: the decoder, its tokenizer, and the GEM model when the spec is one. */
 export interface OpenedModel {
@@ -22,8 +44,58 @@ export interface OpenedModel {
   path: string;
   /** "gem", or the plain checkpoint format ("hf", "llama2c"). */
   format: string;
+  /** Embeddings of texts (BOS prepended, cut to the context), one vector per text in order. */
+  encode(texts: readonly string[], opts?: EncodeTextOptions): Promise<Float32Array[]>;
+  /** Cosine similarity of two texts' embeddings (same options as `encode`). */
+  similarity(a: string, b: string, opts?: EncodeTextOptions): Promise<number>;
+  /**
+   * Continues a prompt (greedy with `temperature: 0`; default 256 new tokens at most, stopping at
+   * BOS or EOS); the result carries the new text.
+   */
+  generate(
+    prompt: string,
+    opts?: Partial<GenerateOptions> & { onText?: (piece: string) => void },
+  ): Promise<GenerateResult & { text: string }>;
   /** Releases the weights. */
   dispose(): void;
+}
+
+/** The methods of an opened model over its decoder, tokenizer and (maybe) GEM settings. */
+function withMethods(
+  m: Omit<OpenedModel, "encode" | "similarity" | "generate">,
+): OpenedModel {
+  const encode = async (texts: readonly string[], opts: EncodeTextOptions = {}) => {
+    const pooling = opts.pooling ?? (m.gem ? "gem" : "mean");
+    if (pooling === "gem" && !m.gem) {
+      throw new Error(`${m.path}: gem pooling needs a GEM checkpoint (a directory with gem.json)`);
+    }
+    const ids = texts.map((t) => m.tokenizer.encode(t, { bos: true }));
+    const r = await embedIds(m.model, ids, {
+      pooling,
+      batch: opts.batchSize ?? 64,
+      normalize: opts.normalize,
+      gem: m.gem?.info,
+      table: m.gem?.table,
+      onProgress: (done) => opts.onProgress?.(done, texts.length),
+    });
+    return r.vectors;
+  };
+  return {
+    ...m,
+    encode,
+    similarity: async (a, b, opts = {}) => {
+      const [x, y] = await encode([a, b], { ...opts, normalize: true });
+      let dot = 0;
+      for (let i = 0; i < x.length; i++) dot += x[i] * y[i];
+      return dot;
+    },
+    generate: (prompt, opts = {}) =>
+      generateText(m.model, m.tokenizer, prompt, {
+        stopIds: [m.tokenizer.bosId, m.tokenizer.eosId].filter((i) => i >= 0),
+        ...opts,
+        maxTokens: opts.maxTokens ?? 256,
+      }),
+  };
 }
 
 /**
@@ -34,15 +106,15 @@ export async function openModel(spec: string, opts: LoadModelOptions = {}): Prom
   if (await isGemDir(dataPath(spec))) {
     const path = await resolveRunDir(dataPath(spec));
     const gem = await loadGem(path);
-    return {
+    return withMethods({
       model: gem.model,
       tokenizer: gem.tokenizer,
       gem,
       path,
       format: "gem",
       dispose: () => gem.dispose(),
-    };
+    });
   }
   const m = await loadModel(spec, opts);
-  return { ...m, gem: null, dispose: () => m.model.dispose() };
+  return withMethods({ ...m, gem: null, dispose: () => m.model.dispose() });
 }

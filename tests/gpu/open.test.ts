@@ -6,6 +6,7 @@ import { saveGem } from "../../src/gem/io.ts";
 import { hfFormat } from "../../src/io/hf.ts";
 import { FORMATS, loadModel, locateModel, ModelNotFoundError } from "../../src/io/model.ts";
 import { dataDir } from "../../src/io/paths.ts";
+import { generateText } from "../../src/nn/generate.ts";
 import { openModel } from "../../src/recipe/open.ts";
 import { testGpu } from "../helpers.ts";
 
@@ -93,4 +94,49 @@ Deno.test("openModel: errors name the spec; the registry lists each format once"
   await Deno.writeTextFile(`${dir}/latest`, "../elsewhere\n");
   await assert.rejects(() => openModel(dir), /latest: must name a checkpoint directory/);
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("openModel: encode, similarity and generate on the committed GEM checkpoint", async () => {
+  await testGpu();
+  const root = new URL("../../", import.meta.url).pathname;
+  const m = await openModel(`${root}results/checkpoints/default-s0`);
+  const texts = ["Tom saw a big cat.", "Lily went to the park.", "The cat ran away from Tom."];
+  const progress: number[] = [];
+  const v = await m.encode(texts, { batchSize: 2, onProgress: (d, n) => progress.push(d / n) });
+  assert.equal(v.length, 3);
+  assert.equal(v[0].length, 64);
+  assert.deepEqual(progress.at(-1), 1);
+  // The same vectors as the GEM model's own embed, batch size aside (batch-independent).
+  const direct = (await m.gem!.embed(texts, { batch: 64 })).vectors;
+  for (let i = 0; i < 3; i++) assert.deepEqual(v[i], direct[i]);
+  const norm = (x: Float32Array) => Math.sqrt(x.reduce((a, b) => a + b * b, 0));
+  assert.ok(Math.abs(norm(v[0]) - 1) < 1e-5);
+  const raw = await m.encode(texts, { normalize: false });
+  const k = norm(raw[1]);
+  assert.ok(Math.abs(k - 1) > 1e-3, "unnormalised vectors keep their length");
+  for (let j = 0; j < 64; j++) assert.ok(Math.abs(raw[1][j] / k - v[1][j]) < 1e-5);
+  const dot = v[0].reduce((a, x, j) => a + x * v[2][j], 0);
+  assert.ok(Math.abs((await m.similarity(texts[0], texts[2])) - dot) < 1e-6);
+  const mean = await m.encode(texts, { pooling: "mean" });
+  assert.notDeepEqual(mean[0], v[0]);
+  const g = await m.generate("Once upon a time", { maxTokens: 12, temperature: 0 });
+  assert.equal(g.ids.length, 12);
+  assert.ok(g.text.length > 10);
+  m.dispose();
+  const plain = await openModel("@data/models/llama2c/stories260K.bin", {
+    tokenizer: "@data/models/llama2c/tok512.bin",
+  });
+  await assert.rejects(() => plain.encode(texts, { pooling: "gem" }), /gem pooling needs a GEM/);
+  const pm = await plain.encode(texts);
+  assert.equal(pm[0].length, 64);
+  const want = await generateText(plain.model, plain.tokenizer, "Once upon a time", {
+    maxTokens: 12,
+    temperature: 0,
+    stopIds: [1, 2],
+  });
+  assert.equal(
+    (await plain.generate("Once upon a time", { maxTokens: 12, temperature: 0 })).text,
+    want.text,
+  );
+  plain.dispose();
 });
