@@ -375,6 +375,8 @@ export { allRecords, appendRecord, readRecords } from "./src/study/records.ts";
 export type { RunEnv, RunRecord } from "./src/study/records.ts";
 /** Summaries of a study's records: spread over seeds, paired differences, figures. */
 export {
+  metricValue,
+  metricValues,
   paired,
   spread,
   SUMMARY_METRICS,

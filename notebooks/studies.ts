@@ -6,6 +6,8 @@
  */
 
 import {
+  metricValue,
+  metricValues,
   paired,
   readRecords,
   readStudy,
@@ -66,8 +68,8 @@ export function coverage(d: StudyData): string {
   })\n${lines.join("\n")}`;
 }
 
-function cell(vals: number[], digits = 3): string {
-  if (!vals.length) return "–";
+function cell(vals: number[], digits = 3, undefinedAll = false): string {
+  if (!vals.length) return undefinedAll ? "undefined" : "–";
   const s = spread(vals);
   return vals.length > 1
     ? `${s.mean.toFixed(digits)} ± ${s.std.toFixed(digits)} <br><sub>${s.min.toFixed(digits)}..${
@@ -83,9 +85,9 @@ export function resultsTable(
   extra?: { title: string; values: Record<string, string> },
 ): string {
   const ms = keys.map(metric);
-  const head = `| variant | seeds | ${ms.map((m) => `${m.name} ${m.higher ? "↑" : "↓"}`).join(" | ")}${
-    extra ? ` | ${extra.title}` : ""
-  } |`;
+  const head = `| variant | seeds | ${
+    ms.map((m) => `${m.name} ${m.higher ? "↑" : "↓"}`).join(" | ")
+  }${extra ? ` | ${extra.title}` : ""} |`;
   const rule = `|---|---|${ms.map(() => "---|").join("")}${extra ? "---|" : ""}`;
   const rows = labels(d).flatMap((l) => {
     const rs = d.records.filter((r) => r.label === l);
@@ -93,9 +95,8 @@ export function resultsTable(
     const name = l === d.study.reference ? `**${l}**` : l;
     return [
       `| ${name} | ${rs.map((r) => r.seed ?? "–").join(",")} | ${
-        ms.map((m) => cell(rs.map((r) => r.metrics[m.key]).filter((v) => v !== undefined))).join(
-          " | ",
-        )
+        ms.map((m) => cell(metricValues(rs, m.key), 3, rs.some((r) => r.metrics[m.key] === null)))
+          .join(" | ")
       }${extra ? ` | ${extra.values[l] ?? ""}` : ""} |`,
     ];
   });
@@ -169,8 +170,8 @@ export function studyFigure(
     const ax = i === 0 ? "" : String(i + 1);
     const first = i === 0;
     for (const [j, l] of variants.entries()) {
-      const rs = d.records.filter((r) => r.label === l && r.metrics[m.key] !== undefined);
-      const ys = rs.map((r) => r.metrics[m.key]);
+      const rs = d.records.filter((r) => r.label === l && metricValue(r, m.key) !== undefined);
+      const ys = metricValues(rs, m.key);
       if (!ys.length) continue;
       data.push({
         type: "scatter",
@@ -188,10 +189,10 @@ export function studyFigure(
       });
     }
     const withData = variants.filter((l) =>
-      d.records.some((r) => r.label === l && r.metrics[m.key] !== undefined)
+      d.records.some((r) => r.label === l && metricValue(r, m.key) !== undefined)
     );
     const stats = withData.map((l) =>
-      spread(d.records.filter((r) => r.label === l).map((r) => r.metrics[m.key]))
+      spread(metricValues(d.records.filter((r) => r.label === l), m.key))
     );
     data.push({
       type: "scatter",
@@ -208,7 +209,8 @@ export function studyFigure(
       yaxis: `y${ax}`,
     });
     for (const [b, l] of bases.entries()) {
-      const v = d.records.find((r) => r.label === l)?.metrics[m.key];
+      const rec = d.records.find((r) => r.label === l);
+      const v = rec && metricValue(rec, m.key);
       if (v === undefined) continue;
       data.push({
         type: "scatter",

@@ -7,7 +7,7 @@
  */
 import { readRecords } from "../src/study/records.ts";
 import { readStudy, type Study } from "../src/study/study.ts";
-import { spread } from "../src/study/summary.ts";
+import { metricValues, spread } from "../src/study/summary.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 /** The studies the README shows, in order. */
@@ -19,8 +19,8 @@ const COLUMNS: [string, string][] = [
   ["ppl-tinystories.perplexity", "perplexity ↓"],
 ];
 
-function cell(values: number[]): string {
-  if (!values.length) return "–";
+function cell(values: number[], undefinedAll: boolean): string {
+  if (!values.length) return undefinedAll ? "undefined" : "–";
   const s = spread(values);
   return values.length > 1
     ? `${s.mean.toFixed(3)} (${s.min.toFixed(3)}..${s.max.toFixed(3)})`
@@ -47,7 +47,7 @@ export async function studyTable(name: string): Promise<string> {
     const seeds = rs[0].kind === "trained" ? String(rs.length) : "–";
     return [
       `| ${name} | ${seeds} | ${
-        COLUMNS.map(([k]) => cell(rs.map((r) => r.metrics[k]).filter((v) => v !== undefined)))
+        COLUMNS.map(([k]) => cell(metricValues(rs, k), rs.some((r) => r.metrics[k] === null)))
           .join(" | ")
       }${paper ? ` | ${paper.values[l] ?? ""}` : ""} |`,
     ];

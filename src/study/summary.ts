@@ -32,6 +32,21 @@ export const SUMMARY_METRICS: SummaryMetric[] = [
   { key: "probe.gapFirst8", name: "probe gap (first 8)", higher: true },
 ];
 
+/**
+ * A record's value of a metric, or undefined when the record lacks it or it is not a finite
+ * number. A metric can be undefined in a run: a Spearman correlation of embeddings that are all
+ * the same is 0/0, written to the record as null.
+ */
+export function metricValue(r: RunRecord, key: string): number | undefined {
+  const v = r.metrics[key] as number | null | undefined;
+  return typeof v === "number" && Number.isFinite(v) ? v : undefined;
+}
+
+/** The defined values of a metric over records. */
+export function metricValues(rs: readonly RunRecord[], key: string): number[] {
+  return rs.map((r) => metricValue(r, key)).filter((v): v is number => v !== undefined);
+}
+
 /** Mean, sample standard deviation, min and max. */
 export interface Spread {
   /** Values, in seed order. */
@@ -72,13 +87,12 @@ export function paired(
   reference: RunRecord[],
   m: SummaryMetric,
 ): Paired | null {
-  const ref = new Map(reference.map((r) => [r.seed, r.metrics[m.key]]));
+  const ref = new Map(reference.map((r) => [r.seed, metricValue(r, m.key)]));
   const pairs = variant.filter((r) =>
-    ref.has(r.seed) && m.key in r.metrics && ref.get(r.seed) !== undefined
-  )
-    .sort((a, b) => (a.seed ?? 0) - (b.seed ?? 0));
+    ref.get(r.seed) !== undefined && metricValue(r, m.key) !== undefined
+  ).sort((a, b) => (a.seed ?? 0) - (b.seed ?? 0));
   if (!pairs.length) return null;
-  const diffs = pairs.map((r) => r.metrics[m.key] - ref.get(r.seed)!);
+  const diffs = pairs.map((r) => metricValue(r, m.key)! - ref.get(r.seed)!);
   const mean = diffs.reduce((a, b) => a + b, 0) / diffs.length;
   const sign = (d: number) => (m.higher ? d : -d);
   const verdict = diffs.length > 1 && diffs.every((d) => sign(d) > 0)
@@ -145,8 +159,8 @@ export function summaryMarkdown(study: Study, records: RunRecord[]): string {
   );
   for (const [label, rs] of g) {
     const cells = metrics.map((m) => {
-      const vals = rs.map((r) => r.metrics[m.key]).filter((v) => v !== undefined);
-      if (!vals.length) return "-";
+      const vals = metricValues(rs, m.key);
+      if (!vals.length) return rs.some((r) => m.key in r.metrics) ? "undefined" : "-";
       const s = spread(vals);
       return vals.length > 1
         ? `${fmt(s.mean, m.key)} ± ${s.std.toFixed(3)}<br>${fmt(s.min, m.key)}..${
@@ -264,8 +278,8 @@ export function summarySvg(study: Study, records: RunRecord[]): string {
   metrics.forEach((m, mi) => {
     const x0 = (mi % cols) * pw, y0 = 40 + Math.floor(mi / cols) * ph;
     const vals = [
-      ...g.flatMap(([, rs]) => rs.map((r) => r.metrics[m.key])),
-      ...base.map(([, rs]) => rs[0].metrics[m.key]),
+      ...g.flatMap(([, rs]) => metricValues(rs, m.key)),
+      ...base.flatMap(([, rs]) => metricValues(rs, m.key)),
     ].filter((v) => v !== undefined && Number.isFinite(v));
     if (!vals.length) return;
     let lo = Math.min(...vals), hi = Math.max(...vals);
@@ -301,7 +315,7 @@ export function summarySvg(study: Study, records: RunRecord[]): string {
       );
     }
     base.forEach(([label, rs], bi) => {
-      const v = rs[0].metrics[m.key];
+      const v = metricValue(rs[0], m.key);
       if (v === undefined) return;
       out.push(
         `<line x1="${x0 + pad.l}" x2="${x0 + pad.l + iw}" y1="${y(v)}" y2="${
@@ -312,7 +326,8 @@ export function summarySvg(study: Study, records: RunRecord[]): string {
       );
     });
     g.forEach(([label, rs], i) => {
-      const vs = rs.map((r) => r.metrics[m.key]).filter((v) => v !== undefined);
+      const defined = rs.filter((r) => metricValue(r, m.key) !== undefined);
+      const vs = metricValues(defined, m.key);
       if (!vs.length) return;
       const s = spread(vs);
       const c = COLORS[i % COLORS.length];
@@ -326,7 +341,7 @@ export function summarySvg(study: Study, records: RunRecord[]): string {
           `<circle cx="${x(i) + (j - (vs.length - 1) / 2) * 5}" cy="${
             y(v)
           }" r="3" fill="${c}" fill-opacity="0.7"><title>${
-            esc(`${label} seed ${rs[j].seed}: ${v.toFixed(4)}`)
+            esc(`${label} seed ${defined[j].seed}: ${v.toFixed(4)}`)
           }</title></circle>`,
         )
       );
@@ -353,7 +368,7 @@ export function summaryFigures(study: Study, records: RunRecord[]): Figure[] {
         mode: "markers",
         name: "seeds",
         x: g.flatMap(([l, rs]) => rs.map(() => l)),
-        y: g.flatMap(([, rs]) => rs.map((r) => r.metrics[m.key])),
+        y: g.flatMap(([, rs]) => rs.map((r) => metricValue(r, m.key) ?? null)),
         text: g.flatMap(([, rs]) => rs.map((r) => `seed ${r.seed}`)),
         marker: { size: 9, opacity: 0.7 },
       },
@@ -362,10 +377,10 @@ export function summaryFigures(study: Study, records: RunRecord[]): Figure[] {
         mode: "markers",
         name: "mean ± std",
         x: g.map(([l]) => l),
-        y: g.map(([, rs]) => spread(rs.map((r) => r.metrics[m.key])).mean),
+        y: g.map(([, rs]) => spread(metricValues(rs, m.key)).mean),
         error_y: {
           type: "data",
-          array: g.map(([, rs]) => spread(rs.map((r) => r.metrics[m.key])).std),
+          array: g.map(([, rs]) => spread(metricValues(rs, m.key)).std),
         },
         marker: { symbol: "line-ew-open", size: 24 },
       },
@@ -374,7 +389,7 @@ export function summaryFigures(study: Study, records: RunRecord[]): Figure[] {
         mode: "lines",
         name: l,
         x: [g[0]?.[0], g.at(-1)?.[0]],
-        y: [rs[0].metrics[m.key], rs[0].metrics[m.key]],
+        y: [metricValue(rs[0], m.key) ?? null, metricValue(rs[0], m.key) ?? null],
         line: { dash: "dash" },
       })),
     ],

@@ -12,7 +12,13 @@ import {
   StudyError,
   variantConfig,
 } from "../../src/study/study.ts";
-import { paired, spread, summaryMarkdown, summarySvg } from "../../src/study/summary.ts";
+import {
+  metricValue,
+  paired,
+  spread,
+  summaryMarkdown,
+  summarySvg,
+} from "../../src/study/summary.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const study = (extra: Record<string, unknown> = {}) => ({
@@ -185,4 +191,17 @@ Deno.test("summary: spread, paired differences by seed, and the noise verdict", 
   const svg = summarySvg(st, all);
   assert.ok(svg.startsWith("<svg") && svg.trimEnd().endsWith("</svg>"));
   assert.equal((svg.match(/<circle /g) ?? []).length, 4);
+});
+
+Deno.test("summary: a metric recorded as null (0/0) is undefined, never 0", () => {
+  const st = parseStudy(study({ reference: "a" }), "s.json");
+  const nan = JSON.parse(JSON.stringify({ "stsb.spearman": NaN }));
+  assert.equal(nan["stsb.spearman"], null);
+  const ref = [rec("a", 0, { "stsb.spearman": 0.5 })];
+  const b = [rec("b", 0, nan)];
+  assert.equal(metricValue(b[0], "stsb.spearman"), undefined);
+  assert.equal(paired(b, ref, { key: "stsb.spearman", name: "STS-B", higher: true }), null);
+  const md = summaryMarkdown(st, [...ref, ...b]);
+  assert.match(md, /\| b \| 0 \| undefined \|/);
+  assert.equal((summarySvg(st, [...ref, ...b]).match(/<circle /g) ?? []).length, 1);
 });
