@@ -79,7 +79,7 @@ export interface TorchSetup {
 }
 
 /**
- * PyTorch's setup from the environment, so that a lent GPU machine (its own python, 16 cores,
+ * PyTorch's setup from the environment, so that a GPU machine (its own python, 16 cores,
  * CUDA) runs the same benches: GEMKIT_PYTHON (default /usr/bin/python3, Debian's PyTorch),
  * GEMKIT_TORCH_THREADS (comma-separated CPU thread counts, default "1,2"; "" for none) and
  * GEMKIT_TORCH_CUDA=1 (add a run on the GPU).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs gemkit on a lent GPU machine (the `device` tool): the adapter it finds, `deno task bench`
+# Runs gemkit on a remote GPU machine: the adapter it finds, `deno task bench`
 # beside PyTorch (CPU at 1 and 16 threads, and CUDA), then the test suite on that adapter.
 #
 # Nothing can be fetched there, so everything travels with the working tree, made here by

@@ -36,7 +36,7 @@ thread pool). impl is "torch-cpu-<threads>t".
 Device: "device": "cuda" runs the same benches on the GPU (PyTorch >= 2.0, through
 torch.set_default_device); impl is then "torch-cuda", and every timed sample ends with
 torch.cuda.synchronize() inside the timed region. generate still calls .item() per token, as an
-eager greedy loop does. Debian's torch 1.13 has no CUDA; this is for a lent GPU machine.
+eager greedy loop does. Debian's torch 1.13 has no CUDA; this is for a machine with a CUDA GPU.
 
 Memory: by default the script calls glibc's mallopt (M_MMAP_MAX = 0, M_TRIM_THRESHOLD = INT_MAX)
 before importing torch, so that freed tensor memory is reused instead of being unmapped and
