@@ -9,6 +9,7 @@
 
 import { initGpu } from "../src/gpu/device.ts";
 import type { BenchContext, BenchRecord } from "./common.ts";
+import { coldBench } from "./cold.ts";
 import { matmulBench } from "./matmul.ts";
 import { modelBench } from "./model.ts";
 
@@ -17,11 +18,13 @@ type Bench = (ctx: BenchContext) => Promise<BenchRecord[]>;
 const BENCHES: Record<string, Bench> = {
   matmul: matmulBench,
   model: modelBench,
+  cold: coldBench,
 };
 
 function table(records: BenchRecord[]): string {
   const cols = [...new Set(records.flatMap((r) => Object.keys(r)))].filter((c) =>
-    !["adapter", "date", "samples", "suite", "first_ids", "first_text", "sample_unit"].includes(c)
+    !["adapter", "date", "samples", "suite", "first_ids", "first_text", "sample_unit", "compile_ms"]
+      .includes(c)
   );
   const fmt = (v: unknown) =>
     typeof v === "number"

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# The README's test command: set-up, then every Deno test, then every notebook executed headless
-# (scripts/check_notebooks.py, outputs not written back), then one line "N passed, N failed".
-# Counts each Deno test and test step, and each notebook; exits non-zero on any failure.
-# --no-notebooks skips the notebooks (for a quick run); other arguments go to `deno test`.
+# The README's test command: set-up, then every test under Deno, the CPU tests under Bun (the same
+# files, written against node:test; GPU tests under Bun wait on Dawn, see README), then every notebook
+# executed headless (scripts/check_notebooks.py, outputs not written back), then one line
+# "N passed, N failed". Counts each Deno test and test step, each Bun test, and each notebook;
+# exits non-zero on any failure.
+# --no-notebooks and --no-bun skip those parts (for a quick run); other arguments go to `deno test`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
 notebooks=1
+bun=1
 args=()
 for a in "$@"; do
-  if [ "$a" = "--no-notebooks" ]; then notebooks=0; else args+=("$a"); fi
+  case "$a" in
+    --no-notebooks) notebooks=0 ;;
+    --no-bun) bun=0 ;;
+    *) args+=("$a") ;;
+  esac
 done
 log=$(mktemp)
 NO_COLOR=1 deno task test "${args[@]}" 2>&1 | tee "$log"
@@ -17,6 +24,17 @@ status=${PIPESTATUS[0]}
 passed=$(grep -cE ' \.\.\. ok( |$)' "$log")
 failed=$(grep -cE ' \.\.\. FAILED( |$)' "$log")
 if [ "$status" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
+if [ "$bun" = 1 ]; then
+  NO_COLOR=1 node_modules/.bin/bun test --timeout 600000 tests/cpu/ 2>&1 | tee "$log"
+  bun_status=${PIPESTATUS[0]}
+  bun_passed=$(grep -cE '^\(pass\) ' "$log")
+  bun_failed=$(grep -cE '^\(fail\) ' "$log")
+  if [ "$bun_status" != 0 ] && [ "$bun_failed" = 0 ]; then bun_failed=1; fi
+  echo "bun: $bun_passed passed, $bun_failed failed"
+  passed=$((passed + bun_passed))
+  failed=$((failed + bun_failed))
+  [ "$bun_status" = 0 ] || status=1
+fi
 if [ "$notebooks" = 1 ]; then
   /usr/bin/python3 scripts/check_notebooks.py --no-write 2>&1 | tee "$log"
   nb_status=${PIPESTATUS[0]}

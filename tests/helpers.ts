@@ -1,5 +1,13 @@
-/** Shared test helpers: GPU set-up, golden loading, and tolerance checks (atol + rtol * |ref|). */
+/**
+ * Shared test helpers: GPU set-up, golden loading, tolerance checks (atol + rtol * |ref|), and
+ * running the CLIs under the runtime running the tests (Deno or Bun).
+ */
 
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { constants } from "node:os";
+import process from "node:process";
 import { initGpu } from "../src/gpu/device.ts";
 import type { Gpu } from "../src/gpu/device.ts";
 import { type DType, type Tensor, tensor } from "../src/tensor/tensor.ts";
@@ -27,7 +35,7 @@ export interface GoldenCase {
 
 export function loadGoldens(file: string): GoldenCase[] {
   const url = new URL(`./goldens/${file}`, import.meta.url);
-  const json = JSON.parse(Deno.readTextFileSync(url));
+  const json = JSON.parse(readFileSync(url, "utf8"));
   if (json.version !== 1) throw new Error(`${file}: golden version ${json.version}, want 1`);
   return json.cases as GoldenCase[];
 }
@@ -90,4 +98,76 @@ export async function assertTensorClose(
     throw new Error(`${what}: shape [${t.shape}], expected [${g.shape}]`);
   }
   assertClose(await t.toArray(), g.data, tol, what);
+}
+
+/** A file's bytes as a plain Uint8Array (not a Buffer, so deepEqual against Uint8Arrays holds). */
+export async function readBytes(path: string): Promise<Uint8Array<ArrayBuffer>> {
+  return new Uint8Array(await readFile(path));
+}
+
+/** {@link readBytes}, synchronously. */
+export function readBytesSync(path: string): Uint8Array<ArrayBuffer> {
+  return new Uint8Array(readFileSync(path));
+}
+
+/** True when the tests run under Deno (else Bun or Node). */
+export const IS_DENO = "Deno" in globalThis;
+
+/**
+ * The command line that runs a TypeScript entry point under the runtime running the tests:
+ * `deno run -A script ...args` under Deno, `bun run script ...args` under Bun.
+ */
+export function cliCommand(script: string, args: string[]): [string, string[]] {
+  const run = IS_DENO ? ["run", "-A", script] : ["run", script];
+  return [process.execPath, [...run, ...args]];
+}
+
+/** Exit code of a finished child: its own, or 128 + the signal number as a shell reports it. */
+export function exitCode(code: number | null, signal: string | null): number {
+  if (code !== null) return code;
+  const signals: Record<string, number> = constants.signals;
+  return 128 + (signal ? signals[signal] ?? 0 : 0);
+}
+
+export interface CliResult {
+  code: number;
+  out: string;
+  err: string;
+}
+
+/**
+ * Runs a CLI entry point (see {@link cliCommand}) to completion, stdout and stderr captured.
+ * `env` is added to this process's environment.
+ */
+export function runCli(
+  script: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<CliResult> {
+  const [cmd, argv] = cliCommand(script, args);
+  const child = spawn(cmd, argv, {
+    env: { ...process.env, ...env },
+    stdio: ["inherit", "pipe", "pipe"],
+  });
+  const out: Uint8Array[] = [], err: Uint8Array[] = [];
+  child.stdout.on("data", (c: Uint8Array) => out.push(c));
+  child.stderr.on("data", (c: Uint8Array) => err.push(c));
+  const text = (parts: Uint8Array[]) => new TextDecoder().decode(concat(parts));
+  return new Promise((resolve, reject) => {
+    child.on("error", reject);
+    child.on(
+      "close",
+      (code, signal) => resolve({ code: exitCode(code, signal), out: text(out), err: text(err) }),
+    );
+  });
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    all.set(p, at);
+    at += p.length;
+  }
+  return all;
 }

@@ -3,6 +3,8 @@
  * boolean `--flag`, and `key=value` overrides. Unknown flags are errors that name them.
  */
 
+import { env, exit } from "../platform/platform.ts";
+
 /** A flag: its type and help text. */
 export interface FlagSpec {
   type: "string" | "number" | "boolean";
@@ -90,13 +92,13 @@ export async function runMain(main: () => Promise<void>): Promise<void> {
   } catch (e) {
     if (e instanceof UsageError) {
       console.error(e.message);
-      Deno.exit(e.message.startsWith("usage") ? 0 : 2);
+      exit(e.message.startsWith("usage") ? 0 : 2);
     }
     const err = e as Error;
     console.error(
       `error: ${err.name && err.name !== "Error" ? `${err.name}: ` : ""}${err.message}`,
     );
-    if (Deno.env.get("GEMKIT_DEBUG")) console.error(err.stack);
-    Deno.exit(1);
+    if (env("GEMKIT_DEBUG")) console.error(err.stack);
+    exit(1);
   }
 }

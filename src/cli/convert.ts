@@ -4,6 +4,8 @@
  * permuting q/k rows for HF's rotate_half RoPE on the way. The direction follows the input.
  */
 
+import { stat } from "node:fs/promises";
+import { args } from "../platform/platform.ts";
 import { readHfModel, writeHfModel } from "../io/hf.ts";
 import { readLlama2c, writeLlama2c } from "../io/llama2c.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
@@ -11,7 +13,7 @@ import { parseArgs, runMain, UsageError } from "./args.ts";
 const USAGE = "usage: deno task convert --input PATH --output PATH [--dtype F32|F16]";
 
 await runMain(async () => {
-  const { flags } = parseArgs(Deno.args, {
+  const { flags } = parseArgs(args(), {
     input: { type: "string", help: "llama2.c .bin file, or Hugging Face directory" },
     output: { type: "string", help: "HF directory (from .bin), or .bin file (from HF)" },
     dtype: { type: "string", help: "safetensors dtype when writing HF", default: "F32" },
@@ -24,7 +26,7 @@ await runMain(async () => {
     throw new UsageError(`--dtype must be F32 or F16, got ${dtype}`);
   }
   const input = flags.input as string, output = flags.output as string;
-  if ((await Deno.stat(input)).isDirectory) {
+  if ((await stat(input)).isDirectory()) {
     const { config, weights } = await readHfModel(input);
     await writeLlama2c(output, config, weights);
     console.error(`gemkit: ${input} (Hugging Face) -> ${output} (llama2.c)`);

@@ -6,6 +6,8 @@
  * context are cut from the end and counted in a warning.
  */
 
+import { readFileSync } from "node:fs";
+import { args } from "../platform/platform.ts";
 import type { Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
 import { writeAtomic } from "../io/atomic.ts";
@@ -19,7 +21,8 @@ const USAGE =
 
 /** Texts of the input file, one per line (text) or per JSON line; errors name the line. */
 export function readInputTexts(path: string): string[] {
-  const raw = Deno.readFileSync(path);
+  const b = readFileSync(path);
+  const raw = new Uint8Array(b.buffer, b.byteOffset, b.byteLength); // a Uint8Array, not a Buffer
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true }).decode(raw);
@@ -62,7 +65,7 @@ export function npyBytes(rows: readonly Float32Array[], d: number): Uint8Array {
 
 if (import.meta.main) {
   await runMain(async () => {
-    const { flags } = parseArgs(Deno.args, {
+    const { flags } = parseArgs(args(), {
       ...MODEL_FLAGS,
       input: { type: "string", help: "texts: one per line, or JSONL with a 'text' field" },
       output: { type: "string", help: "where to write float32 [n, d] .npy" },

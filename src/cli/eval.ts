@@ -7,6 +7,8 @@
  * results.md and report.html (plotly bar charts, opens offline) into --out.
  */
 
+import { mkdir, readFile } from "node:fs/promises";
+import { args, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
 import type { Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
 import { dataDir } from "../io/paths.ts";
@@ -17,6 +19,7 @@ import { sha256Path } from "../io/hash.ts";
 import { writeAtomic } from "../io/atomic.ts";
 import { MODEL_FLAGS, parseArgs, runMain, UsageError } from "./args.ts";
 import { type Figure, figuresHtml } from "../eval/plotly.ts";
+import { runtimeVersions } from "../study/records.ts";
 
 const USAGE =
   "usage: deno task eval --model PATH [--tokenizer PATH] [--tasks all|LIST] [--pooling P|all] " +
@@ -57,7 +60,7 @@ function markdown(results: TaskResult[], poolings: string[]): string {
 }
 
 await runMain(async () => {
-  const { flags } = parseArgs(Deno.args, {
+  const { flags } = parseArgs(args(), {
     ...MODEL_FLAGS,
     tasks: {
       type: "string",
@@ -106,11 +109,11 @@ await runMain(async () => {
   }
   const results: TaskResult[] = [];
   const log = (m: string) => console.error(`gemkit eval: ${m}`);
-  const tty = Deno.stderr.isTerminal();
+  const tty = stderrIsTerminal();
   const progress = (label: string) => (done: number, total: number) => {
-    if (tty) Deno.stderr.writeSync(new TextEncoder().encode(`\r${label}: ${done}/${total}\x1b[K`));
+    if (tty) writeStderr(`\r${label}: ${done}/${total}\x1b[K`);
   };
-  const clearLine = () => tty && Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
+  const clearLine = () => tty && writeStderr("\r\x1b[K");
   const ctx = {
     model,
     tokenizer,
@@ -144,7 +147,7 @@ await runMain(async () => {
     results.push(r);
   }
   const out = flags.out as string;
-  await Deno.mkdir(out, { recursive: true });
+  await mkdir(out, { recursive: true });
   const data: Record<string, string> = {};
   for (const f of new Set(tasks.flatMap((t) => t.files))) {
     data[f] = await sha256Path(`${dataDir()}/${f}`);
@@ -158,8 +161,8 @@ await runMain(async () => {
     data,
     versions: {
       gemkit:
-        JSON.parse(await Deno.readTextFile(new URL("../../deno.json", import.meta.url))).version,
-      deno: Deno.version.deno,
+        JSON.parse(await readFile(new URL("../../deno.json", import.meta.url), "utf8")).version,
+      ...runtimeVersions(),
       adapter: gpu.description,
     },
     date: new Date().toISOString(),

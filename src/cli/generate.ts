@@ -4,15 +4,23 @@
  * timing to stderr.
  */
 
+import { writeSync } from "node:fs";
+import { args } from "../platform/platform.ts";
 import { initGpu } from "../gpu/device.ts";
 import { openModel } from "../recipe/open.ts";
 import { generateText } from "../nn/generate.ts";
 import { MODEL_FLAGS, parseArgs, runMain, UsageError } from "./args.ts";
 
+/** Writes text to stdout at once (synchronously, so it keeps its place among stderr lines). */
+function writeOut(text: string): void {
+  const bytes = new TextEncoder().encode(text);
+  for (let off = 0; off < bytes.length;) off += writeSync(1, bytes, off);
+}
+
 const USAGE = "usage: deno task generate --model PATH [--tokenizer PATH] [--prompt TEXT] [options]";
 
 await runMain(async () => {
-  const { flags } = parseArgs(Deno.args, {
+  const { flags } = parseArgs(args(), {
     ...MODEL_FLAGS,
     prompt: { type: "string", help: "text to continue", default: "" },
     "max-tokens": { type: "number", help: "new tokens at most", default: 256 },
@@ -31,18 +39,17 @@ await runMain(async () => {
   const opened = await openModel(spec, { tokenizer: flags.tokenizer as string | undefined });
   const { model, tokenizer } = opened;
   console.error(`gemkit: loaded ${flags.model} in ${(performance.now() - t0).toFixed(0)} ms`);
-  const enc = new TextEncoder();
   const prompt = flags.prompt as string;
-  await Deno.stdout.write(enc.encode(prompt));
+  writeOut(prompt);
   const r = await generateText(model, tokenizer, prompt, {
     maxTokens: flags["max-tokens"] as number,
     temperature,
     topP,
     seed: flags.seed as number,
     stopIds: [tokenizer.bosId, tokenizer.eosId].filter((i) => i >= 0),
-    onText: (piece) => void Deno.stdout.writeSync(enc.encode(piece)),
+    onText: writeOut,
   });
-  await Deno.stdout.write(enc.encode("\n"));
+  writeOut("\n");
   const n = r.ids.length;
   console.error(
     `gemkit: ${r.promptTokens} prompt tokens in ${r.prefillMs.toFixed(0)} ms, ${n} new tokens in ` +

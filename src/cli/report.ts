@@ -4,8 +4,10 @@
  * the trained GEM model (GEM pooling). Baseline numbers are cached per base checkpoint (sha256).
  */
 
+import { mkdir, readFile, stat } from "node:fs/promises";
 import { embedIds, type GemModel } from "../gem/gem.ts";
 import { writeAtomic } from "../io/atomic.ts";
+import { sha256Path } from "../io/hash.ts";
 import { tinyStories } from "../io/corpus.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
 import type { Llama } from "../nn/llama.ts";
@@ -31,11 +33,6 @@ async function scores(embed: Embedder): Promise<EmbedScores> {
   return { recallAt1: r.recallAt1, ndcgAt10: r.ndcgAt10, stsb: await stsb(embed) };
 }
 
-async function sha256(path: string): Promise<string> {
-  const h = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
-  return [...new Uint8Array(h)].map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
 /** The base model's report (mean and last pooling), from the cache when the file is known. */
 export async function baselineReport(
   model: Llama,
@@ -44,9 +41,9 @@ export async function baselineReport(
 ): Promise<ModelReport> {
   let cacheFile: string | null = null;
   try {
-    if ((await Deno.stat(modelPath)).isFile) {
-      cacheFile = `runs/.cache/baseline-${(await sha256(modelPath)).slice(0, 16)}.json`;
-      return JSON.parse(await Deno.readTextFile(cacheFile));
+    if ((await stat(modelPath)).isFile()) {
+      cacheFile = `runs/.cache/baseline-${(await sha256Path(modelPath)).slice(0, 16)}.json`;
+      return JSON.parse(await readFile(cacheFile, "utf8"));
     }
   } catch {
     // not cached yet
@@ -66,7 +63,7 @@ export async function baselineReport(
   }
   const rep = { perplexity: ppl.perplexity, poolings, seconds: (performance.now() - t0) / 1000 };
   if (cacheFile) {
-    await Deno.mkdir("runs/.cache", { recursive: true });
+    await mkdir("runs/.cache", { recursive: true });
     await writeAtomic(cacheFile, JSON.stringify(rep, null, 1));
   }
   return rep;

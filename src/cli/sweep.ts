@@ -12,6 +12,10 @@
  * `--summarize` writes <results>/NAME/README.md and the figures from the records.
  */
 
+import { spawn } from "node:child_process";
+import { constants } from "node:os";
+import { fileURLToPath } from "node:url";
+import { args, exit, onSignal as listen, scriptCommand } from "../platform/platform.ts";
 import { initGpu } from "../gpu/device.ts";
 import { evalTask } from "../eval/registry.ts";
 import { buildConfig } from "../recipe/config.ts";
@@ -110,7 +114,7 @@ async function work(study: Study, job: Job, place: RunPlace, file: string): Prom
 }
 
 await runMain(async () => {
-  const { flags } = parseArgs(Deno.args, {
+  const { flags } = parseArgs(args(), {
     study: { type: "string", help: "study file (studies/*.json)" },
     only: { type: "string", help: "comma list of variant labels (base-mean etc. for references)" },
     seeds: { type: "string", help: "comma list of seeds (default: the study's)" },
@@ -166,7 +170,7 @@ await runMain(async () => {
     } catch (e) {
       if (e instanceof RunInterrupted) {
         log(e.message);
-        Deno.exit(e.reason === "signal" ? 130 : PAUSED);
+        exit(e.reason === "signal" ? 130 : PAUSED);
       }
       throw e;
     }
@@ -175,7 +179,7 @@ await runMain(async () => {
   // A signal reaches the worker too (same process group); it checkpoints and exits, then we stop.
   let stopping = false;
   const onSignal = () => (stopping = true);
-  for (const s of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(s, onSignal);
+  for (const s of ["SIGINT", "SIGTERM"] as const) listen(s, onSignal);
   let ran = 0, reused = 0, skipped = 0, paused = 0;
   for (const job of jobs) {
     const mine = await readRecords(file);
@@ -209,11 +213,11 @@ await runMain(async () => {
     }
     const worker = workerId(job);
     const t0 = performance.now();
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        new URL(import.meta.url).pathname,
+    const [cmd, ...cmdArgs] = scriptCommand(fileURLToPath(import.meta.url));
+    const child = spawn(
+      cmd,
+      [
+        ...cmdArgs,
         "--study",
         flags.study as string,
         "--runs",
@@ -224,8 +228,16 @@ await runMain(async () => {
         worker,
         ...(place.stopAt !== undefined ? ["--stop-at", String(place.stopAt)] : []),
       ],
-      stdin: "null",
-    }).spawn();
+      { stdio: ["ignore", "inherit", "inherit"] },
+    );
+    // The exit code, or 128 + the signal's number when a signal ended the worker (as a shell).
+    const exited = new Promise<number>((resolve, reject) => {
+      child.on("error", reject);
+      child.on("close", (code, signal) =>
+        resolve(
+          code ?? 128 + (signal ? (constants.signals as Record<string, number>)[signal] ?? 0 : 0),
+        ));
+    });
     const forward = () => {
       try {
         child.kill("SIGTERM");
@@ -233,20 +245,19 @@ await runMain(async () => {
         // already gone
       }
     };
-    Deno.addSignalListener("SIGTERM", forward);
-    const status = await child.status;
-    Deno.removeSignalListener("SIGTERM", forward);
-    if (status.code === PAUSED && !stopping) {
+    const unlisten = listen("SIGTERM", forward);
+    const code = await exited.finally(unlisten);
+    if (code === PAUSED && !stopping) {
       paused++;
       continue;
     }
-    if (!status.success) {
-      log(`${jobName(job)}: worker exited with ${status.code}; stopping (rerun to continue)`);
-      Deno.exit(status.code === 0 ? 1 : status.code);
+    if (code !== 0) {
+      log(`${jobName(job)}: worker exited with ${code}; stopping (rerun to continue)`);
+      exit(code);
     }
     ran++;
     log(`${jobName(job)}: done in ${((performance.now() - t0) / 60000).toFixed(1)} min`);
-    if (stopping) Deno.exit(130);
+    if (stopping) exit(130);
   }
   log(
     `${study.name}: ${ran} ${

@@ -7,6 +7,7 @@
  * and after on held-out data.
  */
 
+import { args, exit, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
 import { initGpu } from "../gpu/device.ts";
 import { tinyStories } from "../io/corpus.ts";
 import { buildConfig, readConfigFile, type TrainConfig } from "../recipe/config.ts";
@@ -23,7 +24,7 @@ const USAGE = "usage: deno task train [--config FILE] [--out DIR] [--steps N] [-
   "[--resume DIR] [--stop-at K] [--no-report] [key=value ...]";
 
 function progress(total: number, start: number) {
-  const tty = Deno.stderr.isTerminal();
+  const tty = stderrIsTerminal();
   const t0 = performance.now();
   let lastLine = 0;
   return (r: StepRecord) => {
@@ -36,9 +37,7 @@ function progress(total: number, start: number) {
       `|g| ${r.gradNorm.toFixed(2)} ${Math.round(r.tokensPerSec)} tok/s ETA ${Math.round(eta)}s`;
     if (tty) {
       const w = 24, fill = Math.round((r.step / total) * w);
-      Deno.stderr.writeSync(
-        new TextEncoder().encode(`\r[${"#".repeat(fill)}${".".repeat(w - fill)}] ${msg}\x1b[K`),
-      );
+      writeStderr(`\r[${"#".repeat(fill)}${".".repeat(w - fill)}] ${msg}\x1b[K`);
       if (r.step === total) console.error();
     } else if (
       r.step === start + 1 || r.step === total ||
@@ -51,7 +50,7 @@ function progress(total: number, start: number) {
 }
 
 await runMain(async () => {
-  const { flags, overrides } = parseArgs(Deno.args, {
+  const { flags, overrides } = parseArgs(args(), {
     config: { type: "string", help: "JSON config file (fields: src/train/config.ts, README)" },
     out: {
       type: "string",
@@ -127,5 +126,5 @@ await runMain(async () => {
     await printReport(baseline, after, config, result.checkpoint);
   }
   gem.dispose();
-  if (result.stopped === "signal") Deno.exit(130);
+  if (result.stopped === "signal") exit(130);
 });

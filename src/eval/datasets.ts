@@ -12,6 +12,7 @@
  *   once a doc's `.W` has begun, later markers are dropped and their lines stay in the abstract.
  */
 
+import { readdirSync } from "node:fs";
 import { dataDir, readBytes } from "../io/paths.ts";
 
 /** A dataset file that cannot be parsed; the message names the file and line. */
@@ -325,8 +326,7 @@ export interface MmluItem {
 export function mmlu(split: "dev" | "test"): Map<string, MmluItem[]> {
   const dir = `${dataDir()}/eval/mmlu/${split}`;
   const suffix = `_${split}.csv`;
-  const files = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(suffix))
-    .sort();
+  const files = readdirSync(dir).filter((n) => n.endsWith(suffix)).sort();
   const out = new Map<string, MmluItem[]>();
   for (const file of files) {
     const path = `${dir}/${file}`;

@@ -4,6 +4,7 @@
  * MTEB-style harness builds on the same pieces.
  */
 
+import { readFileSync } from "node:fs";
 import { rawSample } from "../gem/sample.ts";
 import { nextTokenNll } from "../gem/score.ts";
 import { dataDir } from "../io/paths.ts";
@@ -92,7 +93,7 @@ export function stsbPairs(
 ): { a: string; b: string; score: number }[] {
   const path = `${dataDir()}/eval/stsb/sts-${split}.csv`;
   // Tab-separated, no quoting; some lines carry extra trailing columns.
-  return Deno.readTextFileSync(path).split("\n").filter((l) => l.trim()).map((line, i) => {
+  return readFileSync(path, "utf8").split("\n").filter((l) => l.trim()).map((line, i) => {
     const c = line.split("\t");
     const score = Number(c[4]);
     if (c.length < 7 || !Number.isFinite(score)) {

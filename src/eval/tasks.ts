@@ -4,6 +4,7 @@
  * Every task returns named metrics; nothing here prints.
  */
 
+import { readFileSync } from "node:fs";
 import type { GemModel, Pooling } from "../gem/gem.ts";
 import { embedIds } from "../gem/gem.ts";
 import { disposePacked, pack } from "../gem/batch.ts";
@@ -228,7 +229,7 @@ export function wikitextPerplexityTask(
   stride = 128,
 ): Promise<TaskResult> {
   return timed("ppl-wikitext", "-", async () => {
-    const text = Deno.readTextFileSync(`${dataDir()}/corpus/wikitext2_test.tokens.txt`);
+    const text = readFileSync(`${dataDir()}/corpus/wikitext2_test.tokens.txt`, "utf8");
     const ids = tokenizer.encode(text, { bos: true });
     const c = Math.min(ctx, model.config.maxSeqLen);
     // Window w covers [start, start + c); it scores the tokens no earlier window scored.

@@ -4,6 +4,7 @@
  * design, pooling, lambda). Each file is written atomically.
  */
 
+import { mkdir, readFile, stat } from "node:fs/promises";
 import { writeAtomic } from "../io/atomic.ts";
 import { readHfModel, writeHfModel } from "../io/hf.ts";
 import { loadTokenizer } from "../io/tokenizer.ts";
@@ -25,11 +26,11 @@ function tokenizerName(src: string): string {
 
 /** Writes `gem` (weights, config, tokenizer copy, gem.json) into `dir`. */
 export async function saveGem(dir: string, gem: GemModel, tokenizerPath: string): Promise<void> {
-  await Deno.mkdir(dir, { recursive: true });
+  await mkdir(dir, { recursive: true });
   const weights = new Map<string, Float32Array>();
   for (const [name, t] of gem.model.params) weights.set(name, (await t.toArray()) as Float32Array);
   await writeHfModel(dir, gem.model.config, weights);
-  await writeAtomic(`${dir}/${tokenizerName(tokenizerPath)}`, await Deno.readFile(tokenizerPath));
+  await writeAtomic(`${dir}/${tokenizerName(tokenizerPath)}`, await readFile(tokenizerPath));
   const info: GemInfo = { ...gem.info, logitScale: await gem.currentLogitScale() };
   await writeAtomic(`${dir}/gem.json`, JSON.stringify(info, null, 2) + "\n");
 }
@@ -39,7 +40,7 @@ export async function readGemInfo(dir: string): Promise<GemInfo> {
   const path = `${dir}/gem.json`;
   let j: Record<string, unknown>;
   try {
-    j = JSON.parse(await Deno.readTextFile(path));
+    j = JSON.parse(await readFile(path, "utf8"));
   } catch (e) {
     throw new GemFileError(`${path}: cannot read as JSON (${e instanceof Error ? e.message : e})`);
   }
@@ -80,7 +81,7 @@ export async function loadGem(path: string): Promise<GemModel> {
   }
   let tokPath = `${dir}/tokenizer.json`;
   try {
-    await Deno.stat(tokPath);
+    await stat(tokPath);
   } catch {
     tokPath = `${dir}/tokenizer.bin`;
   }
@@ -92,7 +93,7 @@ export async function loadGem(path: string): Promise<GemModel> {
 /** Whether a directory (or a run directory's latest checkpoint) holds a GEM checkpoint. */
 export async function isGemDir(path: string): Promise<boolean> {
   try {
-    return (await Deno.stat(`${await resolveRunDir(path)}/gem.json`)).isFile;
+    return (await stat(`${await resolveRunDir(path)}/gem.json`)).isFile();
   } catch {
     return false;
   }

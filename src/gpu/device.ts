@@ -7,9 +7,18 @@
  * asks for data with `read`.
  */
 
+import { cores, env, mesaVersion, OS, RUNTIME, setEnv, webgpu } from "../platform/platform.ts";
+import { readFileSync } from "node:fs";
 import { DisposedError, NoAdapterError, numberLines, ShaderError } from "./errors.ts";
 import type { Access, Kernel, ParamWriter } from "./kernel.ts";
-import { BufferPool, type GpuBuffer, type GpuTexture, TEXTURE_WIDTH, TexturePool } from "./pool.ts";
+import {
+  BufferPool,
+  GpuBuffer,
+  type GpuTexture,
+  STORAGE_USAGE,
+  TEXTURE_WIDTH,
+  TexturePool,
+} from "./pool.ts";
 import { type Tuning, tuningFor } from "./tuning.ts";
 
 /** Bytes of the uniform ring used by one submit; more params than this force a flush. */
@@ -21,12 +30,21 @@ const BIND_GROUP_CACHE = 8192;
 
 /** Where the log of adapter facts goes; silenced with GEMKIT_LOG=0. */
 function logLine(msg: string): void {
-  if (Deno.env.get("GEMKIT_LOG") !== "0") console.error(msg);
+  if (env("GEMKIT_LOG") !== "0") console.error(msg);
+}
+
+/**
+ * The family of a kernel name: its first two `_`-separated words, or one when the second starts
+ * with a digit (`matmul_v3_8x8_w4` -> `matmul_v3`, `reduce_4` -> `reduce`).
+ */
+export function kernelFamily(name: string): string {
+  const [a, b] = name.split("_");
+  return b === undefined || /^[0-9]/.test(b) ? a : `${a}_${b}`;
 }
 
 /** Debug level from GEMKIT_DEBUG: 1 = extra checks, 2 = also print every new WGSL kernel. */
 export function debugLevel(): number {
-  return Number(Deno.env.get("GEMKIT_DEBUG") ?? "0") || 0;
+  return Number(env("GEMKIT_DEBUG") ?? "0") || 0;
 }
 
 /** The WebGPU device with its buffer pool, pipeline cache and command recorder. */
@@ -45,6 +63,8 @@ export class Gpu {
   readonly simdWidth: number;
   /** CPU cores (llvmpipe's worker threads), for cost models. */
   readonly cores: number;
+  /** Mesa's version when the adapter is llvmpipe ("22.3.6"), else null: compile costs differ. */
+  readonly mesa: string | null;
 
   #pipelines = new Map<string, GPUComputePipeline>();
   #layouts = new Map<string, GPUBindGroupLayout>();
@@ -67,6 +87,7 @@ export class Gpu {
   maxDispatchesPerSubmit = 256;
   /** Counters for benchmarks and tests. */
   readonly stats = { dispatches: 0, submits: 0, reads: 0 };
+  #unused: GpuBuffer | null = null;
   /** Open kernel profile ({@link Gpu.startProfile}), or null. */
   #profile: Profile | null = null;
 
@@ -77,8 +98,9 @@ export class Gpu {
     this.description = adapter.info.description || adapter.info.vendor || "unknown adapter";
     this.features = new Set(device.features);
     this.simdWidth = adapter.info.subgroupMinSize || 8;
-    this.cores = navigator.hardwareConcurrency || 2;
+    this.cores = cores();
     this.tuning = tuningFor(this.description);
+    this.mesa = /llvmpipe/i.test(this.description) ? mesaVersion() : null;
     this.#uniformBuffer = device.createBuffer({
       size: UNIFORM_RING_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -151,6 +173,21 @@ export class Gpu {
     });
     this.#pipelines.set(kernel.source, p);
     return p;
+  }
+
+  /**
+   * A small buffer, outside the pool, for a binding the kernel does not touch in this dispatch.
+   * Binding an output there twice instead is writable aliasing, which WebGPU forbids (Dawn
+   * rejects it; wgpu lets it pass).
+   */
+  unusedBuffer(): GpuBuffer {
+    this.#unused ??= new GpuBuffer(
+      this.device.createBuffer({ size: 256, usage: STORAGE_USAGE, label: "gemkit.unused" }),
+      256,
+      256,
+      "gemkit.unused",
+    );
+    return this.#unused;
   }
 
   /** Compiles a kernel and waits for the compiler's verdict; throws a ShaderError with line numbers. */
@@ -288,7 +325,7 @@ export class Gpu {
       const t = new BigInt64Array(buffer.getMappedRange());
       names.forEach((name, j) => {
         const ms = Number(t[2 * j + 1] - t[2 * j]) / 1e6;
-        const e = prof.totals.get(name) ?? { kernel: name, calls: 0, ms: 0 };
+        const e = prof.totals.get(name) ?? { kernel: name, calls: 0, ms: 0, firstMs: ms };
         e.calls++;
         e.ms += ms;
         prof.totals.set(name, e);
@@ -448,6 +485,11 @@ export interface KernelTime {
   calls: number;
   /** Their GPU time in milliseconds. */
   ms: number;
+  /**
+   * GPU time of the first dispatch. llvmpipe compiles a kernel to machine code when it first runs
+   * it, so on a cold shader cache this minus a later dispatch's time is the compile.
+   */
+  firstMs: number;
 }
 
 interface Profile {
@@ -470,21 +512,23 @@ export interface GpuOptions {
 
 /**
  * On Linux, picks wgpu's Vulkan backend unless the user chose one: on llvmpipe the GL backend
- * takes 15-40 s to compile some shaders, Vulkan 0.2-0.4 s. Must run before navigator.gpu is used.
+ * takes 15-40 s to compile some shaders, Vulkan 0.2-0.4 s. Must run before the adapter is
+ * requested (llvmpipe and wgpu read these when they start).
  */
 function preferVulkan(): void {
-  if (Deno.build.os !== "linux") return;
-  try {
-    if (!Deno.env.get("DENO_WEBGPU_BACKEND")) Deno.env.set("DENO_WEBGPU_BACKEND", "vulkan");
-    if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
-    // llvmpipe defaults to 256-bit lanes; on an AVX-512 CPU 512-bit ones run every kernel
-    // ~1.5x faster (measured on matmul). Read by llvmpipe when the adapter is created.
-    if (!Deno.env.get("LP_NATIVE_VECTOR_WIDTH")) {
-      const cpu = Deno.readTextFileSync("/proc/cpuinfo");
-      if (/\bavx512f\b/.test(cpu)) Deno.env.set("LP_NATIVE_VECTOR_WIDTH", "512");
+  if (OS !== "linux") return;
+  if (RUNTIME === "deno" && !env("DENO_WEBGPU_BACKEND")) setEnv("DENO_WEBGPU_BACKEND", "vulkan");
+  if (!env("XDG_RUNTIME_DIR")) setEnv("XDG_RUNTIME_DIR", "/tmp");
+  // llvmpipe defaults to 256-bit lanes; on an AVX-512 CPU 512-bit ones run every kernel
+  // ~1.5x faster (measured on matmul).
+  if (!env("LP_NATIVE_VECTOR_WIDTH")) {
+    try {
+      if (/\bavx512f\b/.test(readFileSync("/proc/cpuinfo", "utf8"))) {
+        setEnv("LP_NATIVE_VECTOR_WIDTH", "512");
+      }
+    } catch {
+      // No /proc/cpuinfo to read: llvmpipe's default stays.
     }
-  } catch {
-    // Without --allow-env the defaults stay; the adapter still works, only slower to compile.
   }
 }
 
@@ -501,8 +545,9 @@ export function initGpu(opts: GpuOptions = {}): Promise<Gpu> {
   if (current) return Promise.resolve(current);
   pending ??= (async () => {
     preferVulkan();
-    if (!("gpu" in navigator) || !navigator.gpu) throw new NoAdapterError(HOW_TO_GET_AN_ADAPTER);
-    const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+    const gpuApi = await webgpu();
+    if (!gpuApi) throw new NoAdapterError(HOW_TO_GET_AN_ADAPTER);
+    const adapter = await gpuApi.requestAdapter({ powerPreference: "high-performance" });
     if (!adapter) throw new NoAdapterError(HOW_TO_GET_AN_ADAPTER);
     const want = [
       "maxStorageBufferBindingSize",
@@ -523,8 +568,8 @@ export function initGpu(opts: GpuOptions = {}): Promise<Gpu> {
       logLine(
         `gemkit: WebGPU adapter "${gpu.description}"` +
           ` (backend ${
-            Deno.env.get("DENO_WEBGPU_BACKEND") ?? "default"
-          }, profile ${gpu.tuning.profile});` +
+            RUNTIME === "deno" ? env("DENO_WEBGPU_BACKEND") ?? "default" : "dawn"
+          }, profile ${gpu.tuning.profile}${gpu.mesa ? `, Mesa ${gpu.mesa}` : ""});` +
           ` features [${[...gpu.features].join(", ")}];` +
           ` maxStorageBufferBindingSize ${l.maxStorageBufferBindingSize},` +
           ` maxBufferSize ${l.maxBufferSize}, maxStorageBuffersPerShaderStage ${l.maxStorageBuffersPerShaderStage},` +

@@ -35,9 +35,11 @@ export function sizeClass(bytes: number): number {
   return Math.ceil(b / granule) * granule;
 }
 
-/** Usage flags of every pooled buffer. */
-export const STORAGE_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC |
-  GPUBufferUsage.COPY_DST;
+/**
+ * Usage flags of every pooled buffer: STORAGE | COPY_SRC | COPY_DST, as the WebGPU spec numbers
+ * them (the GPUBufferUsage global exists only once Bun or Node has loaded Dawn, after import).
+ */
+export const STORAGE_USAGE = 0x80 | 0x04 | 0x08;
 
 /** Pool of storage buffers grouped by size class; see the module comment. */
 export class BufferPool {

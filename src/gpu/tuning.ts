@@ -4,6 +4,9 @@
  * and workgroup sizes from here instead of hard-coding them.
  */
 
+import { env } from "../platform/platform.ts";
+
+/** The kernel parameters of one adapter profile (see the module comment). */
 export interface Tuning {
   /** Name of the profile, logged with the adapter. */
   profile: "llvmpipe" | "gpu";
@@ -69,7 +72,7 @@ const GPU: Tuning = {
 
 /** Picks the profile for an adapter description; GEMKIT_TUNING=llvmpipe|gpu overrides. */
 export function tuningFor(description: string): Tuning {
-  const forced = Deno.env.get("GEMKIT_TUNING");
+  const forced = env("GEMKIT_TUNING");
   if (forced === "llvmpipe") return { ...LLVMPIPE };
   if (forced === "gpu") return { ...GPU };
   return /llvmpipe|lavapipe|swiftshader/i.test(description) ? { ...LLVMPIPE } : { ...GPU };

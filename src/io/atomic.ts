@@ -5,6 +5,8 @@
  * written into a temporary directory that is renamed into place as a whole).
  */
 
+import { open, rename, rm } from "node:fs/promises";
+
 /**
  * Writes `data` to `path` atomically: a string, bytes, or byte chunks written in order (an
  * iterable, so a generator can encode large files one piece at a time).
@@ -18,22 +20,24 @@ export async function writeAtomic(
     : data instanceof Uint8Array
     ? [data]
     : data;
-  // createNew: two writers racing on one target never share a temp file.
+  // "wx" (create, fail if it exists): two writers racing on one target never share a temp file.
   const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  const file = await Deno.open(tmp, { write: true, createNew: true });
+  const file = await open(tmp, "wx");
   try {
     try {
       for (const c of chunks) {
         let off = 0;
-        while (off < c.byteLength) off += await file.write(c.subarray(off));
+        while (off < c.byteLength) {
+          off += (await file.write(c, off, c.byteLength - off)).bytesWritten;
+        }
       }
       await file.sync();
     } finally {
-      file.close();
+      await file.close();
     }
-    await Deno.rename(tmp, path);
+    await rename(tmp, path);
   } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
+    await rm(tmp).catch(() => {});
     throw e;
   }
 }

@@ -4,6 +4,7 @@
  * (the last 430), and the last 5% of the train part is a validation slice for choosing recipes.
  */
 
+import { readFileSync } from "node:fs";
 import { dataDir } from "./paths.ts";
 
 /** A corpus in a file that cannot be used; the message names the file and line. */
@@ -31,7 +32,7 @@ export function paragraphs(text: string): string[] {
 export function tinyStories(
   path = `${dataDir()}/corpus/tinystories_valid_head.txt`,
 ): TinyStoriesSplits {
-  const all = paragraphs(Deno.readTextFileSync(path));
+  const all = paragraphs(readFileSync(path, "utf8"));
   const nTrain = Math.round(all.length * 0.9);
   const trainPart = all.slice(0, nTrain);
   const nVal = Math.round(trainPart.length * 0.05);
@@ -47,7 +48,7 @@ export function tinyStories(
  * lines of the tokenized file, headings dropped, split at " . ", at least `minWords` words.
  */
 export function wikitextSentences(split: "valid" | "test" = "valid", minWords = 8): string[] {
-  const text = Deno.readTextFileSync(`${dataDir()}/corpus/wikitext2_${split}.tokens.txt`);
+  const text = readFileSync(`${dataDir()}/corpus/wikitext2_${split}.tokens.txt`, "utf8");
   const out: string[] = [];
   for (const line of text.split("\n")) {
     const l = line.trim();
@@ -67,7 +68,8 @@ export function wikitextSentences(split: "valid" | "test" = "valid", minWords = 
 export function readTexts(path: string, opts: { perLine?: boolean } = {}): string[] {
   let raw: Uint8Array;
   try {
-    raw = Deno.readFileSync(path);
+    const b = readFileSync(path);
+    raw = new Uint8Array(b.buffer, b.byteOffset, b.byteLength); // a Uint8Array, not a Buffer
   } catch (e) {
     throw new CorpusError(`${path}: cannot read (${e instanceof Error ? e.message : e})`);
   }

@@ -5,6 +5,8 @@
  * plus one line there.
  */
 
+import type { Stats } from "node:fs";
+import { stat } from "node:fs/promises";
 import type { LlamaConfig } from "../nn/llama.ts";
 
 /** Config and weights of a checkpoint, in gemkit's layout. */
@@ -20,7 +22,7 @@ export interface ModelFormat {
   /** Short name (reported as `LoadedModel.format`). */
   name: string;
   /** Whether `path` (with its stat) holds a checkpoint of this format. */
-  detect(path: string, info: Deno.FileInfo): Promise<boolean>;
+  detect(path: string, info: Stats): Promise<boolean>;
   /** Reads config and weights; `maxSeqLen` caps the context of long-context checkpoints. */
   read(path: string, opts: { maxSeqLen?: number }): Promise<Checkpoint>;
   /** Writes a checkpoint (each file atomically). */
@@ -34,9 +36,9 @@ export interface ModelFormat {
 }
 
 /** Stat that answers null for a missing path. */
-export async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
+export async function statOrNull(path: string): Promise<Stats | null> {
   try {
-    return await Deno.stat(path);
+    return await stat(path);
   } catch {
     return null;
   }

@@ -1,9 +1,17 @@
 /** SHA-256 of files and folders, for records that say exactly which data a result read. */
 
+import { readdirSync } from "node:fs";
+import { readFile, stat } from "node:fs/promises";
+
 /** Hex SHA-256 of bytes. */
 export async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
   const h = await crypto.subtle.digest("SHA-256", bytes);
   return [...new Uint8Array(h)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** A file's bytes (readFile never returns shared memory, whatever its declared type allows). */
+async function fileBytes(path: string): Promise<Uint8Array<ArrayBuffer>> {
+  return await readFile(path) as Uint8Array<ArrayBuffer>;
 }
 
 /**
@@ -11,15 +19,17 @@ export async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string>
  * lines (so renaming, adding or changing any file changes it).
  */
 export async function sha256Path(path: string): Promise<string> {
-  const info = await Deno.stat(path);
-  if (info.isFile) return await sha256Hex(await Deno.readFile(path));
+  const info = await stat(path);
+  if (info.isFile()) return await sha256Hex(await fileBytes(path));
   const parts: string[] = [];
   const walk = async (dir: string, rel: string) => {
-    const entries = [...Deno.readDirSync(dir)].sort((a, b) => a.name.localeCompare(b.name));
+    const entries = readdirSync(dir, { withFileTypes: true }).sort((a, b) =>
+      a.name.localeCompare(b.name)
+    );
     for (const e of entries) {
-      if (e.isDirectory) await walk(`${dir}/${e.name}`, `${rel}${e.name}/`);
+      if (e.isDirectory()) await walk(`${dir}/${e.name}`, `${rel}${e.name}/`);
       else {parts.push(
-          `${rel}${e.name} ${await sha256Hex(await Deno.readFile(`${dir}/${e.name}`))}`,
+          `${rel}${e.name} ${await sha256Hex(await fileBytes(`${dir}/${e.name}`))}`,
         );}
     }
   };

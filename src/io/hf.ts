@@ -5,6 +5,7 @@
  * llama2.c and gemkit use; we undo it on read and redo it on write.
  */
 
+import { mkdir, readFile } from "node:fs/promises";
 import type { LlamaConfig, RopeScaling } from "../nn/llama.ts";
 import { parameterShapes, validateConfig } from "../nn/llama.ts";
 import { writeAtomic } from "./atomic.ts";
@@ -160,7 +161,7 @@ export async function readHfModel(
   const cfgPath = `${dir}/config.json`;
   let raw: Record<string, unknown>;
   try {
-    raw = JSON.parse(await Deno.readTextFile(cfgPath));
+    raw = JSON.parse(await readFile(cfgPath, "utf8"));
   } catch (e) {
     throw new CheckpointError(
       `${cfgPath}: cannot read as JSON (${e instanceof Error ? e.message : e})`,
@@ -208,7 +209,7 @@ export async function writeHfModel(
   weights: Map<string, Float32Array>,
   opts: { dtype?: "F32" | "F16" } = {},
 ): Promise<void> {
-  await Deno.mkdir(dir, { recursive: true });
+  await mkdir(dir, { recursive: true });
   const hd = config.dim / config.nHeads;
   const tensors = parameterShapes(config).map(([name, shape]) => {
     const w = weights.get(name);
@@ -233,7 +234,7 @@ export async function writeHfModel(
 export const hfFormat: ModelFormat = {
   name: "hf",
   detect: async (path, info) =>
-    info.isDirectory && (await statOrNull(`${path}/config.json`))?.isFile === true,
+    info.isDirectory() && (await statOrNull(`${path}/config.json`))?.isFile() === true,
   read: (path, opts) => readHfModel(path, { maxSeqLen: opts.maxSeqLen }),
   write: (path, ckpt, opts) => writeHfModel(path, ckpt.config, ckpt.weights, opts),
   tokenizerIn: async (path) => {

@@ -22,7 +22,9 @@
  * (default https://huggingface.co), `HF_HUB_OFFLINE`, `GEMKIT_CACHE`.
  */
 
+import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
 import { fileDownloadInfo, HubApiError, listFiles } from "@huggingface/hub";
+import { env, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
 
 /** A model could not be resolved; the message names the repo (with revision) and the file. */
 export class HubError extends Error {
@@ -101,16 +103,16 @@ export function parseModelSpec(spec: string): ModelSpec | null {
 
 /** True for the values huggingface_hub accepts as "on". */
 function envFlag(name: string): boolean {
-  return ["1", "true", "yes", "on"].includes((Deno.env.get(name) ?? "").toLowerCase());
+  return ["1", "true", "yes", "on"].includes((env(name) ?? "").toLowerCase());
 }
 
 /** The hub cache root for these options. */
 export function hubCacheDir(opts: HubOptions = {}): string {
   if (opts.cacheDir) return opts.cacheDir;
-  const gemkit = Deno.env.get("GEMKIT_CACHE");
+  const gemkit = env("GEMKIT_CACHE");
   if (gemkit) return `${gemkit}/hub`;
-  const xdg = Deno.env.get("XDG_CACHE_HOME");
-  const home = Deno.env.get("HOME");
+  const xdg = env("XDG_CACHE_HOME");
+  const home = env("HOME");
   if (!xdg && !home) {
     throw new Error("hub.ts: set HOME, XDG_CACHE_HOME or GEMKIT_CACHE for the model cache");
   }
@@ -125,9 +127,9 @@ export function modelCacheDir(spec: ModelSpec, opts: HubOptions = {}): string {
 /** Size of a file, or -1 when it does not exist. */
 async function sizeOf(path: string): Promise<number> {
   try {
-    return (await Deno.stat(path)).size;
+    return (await stat(path)).size;
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return -1;
+    if ((e as NodeJS.ErrnoException)?.code === "ENOENT") return -1;
     throw e;
   }
 }
@@ -156,7 +158,7 @@ export async function missingFiles(dir: string): Promise<string[]> {
   if (await sizeOf(`${dir}/${INDEX}`) >= 0) {
     let shards: string[];
     try {
-      shards = shardsOf(await Deno.readTextFile(`${dir}/${INDEX}`));
+      shards = shardsOf(await readFile(`${dir}/${INDEX}`, "utf8"));
     } catch (e) {
       return [...missing, `${INDEX} (unreadable: ${(e as Error).message})`];
     }
@@ -211,8 +213,7 @@ function unreachable(e: unknown): boolean {
 
 /** Prints progress to stderr: one updating line on a terminal, a line per 10% otherwise. */
 function stderrProgress(): (p: Progress) => void {
-  const tty = Deno.stderr.isTerminal();
-  const enc = new TextEncoder();
+  const tty = stderrIsTerminal();
   let last = 0;
   let lastDecile = -1;
   let current = "";
@@ -226,7 +227,7 @@ function stderrProgress(): (p: Progress) => void {
     lastDecile = Math.floor(pct / 10);
     const mib = (n: number) => (n / 2 ** 20).toFixed(1);
     const line = `gemkit: ${repo} ${file}: ${mib(bytes)}/${mib(total)} MiB (${pct}%)`;
-    Deno.stderr.writeSync(enc.encode(tty ? `\r${line}\x1b[K${done ? "\n" : ""}` : `${line}\n`));
+    writeStderr(tty ? `\r${line}\x1b[K${done ? "\n" : ""}` : `${line}\n`);
   };
 }
 
@@ -255,7 +256,7 @@ export async function resolveModel(spec: string, opts: HubOptions = {}): Promise
     }
     return dir;
   }
-  const endpoint = (opts.endpoint ?? Deno.env.get("HF_ENDPOINT") ?? "https://huggingface.co")
+  const endpoint = (opts.endpoint ?? env("HF_ENDPOINT") ?? "https://huggingface.co")
     .replace(/\/+$/, "");
   const onProgress = opts.onProgress ?? stderrProgress();
   const ctx: Ctx = {
@@ -263,7 +264,7 @@ export async function resolveModel(spec: string, opts: HubOptions = {}): Promise
     label,
     dir,
     endpoint,
-    fetch: hubFetch(endpoint, opts.token ?? Deno.env.get("HF_TOKEN")),
+    fetch: hubFetch(endpoint, opts.token ?? env("HF_TOKEN")),
     attempts: Math.max(1, opts.attempts ?? 3),
     retryDelayMs: opts.retryDelayMs ?? 1000,
     progress: onProgress === false ? null : onProgress,
@@ -326,7 +327,7 @@ async function downloadCheckpoint(ctx: Ctx): Promise<void> {
     await fetchFile(ctx, INDEX, sizes.get(INDEX)!);
     let shards: string[];
     try {
-      shards = shardsOf(await Deno.readTextFile(`${ctx.dir}/${INDEX}`));
+      shards = shardsOf(await readFile(`${ctx.dir}/${INDEX}`, "utf8"));
     } catch (e) {
       throw new HubError(ctx.label, INDEX, (e as Error).message, { cause: e });
     }
@@ -344,7 +345,7 @@ async function fetchFile(ctx: Ctx, file: string, listedSize: number): Promise<vo
   }
   const final = `${ctx.dir}/${file}`;
   if (await sizeOf(final) === listedSize) return;
-  await Deno.mkdir(final.slice(0, final.lastIndexOf("/")), { recursive: true });
+  await mkdir(final.slice(0, final.lastIndexOf("/")), { recursive: true });
   const part = `${final}.incomplete`;
   for (let attempt = 1;; attempt++) {
     try {
@@ -377,7 +378,7 @@ async function fetchFile(ctx: Ctx, file: string, listedSize: number): Promise<vo
       await new Promise((r) => setTimeout(r, ctx.retryDelayMs * attempt));
     }
   }
-  await Deno.rename(part, final);
+  await rename(part, final);
 }
 
 /**
@@ -395,7 +396,7 @@ async function fetchInto(ctx: Ctx, file: string, url: string, part: string, tota
     const m = /^bytes (\d+)-\d+\/(\d+|\*)$/.exec(resp.headers.get("content-range") ?? "");
     if (!m || Number(m[1]) !== have || (m[2] !== "*" && Number(m[2]) !== total)) {
       await resp.body?.cancel();
-      await Deno.remove(part); // the next attempt starts from scratch
+      await rm(part); // the next attempt starts from scratch
       throw new HubError(
         ctx.label,
         file,
@@ -412,7 +413,8 @@ async function fetchInto(ctx: Ctx, file: string, url: string, part: string, tota
   // 200: the server sent the whole file (no partial, or it ignored Range): start over.
   let bytes = append ? have : 0;
   const report = ctx.progress && total >= ctx.progressMinBytes ? ctx.progress : null;
-  const out = await Deno.open(part, { write: true, create: true, append, truncate: !append });
+  // "a": create or continue; "w": create or truncate.
+  const out = await open(part, append ? "a" : "w");
   try {
     const reader = resp.body!.getReader();
     for (;;) {
@@ -436,13 +438,13 @@ async function fetchInto(ctx: Ctx, file: string, url: string, part: string, tota
         );
       }
       for (let off = 0; off < chunk.value.length;) {
-        off += await out.write(chunk.value.subarray(off));
+        off += (await out.write(chunk.value, off, chunk.value.length - off)).bytesWritten;
       }
       report?.({ repo: ctx.label, file, bytes, total });
     }
     await out.sync();
   } finally {
-    out.close();
+    await out.close();
   }
   if (bytes !== total) {
     throw new NetworkFailure(`download ended at byte ${bytes} of ${total}`);

@@ -8,6 +8,7 @@
  * order are what gemkit's model uses, so nothing is permuted here.
  */
 
+import { readFile } from "node:fs/promises";
 import type { LlamaConfig } from "../nn/llama.ts";
 import { parameterShapes } from "../nn/llama.ts";
 import { writeAtomic } from "./atomic.ts";
@@ -93,7 +94,8 @@ export async function readLlama2c(
 ): Promise<{ config: LlamaConfig; weights: Map<string, Float32Array> }> {
   let bytes: Uint8Array;
   try {
-    bytes = await Deno.readFile(path);
+    const b = await readFile(path);
+    bytes = new Uint8Array(b.buffer, b.byteOffset, b.byteLength); // a Uint8Array, not a Buffer
   } catch (e) {
     throw new CheckpointError(`${path}: cannot read (${e instanceof Error ? e.message : e})`);
   }
@@ -187,7 +189,7 @@ export async function writeLlama2c(
 /** The llama2.c `.bin` format: one file, no tokenizer inside (tok512.bin and the like beside it). */
 export const llama2cFormat: ModelFormat = {
   name: "llama2c",
-  detect: (_path, info) => Promise.resolve(info.isFile),
+  detect: (_path, info) => Promise.resolve(info.isFile()),
   read: async (path, opts) => {
     const ckpt = await readLlama2c(path);
     if (opts.maxSeqLen) ckpt.config.maxSeqLen = Math.min(ckpt.config.maxSeqLen, opts.maxSeqLen);

@@ -6,6 +6,7 @@
  * recipe layer, which builds on this.
  */
 
+import { readFile } from "node:fs/promises";
 import { Llama } from "../nn/llama.ts";
 import { type ModelFormat, statOrNull } from "./format.ts";
 import { hfFormat } from "./hf.ts";
@@ -53,10 +54,10 @@ export function dataPath(p: string): string {
  */
 export async function resolveRunDir(path: string): Promise<string> {
   const info = await statOrNull(path);
-  if (!info?.isDirectory || await statOrNull(`${path}/config.json`)) return path;
+  if (!info?.isDirectory() || await statOrNull(`${path}/config.json`)) return path;
   let latest: string;
   try {
-    latest = (await Deno.readTextFile(`${path}/latest`)).trim();
+    latest = (await readFile(`${path}/latest`, "utf8")).trim();
   } catch {
     return path;
   }

@@ -1,5 +1,8 @@
 /** Where gemkit finds the shared, read-only data (models, corpora, evaluation sets). */
 
+import { readFileSync, type Stats, statSync } from "node:fs";
+import { env } from "../platform/platform.ts";
+
 /** The data directory is missing; the message names the path that was tried and how it was chosen. */
 export class DataDirError extends Error {
   /** Error class name. */
@@ -13,18 +16,18 @@ export class DataDirError extends Error {
  * path when it does not exist or is not a directory.
  */
 export function dataDir(): string {
-  const fromEnv = Deno.env.get("GEMKIT_DATA");
+  const fromEnv = env("GEMKIT_DATA");
   // src/io/paths.ts -> repo root is two levels up; the data sits beside the repo.
   const dir = fromEnv ??
     decodeURIComponent(new URL("../../../shared/data", import.meta.url).pathname);
   const how = fromEnv ? "from $GEMKIT_DATA" : "default <repo>/../shared/data; set $GEMKIT_DATA";
-  let info: Deno.FileInfo;
+  let info: Stats;
   try {
-    info = Deno.statSync(dir);
+    info = statSync(dir);
   } catch {
     throw new DataDirError(`data directory ${dir} does not exist (${how})`);
   }
-  if (!info.isDirectory) {
+  if (!info.isDirectory()) {
     throw new DataDirError(`data directory ${dir} is not a directory (${how})`);
   }
   return dir;
@@ -36,7 +39,8 @@ export function dataDir(): string {
  */
 export function readBytes(path: string, error: (message: string) => Error): Uint8Array {
   try {
-    return Deno.readFileSync(path);
+    const b = readFileSync(path);
+    return new Uint8Array(b.buffer, b.byteOffset, b.byteLength); // a Uint8Array, not a Buffer
   } catch (e) {
     throw error(`${path}: cannot read (${(e as Error).message})`);
   }

@@ -13,8 +13,8 @@
  *
  * Three ways in:
  * - {@link readSafetensors} / {@link parseSafetensors}: whole file in memory (tests, small files);
- * - {@link openSafetensors}: header first, each tensor read on demand with seek + read (real
- *   checkpoints are many GB);
+ * - {@link openSafetensors}: header first, each tensor read on demand with a positioned read
+ *   (real checkpoints are many GB);
  * - {@link openCheckpoint}: a directory, a single file or a `model.safetensors.index.json` whose
  *   shards are opened lazily behind the same interface.
  *
@@ -23,6 +23,8 @@
  * gaps, so every tensor starts at a multiple of its element size.
  */
 
+import { closeSync, fstatSync, openSync, read } from "node:fs";
+import { readFile, stat } from "node:fs/promises";
 import { writeAtomic } from "./atomic.ts";
 
 /** A safetensors file or index is malformed; the message names the file and the field at fault. */
@@ -104,7 +106,7 @@ function numel(shape: readonly number[]): number {
 }
 
 // Typed-array views read the host's byte order; the format is little-endian, and so is every
-// platform Deno runs on. Fail loudly rather than return byte-swapped weights.
+// platform gemkit runs on. Fail loudly rather than return byte-swapped weights.
 if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
   throw new Error("safetensors.ts assumes a little-endian host");
 }
@@ -365,9 +367,16 @@ export function parseSafetensors(bytes: Uint8Array, name: string): Safetensors {
   return { metadata: header.metadata, tensors };
 }
 
+/** Whether an error is a file system's "no such file or directory". */
+function isNotFound(e: unknown): boolean {
+  return (e as NodeJS.ErrnoException)?.code === "ENOENT";
+}
+
 /** Reads a whole safetensors file into memory; see {@link openSafetensors} for large files. */
 export async function readSafetensors(path: string): Promise<Safetensors> {
-  return parseSafetensors(await Deno.readFile(path), path);
+  const b = await readFile(path);
+  // A Uint8Array, not a Buffer (whose slice() would share memory instead of copying).
+  return parseSafetensors(new Uint8Array(b.buffer, b.byteOffset, b.byteLength), path);
 }
 
 // ---- lazy reader ---------------------------------------------------------------------------
@@ -388,19 +397,31 @@ export interface SafetensorsReader {
   close(): void;
 }
 
+/** Reads up to `length` bytes of the open file `fd` at `pos` into `buf` at `offset`. */
+function readSome(
+  fd: number,
+  buf: Uint8Array,
+  offset: number,
+  length: number,
+  pos: number,
+): Promise<number> {
+  return new Promise((resolve, reject) =>
+    read(fd, buf, offset, length, pos, (e, n) => e ? reject(e) : resolve(n))
+  );
+}
+
 /** Reads exactly `buf.length` bytes at `pos`, or throws a truncation error. */
 async function readAt(
-  file: Deno.FsFile,
+  file: number,
   path: string,
   field: string,
   pos: number,
   buf: Uint8Array,
 ) {
-  await file.seek(pos, Deno.SeekMode.Start);
   let got = 0;
   while (got < buf.length) {
-    const n = await file.read(buf.subarray(got));
-    if (n === null) {
+    const n = await readSome(file, buf, got, Math.min(buf.length - got, 2 ** 30), pos + got);
+    if (n === 0) {
       throw new SafetensorsError(
         path,
         field,
@@ -411,22 +432,22 @@ async function readAt(
   }
 }
 
-/** One open file: its header and a queue that keeps seek + read pairs from interleaving. */
+/** One open file (a descriptor): its header and a queue that keeps its reads in order. */
 class ShardFile {
   #queue: Promise<unknown> = Promise.resolve();
 
   private constructor(
     readonly path: string,
-    readonly file: Deno.FsFile,
+    readonly file: number,
     readonly header: Header,
     readonly dataStart: number,
   ) {}
 
   /** Opens `path` and validates its header against the file size; reads no tensor data. */
   static async open(path: string): Promise<ShardFile> {
-    const file = await Deno.open(path, { read: true });
+    const file = openSync(path, "r");
     try {
-      const size = (await file.stat()).size;
+      const size = fstatSync(file).size;
       const prefix = new Uint8Array(8);
       if (size >= 8) await readAt(file, path, "header length", 0, prefix);
       const n = headerLength(path, prefix, size);
@@ -434,7 +455,7 @@ class ShardFile {
       await readAt(file, path, "header", 8, json);
       return new ShardFile(path, file, parseHeader(path, json, size - 8 - n), 8 + n);
     } catch (e) {
-      file.close();
+      closeSync(file);
       throw e;
     }
   }
@@ -443,7 +464,7 @@ class ShardFile {
     const info = this.header.tensors.get(name);
     if (!info) throw new SafetensorsError(this.path, name, "no such tensor");
     const [begin, end] = info.dataOffsets;
-    // A shared handle has one file position, so concurrent reads must take turns.
+    // Reads of one file take turns, in the order they were asked for.
     const job = this.#queue.then(async () => {
       const bytes = new Uint8Array(end - begin);
       await readAt(this.file, this.path, name, this.dataStart + begin, bytes);
@@ -482,13 +503,13 @@ function makeReader(
       }
       return data;
     },
-    close: () => shards.forEach((s) => s.file.close()),
+    close: () => shards.forEach((s) => closeSync(s.file)),
   };
 }
 
 /**
  * Opens one safetensors file lazily: reads and validates the header (offsets are checked against
- * the file size), then reads each tensor on demand with seek + read.
+ * the file size), then reads each tensor on demand with a positioned read.
  */
 export async function openSafetensors(path: string): Promise<SafetensorsReader> {
   const shard = await ShardFile.open(path);
@@ -508,9 +529,9 @@ export const INDEX_FILE = "model.safetensors.index.json";
 export async function openSafetensorsIndex(indexPath: string): Promise<SafetensorsReader> {
   let raw: unknown;
   try {
-    raw = JSON.parse(await Deno.readTextFile(indexPath));
+    raw = JSON.parse(await readFile(indexPath, "utf8"));
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw e;
+    if (isNotFound(e)) throw e;
     throw new SafetensorsError(indexPath, "", `not valid JSON (${(e as Error).message})`);
   }
   const map = (raw as { weight_map?: unknown } | null)?.weight_map;
@@ -540,7 +561,7 @@ export async function openSafetensorsIndex(indexPath: string): Promise<Safetenso
       try {
         shard = await ShardFile.open(dir + file);
       } catch (e) {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        if (!isNotFound(e)) throw e;
         throw new SafetensorsError(
           indexPath,
           `weight_map.${tensors[0]}`,
@@ -574,7 +595,7 @@ export async function openSafetensorsIndex(indexPath: string): Promise<Safetenso
     const strings = Object.fromEntries(Object.entries(metadata).map(([k, v]) => [k, String(v)]));
     return makeReader(shards, where, strings, indexPath);
   } catch (e) {
-    shards.forEach((s) => s.file.close());
+    shards.forEach((s) => closeSync(s.file));
     throw e;
   }
 }
@@ -584,12 +605,12 @@ export async function openSafetensorsIndex(indexPath: string): Promise<Safetenso
  * file (`*.index.json`), or a single `.safetensors` file.
  */
 export async function openCheckpoint(path: string): Promise<SafetensorsReader> {
-  if (!(await Deno.stat(path)).isDirectory) {
+  if (!(await stat(path)).isDirectory()) {
     return path.endsWith(".index.json") ? openSafetensorsIndex(path) : openSafetensors(path);
   }
   const dir = path.endsWith("/") ? path : path + "/";
-  const hasIndex = await Deno.stat(dir + INDEX_FILE).then(() => true, (e) => {
-    if (e instanceof Deno.errors.NotFound) return false;
+  const hasIndex = await stat(dir + INDEX_FILE).then(() => true, (e) => {
+    if (isNotFound(e)) return false;
     throw e;
   });
   return hasIndex

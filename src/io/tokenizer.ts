@@ -13,6 +13,7 @@
  * @module
  */
 
+import { statSync } from "node:fs";
 import type { LoadTokenizerOptions, Tokenizer } from "./tokenizer_types.ts";
 import { TokenizerFileError } from "./tokenizer_types.ts";
 import { Llama2cTokenizer } from "./tokenizer_llama2c.ts";
@@ -28,7 +29,7 @@ export * from "./tokenizer_types.ts";
 export function loadTokenizer(path: string, opts: LoadTokenizerOptions = {}): Tokenizer {
   let file = path;
   try {
-    if (Deno.statSync(path).isDirectory) file = `${path.replace(/\/+$/, "")}/tokenizer.json`;
+    if (statSync(path).isDirectory()) file = `${path.replace(/\/+$/, "")}/tokenizer.json`;
   } catch {
     throw new TokenizerFileError(`${path}: no such tokenizer file`);
   }

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { statSync } from "node:fs";
 import { Tokenizer as HfCore } from "@huggingface/tokenizers";
 import type { EncodeOptions, LoadTokenizerOptions, Tokenizer } from "./tokenizer_types.ts";
 import { SpecialTokenTable, TokenizerError, TokenizerFileError } from "./tokenizer_types.ts";
@@ -84,7 +85,7 @@ export class HfTokenizer implements Tokenizer {
     const configPath = path.replace(/[^/]*$/, "tokenizer_config.json");
     let config: Record<string, unknown> | undefined;
     try {
-      Deno.statSync(configPath);
+      statSync(configPath);
       config = readJson(configPath);
     } catch (e) {
       if (e instanceof TokenizerFileError) throw e;

@@ -14,6 +14,7 @@
  * @module
  */
 
+import { readFileSync } from "node:fs";
 import type { EncodeOptions, LoadTokenizerOptions, Tokenizer } from "./tokenizer_types.ts";
 import { SpecialTokenTable, TokenizerError, TokenizerFileError } from "./tokenizer_types.ts";
 
@@ -159,7 +160,8 @@ export class Llama2cTokenizer implements Tokenizer {
   static load(path: string, opts: LoadTokenizerOptions = {}): Llama2cTokenizer {
     let bytes: Uint8Array;
     try {
-      bytes = Deno.readFileSync(path);
+      const b = readFileSync(path);
+      bytes = new Uint8Array(b.buffer, b.byteOffset, b.byteLength); // a Uint8Array, not a Buffer
     } catch (e) {
       throw new TokenizerFileError(`${path}: cannot read (${(e as Error).message})`);
     }

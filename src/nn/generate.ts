@@ -33,8 +33,9 @@ export interface GenerateOptions {
   /** Called with the ids confirmed so far (all of them, growing) after each readback. */
   onIds?: (ids: readonly number[]) => void;
   /**
-   * Decode through the fused kernels (default: when the model is small enough, see
-   * infer/decode.ts), with these settings when an object; false forces the general per-op path.
+   * Decode through the fused kernels (default: when the adapter's inference tuning says
+   * `fusedDecode` and the model is small enough, see infer/decode.ts), with these settings when
+   * an object; false forces the general per-op path.
    */
   fused?: boolean | FusedDecoderOptions;
   /**
@@ -133,11 +134,11 @@ export async function generate(
         });
       };
       const t0 = performance.now();
-      const fused = opts.fused ??
+      const fused = opts.fused ?? (inferTuning().fusedDecode &&
         fusedDecodeFits(
           { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads },
           g.device.limits.maxStorageBuffersPerShaderStage,
-        );
+        ));
       decoder = fused ? new FusedDecoder(model, typeof fused === "object" ? fused : {}) : null;
       const promptT = own(tensor(Int32Array.from(prompt), [1, prompt.length], "i32"));
       const logits = prefillPrompt(model, decoder, promptT, cache, {

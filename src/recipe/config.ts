@@ -5,6 +5,7 @@
  * ({@link maskTable}).
  */
 
+import { readFile } from "node:fs/promises";
 import { parseRoleTable } from "../gem/mask.ts";
 import type { RoleTable } from "../tensor/ops.ts";
 import type { LoopConfig } from "../train/schedule.ts";
@@ -159,7 +160,7 @@ export function defaultConfig(): TrainConfig {
 /** Reads a JSON config file; an unreadable or malformed file is a ConfigError naming it. */
 export async function readConfigFile(path: string): Promise<Record<string, unknown>> {
   try {
-    return JSON.parse(await Deno.readTextFile(path));
+    return JSON.parse(await readFile(path, "utf8"));
   } catch (e) {
     throw new ConfigError(`${path}: cannot read as JSON (${e instanceof Error ? e.message : e})`);
   }

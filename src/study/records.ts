@@ -5,6 +5,11 @@
  * checkpoints are not.
  */
 
+import { spawn } from "node:child_process";
+import { type Dirent, readdirSync } from "node:fs";
+import { mkdir, readFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import { RUNTIME, runtimeVersion } from "../platform/platform.ts";
 import { gpu } from "../gpu/device.ts";
 import { writeAtomic } from "../io/atomic.ts";
 import { sha256Path } from "../io/hash.ts";
@@ -55,8 +60,10 @@ export interface RunEnv {
   dirty: boolean;
   /** gemkit's version (deno.json). */
   gemkit: string;
-  /** Deno's version. */
+  /** Deno's version ("2.9.6"); under another runtime, its name and version ("bun 1.4.5"). */
   deno: string;
+  /** The runtime's name and version ("deno 2.9.6", "bun 1.4.5"); absent in older records. */
+  runtime?: string;
   /** WebGPU adapter description. */
   adapter: string;
   /** Mesa's Vulkan driver package version, when installed from Debian. */
@@ -65,43 +72,47 @@ export interface RunEnv {
   tuning: unknown;
 }
 
+/** Runs a command to its end: its stdout when it exits with 0, null when it fails or cannot run. */
+function output(cmd: string, args: string[], cwd?: string): Promise<string | null> {
+  return new Promise((resolve) => {
+    const dec = new TextDecoder();
+    let text = "";
+    const child = spawn(cmd, args, { cwd, stdio: ["ignore", "pipe", "ignore"] });
+    child.stdout.on("data", (c: Uint8Array) => text += dec.decode(c, { stream: true }));
+    child.on("error", () => resolve(null));
+    child.on("close", (code) => resolve(code === 0 ? text + dec.decode() : null));
+  });
+}
+
 async function git(args: string[]): Promise<string | null> {
-  try {
-    const out = await new Deno.Command("git", {
-      args,
-      cwd: new URL("../..", import.meta.url),
-      stdout: "piped",
-      stderr: "null",
-    }).output();
-    return out.success ? new TextDecoder().decode(out.stdout).trim() : null;
-  } catch {
-    return null;
-  }
+  const out = await output("git", args, fileURLToPath(new URL("../..", import.meta.url)));
+  return out === null ? null : out.trim();
 }
 
 async function mesaVersion(): Promise<string | null> {
-  try {
-    const out = await new Deno.Command("dpkg-query", {
-      args: ["-W", "-f", "${Version}", "mesa-vulkan-drivers"],
-      stdout: "piped",
-      stderr: "null",
-    }).output();
-    return out.success ? new TextDecoder().decode(out.stdout).trim() || null : null;
-  } catch {
-    return null;
-  }
+  const out = await output("dpkg-query", ["-W", "-f", "${Version}", "mesa-vulkan-drivers"]);
+  return out === null ? null : out.trim() || null;
+}
+
+/**
+ * The runtime's version as records keep it: `deno`, Deno's version as it always was (or, under
+ * another runtime, its name and version), and `runtime`, the name and version in every case.
+ */
+export function runtimeVersions(): { deno: string; runtime: string } {
+  const runtime = runtimeVersion();
+  return { deno: RUNTIME === "deno" ? runtime.slice("deno ".length) : runtime, runtime };
 }
 
 /** The code and machine of this process (the GPU must be initialised). */
 export async function runEnv(): Promise<RunEnv> {
   const status = await git(["status", "--porcelain", "--untracked-files=no"]);
   const dirty = (status ?? "").split("\n").filter((l) => l && !l.includes("results/ablations/"));
-  const deno = JSON.parse(await Deno.readTextFile(new URL("../../deno.json", import.meta.url)));
+  const deno = JSON.parse(await readFile(new URL("../../deno.json", import.meta.url), "utf8"));
   return {
     commit: (await git(["rev-parse", "HEAD"])) ?? "unknown",
     dirty: status === null ? true : dirty.length > 0,
     gemkit: deno.version,
-    deno: Deno.version.deno,
+    ...runtimeVersions(),
     adapter: gpu().description,
     mesa: await mesaVersion(),
     tuning: gpu().tuning,
@@ -121,13 +132,18 @@ export async function hashData(paths: Iterable<string>): Promise<Record<string, 
   return out;
 }
 
+/** Whether an error is a file system's "no such file or directory". */
+function isNotFound(e: unknown): boolean {
+  return (e as NodeJS.ErrnoException)?.code === "ENOENT";
+}
+
 /** The records of a runs.jsonl (none when the file does not exist); bad lines are errors. */
 export async function readRecords(file: string): Promise<RunRecord[]> {
   let text: string;
   try {
-    text = await Deno.readTextFile(file);
+    text = await readFile(file, "utf8");
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return [];
+    if (isNotFound(e)) return [];
     throw e;
   }
   return text.split("\n").filter((l) => l.trim()).map((l, i) => {
@@ -141,12 +157,12 @@ export async function readRecords(file: string): Promise<RunRecord[]> {
 
 /** Appends a record (the file is rewritten atomically, so a crash never leaves half a line). */
 export async function appendRecord(file: string, rec: RunRecord): Promise<void> {
-  await Deno.mkdir(file.replace(/\/[^/]+$/, ""), { recursive: true });
+  await mkdir(file.replace(/\/[^/]+$/, ""), { recursive: true });
   let old = "";
   try {
-    old = await Deno.readTextFile(file);
+    old = await readFile(file, "utf8");
   } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    if (!isNotFound(e)) throw e;
   }
   if (old && !old.endsWith("\n")) old += "\n";
   await writeAtomic(file, old + JSON.stringify(rec) + "\n");
@@ -155,14 +171,16 @@ export async function appendRecord(file: string, rec: RunRecord): Promise<void> 
 /** Every record under a results folder (`<dir>/<study>/runs.jsonl`). */
 export async function allRecords(dir: string): Promise<RunRecord[]> {
   const out: RunRecord[] = [];
-  let entries: Deno.DirEntry[];
+  let entries: Dirent[];
   try {
-    entries = [...Deno.readDirSync(dir)].sort((a, b) => a.name.localeCompare(b.name));
+    entries = readdirSync(dir, { withFileTypes: true }).sort((a, b) =>
+      a.name.localeCompare(b.name)
+    );
   } catch {
     return out;
   }
   for (const e of entries) {
-    if (e.isDirectory) out.push(...(await readRecords(`${dir}/${e.name}/runs.jsonl`)));
+    if (e.isDirectory()) out.push(...(await readRecords(`${dir}/${e.name}/runs.jsonl`)));
   }
   return out;
 }

@@ -4,6 +4,7 @@
  * Also the untrained row (fresh specials) and the base model's reference rows.
  */
 
+import { mkdir, readFile } from "node:fs/promises";
 import type { GemModel } from "../gem/gem.ts";
 import { loadGem } from "../gem/io.ts";
 import { evalTask } from "../eval/registry.ts";
@@ -97,7 +98,7 @@ function taskFiles(tasks: readonly string[]): string[] {
 async function stepSeconds(dir: string): Promise<number> {
   const byStep = new Map<number, number>();
   try {
-    for (const line of (await Deno.readTextFile(`${dir}/log.jsonl`)).split("\n")) {
+    for (const line of (await readFile(`${dir}/log.jsonl`, "utf8")).split("\n")) {
       if (!line.trim()) continue;
       const r = JSON.parse(line) as StepRecord;
       byStep.set(r.step, r.ms);
@@ -115,7 +116,7 @@ interface WallLog {
 
 async function readWall(dir: string): Promise<WallLog> {
   try {
-    return JSON.parse(await Deno.readTextFile(`${dir}/wall.json`));
+    return JSON.parse(await readFile(`${dir}/wall.json`, "utf8"));
   } catch {
     return { seconds: 0, segments: 0 };
   }
@@ -168,7 +169,7 @@ export async function runTrained(
       wall.seconds = before + (performance.now() - t0) / 1000;
       await writeAtomic(`${dir}/wall.json`, JSON.stringify(wall) + "\n");
     };
-    await Deno.mkdir(dir, { recursive: true });
+    await mkdir(dir, { recursive: true });
     await saveWall();
     const { gem, task } = await prepareRun(config, resume);
     let last = 0;

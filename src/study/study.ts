@@ -5,6 +5,7 @@
  * experiment, so a variant shared by several studies is trained once.
  */
 
+import { readFile } from "node:fs/promises";
 import { evalTask } from "../eval/registry.ts";
 import { buildConfig, ConfigError, type TrainConfig } from "../recipe/config.ts";
 
@@ -222,7 +223,7 @@ export function parseStudy(raw: unknown, file: string): Study {
 export async function readStudy(file: string): Promise<Study> {
   let raw: unknown;
   try {
-    raw = JSON.parse(await Deno.readTextFile(file));
+    raw = JSON.parse(await readFile(file, "utf8"));
   } catch (e) {
     throw new StudyError(`${file}: cannot read as JSON (${e instanceof Error ? e.message : e})`);
   }

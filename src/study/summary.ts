@@ -4,6 +4,7 @@
  * the base model's reference rows, and figures (plotly HTML, and an SVG that GitHub shows).
  */
 
+import { mkdir } from "node:fs/promises";
 import { writeAtomic } from "../io/atomic.ts";
 import { type Figure, figuresHtml } from "../eval/plotly.ts";
 import type { RunRecord } from "./records.ts";
@@ -210,7 +211,7 @@ export function summaryMarkdown(study: Study, records: RunRecord[]): string {
       `Mesa ${r.env.mesa ?? "?"}, tuning ${
         (r.env.tuning as { profile?: string })?.profile ?? "?"
       }, ` +
-      `deno ${r.env.deno}`;
+      (r.env.runtime ?? `deno ${r.env.deno}`);
     envs.set(k, (envs.get(k) ?? 0) + 1);
   }
   for (const [k, n] of envs) lines.push(`- ${n} rows: ${k}`);
@@ -402,7 +403,7 @@ export function summaryFigures(study: Study, records: RunRecord[]): Figure[] {
 
 /** Writes README.md, figure.svg and figure.html into `dir`. */
 export async function writeSummary(study: Study, records: RunRecord[], dir: string): Promise<void> {
-  await Deno.mkdir(dir, { recursive: true });
+  await mkdir(dir, { recursive: true });
   await writeAtomic(`${dir}/README.md`, summaryMarkdown(study, records));
   await writeAtomic(`${dir}/figure.svg`, summarySvg(study, records));
   await writeAtomic(

@@ -3,6 +3,7 @@
  * Its state (epoch, position) is two integers, so a resumed run sees the same texts.
  */
 
+import { readFileSync } from "node:fs";
 import { Rng } from "../tensor/random.ts";
 
 /** Where a stream is: which epoch and how far into it. */
@@ -82,7 +83,7 @@ export class PairStream {
 export function readPairs(path: string): [string, string][] {
   let text: string;
   try {
-    text = Deno.readTextFileSync(path);
+    text = readFileSync(path, "utf8");
   } catch (e) {
     throw new Error(`${path}: cannot read (${e instanceof Error ? e.message : e})`);
   }

@@ -10,6 +10,9 @@
  * complete checkpoint intact.
  */
 
+import { readdirSync } from "node:fs";
+import { mkdir, open, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { exit, onSignal as listen, OS } from "../platform/platform.ts";
 import { writeAtomic } from "../io/atomic.ts";
 import { resolveRunDir } from "../io/model.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
@@ -115,7 +118,7 @@ function ckptName(step: number): string {
 export async function resolveCheckpoint(path: string): Promise<string> {
   const ckpt = await resolveRunDir(path);
   if (ckpt !== path) return ckpt;
-  await Deno.stat(`${path}/trainer/state.json`).catch(() => {
+  await stat(`${path}/trainer/state.json`).catch(() => {
     throw new Error(
       `${path}: neither a run directory (no 'latest') nor a checkpoint (no trainer/state.json)`,
     );
@@ -129,7 +132,7 @@ export async function readTrainerState<C extends LoopConfig = LoopConfig>(
 ): Promise<TrainerState<C>> {
   const path = `${ckpt}/trainer/state.json`;
   try {
-    return JSON.parse(await Deno.readTextFile(path));
+    return JSON.parse(await readFile(path, "utf8"));
   } catch (e) {
     throw new Error(`${path}: cannot read (${e instanceof Error ? e.message : e})`);
   }
@@ -145,7 +148,7 @@ async function saveCheckpoint(
 ): Promise<string> {
   const name = ckptName(step);
   const tmp = `${out}/.${name}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  await Deno.mkdir(`${tmp}/trainer`, { recursive: true });
+  await mkdir(`${tmp}/trainer`, { recursive: true });
   await task.saveModel(tmp);
   const moments: { name: string; shape: number[]; data: Float32Array }[] = [];
   for (let i = 0; i < opt.params.length; i++) {
@@ -155,15 +158,14 @@ async function saveCheckpoint(
   }
   await writeSafetensors(`${tmp}/trainer/optimizer.safetensors`, moments, { dtype: "F32" });
   const state: TrainerState = { step, data: task.dataState(), config, optimizerStep: opt.step };
-  await Deno.writeTextFile(`${tmp}/trainer/state.json`, JSON.stringify(state, null, 1) + "\n");
-  await Deno.remove(`${out}/${name}`, { recursive: true }).catch(() => {});
-  await Deno.rename(tmp, `${out}/${name}`);
+  await writeFile(`${tmp}/trainer/state.json`, JSON.stringify(state, null, 1) + "\n");
+  await rm(`${out}/${name}`, { recursive: true }).catch(() => {});
+  await rename(tmp, `${out}/${name}`);
   await writeAtomic(`${out}/latest`, name + "\n");
   // Prune older checkpoints beyond `keep`.
-  const all = [...Deno.readDirSync(out)].map((e) => e.name).filter((n) => /^ckpt-\d{6}$/.test(n))
-    .sort();
+  const all = readdirSync(out).filter((n) => /^ckpt-\d{6}$/.test(n)).sort();
   for (const old of all.slice(0, Math.max(0, all.length - keep))) {
-    await Deno.remove(`${out}/${old}`, { recursive: true });
+    await rm(`${out}/${old}`, { recursive: true });
   }
   return `${out}/${name}`;
 }
@@ -195,7 +197,7 @@ export async function train(
   config: LoopConfig,
   opts: TrainOptions,
 ): Promise<TrainResult> {
-  await Deno.mkdir(opts.out, { recursive: true });
+  await mkdir(opts.out, { recursive: true });
   const opt = new AdamW(task.params, {
     lr: config.phases[0].lr,
     beta1: config.optim.beta1,
@@ -210,18 +212,18 @@ export async function train(
     task.restoreData(state.data);
     step = state.step;
   }
-  const log = await Deno.open(`${opts.out}/log.jsonl`, { append: true, create: true });
+  const log = await open(`${opts.out}/log.jsonl`, "a");
   const enc = new TextEncoder();
   let signalled = false;
   const onSignal = () => {
-    if (signalled) Deno.exit(130);
+    if (signalled) exit(130);
     signalled = true;
     console.error(
       "\ngemkit: interrupted; saving a checkpoint after this step (Ctrl-C again to abort)",
     );
   };
-  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
-  for (const s of signals) Deno.addSignalListener(s, onSignal);
+  const signals = OS === "win32" ? ["SIGINT"] as const : ["SIGINT", "SIGTERM"] as const;
+  const unlisten = signals.map((s) => listen(s, onSignal));
   const end = Math.min(config.steps, opts.stopAt ?? config.steps);
   let lastCkpt = opts.resume ?? "";
   let savedAt = step;
@@ -286,8 +288,8 @@ export async function train(
       lastCkpt = await saveCheckpoint(opts.out, step, task, opt, config, config.keepCheckpoints);
     }
   } finally {
-    for (const s of signals) Deno.removeSignalListener(s, onSignal);
-    log.close();
+    for (const stop of unlisten) stop();
+    await log.close();
     opt.dispose();
   }
   return {

@@ -1,11 +1,12 @@
 /** The bench's PyTorch setup from the environment (bench/competitors.ts torchSetup). */
 
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { torchSetup } from "../../bench/competitors.ts";
 
 const env = (vars: Record<string, string>) => ({ get: (k: string) => vars[k] });
 
-Deno.test("bench torchSetup: defaults, a GPU machine's settings, and bad values named", () => {
+test("bench torchSetup: defaults, a GPU machine's settings, and bad values named", () => {
   assert.deepEqual(torchSetup(env({})), {
     python: "/usr/bin/python3",
     threads: [1, 2],

@@ -3,16 +3,21 @@
  * llama2.c <-> HF round trips, HF config validation, and Llama 3 RoPE scaling frequencies.
  */
 
+import { test } from "node:test";
+import { readdirSync, readFileSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import assert from "node:assert/strict";
 import { ropeFrequency } from "../../src/gpu/kernels/rope.ts";
 import { configFromHf, permuteRope, readHfModel, writeHfModel } from "../../src/io/hf.ts";
 import { CheckpointError, readLlama2c, writeLlama2c } from "../../src/io/llama2c.ts";
 import { readSafetensors } from "../../src/io/safetensors.ts";
-import { assertClose } from "../helpers.ts";
+import { assertClose, runCli } from "../helpers.ts";
 
 const repo = (p: string) => decodeURIComponent(new URL(`../../${p}`, import.meta.url).pathname);
 
-Deno.test("HF q/k permutation equals the one PyTorch's export applied (tiny_gqa fixture)", async () => {
+test("HF q/k permutation equals the one PyTorch's export applied (tiny_gqa fixture)", async () => {
   const { config, weights } = await readLlama2c(repo("tests/fixtures/tiny_gqa/model.bin"));
   const st = await readSafetensors(repo("tests/fixtures/tiny_gqa/hf/model.safetensors"));
   const hd = config.dim / config.nHeads;
@@ -24,13 +29,13 @@ Deno.test("HF q/k permutation equals the one PyTorch's export applied (tiny_gqa 
   }
 });
 
-Deno.test("HF reader gives the llama2.c weights for the same model; writer round-trips", async () => {
+test("HF reader gives the llama2.c weights for the same model; writer round-trips", async () => {
   for (const name of ["tiny_gqa", "tiny_mqa"]) {
     const a = await readLlama2c(repo(`tests/fixtures/${name}/model.bin`));
     const b = await readHfModel(repo(`tests/fixtures/${name}/hf`));
     assert.deepEqual({ ...b.config, maxSeqLen: a.config.maxSeqLen }, a.config);
     for (const [k, w] of a.weights) assert.deepEqual(b.weights.get(k), w, `${name} ${k}`);
-    const dir = await Deno.makeTempDir();
+    const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
     await writeHfModel(dir, a.config, a.weights);
     const c = await readHfModel(dir);
     for (const [k, w] of a.weights) assert.deepEqual(c.weights.get(k), w, `${name} rewritten ${k}`);
@@ -38,16 +43,16 @@ Deno.test("HF reader gives the llama2.c weights for the same model; writer round
     const d = await readLlama2c(`${dir}/model.bin`);
     assert.deepEqual(d.config, a.config);
     for (const [k, w] of a.weights) assert.deepEqual(d.weights.get(k), w, `${name} llama2.c ${k}`);
-    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
+    assert.deepEqual(readdirSync(dir).sort(), [
       "config.json",
       "model.bin",
       "model.safetensors",
     ]);
-    await Deno.remove(dir, { recursive: true });
+    await rm(dir, { recursive: true });
   }
 });
 
-Deno.test("HF config: missing or unsupported fields name the file and the field", () => {
+test("HF config: missing or unsupported fields name the file and the field", () => {
   const ok = {
     hidden_size: 48,
     intermediate_size: 100,
@@ -74,9 +79,9 @@ Deno.test("HF config: missing or unsupported fields name the file and the field"
   bad({ ...ok, vocab_size: "67" }, /'vocab_size' is not a number/);
 });
 
-Deno.test("Llama 3 RoPE scaling frequencies match transformers' formula", () => {
+test("Llama 3 RoPE scaling frequencies match transformers' formula", () => {
   const g = JSON.parse(
-    Deno.readTextFileSync(new URL("../goldens/rope_llama3.json", import.meta.url)),
+    readFileSync(new URL("../goldens/rope_llama3.json", import.meta.url), "utf8"),
   );
   for (const c of g.cases) {
     const scaling = {
@@ -93,15 +98,12 @@ Deno.test("Llama 3 RoPE scaling frequencies match transformers' formula", () => 
   }
 });
 
-Deno.test("deno task convert: llama2.c -> HF -> llama2.c gives the same config and weights", async () => {
-  const dir = await Deno.makeTempDir();
+test("deno task convert: llama2.c -> HF -> llama2.c gives the same config and weights", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   const cli = new URL("../../src/cli/convert.ts", import.meta.url).pathname;
   const run = async (...args: string[]) => {
-    const r = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", cli, ...args],
-      stderr: "piped",
-    }).output();
-    assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
+    const r = await runCli(cli, args);
+    assert.equal(r.code, 0, r.err);
   };
   const src = repo("tests/fixtures/tiny_gqa/model.bin");
   await run("--input", src, "--output", `${dir}/hf`);
@@ -109,5 +111,5 @@ Deno.test("deno task convert: llama2.c -> HF -> llama2.c gives the same config a
   const a = await readLlama2c(src), b = await readLlama2c(`${dir}/back.bin`);
   assert.deepEqual(b.config, a.config);
   for (const [k, w] of a.weights) assert.deepEqual(b.weights.get(k), w, k);
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });

@@ -1,5 +1,10 @@
 /** CLI pieces without a GPU: argument parsing, the .npy writer, and input validation. */
 
+import { test } from "node:test";
+import { readFileSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import assert from "node:assert/strict";
 import { parseArgs, UsageError } from "../../src/cli/args.ts";
 import { npyBytes, readInputTexts } from "../../src/cli/embed.ts";
@@ -8,7 +13,7 @@ import { withConfigTable } from "../../scripts/readme_config.ts";
 import { normTables, withStudyTables } from "../../scripts/readme_studies.ts";
 import { FIELDS } from "../../src/recipe/config.ts";
 
-Deno.test("args: flags, booleans, overrides; unknown flags and bad numbers are usage errors", () => {
+test("args: flags, booleans, overrides; unknown flags and bad numbers are usage errors", () => {
   const spec = {
     steps: { type: "number" as const, help: "" },
     out: { type: "string" as const, help: "", default: "runs" },
@@ -25,7 +30,7 @@ Deno.test("args: flags, booleans, overrides; unknown flags and bad numbers are u
   assert.throws(() => parseArgs(["stray"], spec, "usage: t"), /unexpected argument 'stray'/);
 });
 
-Deno.test("npy: header and float32 payload as numpy writes them", () => {
+test("npy: header and float32 payload as numpy writes them", () => {
   const bytes = npyBytes([Float32Array.of(1, 2, 3), Float32Array.of(4, 5, 6)], 3);
   assert.deepEqual([...bytes.subarray(0, 8)], [0x93, 78, 85, 77, 80, 89, 1, 0]);
   const hlen = new DataView(bytes.buffer).getUint16(8, true);
@@ -36,26 +41,26 @@ Deno.test("npy: header and float32 payload as numpy writes them", () => {
   assert.deepEqual([...new Float32Array(bytes.buffer.slice(10 + hlen))], [1, 2, 3, 4, 5, 6]);
 });
 
-Deno.test("embed input: text and JSONL; empty texts and bad UTF-8 name the line", async () => {
-  const dir = await Deno.makeTempDir();
-  await Deno.writeTextFile(`${dir}/a.txt`, "one\ntwo\r\nthree\n");
+test("embed input: text and JSONL; empty texts and bad UTF-8 name the line", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
+  await writeFile(`${dir}/a.txt`, "one\ntwo\r\nthree\n");
   assert.deepEqual(readInputTexts(`${dir}/a.txt`), ["one", "two", "three"]);
-  await Deno.writeTextFile(`${dir}/b.jsonl`, '{"text": "x"}\n{"text": "y"}\n');
+  await writeFile(`${dir}/b.jsonl`, '{"text": "x"}\n{"text": "y"}\n');
   assert.deepEqual(readInputTexts(`${dir}/b.jsonl`), ["x", "y"]);
-  await Deno.writeTextFile(`${dir}/c.txt`, "ok\n   \nok\n");
+  await writeFile(`${dir}/c.txt`, "ok\n   \nok\n");
   assert.throws(
     () => readInputTexts(`${dir}/c.txt`),
     (e: Error) => e instanceof CorpusError && /c\.txt: line 2: empty text/.test(e.message),
   );
-  await Deno.writeTextFile(`${dir}/d.jsonl`, '{"text": "x"}\n{"txt": "y"}\n');
+  await writeFile(`${dir}/d.jsonl`, '{"text": "x"}\n{"txt": "y"}\n');
   assert.throws(() => readInputTexts(`${dir}/d.jsonl`), /d\.jsonl: line 2: no string field 'text'/);
-  await Deno.writeFile(`${dir}/e.txt`, new Uint8Array([0x61, 0x0a, 0x62, 0xff, 0x0a]));
+  await writeFile(`${dir}/e.txt`, new Uint8Array([0x61, 0x0a, 0x62, 0xff, 0x0a]));
   assert.throws(() => readInputTexts(`${dir}/e.txt`), /e\.txt: line 2: not valid UTF-8/);
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });
 
-Deno.test("README: the configuration table matches FIELDS (every field, its default and help)", () => {
-  const readme = Deno.readTextFileSync(new URL("../../README.md", import.meta.url));
+test("README: the configuration table matches FIELDS (every field, its default and help)", () => {
+  const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
   const norm = (s: string) => s.replace(/-{3,}/g, "---").replace(/[ \t]+/g, " ");
   assert.equal(
     norm(withConfigTable(readme)),
@@ -65,8 +70,8 @@ Deno.test("README: the configuration table matches FIELDS (every field, its defa
   for (const k of Object.keys(FIELDS)) assert.ok(readme.includes(`\`${k}\``), k);
 });
 
-Deno.test("README: the study tables match the committed records", async () => {
-  const readme = Deno.readTextFileSync(new URL("../../README.md", import.meta.url));
+test("README: the study tables match the committed records", async () => {
+  const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
   assert.equal(
     normTables(await withStudyTables(readme)),
     normTables(readme),

@@ -3,6 +3,7 @@
  * verbatim, the format quirks (Latin-1 TREC, Cranfield's query numbering, CSV quoting).
  */
 
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   banking77,
@@ -15,7 +16,7 @@ import {
 } from "../../src/eval/datasets.ts";
 import { stsbPairs } from "../../src/eval/quick.ts";
 
-Deno.test("STS-B and SICK: counts and first rows", () => {
+test("STS-B and SICK: counts and first rows", () => {
   assert.equal(stsbPairs("test").length, 1379);
   assert.equal(sickPairs("train").length, 4500);
   assert.equal(sickPairs("trial").length, 500);
@@ -30,7 +31,7 @@ Deno.test("STS-B and SICK: counts and first rows", () => {
   assert.ok(test.every((p) => !/\r/.test(p.a + p.b) && p.score >= 1 && p.score <= 5));
 });
 
-Deno.test("Banking77: counts, 77 intents, quoted and multi-line texts verbatim", () => {
+test("Banking77: counts, 77 intents, quoted and multi-line texts verbatim", () => {
   const train = banking77("train"), test = banking77("test");
   assert.equal(train.length, 10003);
   assert.equal(test.length, 3080);
@@ -49,7 +50,7 @@ Deno.test("Banking77: counts, 77 intents, quoted and multi-line texts verbatim",
   assert.ok(train.every((r) => !r.text.includes("\r") && !r.label.includes("\r")));
 });
 
-Deno.test("TREC: counts, labels, and the Latin-1 train line", () => {
+test("TREC: counts, labels, and the Latin-1 train line", () => {
   const train = trec("train", "fine");
   assert.equal(train.length, 5452);
   assert.equal(trec("test").length, 500);
@@ -77,7 +78,7 @@ Deno.test("TREC: counts, labels, and the Latin-1 train line", () => {
   assert.deepEqual(trec("test")[0], { text: "How far is it from Denver to Aspen ?", label: "NUM" });
 });
 
-Deno.test("Cranfield: counts, title + abstract, query numbering by file order", () => {
+test("Cranfield: counts, title + abstract, query numbering by file order", () => {
   const { docs, queries, qrels } = cranfield();
   assert.equal(docs.length, 1400);
   assert.equal(queries.length, 225);
@@ -124,7 +125,7 @@ Deno.test("Cranfield: counts, title + abstract, query numbering by file order", 
   assert.equal(qrels.get(124)!.get(995), 2);
 });
 
-Deno.test("MMLU: 57 subjects, 14,042 test and 285 dev questions", () => {
+test("MMLU: 57 subjects, 14,042 test and 285 dev questions", () => {
   const test = mmlu("test"), dev = mmlu("dev");
   assert.equal(test.size, 57);
   assert.deepEqual([...dev.keys()], [...test.keys()]);
@@ -139,7 +140,7 @@ Deno.test("MMLU: 57 subjects, 14,042 test and 285 dev questions", () => {
   assert.match(dev.get("college_mathematics")![2].question, /must be true\?\r\nI\. All/);
 });
 
-Deno.test("parseCsv: RFC 4180 quoting edge cases", () => {
+test("parseCsv: RFC 4180 quoting edge cases", () => {
   const rows = (t: string) => parseCsv(t).map((r) => r.fields);
   assert.deepEqual(rows('a,b\r\n"x, y","say ""hi"""\n'), [["a", "b"], ["x, y", 'say "hi"']]);
   // Newlines (LF and CRLF) inside quotes; last record without a newline; empty fields.

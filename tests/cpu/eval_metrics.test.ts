@@ -3,6 +3,8 @@
  * (tests/goldens/eval_metrics.json, made by make_eval_goldens.py).
  */
 
+import { test } from "node:test";
+import { readFileSync } from "node:fs";
 import assert from "node:assert/strict";
 import {
   accuracy,
@@ -53,7 +55,7 @@ interface Golden {
 }
 
 const G: Golden = JSON.parse(
-  Deno.readTextFileSync(new URL("../goldens/eval_metrics.json", import.meta.url)),
+  readFileSync(new URL("../goldens/eval_metrics.json", import.meta.url), "utf8"),
 );
 assert.equal(G.version, 1);
 
@@ -70,14 +72,14 @@ function agreement(a: readonly number[], b: readonly number[]): number {
   return a.filter((v, i) => v === b[i]).length / a.length;
 }
 
-Deno.test("spearman (average ranks for ties) and pearson equal scipy", () => {
+test("spearman (average ranks for ties) and pearson equal scipy", () => {
   for (const c of G.correlation) {
     close(spearman(c.x, c.y), c.spearman, 1e-12, `${c.name} spearman`);
     close(pearson(c.x, c.y), c.pearson, 1e-12, `${c.name} pearson`);
   }
 });
 
-Deno.test("nDCG@10, MRR@10, recall@100 equal the explicit pytrec_eval-style formulas", () => {
+test("nDCG@10, MRR@10, recall@100 equal the explicit pytrec_eval-style formulas", () => {
   G.retrieval.forEach((q, i) => {
     const gains = new Map(q.qrels);
     close(ndcgAtK(q.ranking, gains, 10), q["ndcg@10"], 1e-12, `query ${i} nDCG@10`);
@@ -86,7 +88,7 @@ Deno.test("nDCG@10, MRR@10, recall@100 equal the explicit pytrec_eval-style form
   });
 });
 
-Deno.test("accuracy and macro-F1 equal sklearn, labels on one side only included", () => {
+test("accuracy and macro-F1 equal sklearn, labels on one side only included", () => {
   for (const c of G.f1) {
     close(accuracy(c.true, c.pred), c.accuracy, 1e-12, `${c.name} accuracy`);
     close(macroF1(c.true, c.pred), c.macro_f1, 1e-12, `${c.name} macro-F1`);
@@ -95,7 +97,7 @@ Deno.test("accuracy and macro-F1 equal sklearn, labels on one side only included
   assert.throws(() => accuracy([1, 2], [1]), ClassifierInputError);
 });
 
-Deno.test("logistic regression reaches sklearn's optimum and predictions on the toy set", () => {
+test("logistic regression reaches sklearn's optimum and predictions on the toy set", () => {
   const L = G.logreg;
   const xtr = f32rows(L.x_train), xte = f32rows(L.x_test);
   // Tight tolerance: the objective must match the reference minimum closely.
@@ -120,7 +122,7 @@ Deno.test("logistic regression reaches sklearn's optimum and predictions on the 
   for (const row of p) close(row.reduce((a, b) => a + b, 0), 1, 1e-12, "probabilities sum");
 });
 
-Deno.test("logistic regression: standardisation is scale-invariant and folded into the weights", () => {
+test("logistic regression: standardisation is scale-invariant and folded into the weights", () => {
   const L = G.logreg;
   const x = f32rows(L.x_train);
   // Column 0 x 1000 and column 1 + 50: standardised fits must not notice.
@@ -134,7 +136,7 @@ Deno.test("logistic regression: standardisation is scale-invariant and folded in
   assert.deepEqual(fitLogReg(x, L.y_train).weights, fitLogReg(x, L.y_train).weights);
 });
 
-Deno.test("logistic regression rejects bad inputs and maps string labels", () => {
+test("logistic regression rejects bad inputs and maps string labels", () => {
   const x = [new Float32Array([1, 2]), new Float32Array([3, 4])];
   assert.throws(() => fitLogReg(x, [0]), ClassifierInputError);
   assert.throws(() => fitLogReg(x, [0, -1]), ClassifierInputError);
@@ -143,7 +145,7 @@ Deno.test("logistic regression rejects bad inputs and maps string labels", () =>
   assert.throws(() => indexLabels(["c"], ["a", "b"]), ClassifierInputError);
 });
 
-Deno.test("V-measure, homogeneity, completeness equal sklearn to 1e-9", () => {
+test("V-measure, homogeneity, completeness equal sklearn to 1e-9", () => {
   for (const c of G.vmeasure) {
     const v = vMeasure(c.true, c.pred);
     close(v.homogeneity, c.homogeneity, 1e-9, `${c.name} homogeneity`);
@@ -155,7 +157,7 @@ Deno.test("V-measure, homogeneity, completeness equal sklearn to 1e-9", () => {
   assert.throws(() => vMeasure([1, 2], [1]), ClusterInputError);
 });
 
-Deno.test("k-means recovers sklearn's clustering of separated blobs, same inertia", () => {
+test("k-means recovers sklearn's clustering of separated blobs, same inertia", () => {
   const K = G.kmeans;
   const x = f32rows(K.x);
   const res = kmeans(x, K.k, { seed: 0 });
@@ -170,7 +172,7 @@ Deno.test("k-means recovers sklearn's clustering of separated blobs, same inerti
   assert.throws(() => kmeans(x.slice(0, 3), 4), ClusterInputError);
 });
 
-Deno.test("k-means: one restart per seed is deterministic; more restarts never raise inertia", () => {
+test("k-means: one restart per seed is deterministic; more restarts never raise inertia", () => {
   const x = f32rows(G.logreg.x_train); // overlapping blobs: starts matter
   const one = kmeans(x, 5, { seed: 3, restarts: 1 });
   assert.deepEqual(kmeans(x, 5, { seed: 3, restarts: 1 }), one);

@@ -1,5 +1,6 @@
 /** GEM's pieces that need no GPU: role tables, sample building, config validation, schedule. */
 
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { drawMask, MASK_DESIGNS, parseRoleTable, ROLE } from "../../src/gem/mask.ts";
 import {
@@ -17,7 +18,7 @@ import { buildConfig, ConfigError, scheduleAt } from "../../src/recipe/config.ts
 // A sample: BOS p1 p2 | S1 S2 | x1 x2 (roles 0 0 0 1 1 2 2).
 const ROLES = [0, 0, 0, 1, 1, 2, 2];
 
-Deno.test("mask designs equal hand-written masks for prefix | 2 specials | suffix", () => {
+test("mask designs equal hand-written masks for prefix | 2 specials | suffix", () => {
   const expect: Record<string, number[][]> = {
     gem: [
       [1, 0, 0, 0, 0, 0, 0],
@@ -64,7 +65,7 @@ Deno.test("mask designs equal hand-written masks for prefix | 2 specials | suffi
   assert.deepEqual(withPad, [[1, 0, 0], [1, 1, 0], [0, 0, 0]]);
 });
 
-Deno.test("user role tables: names or codes; bad cells name the cell", () => {
+test("user role tables: names or codes; bad cells name the cell", () => {
   const t = parseRoleTable([
     ["causal", "none", "none", "none"],
     ["all", "self", "none", "none"],
@@ -92,7 +93,7 @@ const OPTS: SampleOptions = {
   maxLen: 64,
 };
 
-Deno.test("samples: roles, labels (no loss on targets that are specials) and split bounds", () => {
+test("samples: roles, labels (no loss on targets that are specials) and split bounds", () => {
   const rng = new Rng(5);
   const text = [1, ...Array.from({ length: 20 }, (_, i) => 10 + i)];
   for (let trial = 0; trial < 50; trial++) {
@@ -117,7 +118,7 @@ Deno.test("samples: roles, labels (no loss on targets that are specials) and spl
   assert.ok(raw.roles.every((r) => r === ROLE.prefix));
 });
 
-Deno.test("samples: reconstruction, end insertion, dropout and crop positives, embedding form", () => {
+test("samples: reconstruction, end insertion, dropout and crop positives, embedding form", () => {
   const rng = new Rng(9);
   const text = [1, 5, 6, 7, 8, 9];
   const rec = gemSample(text, { ...OPTS, insertion: "reconstruct" }, rng);
@@ -144,7 +145,7 @@ Deno.test("samples: reconstruction, end insertion, dropout and crop positives, e
   assert.equal(embedSample(long, OPTS.specialIds, 50).ids.length, 50);
 });
 
-Deno.test("config: defaults, overrides, errors naming the field; schedule shape", () => {
+test("config: defaults, overrides, errors naming the field; schedule shape", () => {
   const c = buildConfig(null, [["gem.k", "8"], ["steps", "40"]]);
   assert.equal(c.gem.k, 8);
   assert.equal(c.steps, 40);

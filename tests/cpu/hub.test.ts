@@ -4,6 +4,15 @@
  * support. Every test uses its own temp cache; the real home cache is never touched.
  */
 
+import { test } from "node:test";
+import { once } from "node:events";
+import { readdirSync } from "node:fs";
+import { mkdir, mkdtemp, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
 import assert from "node:assert/strict";
 import {
   HubError,
@@ -12,6 +21,7 @@ import {
   parseModelSpec,
   resolveModel,
 } from "../../src/io/hub.ts";
+import { readBytes } from "../helpers.ts";
 
 type Bytes = Uint8Array<ArrayBuffer>;
 
@@ -20,6 +30,9 @@ interface Seen {
   range: string | null;
   auth: string | null;
 }
+
+/** How long a dropped connection stays open after its last byte is written. */
+const DROP_DELAY_MS = 200;
 
 /** A hub with some repos; records requests and can misbehave on purpose. */
 class FakeHub {
@@ -31,17 +44,30 @@ class FakeHub {
   /** Answer data requests with 200 and the whole file even when a Range is asked (the 1-byte
    * size probe still gets its 206: @huggingface/hub needs the Content-Range of it). */
   ignoreRange = false;
-  readonly server: Deno.HttpServer<Deno.NetAddr>;
+  readonly server: Server;
 
-  constructor(readonly repos: Record<string, Record<string, Bytes>>) {
-    this.server = Deno.serve(
-      { port: 0, hostname: "127.0.0.1", onListen() {} },
-      (req) => this.handle(req),
-    );
+  private constructor(readonly repos: Record<string, Record<string, Bytes>>) {
+    this.server = createServer((req, res) => this.handle(req, res));
+  }
+
+  /** A hub listening on a free loopback port. */
+  static async start(repos: Record<string, Record<string, Bytes>>): Promise<FakeHub> {
+    const hub = new FakeHub(repos);
+    hub.server.listen(0, "127.0.0.1");
+    await once(hub.server, "listening");
+    return hub;
   }
 
   get url(): string {
-    return `http://127.0.0.1:${this.server.addr.port}`;
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+
+  /** Stops listening and drops open connections; nothing listens on the port afterwards. */
+  async shutdown(): Promise<void> {
+    if (!this.server.listening) return;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeAllConnections();
+    await closed;
   }
 
   /** Data requests for one file (not the 1-byte size probes). */
@@ -51,23 +77,22 @@ class FakeHub {
     );
   }
 
-  handle(req: Request): Response {
-    const url = new URL(req.url);
-    this.seen.push({
-      path: url.pathname,
-      range: req.headers.get("range"),
-      auth: req.headers.get("authorization"),
-    });
+  handle(req: IncomingMessage, res: ServerResponse): void {
+    const url = new URL(req.url ?? "/", "http://127.0.0.1");
+    const range = req.headers.range ?? null;
+    this.seen.push({ path: url.pathname, range, auth: req.headers.authorization ?? null });
+    const send = (status: number, headers: Record<string, string>, body: Uint8Array) => {
+      res.writeHead(status, { ...headers, "content-length": String(body.length) }).end(body);
+    };
+    const json = (body: unknown, status = 200, headers: Record<string, string> = {}) =>
+      send(status, { "content-type": "application/json", ...headers }, text(JSON.stringify(body)));
     const tree = /^\/api\/models\/([^/]+\/[^/]+)\/tree\/main$/.exec(url.pathname);
     if (tree) {
       const files = this.repos[tree[1]];
       if (!files) {
-        return Response.json({ error: "Repository not found" }, {
-          status: 404,
-          headers: { "x-error-code": "RepoNotFound" },
-        });
+        return json({ error: "Repository not found" }, 404, { "x-error-code": "RepoNotFound" });
       }
-      return Response.json(
+      return json(
         Object.entries(files).map(([path, d]) => ({
           type: "file",
           oid: "0",
@@ -76,37 +101,42 @@ class FakeHub {
         })),
       );
     }
-    const res = /^\/([^/]+\/[^/]+)\/resolve\/main\/(.+)$/.exec(url.pathname);
-    const data = res && !this.gone.has(res[2]) ? this.repos[res[1]]?.[res[2]] : undefined;
-    if (!res || !data) {
-      return new Response("Entry not found", {
-        status: 404,
-        headers: { "x-error-code": "EntryNotFound" },
-      });
+    const resolve = /^\/([^/]+\/[^/]+)\/resolve\/main\/(.+)$/.exec(url.pathname);
+    const data = resolve && !this.gone.has(resolve[2])
+      ? this.repos[resolve[1]]?.[resolve[2]]
+      : undefined;
+    if (!resolve || !data) {
+      send(
+        404,
+        { "content-type": "text/plain;charset=UTF-8", "x-error-code": "EntryNotFound" },
+        text("Entry not found"),
+      );
+      return;
     }
-    const headers = { etag: `"${res[2]}-v1"`, "accept-ranges": "bytes" };
-    const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.get("range") ?? "");
-    const probe = range?.[0] === "bytes=0-0";
-    if (range && (probe || !this.ignoreRange)) {
-      const start = Number(range[1]);
-      const end = range[2] ? Number(range[2]) + 1 : data.length;
-      return new Response(data.slice(start, end), {
-        status: 206,
-        headers: { ...headers, "content-range": `bytes ${start}-${end - 1}/${data.length}` },
-      });
+    const headers = { etag: `"${resolve[2]}-v1"`, "accept-ranges": "bytes" };
+    const r = /^bytes=(\d+)-(\d*)$/.exec(range ?? "");
+    const probe = r?.[0] === "bytes=0-0";
+    if (r && (probe || !this.ignoreRange)) {
+      const start = Number(r[1]);
+      const end = r[2] ? Number(r[2]) + 1 : data.length;
+      send(
+        206,
+        { ...headers, "content-range": `bytes ${start}-${end - 1}/${data.length}` },
+        data.slice(start, end),
+      );
+      return;
     }
-    if (!probe && this.dropNext.delete(res[2])) {
-      // Send half, then end the body while Content-Length promised all of it.
-      const half = data.slice(0, data.length >> 1);
-      const body = new ReadableStream<Uint8Array>({
-        start(c) {
-          c.enqueue(half);
-          c.close();
-        },
+    if (!probe && this.dropNext.delete(resolve[2])) {
+      // Send half, then close the connection while Content-Length promised all of it. The close
+      // waits a moment: Bun's fetch drops body bytes it has buffered but not yet handed to a
+      // reader when the connection ends, and the client opens its output file before reading.
+      res.writeHead(200, { ...headers, "content-length": String(data.length) });
+      res.write(data.slice(0, data.length >> 1), () => {
+        setTimeout(() => res.socket?.end(), DROP_DELAY_MS);
       });
-      return new Response(body, { headers: { ...headers, "content-length": String(data.length) } });
+      return;
     }
-    return new Response(data, { headers });
+    send(200, headers, data);
   }
 }
 
@@ -140,8 +170,8 @@ async function withHub(
   repos: Record<string, Record<string, Bytes>>,
   fn: (hub: FakeHub, opts: HubOptions, cache: string) => Promise<void>,
 ): Promise<void> {
-  const cache = await Deno.makeTempDir({ prefix: "gemkit-hub-test-" });
-  const hub = new FakeHub(repos);
+  const cache = await mkdtemp(join(tmpdir(), "gemkit-hub-test-"));
+  const hub = await FakeHub.start(repos);
   try {
     // Explicit options so the tests ignore HF_* variables of the machine running them.
     const opts: HubOptions = {
@@ -154,8 +184,8 @@ async function withHub(
     };
     await fn(hub, opts, cache);
   } finally {
-    await hub.server.shutdown().catch(() => {});
-    await Deno.remove(cache, { recursive: true });
+    await hub.shutdown().catch(() => {});
+    await rm(cache, { recursive: true });
   }
 }
 
@@ -164,11 +194,13 @@ async function withEnv(
   vars: Record<string, string | undefined>,
   fn: () => Promise<void>,
 ): Promise<void> {
-  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, Deno.env.get(k)]));
-  const set = (v: Record<string, string | undefined>) =>
-    Object.entries(v).forEach((
-      [k, x],
-    ) => (x === undefined ? Deno.env.delete(k) : Deno.env.set(k, x)));
+  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  const set = (v: Record<string, string | undefined>) => {
+    for (const [k, x] of Object.entries(v)) {
+      if (x === undefined) delete process.env[k];
+      else process.env[k] = x;
+    }
+  };
   set(vars);
   try {
     await fn();
@@ -177,9 +209,9 @@ async function withEnv(
   }
 }
 
-const listing = (dir: string) => [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+const listing = (dir: string) => readdirSync(dir).sort();
 
-Deno.test("parses model specs", () => {
+test("parses model specs", () => {
   assert.deepEqual(parseModelSpec("org/name"), { repo: "org/name", revision: "main" });
   assert.deepEqual(parseModelSpec("Org-1/na.me_2@v1.0"), {
     repo: "Org-1/na.me_2",
@@ -201,13 +233,13 @@ Deno.test("parses model specs", () => {
   );
 });
 
-Deno.test("a local path is returned as is", async () => {
-  const dir = await Deno.makeTempDir();
+test("a local path is returned as is", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   assert.equal(await resolveModel(dir, { offline: true }), dir);
-  await Deno.remove(dir);
+  await rmdir(dir);
 });
 
-Deno.test("fresh download: checkpoint files byte-identical, token sent, progress reported", async () => {
+test("fresh download: checkpoint files byte-identical, token sent, progress reported", async () => {
   const repo = tinyRepo();
   await withHub({ "org/tiny": repo }, async (hub, opts, cache) => {
     const progress: number[] = [];
@@ -228,7 +260,7 @@ Deno.test("fresh download: checkpoint files byte-identical, token sent, progress
       "tokenizer.json",
       "tokenizer_config.json",
     ]);
-    for (const f of listing(dir)) assert.deepEqual(await Deno.readFile(`${dir}/${f}`), repo[f], f);
+    for (const f of listing(dir)) assert.deepEqual(await readBytes(`${dir}/${f}`), repo[f], f);
     assert.ok(hub.seen.every((s) => s.auth === "Bearer hf_secret"));
     assert.equal(progress.at(-1), 1);
     assert.deepEqual(await missingFiles(dir), []);
@@ -240,7 +272,7 @@ Deno.test("fresh download: checkpoint files byte-identical, token sent, progress
   });
 });
 
-Deno.test("a dropped connection is resumed with a Range request", async () => {
+test("a dropped connection is resumed with a Range request", async () => {
   const repo = tinyRepo();
   await withHub({ "org/tiny": repo }, async (hub, opts) => {
     hub.dropNext.add("model.safetensors");
@@ -250,12 +282,12 @@ Deno.test("a dropped connection is resumed with a Range request", async () => {
       null,
       `bytes=${repo["model.safetensors"].length >> 1}-`,
     ]);
-    assert.deepEqual(await Deno.readFile(`${dir}/model.safetensors`), repo["model.safetensors"]);
+    assert.deepEqual(await readBytes(`${dir}/model.safetensors`), repo["model.safetensors"]);
     assert.ok(!listing(dir).some((f) => f.endsWith(".incomplete")));
   });
 });
 
-Deno.test("a dropped connection with no attempts left keeps the partial file for the next run", async () => {
+test("a dropped connection with no attempts left keeps the partial file for the next run", async () => {
   const repo = tinyRepo();
   await withHub({ "org/tiny": repo }, async (hub, opts, cache) => {
     hub.dropNext.add("model.safetensors");
@@ -268,36 +300,36 @@ Deno.test("a dropped connection with no attempts left keeps the partial file for
       return true;
     });
     const part = `${cache}/org/tiny/main/model.safetensors.incomplete`;
-    assert.equal((await Deno.stat(part)).size, 150_000);
+    assert.equal((await stat(part)).size, 150_000);
     const dir = await resolveModel("org/tiny", opts);
     assert.deepEqual(hub.gets("model.safetensors").map((g) => g.range), [null, "bytes=150000-"]);
-    assert.deepEqual(await Deno.readFile(`${dir}/model.safetensors`), repo["model.safetensors"]);
+    assert.deepEqual(await readBytes(`${dir}/model.safetensors`), repo["model.safetensors"]);
   });
 });
 
-Deno.test("a pre-existing .incomplete file is continued; a server ignoring Range restarts it", async () => {
+test("a pre-existing .incomplete file is continued; a server ignoring Range restarts it", async () => {
   const repo = tinyRepo();
   await withHub({ "org/tiny": repo }, async (hub, opts, cache) => {
     const dir = `${cache}/org/tiny/main`;
-    await Deno.mkdir(dir, { recursive: true });
-    await Deno.writeFile(
+    await mkdir(dir, { recursive: true });
+    await writeFile(
       `${dir}/model.safetensors.incomplete`,
       repo["model.safetensors"].slice(0, 1000),
     );
     await resolveModel("org/tiny", opts);
     assert.deepEqual(hub.gets("model.safetensors").map((g) => g.range), ["bytes=1000-"]);
-    assert.deepEqual(await Deno.readFile(`${dir}/model.safetensors`), repo["model.safetensors"]);
+    assert.deepEqual(await readBytes(`${dir}/model.safetensors`), repo["model.safetensors"]);
 
     // A partial of a file the server will not resume: the 200 answer replaces it, not appends.
-    await Deno.remove(`${dir}/model.safetensors`);
-    await Deno.writeFile(`${dir}/model.safetensors.incomplete`, new Uint8Array(1000).fill(9));
+    await rm(`${dir}/model.safetensors`);
+    await writeFile(`${dir}/model.safetensors.incomplete`, new Uint8Array(1000).fill(9));
     hub.ignoreRange = true;
     await resolveModel("org/tiny", opts);
-    assert.deepEqual(await Deno.readFile(`${dir}/model.safetensors`), repo["model.safetensors"]);
+    assert.deepEqual(await readBytes(`${dir}/model.safetensors`), repo["model.safetensors"]);
   });
 });
 
-Deno.test("sharded checkpoint: index and every shard it names", async () => {
+test("sharded checkpoint: index and every shard it names", async () => {
   const index = {
     metadata: {},
     weight_map: { a: "model-00001-of-00002.safetensors", b: "model-00002-of-00002.safetensors" },
@@ -316,7 +348,7 @@ Deno.test("sharded checkpoint: index and every shard it names", async () => {
   await withHub({ "org/sharded": repo, "org/broken": broken }, async (_hub, opts) => {
     const dir = await resolveModel("org/sharded", opts);
     assert.deepEqual(listing(dir), Object.keys(repo).sort());
-    for (const f of listing(dir)) assert.deepEqual(await Deno.readFile(`${dir}/${f}`), repo[f], f);
+    for (const f of listing(dir)) assert.deepEqual(await readBytes(`${dir}/${f}`), repo[f], f);
     await assert.rejects(
       resolveModel("org/broken", opts),
       /^HubError: org\/broken@main: model-00002-of-00002\.safetensors: not in the repo at http/,
@@ -324,7 +356,7 @@ Deno.test("sharded checkpoint: index and every shard it names", async () => {
   });
 });
 
-Deno.test("the cache is used when the hub is down, or with HF_HUB_OFFLINE=1", async () => {
+test("the cache is used when the hub is down, or with HF_HUB_OFFLINE=1", async () => {
   await withHub({ "org/tiny": tinyRepo() }, async (hub, opts) => {
     const dir = await resolveModel("org/tiny", opts);
     const n = hub.seen.length;
@@ -332,12 +364,12 @@ Deno.test("the cache is used when the hub is down, or with HF_HUB_OFFLINE=1", as
       assert.equal(await resolveModel("org/tiny", { ...opts, offline: undefined }), dir);
     });
     assert.equal(hub.seen.length, n, "offline mode made no request");
-    await hub.server.shutdown();
+    await hub.shutdown();
     assert.equal(await resolveModel("org/tiny", opts), dir);
   });
 });
 
-Deno.test("HF_HUB_OFFLINE=1 with an empty cache names the repo and the missing file", async () => {
+test("HF_HUB_OFFLINE=1 with an empty cache names the repo and the missing file", async () => {
   await withHub({ "org/tiny": tinyRepo() }, async (hub, opts, cache) => {
     await withEnv({ HF_HUB_OFFLINE: "true" }, async () => {
       await assert.rejects(
@@ -356,9 +388,9 @@ Deno.test("HF_HUB_OFFLINE=1 with an empty cache names the repo and the missing f
   });
 });
 
-Deno.test("an unreachable hub with an empty cache names the repo, the endpoint and the file", async () => {
+test("an unreachable hub with an empty cache names the repo, the endpoint and the file", async () => {
   await withHub({}, async (hub, opts) => {
-    await hub.server.shutdown(); // nothing listens on this port now
+    await hub.shutdown(); // nothing listens on this port now
     await assert.rejects(resolveModel("org/tiny", { ...opts, attempts: 1 }), (e: unknown) => {
       assert.ok(e instanceof HubError);
       assert.match(
@@ -371,7 +403,7 @@ Deno.test("an unreachable hub with an empty cache names the repo, the endpoint a
   });
 });
 
-Deno.test("missing files and repos: 404s are named", async () => {
+test("missing files and repos: 404s are named", async () => {
   const repo = tinyRepo();
   await withHub(
     { "org/tiny": repo, "org/notok": { "config.json": text("{}") } },
@@ -393,7 +425,7 @@ Deno.test("missing files and repos: 404s are named", async () => {
   );
 });
 
-Deno.test("environment: GEMKIT_CACHE, HF_ENDPOINT and HF_TOKEN", async () => {
+test("environment: GEMKIT_CACHE, HF_ENDPOINT and HF_TOKEN", async () => {
   await withHub({ "org/tiny": tinyRepo() }, async (hub, _opts, cache) => {
     await withEnv({
       GEMKIT_CACHE: cache,

@@ -4,10 +4,13 @@
  * SwiGLU or decode steps there: those live in the inference module above the tensor layer).
  */
 
+import { test } from "node:test";
+import { readdirSync, readFileSync } from "node:fs";
 import assert from "node:assert/strict";
 
 /** Bottom to top; folders on one rank (gem, train) may not import each other. */
 export const LAYERS: string[][] = [
+  ["platform"],
   ["gpu"],
   ["tensor"],
   ["nn"],
@@ -24,8 +27,8 @@ const SRC = `${ROOT}src/`;
 
 /** Every .ts file under a folder (default src/), relative to it. */
 function files(dir = SRC, rel = ""): string[] {
-  return [...Deno.readDirSync(dir)].flatMap((e) =>
-    e.isDirectory
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory()
       ? files(`${dir}${e.name}/`, `${rel}${e.name}/`)
       : e.name.endsWith(".ts")
       ? [`${rel}${e.name}`]
@@ -55,7 +58,7 @@ function rank(folder: string): number {
 function graph(root = "src"): Map<string, string[]> {
   const dir = `${ROOT}${root}/`;
   return new Map(
-    files(dir).map((f) => [f, importsOf(f, Deno.readTextFileSync(`${dir}${f}`), root)]),
+    files(dir).map((f) => [f, importsOf(f, readFileSync(`${dir}${f}`, "utf8"), root)]),
   );
 }
 
@@ -91,7 +94,7 @@ export function cycles(g: Map<string, string[]>): string[][] {
   return out;
 }
 
-Deno.test("layers: every import goes down the layer order (or within a folder)", () => {
+test("layers: every import goes down the layer order (or within a folder)", () => {
   const bad: string[] = [];
   for (const [f, deps] of graph()) {
     const from = f.split("/")[0];
@@ -104,15 +107,15 @@ Deno.test("layers: every import goes down the layer order (or within a folder)",
   assert.deepEqual(bad, [], `imports against the layer order:\n${bad.join("\n")}`);
 });
 
-Deno.test("layers: no import cycles in src/ or bench/", () => {
+test("layers: no import cycles in src/ or bench/", () => {
   const c = [...cycles(graph("src")), ...cycles(graph("bench"))];
   assert.deepEqual(c, [], `cycles:\n${c.map((x) => x.join(" -> ")).join("\n")}`);
 });
 
-Deno.test("layers: the gpu layer knows nothing about Llama; gem nothing about the gpu", () => {
+test("layers: the gpu layer knows nothing about Llama; gem nothing about the gpu", () => {
   const words = /swiglu|q\/k\/v|qkv|decode/i;
   const bad = files().filter((f) => f.startsWith("gpu/")).flatMap((f) =>
-    Deno.readTextFileSync(`${SRC}${f}`).split("\n").flatMap((l, i) =>
+    readFileSync(`${SRC}${f}`, "utf8").split("\n").flatMap((l, i) =>
       words.test(l) ? [`src/${f}:${i + 1}: ${l.trim()}`] : []
     )
   );
@@ -123,7 +126,7 @@ Deno.test("layers: the gpu layer knows nothing about Llama; gem nothing about th
   assert.deepEqual(gemGpu, []);
 });
 
-Deno.test("layers: the checks catch what they look for", () => {
+test("layers: the checks catch what they look for", () => {
   assert.deepEqual(importsOf("gem/a.ts", 'import { x } from "../gpu/b.ts";\nimport("./c.ts")'), [
     "gpu/b.ts",
     "gem/c.ts",

@@ -1,5 +1,6 @@
 /** The CPU references against the PyTorch goldens; runs without a GPU. */
 
+import { test } from "node:test";
 import { assertClose, FWD, loadGoldens } from "../helpers.ts";
 import {
   attentionRef,
@@ -13,7 +14,7 @@ import {
 const cases = loadGoldens("ops.json");
 const byOp = (op: string) => cases.filter((c) => c.op === op);
 
-Deno.test("cpu reference: matmul (no transposes) matches goldens", () => {
+test("cpu reference: matmul (no transposes) matches goldens", () => {
   for (const c of byOp("matmul").filter((c) => !c.attrs.transA && !c.attrs.transB)) {
     const a = c.inputs.a, b = c.inputs.b;
     const [m, k] = a.shape.slice(-2), n = b.shape[b.shape.length - 1];
@@ -23,7 +24,7 @@ Deno.test("cpu reference: matmul (no transposes) matches goldens", () => {
   }
 });
 
-Deno.test("cpu reference: attention matches goldens for every role table", () => {
+test("cpu reference: attention matches goldens for every role table", () => {
   for (const c of byOp("attention")) {
     const [b, t, hq, d] = c.inputs.q.shape;
     const got = attentionRef(
@@ -38,7 +39,7 @@ Deno.test("cpu reference: attention matches goldens for every role table", () =>
   }
 });
 
-Deno.test("cpu reference: softmax, log-softmax, rmsnorm, rope, cross-entropy match goldens", () => {
+test("cpu reference: softmax, log-softmax, rmsnorm, rope, cross-entropy match goldens", () => {
   for (const c of [...byOp("softmax"), ...byOp("log_softmax")]) {
     const x = c.inputs.x;
     const got = softmaxRef(x.data, x.shape[x.shape.length - 1], c.op === "log_softmax");

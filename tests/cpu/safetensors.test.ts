@@ -4,6 +4,11 @@
  * own Float16Array / Math.f16round, an independent implementation.
  */
 
+import { test } from "node:test";
+import { readdirSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import assert from "node:assert/strict";
 import {
   f16BitsToF32,
@@ -15,6 +20,7 @@ import {
   SafetensorsError,
   writeSafetensors,
 } from "../../src/io/safetensors.ts";
+import { readBytes } from "../helpers.ts";
 
 /** Builds file bytes from a header (object or raw string) and a data buffer. */
 function build(header: unknown, data: Uint8Array = new Uint8Array(), n?: bigint): Uint8Array {
@@ -43,8 +49,8 @@ function assertBad(bytes: Uint8Array, field: string, problem: RegExp): void {
 
 const f32 = (h: Record<string, unknown>) => ({ dtype: "F32", ...h });
 
-Deno.test("F32 round trip keeps exact values, metadata, and a padded, sorted layout", async () => {
-  const dir = await Deno.makeTempDir();
+test("F32 round trip keeps exact values, metadata, and a padded, sorted layout", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   const path = `${dir}/a.safetensors`;
   const values = new Float32Array([1 / 3, 65504, 1e-7, -0, Infinity, -Infinity, NaN, 1e30]);
   await writeSafetensors(path, [
@@ -53,7 +59,7 @@ Deno.test("F32 round trip keeps exact values, metadata, and a padded, sorted lay
     { name: "empty", shape: [0, 3], data: new Float32Array(0) },
   ], { dtype: "F32", metadata: { format: "pt" } });
 
-  const bytes = await Deno.readFile(path);
+  const bytes = await readBytes(path);
   const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
   assert.equal(n % 8, 0, "header padded to a multiple of 8");
   const header = new TextDecoder().decode(bytes.subarray(8, 8 + n));
@@ -71,11 +77,11 @@ Deno.test("F32 round trip keeps exact values, metadata, and a padded, sorted lay
   for (let i = 0; i < values.length; i++) assert.ok(Object.is(z.data[i], values[i]), `index ${i}`);
   assert.deepEqual([...st.tensors.get("a.first")!.data], [7]);
   assert.equal(st.tensors.get("empty")!.data.length, 0);
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });
 
-Deno.test("F16 round trip rounds to nearest even, with subnormals, -0, inf and NaN", async () => {
-  const dir = await Deno.makeTempDir();
+test("F16 round trip rounds to nearest even, with subnormals, -0, inf and NaN", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   const path = `${dir}/h.safetensors`;
   // [input, expected f16 bits]
   const cases: [number, number][] = [
@@ -99,7 +105,7 @@ Deno.test("F16 round trip rounds to nearest even, with subnormals, -0, inf and N
   const data = new Float32Array(cases.map(([x]) => x).concat([NaN]));
   await writeSafetensors(path, [{ name: "h", shape: [data.length], data }], { dtype: "F16" });
 
-  const bytes = await Deno.readFile(path);
+  const bytes = await readBytes(path);
   const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
   const bits = new Uint16Array(bytes.slice(8 + n).buffer);
   cases.forEach(([x, want], i) => assert.equal(bits[i], want, `f16 bits of ${x}`));
@@ -113,10 +119,10 @@ Deno.test("F16 round trip rounds to nearest even, with subnormals, -0, inf and N
   assert.equal(h.data[4], 2 ** -23);
   assert.ok(Object.is(h.data[11], -0));
   assert.ok(Number.isNaN(h.data[cases.length]));
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });
 
-Deno.test("F16 conversion agrees with V8's Float16Array on every f16 and on random f32", () => {
+test("F16 conversion agrees with V8's Float16Array on every f16 and on random f32", () => {
   const ref = new Float16Array(1);
   const refBits = new Uint16Array(ref.buffer);
   for (let h = 0; h < 65536; h++) {
@@ -139,7 +145,7 @@ Deno.test("F16 conversion agrees with V8's Float16Array on every f16 and on rand
   }
 });
 
-Deno.test("reads hand-written BF16, I32 and I64 bytes", () => {
+test("reads hand-written BF16, I32 and I64 bytes", () => {
   // bf16 words, little-endian: 1.0, -2.0, 0.5, 3.140625, smallest subnormal, inf, -inf, NaN
   const bf16 = [0x3f80, 0xc000, 0x3f00, 0x4049, 0x0001, 0x7f80, 0xff80, 0x7fc0];
   const data = new Uint8Array([
@@ -205,7 +211,7 @@ Deno.test("reads hand-written BF16, I32 and I64 bytes", () => {
   assert.deepEqual([...l], [-3, 2147483647]);
 });
 
-Deno.test("integer and unsupported dtypes", () => {
+test("integer and unsupported dtypes", () => {
   const big = new Uint8Array(8);
   new DataView(big.buffer).setBigInt64(0, 1n << 40n, true);
   assertBad(
@@ -220,7 +226,7 @@ Deno.test("integer and unsupported dtypes", () => {
   );
 });
 
-Deno.test("every malformed header is reported with the file and field", () => {
+test("every malformed header is reported with the file and field", () => {
   const d16 = new Uint8Array(16);
   assertBad(new Uint8Array(5), "", /file truncated: 5 bytes/);
   assertBad(build({}, d16, 1000n), "header length", /1000 bytes exceeds the \d+ bytes after/);
@@ -284,8 +290,8 @@ Deno.test("every malformed header is reported with the file and field", () => {
   );
 });
 
-Deno.test("lazy reader: header first, tensors on demand, truncation caught at open", async () => {
-  const dir = await Deno.makeTempDir();
+test("lazy reader: header first, tensors on demand, truncation caught at open", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   const path = `${dir}/lazy.safetensors`;
   const tensors = Array.from({ length: 5 }, (_, k) => ({
     name: `layer.${k}`,
@@ -303,8 +309,8 @@ Deno.test("lazy reader: header first, tensors on demand, truncation caught at op
   await assert.rejects(r.read("nope"), /lazy\.safetensors: nope: no such tensor/);
   r.close();
 
-  const bytes = await Deno.readFile(path);
-  await Deno.writeFile(path, bytes.subarray(0, bytes.length - 4));
+  const bytes = await readBytes(path);
+  await writeFile(path, bytes.subarray(0, bytes.length - 4));
   await assert.rejects(openSafetensors(path), (e: unknown) => {
     assert.ok(e instanceof SafetensorsError);
     assert.equal(e.file, path);
@@ -312,11 +318,11 @@ Deno.test("lazy reader: header first, tensors on demand, truncation caught at op
     assert.match(e.message, /file truncated/);
     return true;
   });
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });
 
-Deno.test("sharded checkpoint: index, missing shard, tensor in two shards", async () => {
-  const dir = await Deno.makeTempDir();
+test("sharded checkpoint: index, missing shard, tensor in two shards", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   const t = (name: string, v: number) => ({ name, shape: [2], data: new Float32Array([v, -v]) });
   await writeSafetensors(`${dir}/model-00001-of-00002.safetensors`, [t("a", 1), t("b", 2)], {
     dtype: "F32",
@@ -331,7 +337,7 @@ Deno.test("sharded checkpoint: index, missing shard, tensor in two shards", asyn
     },
   };
   const indexPath = `${dir}/model.safetensors.index.json`;
-  await Deno.writeTextFile(indexPath, JSON.stringify(index));
+  await writeFile(indexPath, JSON.stringify(index));
 
   const r = await openCheckpoint(dir);
   assert.deepEqual(r.names, ["a", "b", "c"]);
@@ -342,7 +348,7 @@ Deno.test("sharded checkpoint: index, missing shard, tensor in two shards", asyn
   r.close();
 
   // The shard lacks a tensor the index puts there.
-  await Deno.writeTextFile(
+  await writeFile(
     indexPath,
     JSON.stringify({ weight_map: { ...index.weight_map, d: "model-00002-of-00002.safetensors" } }),
   );
@@ -355,7 +361,7 @@ Deno.test("sharded checkpoint: index, missing shard, tensor in two shards", asyn
   await writeSafetensors(`${dir}/model-00002-of-00002.safetensors`, [t("c", 3), t("a", 9)], {
     dtype: "F32",
   });
-  await Deno.writeTextFile(indexPath, JSON.stringify(index));
+  await writeFile(indexPath, JSON.stringify(index));
   await assert.rejects(openCheckpoint(indexPath), (e: unknown) => {
     assert.ok(e instanceof SafetensorsError);
     assert.equal(e.file, indexPath);
@@ -367,33 +373,33 @@ Deno.test("sharded checkpoint: index, missing shard, tensor in two shards", asyn
     return true;
   });
 
-  await Deno.remove(`${dir}/model-00002-of-00002.safetensors`);
+  await rm(`${dir}/model-00002-of-00002.safetensors`);
   await assert.rejects(
     openCheckpoint(dir),
     /index\.json: weight_map\.c: shard model-00002-of-00002\.safetensors is missing/,
   );
 
-  await Deno.writeTextFile(indexPath, JSON.stringify({ weight_map: { a: "../x.safetensors" } }));
+  await writeFile(indexPath, JSON.stringify({ weight_map: { a: "../x.safetensors" } }));
   await assert.rejects(
     openCheckpoint(dir),
     /weight_map\.a: "\.\.\/x\.safetensors" is not a file name beside the index/,
   );
-  await Deno.writeTextFile(indexPath, JSON.stringify({ weights: {} }));
+  await writeFile(indexPath, JSON.stringify({ weights: {} }));
   await assert.rejects(openCheckpoint(dir), /index\.json: weight_map: missing or not an object/);
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });
 
-Deno.test("atomic write: no temp file left, a failed write keeps the old file", async () => {
-  const dir = await Deno.makeTempDir();
+test("atomic write: no temp file left, a failed write keeps the old file", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   const path = `${dir}/w.safetensors`;
   const good = [{ name: "x", shape: [2], data: new Float32Array([1, 2]) }];
   await writeSafetensors(path, good, { dtype: "F32" });
   await writeSafetensors(path, [{ name: "x", shape: [2], data: new Float32Array([3, 4]) }], {
     dtype: "F32",
   });
-  const listing = () => [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+  const listing = () => readdirSync(dir).sort();
   assert.deepEqual(listing(), ["w.safetensors"]);
-  const old = await Deno.readFile(path);
+  const old = await readBytes(path);
   assert.deepEqual([...(await readSafetensors(path)).tensors.get("x")!.data], [3, 4]);
 
   // Fails while writing: the second tensor's bytes cannot be read.
@@ -412,7 +418,7 @@ Deno.test("atomic write: no temp file left, a failed write keeps the old file", 
     /boom/,
   );
   assert.deepEqual(listing(), ["w.safetensors"]);
-  assert.deepEqual(await Deno.readFile(path), old);
+  assert.deepEqual(await readBytes(path), old);
 
   // Fails validation before anything is written.
   const writeBad = (tensors: { name: string; shape: number[]; data: Float32Array }[]) =>
@@ -427,6 +433,6 @@ Deno.test("atomic write: no temp file left, a failed write keeps the old file", 
     /reserved or empty tensor name/,
   );
   assert.deepEqual(listing(), ["w.safetensors"]);
-  assert.deepEqual(await Deno.readFile(path), old);
-  await Deno.remove(dir, { recursive: true });
+  assert.deepEqual(await readBytes(path), old);
+  await rm(dir, { recursive: true });
 });

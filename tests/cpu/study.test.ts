@@ -1,5 +1,10 @@
 /** Study files, experiment keys, records and summaries (no GPU). */
 
+import { test } from "node:test";
+import { readdirSync } from "node:fs";
+import { appendFile, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import assert from "node:assert/strict";
 import { buildConfig, ConfigError, maskTable } from "../../src/recipe/config.ts";
 import { MASK_DESIGNS } from "../../src/gem/mask.ts";
@@ -27,7 +32,7 @@ const study = (extra: Record<string, unknown> = {}) => ({
   ...extra,
 });
 
-Deno.test("study files: defaults, and errors that name the file and field", () => {
+test("study files: defaults, and errors that name the file and field", () => {
   const s = parseStudy(study(), "s.json");
   assert.deepEqual(s.seeds, [0, 1, 2]);
   assert.equal(s.pooling, "gem");
@@ -59,7 +64,7 @@ Deno.test("study files: defaults, and errors that name the file and field", () =
   }
 });
 
-Deno.test("study files: the committed studies parse and share the default recipe's runs", async () => {
+test("study files: the committed studies parse and share the default recipe's runs", async () => {
   const files = ["token-count", "mask-design", "objectives"];
   const studies = await Promise.all(files.map((f) => readStudy(`${root}studies/${f}.json`)));
   const shared = [["k4"], ["gem"], ["default"]];
@@ -86,7 +91,7 @@ Deno.test("study files: the committed studies parse and share the default recipe
   );
 });
 
-Deno.test("experiment keys: bookkeeping fields do not count, everything else does", () => {
+test("experiment keys: bookkeeping fields do not count, everything else does", () => {
   const s = parseStudy(study(), "s.json");
   const a = variantConfig(s, s.variants[0], 0);
   const again = buildConfig(s.base, [["checkpointEvery", "7"], ["evalEvery", "3"]]);
@@ -102,7 +107,7 @@ Deno.test("experiment keys: bookkeeping fields do not count, everything else doe
   assert.equal(canonicalJson({ b: 1, a: [1, { d: 2, c: 3 }] }), '{"a":[1,{"c":3,"d":2}],"b":1}');
 });
 
-Deno.test("config: the mask is parsed when the config is read; causal is a design", () => {
+test("config: the mask is parsed when the config is read; causal is a design", () => {
   const c = buildConfig(null, [["gem.mask", "causal"]]);
   assert.deepEqual(maskTable(c), MASK_DESIGNS.causal);
   assert.equal(maskTable(c), maskTable(c));
@@ -148,21 +153,21 @@ function rec(label: string, seed: number | null, metrics: Record<string, number>
   };
 }
 
-Deno.test("records: appended atomically, read back in order; a bad line names its number", async () => {
-  const dir = await Deno.makeTempDir();
+test("records: appended atomically, read back in order; a bad line names its number", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   const f = `${dir}/x/runs.jsonl`;
   assert.deepEqual(await readRecords(f), []);
   await appendRecord(f, rec("a", 0, { "stsb.spearman": 0.5 }));
   await appendRecord(f, rec("a", 1, { "stsb.spearman": 0.6 }));
   const back = await readRecords(f);
   assert.deepEqual(back.map((r) => r.seed), [0, 1]);
-  assert.deepEqual([...Deno.readDirSync(`${dir}/x`)].map((e) => e.name), ["runs.jsonl"]);
-  await Deno.writeTextFile(f, "{broken\n", { append: true });
+  assert.deepEqual(readdirSync(`${dir}/x`), ["runs.jsonl"]);
+  await appendFile(f, "{broken\n");
   await assert.rejects(() => readRecords(f), /runs\.jsonl: line 3: not JSON/);
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });
 
-Deno.test("summary: spread, paired differences by seed, and the noise verdict", () => {
+test("summary: spread, paired differences by seed, and the noise verdict", () => {
   const s = spread([1, 2, 3]);
   assert.equal(s.mean, 2);
   assert.equal(s.std, 1);
@@ -193,7 +198,7 @@ Deno.test("summary: spread, paired differences by seed, and the noise verdict", 
   assert.equal((svg.match(/<circle /g) ?? []).length, 4);
 });
 
-Deno.test("summary: a metric recorded as null (0/0) is undefined, never 0", () => {
+test("summary: a metric recorded as null (0/0) is undefined, never 0", () => {
   const st = parseStudy(study({ reference: "a" }), "s.json");
   const nan = JSON.parse(JSON.stringify({ "stsb.spearman": NaN }));
   assert.equal(nan["stsb.spearman"], null);

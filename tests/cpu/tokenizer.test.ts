@@ -4,11 +4,17 @@
  * malformed files. Reads the shared data through dataDir(); needs no GPU.
  */
 
+import { test } from "node:test";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
 import assert from "node:assert/strict";
 import { dataDir, DataDirError } from "../../src/io/paths.ts";
 import { loadTokenizer, TokenizerError, TokenizerFileError } from "../../src/io/tokenizer.ts";
 import { Llama2cTokenizer, parseLlama2cTokenizer } from "../../src/io/tokenizer_llama2c.ts";
 import { HfTokenizer } from "../../src/io/tokenizer_hf.ts";
+import { readBytesSync } from "../helpers.ts";
 
 interface TokCase {
   name: string;
@@ -19,7 +25,7 @@ interface TokCase {
 }
 
 const golden = JSON.parse(
-  Deno.readTextFileSync(new URL("../goldens/tokenizer.json", import.meta.url)),
+  readFileSync(new URL("../goldens/tokenizer.json", import.meta.url), "utf8"),
 ) as { version: number; cases: TokCase[] };
 assert.equal(golden.version, 1);
 const cases = golden.cases;
@@ -30,24 +36,24 @@ const TOK32K = `${models}/tokenizer.bin`;
 const tok512 = Llama2cTokenizer.load(TOK512, { vocabSize: 512 });
 const tok32k = Llama2cTokenizer.load(TOK32K, { vocabSize: 32000 });
 
-Deno.test("dataDir: honours GEMKIT_DATA and names a missing path", () => {
-  const old = Deno.env.get("GEMKIT_DATA");
+test("dataDir: honours GEMKIT_DATA and names a missing path", () => {
+  const old = process.env.GEMKIT_DATA;
   try {
-    Deno.env.set("GEMKIT_DATA", "/nonexistent/gemkit-data");
+    process.env.GEMKIT_DATA = "/nonexistent/gemkit-data";
     assert.throws(() => dataDir(), (e: Error) => {
       assert.ok(e instanceof DataDirError);
       assert.match(e.message, /\/nonexistent\/gemkit-data/);
       return true;
     });
-    Deno.env.set("GEMKIT_DATA", models);
+    process.env.GEMKIT_DATA = models;
     assert.equal(dataDir(), models);
   } finally {
-    if (old === undefined) Deno.env.delete("GEMKIT_DATA");
-    else Deno.env.set("GEMKIT_DATA", old);
+    if (old === undefined) delete process.env.GEMKIT_DATA;
+    else process.env.GEMKIT_DATA = old;
   }
 });
 
-Deno.test("llama2c: files load with the expected sizes and fixed ids", () => {
+test("llama2c: files load with the expected sizes and fixed ids", () => {
   assert.equal(tok512.vocabSize, 512);
   assert.equal(tok32k.vocabSize, 32000);
   for (const t of [tok512, tok32k]) {
@@ -61,7 +67,7 @@ Deno.test("llama2c: files load with the expected sizes and fixed ids", () => {
   assert.equal(Llama2cTokenizer.load(TOK512).vocabSize, 512);
 });
 
-Deno.test("llama2c: Llama-2 vocabulary encodes exactly as SentencePiece", () => {
+test("llama2c: Llama-2 vocabulary encodes exactly as SentencePiece", () => {
   assert.ok(cases.length >= 40);
   for (const c of cases) {
     assert.deepEqual(tok32k.encode(c.text), c.sp, `${c.name} ${JSON.stringify(c.text)}`);
@@ -70,7 +76,7 @@ Deno.test("llama2c: Llama-2 vocabulary encodes exactly as SentencePiece", () => 
   }
 });
 
-Deno.test("llama2c: tok512 encodes as the Python transcription of run.c", () => {
+test("llama2c: tok512 encodes as the Python transcription of run.c", () => {
   for (const c of cases) {
     assert.deepEqual(tok512.encode(c.text), c.l2c512, `${c.name} ${JSON.stringify(c.text)}`);
   }
@@ -78,7 +84,7 @@ Deno.test("llama2c: tok512 encodes as the Python transcription of run.c", () => 
   assert.ok(long.l2c512.length > 900, "the long case should have ~1000 tokens");
 });
 
-Deno.test("llama2c: bos/eos wrap the ids; empty text gives no dummy prefix", () => {
+test("llama2c: bos/eos wrap the ids; empty text gives no dummy prefix", () => {
   for (const t of [tok512, tok32k]) {
     const body = t.encode("Hello there");
     assert.deepEqual(t.encode("Hello there", { bos: true, eos: true }), [1, ...body, 2]);
@@ -87,7 +93,7 @@ Deno.test("llama2c: bos/eos wrap the ids; empty text gives no dummy prefix", () 
   }
 });
 
-Deno.test("llama2c: heap merging equals run.c's rescan-every-pair loop on random text", () => {
+test("llama2c: heap merging equals run.c's rescan-every-pair loop on random text", () => {
   // run.c's merge loop, verbatim, over the ids before merging (the dummy prefix and codepoints).
   const lookups = new Map<Llama2cTokenizer, Map<string, number>>();
   for (const t of [tok512, tok32k]) {
@@ -129,7 +135,7 @@ Deno.test("llama2c: heap merging equals run.c's rescan-every-pair loop on random
   }
 });
 
-Deno.test("llama2c: encode is fast on long text (not O(n^3))", () => {
+test("llama2c: encode is fast on long text (not O(n^3))", () => {
   const text = cases.filter((c) => c.name.startsWith("story/")).map((c) => c.text).join("\n\n")
     .repeat(4);
   const t0 = performance.now();
@@ -141,7 +147,7 @@ Deno.test("llama2c: encode is fast on long text (not O(n^3))", () => {
   assert.equal(tok512.decode([1, ...ids]), text);
 });
 
-Deno.test("llama2c: decode(encode(x)) gives x back, with the dummy prefix space before BOS", () => {
+test("llama2c: decode(encode(x)) gives x back, with the dummy prefix space before BOS", () => {
   for (const t of [tok512, tok32k]) {
     for (const c of cases) {
       const ids = t.encode(c.text);
@@ -151,7 +157,7 @@ Deno.test("llama2c: decode(encode(x)) gives x back, with the dummy prefix space 
   }
 });
 
-Deno.test("llama2c: decodePiece follows run.c and streams to the full decode on ASCII", () => {
+test("llama2c: decodePiece follows run.c and streams to the full decode on ASCII", () => {
   assert.equal(tok32k.decodePiece(1, 3186), "world"); // after BOS the leading space goes
   assert.equal(tok32k.decodePiece(5, 3186), " world");
   assert.equal(tok32k.decodePiece(-1, 3 + 0x41), "A"); // <0x41> is the byte 'A'
@@ -171,14 +177,14 @@ Deno.test("llama2c: decodePiece follows run.c and streams to the full decode on 
   assert.ok(ascii > 40);
 });
 
-Deno.test("llama2c: decode joins bytes before UTF-8 decoding (byte-fallback emoji)", () => {
+test("llama2c: decode joins bytes before UTF-8 decoding (byte-fallback emoji)", () => {
   const ids = tok32k.encode("🚀");
   assert.deepEqual(ids.slice(1), [0xf0, 0x9f, 0x9a, 0x80].map((b) => b + 3));
   assert.equal(tok32k.decode(ids), " 🚀");
   assert.equal(tok32k.decodePiece(ids[0], ids[1]), "\ufffd"); // a lone lead byte
 });
 
-Deno.test("special tokens: ids after the vocabulary, never encoded, decoded as names", () => {
+test("special tokens: ids after the vocabulary, never encoded, decoded as names", () => {
   const t = Llama2cTokenizer.load(TOK512);
   assert.deepEqual(t.specialTokens, []);
   assert.deepEqual(t.addSpecialTokens(["<gem_emb>", "<gem_sep>"]), [512, 513]);
@@ -235,8 +241,8 @@ function assertFileError(fn: () => unknown, file: string, ...patterns: RegExp[])
   });
 }
 
-Deno.test("bad files: truncation, bad lengths and vocab mismatch name the file and field", () => {
-  const real = Deno.readFileSync(TOK512);
+test("bad files: truncation, bad lengths and vocab mismatch name the file and field", () => {
+  const real = readBytesSync(TOK512);
   assertFileError(
     () => parseLlama2cTokenizer(real.slice(0, 2), "x.bin"),
     "x.bin",
@@ -299,7 +305,7 @@ Deno.test("bad files: truncation, bad lengths and vocab mismatch name the file a
   assertFileError(() => loadTokenizer(`${models}/nope.bin`), "nope.bin");
 });
 
-Deno.test("loadTokenizer: dispatches .bin to llama2.c", () => {
+test("loadTokenizer: dispatches .bin to llama2.c", () => {
   const t = loadTokenizer(TOK512, { vocabSize: 512 });
   assert.ok(t instanceof Llama2cTokenizer);
   assert.deepEqual(t.encode("Once upon a time"), tok512.encode("Once upon a time"));
@@ -384,7 +390,7 @@ function hfJson(): Record<string, unknown> {
   };
 }
 
-Deno.test("hf: encodes, decodes and finds bos/eos on a tiny BPE tokenizer.json", () => {
+test("hf: encodes, decodes and finds bos/eos on a tiny BPE tokenizer.json", () => {
   const t = new HfTokenizer(hfJson(), { file: "tiny.json" });
   assert.equal(t.vocabSize, 23);
   assert.equal(t.bosId, 1);
@@ -403,7 +409,7 @@ Deno.test("hf: encodes, decodes and finds bos/eos on a tiny BPE tokenizer.json",
   assert.throws(() => t.decode([23]), TokenizerError);
 });
 
-Deno.test("hf: special tokens are appended, never encoded, decoded by name", () => {
+test("hf: special tokens are appended, never encoded, decoded by name", () => {
   const t = new HfTokenizer(hfJson(), { file: "tiny.json" });
   assert.deepEqual(t.addSpecialTokens(["<gem>", "<gem2>"]), [23, 24]);
   assert.deepEqual(t.specialTokens, ["<gem>", "<gem2>"]);
@@ -414,15 +420,15 @@ Deno.test("hf: special tokens are appended, never encoded, decoded by name", () 
   assert.throws(() => t.addSpecialTokens(["<gem>"]), TokenizerError);
 });
 
-Deno.test("hf: loadTokenizer reads tokenizer_config.json beside it; vocab size checks", () => {
-  const dir = Deno.makeTempDirSync({ prefix: "gemkit_tok_" });
+test("hf: loadTokenizer reads tokenizer_config.json beside it; vocab size checks", () => {
+  const dir = mkdtempSync(join(tmpdir(), "gemkit_tok_"));
   try {
-    Deno.writeTextFileSync(`${dir}/tokenizer.json`, JSON.stringify(hfJson()));
+    writeFileSync(`${dir}/tokenizer.json`, JSON.stringify(hfJson()));
     const plain = loadTokenizer(dir);
     assert.ok(plain instanceof HfTokenizer);
     assert.equal(plain.eosId, 2);
 
-    Deno.writeTextFileSync(
+    writeFileSync(
       `${dir}/tokenizer_config.json`,
       JSON.stringify({ bos_token: { content: "<s>" }, eos_token: "<|end|>" }),
     );
@@ -434,16 +440,16 @@ Deno.test("hf: loadTokenizer reads tokenizer_config.json beside it; vocab size c
     assert.deepEqual(t.encode("world", { eos: true }), [21, 22]);
 
     assertFileError(() => loadTokenizer(dir, { vocabSize: 10 }), "tokenizer.json", /vocab size 10/);
-    Deno.writeTextFileSync(`${dir}/tokenizer_config.json`, JSON.stringify({ eos_token: "<nope>" }));
+    writeFileSync(`${dir}/tokenizer_config.json`, JSON.stringify({ eos_token: "<nope>" }));
     assertFileError(() => loadTokenizer(dir), "tokenizer.json", /eos_token/);
-    Deno.writeTextFileSync(`${dir}/tokenizer_config.json`, "{not json");
+    writeFileSync(`${dir}/tokenizer_config.json`, "{not json");
     assertFileError(() => loadTokenizer(dir), "tokenizer_config.json", /invalid JSON/);
   } finally {
-    Deno.removeSync(dir, { recursive: true });
+    rmSync(dir, { recursive: true });
   }
 });
 
-Deno.test("hf: a vocabulary without bos refuses bos and says so", () => {
+test("hf: a vocabulary without bos refuses bos and says so", () => {
   const json = hfJson();
   json.model = {
     type: "BPE",

@@ -1,30 +1,24 @@
 /** The embed and eval commands end to end on stories260K (small inputs). */
 
+import { test } from "node:test";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import assert from "node:assert/strict";
 import { addSpecialTokens, embedIds } from "../../src/gem/gem.ts";
 import { saveGem } from "../../src/gem/io.ts";
 import { loadModel } from "../../src/io/model.ts";
 import { dataDir } from "../../src/io/paths.ts";
-import { testGpu } from "../helpers.ts";
+import { readBytes, runCli, testGpu } from "../helpers.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const M = () => `${dataDir()}/models/llama2c`;
 
-async function run(script: string, args: string[]) {
-  const r = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}src/cli/${script}`, ...args],
-    env: { GEMKIT_LOG: "0" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: r.code,
-    out: new TextDecoder().decode(r.stdout),
-    err: new TextDecoder().decode(r.stderr),
-  };
+function run(script: string, args: string[]) {
+  return runCli(`${root}src/cli/${script}`, args, { GEMKIT_LOG: "0" });
 }
 
-Deno.test("deno task generate: greedy text; a GEM run directory generates the same", async () => {
+test("deno task generate: greedy text; a GEM run directory generates the same", async () => {
   await testGpu();
   const args = ["--prompt", "Once upon a time", "--max-tokens", "24", "--temperature", "0"];
   const base = await run("generate.ts", [
@@ -41,9 +35,9 @@ Deno.test("deno task generate: greedy text; a GEM run directory generates the sa
     tokenizer: `${M()}/tok512.bin`,
   });
   const gem = await addSpecialTokens(model, tokenizer, { k: 4 });
-  const dir = await Deno.makeTempDir();
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   await saveGem(`${dir}/ckpt-000001`, gem, `${M()}/tok512.bin`);
-  await Deno.writeTextFile(`${dir}/latest`, "ckpt-000001");
+  await writeFile(`${dir}/latest`, "ckpt-000001");
   gem.dispose();
   const g = await run("generate.ts", ["--model", dir, ...args]);
   assert.equal(g.code, 0, g.err);
@@ -51,14 +45,14 @@ Deno.test("deno task generate: greedy text; a GEM run directory generates the sa
   const bad = await run("generate.ts", ["--model", `${dir}/nothing-here`, ...args]);
   assert.notEqual(bad.code, 0);
   assert.match(bad.err, /nothing-here: no such file or directory/);
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });
 
-Deno.test("deno task embed: .npy in input order equals the library's vectors; errors name the line", async () => {
+test("deno task embed: .npy in input order equals the library's vectors; errors name the line", async () => {
   await testGpu();
-  const dir = await Deno.makeTempDir();
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   const texts = ["The cat sat on the mat.", "Lily went to the park.", "A big red ball."];
-  await Deno.writeTextFile(`${dir}/in.txt`, texts.join("\n") + "\n");
+  await writeFile(`${dir}/in.txt`, texts.join("\n") + "\n");
   const r = await run("embed.ts", [
     "--model",
     `${M()}/stories260K.bin`,
@@ -72,7 +66,7 @@ Deno.test("deno task embed: .npy in input order equals the library's vectors; er
     "mean",
   ]);
   assert.equal(r.code, 0, r.err);
-  const bytes = await Deno.readFile(`${dir}/out.npy`);
+  const bytes = await readBytes(`${dir}/out.npy`);
   const hlen = new DataView(bytes.buffer).getUint16(8, true);
   assert.match(new TextDecoder().decode(bytes.subarray(10, 10 + hlen)), /'shape': \(3, 64\)/);
   const got = new Float32Array(bytes.buffer.slice(10 + hlen));
@@ -84,7 +78,7 @@ Deno.test("deno task embed: .npy in input order equals the library's vectors; er
   });
   for (let i = 0; i < 3; i++) assert.deepEqual(got.slice(i * 64, (i + 1) * 64), want.vectors[i]);
   model.dispose();
-  await Deno.writeTextFile(`${dir}/bad.txt`, "fine\n\nfine\n");
+  await writeFile(`${dir}/bad.txt`, "fine\n\nfine\n");
   const bad = await run("embed.ts", [
     "--model",
     `${M()}/stories260K.bin`,
@@ -97,12 +91,12 @@ Deno.test("deno task embed: .npy in input order equals the library's vectors; er
   ]);
   assert.equal(bad.code, 1);
   assert.match(bad.err, /bad\.txt: line 2: empty text/);
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });
 
-Deno.test("deno task eval: results.json (metrics, hashes, versions), results.md and offline report.html", async () => {
+test("deno task eval: results.json (metrics, hashes, versions), results.md and offline report.html", async () => {
   await testGpu();
-  const dir = await Deno.makeTempDir();
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   const r = await run("eval.ts", [
     "--model",
     `${M()}/stories260K.bin`,
@@ -116,7 +110,7 @@ Deno.test("deno task eval: results.json (metrics, hashes, versions), results.md 
     dir,
   ]);
   assert.equal(r.code, 0, r.err);
-  const j = JSON.parse(await Deno.readTextFile(`${dir}/results.json`));
+  const j = JSON.parse(await readFile(`${dir}/results.json`, "utf8"));
   assert.deepEqual(j.poolings, ["mean", "last"]);
   assert.equal(j.results.length, 4);
   const stsb = j.results.find((x: { task: string; pooling: string }) =>
@@ -126,11 +120,11 @@ Deno.test("deno task eval: results.json (metrics, hashes, versions), results.md 
   assert.ok(Math.abs(stsb.metrics.spearman - 0.41) < 0.01, `stsb mean ${stsb.metrics.spearman}`);
   assert.match(j.data["eval/stsb/sts-test.csv"], /^[0-9a-f]{64}$/);
   assert.ok(j.versions.adapter && j.versions.deno);
-  assert.match(await Deno.readTextFile(`${dir}/results.md`), /\| stsb \| spearman \|/);
-  const html = await Deno.readTextFile(`${dir}/report.html`);
+  assert.match(await readFile(`${dir}/results.md`, "utf8"), /\| stsb \| spearman \|/);
+  const html = await readFile(`${dir}/report.html`, "utf8");
   assert.ok(
     html.includes("<table>") && html.includes("Plotly.newPlot") && !/<script[^>]*\ssrc=/.test(html),
     "self-contained",
   );
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });

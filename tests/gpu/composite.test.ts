@@ -3,6 +3,7 @@
  * logits, loss, and the gradient of every parameter (tests/goldens/composite.json).
  */
 
+import { test } from "node:test";
 import { backward } from "../../src/tensor/backward.ts";
 import * as T from "../../src/tensor/ops.ts";
 import { scope, type Tensor } from "../../src/tensor/tensor.ts";
@@ -10,7 +11,7 @@ import { assertTensorClose, BWD, fromGolden, FWD, loadGoldens, testGpu } from ".
 
 const [c] = loadGoldens("composite.json");
 
-Deno.test("golden composite: two-layer tiny Llama, GEM mask, logits + loss + all grads", async () => {
+test("golden composite: two-layer tiny Llama, GEM mask, logits + loss + all grads", async () => {
   await testGpu();
   const cfg = c.attrs as {
     vocab: number;

@@ -3,6 +3,7 @@
  * input, command batching, and a finite-difference check of a composite's gradients.
  */
 
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { DisposedError, DTypeError, IndexError, ShapeError } from "../../src/gpu/errors.ts";
 import { backward, freeGraph } from "../../src/tensor/backward.ts";
@@ -11,7 +12,7 @@ import { Rng } from "../../src/tensor/random.ts";
 import { noGrad, scope, type Tensor, tensor } from "../../src/tensor/tensor.ts";
 import { assertClose, testGpu } from "../helpers.ts";
 
-Deno.test("pool: 1,000 create/dispose cycles leave live bytes unchanged and reuse buffers", async () => {
+test("pool: 1,000 create/dispose cycles leave live bytes unchanged and reuse buffers", async () => {
   const gpu = await testGpu();
   const before = gpu.pool.liveBytes, count = gpu.pool.liveCount;
   for (let i = 0; i < 1000; i++) {
@@ -25,7 +26,7 @@ Deno.test("pool: 1,000 create/dispose cycles leave live bytes unchanged and reus
   assert.ok(gpu.pool.pooledBytes > 0, "released buffers are cached for reuse");
 });
 
-Deno.test("pool: forward + backward + optimizer-free step leaves no live buffers behind", async () => {
+test("pool: forward + backward + optimizer-free step leaves no live buffers behind", async () => {
   const gpu = await testGpu();
   const rng = new Rng(1);
   const w = T.parameter(T.randn([16, 16], rng, 0.3), "w");
@@ -44,7 +45,7 @@ Deno.test("pool: forward + backward + optimizer-free step leaves no live buffers
   x.dispose();
 });
 
-Deno.test("views: slice, transpose and expand carry gradients back", async () => {
+test("views: slice, transpose and expand carry gradients back", async () => {
   await testGpu();
   const x = T.parameter(tensor([1, 2, 3, 4, 5, 6], [2, 3]), "x");
   const y = scope(() => {
@@ -61,7 +62,7 @@ Deno.test("views: slice, transpose and expand carry gradients back", async () =>
   y.dispose();
 });
 
-Deno.test("grad mode: noGrad records nothing; freeGraph releases saved tensors", async () => {
+test("grad mode: noGrad records nothing; freeGraph releases saved tensors", async () => {
   const gpu = await testGpu();
   const w = T.parameter(tensor([1, 2], [2]), "w");
   const y = noGrad(() => T.mul(w, w));
@@ -77,7 +78,7 @@ Deno.test("grad mode: noGrad records nothing; freeGraph releases saved tensors",
   for (const t of [w, y]) t.dispose();
 });
 
-Deno.test("scope: disposes what it created, keeps what it returns", async () => {
+test("scope: disposes what it created, keeps what it returns", async () => {
   const gpu = await testGpu();
   const before = gpu.pool.liveCount;
   const kept = scope(() => {
@@ -92,7 +93,7 @@ Deno.test("scope: disposes what it created, keeps what it returns", async () => 
   assert.equal(gpu.pool.liveCount, before);
 });
 
-Deno.test("ownership: use after dispose throws a DisposedError naming the tensor", async () => {
+test("ownership: use after dispose throws a DisposedError naming the tensor", async () => {
   await testGpu();
   const t = tensor([1, 2, 3]);
   t.label = "weights";
@@ -104,7 +105,7 @@ Deno.test("ownership: use after dispose throws a DisposedError naming the tensor
   );
 });
 
-Deno.test("errors: mismatched shapes name the op and both shapes", async () => {
+test("errors: mismatched shapes name the op and both shapes", async () => {
   await testGpu();
   const a = tensor(new Float32Array(6), [2, 3]), b = tensor(new Float32Array(8), [4, 2]);
   assert.throws(
@@ -130,7 +131,7 @@ Deno.test("errors: mismatched shapes name the op and both shapes", async () => {
   for (const t of [a, b]) t.dispose();
 });
 
-Deno.test("errors: wrong dtype names the op and the operand", async () => {
+test("errors: wrong dtype names the op and the operand", async () => {
   await testGpu();
   const ids = tensor(Int32Array.from([0, 1]), [2]);
   const w = tensor(new Float32Array(6), [3, 2]);
@@ -147,7 +148,7 @@ Deno.test("errors: wrong dtype names the op and the operand", async () => {
   for (const t of [ids, w]) t.dispose();
 });
 
-Deno.test("errors: out-of-range indices name the op, the value and the shapes", async () => {
+test("errors: out-of-range indices name the op, the value and the shapes", async () => {
   await testGpu();
   const w = tensor(new Float32Array(6), [3, 2]);
   const ids = tensor(Int32Array.from([0, 3]), [2]);
@@ -176,7 +177,7 @@ Deno.test("errors: out-of-range indices name the op, the value and the shapes", 
   for (const t of [w, ids, logits, targets, q, roles]) t.dispose();
 });
 
-Deno.test("cross-entropy with every row ignored is 0 with zero gradient", async () => {
+test("cross-entropy with every row ignored is 0 with zero gradient", async () => {
   await testGpu();
   const logits = T.parameter(tensor([1, 2, 3, 4], [2, 2]), "logits");
   const loss = T.crossEntropy(logits, tensor(Int32Array.from([-1, -1]), [2]));
@@ -187,7 +188,7 @@ Deno.test("cross-entropy with every row ignored is 0 with zero gradient", async 
   loss.dispose();
 });
 
-Deno.test("embedding backward: grouped (host ids) and scan (GPU-only ids) kernels match the CPU", async () => {
+test("embedding backward: grouped (host ids) and scan (GPU-only ids) kernels match the CPU", async () => {
   await testGpu();
   const idsHost = tensor(Int32Array.from([3, 1, 3, 0, 1, 3]), [2, 3]);
   // A copy made on the GPU has no host copy, so its backward takes the scan kernel.
@@ -216,7 +217,7 @@ Deno.test("embedding backward: grouped (host ids) and scan (GPU-only ids) kernel
   idsGpu.dispose();
 });
 
-Deno.test("batching: a forward + backward records many dispatches and only syncs on read", async () => {
+test("batching: a forward + backward records many dispatches and only syncs on read", async () => {
   const gpu = await testGpu();
   const rng = new Rng(3);
   const w = T.parameter(T.randn([32, 32], rng, 0.2), "w");
@@ -236,7 +237,7 @@ Deno.test("batching: a forward + backward records many dispatches and only syncs
   for (const t of [w, x, loss]) t.dispose();
 });
 
-Deno.test("profile: GPU time per kernel, results unchanged, and no profile left open", async () => {
+test("profile: GPU time per kernel, results unchanged, and no profile left open", async () => {
   const gpu = await testGpu();
   const rng = new Rng(4);
   const a = T.randn([64, 48], rng), b = T.randn([48, 40], rng);
@@ -253,7 +254,7 @@ Deno.test("profile: GPU time per kernel, results unchanged, and no profile left 
   for (const t of [a, b, c]) t.dispose();
 });
 
-Deno.test("profile: more dispatches than one submit's timestamps keeps every kernel's params", async () => {
+test("profile: more dispatches than one submit's timestamps keeps every kernel's params", async () => {
   const gpu = await testGpu();
   const before = gpu.maxDispatchesPerSubmit;
   gpu.maxDispatchesPerSubmit = 1 << 20; // only the uniform ring and the query set force submits
@@ -298,7 +299,7 @@ function composite(
   });
 }
 
-Deno.test("finite differences agree with autograd on a composite (20 coordinates)", async () => {
+test("finite differences agree with autograd on a composite (20 coordinates)", async () => {
   await testGpu();
   const rng = new Rng(11);
   const p: Record<string, Tensor> = {
@@ -343,7 +344,7 @@ Deno.test("finite differences agree with autograd on a composite (20 coordinates
   for (const t of [...Object.values(p), tokens, roles, targets, table]) t.dispose();
 });
 
-Deno.test("pool: past its cache limit, released buffers are destroyed only after the submit", async () => {
+test("pool: past its cache limit, released buffers are destroyed only after the submit", async () => {
   const gpu = await testGpu();
   const limit = gpu.pool.maxPooledBytes;
   gpu.pool.maxPooledBytes = 0;

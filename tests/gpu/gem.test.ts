@@ -3,6 +3,10 @@
  * embedding determinism and batch-size independence, and checkpoint round trips.
  */
 
+import { test } from "node:test";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import assert from "node:assert/strict";
 import { compressedCache, reconstruct } from "../../src/gem/compress.ts";
 import { addSpecialTokens, GemModel } from "../../src/gem/gem.ts";
@@ -31,7 +35,7 @@ async function stories(k = 4): Promise<GemModel> {
   });
 }
 
-Deno.test("special tokens: vocabulary grows by k, original rows and logits unchanged", async () => {
+test("special tokens: vocabulary grows by k, original rows and logits unchanged", async () => {
   await testGpu();
   const { model: base } = await loadModel(`${D()}/stories260K.bin`, {
     tokenizer: `${D()}/tok512.bin`,
@@ -75,7 +79,7 @@ async function logitsOf(
   });
 }
 
-Deno.test("bottleneck end to end: the suffix reaches the prefix only through the specials", async () => {
+test("bottleneck end to end: the suffix reaches the prefix only through the specials", async () => {
   await testGpu();
   const gem = await stories(2);
   const v = gem.model.config.vocabSize;
@@ -103,7 +107,7 @@ Deno.test("bottleneck end to end: the suffix reaches the prefix only through the
   gem.dispose();
 });
 
-Deno.test("embed: deterministic, batch-size independent, input order kept; all poolings", async () => {
+test("embed: deterministic, batch-size independent, input order kept; all poolings", async () => {
   await testGpu();
   const gem = await stories(4);
   const texts = [
@@ -130,10 +134,10 @@ Deno.test("embed: deterministic, batch-size independent, input order kept; all p
   gem.dispose();
 });
 
-Deno.test("GEM checkpoint: save then load gives the same embeddings and settings", async () => {
+test("GEM checkpoint: save then load gives the same embeddings and settings", async () => {
   await testGpu();
   const gem = await stories(3);
-  const dir = await Deno.makeTempDir();
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   await saveGem(dir, gem, `${D()}/tok512.bin`);
   const back = await loadGem(dir);
   assert.deepEqual(back.info.specialIds, gem.info.specialIds);
@@ -141,31 +145,31 @@ Deno.test("GEM checkpoint: save then load gives the same embeddings and settings
   const texts = ["A cat sat on the mat.", "Tom had a toy car."];
   assert.deepEqual((await back.embed(texts)).vectors, (await gem.embed(texts)).vectors);
   assert.equal(back.tokenizer.decode([514]), "<gem_2>");
-  await Deno.writeTextFile(`${dir}/gem.json`, JSON.stringify({ ...back.info, k: 0 }));
+  await writeFile(`${dir}/gem.json`, JSON.stringify({ ...back.info, k: 0 }));
   await assert.rejects(loadGem(dir), /gem\.json: field 'k'/);
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
   gem.dispose();
   back.dispose();
 });
 
-Deno.test("a training run directory loads as its latest checkpoint", async () => {
+test("a training run directory loads as its latest checkpoint", async () => {
   await testGpu();
   const gem = await stories(2);
-  const run = await Deno.makeTempDir();
+  const run = await mkdtemp(join(tmpdir(), "gemkit-"));
   assert.equal(await isGemDir(run), false);
   await saveGem(`${run}/ckpt-000007`, gem, `${D()}/tok512.bin`);
-  await Deno.writeTextFile(`${run}/latest`, "ckpt-000007\n");
+  await writeFile(`${run}/latest`, "ckpt-000007\n");
   assert.equal(await isGemDir(run), true);
   const back = await loadGem(run);
   assert.equal(back.info.k, 2);
   assert.equal(back.model.config.vocabSize, 514);
-  await Deno.writeTextFile(`${run}/latest`, "../elsewhere");
+  await writeFile(`${run}/latest`, "../elsewhere");
   await assert.rejects(loadGem(run), /latest: must name a checkpoint directory/);
-  await Deno.remove(run, { recursive: true });
+  await rm(run, { recursive: true });
   for (const m of [gem, back]) m.dispose();
 });
 
-Deno.test("GEM batch loss and gradients match PyTorch (mixed NTP + symmetric InfoNCE)", async () => {
+test("GEM batch loss and gradients match PyTorch (mixed NTP + symmetric InfoNCE)", async () => {
   await testGpu();
   const [c] = loadGoldens("gem_batch.json");
   const a = c.attrs as Record<string, number>;
@@ -226,7 +230,7 @@ Deno.test("GEM batch loss and gradients match PyTorch (mixed NTP + symmetric Inf
   gem.dispose();
 });
 
-Deno.test("compression: decoding from the specials' cache alone equals the full GEM-masked pass", async () => {
+test("compression: decoding from the specials' cache alone equals the full GEM-masked pass", async () => {
   await testGpu();
   const gem = await stories(4);
   const text = gem.tokenizer.encode("Tom had a red ball. He liked to throw it.", { bos: true });

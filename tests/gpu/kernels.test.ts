@@ -4,6 +4,7 @@
  * kernel version at every block size.
  */
 
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { runSample } from "../../src/gpu/kernels/sample.ts";
 import type { Tuning } from "../../src/gpu/tuning.ts";
@@ -74,7 +75,7 @@ async function underEachTuning(fn: (label: string) => Promise<void>): Promise<vo
   }
 }
 
-Deno.test("matmul vs CPU: tile edges, transposes, batch, every tuning", async () => {
+test("matmul vs CPU: tile edges, transposes, batch, every tuning", async () => {
   // K % 4 == 0 with odd M, N exercises v2's edges; K % 4 != 0 falls back to v1.
   const shapes = [
     [1, 129, 67, 255],
@@ -106,7 +107,7 @@ Deno.test("matmul vs CPU: tile edges, transposes, batch, every tuning", async ()
   });
 });
 
-Deno.test("attention vs CPU: random role tables, GQA, long rows, every tuning", async () => {
+test("attention vs CPU: random role tables, GQA, long rows, every tuning", async () => {
   await underEachTuning(async (tuning) => {
     for (
       const [b, t, hq, hkv, d, r] of [[2, 37, 4, 2, 16, 3], [1, 130, 2, 1, 8, 2], [
@@ -147,7 +148,7 @@ Deno.test("attention vs CPU: random role tables, GQA, long rows, every tuning", 
   });
 });
 
-Deno.test("row kernels vs CPU: softmax, log-softmax, rmsnorm, cross-entropy; long/short rows, both modes", async () => {
+test("row kernels vs CPU: softmax, log-softmax, rmsnorm, cross-entropy; long/short rows, both modes", async () => {
   await underEachTuning(async (tuning) => {
     for (const [rows, n] of [[3, 1000], [70, 3], [1, 4097]]) {
       const x = randomArray(rows * n, rows + n, 4), w = randomArray(n, n);
@@ -173,7 +174,7 @@ Deno.test("row kernels vs CPU: softmax, log-softmax, rmsnorm, cross-entropy; lon
   });
 });
 
-Deno.test("rope vs CPU at 512 positions (angles from the float64 table), v1 and v2", async () => {
+test("rope vs CPU at 512 positions (angles from the float64 table), v1 and v2", async () => {
   // The tunings switch vec4 elementwise (rope v2) on and off; d = 6 always takes v1.
   await underEachTuning(async (tuning) => {
     for (const d of [64, 6]) {
@@ -188,7 +189,7 @@ Deno.test("rope vs CPU at 512 positions (angles from the float64 table), v1 and 
   });
 });
 
-Deno.test("elementwise vs CPU: vec4 and scalar paths, offsets, broadcast, every tuning", async () => {
+test("elementwise vs CPU: vec4 and scalar paths, offsets, broadcast, every tuning", async () => {
   await underEachTuning(async (tuning) => {
     for (const n of [4096, 4094, 12]) {
       const a = randomArray(n, n, 2), b = randomArray(n, n + 1, 2);
@@ -217,7 +218,7 @@ Deno.test("elementwise vs CPU: vec4 and scalar paths, offsets, broadcast, every 
   });
 });
 
-Deno.test("elementwise over a grid folded past 65535 workgroups", async () => {
+test("elementwise over a grid folded past 65535 workgroups", async () => {
   await testGpu();
   const n = 65535 * 64 + 1234;
   const x = new Float32Array(n).map((_, i) => (i % 1000) / 100);
@@ -229,7 +230,7 @@ Deno.test("elementwise over a grid folded past 65535 workgroups", async () => {
   y.dispose();
 });
 
-Deno.test("reductions vs CPU: serial and tree kernels, long and short axes, every tuning", async () => {
+test("reductions vs CPU: serial and tree kernels, long and short axes, every tuning", async () => {
   await underEachTuning(async (tuning) => {
     const cases: [number[], number][] = [[[3, 1000], 1], [[5000], 0], [[7, 33, 5], 1], [[2, 3], 0]];
     for (const [shape, axis] of cases) {
@@ -276,7 +277,7 @@ Deno.test("reductions vs CPU: serial and tree kernels, long and short axes, ever
   });
 });
 
-Deno.test("attention on packed sequences equals the padded batch, forward and backward, every tuning", async () => {
+test("attention on packed sequences equals the padded batch, forward and backward, every tuning", async () => {
   // Three sequences, lengths 5, 9 and 2, roles from the GEM table with a pad role 3.
   const table = [[1, 0, 0, 0], [1, 2, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]];
   const lens = [5, 9, 2], roles = [[0, 0, 1, 2, 2], [0, 0, 0, 0, 1, 1, 2, 2, 2], [0, 1]];
@@ -349,7 +350,7 @@ Deno.test("attention on packed sequences equals the padded batch, forward and ba
   });
 });
 
-Deno.test("matmul on strided views and broadcast weights, every version", async () => {
+test("matmul on strided views and broadcast weights, every version", async () => {
   await underEachTuning(async (tuning) => {
     const [m, k, n] = [37, 24, 19];
     const big = randomArray(m * 40, 91), w = randomArray(n * k, 92);
@@ -408,7 +409,7 @@ function nucleusRef(l: Float32Array, temperature: number, topP: number) {
   });
 }
 
-Deno.test("sampler vs CPU: greedy, temperature and top-p pick the reference id for each u", async () => {
+test("sampler vs CPU: greedy, temperature and top-p pick the reference id for each u", async () => {
   const gpu = await testGpu();
   const saved = gpu.tuning.rowWorkgroup;
   try {

@@ -4,6 +4,8 @@
  * random models of other shapes (GQA with an unshared classifier, MQA) in llama2.c format.
  */
 
+import { test } from "node:test";
+import { readFileSync } from "node:fs";
 import assert from "node:assert/strict";
 import { disposePacked, pack } from "../../src/gem/batch.ts";
 import { rawSample } from "../../src/gem/sample.ts";
@@ -17,14 +19,14 @@ import { backward } from "../../src/tensor/backward.ts";
 import * as T from "../../src/tensor/ops.ts";
 import { AdamW } from "../../src/tensor/optim.ts";
 import { noGrad, scope, tensor } from "../../src/tensor/tensor.ts";
-import { assertClose, type GoldenTensor, testGpu } from "../helpers.ts";
+import { assertClose, type GoldenTensor, readBytes, testGpu } from "../helpers.ts";
 
 const LOGITS_TOL = { atol: 1e-4, rtol: 1e-4 };
 const stories = JSON.parse(
-  Deno.readTextFileSync(new URL("../goldens/llama_stories260k.json", import.meta.url)),
+  readFileSync(new URL("../goldens/llama_stories260k.json", import.meta.url), "utf8"),
 );
 const tiny = JSON.parse(
-  Deno.readTextFileSync(new URL("../goldens/llama_tiny.json", import.meta.url)),
+  readFileSync(new URL("../goldens/llama_tiny.json", import.meta.url), "utf8"),
 );
 const repo = (p: string) => decodeURIComponent(new URL(`../../${p}`, import.meta.url).pathname);
 
@@ -61,7 +63,7 @@ async function cachedLogits(m: Llama, ids: number[]): Promise<Float32Array> {
   return all;
 }
 
-Deno.test("stories260K: prompt logits match PyTorch (full sequence and KV cache)", async () => {
+test("stories260K: prompt logits match PyTorch (full sequence and KV cache)", async () => {
   await testGpu();
   const m = await loadStories();
   const ids: number[] = stories.prompt.ids;
@@ -78,7 +80,7 @@ for (
     ["per-op", false],
   ] as const
 ) {
-  Deno.test(`stories260K: 200 greedy tokens from BOS equal the reference (${name} decode)`, async () => {
+  test(`stories260K: 200 greedy tokens from BOS equal the reference (${name} decode)`, async () => {
     await testGpu();
     const m = await loadStories();
     const r = await generate(m, [1], {
@@ -103,7 +105,7 @@ const FUSED_CASES: (() => Promise<{ m: Llama; ids: number[] }>)[] = [
   },
 ];
 
-Deno.test("fused path: a model it cannot take (head dim 6) is refused by FusedDecoder, and generate falls back", async () => {
+test("fused path: a model it cannot take (head dim 6) is refused by FusedDecoder, and generate falls back", async () => {
   await testGpu();
   const m = Llama.random(
     {
@@ -130,7 +132,7 @@ Deno.test("fused path: a model it cannot take (head dim 6) is refused by FusedDe
   m.dispose();
 });
 
-Deno.test("generate: stops at the first stop id, whichever batch of steps read it back", async () => {
+test("generate: stops at the first stop id, whichever batch of steps read it back", async () => {
   await testGpu();
   const m = await loadStories();
   const ref: number[] = stories.greedy.ids;
@@ -155,7 +157,7 @@ Deno.test("generate: stops at the first stop id, whichever batch of steps read i
   m.dispose();
 });
 
-Deno.test("sampled generation: the fused v3 sampler, v2 and the per-op path pick the same ids", async () => {
+test("sampled generation: the fused v3 sampler, v2 and the per-op path pick the same ids", async () => {
   await testGpu();
   const m = await loadStories();
   const run = (fused: false | FusedDecoderOptions, seed: number) =>
@@ -172,7 +174,7 @@ Deno.test("sampled generation: the fused v3 sampler, v2 and the per-op path pick
   m.dispose();
 });
 
-Deno.test("generate: a prompt through the fused prefill or the general forward, then fused steps, gives the per-op ids", async () => {
+test("generate: a prompt through the fused prefill or the general forward, then fused steps, gives the per-op ids", async () => {
   await testGpu();
   const m = await loadStories();
   const prompt: number[] = stories.prompt.ids;
@@ -188,7 +190,7 @@ Deno.test("generate: a prompt through the fused prefill or the general forward, 
   m.dispose();
 });
 
-Deno.test("fused prefill: logits equal the general forward, whole and in two parts through the cache", async () => {
+test("fused prefill: logits equal the general forward, whole and in two parts through the cache", async () => {
   await testGpu();
   for (const load of FUSED_CASES) {
     const { m, ids } = await load();
@@ -244,7 +246,7 @@ const DECODERS: [string, FusedDecoderOptions][] = [
   ["v3, 2 layers per dispatch", { version: 3, layersPerStep: 2 }],
 ];
 
-Deno.test("fused decode step: logits equal the per-op cached forward at every position", async () => {
+test("fused decode step: logits equal the per-op cached forward at every position", async () => {
   await testGpu();
   for (const load of FUSED_CASES) {
     const { m, ids } = await load();
@@ -273,7 +275,7 @@ Deno.test("fused decode step: logits equal the per-op cached forward at every po
 });
 
 for (const model of tiny.models) {
-  Deno.test(`${model.name}: llama2.c checkpoint logits (both paths) and greedy continuation`, async () => {
+  test(`${model.name}: llama2.c checkpoint logits (both paths) and greedy continuation`, async () => {
     await testGpu();
     const { config, weights } = await readLlama2c(repo(model.bin));
     assert.equal(config.tiedEmbeddings, model.config.shared);
@@ -294,7 +296,7 @@ for (const model of tiny.models) {
 }
 
 for (const model of tiny.models) {
-  Deno.test(`${model.name}: Hugging Face checkpoint (permuted q/k, safetensors) gives the same logits`, async () => {
+  test(`${model.name}: Hugging Face checkpoint (permuted q/k, safetensors) gives the same logits`, async () => {
     await testGpu();
     const { config, weights } = await readHfModel(repo(model.hf));
     const m = Llama.fromWeights(config, weights, model.hf);
@@ -304,9 +306,9 @@ for (const model of tiny.models) {
   });
 }
 
-Deno.test("llama2.c loader: truncated and inconsistent files name the file and the field", async () => {
+test("llama2.c loader: truncated and inconsistent files name the file and the field", async () => {
   const path = repo(tiny.models[0].bin);
-  const bytes = await Deno.readFile(path);
+  const bytes = await readBytes(path);
   assert.throws(
     () => parseLlama2c(bytes.subarray(0, 20), "short.bin"),
     (e: Error) =>
@@ -335,7 +337,7 @@ Deno.test("llama2.c loader: truncated and inconsistent files name the file and t
   );
 });
 
-Deno.test("padded batch: each sequence's logits equal its unpadded logits", async () => {
+test("padded batch: each sequence's logits equal its unpadded logits", async () => {
   await testGpu();
   const m = await loadStories();
   const seqs = [stories.prompt.ids.slice(0, 4), stories.prompt.ids, [1, 403]];
@@ -362,7 +364,7 @@ Deno.test("padded batch: each sequence's logits equal its unpadded logits", asyn
   m.dispose();
 });
 
-Deno.test("hidden states of every layer; backward reaches every parameter; AdamW steps lower the loss", async () => {
+test("hidden states of every layer; backward reaches every parameter; AdamW steps lower the loss", async () => {
   const gpu = await testGpu();
   const m = await loadStories();
   const ids: number[] = stories.greedy.ids.slice(0, 64);
@@ -406,7 +408,7 @@ Deno.test("hidden states of every layer; backward reaches every parameter; AdamW
   m.dispose();
 });
 
-Deno.test("packed batch: sequences packed in one row give their own logits", async () => {
+test("packed batch: sequences packed in one row give their own logits", async () => {
   await testGpu();
   const m = await loadStories();
   const seqs: number[][] = [stories.prompt.ids.slice(0, 4), stories.prompt.ids, [1, 403]];

@@ -1,5 +1,9 @@
 /** openModel: every kind of model spec resolves in one place; formats through the registry. */
 
+import { test } from "node:test";
+import { copyFile, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import assert from "node:assert/strict";
 import { addSpecialTokens } from "../../src/gem/gem.ts";
 import { saveGem } from "../../src/gem/io.ts";
@@ -17,7 +21,7 @@ async function weights(m: { model: { params: Map<string, { toArray(): Promise<un
   return (await m.model.params.get("model.embed_tokens.weight")!.toArray()) as Float32Array;
 }
 
-Deno.test("openModel: llama2.c file, @data path, HF directory, GEM checkpoint and run directory", async () => {
+test("openModel: llama2.c file, @data path, HF directory, GEM checkpoint and run directory", async () => {
   await testGpu();
   const bin = await openModel(`${M()}/stories260K.bin`, { tokenizer: `${M()}/tok512.bin` });
   assert.equal(bin.format, "llama2c");
@@ -38,20 +42,20 @@ Deno.test("openModel: llama2.c file, @data path, HF directory, GEM checkpoint an
   );
   assert.equal((await locateModel(hfDir)).format.name, "hf");
   // An HF directory written through the registry carries its tokenizer: no flag needed.
-  const hfOut = await Deno.makeTempDir();
+  const hfOut = await mkdtemp(join(tmpdir(), "gemkit-"));
   const located = await locateModel(`${M()}/stories260K.bin`);
   await hfFormat.write(hfOut, await located.format.read(located.path, {}), {});
-  await Deno.copyFile(`${M()}/tok512.bin`, `${hfOut}/tokenizer.bin`);
+  await copyFile(`${M()}/tok512.bin`, `${hfOut}/tokenizer.bin`);
   const hf = await openModel(hfOut);
   assert.equal(hf.format, "hf");
   assert.deepEqual(await weights(hf), await weights(bin));
   hf.dispose();
-  await Deno.remove(hfOut, { recursive: true });
+  await rm(hfOut, { recursive: true });
 
   const gem = await addSpecialTokens(bin.model, bin.tokenizer, { k: 3, mask: "causal" });
-  const run = await Deno.makeTempDir();
+  const run = await mkdtemp(join(tmpdir(), "gemkit-"));
   await saveGem(`${run}/ckpt-000005`, gem, `${M()}/tok512.bin`);
-  await Deno.writeTextFile(`${run}/latest`, "ckpt-000005\n");
+  await writeFile(`${run}/latest`, "ckpt-000005\n");
   const want = await weights(gem);
   gem.dispose();
   for (const spec of [run, `${run}/ckpt-000005`]) {
@@ -71,13 +75,13 @@ Deno.test("openModel: llama2.c file, @data path, HF directory, GEM checkpoint an
     () => loadModel(`${run}/ckpt-000005`),
     /tokenizer\.bin: holds 512 tokens, fewer than the model's vocab size 515/,
   );
-  await Deno.remove(run, { recursive: true });
+  await rm(run, { recursive: true });
 });
 
-Deno.test("openModel: errors name the spec; the registry lists each format once", async () => {
+test("openModel: errors name the spec; the registry lists each format once", async () => {
   await testGpu();
   assert.deepEqual(FORMATS.map((f) => f.name), ["hf", "llama2c"]);
-  const dir = await Deno.makeTempDir();
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   await assert.rejects(() => openModel(`${dir}/missing`), (e: Error) => {
     assert.ok(e instanceof ModelNotFoundError);
     assert.match(e.message, /missing: no such file or directory/);
@@ -91,12 +95,12 @@ Deno.test("openModel: errors name the spec; the registry lists each format once"
     () => openModel(`${M()}/stories260K.bin`),
     /a llama2\.c checkpoint needs --tokenizer PATH/,
   );
-  await Deno.writeTextFile(`${dir}/latest`, "../elsewhere\n");
+  await writeFile(`${dir}/latest`, "../elsewhere\n");
   await assert.rejects(() => openModel(dir), /latest: must name a checkpoint directory/);
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });
 
-Deno.test("openModel: encode, similarity and generate on the committed GEM checkpoint", async () => {
+test("openModel: encode, similarity and generate on the committed GEM checkpoint", async () => {
   await testGpu();
   const root = new URL("../../", import.meta.url).pathname;
   const m = await openModel(`${root}results/checkpoints/default-s0`);

@@ -3,6 +3,7 @@
  * odd shapes, broadcasting, 1-element dims, extreme values, GEM role tables, GQA.
  */
 
+import { test } from "node:test";
 import { backward } from "../../src/tensor/backward.ts";
 import * as T from "../../src/tensor/ops.ts";
 import { AdamW, clipGradNorm } from "../../src/tensor/optim.ts";
@@ -103,7 +104,7 @@ const variants = cases.filter((c) => c.op !== "adamw" && c.op !== "clip_grad_nor
 });
 
 for (const { c, label, tuning } of variants) {
-  Deno.test(`golden ${c.name}${label ? ` (${label})` : ""}`, async () => {
+  test(`golden ${c.name}${label ? ` (${label})` : ""}`, async () => {
     const gpu = await testGpu();
     const saved = { ...gpu.tuning };
     Object.assign(gpu.tuning, tuning);
@@ -140,7 +141,7 @@ async function runCase(c: GoldenCase): Promise<void> {
 }
 
 for (const c of cases.filter((c) => c.op === "adamw")) {
-  Deno.test(`golden ${c.name}`, async () => {
+  test(`golden ${c.name}`, async () => {
     await testGpu();
     const a = c.attrs as Record<string, number>;
     const p = T.parameter(fromGolden(c.inputs.p0), "p");
@@ -165,7 +166,7 @@ for (const c of cases.filter((c) => c.op === "adamw")) {
 }
 
 for (const c of cases.filter((c) => c.op === "clip_grad_norm")) {
-  Deno.test(`golden ${c.name}`, async () => {
+  test(`golden ${c.name}`, async () => {
     await testGpu();
     const names = ["g_a", "g_b", "g_c"];
     const params = names.map((n) => {

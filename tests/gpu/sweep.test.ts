@@ -3,20 +3,19 @@
  * untrained and baseline rows, and a run stopped midway that resumes to bitwise the same weights.
  */
 
+import { test } from "node:test";
+import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import assert from "node:assert/strict";
 import { readRecords } from "../../src/study/records.ts";
-import { testGpu } from "../helpers.ts";
+import { runCli, testGpu } from "../helpers.ts";
 
 const CLI = new URL("../../src/cli/sweep.ts", import.meta.url).pathname;
 
 async function sweep(args: string[]) {
-  const r = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    env: { GEMKIT_LOG: "0" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code: r.code, err: new TextDecoder().decode(r.stderr) };
+  const r = await runCli(CLI, args, { GEMKIT_LOG: "0" });
+  return { code: r.code, err: r.err };
 }
 
 const BASE = {
@@ -30,7 +29,7 @@ const BASE = {
 
 async function studyFile(dir: string, name: string, variants: unknown[], extra = {}) {
   const f = `${dir}/${name}.json`;
-  await Deno.writeTextFile(
+  await writeFile(
     f,
     JSON.stringify({
       name,
@@ -45,9 +44,9 @@ async function studyFile(dir: string, name: string, variants: unknown[], extra =
   return f;
 }
 
-Deno.test("sweep: records each run once, reuses across studies, resumes a stopped run exactly", async () => {
+test("sweep: records each run once, reuses across studies, resumes a stopped run exactly", async () => {
   await testGpu();
-  const dir = await Deno.makeTempDir();
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   const one = await studyFile(dir, "one", [
     { label: "k2", set: { "gem.k": 2 } },
     { label: "fresh", set: { "gem.k": 2 }, untrained: true },
@@ -109,20 +108,20 @@ Deno.test("sweep: records each run once, reuses across studies, resumes a stoppe
   assert.deepEqual(copied.reusedFrom, { study: "one", label: "k2" });
   assert.equal(copied.label, "two-k");
   assert.equal(copied.weights, k2.weights);
-  const readme = await Deno.readTextFile(`${dir}/results/two/README.md`);
+  const readme = await readFile(`${dir}/results/two/README.md`, "utf8");
   assert.match(readme, /reuse another study's record/);
-  await Deno.stat(`${dir}/results/two/figure.svg`);
+  await stat(`${dir}/results/two/figure.svg`);
 
   // A run directory holding another config is refused, not overwritten.
   const other = await studyFile(dir, "one", [{ label: "k2", set: { "gem.k": 3 } }]);
   const clash = await sweep(["--study", other, "--runs", `${dir}/runs`, "--results", `${dir}/r3`]);
   assert.notEqual(clash.code, 0);
   assert.match(clash.err, /k2-s0: holds a run of another config/);
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });
 
-Deno.test("sweep: usage errors name the flag or label", async () => {
-  const dir = await Deno.makeTempDir();
+test("sweep: usage errors name the flag or label", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
   const f = await studyFile(dir, "u", [{ label: "a", set: {} }]);
   const r = await sweep(["--study", f, "--only", "zz", "--plan"]);
   assert.notEqual(r.code, 0);
@@ -131,5 +130,5 @@ Deno.test("sweep: usage errors name the flag or label", async () => {
   assert.match(s.err, /--seeds: 'x' is not a seed/);
   const m = await sweep(["--study", `${dir}/none.json`]);
   assert.match(m.err, /none\.json: cannot read as JSON/);
-  await Deno.remove(dir, { recursive: true });
+  await rm(dir, { recursive: true });
 });

@@ -4,12 +4,19 @@
  * failure while writing a checkpoint leaves the previous one intact.
  */
 
+import { test } from "node:test";
+import { type ChildProcess, spawn } from "node:child_process";
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
 import assert from "node:assert/strict";
 import * as T from "../../src/tensor/ops.ts";
 import { buildConfig } from "../../src/recipe/config.ts";
 import { NonFiniteLossError, train, type TrainTask } from "../../src/train/trainer.ts";
 import { tensor } from "../../src/tensor/tensor.ts";
-import { testGpu } from "../helpers.ts";
+import { cliCommand, exitCode, readBytesSync, testGpu } from "../helpers.ts";
 
 const CLI = new URL("../../src/cli/train.ts", import.meta.url).pathname;
 const SMALL = [
@@ -20,35 +27,34 @@ const SMALL = [
   'phases=[{"frac":0.5,"alpha":0,"lr":0.001},{"frac":0.5,"alpha":0.5,"lr":0.0003}]',
 ];
 
-async function cli(args: string[], onLine?: (line: string, child: Deno.ChildProcess) => void) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, "--no-report", ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { GEMKIT_LOG: "0" },
-  }).spawn();
+async function cli(args: string[], onLine?: (line: string, child: ChildProcess) => void) {
+  const child = spawn(...cliCommand(CLI, ["--no-report", ...args]), {
+    env: { ...process.env, GEMKIT_LOG: "0" },
+    stdio: ["inherit", "ignore", "pipe"],
+  });
+  const exited = new Promise<number>((resolve, reject) => {
+    child.on("error", reject);
+    child.on("close", (code, signal) => resolve(exitCode(code, signal)));
+  });
   let err = "";
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
+  const decoder = new TextDecoder();
+  for await (const chunk of child.stderr!) {
+    const value = decoder.decode(chunk, { stream: true });
     err += value;
     if (onLine) { for (const l of value.split("\n")) if (l) onLine(l, child); }
   }
-  const status = await child.status;
-  await child.stdout.cancel();
-  return { code: status.code, err };
+  return { code: await exited, err };
 }
 
-const bytes = (p: string) => Deno.readFileSync(p);
+const bytes = (p: string) => readBytesSync(p);
 
-Deno.test("resume: --stop-at and Ctrl-C runs, resumed, end bitwise equal to an uninterrupted run", async () => {
-  const root = await Deno.makeTempDir();
+test("resume: --stop-at and Ctrl-C runs, resumed, end bitwise equal to an uninterrupted run", async () => {
+  const root = await mkdtemp(join(tmpdir(), "gemkit-"));
   const full = await cli(["--steps", "6", "--out", `${root}/full`, ...SMALL]);
   assert.equal(full.code, 0, full.err);
   const stop = await cli(["--steps", "6", "--stop-at", "2", "--out", `${root}/stop`, ...SMALL]);
   assert.equal(stop.code, 0, stop.err);
-  assert.equal(Deno.readTextFileSync(`${root}/stop/latest`).trim(), "ckpt-000002");
+  assert.equal(readFileSync(`${root}/stop/latest`, "utf8").trim(), "ckpt-000002");
   const resumed = await cli(["--resume", `${root}/stop`]);
   assert.equal(resumed.code, 0, resumed.err);
   let sent = false;
@@ -59,7 +65,7 @@ Deno.test("resume: --stop-at and Ctrl-C runs, resumed, end bitwise equal to an u
     }
   });
   assert.equal(intr.code, 130, intr.err);
-  const at = Number(Deno.readTextFileSync(`${root}/intr/latest`).trim().slice(5));
+  const at = Number(readFileSync(`${root}/intr/latest`, "utf8").trim().slice(5));
   assert.ok(at >= 1 && at < 6, `interrupted at step ${at}`);
   const intrResumed = await cli(["--resume", `${root}/intr`]);
   assert.equal(intrResumed.code, 0, intrResumed.err);
@@ -71,7 +77,7 @@ Deno.test("resume: --stop-at and Ctrl-C runs, resumed, end bitwise equal to an u
   const rejected = await cli(["--resume", `${root}/stop`, "gem.k=2"]);
   assert.equal(rejected.code, 2);
   assert.match(rejected.err, /--resume continues the saved run exactly/);
-  await Deno.remove(root, { recursive: true });
+  await rm(root, { recursive: true });
 });
 
 /** A task on one parameter whose loss turns bad at `badStep`, or whose save fails at `failSave`. */
@@ -92,16 +98,16 @@ function toyTask(opts: { badStep?: number; failSave?: number }): TrainTask & { s
     saveModel: async (dir) => {
       saves++;
       if (saves === opts.failSave) throw new Error("disk full (simulated)");
-      await Deno.writeTextFile(`${dir}/weights.json`, JSON.stringify([...(await w.toArray())]));
+      await writeFile(`${dir}/weights.json`, JSON.stringify([...(await w.toArray())]));
     },
     dataState: () => ({}),
     restoreData: () => {},
   };
 }
 
-Deno.test("non-finite loss: stops with a clear error, no update, last good checkpoint kept", async () => {
+test("non-finite loss: stops with a clear error, no update, last good checkpoint kept", async () => {
   await testGpu();
-  const out = await Deno.makeTempDir();
+  const out = await mkdtemp(join(tmpdir(), "gemkit-"));
   const config = buildConfig(null, [["steps", "10"], ["checkpointEvery", "2"]]);
   const task = toyTask({ badStep: 3 });
   await assert.rejects(
@@ -109,22 +115,22 @@ Deno.test("non-finite loss: stops with a clear error, no update, last good check
     (e: Error) =>
       e instanceof NonFiniteLossError && /step 4/.test(e.message) && /ckpt-000002/.test(e.message),
   );
-  assert.equal(Deno.readTextFileSync(`${out}/latest`).trim(), "ckpt-000002");
+  assert.equal(readFileSync(`${out}/latest`, "utf8").trim(), "ckpt-000002");
   assert.deepEqual(
-    [...Deno.readDirSync(out)].map((e) => e.name).filter((n) => n.startsWith("ckpt")),
+    readdirSync(out).filter((n) => n.startsWith("ckpt")),
     ["ckpt-000002"],
   );
-  await Deno.remove(out, { recursive: true });
+  await rm(out, { recursive: true });
 });
 
-Deno.test("a failure while writing a checkpoint leaves the previous one and 'latest' intact", async () => {
+test("a failure while writing a checkpoint leaves the previous one and 'latest' intact", async () => {
   await testGpu();
-  const out = await Deno.makeTempDir();
+  const out = await mkdtemp(join(tmpdir(), "gemkit-"));
   const config = buildConfig(null, [["steps", "10"], ["checkpointEvery", "2"]]);
   await assert.rejects(train(toyTask({ failSave: 2 }), config, { out }), /disk full/);
-  assert.equal(Deno.readTextFileSync(`${out}/latest`).trim(), "ckpt-000002");
-  const names = [...Deno.readDirSync(out)].map((e) => e.name);
+  assert.equal(readFileSync(`${out}/latest`, "utf8").trim(), "ckpt-000002");
+  const names = readdirSync(out);
   assert.ok(!names.includes("ckpt-000004"), "no half-written checkpoint under its final name");
-  assert.ok(Deno.statSync(`${out}/ckpt-000002/weights.json`).isFile);
-  await Deno.remove(out, { recursive: true });
+  assert.ok(statSync(`${out}/ckpt-000002/weights.json`).isFile());
+  await rm(out, { recursive: true });
 });

@@ -12,10 +12,8 @@
  *   v3 (matmul_tex.ts) operands copied into textures, 32x32 tiles; the llvmpipe default.
  */
 
-import type { Gpu } from "../device.ts";
 import { cachedKernel, defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
-import type { GpuBuffer } from "../pool.ts";
-import type { MatmulRun, MatmulShape, MatOperand } from "./matmul_shape.ts";
+import type { MatmulRun, MatOperand } from "./matmul_shape.ts";
 import { runMatmulTex, texMatmulFits } from "./matmul_tex.ts";
 import { runReduce } from "./reduce.ts";
 

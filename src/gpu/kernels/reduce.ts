@@ -79,7 +79,7 @@ ${gridMain(wg, "t", "t >= P.outer * P.inner", body, true)}`,
 
 /**
  * Records the reduction of X (contiguous from `off`) into Y[offOut..]; `arg` receives arg-max
- * indices for `max` (pass any i32 buffer otherwise; it is not written).
+ * indices for `max` (ignored otherwise: an unused buffer is bound in its place).
  */
 export function runReduce(
   gpu: Gpu,
@@ -99,6 +99,7 @@ export function runReduce(
   // Long reductions parallelise over R. The choice depends on R alone, so an output's
   // summation order does not change with the batch size.
   const serial = dims.r <= gpu.tuning.serialReduceMax;
+  if (fn !== "max") arg = gpu.unusedBuffer();
   if (serial) {
     const wg = gpu.tuning.elementwiseWorkgroup;
     gpu.dispatch(reduceKernelV1(fn, wg), [x, y, arg], p, grid(Math.ceil(outputs / wg)));

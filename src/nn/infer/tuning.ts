@@ -8,6 +8,13 @@ import { gpu } from "../../gpu/device.ts";
 /** How generate() and FusedDecoder run on an adapter. */
 export interface InferTuning {
   /**
+   * generate() decodes small models through the fused kernels ({@link FusedDecoder}). Off on
+   * llvmpipe from Mesa 24 on: its compiler takes time that grows with the square of a kernel's
+   * size, and the fused decode kernel of stories260K took 370 s to compile from a cold cache on
+   * Mesa 25.0.7 (5.5 s on 22.3.6), against ~19 s for all kernels of the general path.
+   */
+  fusedDecode: boolean;
+  /**
    * Fused decode kernel version: 2 (a dispatch per layer) or 3 (one dispatch per token, weights
    * in a texture; on llvmpipe each dispatch costs ~90 us whatever it does).
    */
@@ -21,11 +28,21 @@ export interface InferTuning {
 }
 
 const BY_PROFILE: Record<string, InferTuning> = {
-  llvmpipe: { decodeVersion: 3, fusedPrefill: true },
-  gpu: { decodeVersion: 3, fusedPrefill: false },
+  llvmpipe: { fusedDecode: true, decodeVersion: 3, fusedPrefill: true },
+  gpu: { fusedDecode: true, decodeVersion: 3, fusedPrefill: false },
 };
 
-/** The inference choices for the current adapter's tuning profile. */
+/** Whether the adapter is llvmpipe from Mesa 24 or later (see {@link InferTuning.fusedDecode}). */
+export function slowCompiler(mesa: string | null): boolean {
+  return mesa !== null && Number(mesa.split(".")[0]) >= 24;
+}
+
+/** The inference choices for the current adapter's tuning profile and driver. */
 export function inferTuning(): InferTuning {
-  return { ...BY_PROFILE[gpu().tuning.profile] };
+  const g = gpu(), t = { ...BY_PROFILE[g.tuning.profile] };
+  if (g.tuning.profile === "llvmpipe" && slowCompiler(g.mesa)) {
+    t.fusedDecode = false;
+    t.fusedPrefill = false;
+  }
+  return t;
 }
