@@ -128,7 +128,9 @@ export async function coldBench(ctx: BenchContext): Promise<BenchRecord[]> {
         prof = await runCold(c, "bench/cold.ts", ["--child", what]);
       } catch (e) {
         // A runtime that fails here is a row of the table, with the first line of its error.
-        const error = (e as Error).message.split("\n").find((l) => /error|panic|fault/i.test(l)) ??
+        const error = (e as Error).message.split("\n").find((l) =>
+          /^(panic|error)|Segmentation fault/i.test(l.trim())
+        ) ??
           (e as Error).message.split("\n")[0];
         out.push({
           bench: `cold ${what}`,
