@@ -75,7 +75,10 @@ function runCold(
   });
 }
 
-/** Kernel family of a kernel name: its first two `_` words (see src/gpu/device.ts). */
+/**
+ * The profiled process: runs `what` with the kernel profiler on and prints its wall time and the
+ * compile time per kernel family (src/gpu/device.ts `kernelFamily`) as one JSON line.
+ */
 async function child(what: string): Promise<void> {
   const { initGpu, kernelFamily } = await import("../src/gpu/device.ts");
   const t0 = performance.now();

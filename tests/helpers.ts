@@ -6,9 +6,9 @@
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { constants } from "node:os";
 import process from "node:process";
 import { initGpu } from "../src/gpu/device.ts";
+import { exitCode, scriptCommand } from "../src/platform/platform.ts";
 import type { Gpu } from "../src/gpu/device.ts";
 import { type DType, type Tensor, tensor } from "../src/tensor/tensor.ts";
 
@@ -110,23 +110,13 @@ export function readBytesSync(path: string): Uint8Array<ArrayBuffer> {
   return new Uint8Array(readFileSync(path));
 }
 
-/** True when the tests run under Deno (else Bun or Node). */
-export const IS_DENO = "Deno" in globalThis;
-
 /**
- * The command line that runs a TypeScript entry point under the runtime running the tests:
- * `deno run -A script ...args` under Deno, `bun run script ...args` under Bun.
+ * The command line that runs a TypeScript entry point under the runtime running the tests
+ * (the platform's {@link scriptCommand}), then `args`.
  */
 export function cliCommand(script: string, args: string[]): [string, string[]] {
-  const run = IS_DENO ? ["run", "-A", script] : ["run", script];
-  return [process.execPath, [...run, ...args]];
-}
-
-/** Exit code of a finished child: its own, or 128 + the signal number as a shell reports it. */
-export function exitCode(code: number | null, signal: string | null): number {
-  if (code !== null) return code;
-  const signals: Record<string, number> = constants.signals;
-  return 128 + (signal ? signals[signal] ?? 0 : 0);
+  const [cmd, ...run] = scriptCommand(script);
+  return [cmd, [...run, ...args]];
 }
 
 export interface CliResult {

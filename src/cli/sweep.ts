@@ -13,9 +13,8 @@
  */
 
 import { spawn } from "node:child_process";
-import { constants } from "node:os";
 import { fileURLToPath } from "node:url";
-import { args, exit, onSignal as listen, scriptCommand } from "../platform/platform.ts";
+import { args, exit, exitCode, onSignal as listen, scriptCommand } from "../platform/platform.ts";
 import { initGpu } from "../gpu/device.ts";
 import { evalTask } from "../eval/registry.ts";
 import { buildConfig } from "../recipe/config.ts";
@@ -230,13 +229,9 @@ await runMain(async () => {
       ],
       { stdio: ["ignore", "inherit", "inherit"] },
     );
-    // The exit code, or 128 + the signal's number when a signal ended the worker (as a shell).
     const exited = new Promise<number>((resolve, reject) => {
       child.on("error", reject);
-      child.on("close", (code, signal) =>
-        resolve(
-          code ?? 128 + (signal ? (constants.signals as Record<string, number>)[signal] ?? 0 : 0),
-        ));
+      child.on("close", (code, signal) => resolve(exitCode(code, signal)));
     });
     const forward = () => {
       try {

@@ -535,7 +535,8 @@ function preferVulkan(): void {
 const HOW_TO_GET_AN_ADAPTER =
   "No WebGPU adapter is available. On a machine without a GPU, install Mesa's CPU driver " +
   "(apt-get install -y mesa-vulkan-drivers) and run with DENO_WEBGPU_BACKEND=vulkan " +
-  "XDG_RUNTIME_DIR=/tmp (the README's commands do both).";
+  "XDG_RUNTIME_DIR=/tmp; under Bun or Node, also the npm package webgpu and the Mesa 25 driver " +
+  "that scripts/setup.sh unpacks (the README's commands do all of it).";
 
 /**
  * Acquires the process's WebGPU device once, requesting the adapter's full storage limits and

@@ -5,7 +5,7 @@
  */
 
 import { readFileSync } from "node:fs";
-import { dataDir } from "./paths.ts";
+import { dataDir, readBytes } from "./paths.ts";
 
 /** A corpus in a file that cannot be used; the message names the file and line. */
 export class CorpusError extends Error {
@@ -66,13 +66,7 @@ export function wikitextSentences(split: "valid" | "test" = "valid", minWords = 
  * block, or one per line with `perLine`). Bad lines are errors naming the file and line.
  */
 export function readTexts(path: string, opts: { perLine?: boolean } = {}): string[] {
-  let raw: Uint8Array;
-  try {
-    const b = readFileSync(path);
-    raw = new Uint8Array(b.buffer, b.byteOffset, b.byteLength); // a Uint8Array, not a Buffer
-  } catch (e) {
-    throw new CorpusError(`${path}: cannot read (${e instanceof Error ? e.message : e})`);
-  }
+  const raw = readBytes(path, (m) => new CorpusError(m));
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true }).decode(raw);

@@ -24,7 +24,7 @@
 
 import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
 import { fileDownloadInfo, HubApiError, listFiles } from "@huggingface/hub";
-import { env, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
+import { env, isNotFound, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
 
 /** A model could not be resolved; the message names the repo (with revision) and the file. */
 export class HubError extends Error {
@@ -129,7 +129,7 @@ async function sizeOf(path: string): Promise<number> {
   try {
     return (await stat(path)).size;
   } catch (e) {
-    if ((e as NodeJS.ErrnoException)?.code === "ENOENT") return -1;
+    if (isNotFound(e)) return -1;
     throw e;
   }
 }

@@ -25,6 +25,7 @@
 
 import { closeSync, fstatSync, openSync, read } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
+import { isNotFound } from "../platform/platform.ts";
 import { writeAtomic } from "./atomic.ts";
 
 /** A safetensors file or index is malformed; the message names the file and the field at fault. */
@@ -365,11 +366,6 @@ export function parseSafetensors(bytes: Uint8Array, name: string): Safetensors {
     tensors.set(tname, { dtype: info.dtype, shape: info.shape, data });
   }
   return { metadata: header.metadata, tensors };
-}
-
-/** Whether an error is a file system's "no such file or directory". */
-function isNotFound(e: unknown): boolean {
-  return (e as NodeJS.ErrnoException)?.code === "ENOENT";
 }
 
 /** Reads a whole safetensors file into memory; see {@link openSafetensors} for large files. */

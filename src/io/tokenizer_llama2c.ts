@@ -14,7 +14,7 @@
  * @module
  */
 
-import { readFileSync } from "node:fs";
+import { readBytes } from "./paths.ts";
 import type { EncodeOptions, LoadTokenizerOptions, Tokenizer } from "./tokenizer_types.ts";
 import { SpecialTokenTable, TokenizerError, TokenizerFileError } from "./tokenizer_types.ts";
 
@@ -158,13 +158,7 @@ export class Llama2cTokenizer implements Tokenizer {
 
   /** Reads and parses a tokenizer.bin (see {@link parseLlama2cTokenizer} for the checks). */
   static load(path: string, opts: LoadTokenizerOptions = {}): Llama2cTokenizer {
-    let bytes: Uint8Array;
-    try {
-      const b = readFileSync(path);
-      bytes = new Uint8Array(b.buffer, b.byteOffset, b.byteLength); // a Uint8Array, not a Buffer
-    } catch (e) {
-      throw new TokenizerFileError(`${path}: cannot read (${(e as Error).message})`);
-    }
+    const bytes = readBytes(path, (m) => new TokenizerFileError(m));
     return new Llama2cTokenizer(parseLlama2cTokenizer(bytes, path, opts.vocabSize), path);
   }
 

@@ -9,7 +9,7 @@ import { spawn } from "node:child_process";
 import { type Dirent, readdirSync } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
-import { RUNTIME, runtimeVersion } from "../platform/platform.ts";
+import { isNotFound, RUNTIME, runtimeVersion } from "../platform/platform.ts";
 import { gpu } from "../gpu/device.ts";
 import { writeAtomic } from "../io/atomic.ts";
 import { sha256Path } from "../io/hash.ts";
@@ -130,11 +130,6 @@ export async function hashData(paths: Iterable<string>): Promise<Record<string, 
     out[inData ? p.slice(6) : p] = await sha256Path(inData ? `${dataDir()}/${p.slice(6)}` : p);
   }
   return out;
-}
-
-/** Whether an error is a file system's "no such file or directory". */
-function isNotFound(e: unknown): boolean {
-  return (e as NodeJS.ErrnoException)?.code === "ENOENT";
 }
 
 /** The records of a runs.jsonl (none when the file does not exist); bad lines are errors. */

@@ -16,7 +16,8 @@ import * as T from "../../src/tensor/ops.ts";
 import { buildConfig } from "../../src/recipe/config.ts";
 import { NonFiniteLossError, train, type TrainTask } from "../../src/train/trainer.ts";
 import { tensor } from "../../src/tensor/tensor.ts";
-import { cliCommand, exitCode, readBytesSync, testGpu } from "../helpers.ts";
+import { exitCode } from "../../src/platform/platform.ts";
+import { cliCommand, readBytesSync, testGpu } from "../helpers.ts";
 
 const CLI = new URL("../../src/cli/train.ts", import.meta.url).pathname;
 const SMALL = [
