@@ -2,7 +2,8 @@
  * Cold start: the first `generate` of stories260K (20 greedy tokens) and the first 3-step
  * `train` of the default recipe with an empty Mesa shader cache (MESA_SHADER_CACHE_DISABLE=true),
  * as fresh processes of the real CLIs, on each runtime and Mesa this machine has: Deno on the
- * system's Mesa and on the unpacked Mesa 25, Bun on Mesa 25 (Dawn). Each row gives the wall time
+ * system's Mesa and on the unpacked Mesa 25, Bun and Node (its bundle in dist/node) on Mesa 25
+ * (Dawn). Each row gives the wall time
  * and, from a second process that runs the same work with the kernel profiler on, the compile
  * time per kernel family: llvmpipe compiles a kernel when it first runs it, so its first
  * dispatch's GPU time minus a later one's is the compile.
@@ -28,7 +29,7 @@ const GENERATE = [...MODEL, ...TOKENIZER, "--prompt", "Once upon a time", "--max
 
 /** One runtime on one Vulkan driver. */
 interface Config {
-  runtime: "deno" | "bun";
+  runtime: "deno" | "bun" | "node";
   /** VK_ICD_FILENAMES, or undefined for the system's driver. */
   icd?: string;
   mesa: string;
@@ -42,14 +43,18 @@ function configs(): Config[] {
     if (existsSync(`${ROOT}node_modules/.bin/bun`)) {
       out.push({ runtime: "bun", icd, mesa: "25.0.7" });
     }
+    if (existsSync(`${ROOT}dist/node/generate.js`)) {
+      out.push({ runtime: "node", icd, mesa: "25.0.7" });
+    }
   }
   return out;
 }
 
+/** The command running `script` (src/cli/NAME.ts; Node runs its bundle dist/node/NAME.js). */
 function command(c: Config, script: string, args: string[]): [string, string[]] {
-  return c.runtime === "deno"
-    ? [process.execPath, ["run", "-A", script, ...args]]
-    : [`${ROOT}node_modules/.bin/bun`, ["run", script, ...args]];
+  if (c.runtime === "deno") return [process.execPath, ["run", "-A", script, ...args]];
+  if (c.runtime === "bun") return [`${ROOT}node_modules/.bin/bun`, ["run", script, ...args]];
+  return ["node", [script.replace(/^src\/cli\/(\w+)\.ts$/, "dist/node/$1.js"), ...args]];
 }
 
 /** Runs a command cold; resolves with its wall time and output. */
@@ -128,7 +133,8 @@ export async function coldBench(ctx: BenchContext): Promise<BenchRecord[]> {
         cli = what === "generate"
           ? await runCold(c, "src/cli/generate.ts", GENERATE)
           : await runCold(c, "src/cli/train.ts", ["--steps", "3", "--no-report", "--out", dir]);
-        prof = await runCold(c, "bench/cold.ts", ["--child", what]);
+        // Node runs the same Dawn as Bun: its compile profile is Bun's, only the wall is timed.
+        prof = c.runtime === "node" ? null : await runCold(c, "bench/cold.ts", ["--child", what]);
       } catch (e) {
         // A runtime that fails here is a row of the table, with the first line of its error.
         const error = (e as Error).message.split("\n").find((l) =>
@@ -145,6 +151,17 @@ export async function coldBench(ctx: BenchContext): Promise<BenchRecord[]> {
         continue;
       } finally {
         await rm(dir, { recursive: true, force: true });
+      }
+      if (!prof) {
+        out.push({
+          bench: `cold ${what}`,
+          impl: c.runtime,
+          runtime: c.runtime,
+          mesa: c.mesa,
+          wall_s: cli.ms / 1000,
+          ...(what === "generate" ? { first_text: cli.stdout.trim() } : {}),
+        });
+        continue;
       }
       const p = JSON.parse(prof.stdout.trim().split("\n").pop()!);
       const compile = p.compile_ms as Record<string, number>;

@@ -5,7 +5,7 @@
 #   Chromium for their figures, Deno's Jupyter kernel), and with --bench, Debian's PyTorch for the
 #   benchmark's reference rows.
 # Bun and Node: the npm packages of package.json (Bun itself, `webgpu` = Dawn, the Hugging Face
-#   libraries) into node_modules/, and Mesa 25's lavapipe unpacked into /opt/gemkit beside the
+#   libraries) into node_modules/, the CLIs bundled for Node into dist/node, and Mesa 25's lavapipe unpacked into /opt/gemkit beside the
 #   system's Mesa 22.3.6, because Dawn rejects Mesa 22's lavapipe. Deno keeps Mesa 22.3.6: it
 #   compiles kernels many times faster from a cold cache, and the committed study records were
 #   made on it (README, "Runtimes").
@@ -112,6 +112,16 @@ if [ ! -x node_modules/.bin/bun ] || [ package.json -nt node_modules/.package-lo
   echo "setup: npm install (Bun, webgpu)" >&2
   npm install --no-audit --no-fund >/tmp/gemkit-npm.log 2>&1 || {
     echo "setup: npm install failed; see /tmp/gemkit-npm.log" >&2
+    exit 1
+  }
+fi
+
+# Node 20 runs JavaScript only: the CLIs bundled for it into dist/node (rebuilt when src/ changes).
+if [ ! -f dist/node/generate.js ] || [ -n "$(find src package.json -newer dist/node/generate.js -print -quit)" ]; then
+  node_modules/.bin/bun build src/cli/train.ts src/cli/generate.ts src/cli/embed.ts \
+    src/cli/eval.ts src/cli/sweep.ts src/cli/convert.ts --target node --outdir dist/node \
+    >/tmp/gemkit-build.log 2>&1 || {
+    echo "setup: bun build for Node failed; see /tmp/gemkit-build.log" >&2
     exit 1
   }
 fi

@@ -135,6 +135,15 @@ export function runCli(
   env: Record<string, string> = {},
 ): Promise<CliResult> {
   const [cmd, argv] = cliCommand(script, args);
+  return runCommand(cmd, argv, env);
+}
+
+/** Runs a command to completion, stdout and stderr captured; `env` adds to this process's. */
+export function runCommand(
+  cmd: string,
+  argv: string[],
+  env: Record<string, string> = {},
+): Promise<CliResult> {
   const child = spawn(cmd, argv, {
     env: { ...process.env, ...env },
     stdio: ["inherit", "pipe", "pipe"],

@@ -7,7 +7,7 @@
  */
 
 import { readFileSync } from "node:fs";
-import { args } from "../platform/platform.ts";
+import { args, isMain } from "../platform/platform.ts";
 import type { Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
 import { writeAtomic } from "../io/atomic.ts";
@@ -63,7 +63,7 @@ export function npyBytes(rows: readonly Float32Array[], d: number): Uint8Array {
   return out;
 }
 
-if (import.meta.main) {
+if (isMain(import.meta)) {
   await runMain(async () => {
     const { flags } = parseArgs(args(), {
       ...MODEL_FLAGS,

@@ -7,8 +7,9 @@
  * results.md and report.html (plotly bar charts, opens offline) into --out.
  */
 
+import { join } from "node:path";
 import { mkdir, readFile } from "node:fs/promises";
-import { args, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
+import { args, projectRoot, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
 import type { Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
 import { dataDir } from "../io/paths.ts";
@@ -160,8 +161,7 @@ await runMain(async () => {
     seed: flags.seed,
     data,
     versions: {
-      gemkit:
-        JSON.parse(await readFile(new URL("../../deno.json", import.meta.url), "utf8")).version,
+      gemkit: JSON.parse(await readFile(join(projectRoot(), "deno.json"), "utf8")).version,
       ...runtimeVersions(),
       adapter: gpu.description,
     },

@@ -99,8 +99,8 @@ export class Gpu {
     this.features = new Set(device.features);
     this.simdWidth = adapter.info.subgroupMinSize || 8;
     this.cores = cores();
-    this.tuning = tuningFor(this.description);
     this.mesa = /llvmpipe/i.test(this.description) ? mesaVersion() : null;
+    this.tuning = tuningFor(this.description, this.mesa);
     this.#uniformBuffer = device.createBuffer({
       size: UNIFORM_RING_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,

@@ -18,6 +18,11 @@ export interface Tuning {
   rowWorkgroup: number;
   /** Matmul output tile per invocation (rows x cols) and invocations per workgroup. */
   matmul: { tileM: number; tileN: number; workgroup: number };
+  /**
+   * Largest output tile (rows x cols per invocation) of matmul v3. Its kernels are fully
+   * unrolled, so compile time grows with the tile's area (see {@link slowCompiler}).
+   */
+  matmulTileArea: number;
   /** Highest matmul kernel version to use (1 = general strides only). */
   matmulVersion: number;
   /** Matmuls with fewer output tiles than this split K to keep the device busy. */
@@ -42,6 +47,7 @@ const LLVMPIPE: Tuning = {
   elementwiseVec4: true,
   rowWorkgroup: 64,
   matmul: { tileM: 8, tileN: 8, workgroup: 64 },
+  matmulTileArea: 1024,
   // Texture operands: a texel load is 2-3x cheaper than a storage load on llvmpipe.
   matmulVersion: 3,
   matmulMinInvocations: 1024,
@@ -60,6 +66,7 @@ const GPU: Tuning = {
   elementwiseVec4: true,
   rowWorkgroup: 256,
   matmul: { tileM: 4, tileN: 4, workgroup: 64 },
+  matmulTileArea: 1024,
   matmulVersion: 2,
   matmulMinInvocations: 16384,
   attentionWorkgroup: 64,
@@ -70,10 +77,27 @@ const GPU: Tuning = {
   serialReduceMax: 256,
 };
 
-/** Picks the profile for an adapter description; GEMKIT_TUNING=llvmpipe|gpu overrides. */
-export function tuningFor(description: string): Tuning {
+/**
+ * Whether the adapter is llvmpipe from Mesa 24 on. Its compiler runs shaders as LLVM coroutines
+ * and spends time about quadratic in a kernel's size building their frames: a 16 x 32 matmul v3
+ * tile took 96 s to compile from a cold cache on Mesa 25.0.7 (10 s on 22.3.6), an 8 x 8 one 3.8 s.
+ */
+export function slowCompiler(mesa: string | null): boolean {
+  return mesa !== null && Number(mesa.split(".")[0]) >= 24;
+}
+
+/**
+ * Picks the profile for an adapter description and, for llvmpipe, its Mesa version;
+ * GEMKIT_TUNING=llvmpipe|gpu overrides the profile.
+ */
+export function tuningFor(description: string, mesa: string | null = null): Tuning {
   const forced = env("GEMKIT_TUNING");
-  if (forced === "llvmpipe") return { ...LLVMPIPE };
-  if (forced === "gpu") return { ...GPU };
-  return /llvmpipe|lavapipe|swiftshader/i.test(description) ? { ...LLVMPIPE } : { ...GPU };
+  const llvmpipe = forced === "llvmpipe" || forced === "gpu"
+    ? forced === "llvmpipe"
+    : /llvmpipe|lavapipe|swiftshader/i.test(description);
+  if (!llvmpipe) return { ...GPU };
+  // Small matmul tiles and attention blocks where compiling big ones costs minutes.
+  return slowCompiler(mesa)
+    ? { ...LLVMPIPE, matmulTileArea: 64, attentionBlock: 2 }
+    : { ...LLVMPIPE };
 }

@@ -1,7 +1,8 @@
 /** Where gemkit finds the shared, read-only data (models, corpora, evaluation sets). */
 
 import { readFileSync, type Stats, statSync } from "node:fs";
-import { env } from "../platform/platform.ts";
+import { join } from "node:path";
+import { env, projectRoot } from "../platform/platform.ts";
 
 /** The data directory is missing; the message names the path that was tried and how it was chosen. */
 export class DataDirError extends Error {
@@ -17,9 +18,7 @@ export class DataDirError extends Error {
  */
 export function dataDir(): string {
   const fromEnv = env("GEMKIT_DATA");
-  // src/io/paths.ts -> repo root is two levels up; the data sits beside the repo.
-  const dir = fromEnv ??
-    decodeURIComponent(new URL("../../../shared/data", import.meta.url).pathname);
+  const dir = fromEnv ?? join(projectRoot(), "..", "shared", "data");
   const how = fromEnv ? "from $GEMKIT_DATA" : "default <repo>/../shared/data; set $GEMKIT_DATA";
   let info: Stats;
   try {

@@ -12,6 +12,8 @@
 import process from "node:process";
 import { existsSync, readFileSync } from "node:fs";
 import { constants } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 
 /** The runtime gemkit runs on. */
 export type Runtime = "deno" | "bun" | "node";
@@ -84,6 +86,32 @@ export function scriptCommand(script: string): [string, ...string[]] {
   return RUNTIME === "deno" ? [process.execPath, "run", "-A", script] : [process.execPath, script];
 }
 
+/**
+ * Whether the module whose `import.meta` is given is the program's entry point. Deno and Bun
+ * say so in `import.meta.main`; Node (running a bundle from `dist/node`) does not, so there the
+ * script path is compared with the module's.
+ */
+export function isMain(meta: ImportMeta): boolean {
+  const main = (meta as { main?: boolean }).main;
+  if (main !== undefined) return main;
+  return !!process.argv[1] && fileURLToPath(meta.url) === process.argv[1];
+}
+
+/**
+ * The gemkit checkout this code runs from: the nearest folder above this module holding
+ * `deno.json`. Found by walking up rather than by a fixed `../..`, so the same answer comes from
+ * `src/` and from a bundle in `dist/node/`.
+ */
+export function projectRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, "deno.json"))) return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new Error(`gemkit: no deno.json above ${fileURLToPath(import.meta.url)}`);
+    dir = up;
+  }
+}
+
 /** Whether an error is a file system's "no such file or directory". */
 export function isNotFound(e: unknown): boolean {
   return (e as { code?: unknown } | null)?.code === "ENOENT";
@@ -139,8 +167,16 @@ export async function webgpu(): Promise<GPU | undefined> {
     globals: Record<string, unknown>;
   };
   Object.assign(globalThis, mod.globals);
-  return mod.create([]);
+  dawn ??= mod.create([]);
+  return dawn;
 }
+
+/**
+ * Dawn's instance, held for the life of the process: the adapter and device do not keep it
+ * alive, and once the garbage collector frees it, Dawn's event processing locks a freed mutex
+ * (a crash at the first readback after enough allocation).
+ */
+let dawn: GPU | undefined;
 
 /**
  * Bun keeps `process.env` to itself: native libraries (the Vulkan loader, llvmpipe) read the C

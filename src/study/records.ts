@@ -8,8 +8,8 @@
 import { spawn } from "node:child_process";
 import { type Dirent, readdirSync } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
-import { fileURLToPath } from "node:url";
-import { isNotFound, RUNTIME, runtimeVersion } from "../platform/platform.ts";
+import { join } from "node:path";
+import { isNotFound, projectRoot, RUNTIME, runtimeVersion } from "../platform/platform.ts";
 import { gpu } from "../gpu/device.ts";
 import { writeAtomic } from "../io/atomic.ts";
 import { sha256Path } from "../io/hash.ts";
@@ -66,7 +66,10 @@ export interface RunEnv {
   runtime?: string;
   /** WebGPU adapter description. */
   adapter: string;
-  /** Mesa's Vulkan driver package version, when installed from Debian. */
+  /**
+   * The version of the Mesa driver in use, as its library names it ("22.3.6"); older records hold
+   * the Debian package's version ("22.3.6-1+deb12u2"). Null on other adapters.
+   */
   mesa: string | null;
   /** The kernel tuning in use. */
   tuning: unknown;
@@ -85,13 +88,8 @@ function output(cmd: string, args: string[], cwd?: string): Promise<string | nul
 }
 
 async function git(args: string[]): Promise<string | null> {
-  const out = await output("git", args, fileURLToPath(new URL("../..", import.meta.url)));
+  const out = await output("git", args, projectRoot());
   return out === null ? null : out.trim();
-}
-
-async function mesaVersion(): Promise<string | null> {
-  const out = await output("dpkg-query", ["-W", "-f", "${Version}", "mesa-vulkan-drivers"]);
-  return out === null ? null : out.trim() || null;
 }
 
 /**
@@ -107,14 +105,14 @@ export function runtimeVersions(): { deno: string; runtime: string } {
 export async function runEnv(): Promise<RunEnv> {
   const status = await git(["status", "--porcelain", "--untracked-files=no"]);
   const dirty = (status ?? "").split("\n").filter((l) => l && !l.includes("results/ablations/"));
-  const deno = JSON.parse(await readFile(new URL("../../deno.json", import.meta.url), "utf8"));
+  const deno = JSON.parse(await readFile(join(projectRoot(), "deno.json"), "utf8"));
   return {
     commit: (await git(["rev-parse", "HEAD"])) ?? "unknown",
     dirty: status === null ? true : dirty.length > 0,
     gemkit: deno.version,
     ...runtimeVersions(),
     adapter: gpu().description,
-    mesa: await mesaVersion(),
+    mesa: gpu().mesa,
     tuning: gpu().tuning,
   };
 }

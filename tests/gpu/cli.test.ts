@@ -9,7 +9,7 @@ import { addSpecialTokens, embedIds } from "../../src/gem/gem.ts";
 import { saveGem } from "../../src/gem/io.ts";
 import { loadModel } from "../../src/io/model.ts";
 import { dataDir } from "../../src/io/paths.ts";
-import { readBytes, runCli, testGpu } from "../helpers.ts";
+import { readBytes, runCli, runCommand, testGpu } from "../helpers.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const M = () => `${dataDir()}/models/llama2c`;
@@ -46,6 +46,31 @@ test("deno task generate: greedy text; a GEM run directory generates the same", 
   assert.notEqual(bad.code, 0);
   assert.match(bad.err, /nothing-here: no such file or directory/);
   await rm(dir, { recursive: true });
+});
+
+test("generate under Bun (src) and Node (dist/node bundle) prints Deno's greedy text", async () => {
+  await testGpu();
+  const args = [
+    "--model",
+    `${M()}/stories260K.bin`,
+    "--tokenizer",
+    `${M()}/tok512.bin`,
+    ...["--prompt", "Once upon a time", "--max-tokens", "40", "--temperature", "0"],
+  ];
+  const deno = await runCommand("deno", ["run", "-A", `${root}src/cli/generate.ts`, ...args]);
+  assert.equal(deno.code, 0, deno.err);
+  // scripts/setup.sh installs Bun and builds the Node bundle: missing ones fail, not skip.
+  const bun = await runCommand(`${root}node_modules/.bin/bun`, [
+    `${root}src/cli/generate.ts`,
+    ...args,
+  ]);
+  assert.equal(bun.code, 0, bun.err);
+  assert.match(bun.err, /backend dawn/);
+  assert.equal(bun.out, deno.out);
+  const node = await runCommand("node", [`${root}dist/node/generate.js`, ...args]);
+  assert.equal(node.code, 0, node.err);
+  assert.match(node.err, /backend dawn/);
+  assert.equal(node.out, deno.out);
 });
 
 test("deno task embed: .npy in input order equals the library's vectors; errors name the line", async () => {

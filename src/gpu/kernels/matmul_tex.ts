@@ -286,6 +286,7 @@ export function choosePlan(
   threads: number,
   simd: number,
   maxSlices = 32,
+  maxArea = 1024,
 ): TexPlan {
   // Few tile sizes: each combination is a separate (slow to compile, fully unrolled) kernel.
   const sizes = [32, 24, 16, 8, 4];
@@ -293,6 +294,7 @@ export function choosePlan(
   const k4 = Math.max(1, Math.ceil(k / 4));
   for (const tm of sizes) {
     for (const tn of sizes) {
+      if (tm * tn > maxArea) continue;
       const gx = Math.ceil(n / (tn * simd)), gy = Math.ceil(m / tm);
       for (const slices of [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]) {
         if (slices > maxSlices || (slices > 1 && k4 / slices < 16)) break;
@@ -387,7 +389,7 @@ export const runMatmulTex: MatmulRun = (gpu, a, b, c, offC, s) => {
   const la = layoutOf(a, true, s), lb = layoutOf(b, false, s);
   if (!la || !lb) throw new Error("matmul v3: operand layout not supported");
   const simd = gpu.simdWidth;
-  const plan = choosePlan(s.m, s.n, s.k, s.batch, gpu.cores, simd);
+  const plan = choosePlan(s.m, s.n, s.k, s.batch, gpu.cores, simd, 32, gpu.tuning.matmulTileArea);
   const k4 = Math.floor(s.k / 4);
   const kChunk = Math.max(1, Math.ceil(k4 / plan.slices));
   const slices = Math.max(1, Math.ceil(k4 / kChunk));
@@ -481,7 +483,7 @@ export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
     throw new Error(`matmul v3 ${f.epilogue.name}: K ${f.k} and N ${f.n} must be multiples of 4`);
   }
   const simd = gpu.simdWidth, k4 = f.k / 4;
-  const plan = choosePlan(f.m, f.n, f.k, 1, gpu.cores, simd, 1);
+  const plan = choosePlan(f.m, f.n, f.k, 1, gpu.cores, simd, 1, gpu.tuning.matmulTileArea);
   const o: TexMatmulOpts = {
     tm: plan.tm,
     tn: plan.tn,

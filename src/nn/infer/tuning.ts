@@ -4,6 +4,7 @@
  */
 
 import { gpu } from "../../gpu/device.ts";
+import { slowCompiler } from "../../gpu/tuning.ts";
 
 /** How generate() and FusedDecoder run on an adapter. */
 export interface InferTuning {
@@ -31,11 +32,6 @@ const BY_PROFILE: Record<string, InferTuning> = {
   llvmpipe: { fusedDecode: true, decodeVersion: 3, fusedPrefill: true },
   gpu: { fusedDecode: true, decodeVersion: 3, fusedPrefill: false },
 };
-
-/** Whether the adapter is llvmpipe from Mesa 24 or later (see {@link InferTuning.fusedDecode}). */
-export function slowCompiler(mesa: string | null): boolean {
-  return mesa !== null && Number(mesa.split(".")[0]) >= 24;
-}
 
 /** The inference choices for the current adapter's tuning profile and driver. */
 export function inferTuning(): InferTuning {
