@@ -22,7 +22,10 @@ import { openBase, withSpecials } from "../src/recipe/recipe.ts";
 import { disposePacked, l2normalize, meanRows, pack } from "../src/gem/batch.ts";
 import type { GemSample } from "../src/gem/sample.ts";
 import { nextTokenLabels } from "../src/gem/sample.ts";
-import { gpu } from "../src/gpu/device.ts";
+import { execFile } from "node:child_process";
+import process from "node:process";
+import { gpu, initGpu } from "../src/gpu/device.ts";
+import { isMain, RUNTIME, runtimeVersion } from "../src/platform/platform.ts";
 import { loadModel } from "../src/io/model.ts";
 import { dataDir } from "../src/io/paths.ts";
 import { FusedDecoder } from "../src/nn/infer/fused.ts";
@@ -84,7 +87,7 @@ function record(
   const s = stats(samples);
   return {
     bench,
-    impl: "gemkit",
+    impl: RUNTIME === "deno" ? "gemkit" : `gemkit-${RUNTIME}`,
     ...fields(s.median),
     median_s: s.median,
     min_s: s.min,
@@ -192,6 +195,41 @@ export async function trainStep(ctx: BenchContext, pair: boolean): Promise<Bench
 
 /** The model benchmarks: gemkit then PyTorch (1 and 2 threads), each on the same work. */
 export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
+  const out = await gemkitModel(ctx);
+  ctx.log("the same under Bun (Dawn, Mesa 25)");
+  out.push(...await bunModel(ctx));
+  const torch = torchSetup();
+  for (const threads of torch.threads) {
+    ctx.log(`PyTorch CPU, ${threads} thread(s)`);
+    out.push(...await torchModel(torch.python, threads, "cpu", ctx));
+  }
+  if (torch.cuda) {
+    ctx.log("PyTorch CUDA");
+    out.push(...await torchModel(torch.python, 1, "cuda", ctx));
+  }
+  return out;
+}
+
+/**
+ * gemkit's rows under Bun: this file run by Bun as a child process (WebGPU from Dawn on the
+ * Mesa 25 driver the set-up unpacks), its records on the last line of its stdout.
+ */
+function bunModel(ctx: BenchContext): Promise<BenchRecord[]> {
+  const bun = new URL("../node_modules/.bin/bun", import.meta.url).pathname;
+  const args = [new URL(import.meta.url).pathname, "--child", ...(ctx.quick ? ["--quick"] : [])];
+  return new Promise((resolve) => {
+    execFile(bun, args, { maxBuffer: 1 << 26 }, (err, stdout, stderr) => {
+      const last = stdout.trim().split("\n").at(-1) ?? "";
+      if (err || !last.startsWith("[")) {
+        const why = (stderr || err?.message || "no output").trim().split("\n").slice(-3).join(" ");
+        resolve([{ bench: "model", impl: "gemkit-bun", error: why.slice(0, 300) }]);
+      } else resolve(JSON.parse(last) as BenchRecord[]);
+    });
+  });
+}
+
+/** gemkit's rows on this runtime, each with the runtime, Mesa and tuning that produced it. */
+async function gemkitModel(ctx: BenchContext): Promise<BenchRecord[]> {
   const out: BenchRecord[] = [];
   const reps = ctx.quick ? 2 : 5;
   {
@@ -271,16 +309,14 @@ export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
   out.push(await trainStep(ctx, false));
   ctx.log("train_step_pair");
   out.push(await trainStep(ctx, true));
-  const torch = torchSetup();
-  for (const threads of torch.threads) {
-    ctx.log(`PyTorch CPU, ${threads} thread(s)`);
-    out.push(...await torchModel(torch.python, threads, "cpu", ctx));
-  }
-  if (torch.cuda) {
-    ctx.log("PyTorch CUDA");
-    out.push(...await torchModel(torch.python, 1, "cuda", ctx));
-  }
-  return out;
+  const g = gpu();
+  const where = {
+    runtime: runtimeVersion(),
+    mesa: g.mesa,
+    tuning:
+      `matmul tiles <= ${g.tuning.matmulTileArea}, attention block ${g.tuning.attentionBlock}`,
+  };
+  return out.map((r) => ({ ...r, ...where }));
 }
 
 async function torchModel(
@@ -320,4 +356,17 @@ async function torchModel(
       note: `PyTorch not available: ${e instanceof Error ? e.message : e}`,
     }];
   }
+}
+
+if (isMain(import.meta) && process.argv.includes("--child")) {
+  await initGpu({ log: false });
+  const quick = process.argv.includes("--quick");
+  const recs = await gemkitModel({
+    adapter: gpu().description,
+    quick,
+    profile: false,
+    log: (m) => console.error(`bench (${RUNTIME}): ${m}`),
+  });
+  console.log(JSON.stringify(recs));
+  process.exit(0);
 }

@@ -17,6 +17,16 @@ export function testGpu(): Promise<Gpu> {
   return initGpu({ log: false });
 }
 
+/**
+ * Whether the tests that loop over kernel tunings cover every tuning (the default) or, with
+ * GEMKIT_TEST_TUNINGS=adapter, only the adapter's own. scripts/test.sh sets it for the Bun run:
+ * Dawn there runs on Mesa 25, where each extra kernel variant costs seconds to a minute of cold
+ * compile, while the Deno run covers every variant.
+ */
+export function everyTuning(): boolean {
+  return process.env.GEMKIT_TEST_TUNINGS !== "adapter";
+}
+
 export interface GoldenTensor {
   shape: number[];
   dtype: "f32" | "i32";
