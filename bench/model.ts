@@ -25,7 +25,8 @@ import { nextTokenLabels } from "../src/gem/sample.ts";
 import { execFile } from "node:child_process";
 import process from "node:process";
 import { gpu, initGpu } from "../src/gpu/device.ts";
-import { isMain, RUNTIME, runtimeVersion } from "../src/platform/platform.ts";
+import { existsSync } from "node:fs";
+import { DAWN_MESA_DIR, isMain, RUNTIME, runtimeVersion } from "../src/platform/platform.ts";
 import { loadModel } from "../src/io/model.ts";
 import { dataDir } from "../src/io/paths.ts";
 import { FusedDecoder } from "../src/nn/infer/fused.ts";
@@ -79,6 +80,9 @@ async function time(warmup: number, repeats: number, run: () => Promise<void>): 
   return out;
 }
 
+/** The implementation name of gemkit's rows: "gemkit" in the bench's own process. */
+let impl = "gemkit";
+
 function record(
   bench: string,
   samples: number[],
@@ -87,7 +91,7 @@ function record(
   const s = stats(samples);
   return {
     bench,
-    impl: RUNTIME === "deno" ? "gemkit" : `gemkit-${RUNTIME}`,
+    impl,
     ...fields(s.median),
     median_s: s.median,
     min_s: s.min,
@@ -196,8 +200,14 @@ export async function trainStep(ctx: BenchContext, pair: boolean): Promise<Bench
 /** The model benchmarks: gemkit then PyTorch (1 and 2 threads), each on the same work. */
 export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
   const out = await gemkitModel(ctx);
-  ctx.log("the same under Bun (Dawn, Mesa 25)");
-  out.push(...await bunModel(ctx));
+  // The same work on Mesa 25 (smaller kernels there, see src/gpu/tuning.ts slowCompiler), under
+  // Deno and under Bun (Dawn): the driver's and the runtime's shares of the difference apart.
+  if (existsSync(`${DAWN_MESA_DIR}/lvp_icd.json`)) {
+    ctx.log("the same under Deno on Mesa 25");
+    out.push(...await childModel(ctx, "deno"));
+    ctx.log("the same under Bun (Dawn, Mesa 25)");
+    out.push(...await childModel(ctx, "bun"));
+  }
   const torch = torchSetup();
   for (const threads of torch.threads) {
     ctx.log(`PyTorch CPU, ${threads} thread(s)`);
@@ -211,18 +221,24 @@ export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
 }
 
 /**
- * gemkit's rows under Bun: this file run by Bun as a child process (WebGPU from Dawn on the
- * Mesa 25 driver the set-up unpacks), its records on the last line of its stdout.
+ * gemkit's rows from this file run as a child process on Mesa 25 (the driver the set-up unpacks)
+ * under Deno or Bun, its records on the last line of its stdout; impl `gemkit-mesa25` or
+ * `gemkit-bun`.
  */
-function bunModel(ctx: BenchContext): Promise<BenchRecord[]> {
-  const bun = new URL("../node_modules/.bin/bun", import.meta.url).pathname;
-  const args = [new URL(import.meta.url).pathname, "--child", ...(ctx.quick ? ["--quick"] : [])];
+function childModel(ctx: BenchContext, runtime: "deno" | "bun"): Promise<BenchRecord[]> {
+  const script = new URL(import.meta.url).pathname;
+  const impl = runtime === "deno" ? "gemkit-mesa25" : "gemkit-bun";
+  const [cmd, ...args] = runtime === "deno"
+    ? [process.execPath, "run", "-A", script]
+    : [new URL("../node_modules/.bin/bun", import.meta.url).pathname, script];
+  args.push("--child", impl, ...(ctx.quick ? ["--quick"] : []));
+  const env = { ...process.env, VK_ICD_FILENAMES: `${DAWN_MESA_DIR}/lvp_icd.json` };
   return new Promise((resolve) => {
-    execFile(bun, args, { maxBuffer: 1 << 26 }, (err, stdout, stderr) => {
+    execFile(cmd, args, { env, maxBuffer: 1 << 26 }, (err, stdout, stderr) => {
       const last = stdout.trim().split("\n").at(-1) ?? "";
       if (err || !last.startsWith("[")) {
         const why = (stderr || err?.message || "no output").trim().split("\n").slice(-3).join(" ");
-        resolve([{ bench: "model", impl: "gemkit-bun", error: why.slice(0, 300) }]);
+        resolve([{ bench: "model", impl, error: why.slice(0, 300) }]);
       } else resolve(JSON.parse(last) as BenchRecord[]);
     });
   });
@@ -359,6 +375,7 @@ async function torchModel(
 }
 
 if (isMain(import.meta) && process.argv.includes("--child")) {
+  impl = process.argv[process.argv.indexOf("--child") + 1] ?? `gemkit-${RUNTIME}`;
   await initGpu({ log: false });
   const quick = process.argv.includes("--quick");
   const recs = await gemkitModel({
