@@ -322,7 +322,7 @@ function sumImpl(x: Tensor, axis: number, keepdim: boolean, scale: number, op: s
   if (x.rank === 0) return mulScalar(x, scale);
   const xc = x.contiguous ? x : contiguous(x);
   const out = empty(reducedShape(x.shape, a, keepdim), "f32", op);
-  runReduce(gpu(), "sum", xc.buf, xc.offset, reduceDims(x, a), out.buf, 0, out.buf, scale);
+  runReduce(gpu(), "sum", xc.buf, xc.offset, reduceDims(x, a), out.buf, 0, null, scale);
   if (xc !== x) xc.dispose();
   return record(out, "sum", [x], [], { axis: a, keepdim, scale, from: x.shape });
 }

@@ -35,7 +35,7 @@ export function clipGradNorm(params: readonly Tensor[], maxNorm: number): Tensor
         { outer: 1, r: grad.size, inner: 1 },
         sumsq.buf,
         i,
-        sumsq.buf,
+        null,
       );
     });
     runClipCoef(g, sumsq.buf, withGrad.length, maxNorm, out.buf);

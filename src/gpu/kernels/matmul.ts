@@ -222,7 +222,7 @@ export const runMatmul: MatmulRun = (gpu, a, b, c, offC, s) => {
     );
     if (scratch) {
       // Fixed slice count and order: the sum is deterministic.
-      runReduce(gpu, "sum", scratch, 0, { outer: s.batch, r: S, inner: s.m * s.n }, c, offC, c);
+      runReduce(gpu, "sum", scratch, 0, { outer: s.batch, r: S, inner: s.m * s.n }, c, offC, null);
       gpu.pool.release(scratch);
     }
     return;

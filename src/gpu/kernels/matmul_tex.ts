@@ -436,7 +436,7 @@ export const runMatmulTex: MatmulRun = (gpu, a, b, c, offC, s) => {
       { outer: 1, r: slices, inner: s.batch * s.m * s.n },
       c,
       offC,
-      c,
+      null,
     );
     gpu.pool.release(scratch);
   }

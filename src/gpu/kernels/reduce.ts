@@ -78,8 +78,8 @@ ${gridMain(wg, "t", "t >= P.outer * P.inner", body, true)}`,
 }
 
 /**
- * Records the reduction of X (contiguous from `off`) into Y[offOut..]; `arg` receives arg-max
- * indices for `max` (ignored otherwise: an unused buffer is bound in its place).
+ * Records the reduction of X (contiguous from `off`) into Y[offOut..]; `arg` receives the arg-max
+ * indices of `max` and is null for the others (an unused buffer is bound in its place).
  */
 export function runReduce(
   gpu: Gpu,
@@ -89,9 +89,10 @@ export function runReduce(
   dims: { outer: number; r: number; inner: number },
   y: GpuBuffer,
   offOut: number,
-  arg: GpuBuffer,
+  arg: GpuBuffer | null,
   scale = 1,
 ): void {
+  if (fn === "max" && !arg) throw new Error("reduce max: no buffer for the arg-max indices");
   const outputs = dims.outer * dims.inner;
   if (outputs === 0) return;
   const p = new ParamWriter().u32(dims.outer).u32(dims.r).u32(dims.inner).u32(off).f32(scale)
@@ -99,13 +100,13 @@ export function runReduce(
   // Long reductions parallelise over R. The choice depends on R alone, so an output's
   // summation order does not change with the batch size.
   const serial = dims.r <= gpu.tuning.serialReduceMax;
-  if (fn !== "max") arg = gpu.unusedBuffer();
+  const idx = fn === "max" ? arg! : gpu.unusedBuffer();
   if (serial) {
     const wg = gpu.tuning.elementwiseWorkgroup;
-    gpu.dispatch(reduceKernelV1(fn, wg), [x, y, arg], p, grid(Math.ceil(outputs / wg)));
+    gpu.dispatch(reduceKernelV1(fn, wg), [x, y, idx], p, grid(Math.ceil(outputs / wg)));
   } else {
     const wg = gpu.tuning.rowWorkgroup;
-    gpu.dispatch(reduceKernelV2(fn, wg), [x, y, arg], p, grid(outputs));
+    gpu.dispatch(reduceKernelV2(fn, wg), [x, y, idx], p, grid(outputs));
   }
 }
 
