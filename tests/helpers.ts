@@ -8,7 +8,8 @@ import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import process from "node:process";
 import { initGpu } from "../src/gpu/device.ts";
-import { exitCode, scriptCommand } from "../src/platform/platform.ts";
+import { exitCode, mesaVersion, scriptCommand } from "../src/platform/platform.ts";
+import { slowCompiler } from "../src/gpu/tuning.ts";
 import type { Gpu } from "../src/gpu/device.ts";
 import { type DType, type Tensor, tensor } from "../src/tensor/tensor.ts";
 
@@ -25,6 +26,17 @@ export function testGpu(): Promise<Gpu> {
  */
 export function everyTuning(): boolean {
   return process.env.GEMKIT_TEST_TUNINGS !== "adapter";
+}
+
+/**
+ * Why a test of the fused inference kernels is skipped, or undefined when it runs: only in an
+ * adapter-tuning run (see {@link everyTuning}) on llvmpipe from Mesa 24 on, whose tuning never
+ * uses those kernels and where they take minutes to compile from a cold cache. The reason is
+ * printed with the skip, and the Deno run covers them.
+ */
+export function fusedSkip(): string | undefined {
+  if (everyTuning() || !slowCompiler(mesaVersion())) return undefined;
+  return `fused inference kernels are off on Mesa ${mesaVersion()} (slowCompiler); Deno runs this`;
 }
 
 export interface GoldenTensor {
