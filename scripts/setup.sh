@@ -119,7 +119,7 @@ fi
 # Node 20 runs JavaScript only: the CLIs bundled for it into dist/node (rebuilt when src/ changes).
 if [ ! -f dist/node/generate.js ] || [ -n "$(find src package.json -newer dist/node/generate.js -print -quit)" ]; then
   node_modules/.bin/bun build src/cli/train.ts src/cli/generate.ts src/cli/embed.ts \
-    src/cli/eval.ts src/cli/sweep.ts src/cli/convert.ts --target node --outdir dist/node \
+    src/cli/eval.ts src/cli/sweep.ts src/cli/convert.ts src/cli/data.ts --target node --outdir dist/node \
     >/tmp/gemkit-build.log 2>&1 || {
     echo "setup: bun build for Node failed; see /tmp/gemkit-build.log" >&2
     exit 1

@@ -7,9 +7,9 @@
  * `model.safetensors.index.json` plus every shard it names.
  *
  * Listing and per-file metadata (size, final URL) come from `@huggingface/hub` (`listFiles`,
- * `fileDownloadInfo`). The byte transfer is our own ranged `fetch` of that URL: the library's blob
- * hides the response status, so a server that ignores `Range` and answers 200 would be appended
- * after the partial bytes unnoticed. Here each file streams into `<file>.incomplete`; a later
+ * `fileDownloadInfo`). The byte transfer is our own ranged `fetch` of that URL (`transfer.ts`):
+ * the library's blob hides the response status, so a server that ignores `Range` and answers 200
+ * would be appended after the partial bytes unnoticed. Here each file streams into `<file>.incomplete`; a later
  * attempt (a retry in the same call, or a new run) continues it with `Range: bytes=<have>-`, and
  * the result is checked against the server's size before an atomic rename into place.
  *
@@ -22,9 +22,10 @@
  * (default https://huggingface.co), `HF_HUB_OFFLINE`, `GEMKIT_CACHE`.
  */
 
-import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
+import { mkdir, readFile, rename } from "node:fs/promises";
 import { fileDownloadInfo, HubApiError, listFiles } from "@huggingface/hub";
-import { env, isNotFound, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
+import { env, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
+import { fetchInto, HttpStatusError, NetworkFailure, sizeOf, TransferError } from "./transfer.ts";
 
 /** A model could not be resolved; the message names the repo (with revision) and the file. */
 export class HubError extends Error {
@@ -39,11 +40,6 @@ export class HubError extends Error {
   ) {
     super(file ? `${repo}: ${file}: ${problem}` : `${repo}: ${problem}`, options);
   }
-}
-
-/** The network (not the hub's answer) failed: connection refused, reset, DNS, dropped body. */
-class NetworkFailure extends Error {
-  override name = "NetworkFailure";
 }
 
 /** Download progress of one file. */
@@ -124,16 +120,6 @@ export function modelCacheDir(spec: ModelSpec, opts: HubOptions = {}): string {
   return `${hubCacheDir(opts)}/${spec.repo}/${encodeURIComponent(spec.revision)}`;
 }
 
-/** Size of a file, or -1 when it does not exist. */
-async function sizeOf(path: string): Promise<number> {
-  try {
-    return (await stat(path)).size;
-  } catch (e) {
-    if (isNotFound(e)) return -1;
-    throw e;
-  }
-}
-
 /** Shard names of an index file's `weight_map`, in first-use order; throws when malformed. */
 function shardsOf(indexText: string): string[] {
   const map = JSON.parse(indexText)?.weight_map;
@@ -208,7 +194,8 @@ function hubFetch(endpoint: string, token: string | undefined): typeof fetch {
 /** True when the hub could not be reached or failed on its side, so the cache may stand in. */
 function unreachable(e: unknown): boolean {
   if (e instanceof NetworkFailure) return true;
-  return e instanceof HubApiError && e.statusCode >= 500;
+  return (e instanceof HubApiError && e.statusCode >= 500) ||
+    (e instanceof HttpStatusError && e.status >= 500);
 }
 
 /** Prints progress to stderr: one updating line on a terminal, a line per 10% otherwise. */
@@ -358,15 +345,28 @@ async function fetchFile(ctx: Ctx, file: string, listedSize: number): Promise<vo
         fetch: ctx.fetch,
       });
       if (!info) throw new HubError(ctx.label, file, `not found at ${ctx.endpoint} (HTTP 404)`);
-      await fetchInto(ctx, file, info.url, part, info.size);
+      const report = ctx.progress && info.size >= ctx.progressMinBytes ? ctx.progress : null;
+      await fetchInto(
+        info.url,
+        part,
+        info.size,
+        ctx.fetch,
+        report ? (bytes) => report({ repo: ctx.label, file, bytes, total: info.size }) : undefined,
+      );
       break;
     } catch (e) {
-      const retry = unreachable(e) || (e instanceof HubApiError && e.statusCode === 429);
+      const status = e instanceof HubApiError
+        ? e.statusCode
+        : e instanceof HttpStatusError
+        ? e.status
+        : 0;
+      const retry = unreachable(e) || status === 429;
       if (!retry || attempt >= ctx.attempts) {
-        if (e instanceof HubApiError) {
-          throw new HubError(ctx.label, file, `HTTP ${e.statusCode} from ${ctx.endpoint}`, {
-            cause: e,
-          });
+        if (status) {
+          throw new HubError(ctx.label, file, `HTTP ${status} from ${ctx.endpoint}`, { cause: e });
+        }
+        if (e instanceof TransferError) {
+          throw new HubError(ctx.label, file, e.message, { cause: e });
         }
         throw e;
       }
@@ -379,74 +379,4 @@ async function fetchFile(ctx: Ctx, file: string, listedSize: number): Promise<vo
     }
   }
   await rename(part, final);
-}
-
-/**
- * Brings `part` up to `total` bytes from `url`, continuing what is there with a Range request.
- * Throws {@link NetworkFailure} (retryable) when the transfer breaks, leaving the bytes received.
- */
-async function fetchInto(ctx: Ctx, file: string, url: string, part: string, total: number) {
-  let have = await sizeOf(part);
-  if (have > total) have = -1; // longer than the file: not a prefix of it
-  if (have === total) return;
-  const headers: Record<string, string> = have > 0 ? { range: `bytes=${have}-` } : {};
-  const resp = await ctx.fetch(url, { headers });
-  let append = false;
-  if (resp.status === 206 && have > 0) {
-    const m = /^bytes (\d+)-\d+\/(\d+|\*)$/.exec(resp.headers.get("content-range") ?? "");
-    if (!m || Number(m[1]) !== have || (m[2] !== "*" && Number(m[2]) !== total)) {
-      await resp.body?.cancel();
-      await rm(part); // the next attempt starts from scratch
-      throw new HubError(
-        ctx.label,
-        file,
-        `bad Content-Range ${
-          resp.headers.get("content-range")
-        } for a resume at byte ${have} of ${total}`,
-      );
-    }
-    append = true;
-  } else if (resp.status !== 200) {
-    await resp.body?.cancel();
-    throw new HubApiError(url, resp.status, undefined, `HTTP ${resp.status} for ${url}`);
-  }
-  // 200: the server sent the whole file (no partial, or it ignored Range): start over.
-  let bytes = append ? have : 0;
-  const report = ctx.progress && total >= ctx.progressMinBytes ? ctx.progress : null;
-  // "a": create or continue; "w": create or truncate.
-  const out = await open(part, append ? "a" : "w");
-  try {
-    const reader = resp.body!.getReader();
-    for (;;) {
-      let chunk: ReadableStreamReadResult<Uint8Array>;
-      try {
-        chunk = await reader.read();
-      } catch (e) {
-        throw new NetworkFailure(
-          `download broke at byte ${bytes} of ${total}: ${(e as Error).message}`,
-          { cause: e },
-        );
-      }
-      if (chunk.done) break;
-      bytes += chunk.value.length;
-      if (bytes > total) {
-        await reader.cancel();
-        throw new HubError(
-          ctx.label,
-          file,
-          `server sent more than the ${total} bytes it announced`,
-        );
-      }
-      for (let off = 0; off < chunk.value.length;) {
-        off += (await out.write(chunk.value, off, chunk.value.length - off)).bytesWritten;
-      }
-      report?.({ repo: ctx.label, file, bytes, total });
-    }
-    await out.sync();
-  } finally {
-    await out.close();
-  }
-  if (bytes !== total) {
-    throw new NetworkFailure(`download ended at byte ${bytes} of ${total}`);
-  }
 }

@@ -1,6 +1,7 @@
 /** Where gemkit finds the shared, read-only data (models, corpora, evaluation sets). */
 
 import { readFileSync, type Stats, statSync } from "node:fs";
+import { homedir } from "node:os";
 import { join } from "node:path";
 import { env, projectRoot } from "../platform/platform.ts";
 
@@ -10,26 +11,40 @@ export class DataDirError extends Error {
   override name = "DataDirError";
 }
 
+/** Where the data folder may be, in the order searched, each with how it was chosen. */
+export function dataDirCandidates(): { dir: string; how: string }[] {
+  const fromEnv = env("GEMKIT_DATA");
+  if (fromEnv) return [{ dir: fromEnv, how: "from $GEMKIT_DATA" }];
+  return [
+    { dir: join(projectRoot(), "..", "shared", "data"), how: "beside the checkout" },
+    { dir: join(homedir(), ".cache", "gemkit", "data"), how: "the user cache" },
+  ];
+}
+
 /**
- * The data directory: `$GEMKIT_DATA` when set, else `<repo>/../shared/data` (absolute, computed
- * from this module's location, so it does not depend on the working directory). The data is never
- * copied into the repository, so tests read it from here. Throws {@link DataDirError} naming the
- * path when it does not exist or is not a directory.
+ * The data directory: `$GEMKIT_DATA` when set, else `<repo>/../shared/data` (computed from this
+ * module's location, so it does not depend on the working directory), else
+ * `~/.cache/gemkit/data`, where `deno task data` puts it. The data is never copied into the
+ * repository. Throws {@link DataDirError} naming the paths tried when none is a directory.
  */
 export function dataDir(): string {
-  const fromEnv = env("GEMKIT_DATA");
-  const dir = fromEnv ?? join(projectRoot(), "..", "shared", "data");
-  const how = fromEnv ? "from $GEMKIT_DATA" : "default <repo>/../shared/data; set $GEMKIT_DATA";
-  let info: Stats;
-  try {
-    info = statSync(dir);
-  } catch {
-    throw new DataDirError(`data directory ${dir} does not exist (${how})`);
+  const tried = dataDirCandidates();
+  for (const { dir, how } of tried) {
+    let info: Stats;
+    try {
+      info = statSync(dir);
+    } catch {
+      continue;
+    }
+    if (!info.isDirectory()) {
+      throw new DataDirError(`data directory ${dir} (${how}) is not a directory`);
+    }
+    return dir;
   }
-  if (!info.isDirectory()) {
-    throw new DataDirError(`data directory ${dir} is not a directory (${how})`);
-  }
-  return dir;
+  throw new DataDirError(
+    `no data directory: tried ${tried.map((t) => `${t.dir} (${t.how})`).join(", ")}; ` +
+      "`deno task data` downloads it into the last one (or --dest DIR with GEMKIT_DATA=DIR)",
+  );
 }
 
 /**

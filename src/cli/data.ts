@@ -1,0 +1,86 @@
+/**
+ * `deno task data [--dest DIR] [--only GROUP,...] [--mirror URL] [--list]`: downloads the data
+ * files of data/manifest.json that are missing from the data folder, resumably, each checked
+ * against its SHA-256 (src/io/data.ts). Idempotent: a second run downloads nothing. Exits
+ * non-zero when a file fails its check or cannot be fetched, naming it, or when a derived file is
+ * missing (it names the source and the step that makes it).
+ */
+
+import { existsSync } from "node:fs";
+import { args, exit, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
+import { type DataFile, fetchData, readManifest } from "../io/data.ts";
+import { dataDirCandidates } from "../io/paths.ts";
+import { parseArgs, runMain, UsageError } from "./args.ts";
+
+const USAGE = "usage: deno task data [--dest DIR] [--only GROUP,...] [--mirror URL] [--list]";
+
+await runMain(async () => {
+  const { flags } = parseArgs(args(), {
+    dest: { type: "string", help: "data folder to fill (default: the one gemkit reads)" },
+    only: { type: "string", help: "comma-separated groups (see --list)" },
+    mirror: { type: "string", help: "fetch MIRROR/<path> instead of each file's origin" },
+    list: { type: "boolean", help: "print the groups, their files and sizes, and exit" },
+  }, USAGE);
+  const manifest = await readManifest();
+  const groups = new Map<string, DataFile[]>();
+  for (const f of manifest.files) groups.set(f.group, [...groups.get(f.group) ?? [], f]);
+  if (flags.list) {
+    for (const [g, fs] of groups) {
+      const mb = fs.reduce((n, f) => n + f.bytes, 0) / 1e6;
+      const derived = fs.filter((f) => f.derived).length;
+      console.log(
+        `${g.padEnd(18)} ${String(fs.length).padStart(4)} files ${mb.toFixed(2).padStart(7)} MB${
+          derived ? ` (${derived} derived)` : ""
+        }  ${fs[0].licence}`,
+      );
+    }
+    return;
+  }
+  let files = manifest.files;
+  if (flags.only) {
+    const want = (flags.only as string).split(",").map((s) => s.trim()).filter(Boolean);
+    for (const g of want) {
+      if (!groups.has(g)) {
+        throw new UsageError(`--only: no group '${g}'; groups: ${[...groups.keys()].join(", ")}`);
+      }
+    }
+    files = files.filter((f) => want.includes(f.group));
+  }
+  // The folder gemkit reads: the first candidate that exists, else the user cache.
+  const candidates = dataDirCandidates();
+  const dest = (flags.dest as string | undefined) ??
+    (candidates.find((c) => existsSync(c.dir)) ?? candidates[candidates.length - 1]).dir;
+  const total = files.reduce((n, f) => n + f.bytes, 0);
+  console.error(`gemkit data: ${files.length} files (${(total / 1e6).toFixed(1)} MB) in ${dest}`);
+  const t0 = performance.now();
+  let done = 0, lastPct = -1;
+  const res = await fetchData(dest, files, {
+    mirror: flags.mirror as string | undefined,
+    onProgress: (f, state, bytes) => {
+      if (state === "fetching") {
+        const mb = (done + bytes) / 1e6, s = (performance.now() - t0) / 1000;
+        const pct = Math.floor(((done + bytes) / total) * 100);
+        const line = `gemkit data: ${f.path} ${pct}% (${(mb / Math.max(s, 1e-3)).toFixed(1)} MB/s)`;
+        if (stderrIsTerminal()) writeStderr(`\r${line}\x1b[K`);
+        else if (pct >= lastPct + 5) console.error(line);
+        lastPct = Math.max(lastPct, pct - (pct % 5));
+      } else done += f.bytes;
+    },
+  });
+  if (stderrIsTerminal()) writeStderr("\r\x1b[K");
+  console.error(
+    `gemkit data: ${res.fetched.length} fetched, ${res.present.length} already present, ` +
+      `${res.derived.length} derived missing, ${res.failed.length} failed`,
+  );
+  for (const f of res.failed) console.error(`gemkit data: ${f.path}: ${f.reason}`);
+  for (const f of res.derived.slice(0, 10)) {
+    console.error(
+      `gemkit data: ${f.path} is made from ${f.derived!.url} (${f.derived!.transform}); ` +
+        "fetch it from a mirror of the data folder with --mirror",
+    );
+  }
+  if (res.derived.length > 10) {
+    console.error(`gemkit data: ... and ${res.derived.length - 10} more`);
+  }
+  if (res.failed.length || res.derived.length) exit(1);
+});

@@ -1,0 +1,166 @@
+/**
+ * The data gemkit reads (models, evaluation sets, corpora), as a committed manifest
+ * (`data/manifest.json`), and the fetcher behind `deno task data`. Each file has its path inside
+ * the data folder, size, SHA-256, licence and group, and either the URL it is downloaded from as
+ * it is (a raw file of a public repository at a pinned commit) or, for a file made from another
+ * (unzipped, reformatted), its source and the transform. A fetch downloads what is missing into
+ * `<path>.part`, resumes a broken transfer with a Range request, checks size and SHA-256, and only
+ * then renames the file into place: a file that fails its check is removed and named, and no good
+ * file is ever touched. A second run downloads nothing.
+ */
+
+import { mkdir, readFile, rename, rm } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { projectRoot } from "../platform/platform.ts";
+import { sha256Path } from "./hash.ts";
+import {
+  fetchInto,
+  HttpStatusError,
+  NetworkFailure,
+  networkFetch,
+  sizeOf,
+  TransferError,
+} from "./transfer.ts";
+
+/** A file made from another one by a step the fetcher does not perform yet. */
+export interface DerivedFrom {
+  /** Where the source is: a raw URL at a pinned commit. */
+  url: string;
+  /** What was done to it ("member qc/train.txt of the zip archive", ...). */
+  transform: string;
+}
+
+/** One file of the data folder. */
+export interface DataFile {
+  /** Path inside the data folder, "/"-separated. */
+  path: string;
+  /** What `--only` selects it by ("stories260k", "stsb", "tinystories", ...). */
+  group: string;
+  bytes: number;
+  sha256: string;
+  licence: string;
+  /** Download URL of the file as it is; absent for derived files. */
+  url?: string;
+  derived?: DerivedFrom;
+}
+
+/** The manifest: every file gemkit reads from the data folder. */
+export interface DataManifest {
+  about: string;
+  files: DataFile[];
+}
+
+/** A fetch failed; the message names the file and what was wrong. */
+export class DataError extends Error {
+  /** Error class name. */
+  override name = "DataError";
+}
+
+/** The committed manifest, `data/manifest.json` of this checkout. */
+export async function readManifest(path = join(projectRoot(), "data", "manifest.json")) {
+  const m = JSON.parse(await readFile(path, "utf8")) as DataManifest;
+  if (!Array.isArray(m.files)) throw new DataError(`${path}: no "files" list`);
+  for (const [i, f] of m.files.entries()) {
+    for (const k of ["path", "group", "sha256", "licence"] as const) {
+      if (typeof f[k] !== "string") throw new DataError(`${path}: files[${i}].${k} is missing`);
+    }
+    if (!Number.isInteger(f.bytes)) throw new DataError(`${path}: files[${i}].bytes is missing`);
+    if (!f.url && !f.derived) {
+      throw new DataError(`${path}: files[${i}] (${f.path}) has neither url nor derived`);
+    }
+    if (f.path.split("/").some((p) => p === ".." || p === "") || f.path.startsWith("/")) {
+      throw new DataError(`${path}: files[${i}].path '${f.path}' leaves the data folder`);
+    }
+  }
+  return m;
+}
+
+/** Options of {@link fetchData}. */
+export interface FetchDataOptions {
+  /** Fetch `<mirror>/<path>` instead of each file's own URL (mirrors, proxies, tests). */
+  mirror?: string;
+  /** Attempts per file when the connection breaks or the server fails (default 3). */
+  attempts?: number;
+  /** Wait before retry k is `retryDelayMs * k` (default 1000). */
+  retryDelayMs?: number;
+  /** Replaces `fetch` (tests). */
+  fetch?: typeof fetch;
+  /** Hears each file's state and, while it downloads, its bytes on disk. */
+  onProgress?: (file: DataFile, state: "present" | "fetching" | "done", bytes: number) => void;
+}
+
+/** What {@link fetchData} did. */
+export interface FetchDataResult {
+  /** Files already present with the right size and SHA-256. */
+  present: string[];
+  /** Files downloaded and verified. */
+  fetched: string[];
+  /** Missing derived files that need their transform (no mirror given). */
+  derived: DataFile[];
+  /** Files that could not be fetched, each with its reason. */
+  failed: { path: string; reason: string }[];
+}
+
+/** Whether `dest/<path>` is there with the manifest's size and SHA-256. */
+export async function hasFile(dest: string, f: DataFile): Promise<boolean> {
+  const p = join(dest, f.path);
+  return await sizeOf(p) === f.bytes && await sha256Path(p) === f.sha256;
+}
+
+/**
+ * Brings every file of `files` into `dest`: present ones are checked and left alone, missing ones
+ * downloaded and verified. Never throws for one file's failure: each lands in `failed` with its
+ * reason, and the others go on.
+ */
+export async function fetchData(
+  dest: string,
+  files: readonly DataFile[],
+  opts: FetchDataOptions = {},
+): Promise<FetchDataResult> {
+  const out: FetchDataResult = { present: [], fetched: [], derived: [], failed: [] };
+  const fetcher = networkFetch(opts.fetch ?? fetch);
+  const attempts = opts.attempts ?? 3, delay = opts.retryDelayMs ?? 1000;
+  for (const f of files) {
+    const final = join(dest, f.path);
+    if (await hasFile(dest, f)) {
+      out.present.push(f.path);
+      opts.onProgress?.(f, "present", f.bytes);
+      continue;
+    }
+    const url = opts.mirror ? `${opts.mirror.replace(/\/+$/, "")}/${f.path}` : f.url;
+    if (!url) {
+      out.derived.push(f);
+      continue;
+    }
+    await mkdir(dirname(final), { recursive: true });
+    const part = `${final}.part`;
+    opts.onProgress?.(f, "fetching", Math.max(0, await sizeOf(part)));
+    try {
+      for (let attempt = 1;; attempt++) {
+        try {
+          await fetchInto(url, part, f.bytes, fetcher, (b) => opts.onProgress?.(f, "fetching", b));
+          break;
+        } catch (e) {
+          const retry = e instanceof NetworkFailure ||
+            (e instanceof HttpStatusError && (e.status >= 500 || e.status === 429));
+          if (!retry || attempt >= attempts) throw e;
+          await new Promise((r) => setTimeout(r, delay * attempt));
+        }
+      }
+      const got = await sha256Path(part);
+      if (got !== f.sha256) {
+        await rm(part);
+        throw new DataError(`SHA-256 ${got}, expected ${f.sha256} (the download was removed)`);
+      }
+      await rename(part, final);
+      out.fetched.push(f.path);
+      opts.onProgress?.(f, "done", f.bytes);
+    } catch (e) {
+      const known = e instanceof DataError || e instanceof TransferError ||
+        e instanceof HttpStatusError || e instanceof NetworkFailure;
+      if (!known) throw e;
+      out.failed.push({ path: f.path, reason: `${url}: ${(e as Error).message}` });
+    }
+  }
+  return out;
+}

@@ -1,0 +1,162 @@
+/**
+ * The data manifest against the data folder, and `deno task data` against loopback HTTP servers
+ * that serve the folder: as it is, with one file corrupted, and dropping a connection midway.
+ */
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { type DataFile, fetchData, hasFile, readManifest } from "../../src/io/data.ts";
+import { sha256Path } from "../../src/io/hash.ts";
+import { dataDir } from "../../src/io/paths.ts";
+import { runCli } from "../helpers.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** A server of the data folder with Range support; `hook` may answer a request itself. */
+async function serve(
+  hook?: (path: string, req: IncomingMessage, res: ServerResponse, body: Uint8Array) => boolean,
+): Promise<{ url: string; requests: { path: string; range?: string }[]; close(): Promise<void> }> {
+  const requests: { path: string; range?: string }[] = [];
+  const server = createServer(async (req, res) => {
+    const path = decodeURIComponent(new URL(req.url!, "http://x").pathname.slice(1));
+    requests.push({ path, range: req.headers.range });
+    let body: Uint8Array;
+    try {
+      body = await readFile(join(dataDir(), path));
+    } catch {
+      res.writeHead(404).end();
+      return;
+    }
+    if (hook?.(path, req, res, body)) return;
+    const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? "");
+    if (m) {
+      const from = Number(m[1]);
+      res.writeHead(206, {
+        "content-length": body.length - from,
+        "content-range": `bytes ${from}-${body.length - 1}/${body.length}`,
+      });
+      res.end(body.subarray(from));
+    } else {
+      res.writeHead(200, { "content-length": body.length }).end(body);
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    close: () => new Promise((r) => server.close(() => r())),
+  };
+}
+
+test("manifest: every file of the data folder, with its size and SHA-256, url or source", async () => {
+  const m = await readManifest();
+  const tsv = (await readFile(join(dataDir(), "MANIFEST.tsv"), "utf8")).trim().split("\n").slice(1);
+  assert.equal(m.files.length, tsv.length);
+  for (const f of m.files) {
+    const info = await stat(join(dataDir(), f.path));
+    assert.equal(info.size, f.bytes, f.path);
+    assert.equal(await sha256Path(join(dataDir(), f.path)), f.sha256, f.path);
+    const url = f.url ?? f.derived!.url;
+    assert.match(
+      url,
+      /^https:\/\/raw\.githubusercontent\.com\/[^/]+\/[^/]+\/[0-9a-f]{40}\//,
+      f.path,
+    );
+  }
+  // What gemkit's default recipe and report read can be downloaded as it is.
+  const byPath = new Map(m.files.map((f) => [f.path, f]));
+  for (const p of ["models/llama2c/stories260K.bin", "corpus/tinystories_valid_head.txt"]) {
+    assert.ok(byPath.get(p)?.url, `${p} has a download url`);
+  }
+});
+
+test("deno task data --mirror: fetches, verifies, is idempotent, names a missing derived file", async () => {
+  const m = await readManifest();
+  const server = await serve();
+  const dest = await mkdtemp(join(tmpdir(), "gemkit-data-"));
+  try {
+    const run = (extra: string[]) =>
+      runCli(`${ROOT}src/cli/data.ts`, ["--dest", dest, ...extra], { GEMKIT_DATA: dest });
+    const first = await run(["--only", "stsb,stories260k", "--mirror", server.url]);
+    assert.equal(first.code, 0, first.err);
+    assert.match(first.err, /7 fetched, 0 already present/);
+    for (const f of m.files.filter((f) => f.group === "stsb" || f.group === "stories260k")) {
+      assert.ok(await hasFile(dest, f), f.path);
+    }
+    const n = server.requests.length;
+    const again = await run(["--only", "stsb,stories260k", "--mirror", server.url]);
+    assert.equal(again.code, 0, again.err);
+    assert.match(again.err, /0 fetched, 7 already present/);
+    assert.equal(server.requests.length, n, "a second run downloads nothing");
+    // Without a mirror, a derived file is named with its source and transform, and the exit is 1.
+    const derived = await run(["--only", "trec"]);
+    assert.equal(derived.code, 1);
+    assert.match(derived.err, /eval\/trec_qc\/train\.txt is made from https:\/\/\S+qc\.zip/);
+    const bad = await run(["--only", "nothing"]);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.err, /--only: no group 'nothing'/);
+  } finally {
+    await server.close();
+    await rm(dest, { recursive: true });
+  }
+});
+
+test("data fetch: a corrupted file is named and removed, good files stay; a dropped transfer resumes", async () => {
+  const m = await readManifest();
+  const pick = (p: string) => m.files.find((f) => f.path === p)!;
+  const good: DataFile = pick("eval/stsb/sts-dev.csv");
+  const corrupt: DataFile = pick("eval/stsb/sts-test.csv");
+  const dropped: DataFile = pick("models/llama2c/stories260K.bin");
+  let drops = 0;
+  const server = await serve((path, _req, res, body) => {
+    if (path === corrupt.path) {
+      const copy = body.slice();
+      copy[100] ^= 1;
+      res.writeHead(200, { "content-length": copy.length }).end(copy);
+      return true;
+    }
+    if (path === dropped.path && drops === 0) {
+      // Half the body, then the connection goes away.
+      drops++;
+      res.writeHead(200, { "content-length": body.length });
+      res.write(body.subarray(0, body.length >> 1), () => res.socket?.destroy());
+      return true;
+    }
+    return false;
+  });
+  const dest = await mkdtemp(join(tmpdir(), "gemkit-data-"));
+  try {
+    const res = await fetchData(dest, [good, corrupt, dropped], {
+      mirror: server.url,
+      retryDelayMs: 10,
+    });
+    assert.deepEqual(res.fetched, [good.path, dropped.path]);
+    assert.equal(res.failed.length, 1);
+    assert.equal(res.failed[0].path, corrupt.path);
+    assert.match(res.failed[0].reason, /sts-test\.csv: SHA-256 [0-9a-f]{64}, expected/);
+    await assert.rejects(stat(join(dest, corrupt.path)), "no corrupted file is left");
+    await assert.rejects(stat(join(dest, `${corrupt.path}.part`)), "nor its partial download");
+    assert.ok(await hasFile(dest, good));
+    assert.ok(await hasFile(dest, dropped));
+    const resumed = server.requests.filter((r) => r.path === dropped.path);
+    assert.equal(resumed.length, 2);
+    assert.match(resumed[1].range ?? "", /^bytes=\d+-$/, "the second request resumes");
+    assert.ok(Number(/\d+/.exec(resumed[1].range!)![0]) > 0);
+    // A good file already in place is never fetched or touched again.
+    const before = (await stat(join(dest, good.path))).mtimeMs;
+    const n = server.requests.length;
+    const again = await fetchData(dest, [good], { mirror: server.url });
+    assert.deepEqual(again.present, [good.path]);
+    assert.equal(server.requests.length, n);
+    assert.equal((await stat(join(dest, good.path))).mtimeMs, before);
+  } finally {
+    await server.close();
+    await rm(dest, { recursive: true });
+  }
+});
