@@ -34,23 +34,27 @@ export class UsageError extends Error {
   override name = "UsageError";
 }
 
-/** Parses `argv` against `spec`; `--help` throws a UsageError carrying the usage text. */
+/**
+ * Parses `argv` against `spec`; `--help` throws a UsageError carrying the usage text, which ends
+ * with `example`, a command that runs as it is from the checkout (tests run them).
+ */
 export function parseArgs(
   argv: readonly string[],
   spec: Record<string, FlagSpec>,
   usage: string,
+  example?: string,
 ): ParsedArgs {
   const flags: ParsedArgs["flags"] = {};
   for (const [k, s] of Object.entries(spec)) flags[k] = s.default;
   const overrides: [string, string][] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
-    if (a === "--help" || a === "-h") throw new UsageError(helpText(spec, usage));
+    if (a === "--help" || a === "-h") throw new UsageError(helpText(spec, usage, example));
     if (a.startsWith("--")) {
       const eq = a.indexOf("=");
       const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
       const s = spec[name];
-      if (!s) throw new UsageError(`unknown flag --${name}\n${helpText(spec, usage)}`);
+      if (!s) throw new UsageError(`unknown flag --${name}\n${helpText(spec, usage, example)}`);
       let value: string;
       if (s.type === "boolean" && eq < 0) value = "true";
       else if (eq > 0) value = a.slice(eq + 1);
@@ -72,17 +76,17 @@ export function parseArgs(
       const eq = a.indexOf("=");
       overrides.push([a.slice(0, eq), a.slice(eq + 1)]);
     } else {
-      throw new UsageError(`unexpected argument '${a}'\n${helpText(spec, usage)}`);
+      throw new UsageError(`unexpected argument '${a}'\n${helpText(spec, usage, example)}`);
     }
   }
   return { flags, overrides };
 }
 
-function helpText(spec: Record<string, FlagSpec>, usage: string): string {
+function helpText(spec: Record<string, FlagSpec>, usage: string, example?: string): string {
   const rows = Object.entries(spec).map(([k, s]) =>
     `  --${k.padEnd(14)} ${s.help}${s.default !== undefined ? ` (default ${s.default})` : ""}`
   );
-  return `${usage}\n\n${rows.join("\n")}`;
+  return `${usage}\n\n${rows.join("\n")}${example ? `\n\nexample:\n  ${example}` : ""}`;
 }
 
 /** Runs a CLI main: usage errors and known failures print one line, not a stack trace. */

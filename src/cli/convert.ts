@@ -11,13 +11,20 @@ import { readLlama2c, writeLlama2c } from "../io/llama2c.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
 
 const USAGE = "usage: deno task convert --input PATH --output PATH [--dtype F32|F16]";
+const EXAMPLE =
+  "deno task convert --input ../shared/data/models/llama2c/stories260K.bin --output /tmp/stories260K-hf";
 
 await runMain(async () => {
-  const { flags } = parseArgs(args(), {
-    input: { type: "string", help: "llama2.c .bin file, or Hugging Face directory" },
-    output: { type: "string", help: "HF directory (from .bin), or .bin file (from HF)" },
-    dtype: { type: "string", help: "safetensors dtype when writing HF", default: "F32" },
-  }, USAGE);
+  const { flags } = parseArgs(
+    args(),
+    {
+      input: { type: "string", help: "llama2.c .bin file, or Hugging Face directory" },
+      output: { type: "string", help: "HF directory (from .bin), or .bin file (from HF)" },
+      dtype: { type: "string", help: "safetensors dtype when writing HF", default: "F32" },
+    },
+    USAGE,
+    EXAMPLE,
+  );
   if (!flags.input || !flags.output) {
     throw new UsageError(`--input and --output are required\n${USAGE}`);
   }

@@ -13,14 +13,20 @@ import { dataDirCandidates } from "../io/paths.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
 
 const USAGE = "usage: deno task data [--dest DIR] [--only GROUP,...] [--mirror URL] [--list]";
+const EXAMPLE = "deno task data --only stsb";
 
 await runMain(async () => {
-  const { flags } = parseArgs(args(), {
-    dest: { type: "string", help: "data folder to fill (default: the one gemkit reads)" },
-    only: { type: "string", help: "comma-separated groups (see --list)" },
-    mirror: { type: "string", help: "fetch MIRROR/<path> instead of each file's origin" },
-    list: { type: "boolean", help: "print the groups, their files and sizes, and exit" },
-  }, USAGE);
+  const { flags } = parseArgs(
+    args(),
+    {
+      dest: { type: "string", help: "data folder to fill (default: the one gemkit reads)" },
+      only: { type: "string", help: "comma-separated groups (see --list)" },
+      mirror: { type: "string", help: "fetch MIRROR/<path> instead of each file's origin" },
+      list: { type: "boolean", help: "print the groups, their files and sizes, and exit" },
+    },
+    USAGE,
+    EXAMPLE,
+  );
   const manifest = await readManifest();
   const groups = new Map<string, DataFile[]>();
   for (const f of manifest.files) groups.set(f.group, [...groups.get(f.group) ?? [], f]);

@@ -18,6 +18,8 @@ import { MODEL_FLAGS, parseArgs, runMain, UsageError } from "./args.ts";
 
 const USAGE =
   "usage: deno task embed --model PATH --input FILE --output OUT.npy [--pooling P] [--batch B]";
+const EXAMPLE =
+  'printf "a cat sat\\na dog ran\\n" > /tmp/texts.txt && deno task embed --model @data/models/llama2c/stories260K.bin --tokenizer @data/models/llama2c/tok512.bin --input /tmp/texts.txt --output /tmp/texts.npy --pooling mean';
 
 /** Texts of the input file, one per line (text) or per JSON line; errors name the line. */
 export function readInputTexts(path: string): string[] {
@@ -65,13 +67,18 @@ export function npyBytes(rows: readonly Float32Array[], d: number): Uint8Array {
 
 if (isMain(import.meta)) {
   await runMain(async () => {
-    const { flags } = parseArgs(args(), {
-      ...MODEL_FLAGS,
-      input: { type: "string", help: "texts: one per line, or JSONL with a 'text' field" },
-      output: { type: "string", help: "where to write float32 [n, d] .npy" },
-      pooling: { type: "string", help: "gem (GEM checkpoints) | mean | last | prompt" },
-      batch: { type: "number", help: "texts per forward pass", default: 64 },
-    }, USAGE);
+    const { flags } = parseArgs(
+      args(),
+      {
+        ...MODEL_FLAGS,
+        input: { type: "string", help: "texts: one per line, or JSONL with a 'text' field" },
+        output: { type: "string", help: "where to write float32 [n, d] .npy" },
+        pooling: { type: "string", help: "gem (GEM checkpoints) | mean | last | prompt" },
+        batch: { type: "number", help: "texts per forward pass", default: 64 },
+      },
+      USAGE,
+      EXAMPLE,
+    );
     for (const f of ["model", "input", "output"]) {
       if (!flags[f]) throw new UsageError(`--${f} is required\n${USAGE}`);
     }

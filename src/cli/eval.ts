@@ -25,6 +25,8 @@ import { runtimeVersions } from "../study/records.ts";
 const USAGE =
   "usage: deno task eval --model PATH [--tokenizer PATH] [--tasks all|LIST] [--pooling P|all] " +
   "[--seed S] [--out DIR]";
+const EXAMPLE =
+  "deno task eval --model @data/models/llama2c/stories260K.bin --tokenizer @data/models/llama2c/tok512.bin --tasks stsb --pooling mean --out /tmp/gemkit-eval";
 
 function fmt(x: number): string {
   return Math.abs(x) >= 100 ? x.toFixed(1) : x.toFixed(4);
@@ -61,18 +63,23 @@ function markdown(results: TaskResult[], poolings: string[]): string {
 }
 
 await runMain(async () => {
-  const { flags } = parseArgs(args(), {
-    ...MODEL_FLAGS,
-    tasks: {
-      type: "string",
-      help: `all, or a comma list of: ${TASK_NAMES.join(", ")} (probe: GEM models only)`,
-      default: "all",
+  const { flags } = parseArgs(
+    args(),
+    {
+      ...MODEL_FLAGS,
+      tasks: {
+        type: "string",
+        help: `all, or a comma list of: ${TASK_NAMES.join(", ")} (probe: GEM models only)`,
+        default: "all",
+      },
+      pooling: { type: "string", help: "gem | mean | last | prompt | all", default: "all" },
+      seed: { type: "number", help: "seed of k-means restarts", default: 0 },
+      out: { type: "string", help: "output directory", default: "runs/eval" },
+      "mmlu-limit": { type: "number", help: "questions per MMLU subject at most (default: all)" },
     },
-    pooling: { type: "string", help: "gem | mean | last | prompt | all", default: "all" },
-    seed: { type: "number", help: "seed of k-means restarts", default: 0 },
-    out: { type: "string", help: "output directory", default: "runs/eval" },
-    "mmlu-limit": { type: "number", help: "questions per MMLU subject at most (default: all)" },
-  }, USAGE);
+    USAGE,
+    EXAMPLE,
+  );
   if (!flags.model) throw new UsageError(`--model is required\n${USAGE}`);
   const named = flags.tasks === "all"
     ? null

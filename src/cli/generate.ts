@@ -18,16 +18,23 @@ function writeOut(text: string): void {
 }
 
 const USAGE = "usage: deno task generate --model PATH [--tokenizer PATH] [--prompt TEXT] [options]";
+const EXAMPLE =
+  'deno task generate --model @data/models/llama2c/stories260K.bin --tokenizer @data/models/llama2c/tok512.bin --prompt "Once upon a time" --max-tokens 40 --temperature 0';
 
 await runMain(async () => {
-  const { flags } = parseArgs(args(), {
-    ...MODEL_FLAGS,
-    prompt: { type: "string", help: "text to continue", default: "" },
-    "max-tokens": { type: "number", help: "new tokens at most", default: 256 },
-    temperature: { type: "number", help: "0 = greedy", default: 1.0 },
-    "top-p": { type: "number", help: "nucleus mass kept", default: 0.9 },
-    seed: { type: "number", help: "sampling seed", default: 0 },
-  }, USAGE);
+  const { flags } = parseArgs(
+    args(),
+    {
+      ...MODEL_FLAGS,
+      prompt: { type: "string", help: "text to continue", default: "" },
+      "max-tokens": { type: "number", help: "new tokens at most", default: 256 },
+      temperature: { type: "number", help: "0 = greedy", default: 1.0 },
+      "top-p": { type: "number", help: "nucleus mass kept", default: 0.9 },
+      seed: { type: "number", help: "sampling seed", default: 0 },
+    },
+    USAGE,
+    EXAMPLE,
+  );
   if (!flags.model) throw new UsageError(`--model is required\n${USAGE}`);
   const temperature = flags.temperature as number, topP = flags["top-p"] as number;
   if (temperature < 0) throw new UsageError("--temperature must be >= 0");

@@ -33,6 +33,7 @@ import { parseArgs, runMain, UsageError } from "./args.ts";
 
 const USAGE = "usage: deno task sweep --study FILE [--only LABEL,...] [--seeds 0,1,2] " +
   "[--runs DIR] [--results DIR] [--summarize] [--plan] [--stop-at N]";
+const EXAMPLE = "deno task sweep --study studies/token-count.json --plan";
 
 /** One unit of work: a baseline row, the untrained row, or a variant with a seed. */
 interface Job {
@@ -113,20 +114,28 @@ async function work(study: Study, job: Job, place: RunPlace, file: string): Prom
 }
 
 await runMain(async () => {
-  const { flags } = parseArgs(args(), {
-    study: { type: "string", help: "study file (studies/*.json)" },
-    only: { type: "string", help: "comma list of variant labels (base-mean etc. for references)" },
-    seeds: { type: "string", help: "comma list of seeds (default: the study's)" },
-    runs: { type: "string", help: "folder of run directories", default: "runs/ablations" },
-    results: { type: "string", help: "folder of records", default: "results/ablations" },
-    summarize: { type: "boolean", help: "only write the summary from the records" },
-    plan: { type: "boolean", help: "print what would run, reuse or be skipped, then stop" },
-    "stop-at": {
-      type: "number",
-      help: "stop each training after this step, with a checkpoint (rerun to continue)",
+  const { flags } = parseArgs(
+    args(),
+    {
+      study: { type: "string", help: "study file (studies/*.json)" },
+      only: {
+        type: "string",
+        help: "comma list of variant labels (base-mean etc. for references)",
+      },
+      seeds: { type: "string", help: "comma list of seeds (default: the study's)" },
+      runs: { type: "string", help: "folder of run directories", default: "runs/ablations" },
+      results: { type: "string", help: "folder of records", default: "results/ablations" },
+      summarize: { type: "boolean", help: "only write the summary from the records" },
+      plan: { type: "boolean", help: "print what would run, reuse or be skipped, then stop" },
+      "stop-at": {
+        type: "number",
+        help: "stop each training after this step, with a checkpoint (rerun to continue)",
+      },
+      worker: { type: "string", help: "(internal) run one job: LABEL or LABEL:SEED" },
     },
-    worker: { type: "string", help: "(internal) run one job: LABEL or LABEL:SEED" },
-  }, USAGE);
+    USAGE,
+    EXAMPLE,
+  );
   if (!flags.study) throw new UsageError(`--study is required\n${USAGE}`);
   const study = await readStudy(flags.study as string);
   const results = flags.results as string;

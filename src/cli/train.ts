@@ -22,6 +22,7 @@ import { baselineReport, gemReport, printReport } from "./report.ts";
 
 const USAGE = "usage: deno task train [--config FILE] [--out DIR] [--steps N] [--seed S] " +
   "[--resume DIR] [--stop-at K] [--no-report] [key=value ...]";
+const EXAMPLE = "deno task train --steps 200 --out runs/quick";
 
 function progress(total: number, start: number) {
   const tty = stderrIsTerminal();
@@ -50,19 +51,28 @@ function progress(total: number, start: number) {
 }
 
 await runMain(async () => {
-  const { flags, overrides } = parseArgs(args(), {
-    config: { type: "string", help: "JSON config file (fields: src/train/config.ts, README)" },
-    out: {
-      type: "string",
-      help: "run directory (default runs/gem; with --resume, the resumed run's)",
+  const { flags, overrides } = parseArgs(
+    args(),
+    {
+      config: { type: "string", help: "JSON config file (fields: src/train/config.ts, README)" },
+      out: {
+        type: "string",
+        help: "run directory (default runs/gem; with --resume, the resumed run's)",
+      },
+      steps: { type: "number", help: "optimizer steps of the whole run (fixes the schedule)" },
+      seed: { type: "number", help: "seed" },
+      resume: { type: "string", help: "continue a run: its directory or a checkpoint directory" },
+      "stop-at": { type: "number", help: "stop after this step, with a checkpoint" },
+      report: {
+        type: "boolean",
+        help: "evaluate before/after and print the report",
+        default: true,
+      },
+      "no-report": { type: "boolean", help: "skip the report", default: false },
     },
-    steps: { type: "number", help: "optimizer steps of the whole run (fixes the schedule)" },
-    seed: { type: "number", help: "seed" },
-    resume: { type: "string", help: "continue a run: its directory or a checkpoint directory" },
-    "stop-at": { type: "number", help: "stop after this step, with a checkpoint" },
-    report: { type: "boolean", help: "evaluate before/after and print the report", default: true },
-    "no-report": { type: "boolean", help: "skip the report", default: false },
-  }, USAGE);
+    USAGE,
+    EXAMPLE,
+  );
   let out = (flags.out as string | undefined) ?? "runs/gem";
   let config: TrainConfig;
   let ckpt: string | undefined;

@@ -12,6 +12,7 @@ import { CorpusError } from "../../src/io/corpus.ts";
 import { withConfigTable } from "../../scripts/readme_config.ts";
 import { normTables, withStudyTables } from "../../scripts/readme_studies.ts";
 import { FIELDS } from "../../src/recipe/config.ts";
+import { runCli } from "../helpers.ts";
 
 test("args: flags, booleans, overrides; unknown flags and bad numbers are usage errors", () => {
   const spec = {
@@ -77,4 +78,15 @@ test("README: the study tables match the committed records", async () => {
     normTables(readme),
     "run deno run -A scripts/readme_studies.ts",
   );
+});
+
+test("every CLI: --help exits 0 and ends with an example of that command", async () => {
+  const root = new URL("../../", import.meta.url).pathname;
+  for (const name of ["train", "generate", "embed", "eval", "sweep", "convert", "data"]) {
+    const r = await runCli(`${root}src/cli/${name}.ts`, ["--help"]);
+    assert.equal(r.code, 0, `${name}: ${r.err}`);
+    const m = /\nexample:\n {2}(.+)\n?$/.exec(r.err);
+    assert.ok(m, `${name} --help ends with an example:\n${r.err}`);
+    assert.match(m[1], new RegExp(`(^|&& )deno task ${name} `), `${name}'s example runs ${name}`);
+  }
 });

@@ -153,3 +153,15 @@ test("deno task eval: results.json (metrics, hashes, versions), results.md and o
   );
   await rm(dir, { recursive: true });
 });
+
+test("the --help examples run as printed (all but train's 200 steps)", async () => {
+  await testGpu();
+  for (const name of ["generate", "embed", "eval", "sweep", "convert", "data"]) {
+    const help = await run(`${name}.ts`, ["--help"]);
+    const example = /\nexample:\n {2}(.+)\n?$/.exec(help.err)![1];
+    const r = await runCommand("bash", ["-c", `cd '${root}' && ${example}`]);
+    assert.equal(r.code, 0, `${example}\n${r.err.slice(-2000)}`);
+  }
+  await rm("/tmp/stories260K-hf", { recursive: true });
+  await rm("/tmp/gemkit-eval", { recursive: true });
+});
