@@ -7,7 +7,7 @@
  * results.md and report.html (plotly bar charts, opens offline) into --out.
  */
 
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { mkdir, readFile } from "node:fs/promises";
 import { args, projectRoot, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
 import type { Pooling } from "../gem/gem.ts";
@@ -20,7 +20,8 @@ import { sha256Path } from "../io/hash.ts";
 import { writeAtomic } from "../io/atomic.ts";
 import { MODEL_FLAGS, parseArgs, runMain, UsageError } from "./args.ts";
 import { type Figure, figuresHtml } from "../eval/plotly.ts";
-import { runtimeVersions } from "../study/records.ts";
+import { runEnv, runtimeVersions } from "../study/records.ts";
+import { mtebFiles } from "../eval/mteb.ts";
 
 const USAGE =
   "usage: deno task eval --model PATH [--tokenizer PATH] [--tasks all|LIST] [--pooling P|all] " +
@@ -76,11 +77,19 @@ await runMain(async () => {
       seed: { type: "number", help: "seed of k-means restarts", default: 0 },
       out: { type: "string", help: "output directory", default: "runs/eval" },
       "mmlu-limit": { type: "number", help: "questions per MMLU subject at most (default: all)" },
+      format: {
+        type: "string",
+        help: "gemkit, or mteb: also one MTEB-style JSON per task in OUT/mteb/",
+        default: "gemkit",
+      },
     },
     USAGE,
     EXAMPLE,
   );
   if (!flags.model) throw new UsageError(`--model is required\n${USAGE}`);
+  if (flags.format !== "gemkit" && flags.format !== "mteb") {
+    throw new UsageError(`--format must be gemkit or mteb, got '${flags.format}'`);
+  }
   const named = flags.tasks === "all"
     ? null
     : String(flags.tasks).split(",").map((t) => t.trim()).filter(Boolean);
@@ -161,8 +170,12 @@ await runMain(async () => {
     data[f] = await sha256Path(`${dataDir()}/${f}`);
   }
   const modelPath = spec;
+  const env = await runEnv();
   const json = {
     model: modelPath,
+    commit: env.commit,
+    dirty: env.dirty,
+    config: { tasks: tasks.map((t) => t.name), mmluLimit: flags["mmlu-limit"] ?? null },
     gem: gem?.info ?? null,
     poolings,
     seed: flags.seed,
@@ -177,6 +190,13 @@ await runMain(async () => {
     results,
   };
   await writeAtomic(`${out}/results.json`, JSON.stringify(json, null, 1) + "\n");
+  if (flags.format === "mteb") {
+    const about = { model: modelPath, gem: json.gem, commit: env.commit, dirty: env.dirty, data };
+    for (const f of mtebFiles(results, about)) {
+      await mkdir(dirname(`${out}/${f.path}`), { recursive: true });
+      await writeAtomic(`${out}/${f.path}`, JSON.stringify(f.json, null, 1) + "\n");
+    }
+  }
   const md = `# gemkit eval: ${modelPath}\n\n${markdown(results, poolings)}`;
   await writeAtomic(`${out}/results.md`, md);
   const figures: Figure[] = [

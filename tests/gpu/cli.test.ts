@@ -133,6 +133,8 @@ test("deno task eval: results.json (metrics, hashes, versions), results.md and o
     "mean,last",
     "--out",
     dir,
+    "--format",
+    "mteb",
   ]);
   assert.equal(r.code, 0, r.err);
   const j = JSON.parse(await readFile(`${dir}/results.json`, "utf8"));
@@ -141,11 +143,22 @@ test("deno task eval: results.json (metrics, hashes, versions), results.md and o
   const stsb = j.results.find((x: { task: string; pooling: string }) =>
     x.task === "stsb" && x.pooling === "mean"
   );
-  // The issue's independent measurement of mean pooling on STS-B test: 0.41.
+  // An independent measurement of mean pooling on STS-B test (numpy, same model) gave 0.41.
   assert.ok(Math.abs(stsb.metrics.spearman - 0.41) < 0.01, `stsb mean ${stsb.metrics.spearman}`);
   assert.match(j.data["eval/stsb/sts-test.csv"], /^[0-9a-f]{64}$/);
   assert.ok(j.versions.adapter && j.versions.deno);
   assert.match(await readFile(`${dir}/results.md`, "utf8"), /\| stsb \| spearman \|/);
+  assert.match(j.commit, /^[0-9a-f]{40}$/);
+  assert.deepEqual(j.config.tasks, ["stsb", "trec-clustering"]);
+  // MTEB-style files: MTEB's task name, main score = the headline metric, the pooling's folder.
+  const mteb = JSON.parse(await readFile(`${dir}/mteb/mean/STSBenchmark.json`, "utf8"));
+  assert.equal(mteb.task_name, "STSBenchmark");
+  assert.equal(mteb.scores.test[0].main_score, stsb.metrics.spearman);
+  assert.equal(mteb.scores.test[0].cosine_spearman, stsb.metrics.spearman);
+  assert.equal(mteb.gemkit.commit, j.commit);
+  const clus = JSON.parse(await readFile(`${dir}/mteb/last/trec-clustering.json`, "utf8"));
+  assert.equal(clus.task_name, "trec-clustering");
+  assert.equal(typeof clus.scores.test[0].main_score, "number");
   const html = await readFile(`${dir}/report.html`, "utf8");
   assert.ok(
     html.includes("<table>") && html.includes("Plotly.newPlot") && !/<script[^>]*\ssrc=/.test(html),
