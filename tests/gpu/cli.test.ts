@@ -178,3 +178,57 @@ test("the --help examples run as printed (all but train's 200 steps)", async () 
   await rm("/tmp/stories260K-hf", { recursive: true });
   await rm("/tmp/gemkit-eval", { recursive: true });
 });
+
+test("examples/embed_numpy.py: numpy alone gives deno task embed's GEM vectors within 1e-4", async () => {
+  await testGpu();
+  const { model, tokenizer } = await loadModel(`${M()}/stories260K.bin`, {
+    tokenizer: `${M()}/tok512.bin`,
+  });
+  const gem = await addSpecialTokens(model, tokenizer, { k: 4 });
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
+  try {
+    await saveGem(`${dir}/ckpt`, gem, `${M()}/tok512.bin`);
+    const texts = [
+      "Once upon a time there was a cat.",
+      "The dog ran to the park, and Lily ran too!",
+      "Un café à Zürich", // bytes without a piece fall back to <0xNN> tokens
+      "x",
+    ];
+    await writeFile(`${dir}/texts.txt`, texts.join("\n") + "\n");
+    const ours = await run("embed.ts", [
+      "--model",
+      `${dir}/ckpt`,
+      "--input",
+      `${dir}/texts.txt`,
+      "--output",
+      `${dir}/deno.npy`,
+      "--pooling",
+      "gem",
+    ]);
+    assert.equal(ours.code, 0, ours.err);
+    const py = await runCommand("/usr/bin/python3", [
+      `${root}examples/embed_numpy.py`,
+      `${dir}/ckpt`,
+      `${dir}/texts.txt`,
+      `${dir}/numpy.npy`,
+    ]);
+    assert.equal(py.code, 0, py.err);
+    const a = npyFloats(await readBytes(`${dir}/deno.npy`));
+    const b = npyFloats(await readBytes(`${dir}/numpy.npy`));
+    assert.equal(a.length, texts.length * 64);
+    assert.equal(b.length, a.length);
+    let worst = 0;
+    for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+    assert.ok(worst < 1e-4, `largest difference ${worst}`);
+  } finally {
+    gem.dispose();
+    await rm(dir, { recursive: true });
+  }
+});
+
+/** The float32 payload of a .npy file (version 1 header). */
+function npyFloats(bytes: Uint8Array): Float32Array {
+  const headerLen = bytes[8] | (bytes[9] << 8);
+  const body = bytes.slice(10 + headerLen);
+  return new Float32Array(body.buffer, body.byteOffset, body.byteLength / 4);
+}
