@@ -263,6 +263,8 @@ export type {
 export { nextTokenNll, rawForward } from "./src/gem/score.ts";
 /** GEM checkpoints (HF layout + tokenizer + gem.json). */
 export { GemFileError, isGemDir, loadGem, readGemInfo, saveGem } from "./src/gem/io.ts";
+/** The model card (README.md) a GEM checkpoint is saved with. */
+export { type CardOptions, modelCard } from "./src/gem/card.ts";
 /** The training loop's schedule (warm-up + cosine per phase). */
 export { scheduleAt } from "./src/train/schedule.ts";
 /** The loop's part of a configuration. */

@@ -131,4 +131,11 @@ export async function printReport(
   }
   console.log(lines.join("\n"));
   await writeAtomic(`${ckpt}/report.json`, JSON.stringify({ before, after }, null, 1) + "\n");
+  // The model card gains the report (held-out data only; report.json has every number).
+  const card = `${ckpt}/README.md`;
+  const text = await readFile(card, "utf8").catch(() => null);
+  if (text !== null) {
+    const section = ["## Evaluation (gemkit's train report)", ...lines.slice(3)].join("\n");
+    await writeAtomic(card, `${text.trimEnd()}\n\n${section}\n`);
+  }
 }

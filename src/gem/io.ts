@@ -4,6 +4,7 @@
  * design, pooling, lambda). Each file is written atomically.
  */
 
+import { type CardOptions, modelCard } from "./card.ts";
 import { mkdir, readFile, stat } from "node:fs/promises";
 import { writeAtomic } from "../io/atomic.ts";
 import { readHfModel, writeHfModel } from "../io/hf.ts";
@@ -24,8 +25,16 @@ function tokenizerName(src: string): string {
   return src.endsWith(".json") ? "tokenizer.json" : "tokenizer.bin";
 }
 
-/** Writes `gem` (weights, config, tokenizer copy, gem.json) into `dir`. */
-export async function saveGem(dir: string, gem: GemModel, tokenizerPath: string): Promise<void> {
+/**
+ * Writes `gem` (weights, config, tokenizer copy, gem.json) into `dir`, and with `card` its model
+ * card README.md (see {@link modelCard}).
+ */
+export async function saveGem(
+  dir: string,
+  gem: GemModel,
+  tokenizerPath: string,
+  card?: CardOptions,
+): Promise<void> {
   await mkdir(dir, { recursive: true });
   const weights = new Map<string, Float32Array>();
   for (const [name, t] of gem.model.params) weights.set(name, (await t.toArray()) as Float32Array);
@@ -33,6 +42,7 @@ export async function saveGem(dir: string, gem: GemModel, tokenizerPath: string)
   await writeAtomic(`${dir}/${tokenizerName(tokenizerPath)}`, await readFile(tokenizerPath));
   const info: GemInfo = { ...gem.info, logitScale: await gem.currentLogitScale() };
   await writeAtomic(`${dir}/gem.json`, JSON.stringify(info, null, 2) + "\n");
+  if (card) await writeAtomic(`${dir}/README.md`, modelCard(info, card));
 }
 
 /** Reads gem.json, checking every field. */

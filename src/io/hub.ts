@@ -75,8 +75,17 @@ export interface HubOptions {
 }
 
 /** Files every checkpoint must have, and those fetched when the repo has them. */
-const REQUIRED = ["config.json", "tokenizer.json"];
-const OPTIONAL = ["tokenizer_config.json", "generation_config.json", "special_tokens_map.json"];
+const REQUIRED = ["config.json"];
+/** One of these is required: Hugging Face's tokenizer, or llama2.c's (GEM checkpoints of it). */
+const TOKENIZERS = ["tokenizer.json", "tokenizer.bin"];
+/** With `gem.json` a GEM checkpoint (src/gem/io.ts); README.md is its model card. */
+const OPTIONAL = [
+  "tokenizer_config.json",
+  "generation_config.json",
+  "special_tokens_map.json",
+  "gem.json",
+  "README.md",
+];
 const SINGLE = "model.safetensors";
 const INDEX = "model.safetensors.index.json";
 
@@ -141,6 +150,9 @@ function isSafeRelative(path: string): boolean {
 export async function missingFiles(dir: string): Promise<string[]> {
   const missing: string[] = [];
   for (const f of REQUIRED) if (await sizeOf(`${dir}/${f}`) < 0) missing.push(f);
+  let tokenizer = false;
+  for (const f of TOKENIZERS) tokenizer ||= await sizeOf(`${dir}/${f}`) >= 0;
+  if (!tokenizer) missing.push(TOKENIZERS[0]);
   if (await sizeOf(`${dir}/${INDEX}`) >= 0) {
     let shards: string[];
     try {
@@ -309,7 +321,8 @@ async function downloadCheckpoint(ctx: Ctx): Promise<void> {
     if (!sizes.has(file)) throw new HubError(ctx.label, file, `not in the repo at ${ctx.endpoint}`);
     return file;
   };
-  const files = [...REQUIRED.map(need), ...OPTIONAL.filter((f) => sizes.has(f))];
+  const tokenizer = TOKENIZERS.find((f) => sizes.has(f)) ?? TOKENIZERS[0];
+  const files = [...REQUIRED.map(need), need(tokenizer), ...OPTIONAL.filter((f) => sizes.has(f))];
   if (sizes.has(INDEX)) {
     await fetchFile(ctx, INDEX, sizes.get(INDEX)!);
     let shards: string[];

@@ -15,7 +15,13 @@
 
 import { embedIds, type GemModel, type Pooling } from "../gem/gem.ts";
 import { isGemDir, loadGem } from "../gem/io.ts";
-import { dataPath, loadModel, type LoadModelOptions, resolveRunDir } from "../io/model.ts";
+import {
+  dataPath,
+  loadModel,
+  type LoadModelOptions,
+  locateModel,
+  resolveRunDir,
+} from "../io/model.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
 import { type GenerateOptions, type GenerateResult, generateText } from "../nn/generate.ts";
 import type { Llama } from "../nn/llama.ts";
@@ -103,8 +109,11 @@ function withMethods(
  * `opts.tokenizer` when its format carries none (llama2.c).
  */
 export async function openModel(spec: string, opts: LoadModelOptions = {}): Promise<OpenedModel> {
-  if (await isGemDir(dataPath(spec))) {
-    const path = await resolveRunDir(dataPath(spec));
+  // Run directories resolve to their checkpoint and hub ids are fetched (or found in the cache)
+  // first: either may be a GEM checkpoint.
+  const local = await isGemDir(dataPath(spec)) ? dataPath(spec) : (await locateModel(spec)).path;
+  if (await isGemDir(local)) {
+    const path = await resolveRunDir(local);
     const gem = await loadGem(path);
     return withMethods({
       model: gem.model,

@@ -117,7 +117,7 @@ export function gemTask(
         tokens: r.tokens,
       };
     },
-    saveModel: (dir) => saveGem(dir, gem, tokenizerPath),
+    saveModel: (dir) => saveGem(dir, gem, tokenizerPath, { base: config.model, config }),
     dataState: (): DataState => ({
       stream: stream.state(),
       pairs: pairs?.state() ?? null,

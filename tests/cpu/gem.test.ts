@@ -1,6 +1,7 @@
 /** GEM's pieces that need no GPU: role tables, sample building, config validation, schedule. */
 
 import { test } from "node:test";
+import { modelCard } from "../../src/gem/card.ts";
 import assert from "node:assert/strict";
 import { drawMask, MASK_DESIGNS, parseRoleTable, ROLE } from "../../src/gem/mask.ts";
 import {
@@ -168,4 +169,33 @@ test("config: defaults, overrides, errors naming the field; schedule shape", () 
   assert.ok(Math.abs(at(10).lr - 1e-3) < 1e-9, "peak after warm-up");
   assert.ok(at(24).lr < at(11).lr, "cosine falls within a phase");
   assert.ok(Math.abs(at(99).lr - 0.1 * 3e-4) < 1e-9, "ends at minLrFrac");
+});
+
+test("model card: base model, specials, mask, pooling, how to embed, config and results", () => {
+  const info = {
+    k: 2,
+    specialIds: [512, 513],
+    specialNames: ["<gem_0>", "<gem_1>"],
+    mask: "gem",
+    pooling: "mean" as const,
+    logitScale: 2.9957,
+  };
+  const card = modelCard(info, {
+    base: "@data/models/llama2c/stories260K.bin",
+    config: { steps: 400, gem: { k: 2 } },
+    results: "## Evaluation\n\n| a | b |",
+  });
+  assert.match(card, /^---\nlibrary_name: gemkit\n/);
+  assert.match(card, /base_model: @data\/models\/llama2c\/stories260K\.bin/);
+  assert.match(card, /\| special tokens \| 2: `<gem_0>` `<gem_1>` \(ids 512, 513\) \|/);
+  assert.match(card, /\| attention mask \(training\) \| `gem` \|/);
+  assert.match(card, /\| pooling of the specials \| mean, then L2-normalised \|/);
+  assert.match(card, /deno task embed --model THIS_DIR/);
+  assert.match(card, /"steps": 400/);
+  assert.match(card, /## Evaluation\n\n\| a \| b \|\n$/);
+  // A role table instead of a design name is written out.
+  assert.match(
+    modelCard({ ...info, mask: [[1, 0], [1, 2]] }, { base: "b" }),
+    /\[\[1,0\],\[1,2\]\]/,
+  );
 });

@@ -160,7 +160,8 @@ function tinyRepo(weights = bytes(300_000, 7)): Record<string, Bytes> {
     "config.json": text('{"hidden_size": 8}'),
     "tokenizer.json": text('{"model": {}}'),
     "tokenizer_config.json": text("{}"),
-    "README.md": text("not downloaded"),
+    "README.md": text("# a model card"),
+    "notes.txt": text("not downloaded"),
     "model.safetensors": weights,
   };
 }
@@ -255,6 +256,7 @@ test("fresh download: checkpoint files byte-identical, token sent, progress repo
     });
     assert.equal(dir, `${cache}/org/tiny/main`);
     assert.deepEqual(listing(dir), [
+      "README.md",
       "config.json",
       "model.safetensors",
       "tokenizer.json",
@@ -437,5 +439,35 @@ test("environment: GEMKIT_CACHE, HF_ENDPOINT and HF_TOKEN", async () => {
       assert.equal(dir, `${cache}/hub/org/tiny/main`);
       assert.ok(hub.seen.length > 0 && hub.seen.every((s) => s.auth === "Bearer hf_env"));
     });
+  });
+});
+
+test("a GEM checkpoint on the hub: llama2.c tokenizer and gem.json come with it", async () => {
+  const gem: Record<string, Bytes> = {
+    "config.json": text('{"hidden_size": 8}'),
+    "tokenizer.bin": bytes(1000, 3),
+    "gem.json": text('{"k": 4}'),
+    "README.md": text("# GEM checkpoint"),
+    "model.safetensors": bytes(5000, 9),
+  };
+  await withHub({ "org/gem": gem }, async (_hub, opts) => {
+    const dir = await resolveModel("org/gem", opts);
+    assert.deepEqual(listing(dir), [
+      "README.md",
+      "config.json",
+      "gem.json",
+      "model.safetensors",
+      "tokenizer.bin",
+    ]);
+    assert.deepEqual(await missingFiles(dir), []);
+  });
+  // Neither tokenizer: the first one is named as missing.
+  const none = { ...gem };
+  delete none["tokenizer.bin"];
+  await withHub({ "org/none": none }, async (_hub, opts) => {
+    await assert.rejects(
+      resolveModel("org/none", opts),
+      /org\/none@main: tokenizer\.json: not in the repo/,
+    );
   });
 });
