@@ -58,9 +58,10 @@ export function modelCard(info: GemInfo, opts: CardOptions): string {
     "```",
     "",
     "```ts",
-    'import { openModel } from "./mod.ts";',
+    'import { initGpu, openModel } from "./mod.ts"; // gemkit',
+    "await initGpu();",
     'const m = await openModel("THIS_DIR");',
-    'const { vectors } = await m.gem!.embed(["a text", "another"]);',
+    'const vectors = await m.encode(["a text", "another"]); // Float32Array per text',
     "```",
   ];
   if (opts.config !== undefined) {
