@@ -45,6 +45,8 @@ export interface Tokenizer {
   addSpecialTokens(names: string[]): number[];
   /** Names of the special tokens added so far, in id order. */
   readonly specialTokens: readonly string[];
+  /** The file it was read from ("<memory>" when built from bytes). */
+  readonly file: string;
 }
 
 /** A tokenizer file is malformed or unsupported; the message names the file, field and token. */

@@ -79,7 +79,7 @@ export const FIELDS: Record<string, [unknown, string]> = {
   ],
   tokenizer: [
     "@data/models/llama2c/tok512.bin",
-    "tokenizer file (a llama2.c model needs one; HF directories carry theirs)",
+    "tokenizer file for a llama2.c model; a model that carries its own (HF directory, hub id) uses it unless this is changed",
   ],
   data: [
     "tinystories",

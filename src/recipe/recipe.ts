@@ -9,15 +9,21 @@ import { addSpecialTokens, type GemModel } from "../gem/gem.ts";
 import { loadGem, saveGem } from "../gem/io.ts";
 import { drawSamples, type ObjectiveOptions, stepLoss, type TextSource } from "../gem/objective.ts";
 import { readTexts, tinyStories, wikitextSentences } from "../io/corpus.ts";
-import { dataPath, type LoadedModel, loadModel } from "../io/model.ts";
+import { dataPath, type LoadedModel, loadModel, locateModel } from "../io/model.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
 import { Rng } from "../tensor/random.ts";
 import { PairStream, readPairs, type StreamState, TextStream } from "../train/data.ts";
 import { readTrainerState, type TrainTask } from "../train/trainer.ts";
-import { buildConfig, maskTable, type TrainConfig } from "./config.ts";
+import { buildConfig, FIELDS, maskTable, type TrainConfig } from "./config.ts";
 
 /** The config's base model and tokenizer (before special tokens are added). */
 export async function openBase(config: TrainConfig): Promise<LoadedModel> {
+  // A model that carries its own tokenizer (an HF directory or hub id) uses it unless the config
+  // names another one than the default (which is the llama2.c stories260K's).
+  if (config.tokenizer === FIELDS.tokenizer[0]) {
+    const { path, format } = await locateModel(config.model);
+    if (await format.tokenizerIn(path)) return await loadModel(config.model);
+  }
   return await loadModel(config.model, { tokenizer: config.tokenizer });
 }
 
@@ -104,7 +110,10 @@ export function gemTask(
     next: () => stream.next(),
     nextPair: pairTexts ? () => pairs!.nextPair() : undefined,
   };
-  const tokenizerPath = dataPath(config.tokenizer);
+  // The file the model's tokenizer was read from (a checkpoint keeps a copy of it).
+  const tokenizerPath = gem.tokenizer.file === "<memory>"
+    ? dataPath(config.tokenizer)
+    : gem.tokenizer.file;
   return {
     params: gem.parameters(),
     decay: gem.parameters().map((p) => p.rank >= 2),

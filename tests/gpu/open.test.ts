@@ -12,6 +12,8 @@ import { FORMATS, loadModel, locateModel, ModelNotFoundError } from "../../src/i
 import { dataDir } from "../../src/io/paths.ts";
 import { generateText } from "../../src/nn/generate.ts";
 import { openModel } from "../../src/recipe/open.ts";
+import { buildConfig } from "../../src/recipe/config.ts";
+import { openBase } from "../../src/recipe/recipe.ts";
 import { testGpu } from "../helpers.ts";
 
 const M = () => `${dataDir()}/models/llama2c`;
@@ -50,6 +52,16 @@ test("openModel: llama2.c file, @data path, HF directory, GEM checkpoint and run
   assert.equal(hf.format, "hf");
   assert.deepEqual(await weights(hf), await weights(bin));
   hf.dispose();
+  // Training from it: the config's default tokenizer (stories260K's) gives way to the model's
+  // own; one named explicitly is kept.
+  const own = await openBase(buildConfig(null, [["model", hfOut]]));
+  assert.equal(own.tokenizer.file, `${hfOut}/tokenizer.bin`);
+  own.model.dispose();
+  const named = await openBase(
+    buildConfig(null, [["model", hfOut], ["tokenizer", `${M()}/tok512.bin`]]),
+  );
+  assert.equal(named.tokenizer.file, `${M()}/tok512.bin`);
+  named.model.dispose();
   await rm(hfOut, { recursive: true });
 
   const gem = await addSpecialTokens(bin.model, bin.tokenizer, { k: 3, mask: "causal" });
