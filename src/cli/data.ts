@@ -8,6 +8,7 @@
 
 import { existsSync } from "node:fs";
 import { args, exit, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
+import { progressPrinter } from "../platform/progress.ts";
 import { type DataFile, fetchData, readManifest } from "../io/data.ts";
 import { dataDirCandidates } from "../io/paths.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
@@ -58,19 +59,17 @@ await runMain(async () => {
     (candidates.find((c) => existsSync(c.dir)) ?? candidates[candidates.length - 1]).dir;
   const total = files.reduce((n, f) => n + f.bytes, 0);
   console.error(`gemkit data: ${files.length} files (${(total / 1e6).toFixed(1)} MB) in ${dest}`);
-  const t0 = performance.now();
-  let done = 0, lastPct = -1;
+  // One progress line over all the bytes (files already present count as done).
+  const print = progressPrinter("gemkit data:", { unit: "MB", scale: 1e6, decimals: 1 });
+  let done = 0;
   const res = await fetchData(dest, files, {
     mirror: flags.mirror as string | undefined,
     onProgress: (f, state, bytes) => {
-      if (state === "fetching") {
-        const mb = (done + bytes) / 1e6, s = (performance.now() - t0) / 1000;
-        const pct = Math.floor(((done + bytes) / total) * 100);
-        const line = `gemkit data: ${f.path} ${pct}% (${(mb / Math.max(s, 1e-3)).toFixed(1)} MB/s)`;
-        if (stderrIsTerminal()) writeStderr(`\r${line}\x1b[K`);
-        else if (pct >= lastPct + 5) console.error(line);
-        lastPct = Math.max(lastPct, pct - (pct % 5));
-      } else done += f.bytes;
+      if (state === "fetching") print(done + bytes, total);
+      else {
+        done += f.bytes;
+        print(done, total);
+      }
     },
   });
   if (stderrIsTerminal()) writeStderr("\r\x1b[K");

@@ -8,6 +8,7 @@
 
 import { readFileSync } from "node:fs";
 import { args, isMain } from "../platform/platform.ts";
+import { progressPrinter } from "../platform/progress.ts";
 import type { Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
 import { writeAtomic } from "../io/atomic.ts";
@@ -98,7 +99,7 @@ if (isMain(import.meta)) {
       loaded.tokenizer,
       pooling as Pooling | "prompt",
       gem,
-      (d, n) => console.error(`gemkit embed: ${d}/${n}`),
+      progressPrinter("gemkit embed:", { unit: "texts" }),
     );
     const vectors = await e.embed(texts);
     if (e.truncated) {

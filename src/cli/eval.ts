@@ -10,6 +10,7 @@
 import { dirname, join } from "node:path";
 import { mkdir, readFile } from "node:fs/promises";
 import { args, projectRoot, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
+import { progressPrinter } from "../platform/progress.ts";
 import type { Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
 import { dataDir } from "../io/paths.ts";
@@ -126,11 +127,14 @@ await runMain(async () => {
   }
   const results: TaskResult[] = [];
   const log = (m: string) => console.error(`gemkit eval: ${m}`);
-  const tty = stderrIsTerminal();
-  const progress = (label: string) => (done: number, total: number) => {
-    if (tty) writeStderr(`\r${label}: ${done}/${total}\x1b[K`);
-  };
-  const clearLine = () => tty && writeStderr("\r\x1b[K");
+  // One progress line per task run, numbered among all of them: "[3/12] stsb mean".
+  const runs = tasks.filter((t) => t.kind === "embedding").length * poolings.length +
+    tasks.filter((t) => t.kind !== "embedding").length;
+  let run = 0;
+  const progress = (label: string) =>
+    progressPrinter(`gemkit eval: [${++run}/${runs}] ${label}`, { unit: "items" });
+  // A task that stops short of its total leaves the terminal line open: clear it.
+  const clearLine = () => stderrIsTerminal() && writeStderr("\r\x1b[K");
   const ctx = {
     model,
     tokenizer,

@@ -4,6 +4,7 @@
  * the trained GEM model (GEM pooling). Baseline numbers are cached per base checkpoint (sha256).
  */
 
+import { progressPrinter } from "../platform/progress.ts";
 import { mkdir, readFile, stat } from "node:fs/promises";
 import { embedIds, type GemModel } from "../gem/gem.ts";
 import { writeAtomic } from "../io/atomic.ts";
@@ -51,9 +52,12 @@ export async function baselineReport(
   console.error("gemkit: evaluating the base model (perplexity, mean and last-token pooling)...");
   const t0 = performance.now();
   const heldOut = tinyStories().heldOut;
-  const ppl = await perplexity(model, tokenizer, heldOut);
+  const ppl = await perplexity(model, tokenizer, heldOut, {
+    onProgress: progressPrinter("gemkit report: base model perplexity", { unit: "texts" }),
+  });
   const poolings: Record<string, EmbedScores> = {};
   for (const pooling of ["mean", "last"] as const) {
+    console.error(`gemkit report: base model, ${pooling} pooling: in-domain retrieval, STS-B`);
     poolings[pooling] = await scores(async (texts) =>
       (await embedIds(model, texts.map((t) => tokenizer.encode(t, { bos: true })), {
         pooling,
@@ -73,7 +77,10 @@ export async function baselineReport(
 export async function gemReport(gem: GemModel): Promise<ModelReport> {
   console.error("gemkit: evaluating the trained model (perplexity, GEM pooling)...");
   const t0 = performance.now();
-  const ppl = await perplexity(gem.model, gem.tokenizer, tinyStories().heldOut);
+  const ppl = await perplexity(gem.model, gem.tokenizer, tinyStories().heldOut, {
+    onProgress: progressPrinter("gemkit report: trained model perplexity", { unit: "texts" }),
+  });
+  console.error("gemkit report: trained model, GEM pooling: in-domain retrieval, STS-B");
   const poolings = {
     gem: await scores(async (texts) => (await gem.embed(texts, { batch: 64 })).vectors),
   };

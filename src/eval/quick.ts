@@ -35,7 +35,11 @@ export async function perplexity(
   model: Llama,
   tokenizer: Tokenizer,
   texts: readonly string[],
-  opts: { maxLen?: number; batch?: number } = {},
+  opts: {
+    maxLen?: number;
+    batch?: number;
+    onProgress?: (done: number, total: number) => void;
+  } = {},
 ): Promise<Perplexity> {
   const maxLen = Math.min(opts.maxLen ?? 256, model.config.maxSeqLen);
   const bs = opts.batch ?? 16;
@@ -49,6 +53,7 @@ export async function perplexity(
     const r = await nextTokenNll(model, samples.slice(at, at + bs));
     nll += r.nll;
     tokens += r.tokens;
+    opts.onProgress?.(Math.min(at + bs, samples.length), samples.length);
   }
   return { perplexity: Math.exp(nll / tokens), nll: nll / tokens, tokens, truncated };
 }

@@ -97,14 +97,14 @@ export const TASKS: readonly EvalTask[] = [
     kind: "language",
     files: [TINYSTORIES],
     headline: "perplexity",
-    run: (c) => tinyStoriesPerplexityTask(c.model, c.tokenizer),
+    run: (c) => tinyStoriesPerplexityTask(c.model, c.tokenizer, c.onProgress),
   },
   {
     name: "ppl-wikitext",
     kind: "language",
     files: ["corpus/wikitext2_test.tokens.txt"],
     headline: "perplexity",
-    run: (c) => wikitextPerplexityTask(c.model, c.tokenizer),
+    run: (c) => wikitextPerplexityTask(c.model, c.tokenizer, 256, 128, c.onProgress),
   },
   {
     name: "mmlu",

@@ -203,10 +203,14 @@ export function inDomainTask(e: Embedder): Promise<TaskResult> {
 }
 
 /** Held-out TinyStories perplexity (each paragraph alone, BOS, <= 256 tokens) and bits per byte. */
-export function tinyStoriesPerplexityTask(model: Llama, tokenizer: Tokenizer): Promise<TaskResult> {
+export function tinyStoriesPerplexityTask(
+  model: Llama,
+  tokenizer: Tokenizer,
+  onProgress?: (done: number, total: number) => void,
+): Promise<TaskResult> {
   return timed("ppl-tinystories", "-", async () => {
     const texts = tinyStories().heldOut;
-    const p = await perplexity(model, tokenizer, texts);
+    const p = await perplexity(model, tokenizer, texts, { onProgress });
     const bytes = texts.reduce((s, t) => s + new TextEncoder().encode(t).length, 0);
     return {
       metrics: { perplexity: p.perplexity, bitsPerByte: (p.nll * p.tokens) / Math.LN2 / bytes },
@@ -227,6 +231,7 @@ export function wikitextPerplexityTask(
   tokenizer: Tokenizer,
   ctx = 256,
   stride = 128,
+  onProgress?: (done: number, total: number) => void,
 ): Promise<TaskResult> {
   return timed("ppl-wikitext", "-", async () => {
     const text = readFileSync(`${dataDir()}/corpus/wikitext2_test.tokens.txt`, "utf8");
@@ -252,6 +257,7 @@ export function wikitextPerplexityTask(
       const r = await nextTokenNll(model, group);
       nll += r.nll;
       tokens += r.tokens;
+      onProgress?.(Math.min(w + 8, windows.length), windows.length);
     }
     const bytes = new TextEncoder().encode(text).length;
     return {

@@ -24,7 +24,8 @@
 
 import { mkdir, readFile, rename } from "node:fs/promises";
 import { fileDownloadInfo, HubApiError, listFiles } from "@huggingface/hub";
-import { env, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
+import { env } from "../platform/platform.ts";
+import { progressPrinter } from "../platform/progress.ts";
 import { fetchInto, HttpStatusError, NetworkFailure, sizeOf, TransferError } from "./transfer.ts";
 
 /** A model could not be resolved; the message names the repo (with revision) and the file. */
@@ -210,23 +211,15 @@ function unreachable(e: unknown): boolean {
     (e instanceof HttpStatusError && e.status >= 500);
 }
 
-/** Prints progress to stderr: one updating line on a terminal, a line per 10% otherwise. */
+/** Prints each file's download progress to stderr (see platform/progress.ts), in MB. */
 function stderrProgress(): (p: Progress) => void {
-  const tty = stderrIsTerminal();
-  let last = 0;
-  let lastDecile = -1;
-  let current = "";
+  let current = "", print = (_d: number, _t: number) => {};
   return ({ repo, file, bytes, total }) => {
-    if (file !== current) [current, last, lastDecile] = [file, 0, -1];
-    const pct = total ? Math.floor((100 * bytes) / total) : 100;
-    const done = bytes === total;
-    const now = Date.now();
-    if (tty ? !done && now - last < 200 : Math.floor(pct / 10) === lastDecile && !done) return;
-    last = now;
-    lastDecile = Math.floor(pct / 10);
-    const mib = (n: number) => (n / 2 ** 20).toFixed(1);
-    const line = `gemkit: ${repo} ${file}: ${mib(bytes)}/${mib(total)} MiB (${pct}%)`;
-    writeStderr(tty ? `\r${line}\x1b[K${done ? "\n" : ""}` : `${line}\n`);
+    if (file !== current) {
+      current = file;
+      print = progressPrinter(`gemkit: ${repo} ${file}`, { unit: "MB", scale: 1e6, decimals: 1 });
+    }
+    print(bytes, total);
   };
 }
 
