@@ -18,6 +18,8 @@ import type { LoadTokenizerOptions, Tokenizer } from "./tokenizer_types.ts";
 import { TokenizerFileError } from "./tokenizer_types.ts";
 import { Llama2cTokenizer } from "./tokenizer_llama2c.ts";
 import { HfTokenizer } from "./tokenizer_hf.ts";
+import { readBytes } from "./paths.ts";
+import { parseSentencePieceModel } from "./sentencepiece.ts";
 
 export * from "./tokenizer_types.ts";
 
@@ -36,10 +38,15 @@ export function loadTokenizer(path: string, opts: LoadTokenizerOptions = {}): To
   if (file.endsWith(".json")) return HfTokenizer.load(file, opts);
   if (file.endsWith(".bin")) return Llama2cTokenizer.load(file, opts);
   if (file.endsWith(".model")) {
-    throw new TokenizerFileError(
-      `${file}: SentencePiece protobufs are not read directly; export it to llama2.c's ` +
-        `tokenizer.bin (llama2.c tokenizer.py) or use the model's tokenizer.json`,
-    );
+    const vocab = parseSentencePieceModel(readBytes(file, (m) => new TokenizerFileError(m)), file);
+    if (opts.vocabSize !== undefined && vocab.pieces.length !== opts.vocabSize) {
+      throw new TokenizerFileError(
+        `${file}: ${vocab.pieces.length} pieces, the model's vocabulary has ${opts.vocabSize}`,
+      );
+    }
+    return new Llama2cTokenizer(vocab, file);
   }
-  throw new TokenizerFileError(`${file}: unknown tokenizer format (want *.bin or *.json)`);
+  throw new TokenizerFileError(
+    `${file}: unknown tokenizer format (want tokenizer.json, llama2.c's *.bin or SentencePiece's *.model)`,
+  );
 }

@@ -108,7 +108,7 @@ const utf8Decoder = new TextDecoder("utf-8", { ignoreBOM: true });
 const BYTE_PIECE = /^<0x([0-9A-Fa-f]{2})>$/;
 
 // llama2.c hard-codes these ids (run.c: "the first 3 vocab elements are <unk>, <s>, </s>").
-const BOS = 1, EOS = 2, BYTE_OFFSET = 3;
+const UNK = 0, BOS = 1, EOS = 2, BYTE_OFFSET = 3;
 // run.c starts the best merge score at -1e10, so a merge must score strictly more.
 const MIN_MERGE_SCORE = -1e10;
 
@@ -154,7 +154,17 @@ export class Llama2cTokenizer implements Tokenizer {
     });
     this.#spaceId = this.#lookup.get(" ") ?? -1;
     this.#specials = new SpecialTokenTable(this.vocabSize);
+    // Byte fallback needs <0x00>..<0xFF> at ids 3..258 (run.c's `byte + 3`).
+    this.#byteFallback = this.vocabSize >= 256 + BYTE_OFFSET &&
+      Array.from({ length: 256 }, (_, b) => b).every((b) => {
+        const m = BYTE_PIECE.exec(this.#text[b + BYTE_OFFSET]);
+        return m !== null && parseInt(m[1], 16) === b;
+      });
   }
+
+  #byteFallback: boolean;
+  /** Characters encoded as `<unk>` so far (a vocabulary without byte fallback lacked them). */
+  unknownCount = 0;
 
   /** Reads and parses a tokenizer.bin (see {@link parseLlama2cTokenizer} for the checks). */
   static load(path: string, opts: LoadTokenizerOptions = {}): Llama2cTokenizer {
@@ -191,19 +201,28 @@ export class Llama2cTokenizer implements Tokenizer {
       const cp = bytes.subarray(i, j);
       const id = this.#lookup.get(byteString(cp));
       if (id !== undefined) ids.push(id);
+      else if (this.#byteFallback) { for (const b of cp) ids.push(b + BYTE_OFFSET); }
       else {
-        for (const b of cp) {
-          if (b + BYTE_OFFSET >= this.vocabSize) {
-            throw new TokenizerError(`${this.file}: no byte-fallback token for byte ${b}`);
-          }
-          ids.push(b + BYTE_OFFSET);
-        }
+        // As SentencePiece does without byte fallback: the character becomes <unk> (id 0).
+        ids.push(UNK);
+        this.#unknown(utf8Decoder.decode(cp));
       }
       i = j;
     }
     const out = this.#merge(ids);
     if (opts.eos) out.push(EOS);
     return out;
+  }
+
+  // Counts a character encoded as <unk>; says so on stderr at the 1st, 10th, 100th, ... one.
+  #unknown(ch: string): void {
+    const n = ++this.unknownCount;
+    if (/^10*$/.test(String(n))) {
+      console.error(
+        `gemkit: ${this.file}: ${n} character${n > 1 ? "s" : ""} not in the vocabulary ` +
+          `(which has no byte fallback) encoded as <unk> so far, e.g. ${JSON.stringify(ch)}`,
+      );
+    }
   }
 
   // Merges the best-scoring adjacent pair until none is in the vocabulary. Tokens form a linked

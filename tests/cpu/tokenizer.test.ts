@@ -14,6 +14,7 @@ import { dataDir, DataDirError } from "../../src/io/paths.ts";
 import { loadTokenizer, TokenizerError, TokenizerFileError } from "../../src/io/tokenizer.ts";
 import { Llama2cTokenizer, parseLlama2cTokenizer } from "../../src/io/tokenizer_llama2c.ts";
 import { HfTokenizer } from "../../src/io/tokenizer_hf.ts";
+import { parseSentencePieceModel } from "../../src/io/sentencepiece.ts";
 import { readBytesSync } from "../helpers.ts";
 
 interface TokCase {
@@ -298,9 +299,9 @@ test("bad files: truncation, bad lengths and vocab mismatch name the file and fi
   // Through the loader, a real path is named.
   assertFileError(() => loadTokenizer(TOK512, { vocabSize: 32000 }), TOK512, /token 512/);
   assertFileError(
-    () => loadTokenizer(`${models}/tokenizer.model`),
-    "tokenizer.model",
-    /SentencePiece/,
+    () => loadTokenizer(`${dataDir()}/README.md`),
+    "README.md",
+    /unknown tokenizer format \(want tokenizer\.json, llama2\.c's \*\.bin or SentencePiece's/,
   );
   assertFileError(() => loadTokenizer(`${models}/nope.bin`), "nope.bin");
 });
@@ -468,4 +469,41 @@ test("hf: a vocabulary without bos refuses bos and says so", () => {
     assert.match(e.message, /nobos\.json.*bos/);
     return true;
   });
+});
+
+test("SentencePiece .model: read directly, the same vocabulary and ids as its tokenizer.bin", () => {
+  const model = loadTokenizer(`${models}/tokenizer.model`, { vocabSize: 32000 });
+  const text = "Hello world! Ünïcödé 你好 🙂\n\ttabs and  two spaces";
+  assert.deepEqual(model.encode(text, { bos: true }), tok32k.encode(text, { bos: true }));
+  for (const id of [0, 1, 2, 3, 258, 259, 1000, 31999]) {
+    assert.equal(model.piece(id), tok32k.piece(id));
+  }
+  assert.throws(
+    () => loadTokenizer(`${models}/tokenizer.model`, { vocabSize: 512 }),
+    /tokenizer\.model: 32000 pieces, the model's vocabulary has 512/,
+  );
+  // Not a protobuf: named, with the offset.
+  assert.throws(
+    () => parseSentencePieceModel(Uint8Array.of(0x0a, 0x90, 0x01), "bad.model"),
+    /bad\.model: not a SentencePiece model \(piece runs past the file at byte 3\)/,
+  );
+});
+
+test("llama2c vocabulary without byte fallback: unknown characters become <unk>, counted", () => {
+  // <unk> <s> </s> " " and the letters a, b, ab: ids 3.. are not byte pieces.
+  const texts = ["<unk>", "\n<s>\n", "\n</s>\n", " ", "a", "b", "ab"];
+  const enc = new TextEncoder();
+  const t = new Llama2cTokenizer({
+    maxTokenLength: 5,
+    pieces: texts.map((s) => enc.encode(s)),
+    scores: Float32Array.from([0, 0, 0, -1, -2, -3, 5]),
+  }, "tiny.bin");
+  assert.deepEqual(t.encode("ab"), [3, 6]);
+  assert.deepEqual(t.encode("a€b", { bos: true }), [1, 3, 4, 0, 5]);
+  assert.equal(t.unknownCount, 1);
+  assert.deepEqual(t.encode("ää"), [3, 0, 0]);
+  assert.equal(t.unknownCount, 3);
+  // With byte fallback (the real vocabularies) nothing is unknown.
+  tok512.encode("a€b 你好");
+  assert.equal((tok512 as Llama2cTokenizer).unknownCount, 0);
 });
