@@ -32,9 +32,13 @@ if [ "$bun" = 1 ]; then
   NO_COLOR=1 GEMKIT_TEST_TUNINGS=adapter node_modules/.bin/bun test --timeout 600000 tests/cpu/ \
     tests/gpu/ 2>&1 | tee "$log"
   bun_status=${PIPESTATUS[0]}
-  bun_passed=$(grep -cE '^\(pass\) ' "$log")
-  bun_failed=$(grep -cE '^\(fail\) ' "$log")
-  bun_skipped=$(grep -cE '^\(skip\) ' "$log")
+  # Bun's own totals (its per-test lines repeat skipped and failed tests in a closing summary).
+  bun_passed=$(grep -E '^ *[0-9]+ pass$' "$log" | tail -n1 | awk '{print $1}')
+  bun_failed=$(grep -E '^ *[0-9]+ fail$' "$log" | tail -n1 | awk '{print $1}')
+  bun_skipped=$(grep -E '^ *[0-9]+ skip$' "$log" | tail -n1 | awk '{print $1}')
+  bun_passed=${bun_passed:-0}
+  bun_failed=${bun_failed:-0}
+  bun_skipped=${bun_skipped:-0}
   if [ "$bun_status" != 0 ] && [ "$bun_failed" = 0 ]; then bun_failed=1; fi
   echo "bun: $bun_passed passed, $bun_failed failed, $bun_skipped skipped (fused inference" \
     "kernels, off in this adapter's tuning; the Deno run covers them)"
