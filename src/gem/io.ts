@@ -6,6 +6,7 @@
 
 import { type CardOptions, modelCard } from "./card.ts";
 import { mkdir, readFile, stat } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { writeAtomic } from "../io/atomic.ts";
 import { readHfModel, writeHfModel } from "../io/hf.ts";
 import { loadTokenizer } from "../io/tokenizer.ts";
@@ -22,8 +23,12 @@ export class GemFileError extends Error {
 
 /** Name of the tokenizer file inside a checkpoint, by the source file's kind. */
 function tokenizerName(src: string): string {
-  return src.endsWith(".json") ? "tokenizer.json" : "tokenizer.bin";
+  if (src.endsWith(".json")) return "tokenizer.json";
+  return src.endsWith(".model") ? "tokenizer.model" : "tokenizer.bin";
 }
+
+/** The tokenizer files a checkpoint may hold, in the order they are looked for. */
+const TOKENIZER_FILES = ["tokenizer.json", "tokenizer.bin", "tokenizer.model"];
 
 /**
  * Writes `gem` (weights, config, tokenizer copy, gem.json) into `dir`, and with `card` its model
@@ -42,6 +47,23 @@ export async function saveGem(
   await writeAtomic(`${dir}/${tokenizerName(tokenizerPath)}`, await readFile(tokenizerPath));
   const info: GemInfo = { ...gem.info, logitScale: await gem.currentLogitScale() };
   await writeAtomic(`${dir}/gem.json`, JSON.stringify(info, null, 2) + "\n");
+  // A tokenizer.json keeps its tokenizer_config.json (BOS/EOS names). For other tools, the
+  // specials are listed as Hugging Face lists added tokens; the tokenizer file itself is left
+  // without them (gemkit appends them by id from gem.json).
+  const src = dirname(tokenizerPath);
+  let map: Record<string, unknown> = {};
+  if (tokenizerPath.endsWith(".json")) {
+    for (const f of ["tokenizer_config.json", "special_tokens_map.json"]) {
+      const text = await readFile(join(src, f), "utf8").catch(() => null);
+      if (text === null) continue;
+      if (f === "special_tokens_map.json") map = JSON.parse(text);
+      else await writeAtomic(`${dir}/${f}`, text);
+    }
+  }
+  map.additional_special_tokens = info.specialNames;
+  await writeAtomic(`${dir}/special_tokens_map.json`, JSON.stringify(map, null, 2) + "\n");
+  const added = Object.fromEntries(info.specialNames.map((n, i) => [n, info.specialIds[i]]));
+  await writeAtomic(`${dir}/added_tokens.json`, JSON.stringify(added, null, 2) + "\n");
   if (card) await writeAtomic(`${dir}/README.md`, modelCard(info, card));
 }
 
@@ -89,12 +111,14 @@ export async function loadGem(path: string): Promise<GemModel> {
       `${dir}/gem.json: field 'specialIds' must be the last ${info.k} ids (${base}..)`,
     );
   }
-  let tokPath = `${dir}/tokenizer.json`;
-  try {
-    await stat(tokPath);
-  } catch {
-    tokPath = `${dir}/tokenizer.bin`;
+  let tokPath = "";
+  for (const f of TOKENIZER_FILES) {
+    if (await stat(`${dir}/${f}`).then(() => true, () => false)) {
+      tokPath = `${dir}/${f}`;
+      break;
+    }
   }
+  if (!tokPath) throw new GemFileError(`${dir}: no tokenizer (${TOKENIZER_FILES.join(", ")})`);
   const tokenizer = loadTokenizer(tokPath, { vocabSize: base });
   tokenizer.addSpecialTokens(info.specialNames);
   return new GemModel(Llama.fromWeights(config, weights, dir), tokenizer, info);

@@ -238,7 +238,7 @@ export const hfFormat: ModelFormat = {
   read: (path, opts) => readHfModel(path, { maxSeqLen: opts.maxSeqLen }),
   write: (path, ckpt, opts) => writeHfModel(path, ckpt.config, ckpt.weights, opts),
   tokenizerIn: async (path) => {
-    for (const f of ["tokenizer.json", "tokenizer.bin"]) {
+    for (const f of ["tokenizer.json", "tokenizer.bin", "tokenizer.model"]) {
       if (await statOrNull(`${path}/${f}`)) return `${path}/${f}`;
     }
     return null;

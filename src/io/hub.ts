@@ -78,13 +78,14 @@ export interface HubOptions {
 /** Files every checkpoint must have, and those fetched when the repo has them. */
 const REQUIRED = ["config.json"];
 /** One of these is required: Hugging Face's tokenizer, or llama2.c's (GEM checkpoints of it). */
-const TOKENIZERS = ["tokenizer.json", "tokenizer.bin"];
+const TOKENIZERS = ["tokenizer.json", "tokenizer.bin", "tokenizer.model"];
 /** With `gem.json` a GEM checkpoint (src/gem/io.ts); README.md is its model card. */
 const OPTIONAL = [
   "tokenizer_config.json",
   "generation_config.json",
   "special_tokens_map.json",
   "gem.json",
+  "added_tokens.json",
   "README.md",
 ];
 const SINGLE = "model.safetensors";

@@ -109,7 +109,7 @@ export async function loadModel(spec: string, opts: LoadModelOptions = {}): Prom
     throw new ModelNotFoundError(
       format === llama2cFormat
         ? `${spec}: a llama2.c checkpoint needs --tokenizer PATH (e.g. tok512.bin)`
-        : `${path}: no tokenizer.json or tokenizer.bin; pass --tokenizer PATH`,
+        : `${path}: no tokenizer.json, tokenizer.bin or tokenizer.model; pass --tokenizer PATH`,
     );
   }
   const { config, weights } = await format.read(path, { maxSeqLen: opts.maxSeqLen });

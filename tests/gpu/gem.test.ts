@@ -4,7 +4,7 @@
  */
 
 import { test } from "node:test";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import assert from "node:assert/strict";
@@ -145,6 +145,11 @@ test("GEM checkpoint: save then load gives the same embeddings and settings", as
   const texts = ["A cat sat on the mat.", "Tom had a toy car."];
   assert.deepEqual((await back.embed(texts)).vectors, (await gem.embed(texts)).vectors);
   assert.equal(back.tokenizer.decode([514]), "<gem_2>");
+  // The specials' names and ids for other tools, as Hugging Face lists added tokens.
+  const map = JSON.parse(await readFile(`${dir}/special_tokens_map.json`, "utf8"));
+  assert.deepEqual(map.additional_special_tokens, ["<gem_0>", "<gem_1>", "<gem_2>"]);
+  const added = JSON.parse(await readFile(`${dir}/added_tokens.json`, "utf8"));
+  assert.deepEqual(added, { "<gem_0>": 512, "<gem_1>": 513, "<gem_2>": 514 });
   await writeFile(`${dir}/gem.json`, JSON.stringify({ ...back.info, k: 0 }));
   await assert.rejects(loadGem(dir), /gem\.json: field 'k'/);
   await rm(dir, { recursive: true });

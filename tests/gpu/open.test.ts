@@ -40,7 +40,7 @@ test("openModel: llama2.c file, @data path, HF directory, GEM checkpoint and run
   const hfDir = new URL("../fixtures/tiny_gqa/hf", import.meta.url).pathname;
   await assert.rejects(
     () => openModel(hfDir),
-    /no tokenizer\.json or tokenizer\.bin; pass --tokenizer/,
+    /no tokenizer\.json, tokenizer\.bin or tokenizer\.model; pass --tokenizer/,
   );
   assert.equal((await locateModel(hfDir)).format.name, "hf");
   // An HF directory written through the registry carries its tokenizer: no flag needed.
