@@ -113,7 +113,7 @@ const ORIGINS: Origin[] = [
     transform: (p) =>
       p.endsWith(".jsonl")
         ? "the 2,000 review files as JSON lines {id, label, text}"
-        : "the archive's README",
+        : "member movie_reviews/README of the zip archive",
   },
   ...["valid", "test"].map((split): Origin => ({
     prefix: `corpus/wikitext2_${split}`,
@@ -152,11 +152,7 @@ for (const line of tsv) {
   const o = ORIGINS.find((x) => path.startsWith(x.prefix));
   if (!o) throw new Error(`no origin for ${path}: add one to scripts/make_data_manifest.ts`);
   const f: DataFile = { path, group: o.group, bytes: Number(bytes), sha256, licence: o.licence };
-  // The folder's READMEs describe their source; they were written when it was staged.
-  const note = /(^|\/)README$|\.README$/.test(path);
-  if (note) {
-    f.derived = { url: raw(o, path), transform: "a note on this source, written with the folder" };
-  } else if (o.transform) f.derived = { url: raw(o, path), transform: o.transform(path) };
+  if (o.transform) f.derived = { url: raw(o, path), transform: o.transform(path) };
   else f.url = raw(o, path);
   files.push(f);
 }
