@@ -21,6 +21,8 @@ interface Origin {
   source: (path: string) => string;
   /** Set for files made from the source rather than copied. */
   transform?: (path: string) => string;
+  /** Set when the file is a member of the source, a zip archive. */
+  member?: (path: string) => string;
 }
 
 const base = (p: string) => p.slice(p.lastIndexOf("/") + 1);
@@ -93,6 +95,7 @@ const ORIGINS: Origin[] = [
     commit: NLTK[1],
     source: () => "packages/corpora/qc.zip",
     transform: (p) => `member qc/${base(p)} of the zip archive`,
+    member: (p) => `qc/${base(p)}`,
   },
   ...["state_union", "inaugural"].map((name): Origin => ({
     prefix: `corpus/${name}/`,
@@ -102,6 +105,7 @@ const ORIGINS: Origin[] = [
     commit: NLTK[1],
     source: () => `packages/corpora/${name}.zip`,
     transform: (p) => `member ${name}/${base(p)} of the zip archive`,
+    member: (p) => `${name}/${base(p)}`,
   })),
   {
     prefix: "corpus/movie_reviews",
@@ -114,6 +118,7 @@ const ORIGINS: Origin[] = [
       p.endsWith(".jsonl")
         ? "the 2,000 review files as JSON lines {id, label, text}"
         : "member movie_reviews/README of the zip archive",
+    member: (p) => (p.endsWith(".jsonl") ? "" : "movie_reviews/README"),
   },
   ...["valid", "test"].map((split): Origin => ({
     prefix: `corpus/wikitext2_${split}`,
@@ -152,8 +157,11 @@ for (const line of tsv) {
   const o = ORIGINS.find((x) => path.startsWith(x.prefix));
   if (!o) throw new Error(`no origin for ${path}: add one to scripts/make_data_manifest.ts`);
   const f: DataFile = { path, group: o.group, bytes: Number(bytes), sha256, licence: o.licence };
-  if (o.transform) f.derived = { url: raw(o, path), transform: o.transform(path) };
-  else f.url = raw(o, path);
+  if (o.transform) {
+    f.derived = { url: raw(o, path), transform: o.transform(path) };
+    const member = o.member?.(path);
+    if (member) f.derived.member = member;
+  } else f.url = raw(o, path);
   files.push(f);
 }
 const manifest: DataManifest = {

@@ -3,7 +3,8 @@
  * (`data/manifest.json`), and the fetcher behind `deno task data`. Each file has its path inside
  * the data folder, size, SHA-256, licence and group, and either the URL it is downloaded from as
  * it is (a raw file of a public repository at a pinned commit) or, for a file made from another
- * (unzipped, reformatted), its source and the transform. A fetch downloads what is missing into
+ * (unzipped, reformatted), its source and the transform; members of zip archives are extracted
+ * (the archive downloaded once per run). A fetch downloads what is missing into
  * `<path>.part`, resumes a broken transfer with a Range request, checks size and SHA-256, and only
  * then renames the file into place: a file that fails its check is removed and named, and no good
  * file is ever touched. A second run downloads nothing.
@@ -12,7 +13,9 @@
 import { mkdir, readFile, rename, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { projectRoot } from "../platform/platform.ts";
-import { sha256Path } from "./hash.ts";
+import { sha256Hex, sha256Path } from "./hash.ts";
+import { writeAtomic } from "./atomic.ts";
+import { zipMember } from "./zip.ts";
 import {
   fetchInto,
   HttpStatusError,
@@ -22,12 +25,14 @@ import {
   TransferError,
 } from "./transfer.ts";
 
-/** A file made from another one by a step the fetcher does not perform yet. */
+/** A file made from another one. */
 export interface DerivedFrom {
   /** Where the source is: a raw URL at a pinned commit. */
   url: string;
   /** What was done to it ("member qc/train.txt of the zip archive", ...). */
   transform: string;
+  /** Set when the file is that member of the zip archive at `url`: the fetcher extracts it. */
+  member?: string;
 }
 
 /** One file of the data folder. */
@@ -120,11 +125,54 @@ export async function fetchData(
   const out: FetchDataResult = { present: [], fetched: [], derived: [], failed: [] };
   const fetcher = networkFetch(opts.fetch ?? fetch);
   const attempts = opts.attempts ?? 3, delay = opts.retryDelayMs ?? 1000;
+  const archives = new Map<string, Promise<Uint8Array>>();
+  // A whole file whose size the manifest does not give (an archive), with retries.
+  const fetchWhole = async (url: string): Promise<Uint8Array> => {
+    for (let attempt = 1;; attempt++) {
+      try {
+        const resp = await fetcher(url);
+        if (resp.status !== 200) {
+          await resp.body?.cancel();
+          throw new HttpStatusError(url, resp.status);
+        }
+        try {
+          return new Uint8Array(await resp.arrayBuffer());
+        } catch (e) {
+          throw new NetworkFailure(`download broke: ${(e as Error).message}`, { cause: e });
+        }
+      } catch (e) {
+        const retry = e instanceof NetworkFailure ||
+          (e instanceof HttpStatusError && (e.status >= 500 || e.status === 429));
+        if (!retry || attempt >= attempts) throw e;
+        await new Promise((r) => setTimeout(r, delay * attempt));
+      }
+    }
+  };
   for (const f of files) {
     const final = join(dest, f.path);
     if (await hasFile(dest, f)) {
       out.present.push(f.path);
       opts.onProgress?.(f, "present", f.bytes);
+      continue;
+    }
+    if (!opts.mirror && f.derived?.member) {
+      // A member of an archive: the archive is downloaded once per run, the member checked.
+      try {
+        archives.set(f.derived.url, archives.get(f.derived.url) ?? fetchWhole(f.derived.url));
+        const bytes = zipMember(
+          await archives.get(f.derived.url)!,
+          f.derived.member,
+          f.derived.url,
+        );
+        const got = await sha256Hex(bytes.slice());
+        if (got !== f.sha256) throw new DataError(`SHA-256 ${got}, expected ${f.sha256}`);
+        await mkdir(dirname(final), { recursive: true });
+        await writeAtomic(final, bytes);
+        out.fetched.push(f.path);
+        opts.onProgress?.(f, "done", f.bytes);
+      } catch (e) {
+        out.failed.push({ path: f.path, reason: `${f.derived.url}: ${(e as Error).message}` });
+      }
       continue;
     }
     const url = opts.mirror ? `${opts.mirror.replace(/\/+$/, "")}/${f.path}` : f.url;

@@ -14,6 +14,7 @@ import { type DataFile, fetchData, hasFile, readManifest } from "../../src/io/da
 import { sha256Path } from "../../src/io/hash.ts";
 import { dataDir } from "../../src/io/paths.ts";
 import { runCli } from "../helpers.ts";
+import { deflateRawSync } from "node:zlib";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -95,9 +96,10 @@ test("deno task data --mirror: fetches, verifies, is idempotent, names a missing
     assert.match(again.err, /0 fetched, 7 already present/);
     assert.equal(server.requests.length, n, "a second run downloads nothing");
     // Without a mirror, a derived file is named with its source and transform, and the exit is 1.
-    const derived = await run(["--only", "trec"]);
+    const derived = await run(["--only", "mmlu"]);
     assert.equal(derived.code, 1);
-    assert.match(derived.err, /eval\/trec_qc\/train\.txt is made from https:\/\/\S+qc\.zip/);
+    assert.match(derived.err, /0 fetched, 0 already present, 114 derived missing, 0 failed/);
+    assert.match(derived.err, /eval\/mmlu\/\S+ is made from https:\/\/\S+\.csv \(reformatted/);
     const bad = await run(["--only", "nothing"]);
     assert.notEqual(bad.code, 0);
     assert.match(bad.err, /--only: no group 'nothing'/);
@@ -157,6 +159,94 @@ test("data fetch: a corrupted file is named and removed, good files stay; a drop
     assert.equal((await stat(join(dest, good.path))).mtimeMs, before);
   } finally {
     await server.close();
+    await rm(dest, { recursive: true });
+  }
+});
+
+/** A zip archive of `files` (name -> bytes): deflated members, except `stored` ones. */
+function makeZip(files: Record<string, Uint8Array>, stored: string[] = []): Uint8Array {
+  const enc = new TextEncoder();
+  const locals: Uint8Array[] = [], centrals: Uint8Array[] = [];
+  let offset = 0;
+  for (const [name, data] of Object.entries(files)) {
+    const method = stored.includes(name) ? 0 : 8;
+    const body = method ? new Uint8Array(deflateRawSync(data)) : data;
+    const n = enc.encode(name);
+    const local = new Uint8Array(30 + n.length + body.length);
+    const lv = new DataView(local.buffer);
+    lv.setUint32(0, 0x04034b50, true);
+    lv.setUint16(8, method, true);
+    lv.setUint32(18, body.length, true);
+    lv.setUint32(22, data.length, true);
+    lv.setUint16(26, n.length, true);
+    local.set(n, 30);
+    local.set(body, 30 + n.length);
+    const central = new Uint8Array(46 + n.length);
+    const cv = new DataView(central.buffer);
+    cv.setUint32(0, 0x02014b50, true);
+    cv.setUint16(10, method, true);
+    cv.setUint32(20, body.length, true);
+    cv.setUint32(24, data.length, true);
+    cv.setUint16(28, n.length, true);
+    cv.setUint32(42, offset, true);
+    central.set(n, 46);
+    locals.push(local);
+    centrals.push(central);
+    offset += local.length;
+  }
+  const dirSize = centrals.reduce((s, c) => s + c.length, 0);
+  const end = new Uint8Array(22);
+  const ev = new DataView(end.buffer);
+  ev.setUint32(0, 0x06054b50, true);
+  ev.setUint16(8, centrals.length, true);
+  ev.setUint16(10, centrals.length, true);
+  ev.setUint32(12, dirSize, true);
+  ev.setUint32(16, offset, true);
+  const all = [...locals, ...centrals, end];
+  const out = new Uint8Array(all.reduce((s, a) => s + a.length, 0));
+  let at = 0;
+  for (const a of all) {
+    out.set(a, at);
+    at += a.length;
+  }
+  return out;
+}
+
+test("data fetch: members of a zip archive are extracted and checked; a missing member is named", async () => {
+  const m = await readManifest();
+  const trec = m.files.filter((f) => f.group === "trec");
+  assert.ok(trec.length === 3 && trec.every((f) => f.derived?.member?.startsWith("qc/")));
+  const url = trec[0].derived!.url;
+  const members: Record<string, Uint8Array> = {};
+  for (const f of trec) members[f.derived!.member!] = await readFile(join(dataDir(), f.path));
+  // The archive served where the manifest says it is, through a stand-in fetch.
+  let requests = 0;
+  const serveZip = (zip: Uint8Array): typeof fetch => async (input) => {
+    assert.equal(String(input), url);
+    requests++;
+    return new Response(zip.slice());
+  };
+  const zip = makeZip(members, ["qc/README"]);
+  const dest = await mkdtemp(join(tmpdir(), "gemkit-data-"));
+  try {
+    const res = await fetchData(dest, trec, { fetch: serveZip(zip) });
+    assert.deepEqual(res.failed, []);
+    assert.deepEqual(res.fetched.sort(), trec.map((f) => f.path).sort());
+    assert.equal(requests, 1, "one download for the three members");
+    for (const f of trec) assert.ok(await hasFile(dest, f), f.path);
+    // A changed member fails its SHA-256; a missing one is named.
+    const bad: Record<string, Uint8Array> = {
+      ...members,
+      "qc/train.txt": new TextEncoder().encode("changed"),
+    };
+    delete bad["qc/test.txt"];
+    const dest2 = await mkdtemp(join(tmpdir(), "gemkit-data-"));
+    const res2 = await fetchData(dest2, trec, { fetch: serveZip(makeZip(bad)) });
+    const reasons = Object.fromEntries(res2.failed.map((x) => [x.path, x.reason]));
+    assert.match(reasons["eval/trec_qc/train.txt"], /SHA-256 [0-9a-f]{64}, expected/);
+    assert.match(reasons["eval/trec_qc/test.txt"], /qc\/test\.txt: no such member/);
+    await rm(dest2, { recursive: true });
+  } finally {
     await rm(dest, { recursive: true });
   }
 });
