@@ -152,32 +152,26 @@ export async function coldBench(ctx: BenchContext): Promise<BenchRecord[]> {
       } finally {
         await rm(dir, { recursive: true, force: true });
       }
-      if (!prof) {
-        out.push({
-          bench: `cold ${what}`,
-          impl: c.runtime,
-          runtime: c.runtime,
-          mesa: c.mesa,
-          wall_s: cli.ms / 1000,
-          ...(what === "generate" ? { first_text: cli.stdout.trim() } : {}),
-        });
-        continue;
-      }
-      const p = JSON.parse(prof.stdout.trim().split("\n").pop()!);
-      const compile = p.compile_ms as Record<string, number>;
-      const total = Object.values(compile).reduce((a, b) => a + b, 0);
-      out.push({
+      const row: BenchRecord = {
         bench: `cold ${what}`,
         impl: c.runtime,
         runtime: c.runtime,
         mesa: c.mesa,
         wall_s: cli.ms / 1000,
-        compile_s: total / 1000,
-        kernels: p.kernels,
-        slowest: Object.entries(compile).slice(0, 4).map(([f, ms]) => `${f} ${ms}`).join(", "),
-        ...(what === "generate" ? { first_text: cli.stdout.trim() } : {}),
-        compile_ms: compile,
-      });
+      };
+      if (what === "generate") row.first_text = cli.stdout.trim();
+      if (prof) {
+        const p = JSON.parse(prof.stdout.trim().split("\n").pop()!);
+        const compile = p.compile_ms as Record<string, number>;
+        const total = Object.values(compile).reduce((a, b) => a + b, 0);
+        Object.assign(row, {
+          compile_s: total / 1000,
+          kernels: p.kernels,
+          slowest: Object.entries(compile).slice(0, 4).map(([f, ms]) => `${f} ${ms}`).join(", "),
+          compile_ms: compile,
+        });
+      }
+      out.push(row);
     }
   }
   return out;

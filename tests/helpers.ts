@@ -183,7 +183,8 @@ export function runCommand(
   });
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
+/** The byte arrays joined end to end. */
+export function concat(parts: Uint8Array[]): Uint8Array {
   const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {

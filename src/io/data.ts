@@ -126,20 +126,11 @@ export async function fetchData(
   const fetcher = networkFetch(opts.fetch ?? fetch);
   const attempts = opts.attempts ?? 3, delay = opts.retryDelayMs ?? 1000;
   const archives = new Map<string, Promise<Uint8Array>>();
-  // A whole file whose size the manifest does not give (an archive), with retries.
-  const fetchWhole = async (url: string): Promise<Uint8Array> => {
+  // Runs one transfer, again after a broken connection or a server-side failure.
+  const retrying = async <T>(transfer: () => Promise<T>): Promise<T> => {
     for (let attempt = 1;; attempt++) {
       try {
-        const resp = await fetcher(url);
-        if (resp.status !== 200) {
-          await resp.body?.cancel();
-          throw new HttpStatusError(url, resp.status);
-        }
-        try {
-          return new Uint8Array(await resp.arrayBuffer());
-        } catch (e) {
-          throw new NetworkFailure(`download broke: ${(e as Error).message}`, { cause: e });
-        }
+        return await transfer();
       } catch (e) {
         const retry = e instanceof NetworkFailure ||
           (e instanceof HttpStatusError && (e.status >= 500 || e.status === 429));
@@ -148,6 +139,20 @@ export async function fetchData(
       }
     }
   };
+  // A whole file whose size the manifest does not give (an archive).
+  const fetchWhole = (url: string) =>
+    retrying(async () => {
+      const resp = await fetcher(url);
+      if (resp.status !== 200) {
+        await resp.body?.cancel();
+        throw new HttpStatusError(url, resp.status);
+      }
+      try {
+        return new Uint8Array(await resp.arrayBuffer());
+      } catch (e) {
+        throw new NetworkFailure(`download broke: ${(e as Error).message}`, { cause: e });
+      }
+    });
   for (const f of files) {
     const final = join(dest, f.path);
     if (await hasFile(dest, f)) {
@@ -184,17 +189,9 @@ export async function fetchData(
     const part = `${final}.part`;
     opts.onProgress?.(f, "fetching", Math.max(0, await sizeOf(part)));
     try {
-      for (let attempt = 1;; attempt++) {
-        try {
-          await fetchInto(url, part, f.bytes, fetcher, (b) => opts.onProgress?.(f, "fetching", b));
-          break;
-        } catch (e) {
-          const retry = e instanceof NetworkFailure ||
-            (e instanceof HttpStatusError && (e.status >= 500 || e.status === 429));
-          if (!retry || attempt >= attempts) throw e;
-          await new Promise((r) => setTimeout(r, delay * attempt));
-        }
-      }
+      await retrying(() =>
+        fetchInto(url, part, f.bytes, fetcher, (b) => opts.onProgress?.(f, "fetching", b))
+      );
       const got = await sha256Path(part);
       if (got !== f.sha256) {
         await rm(part);

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { type DataFile, fetchData, hasFile, readManifest } from "../../src/io/data.ts";
 import { sha256Path } from "../../src/io/hash.ts";
 import { dataDir } from "../../src/io/paths.ts";
-import { runCli } from "../helpers.ts";
+import { concat, runCli } from "../helpers.ts";
 import { deflateRawSync } from "node:zlib";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -202,14 +202,7 @@ function makeZip(files: Record<string, Uint8Array>, stored: string[] = []): Uint
   ev.setUint16(10, centrals.length, true);
   ev.setUint32(12, dirSize, true);
   ev.setUint32(16, offset, true);
-  const all = [...locals, ...centrals, end];
-  const out = new Uint8Array(all.reduce((s, a) => s + a.length, 0));
-  let at = 0;
-  for (const a of all) {
-    out.set(a, at);
-    at += a.length;
-  }
-  return out;
+  return concat([...locals, ...centrals, end]);
 }
 
 test("data fetch: members of a zip archive are extracted and checked; a missing member is named", async () => {
