@@ -164,13 +164,14 @@ export type {
   TensorToWrite,
   WriteOptions,
 } from "./src/io/safetensors.ts";
-/** Hugging Face hub client: `org/name[@rev]` to a cached local checkpoint directory. */
+/** Hugging Face hub client: `org/name[@rev]` to a snapshot in the Hugging Face cache layout. */
 export {
+  cachedSnapshot,
   hubCacheDir,
   HubError,
   missingFiles,
-  modelCacheDir,
   parseModelSpec,
+  repoCacheDir,
   resolveModel,
 } from "./src/io/hub.ts";
 /** Hub client types. */

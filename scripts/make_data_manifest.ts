@@ -8,6 +8,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { dataDir } from "../src/io/paths.ts";
 import type { DataFile, DataManifest } from "../src/io/data.ts";
+import type { MakeStep } from "../src/io/derive.ts";
 import { projectRoot } from "../src/platform/platform.ts";
 
 interface Origin {
@@ -23,6 +24,8 @@ interface Origin {
   transform?: (path: string) => string;
   /** Set when the file is a member of the source, a zip archive. */
   member?: (path: string) => string;
+  /** Set when `deno task data` makes the file from the source with a named transform. */
+  make?: (path: string) => MakeStep | undefined;
 }
 
 const base = (p: string) => p.slice(p.lastIndexOf("/") + 1);
@@ -68,8 +71,9 @@ const ORIGINS: Origin[] = [
     licence: "MIT",
     repo: "HaeChan0305/MLILAB-FedLLM",
     commit: "d92730e8bacd7b3a61e551e015e40588e10234b4",
+    // That repository holds MMLU already reformatted (a header row, the answer as a 0-based
+    // index): the files are its files, byte for byte.
     source: (p) => `data/mmlu/${p.slice("eval/mmlu/".length)}`,
-    transform: () => "reformatted: a header row added, the answer letter as a 0-based index",
   },
   {
     prefix: "eval/cranfield/",
@@ -119,6 +123,7 @@ const ORIGINS: Origin[] = [
         ? "the 2,000 review files as JSON lines {id, label, text}"
         : "member movie_reviews/README of the zip archive",
     member: (p) => (p.endsWith(".jsonl") ? "" : "movie_reviews/README"),
+    make: (p) => (p.endsWith(".jsonl") ? "movie-reviews-jsonl" : undefined),
   },
   ...["valid", "test"].map((split): Origin => ({
     prefix: `corpus/wikitext2_${split}`,
@@ -161,6 +166,8 @@ for (const line of tsv) {
     f.derived = { url: raw(o, path), transform: o.transform(path) };
     const member = o.member?.(path);
     if (member) f.derived.member = member;
+    const make = o.make?.(path);
+    if (make) f.derived.make = make;
   } else f.url = raw(o, path);
   files.push(f);
 }

@@ -44,27 +44,83 @@ export async function saveGem(
   const weights = new Map<string, Float32Array>();
   for (const [name, t] of gem.model.params) weights.set(name, (await t.toArray()) as Float32Array);
   await writeHfModel(dir, gem.model.config, weights);
-  await writeAtomic(`${dir}/${tokenizerName(tokenizerPath)}`, await readFile(tokenizerPath));
   const info: GemInfo = { ...gem.info, logitScale: await gem.currentLogitScale() };
   await writeAtomic(`${dir}/gem.json`, JSON.stringify(info, null, 2) + "\n");
-  // A tokenizer.json keeps its tokenizer_config.json (BOS/EOS names). For other tools, the
-  // specials are listed as Hugging Face lists added tokens; the tokenizer file itself is left
-  // without them (gemkit appends them by id from gem.json).
+  // For other tools the specials are listed as Hugging Face lists added tokens: in
+  // special_tokens_map.json and added_tokens.json always, and for a tokenizer.json inside it and
+  // its tokenizer_config.json too (so transformers and tokenizers.js load them with it). gemkit
+  // leaves them out of the wrapped tokenizer on load and appends them by id from gem.json.
   const src = dirname(tokenizerPath);
   let map: Record<string, unknown> = {};
   if (tokenizerPath.endsWith(".json")) {
-    for (const f of ["tokenizer_config.json", "special_tokens_map.json"]) {
-      const text = await readFile(join(src, f), "utf8").catch(() => null);
-      if (text === null) continue;
-      if (f === "special_tokens_map.json") map = JSON.parse(text);
-      else await writeAtomic(`${dir}/${f}`, text);
-    }
+    const json = JSON.parse(await readFile(tokenizerPath, "utf8"));
+    await writeAtomic(`${dir}/tokenizer.json`, JSON.stringify(withGemTokens(json, info)) + "\n");
+    const config = await readFile(join(src, "tokenizer_config.json"), "utf8").catch(() => "{}");
+    await writeAtomic(
+      `${dir}/tokenizer_config.json`,
+      JSON.stringify(withGemConfig(JSON.parse(config), info), null, 2) + "\n",
+    );
+    const text = await readFile(join(src, "special_tokens_map.json"), "utf8").catch(() => null);
+    if (text !== null) map = JSON.parse(text);
+  } else {
+    await writeAtomic(`${dir}/${tokenizerName(tokenizerPath)}`, await readFile(tokenizerPath));
   }
   map.additional_special_tokens = info.specialNames;
   await writeAtomic(`${dir}/special_tokens_map.json`, JSON.stringify(map, null, 2) + "\n");
   const added = Object.fromEntries(info.specialNames.map((n, i) => [n, info.specialIds[i]]));
   await writeAtomic(`${dir}/added_tokens.json`, JSON.stringify(added, null, 2) + "\n");
   if (card) await writeAtomic(`${dir}/README.md`, modelCard(info, card));
+}
+
+/** A GEM special token as a Hugging Face added token (tokenizer.json's `added_tokens`). */
+function addedToken(id: number, content: string) {
+  return {
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  };
+}
+
+/** A tokenizer.json with GEM's specials appended to its `added_tokens` (entries of the same name
+ * or id are replaced). */
+export function withGemTokens(
+  json: Record<string, unknown>,
+  info: Pick<GemInfo, "specialIds" | "specialNames">,
+): Record<string, unknown> {
+  const ids = new Set(info.specialIds), names = new Set(info.specialNames);
+  const old = (Array.isArray(json.added_tokens) ? json.added_tokens : []) as {
+    id: number;
+    content: string;
+  }[];
+  const kept = old.filter((t) => !ids.has(t.id) && !names.has(t.content));
+  const added = info.specialIds.map((id, i) => addedToken(id, info.specialNames[i]));
+  return { ...json, added_tokens: [...kept, ...added] };
+}
+
+/** A tokenizer_config.json that declares GEM's specials (`added_tokens_decoder`,
+ * `additional_special_tokens`), as transformers writes them. */
+export function withGemConfig(
+  config: Record<string, unknown>,
+  info: Pick<GemInfo, "specialIds" | "specialNames">,
+): Record<string, unknown> {
+  const decoder = { ...(config.added_tokens_decoder as Record<string, unknown> ?? {}) };
+  info.specialIds.forEach((id, i) => {
+    const { id: _, ...props } = addedToken(id, info.specialNames[i]);
+    decoder[String(id)] = props;
+  });
+  const extra = (config.additional_special_tokens as string[] | undefined) ?? [];
+  return {
+    ...config,
+    added_tokens_decoder: decoder,
+    additional_special_tokens: [
+      ...extra.filter((n) => !info.specialNames.includes(n)),
+      ...info.specialNames,
+    ],
+  };
 }
 
 /** Reads gem.json, checking every field. */
@@ -119,7 +175,7 @@ export async function loadGem(path: string): Promise<GemModel> {
     }
   }
   if (!tokPath) throw new GemFileError(`${dir}: no tokenizer (${TOKENIZER_FILES.join(", ")})`);
-  const tokenizer = loadTokenizer(tokPath, { vocabSize: base });
+  const tokenizer = loadTokenizer(tokPath, { vocabSize: base, gemSpecials: info.specialNames });
   tokenizer.addSpecialTokens(info.specialNames);
   return new GemModel(Llama.fromWeights(config, weights, dir), tokenizer, info);
 }

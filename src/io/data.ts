@@ -3,8 +3,9 @@
  * (`data/manifest.json`), and the fetcher behind `deno task data`. Each file has its path inside
  * the data folder, size, SHA-256, licence and group, and either the URL it is downloaded from as
  * it is (a raw file of a public repository at a pinned commit) or, for a file made from another
- * (unzipped, reformatted), its source and the transform; members of zip archives are extracted
- * (the archive downloaded once per run). A fetch downloads what is missing into
+ * (unzipped, reformatted), its source and the transform: members of zip archives are extracted,
+ * and the named transforms of `derive.ts` run on their source (each source downloaded once per
+ * run). A fetch downloads what is missing into
  * `<path>.part`, resumes a broken transfer with a Range request, checks size and SHA-256, and only
  * then renames the file into place: a file that fails its check is removed and named, and no good
  * file is ever touched. A second run downloads nothing.
@@ -15,7 +16,8 @@ import { dirname, join } from "node:path";
 import { projectRoot } from "../platform/platform.ts";
 import { sha256Hex, sha256Path } from "./hash.ts";
 import { writeAtomic } from "./atomic.ts";
-import { zipMember } from "./zip.ts";
+import { ZipError, zipMember } from "./zip.ts";
+import { make, MAKE_STEPS, type MakeStep } from "./derive.ts";
 import {
   fetchInto,
   HttpStatusError,
@@ -33,6 +35,8 @@ export interface DerivedFrom {
   transform: string;
   /** Set when the file is that member of the zip archive at `url`: the fetcher extracts it. */
   member?: string;
+  /** Set when the fetcher makes the file from the source with this transform (derive.ts). */
+  make?: MakeStep;
 }
 
 /** One file of the data folder. */
@@ -70,8 +74,18 @@ export async function readManifest(path = join(projectRoot(), "data", "manifest.
       if (typeof f[k] !== "string") throw new DataError(`${path}: files[${i}].${k} is missing`);
     }
     if (!Number.isInteger(f.bytes)) throw new DataError(`${path}: files[${i}].bytes is missing`);
-    if (!f.url && !f.derived) {
-      throw new DataError(`${path}: files[${i}] (${f.path}) has neither url nor derived`);
+    if (!f.url && !f.derived?.member && !f.derived?.make) {
+      throw new DataError(
+        `${path}: files[${i}] (${f.path}) has neither a url nor a way to make it ` +
+          "(derived.member or derived.make)",
+      );
+    }
+    if (f.derived?.make && !MAKE_STEPS.includes(f.derived.make)) {
+      throw new DataError(
+        `${path}: files[${i}].derived.make '${f.derived.make}' is not one of ${
+          MAKE_STEPS.join(", ")
+        }`,
+      );
     }
     if (f.path.split("/").some((p) => p === ".." || p === "") || f.path.startsWith("/")) {
       throw new DataError(`${path}: files[${i}].path '${f.path}' leaves the data folder`);
@@ -100,8 +114,6 @@ export interface FetchDataResult {
   present: string[];
   /** Files downloaded and verified. */
   fetched: string[];
-  /** Missing derived files that need their transform (no mirror given). */
-  derived: DataFile[];
   /** Files that could not be fetched, each with its reason. */
   failed: { path: string; reason: string }[];
 }
@@ -122,7 +134,7 @@ export async function fetchData(
   files: readonly DataFile[],
   opts: FetchDataOptions = {},
 ): Promise<FetchDataResult> {
-  const out: FetchDataResult = { present: [], fetched: [], derived: [], failed: [] };
+  const out: FetchDataResult = { present: [], fetched: [], failed: [] };
   const fetcher = networkFetch(opts.fetch ?? fetch);
   const attempts = opts.attempts ?? 3, delay = opts.retryDelayMs ?? 1000;
   const archives = new Map<string, Promise<Uint8Array>>();
@@ -160,15 +172,14 @@ export async function fetchData(
       opts.onProgress?.(f, "present", f.bytes);
       continue;
     }
-    if (!opts.mirror && f.derived?.member) {
-      // A member of an archive: the archive is downloaded once per run, the member checked.
+    if (!opts.mirror && (f.derived?.member || f.derived?.make)) {
+      // Made from a source (a zip member, or a named transform): the source is downloaded once
+      // per run, the result checked.
       try {
-        archives.set(f.derived.url, archives.get(f.derived.url) ?? fetchWhole(f.derived.url));
-        const bytes = zipMember(
-          await archives.get(f.derived.url)!,
-          f.derived.member,
-          f.derived.url,
-        );
+        const { url, member, make: step } = f.derived;
+        archives.set(url, archives.get(url) ?? fetchWhole(url));
+        const source = await archives.get(url)!;
+        const bytes = member ? zipMember(source, member, url) : make(step!, source, url);
         const got = await sha256Hex(bytes.slice());
         if (got !== f.sha256) throw new DataError(`SHA-256 ${got}, expected ${f.sha256}`);
         await mkdir(dirname(final), { recursive: true });
@@ -176,15 +187,16 @@ export async function fetchData(
         out.fetched.push(f.path);
         opts.onProgress?.(f, "done", f.bytes);
       } catch (e) {
-        out.failed.push({ path: f.path, reason: `${f.derived.url}: ${(e as Error).message}` });
+        const why = (e as Error).message;
+        // A zip error already names the archive.
+        out.failed.push({
+          path: f.path,
+          reason: e instanceof ZipError ? why : `${f.derived.url}: ${why}`,
+        });
       }
       continue;
     }
-    const url = opts.mirror ? `${opts.mirror.replace(/\/+$/, "")}/${f.path}` : f.url;
-    if (!url) {
-      out.derived.push(f);
-      continue;
-    }
+    const url = opts.mirror ? `${opts.mirror.replace(/\/+$/, "")}/${f.path}` : f.url!;
     await mkdir(dirname(final), { recursive: true });
     const part = `${final}.part`;
     opts.onProgress?.(f, "fetching", Math.max(0, await sizeOf(part)));

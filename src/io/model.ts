@@ -101,14 +101,21 @@ export async function locateModel(spec: string): Promise<LocatedModel> {
   );
 }
 
-/** Loads a plain decoder and its tokenizer from any spec {@link locateModel} accepts. */
-export async function loadModel(spec: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
-  const { path, format } = await locateModel(spec);
+/**
+ * Loads a plain decoder and its tokenizer from any spec {@link locateModel} accepts, or from a
+ * model it has already located (so a hub id is not resolved twice).
+ */
+export async function loadModel(
+  spec: string | LocatedModel,
+  opts: LoadModelOptions = {},
+): Promise<LoadedModel> {
+  const { path, format } = typeof spec === "string" ? await locateModel(spec) : spec;
   const tokPath = opts.tokenizer ? dataPath(opts.tokenizer) : await format.tokenizerIn(path);
   if (!tokPath) {
     throw new ModelNotFoundError(
       format === llama2cFormat
-        ? `${spec}: a llama2.c checkpoint needs --tokenizer PATH (e.g. tok512.bin)`
+        ? `${typeof spec === "string" ? spec : path}: a llama2.c checkpoint needs ` +
+          "--tokenizer PATH (e.g. tok512.bin)"
         : `${path}: no tokenizer.json, tokenizer.bin or tokenizer.model; pass --tokenizer PATH`,
     );
   }

@@ -50,6 +50,13 @@ export class HfTokenizer implements Tokenizer {
   constructor(json: Record<string, unknown>, opts: HfTokenizerOptions = {}) {
     this.file = opts.file ?? "<memory>";
     const config = opts.config ?? {};
+    const gem = new Set(opts.gemSpecials ?? []);
+    if (gem.size && Array.isArray(json.added_tokens) && opts.vocabSize !== undefined) {
+      const from = opts.vocabSize;
+      const isGem = (t: { id?: unknown; content?: unknown }) =>
+        gem.has(t.content as string) && (t.id as number) >= from;
+      json = { ...json, added_tokens: json.added_tokens.filter((t) => !isGem(t)) };
+    }
     try {
       this.#core = new HfCore(json, config);
     } catch (e) {

@@ -69,6 +69,12 @@ export interface LoadTokenizerOptions {
    * smaller (models pad their embedding) but not larger.
    */
   vocabSize?: number;
+  /**
+   * Names of GEM special tokens the file may list as added tokens at ids from `vocabSize` on (a
+   * GEM checkpoint's tokenizer.json does, for other tools). They are left out of the wrapped
+   * tokenizer, so its encoder never produces them; `addSpecialTokens` adds them back.
+   */
+  gemSpecials?: readonly string[];
 }
 
 /**

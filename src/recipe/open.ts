@@ -111,8 +111,9 @@ function withMethods(
 export async function openModel(spec: string, opts: LoadModelOptions = {}): Promise<OpenedModel> {
   // Run directories resolve to their checkpoint and hub ids are fetched (or found in the cache)
   // first: either may be a GEM checkpoint.
-  const local = await isGemDir(dataPath(spec)) ? dataPath(spec) : (await locateModel(spec)).path;
-  if (await isGemDir(local)) {
+  const located = await isGemDir(dataPath(spec)) ? null : await locateModel(spec);
+  const local = located?.path ?? dataPath(spec);
+  if (!located || await isGemDir(local)) {
     const path = await resolveRunDir(local);
     const gem = await loadGem(path);
     return withMethods({
@@ -124,6 +125,6 @@ export async function openModel(spec: string, opts: LoadModelOptions = {}): Prom
       dispose: () => gem.dispose(),
     });
   }
-  const m = await loadModel(spec, opts);
+  const m = await loadModel(located, opts);
   return withMethods({ ...m, gem: null, dispose: () => m.model.dispose() });
 }

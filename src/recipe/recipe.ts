@@ -20,11 +20,11 @@ import { buildConfig, FIELDS, maskTable, type TrainConfig } from "./config.ts";
 export async function openBase(config: TrainConfig): Promise<LoadedModel> {
   // A model that carries its own tokenizer (an HF directory or hub id) uses it unless the config
   // names another one than the default (which is the llama2.c stories260K's).
-  if (config.tokenizer === FIELDS.tokenizer[0]) {
-    const { path, format } = await locateModel(config.model);
-    if (await format.tokenizerIn(path)) return await loadModel(config.model);
+  const located = await locateModel(config.model);
+  if (config.tokenizer === FIELDS.tokenizer[0] && await located.format.tokenizerIn(located.path)) {
+    return await loadModel(located);
   }
-  return await loadModel(config.model, { tokenizer: config.tokenizer });
+  return await loadModel(located, { tokenizer: config.tokenizer });
 }
 
 /** Adds the config's special tokens to a base model (which is consumed). */

@@ -1,13 +1,28 @@
 /**
- * Hub client against a fake hub served by the test: the tree listing @huggingface/hub asks for
- * (`/api/models/{repo}/tree/{rev}`) and files at `/{repo}/resolve/{rev}/{path}` with Range
- * support. Every test uses its own temp cache; the real home cache is never touched.
+ * Hub client against a fake hub served by the test: the revision lookup and tree listing
+ * @huggingface/hub asks for (`/api/models/{repo}/revision/{rev}`, `/api/models/{repo}/tree/{commit}`)
+ * and files at `/{repo}/resolve/{commit}/{path}` with Range support. Files of a repo are listed
+ * with the hashes the real hub gives (git blob SHA-1; SHA-256 under `lfs` for safetensors), so the
+ * cache is laid out as huggingface_hub lays it out. Every test uses its own temp cache; the real
+ * home cache is never touched.
  */
 
 import { test } from "node:test";
+import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { readdirSync } from "node:fs";
-import { mkdir, mkdtemp, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import {
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readlink,
+  rm,
+  rmdir,
+  stat,
+  symlink,
+  writeFile,
+} from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -15,6 +30,7 @@ import { join } from "node:path";
 import process from "node:process";
 import assert from "node:assert/strict";
 import {
+  cachedSnapshot,
   HubError,
   type HubOptions,
   missingFiles,
@@ -41,6 +57,8 @@ class FakeHub {
   readonly dropNext = new Set<string>();
   /** Files listed in the tree that answer 404 on download. */
   readonly gone = new Set<string>();
+  /** Files served with their first byte changed (the listing keeps the true hash). */
+  readonly corrupt = new Set<string>();
   /** Answer data requests with 200 and the whole file even when a Range is asked (the 1-byte
    * size probe still gets its 206: @huggingface/hub needs the Content-Range of it). */
   ignoreRange = false;
@@ -73,7 +91,8 @@ class FakeHub {
   /** Data requests for one file (not the 1-byte size probes). */
   gets(file: string): Seen[] {
     return this.seen.filter((s) =>
-      s.path.endsWith(`/resolve/main/${file}`) && s.range !== "bytes=0-0"
+      /\/resolve\/[0-9a-f]{40}\//.test(s.path) && s.path.endsWith(`/${file}`) &&
+      s.range !== "bytes=0-0"
     );
   }
 
@@ -86,24 +105,25 @@ class FakeHub {
     };
     const json = (body: unknown, status = 200, headers: Record<string, string> = {}) =>
       send(status, { "content-type": "application/json", ...headers }, text(JSON.stringify(body)));
-    const tree = /^\/api\/models\/([^/]+\/[^/]+)\/tree\/main$/.exec(url.pathname);
-    if (tree) {
-      const files = this.repos[tree[1]];
-      if (!files) {
+    const revision = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/([^/]+)$/.exec(url.pathname);
+    if (revision) {
+      if (!this.repos[revision[1]] || decodeURIComponent(revision[2]) !== "main") {
         return json({ error: "Repository not found" }, 404, { "x-error-code": "RepoNotFound" });
       }
-      return json(
-        Object.entries(files).map(([path, d]) => ({
-          type: "file",
-          oid: "0",
-          size: d.length,
-          path,
-        })),
-      );
+      return json({ _id: "1", id: revision[1], sha: commitOf(this.repos[revision[1]]) });
     }
-    const resolve = /^\/([^/]+\/[^/]+)\/resolve\/main\/(.+)$/.exec(url.pathname);
-    const data = resolve && !this.gone.has(resolve[2])
-      ? this.repos[resolve[1]]?.[resolve[2]]
+    const tree = /^\/api\/models\/([^/]+\/[^/]+)\/tree\/([0-9a-f]{40})$/.exec(url.pathname);
+    if (tree) {
+      const files = this.repos[tree[1]];
+      if (!files || commitOf(files) !== tree[2]) {
+        return json({ error: "Repository not found" }, 404, { "x-error-code": "RepoNotFound" });
+      }
+      return json(Object.entries(files).map(([path, d]) => listingOf(path, d)));
+    }
+    const resolve = /^\/([^/]+\/[^/]+)\/resolve\/([0-9a-f]{40})\/(.+)$/.exec(url.pathname);
+    const files = resolve ? this.repos[resolve[1]] : undefined;
+    let data = resolve && files && commitOf(files) === resolve[2] && !this.gone.has(resolve[3])
+      ? files[resolve[3]]
       : undefined;
     if (!resolve || !data) {
       send(
@@ -113,7 +133,11 @@ class FakeHub {
       );
       return;
     }
-    const headers = { etag: `"${resolve[2]}-v1"`, "accept-ranges": "bytes" };
+    if (this.corrupt.has(resolve[3])) {
+      data = data.slice();
+      data[0] ^= 1;
+    }
+    const headers = { etag: `"${listingOf(resolve[3], data).oid}"`, "accept-ranges": "bytes" };
     const r = /^bytes=(\d+)-(\d*)$/.exec(range ?? "");
     const probe = r?.[0] === "bytes=0-0";
     if (r && (probe || !this.ignoreRange)) {
@@ -126,7 +150,7 @@ class FakeHub {
       );
       return;
     }
-    if (!probe && this.dropNext.delete(resolve[2])) {
+    if (!probe && this.dropNext.delete(resolve[3])) {
       // Send half, then close the connection while Content-Length promised all of it. The close
       // waits a moment: Bun's fetch drops body bytes it has buffered but not yet handed to a
       // reader when the connection ends, and the client opens its output file before reading.
@@ -154,6 +178,30 @@ function bytes(n: number, seed: number): Bytes {
 }
 
 const text = (s: string) => new TextEncoder().encode(s);
+
+const hex = (algorithm: string, ...parts: (string | Uint8Array)[]) => {
+  const h = createHash(algorithm);
+  for (const p of parts) h.update(p);
+  return h.digest("hex");
+};
+
+/** A tree entry as the hub gives it: git blob SHA-1, and SHA-256 under `lfs` for safetensors. */
+function listingOf(path: string, d: Uint8Array) {
+  const oid = hex("sha1", `blob ${d.length}\0`, d);
+  const lfs = path.endsWith(".safetensors")
+    ? { lfs: { oid: hex("sha256", d), size: d.length, pointerSize: 130 } }
+    : {};
+  return { type: "file", oid, size: d.length, path, ...lfs };
+}
+
+/** A repo's commit id: a hash of its files, so changing a file makes a new commit. */
+function commitOf(files: Record<string, Uint8Array>): string {
+  const h = createHash("sha1");
+  for (const [path, d] of Object.entries(files).sort(([a], [b]) => a.localeCompare(b))) {
+    h.update(`${path}\0${listingOf(path, d).oid}\0`);
+  }
+  return h.digest("hex");
+}
 
 function tinyRepo(weights = bytes(300_000, 7)): Record<string, Bytes> {
   return {
@@ -212,6 +260,12 @@ async function withEnv(
 
 const listing = (dir: string) => readdirSync(dir).sort();
 
+/** Where huggingface_hub keeps a repo, and the snapshot of a commit, under `cache`. */
+const repoDir = (cache: string, repo: string) => `${cache}/models--${repo.replace("/", "--")}`;
+const snapshotOf = (cache: string, repo: string, files: Record<string, Uint8Array>) =>
+  `${repoDir(cache, repo)}/snapshots/${commitOf(files)}`;
+const sha256 = (d: Uint8Array) => hex("sha256", d);
+
 test("parses model specs", () => {
   assert.deepEqual(parseModelSpec("org/name"), { repo: "org/name", revision: "main" });
   assert.deepEqual(parseModelSpec("Org-1/na.me_2@v1.0"), {
@@ -254,7 +308,7 @@ test("fresh download: checkpoint files byte-identical, token sent, progress repo
         progress.push(p.bytes / p.total);
       },
     });
-    assert.equal(dir, `${cache}/org/tiny/main`);
+    assert.equal(dir, snapshotOf(cache, "org/tiny", repo));
     assert.deepEqual(listing(dir), [
       "README.md",
       "config.json",
@@ -267,10 +321,95 @@ test("fresh download: checkpoint files byte-identical, token sent, progress repo
     assert.equal(progress.at(-1), 1);
     assert.deepEqual(await missingFiles(dir), []);
 
-    // Online again: the cache is complete, so only the listing is asked for.
+    // The Hugging Face layout: refs/main holds the commit (no newline), each snapshot file is a
+    // relative link to a blob named by its git SHA-1, or by its SHA-256 for LFS files.
+    const root = repoDir(cache, "org/tiny");
+    assert.equal(await readFile(`${root}/refs/main`, "utf8"), commitOf(repo));
+    for (const f of listing(dir)) {
+      assert.ok((await lstat(`${dir}/${f}`)).isSymbolicLink(), f);
+      const etag = f.endsWith(".safetensors") ? sha256(repo[f]) : listingOf(f, repo[f]).oid;
+      assert.equal(await readlink(`${dir}/${f}`), `../../blobs/${etag}`, f);
+    }
+    assert.equal(listing(`${root}/blobs`).length, 5);
+
+    // Online again: the cache is complete, so only the revision and the listing are asked for.
     const before = hub.seen.length;
     assert.equal(await resolveModel("org/tiny", opts), dir);
-    assert.deepEqual(hub.seen.slice(before).map((s) => s.path), ["/api/models/org/tiny/tree/main"]);
+    assert.deepEqual(hub.seen.slice(before).map((s) => s.path), [
+      "/api/models/org/tiny/revision/main",
+      `/api/models/org/tiny/tree/${commitOf(repo)}`,
+    ]);
+  });
+});
+
+test("a new commit on main: only changed files are fetched, refs/main moves, blobs are shared", async () => {
+  const v1 = tinyRepo();
+  const v2 = { ...v1, "config.json": text('{"hidden_size": 16}') };
+  await withHub({ "org/tiny": v1 }, async (hub, opts, cache) => {
+    const old = await resolveModel("org/tiny", opts);
+    hub.repos["org/tiny"] = v2;
+    const before = hub.seen.length;
+    const dir = await resolveModel("org/tiny", opts);
+    assert.equal(dir, snapshotOf(cache, "org/tiny", v2));
+    assert.notEqual(dir, old);
+    const fetched = hub.seen.slice(before).filter((s) => s.path.includes("/resolve/"));
+    assert.deepEqual(fetched.map((s) => s.path.split("/").at(-1)), ["config.json", "config.json"]);
+    assert.equal(await readFile(`${repoDir(cache, "org/tiny")}/refs/main`, "utf8"), commitOf(v2));
+    assert.deepEqual(await readBytes(`${dir}/config.json`), v2["config.json"]);
+    assert.deepEqual(await readBytes(`${old}/config.json`), v1["config.json"]);
+    assert.equal(listing(`${repoDir(cache, "org/tiny")}/blobs`).length, 6);
+    // A pinned commit resolves offline to its own snapshot.
+    const pinned = await resolveModel(`org/tiny@${commitOf(v1)}`, { ...opts, offline: true });
+    assert.equal(pinned, old);
+  });
+});
+
+test("a cache written by huggingface_hub is used offline, and online without downloads", async () => {
+  const repo = tinyRepo();
+  delete repo["notes.txt"];
+  await withHub({ "org/tiny": repo }, async (hub, opts, cache) => {
+    // The layout as Python's huggingface_hub writes it: blobs, refs/main, relative links.
+    const root = repoDir(cache, "org/tiny");
+    const commit = commitOf(repo);
+    await mkdir(`${root}/blobs`, { recursive: true });
+    await mkdir(`${root}/refs`);
+    await mkdir(`${root}/snapshots/${commit}`, { recursive: true });
+    await writeFile(`${root}/refs/main`, commit);
+    for (const [f, d] of Object.entries(repo)) {
+      const etag = f.endsWith(".safetensors") ? sha256(d) : listingOf(f, d).oid;
+      await writeFile(`${root}/blobs/${etag}`, d);
+      await symlink(`../../blobs/${etag}`, `${root}/snapshots/${commit}/${f}`);
+    }
+    const dir = await resolveModel("org/tiny", { ...opts, offline: true });
+    assert.equal(dir, `${root}/snapshots/${commit}`);
+    assert.equal(hub.seen.length, 0);
+    assert.equal(await resolveModel("org/tiny", opts), dir);
+    assert.equal(hub.seen.filter((s) => s.path.includes("/resolve/")).length, 0);
+    assert.equal(await cachedSnapshot({ repo: "org/tiny", revision: "main" }, opts), dir);
+    assert.equal(await cachedSnapshot({ repo: "org/tiny", revision: "v9" }, opts), null);
+  });
+});
+
+test("a download whose bytes do not match the listed hash is removed and named", async () => {
+  const repo = tinyRepo();
+  await withHub({ "org/tiny": repo }, async (hub, opts, cache) => {
+    hub.corrupt.add("model.safetensors");
+    await assert.rejects(resolveModel("org/tiny", opts), (e: unknown) => {
+      assert.ok(e instanceof HubError);
+      assert.match(
+        e.message,
+        /^org\/tiny@main: model\.safetensors: downloaded bytes hash to [0-9a-f]{64}, but the hub lists [0-9a-f]{64} \(SHA-256\); the download was removed$/,
+      );
+      return true;
+    });
+    const blobs = listing(`${repoDir(cache, "org/tiny")}/blobs`);
+    assert.ok(!blobs.some((b) => b.startsWith(sha256(repo["model.safetensors"]))), blobs.join());
+    assert.equal(blobs.length, 4, "the files fetched before it are kept");
+    hub.corrupt.delete("model.safetensors");
+    hub.corrupt.add("config.json");
+    // config.json is linked already, so its corrupted copy is never fetched.
+    const dir = await resolveModel("org/tiny", opts);
+    assert.deepEqual(await readBytes(`${dir}/model.safetensors`), repo["model.safetensors"]);
   });
 });
 
@@ -301,7 +440,9 @@ test("a dropped connection with no attempts left keeps the partial file for the 
       );
       return true;
     });
-    const part = `${cache}/org/tiny/main/model.safetensors.incomplete`;
+    const part = `${repoDir(cache, "org/tiny")}/blobs/${
+      sha256(repo["model.safetensors"])
+    }.incomplete`;
     assert.equal((await stat(part)).size, 150_000);
     const dir = await resolveModel("org/tiny", opts);
     assert.deepEqual(hub.gets("model.safetensors").map((g) => g.range), [null, "bytes=150000-"]);
@@ -312,19 +453,17 @@ test("a dropped connection with no attempts left keeps the partial file for the 
 test("a pre-existing .incomplete file is continued; a server ignoring Range restarts it", async () => {
   const repo = tinyRepo();
   await withHub({ "org/tiny": repo }, async (hub, opts, cache) => {
-    const dir = `${cache}/org/tiny/main`;
-    await mkdir(dir, { recursive: true });
-    await writeFile(
-      `${dir}/model.safetensors.incomplete`,
-      repo["model.safetensors"].slice(0, 1000),
-    );
-    await resolveModel("org/tiny", opts);
+    const blob = `${repoDir(cache, "org/tiny")}/blobs/${sha256(repo["model.safetensors"])}`;
+    await mkdir(`${repoDir(cache, "org/tiny")}/blobs`, { recursive: true });
+    await writeFile(`${blob}.incomplete`, repo["model.safetensors"].slice(0, 1000));
+    const dir = await resolveModel("org/tiny", opts);
     assert.deepEqual(hub.gets("model.safetensors").map((g) => g.range), ["bytes=1000-"]);
     assert.deepEqual(await readBytes(`${dir}/model.safetensors`), repo["model.safetensors"]);
 
     // A partial of a file the server will not resume: the 200 answer replaces it, not appends.
     await rm(`${dir}/model.safetensors`);
-    await writeFile(`${dir}/model.safetensors.incomplete`, new Uint8Array(1000).fill(9));
+    await rm(blob);
+    await writeFile(`${blob}.incomplete`, new Uint8Array(1000).fill(9));
     hub.ignoreRange = true;
     await resolveModel("org/tiny", opts);
     assert.deepEqual(await readBytes(`${dir}/model.safetensors`), repo["model.safetensors"]);
@@ -371,7 +510,7 @@ test("the cache is used when the hub is down, or with HF_HUB_OFFLINE=1", async (
   });
 });
 
-test("HF_HUB_OFFLINE=1 with an empty cache names the repo and the missing file", async () => {
+test("HF_HUB_OFFLINE=1 names the repo, and the revision or file the cache lacks", async () => {
   await withHub({ "org/tiny": tinyRepo() }, async (hub, opts, cache) => {
     await withEnv({ HF_HUB_OFFLINE: "true" }, async () => {
       await assert.rejects(
@@ -379,14 +518,27 @@ test("HF_HUB_OFFLINE=1 with an empty cache names the repo and the missing file",
         (e: unknown) => {
           assert.ok(e instanceof HubError);
           assert.equal(e.repo, "org/tiny@v2");
-          assert.equal(e.file, "config.json");
-          assert.ok(e.message.includes(`${cache}/org/tiny/v2`), e.message);
-          assert.match(e.message, /HF_HUB_OFFLINE forbids downloading it/);
+          assert.equal(e.file, "");
+          assert.equal(
+            e.message,
+            `org/tiny@v2: HF_HUB_OFFLINE forbids downloading it, and the cache at ${
+              repoDir(cache, "org/tiny")
+            } has no snapshot of revision v2`,
+          );
           return true;
         },
       );
     });
     assert.equal(hub.seen.length, 0);
+    const dir = await resolveModel("org/tiny", opts);
+    await rm(`${dir}/model.safetensors`);
+    await assert.rejects(resolveModel("org/tiny", { ...opts, offline: true }), (e: unknown) => {
+      assert.ok(e instanceof HubError);
+      assert.equal(e.file, "model.safetensors");
+      assert.match(e.message, /HF_HUB_OFFLINE forbids downloading it, and the file is not in the/);
+      assert.ok(e.message.endsWith(`in the cache at ${dir}`), e.message);
+      return true;
+    });
   });
 });
 
@@ -397,9 +549,9 @@ test("an unreachable hub with an empty cache names the repo, the endpoint and th
       assert.ok(e instanceof HubError);
       assert.match(
         e.message,
-        /^org\/tiny@main: config\.json: the hub at http:\/\/127\.0\.0\.1:\d+ is unreachable or failing/,
+        /^org\/tiny@main: the hub at http:\/\/127\.0\.0\.1:\d+ is unreachable or failing/,
       );
-      assert.match(e.message, /not in the cache at /);
+      assert.match(e.message, /has no snapshot of revision main$/);
       return true;
     });
   });
@@ -427,17 +579,18 @@ test("missing files and repos: 404s are named", async () => {
   );
 });
 
-test("environment: GEMKIT_CACHE, HF_ENDPOINT and HF_TOKEN", async () => {
-  await withHub({ "org/tiny": tinyRepo() }, async (hub, _opts, cache) => {
-    await withEnv({
-      GEMKIT_CACHE: cache,
-      HF_ENDPOINT: hub.url,
-      HF_TOKEN: "hf_env",
-      HF_HUB_OFFLINE: undefined,
-    }, async () => {
+test("environment: HF_HUB_CACHE, HF_HOME, HF_ENDPOINT and HF_TOKEN", async () => {
+  const repo = tinyRepo();
+  await withHub({ "org/tiny": repo }, async (hub, _opts, cache) => {
+    const common = { HF_ENDPOINT: hub.url, HF_TOKEN: "hf_env", HF_HUB_OFFLINE: undefined };
+    await withEnv({ ...common, HF_HUB_CACHE: undefined, HF_HOME: cache }, async () => {
       const dir = await resolveModel("org/tiny", { onProgress: false });
-      assert.equal(dir, `${cache}/hub/org/tiny/main`);
+      assert.equal(dir, snapshotOf(`${cache}/hub`, "org/tiny", repo));
       assert.ok(hub.seen.length > 0 && hub.seen.every((s) => s.auth === "Bearer hf_env"));
+    });
+    await withEnv({ ...common, HF_HUB_CACHE: `${cache}/other`, HF_HOME: cache }, async () => {
+      const dir = await resolveModel("org/tiny", { onProgress: false });
+      assert.equal(dir, snapshotOf(`${cache}/other`, "org/tiny", repo));
     });
   });
 });

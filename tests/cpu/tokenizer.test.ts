@@ -14,6 +14,8 @@ import { dataDir, DataDirError } from "../../src/io/paths.ts";
 import { loadTokenizer, TokenizerError, TokenizerFileError } from "../../src/io/tokenizer.ts";
 import { Llama2cTokenizer, parseLlama2cTokenizer } from "../../src/io/tokenizer_llama2c.ts";
 import { HfTokenizer } from "../../src/io/tokenizer_hf.ts";
+import { withGemConfig, withGemTokens } from "../../src/gem/io.ts";
+import { Tokenizer as HfCore } from "@huggingface/tokenizers";
 import { parseSentencePieceModel } from "../../src/io/sentencepiece.ts";
 import { readBytesSync } from "../helpers.ts";
 
@@ -419,6 +421,43 @@ test("hf: special tokens are appended, never encoded, decoded by name", () => {
   assert.equal(t.piece(24), "<gem2>");
   assert.equal(t.decodePiece(16, 23), "<gem>");
   assert.throws(() => t.addSpecialTokens(["<gem>"]), TokenizerError);
+});
+
+test("hf: a GEM checkpoint's tokenizer.json lists the specials for other tools; gemkit keeps them out", () => {
+  // A model whose embedding is padded to 32 rows: the specials come after it, at 32 and 33.
+  const info = { specialIds: [32, 33], specialNames: ["<gem_0>", "<gem_1>"] };
+  const json = withGemTokens(hfJson(), info);
+  const added = json.added_tokens as { id: number; content: string; special: boolean }[];
+  assert.deepEqual(added.slice(-2).map((t) => [t.id, t.content, t.special]), [
+    [32, "<gem_0>", true],
+    [33, "<gem_1>", true],
+  ]);
+  assert.equal(added.length, (hfJson().added_tokens as unknown[]).length + 2);
+  assert.deepEqual(withGemTokens(json, info), json, "applying it twice changes nothing");
+  const config = withGemConfig({ eos_token: "</s>", additional_special_tokens: ["<x>"] }, info);
+  assert.deepEqual(config.additional_special_tokens, ["<x>", "<gem_0>", "<gem_1>"]);
+  assert.deepEqual((config.added_tokens_decoder as Record<string, { content: string }>)["33"], {
+    content: "<gem_1>",
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  });
+  assert.equal(config.eos_token, "</s>");
+  // tokenizers.js, as another tool would, reads the specials from the file...
+  const core = new HfCore(json, {});
+  assert.deepEqual(core.encode("<gem_1>", { add_special_tokens: false }).ids, [33]);
+  // ...while gemkit leaves them out of the wrapped tokenizer and appends them by id.
+  const t = new HfTokenizer(json, { vocabSize: 32, gemSpecials: info.specialNames });
+  assert.ok(t.encode("hello <gem_0> world<gem_1>").every((i) => i < 23));
+  assert.deepEqual(t.addSpecialTokens(info.specialNames), [32, 33]);
+  assert.equal(t.decode([16, 33, 21]), "hello<gem_1>world");
+  // Without naming them, ids past the model's base vocabulary are still an error.
+  assert.throws(
+    () => new HfTokenizer(json, { vocabSize: 32, file: "gem/tokenizer.json" }),
+    /gem\/tokenizer\.json: vocabulary \(model\.vocab \+ added_tokens\) needs 34 ids/,
+  );
 });
 
 test("hf: loadTokenizer reads tokenizer_config.json beside it; vocab size checks", () => {

@@ -4,7 +4,7 @@
  */
 
 import { test } from "node:test";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import assert from "node:assert/strict";
@@ -155,6 +155,58 @@ test("GEM checkpoint: save then load gives the same embeddings and settings", as
   await rm(dir, { recursive: true });
   gem.dispose();
   back.dispose();
+});
+
+test("GEM checkpoint of a tokenizer.json model: the specials are in its tokenizer files", async () => {
+  await testGpu();
+  // The tiny GQA fixture (vocabulary 67) with a word-level tokenizer.json of 11 words.
+  const words = ["<unk>", "<s>", "</s>", "the", "cat", "sat", "on", "mat", "<", "gem_0", ">"];
+  const base = await mkdtemp(join(tmpdir(), "gemkit-"));
+  const fixture = new URL("../fixtures/tiny_gqa/hf", import.meta.url).pathname;
+  for (const f of ["config.json", "model.safetensors"]) {
+    await copyFile(`${fixture}/${f}`, `${base}/${f}`);
+  }
+  await writeFile(
+    `${base}/tokenizer.json`,
+    JSON.stringify({
+      added_tokens: [],
+      pre_tokenizer: { type: "Whitespace" },
+      normalizer: null,
+      post_processor: null,
+      decoder: { type: "WordPiece", prefix: "##", cleanup: false },
+      model: {
+        type: "WordLevel",
+        vocab: Object.fromEntries(words.map((w, i) => [w, i])),
+        unk_token: "<unk>",
+      },
+    }),
+  );
+  await writeFile(`${base}/tokenizer_config.json`, JSON.stringify({ bos_token: "<s>" }));
+  const { model, tokenizer } = await loadModel(base);
+  const gem = await addSpecialTokens(model, tokenizer, { k: 2, mask: "gem" });
+  assert.deepEqual(gem.info.specialIds, [67, 68]);
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-"));
+  await saveGem(dir, gem, `${base}/tokenizer.json`);
+  const json = JSON.parse(await readFile(`${dir}/tokenizer.json`, "utf8"));
+  assert.deepEqual(
+    json.added_tokens.map((t: { id: number; content: string }) => [t.id, t.content]),
+    [
+      [67, "<gem_0>"],
+      [68, "<gem_1>"],
+    ],
+  );
+  const config = JSON.parse(await readFile(`${dir}/tokenizer_config.json`, "utf8"));
+  assert.equal(config.bos_token, "<s>");
+  assert.equal(config.added_tokens_decoder["68"].content, "<gem_1>");
+  assert.deepEqual(config.additional_special_tokens, ["<gem_0>", "<gem_1>"]);
+  const back = await loadGem(dir);
+  // A special's name in a text is text to gemkit: the specials are appended by id only.
+  assert.deepEqual(back.tokenizer.encode("the cat <gem_0>"), [3, 4, 8, 9, 10]);
+  assert.equal(back.tokenizer.decode([67]), "<gem_0>");
+  const texts = ["the cat sat on the mat", "the mat"];
+  assert.deepEqual((await back.embed(texts)).vectors, (await gem.embed(texts)).vectors);
+  for (const m of [gem, back]) m.dispose();
+  for (const d of [base, dir]) await rm(d, { recursive: true });
 });
 
 test("a training run directory loads as its latest checkpoint", async () => {
