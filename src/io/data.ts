@@ -37,6 +37,11 @@ export interface DerivedFrom {
   member?: string;
   /** Set when the fetcher makes the file from the source with this transform (derive.ts). */
   make?: MakeStep;
+  /**
+   * SHA-256 of the source, checked before any member is extracted or transform run. Absent when
+   * the manifest was made without access to the origin (the result's SHA-256 is always checked).
+   */
+  sourceSha256?: string;
 }
 
 /** One file of the data folder. */
@@ -176,9 +181,15 @@ export async function fetchData(
       // Made from a source (a zip member, or a named transform): the source is downloaded once
       // per run, the result checked.
       try {
-        const { url, member, make: step } = f.derived;
+        const { url, member, make: step, sourceSha256 } = f.derived;
         archives.set(url, archives.get(url) ?? fetchWhole(url));
         const source = await archives.get(url)!;
+        if (sourceSha256) {
+          const got = await sha256Hex(source.slice());
+          if (got !== sourceSha256) {
+            throw new DataError(`source SHA-256 ${got}, expected ${sourceSha256}`);
+          }
+        }
         const bytes = member ? zipMember(source, member, url) : make(step!, source, url);
         const got = await sha256Hex(bytes.slice());
         if (got !== f.sha256) throw new DataError(`SHA-256 ${got}, expected ${f.sha256}`);

@@ -236,6 +236,20 @@ test("data fetch: members of a zip archive are extracted and checked; a missing 
     const reasons = Object.fromEntries(res2.failed.map((x) => [x.path, x.reason]));
     assert.match(reasons["eval/trec_qc/train.txt"], /SHA-256 [0-9a-f]{64}, expected/);
     assert.match(reasons["eval/trec_qc/test.txt"], /qc\/test\.txt: no such member/);
+    // A recorded source SHA-256 is checked before anything is extracted.
+    const pinned = trec.map((f) => ({
+      ...f,
+      derived: {
+        ...f.derived!,
+        sourceSha256: f.path.endsWith("README") ? "0".repeat(64) : undefined,
+      },
+    }));
+    const dest3 = await mkdtemp(join(tmpdir(), "gemkit-data-"));
+    const res3 = await fetchData(dest3, pinned, { fetch: serveZip(zip) });
+    assert.deepEqual(res3.failed.map((x) => x.path), ["eval/trec_qc/README"]);
+    assert.match(res3.failed[0].reason, /qc\.zip: source SHA-256 [0-9a-f]{64}, expected 0{64}$/);
+    assert.equal(res3.fetched.length, 2);
+    await rm(dest3, { recursive: true });
     await rm(dest2, { recursive: true });
   } finally {
     await rm(dest, { recursive: true });
