@@ -62,7 +62,8 @@ export { scope } from "./src/tensor/tensor.ts";
 export { keep } from "./src/tensor/tensor.ts";
 /**
  * Differentiable ops: matmul, elementwise unary/binary with broadcasting, reductions, views,
- * softmax, RMSNorm, RoPE, SwiGLU, embedding, fused cross-entropy, role-table attention.
+ * softmax, RMSNorm, RoPE, SwiGLU, embedding, fused cross-entropy (also fused with the classifier
+ * over vocabulary chunks: `classifierCrossEntropy`), role-table attention.
  */
 export * as ops from "./src/tensor/ops.ts";
 /** A role table: table[queryRole][keyRole] is an attention rule. */

@@ -156,10 +156,10 @@ export function stepLoss(
     const parts: Tensor[] = [];
     if (s.ntp.length) {
       // Logits only for the NTP rows (they come first): the pair rows carry no next-token loss.
+      // The classifier and the loss are one op, chunked over the vocabulary when it is large.
       const n = s.ntp.reduce((a, x) => a + x.ids.length, 0);
       const h = T.slice(T.reshape(out.hidden, [-1, out.hidden.shape[2]]), 0, 0, n);
-      const logits = T.matmul(h, gem.model.classifier, { transB: true });
-      ntp = T.crossEntropy(logits, T.slice(batch.labels, 0, 0, n));
+      ntp = T.classifierCrossEntropy(h, gem.model.classifier, T.slice(batch.labels, 0, 0, n));
       parts.push(T.mulScalar(ntp, (1 - alpha) * scale));
     }
     if (s.anchors.length) {

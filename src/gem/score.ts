@@ -31,9 +31,10 @@ export async function nextTokenNll(
   try {
     const loss = noGrad(() =>
       scope(() => {
-        const out = rawForward(model, batch);
-        const v = out.logits!.shape[2];
-        return T.crossEntropy(T.reshape(out.logits!, [-1, v]), batch.labels);
+        // The classifier fused with the loss: no [tokens, vocab] logits for a large vocabulary.
+        const out = rawForward(model, batch, false);
+        const h = T.reshape(out.hidden, [-1, out.hidden.shape[2]]);
+        return T.classifierCrossEntropy(h, model.classifier, batch.labels);
       })
     );
     const nll = batch.labelled ? (await loss.item()) * batch.labelled : 0;

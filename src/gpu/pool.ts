@@ -47,6 +47,8 @@ export class BufferPool {
   #live = new Set<GpuBuffer>();
   #liveBytes = 0;
   #pooledBytes = 0;
+  #peakLiveBytes = 0;
+  #largest = 0;
   #doomed: GpuBuffer[] = [];
   /** Cached (released) bytes beyond which released buffers are destroyed instead of kept. */
   maxPooledBytes = 2 ** 30;
@@ -82,6 +84,8 @@ export class BufferPool {
     }
     this.#live.add(buf);
     this.#liveBytes += cap;
+    this.#peakLiveBytes = Math.max(this.#peakLiveBytes, this.#liveBytes);
+    this.#largest = Math.max(this.#largest, bytes);
     return buf;
   }
 
@@ -128,6 +132,19 @@ export class BufferPool {
   /** Number of buffers acquired and not yet released. */
   get liveCount(): number {
     return this.#live.size;
+  }
+  /** The most bytes live at once since the last {@link resetPeak}. */
+  get peakLiveBytes(): number {
+    return this.#peakLiveBytes;
+  }
+  /** The largest single request (bytes) since the last {@link resetPeak}. */
+  get largestAcquire(): number {
+    return this.#largest;
+  }
+  /** Starts a new measurement of {@link peakLiveBytes} and {@link largestAcquire}. */
+  resetPeak(): void {
+    this.#peakLiveBytes = this.#liveBytes;
+    this.#largest = 0;
   }
   /** Bytes held in the cache of released buffers. */
   get pooledBytes(): number {

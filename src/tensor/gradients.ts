@@ -21,6 +21,7 @@ import {
 } from "../gpu/kernels/rowwise.ts";
 import { type Node, type Op, type OpNode, opNode } from "./graph.ts";
 import {
+  add,
   contiguous,
   copyInto,
   mapExpr,
@@ -237,6 +238,58 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
     }
     gc.dispose();
     return [dw, null];
+  },
+  classifierCrossEntropy: (g, n) => {
+    const [h, w, targets, lse, stats, saved] = n.saved;
+    const { n: rows, v, ignore, chunk } = n.ctx;
+    const gc = contiguous(g);
+    // dlogits of columns c0..c0+width, then the two products matmul's own rule would make
+    // (dh = dlogits @ w_c, dw_c = dlogits^T @ h), so one chunk is bitwise the unfused graph.
+    const part = (logits: Tensor, wc: Tensor, c0: number, width: number) => {
+      const dlogits = empty([rows, width], "f32", "ce.dx");
+      runCrossEntropyBackward(
+        gpu(),
+        logits.buf,
+        targets.buf,
+        lse.buf,
+        stats.buf,
+        gc.buf,
+        dlogits.buf,
+        rows,
+        width,
+        ignore,
+        c0,
+      );
+      const dh = matmul(dlogits, wc, { transB: false });
+      const dw = matmul(dlogits, h, { transA: true, transB: false });
+      dlogits.dispose();
+      return { dh, dw };
+    };
+    if (saved) {
+      const { dh, dw } = part(saved, w, 0, v);
+      gc.dispose();
+      return [dh, dw, null];
+    }
+    let dh: Tensor | null = null;
+    const dw = empty([v, w.shape[1]], "f32", "ce.dw");
+    for (let c0 = 0; c0 < v; c0 += chunk) {
+      const width = Math.min(chunk, v - c0);
+      const wc = slice(w, 0, c0, c0 + width);
+      const logits = matmul(h, wc, { transB: true });
+      const p = part(logits, wc, c0, width);
+      logits.dispose();
+      const rowsOfDw = slice(dw, 0, c0, c0 + width);
+      copyInto(rowsOfDw, p.dw);
+      for (const t of [wc, rowsOfDw, p.dw]) t.dispose();
+      if (dh) {
+        const sum = add(dh, p.dh);
+        dh.dispose();
+        p.dh.dispose();
+        dh = sum;
+      } else dh = p.dh;
+    }
+    gc.dispose();
+    return [dh, dw, null];
   },
   crossEntropy: (g, n) => {
     const [logits, targets, lse, stats] = n.saved;

@@ -34,6 +34,7 @@ export interface OpCtx {
   swiglu: NoCtx;
   embedding: { v: number; d: number };
   crossEntropy: { n: number; v: number; ignore: number };
+  classifierCrossEntropy: { n: number; v: number; ignore: number; chunk: number };
   attention: { dims: AttentionDims; table: readonly (readonly number[])[]; packed: boolean };
 }
 

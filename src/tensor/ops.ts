@@ -7,7 +7,11 @@
 import { gpu } from "../gpu/device.ts";
 import { DTypeError, IndexError, ShapeError } from "../gpu/errors.ts";
 import { checkRoleTable, runAttention } from "../gpu/kernels/attention.ts";
-import { runCrossEntropy } from "../gpu/kernels/cross_entropy.ts";
+import {
+  runCrossEntropy,
+  runCrossEntropyChunk,
+  runCrossEntropyFinish,
+} from "../gpu/kernels/cross_entropy.ts";
 import {
   BINARY,
   type BinaryFn,
@@ -22,7 +26,7 @@ import { runReduce } from "../gpu/kernels/reduce.ts";
 import { type RopeScaling, ropeTable as hostRopeTable, runRope } from "../gpu/kernels/rope.ts";
 import { rmsnormKernel, runRowKernel, softmaxKernel } from "../gpu/kernels/rowwise.ts";
 import { needsGrad, record } from "./graph.ts";
-import { contiguousStrides, type DType, empty, numel, Tensor, tensor } from "./tensor.ts";
+import { contiguousStrides, type DType, empty, noGrad, numel, Tensor, tensor } from "./tensor.ts";
 
 function fail(op: string, msg: string): never {
   throw new ShapeError(`${op}: ${msg}`);
@@ -612,6 +616,113 @@ export function crossEntropy(
   const out = new Tensor(stats.storage, [], [], 0, "f32");
   record(out, "crossEntropy", [logits, targets], [lc, tc, lse, stats], { n, v, ignore });
   for (const t of [lc, tc, lse, rowLoss, stats]) t.dispose();
+  return out;
+}
+
+/** Options of {@link classifierCrossEntropy}. */
+export interface ClassifierCrossEntropyOptions extends CrossEntropyOptions {
+  /**
+   * Vocabulary columns per chunk. Default: the whole vocabulary when the [N, V] logits fit in
+   * {@link LOGITS_CHUNK_BYTES}, else as many columns as fit.
+   */
+  chunk?: number;
+}
+
+/** Default size of one chunk of logits in {@link classifierCrossEntropy}: 64 MiB. */
+export const LOGITS_CHUNK_BYTES = 64 * 2 ** 20;
+
+/** The vocabulary chunk {@link classifierCrossEntropy} uses for n rows of v logits. */
+export function logitsChunk(n: number, v: number, chunk?: number): number {
+  if (chunk !== undefined) {
+    if (!Number.isInteger(chunk) || chunk < 1) {
+      fail("classifierCrossEntropy", `chunk must be a positive integer, got ${chunk}`);
+    }
+    return Math.min(chunk, v);
+  }
+  return Math.max(1, Math.min(v, Math.floor(LOGITS_CHUNK_BYTES / (4 * Math.max(1, n)))));
+}
+
+/**
+ * Mean cross-entropy of the logits `h @ w^T` (h [N, D], w [V, D]: the classifier) against i32
+ * targets [N], without an [N, V] buffer when the vocabulary is large: the logits are made
+ * `chunk` columns at a time, the log-sum-exp kept running across chunks, and in backward each
+ * chunk's logits are made again, so peak memory grows with N x chunk, not N x V. With one chunk
+ * (stories260K's vocabulary always fits) the kernels, their order and the results are bitwise
+ * those of `crossEntropy(matmul(h, w, {transB: true}), targets)`, which this replaces in training
+ * and scoring.
+ */
+export function classifierCrossEntropy(
+  h: Tensor,
+  w: Tensor,
+  targets: Tensor,
+  opts: ClassifierCrossEntropyOptions = {},
+): Tensor {
+  const ignore = opts.ignoreIndex ?? -1;
+  wantDType("classifierCrossEntropy", targets, "i32", "targets");
+  if (
+    h.rank !== 2 || w.rank !== 2 || targets.rank !== 1 || h.shape[1] !== w.shape[1] ||
+    targets.shape[0] !== h.shape[0]
+  ) {
+    fail(
+      "classifierCrossEntropy",
+      `h ${shapeStr(h)} must be [N, D], w ${shapeStr(w)} [V, D] and targets ${
+        shapeStr(targets)
+      } [N]`,
+    );
+  }
+  const [n, v] = [h.shape[0], w.shape[0]];
+  const chunk = logitsChunk(n, v, opts.chunk);
+  if (chunk >= v) {
+    // One chunk: exactly the unfused ops, the logits saved for backward as matmul's would be.
+    const logits = noGrad(() => matmul(h, w, { transB: true }));
+    checkIndices("classifierCrossEntropy", targets, 0, v, "target", ignore);
+    const tc = contiguous(targets);
+    const lse = empty([n], "f32", "ce.lse");
+    const rowLoss = empty([n], "f32", "ce.rows");
+    const stats = empty([2], "f32", "ce.stats");
+    runCrossEntropy(gpu(), logits.buf, tc.buf, lse.buf, rowLoss.buf, stats.buf, n, v, ignore);
+    const out = new Tensor(stats.storage, [], [], 0, "f32");
+    record(out, "classifierCrossEntropy", [h, w, targets], [h, w, tc, lse, stats, logits], {
+      n,
+      v,
+      ignore,
+      chunk: v,
+    });
+    for (const t of [logits, tc, lse, rowLoss, stats]) t.dispose();
+    return out;
+  }
+  checkIndices("classifierCrossEntropy", targets, 0, v, "target", ignore);
+  const tc = contiguous(targets);
+  const state = {
+    m: full([n], -3.4028234e38),
+    s: full([n], 0),
+    tl: full([n], 0),
+  };
+  for (let c0 = 0; c0 < v; c0 += chunk) {
+    const width = Math.min(chunk, v - c0);
+    const logits = noGrad(() => {
+      const wc = slice(w, 0, c0, c0 + width);
+      const l = matmul(h, wc, { transB: true });
+      wc.dispose();
+      return l;
+    });
+    const buf = { m: state.m.buf, s: state.s.buf, tl: state.tl.buf };
+    runCrossEntropyChunk(gpu(), logits.buf, tc.buf, buf, n, width, c0, ignore);
+    logits.dispose();
+  }
+  const lse = empty([n], "f32", "ce.lse");
+  const rowLoss = empty([n], "f32", "ce.rows");
+  const stats = empty([2], "f32", "ce.stats");
+  const buf = { m: state.m.buf, s: state.s.buf, tl: state.tl.buf };
+  runCrossEntropyFinish(gpu(), buf, tc.buf, lse.buf, rowLoss.buf, stats.buf, n, v, ignore);
+  const out = new Tensor(stats.storage, [], [], 0, "f32");
+  record(out, "classifierCrossEntropy", [h, w, targets], [h, w, tc, lse, stats], {
+    n,
+    v,
+    ignore,
+    chunk,
+  });
+  for (const t of [tc, lse, rowLoss, stats, state.m, state.s, state.tl]) t.dispose();
   return out;
 }
 

@@ -53,6 +53,7 @@ export type Op =
   | "swiglu"
   | "embedding"
   | "crossEntropy"
+  | "classifierCrossEntropy"
   | "attention"
   | "concat";
 

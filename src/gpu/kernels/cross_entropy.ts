@@ -6,7 +6,13 @@
  *   backward : dlogits = g / count * (softmax(row) - onehot(target)), 0 on ignored rows
  * No [N, V] softmax is stored and nothing is read back to learn the count.
  *
- * Versions: v1.
+ * Chunked over the vocabulary (logits [N, C] of columns c0..c0+C at a time, so no [N, V] buffer
+ * exists): each chunk merges its row max and sum of exponentials into running ones and picks up
+ * the target's logit when the target falls in it; a last pass turns them into lse and the row
+ * losses, and the mean kernel above finishes. The backward kernel takes the chunk's first column,
+ * so the same kernel serves whole rows (c0 = 0) and chunks.
+ *
+ * Versions: v1; v2 adds the chunk kernels and the column offset of the backward.
  */
 
 import type { Gpu } from "../device.ts";
@@ -14,7 +20,7 @@ import { defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kerne
 import type { GpuBuffer } from "../pool.ts";
 import { rowKernel, rowMaxSumExp, type RowMode, rowMode, rowReduceHelpers } from "./rowwise.ts";
 
-const PARAMS = "rows: u32, n: u32, ignore: i32, _p: u32";
+const PARAMS = "rows: u32, n: u32, ignore: i32, c0: u32";
 
 export function crossEntropyRowsKernel(wg: number, mode: RowMode): Kernel {
   return rowKernel(
@@ -76,7 +82,7 @@ export function crossEntropyBackwardKernel(wg: number): Kernel {
   let count = OUT[1];
   let scale = select(G[0] / count, 0.0, count == 0.0 || t == P.ignore);
   let p = exp(X[i] - LSE[row]);
-  DX[i] = scale * (p - select(0.0, 1.0, i32(j) == t));`;
+  DX[i] = scale * (p - select(0.0, 1.0, i32(j + P.c0) == t));`;
   return defineKernel({
     name: "cross_entropy_bwd",
     params: PARAMS,
@@ -92,8 +98,117 @@ export function crossEntropyBackwardKernel(wg: number): Kernel {
   });
 }
 
-function params(rows: number, v: number, ignore: number): ParamWriter {
-  return new ParamWriter().u32(rows).u32(v).i32(ignore).u32(0);
+function params(rows: number, v: number, ignore: number, c0 = 0): ParamWriter {
+  return new ParamWriter().u32(rows).u32(v).i32(ignore).u32(c0);
+}
+
+/**
+ * Merges one chunk of logits [rows, n] (columns c0..c0+n) into the running row max M, sum of
+ * exponentials S (relative to M), and target logit TL.
+ */
+export function crossEntropyChunkKernel(wg: number, mode: RowMode): Kernel {
+  return rowKernel(
+    "cross_entropy_chunk",
+    wg,
+    mode,
+    [
+      ["X", "read", "array<f32>"],
+      ["T", "read", "array<i32>"],
+      ["M", "rw", "array<f32>"],
+      ["S", "rw", "array<f32>"],
+      ["TL", "rw", "array<f32>"],
+    ],
+    (v) =>
+      `${rowMaxSumExp(v)}
+  if (${v.leader}) {
+    let mo = M[row];
+    let mn = max(mo, m);
+    S[row] = S[row] * exp(mo - mn) + s * exp(m - mn);
+    M[row] = mn;
+    let t = T[row];
+    if (t >= i32(P.c0) && t < i32(P.c0 + P.n)) { TL[row] = X[base + u32(t) - P.c0]; }
+  }`,
+    PARAMS,
+  );
+}
+
+/** After the last chunk: LSE = M + log S, and each row's loss (0 when its target is ignored). */
+export function crossEntropyFinishKernel(wg: number): Kernel {
+  return defineKernel({
+    name: "cross_entropy_finish",
+    params: PARAMS,
+    bindings: [
+      ["M", "read", "array<f32>"],
+      ["S", "read", "array<f32>"],
+      ["TL", "read", "array<f32>"],
+      ["T", "read", "array<i32>"],
+      ["LSE", "rw", "array<f32>"],
+      ["L", "rw", "array<f32>"],
+    ],
+    body: gridMain(
+      wg,
+      "row",
+      "row >= P.rows",
+      `  let lse = M[row] + log(S[row]);
+  LSE[row] = lse;
+  L[row] = select(lse - TL[row], 0.0, T[row] == P.ignore);`,
+    ),
+  });
+}
+
+/** Running state of a chunked cross-entropy: row max, sum of exponentials, target logit. */
+export interface ChunkState {
+  m: GpuBuffer;
+  s: GpuBuffer;
+  tl: GpuBuffer;
+}
+
+/** Records one chunk's merge into `state` (which starts as M = -3.4e38, S = 0, TL = 0). */
+export function runCrossEntropyChunk(
+  gpu: Gpu,
+  logits: GpuBuffer,
+  targets: GpuBuffer,
+  state: ChunkState,
+  rows: number,
+  width: number,
+  c0: number,
+  ignore: number,
+): void {
+  const mode = rowMode(gpu, width);
+  const rwg = mode === "group" ? gpu.tuning.rowWorkgroup : gpu.tuning.elementwiseWorkgroup;
+  gpu.dispatch(
+    crossEntropyChunkKernel(rwg, mode),
+    [logits, targets, state.m, state.s, state.tl],
+    params(rows, width, ignore, c0),
+    grid(mode === "group" ? rows : Math.ceil(rows / rwg)),
+  );
+}
+
+/** Records the end of a chunked forward: `lse`, `rowLoss`, and `out` = (mean loss, count). */
+export function runCrossEntropyFinish(
+  gpu: Gpu,
+  state: ChunkState,
+  targets: GpuBuffer,
+  lse: GpuBuffer,
+  rowLoss: GpuBuffer,
+  out: GpuBuffer,
+  rows: number,
+  v: number,
+  ignore: number,
+): void {
+  const ewg = gpu.tuning.elementwiseWorkgroup;
+  gpu.dispatch(
+    crossEntropyFinishKernel(ewg),
+    [state.m, state.s, state.tl, targets, lse, rowLoss],
+    params(rows, v, ignore),
+    grid(Math.ceil(rows / ewg)),
+  );
+  const wg = gpu.tuning.rowWorkgroup;
+  gpu.dispatch(crossEntropyMeanKernel(wg), [rowLoss, targets, out], params(rows, v, ignore), [
+    1,
+    1,
+    1,
+  ]);
 }
 
 /** Records forward: `lse` [N], `rowLoss` [N], `out` [2] = (mean loss, kept-row count). */
@@ -124,6 +239,10 @@ export function runCrossEntropy(
   ]);
 }
 
+/**
+ * Records dlogits for logits [rows, v] (columns c0..c0+v of the vocabulary: a chunk, or all of it
+ * with c0 = 0), given the forward's lse and (mean, count).
+ */
 export function runCrossEntropyBackward(
   gpu: Gpu,
   logits: GpuBuffer,
@@ -135,12 +254,13 @@ export function runCrossEntropyBackward(
   rows: number,
   v: number,
   ignore: number,
+  c0 = 0,
 ): void {
   const wg = gpu.tuning.elementwiseWorkgroup;
   gpu.dispatch(
     crossEntropyBackwardKernel(wg),
     [logits, targets, lse, out, g, dx],
-    params(rows, v, ignore),
+    params(rows, v, ignore, c0),
     grid(Math.ceil((rows * v) / wg)),
   );
 }
