@@ -1,10 +1,12 @@
 /**
  * `deno task train [--config FILE] [--out DIR] [--steps N] [--seed S] [--resume DIR]
- *   [--stop-at K] [--no-report] [key=value ...]`
+ *   [--stop-at K] [--no-report] [--plan] [--memory-gb G] [key=value ...]`
  *
  * With no arguments: GEM fine-tuning of stories260K on the TinyStories train split with the
  * default recipe (src/recipe/config.ts), then a report of perplexity and embedding quality before
- * and after on held-out data.
+ * and after on held-out data. Every run first makes its memory plan from the model's config alone
+ * (src/recipe/plan.ts) and refuses to start when one binding would exceed the adapter's limit;
+ * `--plan` prints the plan and exits.
  */
 
 import { args, exit, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
@@ -17,11 +19,19 @@ import { checkpointConfig, gemTask, openBase, withSpecials } from "../recipe/rec
 import { type StepRecord, train } from "../train/trainer.ts";
 import { readTrainerState, resolveCheckpoint } from "../train/trainer.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
+import {
+  checkPlan,
+  formatBytes,
+  formatPlan,
+  PlanError,
+  planRun,
+  planTarget,
+} from "../recipe/plan.ts";
 import { inDomainRetrieval, perplexity } from "../eval/quick.ts";
 import { baselineReport, gemReport, printReport } from "./report.ts";
 
 const USAGE = "usage: deno task train [--config FILE] [--out DIR] [--steps N] [--seed S] " +
-  "[--resume DIR] [--stop-at K] [--no-report] [key=value ...]";
+  "[--resume DIR] [--stop-at K] [--no-report] [--plan] [--memory-gb G] [key=value ...]";
 const EXAMPLE = "deno task train --steps 200 --out runs/quick";
 
 function progress(total: number, start: number) {
@@ -69,6 +79,16 @@ await runMain(async () => {
         default: true,
       },
       "no-report": { type: "boolean", help: "skip the report", default: false },
+      plan: {
+        type: "boolean",
+        help: "print the memory plan (made before loading any weight) and exit",
+        default: false,
+      },
+      "memory-gb": {
+        type: "number",
+        help:
+          "device memory budget the plan is checked against (default on llvmpipe: the host's available memory)",
+      },
     },
     USAGE,
     EXAMPLE,
@@ -92,7 +112,21 @@ await runMain(async () => {
     if (flags.seed !== undefined) extra.push(["seed", String(flags.seed)]);
     config = buildConfig(file, [...overrides, ...extra], (flags.config as string) ?? "config");
   }
-  await initGpu();
+  await initGpu({ log: !flags.plan });
+  const plan = await planRun(config, planTarget(flags["memory-gb"] as number | undefined), ckpt);
+  const verdict = checkPlan(plan);
+  if (flags.plan) {
+    console.log(formatPlan(plan));
+    if (verdict.error) console.log(`refused: ${verdict.error}`);
+    else if (verdict.warning) console.log(`warning: ${verdict.warning}`);
+    exit(verdict.error ? 1 : 0);
+  }
+  if (verdict.error) throw new PlanError(verdict.error);
+  console.error(
+    `gemkit: memory plan: up to ${formatBytes(plan.total)} for ${plan.tokens} tokens per ` +
+      `micro-batch; largest binding ${plan.largest.name} (deno task train --plan for the rest)`,
+  );
+  if (verdict.warning) console.warn(`gemkit: ${verdict.warning}`);
   const wantReport = (flags.report as boolean) && !(flags["no-report"] as boolean);
   let baseline = null;
   let gem: GemModel;

@@ -25,6 +25,8 @@ export interface ModelFormat {
   detect(path: string, info: Stats): Promise<boolean>;
   /** Reads config and weights; `maxSeqLen` caps the context of long-context checkpoints. */
   read(path: string, opts: { maxSeqLen?: number }): Promise<Checkpoint>;
+  /** Reads only the config (memory plans are made before any weight is loaded). */
+  readConfig(path: string): Promise<LlamaConfig>;
   /** Writes a checkpoint (each file atomically). */
   write(
     path: string,

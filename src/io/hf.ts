@@ -158,16 +158,7 @@ export async function readHfModel(
   dir: string,
   opts: ReadHfOptions = {},
 ): Promise<{ config: LlamaConfig; weights: Map<string, Float32Array> }> {
-  const cfgPath = `${dir}/config.json`;
-  let raw: Record<string, unknown>;
-  try {
-    raw = JSON.parse(await readFile(cfgPath, "utf8"));
-  } catch (e) {
-    throw new CheckpointError(
-      `${cfgPath}: cannot read as JSON (${e instanceof Error ? e.message : e})`,
-    );
-  }
-  const config = configFromHf(raw, cfgPath, opts);
+  const config = await readHfConfig(dir, opts);
   const reader = await openCheckpoint(dir);
   const weights = new Map<string, Float32Array>();
   try {
@@ -200,6 +191,20 @@ export async function readHfModel(
     reader.close();
   }
   return { config, weights };
+}
+
+/** The config.json of an HF directory, as a {@link LlamaConfig}; errors name the file. */
+export async function readHfConfig(dir: string, opts: ReadHfOptions = {}): Promise<LlamaConfig> {
+  const cfgPath = `${dir}/config.json`;
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(await readFile(cfgPath, "utf8"));
+  } catch (e) {
+    throw new CheckpointError(
+      `${cfgPath}: cannot read as JSON (${e instanceof Error ? e.message : e})`,
+    );
+  }
+  return configFromHf(raw, cfgPath, opts);
 }
 
 /** Writes an HF Llama directory (config.json + model.safetensors), each file atomically. */
@@ -236,6 +241,7 @@ export const hfFormat: ModelFormat = {
   detect: async (path, info) =>
     info.isDirectory() && (await statOrNull(`${path}/config.json`))?.isFile() === true,
   read: (path, opts) => readHfModel(path, { maxSeqLen: opts.maxSeqLen }),
+  readConfig: (path) => readHfConfig(path),
   write: (path, ckpt, opts) => writeHfModel(path, ckpt.config, ckpt.weights, opts),
   tokenizerIn: async (path) => {
     for (const f of ["tokenizer.json", "tokenizer.bin", "tokenizer.model"]) {

@@ -8,7 +8,7 @@
  * order are what gemkit's model uses, so nothing is permuted here.
  */
 
-import { readFile } from "node:fs/promises";
+import { open, readFile } from "node:fs/promises";
 import type { LlamaConfig } from "../nn/llama.ts";
 import { parameterShapes } from "../nn/llama.ts";
 import { writeAtomic } from "./atomic.ts";
@@ -194,6 +194,21 @@ export const llama2cFormat: ModelFormat = {
     const ckpt = await readLlama2c(path);
     if (opts.maxSeqLen) ckpt.config.maxSeqLen = Math.min(ckpt.config.maxSeqLen, opts.maxSeqLen);
     return ckpt;
+  },
+  readConfig: async (path) => {
+    const header = new Uint8Array(HEADER_BYTES);
+    let got = 0;
+    try {
+      const f = await open(path, "r");
+      try {
+        got = (await f.read(header, 0, HEADER_BYTES, 0)).bytesRead;
+      } finally {
+        await f.close();
+      }
+    } catch (e) {
+      throw new CheckpointError(`${path}: cannot read (${e instanceof Error ? e.message : e})`);
+    }
+    return parseLlama2cHeader(header.subarray(0, got), path);
   },
   write: (path, ckpt) => writeLlama2c(path, ckpt.config, ckpt.weights),
   tokenizerIn: () => Promise.resolve(null),

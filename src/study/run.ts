@@ -4,6 +4,7 @@
  * Also the untrained row (fresh specials) and the base model's reference rows.
  */
 
+import { checkPlan, PlanError, planRun, planTarget } from "../recipe/plan.ts";
 import { mkdir, readFile } from "node:fs/promises";
 import type { GemModel } from "../gem/gem.ts";
 import { loadGem } from "../gem/io.ts";
@@ -169,6 +170,9 @@ export async function runTrained(
       wall.seconds = before + (performance.now() - t0) / 1000;
       await writeAtomic(`${dir}/wall.json`, JSON.stringify(wall) + "\n");
     };
+    // Refused before anything is written when one binding would exceed the adapter's limit.
+    const verdict = checkPlan(await planRun(config, planTarget(), resume));
+    if (verdict.error) throw new PlanError(`${v.label} seed ${seed}: ${verdict.error}`);
     await mkdir(dir, { recursive: true });
     await saveWall();
     const { gem, task } = await prepareRun(config, resume);

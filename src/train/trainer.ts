@@ -20,6 +20,7 @@ import { clipGradNorm } from "../tensor/optim.ts";
 import { AdamW } from "../tensor/optim.ts";
 import { backward } from "../tensor/backward.ts";
 import { scope, type Tensor, tensor } from "../tensor/tensor.ts";
+import { gpu } from "../gpu/device.ts";
 import { type LoopConfig, scheduleAt } from "./schedule.ts";
 
 /** What one micro-batch returns to the loop. */
@@ -90,6 +91,8 @@ export interface StepRecord {
   tokensPerSec: number;
   /** Step time in ms. */
   ms: number;
+  /** Most device bytes live at once during the step (the buffer pool's count). */
+  peakBytes: number;
   /** Loss parts (ntp, contrastive) and evaluation results. */
   [part: string]: number;
 }
@@ -230,6 +233,7 @@ export async function train(
   try {
     while (step < end && !signalled) {
       const t0 = performance.now();
+      gpu().pool.resetPeak();
       const { lr, alpha } = scheduleAt(config, step);
       let tokens = 0;
       const sums: Record<string, number> = {};
@@ -272,6 +276,7 @@ export async function train(
         gradNorm,
         tokensPerSec: tokens / (ms / 1000),
         ms,
+        peakBytes: gpu().pool.peakLiveBytes,
         ...sums,
       };
       if (opts.evaluate && config.evalEvery > 0 && step % config.evalEvery === 0) {

@@ -1,0 +1,214 @@
+/**
+ * The memory plan of a training run, made from the model's config before any weight is loaded:
+ * parameters, gradients, optimizer state, activations and logits in bytes, the largest single
+ * storage binding, and a check of both against the adapter. A binding over the adapter's
+ * `maxStorageBufferBindingSize` fails every kernel that binds it, so the run is refused with
+ * the item named and what would make it fit; a total over the memory budget is a warning
+ * (WebGPU does not report device memory, so the budget is the caller's, or on llvmpipe the
+ * host's available memory).
+ *
+ * Activations are counted from the engine's own forward (src/nn/llama.ts): what the graph keeps
+ * for backward per token and layer (the block's input, both norms' outputs, q, k and v after
+ * RoPE, attention's output and log-sum-exp, the residual, gate, up and their SwiGLU product),
+ * plus the outputs the forward's scope holds until it returns (the projections before RoPE and
+ * the two outputs added to the residual), plus one layer's gradients during backward. All rows
+ * of a micro-batch are packed into one sequence, so tokens are counted, never padding. The
+ * counts are an upper bound: every text is taken at `maxLen` tokens.
+ */
+
+import { freemem } from "node:os";
+import { gpu } from "../gpu/device.ts";
+import { readHfConfig } from "../io/hf.ts";
+import { locateModel } from "../io/model.ts";
+import type { LlamaConfig } from "../nn/llama.ts";
+import { headDim, parameterShapes } from "../nn/llama.ts";
+import { logitsChunk } from "../tensor/ops.ts";
+import type { TrainConfig } from "./config.ts";
+
+/** A run the plan refuses; the message names the item and what would make it fit. */
+export class PlanError extends Error {
+  /** Error class name. */
+  override name = "PlanError";
+}
+
+/** One line of the plan. */
+export interface PlanItem {
+  /** What it is ("parameters", "activations", ...). */
+  name: string;
+  /** Bytes. */
+  bytes: number;
+  /** How it was counted. */
+  detail: string;
+}
+
+/** The largest single buffer the run binds to a kernel. */
+export interface PlanBinding {
+  /** What it holds ("embedding [516, 64]", ...). */
+  name: string;
+  /** Bytes. */
+  bytes: number;
+  /** What would make it smaller, for the refusal message. */
+  remedy: string;
+}
+
+/** The memory plan of one training run on one adapter. */
+export interface MemoryPlan {
+  /** Parameters, gradients, optimizer state, activations, logits. */
+  items: PlanItem[];
+  /** Sum of the items. */
+  total: number;
+  /** Tokens of one micro-batch at most (packed, all rows at `maxLen`). */
+  tokens: number;
+  /** The largest single binding. */
+  largest: PlanBinding;
+  /** The adapter's `maxStorageBufferBindingSize`. */
+  bindingLimit: number;
+  /** Memory budget in bytes, or null when unknown. */
+  budget: number | null;
+  /** Where the budget comes from ("--memory-gb", "host memory available (llvmpipe)"). */
+  budgetSource: string;
+}
+
+/** The adapter facts and budget a plan is checked against. */
+export interface PlanTarget {
+  /** `maxStorageBufferBindingSize` of the device. */
+  bindingLimit: number;
+  /** Bytes the run may use, or null when unknown. */
+  budget: number | null;
+  /** Where the budget comes from. */
+  budgetSource: string;
+}
+
+const F32 = 4;
+const MB = 2 ** 20;
+
+/** Bytes as MiB, or GiB from 1 GiB on, for plan lines. */
+export function formatBytes(b: number): string {
+  return b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(1)} GiB` : `${(b / MB).toFixed(1)} MiB`;
+}
+
+/**
+ * The plan of training `model` (its config as loaded, before special tokens are added when
+ * `addSpecials` is set) under `config`, against `target`.
+ */
+export function memoryPlan(
+  model: LlamaConfig,
+  config: TrainConfig,
+  target: PlanTarget,
+  addSpecials = true,
+): MemoryPlan {
+  const c = { ...model, vocabSize: model.vocabSize + (addSpecials ? config.gem.k : 0) };
+  const d = c.dim, h = c.nHeads, kv = headDim(c) * c.nKvHeads, ff = c.hiddenDim, v = c.vocabSize;
+  const params = parameterShapes(c).reduce((n, [, s]) => n + s.reduce((a, b) => a * b, 1), 0);
+  const len = Math.min(config.maxLen, c.maxSeqLen);
+  const ntpRows = config.phases.some((p) => p.alpha < 1) ? config.batchSize : 0;
+  const pairRows = config.phases.some((p) => p.alpha > 0) ? 2 * config.contrastive.batchSize : 0;
+  const ntp = ntpRows * len, tokens = ntp + pairRows * len;
+  // Per token and layer: kept for backward, then held by the forward's scope, as listed above.
+  const kept = 6 * d + 2 * kv + 3 * ff + h + 2;
+  const scoped = 3 * d + kv;
+  const perToken = d + c.nLayers * (kept + scoped) + d + 1;
+  const backward = 3 * d + ff; // one layer's activation gradients in flight
+  const chunk = logitsChunk(ntp, v);
+  const items: PlanItem[] = [
+    { name: "parameters", bytes: params * F32, detail: `${params.toLocaleString("en")} f32` },
+    { name: "gradients", bytes: params * F32, detail: "one f32 per parameter" },
+    { name: "optimizer state", bytes: 2 * params * F32, detail: "AdamW m and v, f32" },
+    {
+      name: "activations",
+      bytes: tokens * (perToken + backward) * F32,
+      detail: `${tokens.toLocaleString("en")} tokens x ${perToken + backward} f32 ` +
+        `(${ntpRows} + ${pairRows} rows of ${len})`,
+    },
+    {
+      name: "logits",
+      bytes: 2 * ntp * chunk * F32,
+      detail: `${ntp.toLocaleString("en")} next-token positions x ${chunk} vocabulary columns, ` +
+        "forward and backward",
+    },
+  ];
+  const total = items.reduce((n, i) => n + i.bytes, 0);
+  const shorter =
+    "a shorter maxLen or fewer texts per micro-batch (batchSize, contrastive.batchSize)";
+  const weight = "a device whose maxStorageBufferBindingSize holds it";
+  const bindings: PlanBinding[] = [
+    { name: `embedding [${v}, ${d}]`, bytes: v * d * F32, remedy: weight },
+    { name: `MLP weight [${ff}, ${d}]`, bytes: ff * d * F32, remedy: weight },
+    { name: `MLP activations [${tokens}, ${ff}]`, bytes: tokens * ff * F32, remedy: shorter },
+    { name: `hidden states [${tokens}, ${d}]`, bytes: tokens * d * F32, remedy: shorter },
+    {
+      name: `logits [${ntp}, ${chunk}]`,
+      bytes: ntp * chunk * F32,
+      remedy: "a smaller vocabulary chunk",
+    },
+  ];
+  const largest = bindings.reduce((a, b) => (b.bytes > a.bytes ? b : a));
+  return { items, total, tokens, largest, ...target };
+}
+
+/** The plan as aligned lines for the terminal. */
+export function formatPlan(plan: MemoryPlan): string {
+  const rows = plan.items.map((i) =>
+    `  ${i.name.padEnd(16)} ${formatBytes(i.bytes).padStart(11)}  ${i.detail}`
+  );
+  const budget = plan.budget === null
+    ? "unknown (WebGPU does not report device memory; pass --memory-gb)"
+    : `${formatBytes(plan.budget)} (${plan.budgetSource})`;
+  return [
+    "memory plan (upper bound: every text at maxLen):",
+    ...rows,
+    `  ${"total".padEnd(16)} ${formatBytes(plan.total).padStart(11)}  budget ${budget}`,
+    `  largest binding: ${plan.largest.name}, ${formatBytes(plan.largest.bytes)} ` +
+    `(adapter limit ${formatBytes(plan.bindingLimit)})`,
+  ].join("\n");
+}
+
+/** What the plan says of the run: an error refuses it, a warning does not. */
+export function checkPlan(plan: MemoryPlan): { error: string | null; warning: string | null } {
+  const b = plan.largest;
+  const error = b.bytes > plan.bindingLimit
+    ? `${b.name} needs one binding of ${formatBytes(b.bytes)}, over this adapter's ` +
+      `maxStorageBufferBindingSize of ${formatBytes(plan.bindingLimit)}; what would make it ` +
+      `fit: ${b.remedy}`
+    : null;
+  const warning = plan.budget === null
+    ? `the plan needs up to ${formatBytes(plan.total)}; the device's memory is unknown ` +
+      "(WebGPU does not report it): pass --memory-gb to check"
+    : plan.total > plan.budget
+    ? `the plan needs up to ${formatBytes(plan.total)}, over the budget of ` +
+      `${formatBytes(plan.budget)} (${plan.budgetSource}): the run may fail to allocate`
+    : null;
+  return { error, warning };
+}
+
+/**
+ * What the current device offers a plan: its binding limit, and a budget of `memoryGb` GiB when
+ * given, else on llvmpipe (which allocates from host memory) the host's available memory, else
+ * unknown.
+ */
+export function planTarget(memoryGb?: number): PlanTarget {
+  const g = gpu();
+  const bindingLimit = g.device.limits.maxStorageBufferBindingSize;
+  if (memoryGb !== undefined) {
+    if (!(memoryGb > 0)) throw new RangeError(`--memory-gb must be positive, got ${memoryGb}`);
+    return { bindingLimit, budget: memoryGb * 2 ** 30, budgetSource: "--memory-gb" };
+  }
+  if (/llvmpipe|lavapipe/i.test(g.description)) {
+    return { bindingLimit, budget: freemem(), budgetSource: "host memory available, llvmpipe" };
+  }
+  return { bindingLimit, budget: null, budgetSource: "unknown" };
+}
+
+/**
+ * The plan of a run of `config`, read from the model's config file alone: the base model's
+ * (special tokens still to be added), or with `resume` the GEM checkpoint's.
+ */
+export async function planRun(
+  config: TrainConfig,
+  target: PlanTarget,
+  resume?: string,
+): Promise<MemoryPlan> {
+  if (resume) return memoryPlan(await readHfConfig(resume), config, target, false);
+  const { path, format } = await locateModel(config.model);
+  return memoryPlan(await format.readConfig(path), config, target, true);
+}
