@@ -44,6 +44,8 @@ export interface ObjectiveOptions {
   batchSize: number;
   /** The contrastive half. */
   contrastive: PairOptions;
+  /** Activation checkpointing per layer (recomputed in backward; the same gradients). */
+  checkpointing?: boolean;
 }
 
 /** Source of texts (token ids, BOS first) and of supervised pairs. */
@@ -138,7 +140,7 @@ export function stepLoss(
   s: StepSamples,
   alpha: number,
   scale: number,
-  o?: { contrastive: Pick<PairOptions, "symmetric"> },
+  o?: { contrastive: Pick<PairOptions, "symmetric">; checkpointing?: boolean },
 ): StepLoss {
   const symmetric = o?.contrastive.symmetric ?? true;
   const rows = [...s.ntp, ...s.anchors.map(unlabelled), ...s.positives.map(unlabelled)];
@@ -151,6 +153,7 @@ export function stepLoss(
       positions: batch.positions,
       segments: batch.segments,
       logits: false,
+      checkpoint: o?.checkpointing ?? false,
     });
     let ntp: Tensor | undefined, contrastive: Tensor | undefined;
     const parts: Tensor[] = [];

@@ -143,6 +143,11 @@ export interface ForwardOptions {
   layers?: boolean;
   /** Decode with this cache: keys/values of the new tokens are appended to it. */
   cache?: KVCache;
+  /**
+   * Activation checkpointing per layer: each block keeps only its input for backward and is
+   * recomputed there (less memory, one more forward; the same gradients bit for bit).
+   */
+  checkpoint?: boolean;
 }
 
 /** What {@link Llama.forward} returns; the caller owns (and disposes) every tensor. */
@@ -252,6 +257,9 @@ export class Llama {
     }
     const [b, t] = tokens.shape;
     const cache = opts.cache;
+    if (cache && opts.checkpoint) {
+      throw new ShapeError("Llama.forward: checkpointing is for training; a cache is for decoding");
+    }
     const start = cache?.length ?? 0;
     // Packed batches carry explicit positions (checked by rope against the table); otherwise the
     // row itself must fit the context.
@@ -278,13 +286,17 @@ export class Llama {
       if (cache) T.copyInto(T.slice(cache.roles, 1, start, start + t), roles);
       let x = T.embedding(this.#p("model.embed_tokens.weight"), tokens);
       const layers: Tensor[] = opts.layers ? [x] : [];
-      for (let l = 0; l < c.nLayers; l++) {
+      // One block; `kept` = [roles, positions, segments] (the last two when given), passed in
+      // rather than captured so a checkpoint can hold them until its backward.
+      const block = (l: number, x: Tensor, kept: readonly Tensor[]): Tensor => {
         const p = (n: string) => this.#p(`model.layers.${l}.${n}`);
+        const [roles, pos, seg] = [kept[0], positions ? kept[1] : null, kept.at(-1)];
+        const segments = opts.segments ? seg : undefined;
         const a = T.rmsnorm(x, p("input_layernorm.weight"), c.normEps);
         const proj = (n: string, heads: number) =>
           T.reshape(T.matmul(a, p(n), { transB: true }), [b, t, heads, hd]);
-        const q = T.rope(proj("self_attn.q_proj.weight", c.nHeads), this.#rope, positions);
-        let k = T.rope(proj("self_attn.k_proj.weight", c.nKvHeads), this.#rope, positions);
+        const q = T.rope(proj("self_attn.q_proj.weight", c.nHeads), this.#rope, pos);
+        let k = T.rope(proj("self_attn.k_proj.weight", c.nKvHeads), this.#rope, pos);
         let v = proj("self_attn.v_proj.weight", c.nKvHeads);
         let attRoles = roles;
         let keys: number | undefined;
@@ -293,7 +305,7 @@ export class Llama {
           T.copyInto(T.slice(cache.v[l], 1, start, start + t), v);
           [k, v, attRoles, keys] = [cache.k[l], cache.v[l], cache.roles, start + t];
         }
-        const o = T.attention(q, k, v, attRoles, table, { keys, segments: opts.segments });
+        const o = T.attention(q, k, v, attRoles, table, { keys, segments });
         x = T.add(
           x,
           T.matmul(T.reshape(o, [b, t, c.dim]), p("self_attn.o_proj.weight"), { transB: true }),
@@ -301,7 +313,20 @@ export class Llama {
         const m = T.rmsnorm(x, p("post_attention_layernorm.weight"), c.normEps);
         const gate = T.matmul(m, p("mlp.gate_proj.weight"), { transB: true });
         const up = T.matmul(m, p("mlp.up_proj.weight"), { transB: true });
-        x = T.add(x, T.matmul(T.swiglu(gate, up), p("mlp.down_proj.weight"), { transB: true }));
+        return T.add(x, T.matmul(T.swiglu(gate, up), p("mlp.down_proj.weight"), { transB: true }));
+      };
+      const kept = [
+        roles,
+        ...(positions ? [positions] : []),
+        ...(opts.segments ? [opts.segments] : []),
+      ];
+      for (let l = 0; l < c.nLayers; l++) {
+        if (opts.checkpoint) {
+          const names = parameterShapes(c).map(([n]) => n).filter((n) =>
+            n.startsWith(`model.layers.${l}.`)
+          );
+          x = T.checkpoint((x, k) => block(l, x, k), x, names.map((n) => this.#p(n)), kept);
+        } else x = block(l, x, kept);
         if (opts.layers) layers.push(x);
       }
       if (cache) cache.length = start + t;

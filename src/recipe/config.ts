@@ -69,6 +69,8 @@ export interface TrainConfig extends LoopConfig {
   gem: GemSettings;
   /** Contrastive settings. */
   contrastive: ContrastiveSettings;
+  /** Activation checkpointing per layer. */
+  checkpointing: boolean;
 }
 
 /** Field documentation: dotted path -> [default, help]. The README table is generated from it. */
@@ -122,6 +124,10 @@ export const FIELDS: Record<string, [unknown, string]> = {
   "contrastive.cropFrac": [0.5, "crop length as a fraction of the text"],
   "contrastive.symmetric": [true, "average both directions of InfoNCE (CLIP style)"],
   "contrastive.pairsFile": ["", "JSONL of {query, positive} for supervised pairs"],
+  checkpointing: [
+    false,
+    "activation checkpointing per layer: keep each block's input only, recompute it in backward (same gradients, less memory)",
+  ],
   checkpointEvery: [100, "steps between checkpoints (also at the end and on Ctrl-C)"],
   keepCheckpoints: [2, "checkpoints kept in the run directory"],
   evalEvery: [0, "steps between evaluations on the validation slice, logged (0 = none)"],
@@ -276,6 +282,9 @@ function validate(c: Record<string, unknown>): void {
   }
   if (getPath(c, "contrastive.pairs") === "supervised" && !getPath(c, "contrastive.pairsFile")) {
     bad("contrastive.pairsFile", "is required when contrastive.pairs is supervised");
+  }
+  if (typeof getPath(c, "checkpointing") !== "boolean") {
+    bad("checkpointing", "must be true or false");
   }
   int("checkpointEvery", 1);
   int("keepCheckpoints", 1);

@@ -11,7 +11,8 @@
  * for backward per token and layer (the block's input, both norms' outputs, q, k and v after
  * RoPE, attention's output and log-sum-exp, the residual, gate, up and their SwiGLU product),
  * plus the outputs the forward's scope holds until it returns (the projections before RoPE and
- * the two outputs added to the residual), plus one layer's gradients during backward. All rows
+ * the two outputs added to the residual), plus one layer's gradients during backward; with
+ * checkpointing, each layer's input and one layer's activations (recomputed in backward). All rows
  * of a micro-batch are packed into one sequence, so tokens are counted, never padding. The
  * counts are an upper bound: every text is taken at `maxLen` tokens.
  */
@@ -107,7 +108,10 @@ export function memoryPlan(
   // Per token and layer: kept for backward, then held by the forward's scope, as listed above.
   const kept = 6 * d + 2 * kv + 3 * ff + h + 2;
   const scoped = 3 * d + kv;
-  const perToken = d + c.nLayers * (kept + scoped) + d + 1;
+  // With checkpointing each layer keeps its input only, and one layer's kept activations exist
+  // again while it is recomputed in backward (its scope frees the rest).
+  const layers = config.checkpointing ? c.nLayers * d + kept : c.nLayers * (kept + scoped);
+  const perToken = d + layers + d + 1;
   const backward = 3 * d + ff; // one layer's activation gradients in flight
   const chunk = logitsChunk(ntp, v);
   const items: PlanItem[] = [
@@ -118,7 +122,7 @@ export function memoryPlan(
       name: "activations",
       bytes: tokens * (perToken + backward) * F32,
       detail: `${tokens.toLocaleString("en")} tokens x ${perToken + backward} f32 ` +
-        `(${ntpRows} + ${pairRows} rows of ${len})`,
+        `(${ntpRows} + ${pairRows} rows of ${len}${config.checkpointing ? ", checkpointing" : ""})`,
     },
     {
       name: "logits",

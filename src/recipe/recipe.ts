@@ -53,6 +53,7 @@ export function objectiveOf(config: TrainConfig, gem: GemModel): ObjectiveOption
     rawProb: config.gem.rawProb,
     batchSize: config.batchSize,
     contrastive: config.contrastive,
+    checkpointing: config.checkpointing,
   };
 }
 

@@ -67,8 +67,16 @@ export const DEFAULT_TASKS = [
   "probe",
 ];
 
-/** Config fields that change how a run is saved, never what it computes. */
-export const BOOKKEEPING_FIELDS = ["checkpointEvery", "keepCheckpoints", "evalEvery"] as const;
+/**
+ * Config fields that change how a run is saved or how much memory it takes, never what it
+ * computes (checkpointing recomputes activations bit for bit): left out of experiment keys.
+ */
+export const BOOKKEEPING_FIELDS = [
+  "checkpointEvery",
+  "keepCheckpoints",
+  "evalEvery",
+  "checkpointing",
+] as const;
 
 /** A study file that cannot be used; the message names the file and field. */
 export class StudyError extends Error {

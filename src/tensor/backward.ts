@@ -68,7 +68,7 @@ export function backward(root: Tensor, opts: BackwardOptions = {}): void {
       const g = grads.get(t);
       grads.delete(t);
       if (g) {
-        const results = gradientsOf(g, node, t);
+        const results = gradientsOf(g, node, t, (r, grad) => backward(r, { grad }));
         node.inputs.forEach((x, j) => {
           let r = results[j];
           if (!r) return;

@@ -32,13 +32,21 @@ import {
   sum,
   zeros,
 } from "./ops.ts";
-import { empty, numel, type Tensor, tensor } from "./tensor.ts";
+import { empty, enableGrad, numel, scope, type Tensor, tensor } from "./tensor.ts";
 
 /** The gradient rule of op `K`: one gradient per input of `node` (null where none flows). */
-export type GradRule<K extends Op = Op> = (g: Tensor, node: OpNode<K>, out: Tensor) => (
-  | Tensor
-  | null
-)[];
+export type GradRule<K extends Op = Op> = (
+  g: Tensor,
+  node: OpNode<K>,
+  out: Tensor,
+  walk: Walk,
+) => (Tensor | null)[];
+
+/**
+ * The backward walk itself (backward.ts passes it in, so this table does not import it): a
+ * checkpoint's rule walks the graph of its recomputed block.
+ */
+export type Walk = (root: Tensor, grad: Tensor) => void;
 
 /** Sums a broadcast gradient back down to `shape`. */
 export function sumTo(g: Tensor, shape: readonly number[]): Tensor {
@@ -239,6 +247,20 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
     gc.dispose();
     return [dw, null];
   },
+  checkpoint: (g, n, _out, walk) => {
+    const [x, ...kept] = n.saved;
+    // A leaf standing for x: the recomputed block's gradient for x accumulates into it, by the
+    // same two-term sum (norm path + residual) the unwrapped graph makes.
+    const leaf = x.alias();
+    leaf.requiresGrad = true;
+    const out = enableGrad(() => scope(() => n.ctx.fn(leaf, kept)));
+    walk(out, g);
+    out.dispose();
+    const dx = leaf.grad;
+    leaf.grad = null;
+    leaf.dispose();
+    return [dx, ...n.inputs.slice(1).map(() => null)];
+  },
   classifierCrossEntropy: (g, n) => {
     const [h, w, targets, lse, stats, saved] = n.saved;
     const { n: rows, v, ignore, chunk } = n.ctx;
@@ -342,9 +364,9 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
 };
 
 /** The gradients of `node`'s inputs by its op's rule. */
-export function gradientsOf(g: Tensor, node: Node, out: Tensor): (Tensor | null)[] {
+export function gradientsOf(g: Tensor, node: Node, out: Tensor, walk: Walk): (Tensor | null)[] {
   const n = opNode(node);
-  return ruleOf(n.op)(g, n, out);
+  return ruleOf(n.op)(g, n, out, walk);
 }
 
 /** GRADIENTS[op] with its type tied to `op` (tsc cannot tie them through a union of ops). */

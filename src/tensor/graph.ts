@@ -11,6 +11,12 @@ import { engine, type Node, type Op, type Tensor } from "./tensor.ts";
 export type { Node, Op } from "./tensor.ts";
 
 /**
+ * A checkpointed block: its output from its input `x` and the tensors it reads besides its
+ * parameters (`kept`: roles, positions...), which the node holds until backward recomputes it.
+ */
+export type CheckpointFn = (x: Tensor, kept: readonly Tensor[]) => Tensor;
+
+/**
  * What each op records for its gradient rule, by op name: record() takes exactly this and the
  * op's rule in gradients.ts reads exactly this, so tsc checks both sides. The public `Node`
  * keeps `ctx` loose because these types (UnaryFn, AttentionDims...) are not part of the API.
@@ -35,6 +41,7 @@ export interface OpCtx {
   embedding: { v: number; d: number };
   crossEntropy: { n: number; v: number; ignore: number };
   classifierCrossEntropy: { n: number; v: number; ignore: number; chunk: number };
+  checkpoint: { fn: CheckpointFn };
   attention: { dims: AttentionDims; table: readonly (readonly number[])[]; packed: boolean };
 }
 

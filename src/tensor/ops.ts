@@ -25,8 +25,17 @@ import { runMatmul } from "../gpu/kernels/matmul.ts";
 import { runReduce } from "../gpu/kernels/reduce.ts";
 import { type RopeScaling, ropeTable as hostRopeTable, runRope } from "../gpu/kernels/rope.ts";
 import { rmsnormKernel, runRowKernel, softmaxKernel } from "../gpu/kernels/rowwise.ts";
-import { needsGrad, record } from "./graph.ts";
-import { contiguousStrides, type DType, empty, noGrad, numel, Tensor, tensor } from "./tensor.ts";
+import { type CheckpointFn, needsGrad, record } from "./graph.ts";
+import {
+  contiguousStrides,
+  type DType,
+  empty,
+  noGrad,
+  numel,
+  scope,
+  Tensor,
+  tensor,
+} from "./tensor.ts";
 
 function fail(op: string, msg: string): never {
   throw new ShapeError(`${op}: ${msg}`);
@@ -724,6 +733,25 @@ export function classifierCrossEntropy(
   });
   for (const t of [tc, lse, rowLoss, stats, state.m, state.s, state.tl]) t.dispose();
   return out;
+}
+
+/**
+ * Activation checkpointing: `fn(x, kept)` runs without recording, and one node stands for it,
+ * holding only `x` and `kept`; backward runs `fn` again with recording on and walks that graph,
+ * so the block's activations exist during its own backward only. `params` are the parameters
+ * `fn` reads: their gradients accumulate into them during that walk, exactly as without the
+ * checkpoint (each is read once per block). The gradients are bitwise those of `fn` unwrapped:
+ * the recompute runs the same kernels on the same values.
+ */
+export function checkpoint(
+  fn: CheckpointFn,
+  x: Tensor,
+  params: readonly Tensor[],
+  kept: readonly Tensor[] = [],
+): Tensor {
+  if (!needsGrad([x, ...params])) return fn(x, kept);
+  const out = noGrad(() => scope(() => fn(x, kept)));
+  return record(out, "checkpoint", [x, ...params], [x, ...kept], { fn });
 }
 
 /**

@@ -54,6 +54,7 @@ export type Op =
   | "embedding"
   | "crossEntropy"
   | "classifierCrossEntropy"
+  | "checkpoint"
   | "attention"
   | "concat";
 
@@ -284,6 +285,17 @@ export function noGrad<T>(fn: () => T): T {
   }
   engine.gradEnabled = prev;
   return result;
+}
+
+/** Runs a synchronous `fn` with gradient recording on (a checkpoint's recompute in backward). */
+export function enableGrad<T>(fn: () => T): T {
+  const prev = engine.gradEnabled;
+  engine.gradEnabled = true;
+  try {
+    return fn();
+  } finally {
+    engine.gradEnabled = prev;
+  }
 }
 
 /** Tensors reachable from a value: a tensor, or arrays/objects holding tensors. */

@@ -10,7 +10,11 @@ import { join } from "node:path";
 import assert from "node:assert/strict";
 import { compressedCache, reconstruct } from "../../src/gem/compress.ts";
 import { addSpecialTokens, GemModel } from "../../src/gem/gem.ts";
-import { stepLoss } from "../../src/gem/objective.ts";
+import { drawSamples, stepLoss } from "../../src/gem/objective.ts";
+import { buildConfig } from "../../src/recipe/config.ts";
+import { encodeAll, objectiveOf } from "../../src/recipe/recipe.ts";
+import { tinyStories } from "../../src/io/corpus.ts";
+import { Rng } from "../../src/tensor/random.ts";
 import type { Tokenizer } from "../../src/io/tokenizer.ts";
 import { Llama } from "../../src/nn/llama.ts";
 import { backward } from "../../src/tensor/backward.ts";
@@ -322,5 +326,42 @@ test("compression: decoding from the specials' cache alone equals the full GEM-m
   const rec = await reconstruct(gem, "Tom had a red ball.", 8);
   assert.ok(rec.decoded.length <= 8 && rec.exactPrefix <= rec.decoded.length);
   assert.equal(rec.text, gem.tokenizer.decode(rec.decoded));
+  gem.dispose();
+});
+
+test("activation checkpointing: bitwise the same loss and gradients, a lower peak", async () => {
+  const g = await testGpu();
+  const gem = await stories(4);
+  const config = buildConfig(null, [["maxLen", "96"], ["batchSize", "6"], [
+    "contrastive.batchSize",
+    "6",
+  ]]);
+  const texts = encodeAll(gem.tokenizer, tinyStories().train.slice(0, 40));
+  const step = async (checkpointing: boolean) => {
+    let i = 0;
+    const source = { next: () => texts[i++ % texts.length] };
+    const o = { ...objectiveOf(config, gem), checkpointing };
+    const samples = drawSamples(source, new Rng(3), o, 0.5);
+    g.pool.resetPeak();
+    const before = g.pool.liveBytes;
+    const r = stepLoss(gem, samples, 0.5, 1, o);
+    backward(r.total);
+    const peak = g.pool.peakLiveBytes - before;
+    const loss = await r.total.item();
+    for (const t of [r.total, r.ntp, r.contrastive]) t?.dispose();
+    const grads: Float32Array[] = [];
+    for (const p of gem.parameters()) {
+      grads.push((await p.grad!.toArray()) as Float32Array);
+      p.grad!.dispose();
+      p.grad = null;
+    }
+    return { loss, grads, peak };
+  };
+  const plain = await step(false);
+  const ckpt = await step(true);
+  assert.equal(ckpt.loss, plain.loss);
+  assert.equal(ckpt.grads.length, gem.parameters().length);
+  plain.grads.forEach((grad, i) => assert.deepEqual(ckpt.grads[i], grad, `parameter ${i}`));
+  assert.ok(ckpt.peak < 0.6 * plain.peak, `peak ${ckpt.peak} vs ${plain.peak} without`);
   gem.dispose();
 });

@@ -64,10 +64,12 @@ test("memory plan: within 15% above the measured peak of a training step", async
   });
   try {
     for (
-      const [model, maxLen, batch] of [
-        [`${M()}/stories260K.bin`, 64, 8],
-        [`${M()}/stories260K.bin`, 128, 4],
-        [untied, 96, 4],
+      const [model, maxLen, batch, checkpointing] of [
+        [`${M()}/stories260K.bin`, 64, 8, false],
+        [`${M()}/stories260K.bin`, 128, 4, false],
+        [untied, 96, 4, false],
+        [`${M()}/stories260K.bin`, 128, 4, true],
+        [untied, 96, 4, true],
       ] as const
     ) {
       const config = buildConfig(null, [
@@ -81,14 +83,17 @@ test("memory plan: within 15% above the measured peak of a training step", async
         ["contrastive.pairs", "dropout"],
         ["contrastive.dropout", "0"],
         ["phases", JSON.stringify([{ frac: 1, alpha: 0.5, lr: 1e-4 }])],
+        ["checkpointing", String(checkpointing)],
       ]);
       const plan = await planRun(config, TARGET);
       const run = await prepareRun(config);
       const steps: StepRecord[] = [];
-      await train(run.task, config, { out: `${work}/run-${maxLen}`, onStep: (r) => steps.push(r) });
+      const out = `${work}/run-${maxLen}-${checkpointing}`;
+      await train(run.task, config, { out, onStep: (r) => steps.push(r) });
       run.gem.dispose();
       const tokens = Math.round(steps[1].tokensPerSec * steps[1].ms / 1000);
-      const what = `${model} maxLen ${maxLen}: plan ${plan.total}, measured ${steps[1].peakBytes}`;
+      const what = `${model} maxLen ${maxLen} checkpointing ${checkpointing}: ` +
+        `plan ${plan.total}, measured ${steps[1].peakBytes}`;
       assert.equal(plan.tokens, tokens, what);
       assert.ok(plan.total >= steps[1].peakBytes, what);
       assert.ok(plan.total <= 1.15 * steps[1].peakBytes, what);
