@@ -76,8 +76,8 @@ export { backward, freeGraph } from "./src/tensor/backward.ts";
 export type { BackwardOptions } from "./src/tensor/backward.ts";
 /** AdamW with decoupled weight decay, and global-norm gradient clipping, on the GPU. */
 export { AdamW, clipGradNorm } from "./src/tensor/optim.ts";
-/** Options of {@link AdamW}. */
-export type { AdamWOptions } from "./src/tensor/optim.ts";
+/** Options of {@link AdamW}; what it trains (whole leaves, or rows of one). */
+export type { AdamWOptions, ParamRows, Trainable } from "./src/tensor/optim.ts";
 /** Seeded random numbers (xoshiro128**), checkpointable. */
 export { Rng } from "./src/tensor/random.ts";
 
@@ -99,6 +99,14 @@ export type {
   PaddedBatch,
   RopeScaling,
 } from "./src/nn/llama.ts";
+/** LoRA adapters of the decoder's projections: targets, slots, initialisation, merging. */
+export { initLora, LORA_TARGETS, loraSlots, mergedWeight } from "./src/nn/lora.ts";
+/** LoRA settings and slots. */
+export type { LoraModelShape, LoraOptions, LoraSlot, LoraTarget } from "./src/nn/lora.ts";
+/** LoRA adapters on disk in PEFT's layout (adapter_config.json, adapter_model.safetensors). */
+export { readAdapters, writeAdapters } from "./src/io/peft.ts";
+/** Adapter weights by base weight name. */
+export type { AdapterWeights } from "./src/io/peft.ts";
 /** Generation with on-GPU sampling (greedy, temperature, top-p), by ids or by text. */
 export { generate, generateText } from "./src/nn/generate.ts";
 /** Options and results of generation. */
@@ -281,7 +289,24 @@ export {
   readConfigFile,
 } from "./src/recipe/config.ts";
 /** Configuration types. */
-export type { ContrastiveSettings, GemSettings, TrainConfig } from "./src/recipe/config.ts";
+export type {
+  ContrastiveSettings,
+  GemSettings,
+  LoraSettings,
+  TrainConfig,
+} from "./src/recipe/config.ts";
+/** The memory plan of a training run, made from the model's config before loading. */
+export {
+  checkPlan,
+  formatBytes,
+  formatPlan,
+  memoryPlan,
+  PlanError,
+  planRun,
+  planTarget,
+} from "./src/recipe/plan.ts";
+/** Plan types. */
+export type { MemoryPlan, PlanBinding, PlanItem, PlanTarget } from "./src/recipe/plan.ts";
 /** The GEM recipe: config -> model with specials, objective, trainer task. */
 export {
   checkpointConfig,
@@ -290,6 +315,7 @@ export {
   objectiveOf,
   openBase,
   prepareRun,
+  trainables,
   trainingTexts,
   withSpecials,
 } from "./src/recipe/recipe.ts";

@@ -9,6 +9,7 @@ import { mkdir, readFile, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { writeAtomic } from "../io/atomic.ts";
 import { readHfModel, writeHfModel } from "../io/hf.ts";
+import { type AdapterWeights, readAdapters, writeAdapters } from "../io/peft.ts";
 import { loadTokenizer } from "../io/tokenizer.ts";
 import { resolveRunDir } from "../io/model.ts";
 import { Llama } from "../nn/llama.ts";
@@ -44,6 +45,17 @@ export async function saveGem(
   const weights = new Map<string, Float32Array>();
   for (const [name, t] of gem.model.params) weights.set(name, (await t.toArray()) as Float32Array);
   await writeHfModel(dir, gem.model.config, weights);
+  const lora = gem.model.loraOptions;
+  if (lora) {
+    const adapters: AdapterWeights = new Map();
+    for (const [name, { a, b }] of gem.model.lora) {
+      adapters.set(name, {
+        a: (await a.toArray()) as Float32Array,
+        b: (await b.toArray()) as Float32Array,
+      });
+    }
+    await writeAdapters(dir, gem.model.config, lora, adapters, card?.base ?? "");
+  }
   const info: GemInfo = { ...gem.info, logitScale: await gem.currentLogitScale() };
   await writeAtomic(`${dir}/gem.json`, JSON.stringify(info, null, 2) + "\n");
   // For other tools the specials are listed as Hugging Face lists added tokens: in
@@ -177,7 +189,12 @@ export async function loadGem(path: string): Promise<GemModel> {
   if (!tokPath) throw new GemFileError(`${dir}: no tokenizer (${TOKENIZER_FILES.join(", ")})`);
   const tokenizer = loadTokenizer(tokPath, { vocabSize: base, gemSpecials: info.specialNames });
   tokenizer.addSpecialTokens(info.specialNames);
-  return new GemModel(Llama.fromWeights(config, weights, dir), tokenizer, info);
+  const model = Llama.fromWeights(config, weights, dir);
+  // LoRA adapters stay attached (a resumed run trains them on); `deno task convert --merge`
+  // folds them into the weights.
+  const adapters = await readAdapters(dir, config);
+  if (adapters) model.attachLora(adapters.opts, adapters.weights);
+  return new GemModel(model, tokenizer, info);
 }
 
 /** Whether a directory (or a run directory's latest checkpoint) holds a GEM checkpoint. */

@@ -134,7 +134,8 @@ export async function generate(
         });
       };
       const t0 = performance.now();
-      const fused = opts.fused ?? (inferTuning().fusedDecode &&
+      // The fused kernels read the base weights alone: a model with adapters decodes per op.
+      const fused = model.lora.size ? false : opts.fused ?? (inferTuning().fusedDecode &&
         fusedDecodeFits(
           { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads },
           g.device.limits.maxStorageBuffersPerShaderStage,

@@ -15,6 +15,7 @@ import * as T from "../tensor/ops.ts";
 import type { RoleTable } from "../tensor/ops.ts";
 import { Rng } from "../tensor/random.ts";
 import { keep, scope, type Tensor, tensor } from "../tensor/tensor.ts";
+import { initLora, type LoraOptions, loraSlots, mergedWeight } from "./lora.ts";
 
 /** Architecture of a Llama model. */
 export interface LlamaConfig {
@@ -164,6 +165,10 @@ export interface ForwardResult {
 export class Llama {
   /** Parameters by Hugging Face name, in checkpoint order. */
   readonly params: Map<string, Tensor> = new Map();
+  /** LoRA adapters by the base weight they adapt: A [r, in], B [out, r] (see nn/lora.ts). */
+  readonly lora: Map<string, { a: Tensor; b: Tensor }> = new Map();
+  /** LoRA settings while adapters are attached. */
+  loraOptions: LoraOptions | null = null;
   #rope: Tensor;
 
   /** Use {@link Llama.fromWeights} or {@link Llama.random}. */
@@ -232,6 +237,77 @@ export class Llama {
     return [...this.params.values()];
   }
 
+  /**
+   * Attaches LoRA adapters (fresh, or `weights` by base weight name) and freezes every base
+   * weight except the token embedding, whose rows the caller may train. Returns A and B of each
+   * adapter in layer order.
+   */
+  attachLora(
+    opts: LoraOptions,
+    weights?: Map<string, { a: Float32Array; b: Float32Array }>,
+  ): Tensor[] {
+    if (this.loraOptions) throw new ShapeError("Llama.attachLora: adapters are already attached");
+    if (!Number.isInteger(opts.rank) || opts.rank < 1) {
+      throw new RangeError(`lora.rank must be a positive integer, got ${opts.rank}`);
+    }
+    const slots = loraSlots(this.config, opts.targets);
+    const init = weights ?? initLora(slots, opts.rank, opts.seed);
+    for (const s of slots) {
+      const w = init.get(s.weight);
+      if (!w || w.a.length !== opts.rank * s.inDim || w.b.length !== s.outDim * opts.rank) {
+        throw new ShapeError(
+          `Llama.attachLora: adapter of '${s.weight}' missing or not [${opts.rank}, ${s.inDim}] ` +
+            `and [${s.outDim}, ${opts.rank}]`,
+        );
+      }
+      this.lora.set(s.weight, {
+        a: keep(T.parameter(tensor(w.a, [opts.rank, s.inDim]), `${s.module}.lora_A.weight`)),
+        b: keep(T.parameter(tensor(w.b, [s.outDim, opts.rank]), `${s.module}.lora_B.weight`)),
+      });
+    }
+    for (const [name, p] of this.params) p.requiresGrad = name === "model.embed_tokens.weight";
+    this.loraOptions = { ...opts, targets: [...opts.targets] };
+    return this.loraParameters();
+  }
+
+  /** A and B of every adapter, in layer order. */
+  loraParameters(): Tensor[] {
+    return [...this.lora.values()].flatMap(({ a, b }) => [a, b]);
+  }
+
+  /**
+   * Folds each adapter into its weight (W + scale * B A), drops the adapters and makes every
+   * weight trainable again: a plain model that computes what the adapted one did.
+   */
+  async mergeLora(): Promise<void> {
+    const opts = this.loraOptions;
+    if (!opts) return;
+    for (const [name, { a, b }] of this.lora) {
+      const w = this.params.get(name)!;
+      const merged = mergedWeight(
+        (await w.toArray()) as Float32Array,
+        (await a.toArray()) as Float32Array,
+        (await b.toArray()) as Float32Array,
+        opts.rank,
+        opts.scale,
+      );
+      this.params.set(name, keep(T.parameter(tensor(merged, w.shape), name)));
+      for (const t of [w, a, b]) t.dispose();
+    }
+    this.lora.clear();
+    this.loraOptions = null;
+    for (const p of this.params.values()) p.requiresGrad = true;
+  }
+
+  /** x W^T, plus scale * (x A^T) B^T when W has an adapter. */
+  #linear(x: Tensor, name: string): Tensor {
+    const y = T.matmul(x, this.#p(name), { transB: true });
+    const ad = this.lora.get(name);
+    if (!ad) return y;
+    const low = T.matmul(T.matmul(x, ad.a, { transB: true }), ad.b, { transB: true });
+    return T.add(y, T.mulScalar(low, this.loraOptions!.scale));
+  }
+
   #p(name: string): Tensor {
     return this.params.get(name)!;
   }
@@ -293,8 +369,8 @@ export class Llama {
         const [roles, pos, seg] = [kept[0], positions ? kept[1] : null, kept.at(-1)];
         const segments = opts.segments ? seg : undefined;
         const a = T.rmsnorm(x, p("input_layernorm.weight"), c.normEps);
-        const proj = (n: string, heads: number) =>
-          T.reshape(T.matmul(a, p(n), { transB: true }), [b, t, heads, hd]);
+        const lin = (y: Tensor, n: string) => this.#linear(y, `model.layers.${l}.${n}`);
+        const proj = (n: string, heads: number) => T.reshape(lin(a, n), [b, t, heads, hd]);
         const q = T.rope(proj("self_attn.q_proj.weight", c.nHeads), this.#rope, pos);
         let k = T.rope(proj("self_attn.k_proj.weight", c.nKvHeads), this.#rope, pos);
         let v = proj("self_attn.v_proj.weight", c.nKvHeads);
@@ -308,12 +384,12 @@ export class Llama {
         const o = T.attention(q, k, v, attRoles, table, { keys, segments });
         x = T.add(
           x,
-          T.matmul(T.reshape(o, [b, t, c.dim]), p("self_attn.o_proj.weight"), { transB: true }),
+          lin(T.reshape(o, [b, t, c.dim]), "self_attn.o_proj.weight"),
         );
         const m = T.rmsnorm(x, p("post_attention_layernorm.weight"), c.normEps);
-        const gate = T.matmul(m, p("mlp.gate_proj.weight"), { transB: true });
-        const up = T.matmul(m, p("mlp.up_proj.weight"), { transB: true });
-        return T.add(x, T.matmul(T.swiglu(gate, up), p("mlp.down_proj.weight"), { transB: true }));
+        const gate = lin(m, "mlp.gate_proj.weight");
+        const up = lin(m, "mlp.up_proj.weight");
+        return T.add(x, lin(T.swiglu(gate, up), "mlp.down_proj.weight"));
       };
       const kept = [
         roles,
@@ -325,7 +401,11 @@ export class Llama {
           const names = parameterShapes(c).map(([n]) => n).filter((n) =>
             n.startsWith(`model.layers.${l}.`)
           );
-          x = T.checkpoint((x, k) => block(l, x, k), x, names.map((n) => this.#p(n)), kept);
+          const params = names.flatMap((n) => {
+            const ad = this.lora.get(n);
+            return ad ? [this.#p(n), ad.a, ad.b] : [this.#p(n)];
+          });
+          x = T.checkpoint((x, k) => block(l, x, k), x, params, kept);
         } else x = block(l, x, kept);
         if (opts.layers) layers.push(x);
       }
@@ -352,6 +432,7 @@ export class Llama {
   disposeExcept(kept: Iterable<Tensor>): void {
     const keepSet = new Set(kept);
     for (const t of this.params.values()) if (!keepSet.has(t)) t.dispose();
+    for (const t of this.loraParameters()) if (!keepSet.has(t)) t.dispose();
     this.#rope.dispose();
   }
 }

@@ -9,6 +9,7 @@ import { readFile } from "node:fs/promises";
 import { parseRoleTable } from "../gem/mask.ts";
 import type { RoleTable } from "../tensor/ops.ts";
 import type { LoopConfig } from "../train/schedule.ts";
+import { LORA_TARGETS, type LoraTarget } from "../nn/lora.ts";
 
 import type { Phase } from "../train/schedule.ts";
 export { type Phase, scheduleAt } from "../train/schedule.ts";
@@ -71,6 +72,18 @@ export interface TrainConfig extends LoopConfig {
   contrastive: ContrastiveSettings;
   /** Activation checkpointing per layer. */
   checkpointing: boolean;
+  /** LoRA: rank 0 trains every weight; above 0 only adapters and the special-token rows. */
+  lora: LoraSettings;
+}
+
+/** LoRA settings (`lora.*`). */
+export interface LoraSettings {
+  /** Adapter rank; 0 = no adapters (full fine-tuning). */
+  rank: number;
+  /** Multiplier of the adapters' product (PEFT's lora_alpha / r). */
+  scale: number;
+  /** Projections adapted: any of q, k, v, o, gate, up, down. */
+  targets: LoraTarget[];
 }
 
 /** Field documentation: dotted path -> [default, help]. The README table is generated from it. */
@@ -124,6 +137,15 @@ export const FIELDS: Record<string, [unknown, string]> = {
   "contrastive.cropFrac": [0.5, "crop length as a fraction of the text"],
   "contrastive.symmetric": [true, "average both directions of InfoNCE (CLIP style)"],
   "contrastive.pairsFile": ["", "JSONL of {query, positive} for supervised pairs"],
+  "lora.rank": [
+    0,
+    "LoRA rank: 0 trains every weight; above 0 freezes the base weights and trains adapters plus the special tokens' embedding rows",
+  ],
+  "lora.scale": [2, "multiplier of the adapters' product B A (PEFT's lora_alpha / r)"],
+  "lora.targets": [
+    ["q", "k", "v", "o", "gate", "up", "down"],
+    "projections with adapters: any of q, k, v, o, gate, up, down",
+  ],
   checkpointing: [
     false,
     "activation checkpointing per layer: keep each block's input only, recompute it in backward (same gradients, less memory)",
@@ -285,6 +307,15 @@ function validate(c: Record<string, unknown>): void {
   }
   if (typeof getPath(c, "checkpointing") !== "boolean") {
     bad("checkpointing", "must be true or false");
+  }
+  int("lora.rank", 0);
+  num("lora.scale", 0, 1e6);
+  const targets = getPath(c, "lora.targets");
+  if (
+    !Array.isArray(targets) || !targets.length ||
+    !targets.every((t) => (LORA_TARGETS as readonly unknown[]).includes(t))
+  ) {
+    bad("lora.targets", `must be a non-empty list of ${LORA_TARGETS.join(", ")}`);
   }
   int("checkpointEvery", 1);
   int("keepCheckpoints", 1);

@@ -24,6 +24,7 @@ import { locateModel } from "../io/model.ts";
 import type { LlamaConfig } from "../nn/llama.ts";
 import { headDim, parameterShapes } from "../nn/llama.ts";
 import { logitsChunk } from "../tensor/ops.ts";
+import { loraSlots } from "../nn/lora.ts";
 import type { TrainConfig } from "./config.ts";
 
 /** A run the plan refuses; the message names the item and what would make it fit. */
@@ -101,23 +102,48 @@ export function memoryPlan(
   const c = { ...model, vocabSize: model.vocabSize + (addSpecials ? config.gem.k : 0) };
   const d = c.dim, h = c.nHeads, kv = headDim(c) * c.nKvHeads, ff = c.hiddenDim, v = c.vocabSize;
   const params = parameterShapes(c).reduce((n, [, s]) => n + s.reduce((a, b) => a * b, 1), 0);
+  // With LoRA only the adapters, the special rows and lambda train; the embedding (whose rows
+  // are trained) is the one frozen weight that still gets a whole gradient.
+  const r = config.lora.rank;
+  const slots = r > 0 ? loraSlots(c, config.lora.targets) : [];
+  const adapters = slots.reduce((n, s) => n + r * (s.inDim + s.outDim), 0);
+  const trained = r > 0 ? adapters + config.gem.k * d + 1 : params;
+  const withGrad = r > 0 ? adapters + v * d + 1 : params;
+  // Per adapted projection and token: x A^T, then B's product, its scaled copy and the sum with
+  // the base projection (which the scope holds as well).
+  const loraPerLayer = slots.reduce((n, s) => n + r + 3 * s.outDim, 0) / Math.max(1, c.nLayers);
   const len = Math.min(config.maxLen, c.maxSeqLen);
   const ntpRows = config.phases.some((p) => p.alpha < 1) ? config.batchSize : 0;
   const pairRows = config.phases.some((p) => p.alpha > 0) ? 2 * config.contrastive.batchSize : 0;
   const ntp = ntpRows * len, tokens = ntp + pairRows * len;
   // Per token and layer: kept for backward, then held by the forward's scope, as listed above.
-  const kept = 6 * d + 2 * kv + 3 * ff + h + 2;
+  const kept = 6 * d + 2 * kv + 3 * ff + h + 2 + loraPerLayer;
   const scoped = 3 * d + kv;
   // With checkpointing each layer keeps its input only, and one layer's kept activations exist
   // again while it is recomputed in backward (its scope frees the rest).
   const layers = config.checkpointing ? c.nLayers * d + kept : c.nLayers * (kept + scoped);
   const perToken = d + layers + d + 1;
-  const backward = 3 * d + ff; // one layer's activation gradients in flight
+  // One layer's activation gradients in flight, and its adapters' output gradients.
+  const backward = 3 * d + ff +
+    slots.reduce((n, s) => n + s.outDim, 0) / Math.max(1, c.nLayers);
   const chunk = logitsChunk(ntp, v);
   const items: PlanItem[] = [
-    { name: "parameters", bytes: params * F32, detail: `${params.toLocaleString("en")} f32` },
-    { name: "gradients", bytes: params * F32, detail: "one f32 per parameter" },
-    { name: "optimizer state", bytes: 2 * params * F32, detail: "AdamW m and v, f32" },
+    {
+      name: "parameters",
+      bytes: (params + adapters) * F32,
+      detail: `${params.toLocaleString("en")} f32` +
+        (r > 0 ? ` + ${adapters.toLocaleString("en")} in LoRA adapters of rank ${r}` : ""),
+    },
+    {
+      name: "gradients",
+      bytes: withGrad * F32,
+      detail: r > 0 ? "adapters, the whole embedding, lambda" : "one f32 per parameter",
+    },
+    {
+      name: "optimizer state",
+      bytes: 2 * trained * F32,
+      detail: `AdamW m and v, f32, for ${trained.toLocaleString("en")} trained values`,
+    },
     {
       name: "activations",
       bytes: tokens * (perToken + backward) * F32,

@@ -14,7 +14,8 @@ import type { Tokenizer } from "../io/tokenizer.ts";
 import { Rng } from "../tensor/random.ts";
 import { PairStream, readPairs, type StreamState, TextStream } from "../train/data.ts";
 import { readTrainerState, type TrainTask } from "../train/trainer.ts";
-import { buildConfig, FIELDS, maskTable, type TrainConfig } from "./config.ts";
+import { buildConfig, ConfigError, FIELDS, maskTable, type TrainConfig } from "./config.ts";
+import type { Trainable } from "../tensor/optim.ts";
 
 /** The config's base model and tokenizer (before special tokens are added). */
 export async function openBase(config: TrainConfig): Promise<LoadedModel> {
@@ -27,9 +28,12 @@ export async function openBase(config: TrainConfig): Promise<LoadedModel> {
   return await loadModel(located, { tokenizer: config.tokenizer });
 }
 
-/** Adds the config's special tokens to a base model (which is consumed). */
+/**
+ * Adds the config's special tokens to a base model (which is consumed), and with `lora.rank` > 0
+ * its LoRA adapters (the base weights then frozen).
+ */
 export async function withSpecials(base: LoadedModel, config: TrainConfig): Promise<GemModel> {
-  return await addSpecialTokens(base.model, base.tokenizer, {
+  const gem = await addSpecialTokens(base.model, base.tokenizer, {
     k: config.gem.k,
     init: config.gem.init,
     initNoise: config.gem.initNoise,
@@ -38,6 +42,46 @@ export async function withSpecials(base: LoadedModel, config: TrainConfig): Prom
     table: maskTable(config),
     pooling: config.gem.pooling,
   });
+  if (config.lora.rank > 0) gem.model.attachLora({ ...config.lora, seed: config.seed + 3 });
+  return gem;
+}
+
+/**
+ * What a run trains, with weight decay on matrices: every parameter, or with adapters attached
+ * the adapters, the special tokens' embedding rows (the base rows stay frozen) and lambda.
+ */
+export function trainables(
+  gem: GemModel,
+  config: TrainConfig,
+): { params: Trainable[]; decay: boolean[] } {
+  const lora = gem.model.loraOptions;
+  const want = config.lora.rank > 0;
+  if (!lora || !want) {
+    if (lora || want) {
+      throw new ConfigError(
+        `field 'lora.rank' is ${config.lora.rank}, but the model ${
+          lora ? "has" : "has no"
+        } adapters`,
+      );
+    }
+    const params = gem.parameters();
+    return { params, decay: params.map((p) => p.rank >= 2) };
+  }
+  const same = lora.rank === config.lora.rank && lora.scale === config.lora.scale &&
+    lora.targets.join() === config.lora.targets.join();
+  if (!same) {
+    throw new ConfigError(
+      `field 'lora' is ${JSON.stringify(config.lora)}, but the model's adapters are ` +
+        JSON.stringify({ rank: lora.rank, scale: lora.scale, targets: lora.targets }),
+    );
+  }
+  const embed = gem.model.params.get("model.embed_tokens.weight")!;
+  const rows: Trainable = { leaf: embed, from: gem.info.specialIds[0], to: embed.shape[0] };
+  const adapters = gem.model.loraParameters();
+  return {
+    params: [rows, ...adapters, gem.logitScale],
+    decay: [true, ...adapters.map(() => true), false],
+  };
 }
 
 /** The objective's settings for `gem` under `config`. */
@@ -115,9 +159,10 @@ export function gemTask(
   const tokenizerPath = gem.tokenizer.file === "<memory>"
     ? dataPath(config.tokenizer)
     : gem.tokenizer.file;
+  const { params, decay } = trainables(gem, config);
   return {
-    params: gem.parameters(),
-    decay: gem.parameters().map((p) => p.rank >= 2),
+    params,
+    decay,
     micro: (_step, _m, alpha, scale) => {
       const s = drawSamples(source, rng, objective, alpha);
       const r = stepLoss(gem, s, alpha, scale, objective);

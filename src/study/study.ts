@@ -278,6 +278,9 @@ export function experimentKey(
 ): string {
   const c = structuredClone(config) as unknown as Record<string, unknown>;
   for (const f of BOOKKEEPING_FIELDS) delete c[f];
+  // Without adapters the LoRA fields change nothing (and records made before they existed
+  // have no such fields).
+  if ((c.lora as { rank?: number } | undefined)?.rank === 0) delete c.lora;
   if (untrained) {
     // Nothing of the schedule or objective matters to an untrained model.
     return canonicalJson({

@@ -11,13 +11,48 @@ import { zeros } from "./ops.ts";
 import { empty, keep, type Tensor } from "./tensor.ts";
 
 /**
+ * Rows [from, to) of a 2-D leaf parameter: the part an optimizer updates while the other rows
+ * stay frozen (GEM's special-token rows of an embedding whose base rows are frozen).
+ */
+export interface ParamRows {
+  /** The leaf (its `grad` is where backward accumulates). */
+  leaf: Tensor;
+  /** First row trained. */
+  from: number;
+  /** One past the last row trained. */
+  to: number;
+}
+
+/** What an optimizer trains: a whole leaf, or rows of one. */
+export type Trainable = Tensor | ParamRows;
+
+/** A trainable's leaf, element offset, element count and shape (rows of it for ParamRows). */
+function span(p: Trainable): { leaf: Tensor; start: number; size: number; shape: number[] } {
+  if (!("leaf" in p)) return { leaf: p, start: 0, size: p.size, shape: [...p.shape] };
+  const { leaf, from, to } = p;
+  if (leaf.rank !== 2 || !(0 <= from && from < to && to <= leaf.shape[0])) {
+    throw new RangeError(
+      `rows [${from}, ${to}) of ${leaf.describe()}: need a 2-D leaf and rows in it`,
+    );
+  }
+  const cols = leaf.shape[1];
+  return { leaf, start: from * cols, size: (to - from) * cols, shape: [to - from, cols] };
+}
+
+/** The shape an optimizer's moments have for `p` (the rows' shape for ParamRows). */
+export function trainableShape(p: Trainable): number[] {
+  return span(p).shape;
+}
+
+/**
  * Clips the gradients of `params` in place so their global L2 norm is at most `maxNorm`
  * (coefficient min(1, maxNorm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_). Returns a
- * tensor [2] = (norm before clipping, coefficient applied). Parameters without a grad are skipped.
+ * tensor [2] = (norm before clipping, coefficient applied). Parameters without a grad are skipped;
+ * for rows of a leaf only those rows count.
  */
-export function clipGradNorm(params: readonly Tensor[], maxNorm: number): Tensor {
+export function clipGradNorm(params: readonly Trainable[], maxNorm: number): Tensor {
   const g = gpu();
-  const withGrad = params.filter((p) => p.grad);
+  const withGrad = params.map(span).filter((p) => p.leaf.grad);
   const sumsq = empty([Math.max(withGrad.length, 1)], "f32", "clip.sumsq");
   const out = empty([2], "f32", "clip.norm");
   if (withGrad.length === 0) {
@@ -26,20 +61,21 @@ export function clipGradNorm(params: readonly Tensor[], maxNorm: number): Tensor
     z.dispose();
   } else {
     withGrad.forEach((p, i) => {
-      const grad = p.grad!;
+      const grad = p.leaf.grad!;
       runReduce(
         g,
         "sumsq",
         grad.buf,
-        grad.offset,
-        { outer: 1, r: grad.size, inner: 1 },
+        grad.offset + p.start,
+        { outer: 1, r: p.size, inner: 1 },
         sumsq.buf,
         i,
         null,
       );
     });
     runClipCoef(g, sumsq.buf, withGrad.length, maxNorm, out.buf);
-    for (const p of withGrad) runScaleBy(g, out.buf, 1, p.grad!.buf, p.grad!.size);
+    // Whole gradients are scaled: rows outside a trained range are never applied.
+    for (const p of withGrad) runScaleBy(g, out.buf, 1, p.leaf.grad!.buf, p.leaf.grad!.size);
   }
   sumsq.dispose();
   return out;
@@ -61,8 +97,10 @@ export interface AdamWOptions {
 
 /** AdamW over a fixed list of parameters; moments are created lazily, owned, and disposable. */
 export class AdamW {
-  /** The parameters updated, in order. */
-  readonly params: readonly Tensor[];
+  /** The parameters updated, in order (whole leaves, or rows of one). */
+  readonly params: readonly Trainable[];
+  /** The moments' shape per parameter. */
+  readonly shapes: readonly number[][];
   /** First-moment decay. */
   beta1: number;
   /** Second-moment decay. */
@@ -81,15 +119,16 @@ export class AdamW {
   readonly v: Tensor[];
 
   /** Zeroed moments for each parameter. */
-  constructor(params: readonly Tensor[], opts: AdamWOptions) {
+  constructor(params: readonly Trainable[], opts: AdamWOptions) {
     this.params = params;
+    this.shapes = params.map(trainableShape);
     this.lr = opts.lr;
     this.beta1 = opts.beta1 ?? 0.9;
     this.beta2 = opts.beta2 ?? 0.999;
     this.eps = opts.eps ?? 1e-8;
     this.weightDecay = opts.weightDecay ?? 0.01;
-    this.m = params.map((p) => keep(zeros(p.shape)));
-    this.v = params.map((p) => keep(zeros(p.shape)));
+    this.m = this.shapes.map((s) => keep(zeros(s)));
+    this.v = this.shapes.map((s) => keep(zeros(s)));
   }
 
   /**
@@ -99,9 +138,10 @@ export class AdamW {
   update(opts: { lr?: number; decayMask?: readonly boolean[] } = {}): void {
     this.step++;
     const g = gpu();
-    this.params.forEach((p, i) => {
+    this.params.forEach((t, i) => {
+      const { leaf: p, start, size } = span(t);
       if (!p.grad) return;
-      if (!p.contiguous || p.offset !== 0) {
+      if (!p.contiguous || p.offset !== 0 || !p.grad.contiguous) {
         throw new Error(`AdamW: parameter ${p.describe()} must be dense`);
       }
       const s: AdamWStep = {
@@ -112,13 +152,24 @@ export class AdamW {
         weightDecay: opts.decayMask && !opts.decayMask[i] ? 0 : this.weightDecay,
         step: this.step,
       };
-      runAdamW(g, p.buf, p.grad.buf, this.m[i].buf, this.v[i].buf, p.size, s);
+      runAdamW(
+        g,
+        p.buf,
+        p.grad.buf,
+        this.m[i].buf,
+        this.v[i].buf,
+        size,
+        s,
+        start,
+        p.grad.offset + start,
+      );
     });
   }
 
   /** Drops every parameter's gradient. */
   zeroGrad(): void {
-    for (const p of this.params) {
+    for (const t of this.params) {
+      const p = span(t).leaf;
       p.grad?.dispose();
       p.grad = null;
     }

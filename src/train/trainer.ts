@@ -16,7 +16,7 @@ import { exit, onSignal as listen, OS } from "../platform/platform.ts";
 import { writeAtomic } from "../io/atomic.ts";
 import { resolveRunDir } from "../io/model.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
-import { clipGradNorm } from "../tensor/optim.ts";
+import { clipGradNorm, type Trainable } from "../tensor/optim.ts";
 import { AdamW } from "../tensor/optim.ts";
 import { backward } from "../tensor/backward.ts";
 import { scope, type Tensor, tensor } from "../tensor/tensor.ts";
@@ -35,8 +35,8 @@ export interface MicroLoss {
 
 /** The model-specific side of training. */
 export interface TrainTask {
-  /** Parameters to optimise, and whether each gets weight decay. */
-  params: Tensor[];
+  /** Parameters to optimise (whole leaves, or trained rows of one), in a fixed order. */
+  params: Trainable[];
   /** Weight decay on (true) or off, per parameter. */
   decay: boolean[];
   /** Loss of micro-batch `micro` of step `step` (alpha from the schedule, scale = 1/accum). */
@@ -155,7 +155,7 @@ async function saveCheckpoint(
   await task.saveModel(tmp);
   const moments: { name: string; shape: number[]; data: Float32Array }[] = [];
   for (let i = 0; i < opt.params.length; i++) {
-    const shape = [...opt.params[i].shape];
+    const shape = [...opt.shapes[i]];
     moments.push({ name: `m.${i}`, shape, data: (await opt.m[i].toArray()) as Float32Array });
     moments.push({ name: `v.${i}`, shape, data: (await opt.v[i].toArray()) as Float32Array });
   }
@@ -179,7 +179,7 @@ async function restoreOptimizer(ckpt: string, opt: AdamW, state: TrainerState): 
   for (let i = 0; i < opt.params.length; i++) {
     for (const [which, list] of [["m", opt.m], ["v", opt.v]] as const) {
       const t = st.tensors.get(`${which}.${i}`);
-      if (!t || t.shape.join() !== opt.params[i].shape.join()) {
+      if (!t || t.shape.join() !== opt.shapes[i].join()) {
         throw new Error(
           `${ckpt}/trainer/optimizer.safetensors: ${which}.${i} missing or of the wrong shape`,
         );

@@ -64,12 +64,14 @@ test("memory plan: within 15% above the measured peak of a training step", async
   });
   try {
     for (
-      const [model, maxLen, batch, checkpointing] of [
-        [`${M()}/stories260K.bin`, 64, 8, false],
-        [`${M()}/stories260K.bin`, 128, 4, false],
-        [untied, 96, 4, false],
-        [`${M()}/stories260K.bin`, 128, 4, true],
-        [untied, 96, 4, true],
+      const [model, maxLen, batch, checkpointing, lora] of [
+        [`${M()}/stories260K.bin`, 64, 8, false, 0],
+        [`${M()}/stories260K.bin`, 128, 4, false, 0],
+        [untied, 96, 4, false, 0],
+        [`${M()}/stories260K.bin`, 128, 4, true, 0],
+        [untied, 96, 4, true, 0],
+        [untied, 96, 4, false, 8],
+        [`${M()}/stories260K.bin`, 128, 4, true, 4],
       ] as const
     ) {
       const config = buildConfig(null, [
@@ -84,15 +86,16 @@ test("memory plan: within 15% above the measured peak of a training step", async
         ["contrastive.dropout", "0"],
         ["phases", JSON.stringify([{ frac: 1, alpha: 0.5, lr: 1e-4 }])],
         ["checkpointing", String(checkpointing)],
+        ["lora.rank", String(lora)],
       ]);
       const plan = await planRun(config, TARGET);
       const run = await prepareRun(config);
       const steps: StepRecord[] = [];
-      const out = `${work}/run-${maxLen}-${checkpointing}`;
+      const out = `${work}/run-${maxLen}-${checkpointing}-${lora}`;
       await train(run.task, config, { out, onStep: (r) => steps.push(r) });
       run.gem.dispose();
       const tokens = Math.round(steps[1].tokensPerSec * steps[1].ms / 1000);
-      const what = `${model} maxLen ${maxLen} checkpointing ${checkpointing}: ` +
+      const what = `${model} maxLen ${maxLen} checkpointing ${checkpointing} lora ${lora}: ` +
         `plan ${plan.total}, measured ${steps[1].peakBytes}`;
       assert.equal(plan.tokens, tokens, what);
       assert.ok(plan.total >= steps[1].peakBytes, what);

@@ -4,7 +4,8 @@
  * gradients), which is why they are not elementwise expressions: WebGPU forbids binding one buffer
  * as both a read and a read-write input.
  *
- * Versions: v1 one invocation per element.
+ * Versions: v1 one invocation per element; v2 AdamW reads the parameter and its gradient at
+ * offsets (rows of a larger tensor: the rest of it stays frozen).
  */
 
 import type { Gpu } from "../device.ts";
@@ -23,17 +24,18 @@ export interface AdamWStep {
 }
 
 export function adamwKernel(wg: number): Kernel {
-  const body = `  let g = G[i];
-  var w = W[i] * (1.0 - P.lr * P.wd);
+  const body = `  let g = G[P.offG + i];
+  var w = W[P.offW + i] * (1.0 - P.lr * P.wd);
   let m = P.b1 * M[i] + (1.0 - P.b1) * g;
   let v = P.b2 * V[i] + (1.0 - P.b2) * g * g;
   M[i] = m;
   V[i] = v;
-  W[i] = w - P.lr * (m / P.c1) / (sqrt(v / P.c2) + P.eps);`;
+  W[P.offW + i] = w - P.lr * (m / P.c1) / (sqrt(v / P.c2) + P.eps);`;
   return defineKernel({
     name: "adamw",
     params: `n: u32, lr: f32, b1: f32, b2: f32,
-             eps: f32, wd: f32, c1: f32, c2: f32,`,
+             eps: f32, wd: f32, c1: f32, c2: f32,
+             offW: u32, offG: u32, _a: u32, _b: u32,`,
     bindings: [
       ["W", "rw", "array<f32>"],
       ["G", "read", "array<f32>"],
@@ -52,10 +54,13 @@ export function runAdamW(
   v: GpuBuffer,
   n: number,
   s: AdamWStep,
+  offW = 0,
+  offG = 0,
 ): void {
   const wg = gpu.tuning.elementwiseWorkgroup;
   const p = new ParamWriter().u32(n).f32(s.lr).f32(s.beta1).f32(s.beta2)
-    .f32(s.eps).f32(s.weightDecay).f32(1 - s.beta1 ** s.step).f32(1 - s.beta2 ** s.step);
+    .f32(s.eps).f32(s.weightDecay).f32(1 - s.beta1 ** s.step).f32(1 - s.beta2 ** s.step)
+    .u32(offW).u32(offG).u32(0).u32(0);
   gpu.dispatch(adamwKernel(wg), [w, g, m, v], p, grid(Math.ceil(n / wg)));
 }
 
