@@ -10,10 +10,15 @@ import { Rng } from "../tensor/random.ts";
 
 /** The shape fields of a decoder config that adapters depend on (a LlamaConfig has them). */
 export interface LoraModelShape {
+  /** Model width. */
   dim: number;
+  /** Query heads. */
   nHeads: number;
+  /** Key/value heads. */
   nKvHeads: number;
+  /** Width of the SwiGLU MLP. */
   hiddenDim: number;
+  /** Number of blocks. */
   nLayers: number;
 }
 
