@@ -9,10 +9,17 @@
 
 import { cores, env, mesaVersion, OS, RUNTIME, setEnv, webgpu } from "../platform/platform.ts";
 import { readFileSync } from "node:fs";
-import { DisposedError, NoAdapterError, numberLines, ShaderError } from "./errors.ts";
+import {
+  BindingLimitError,
+  DisposedError,
+  NoAdapterError,
+  numberLines,
+  ShaderError,
+} from "./errors.ts";
 import type { Access, Kernel, ParamWriter } from "./kernel.ts";
 import {
   BufferPool,
+  BufferWindow,
   GpuBuffer,
   type GpuTexture,
   STORAGE_USAGE,
@@ -213,7 +220,7 @@ export class Gpu {
    */
   dispatch(
     kernel: Kernel,
-    buffers: readonly (GpuBuffer | GpuTexture)[],
+    buffers: readonly (GpuBuffer | BufferWindow | GpuTexture)[],
     params: ParamWriter,
     groups: readonly [number, number, number],
   ): void {
@@ -244,7 +251,12 @@ export class Gpu {
         );
       }
       b.lastUse = this.epoch;
-      key += "," + b.id;
+      key += "," + b.id +
+        (b instanceof BufferWindow
+          ? `@${b.offset}+${b.size}`
+          : "capacity" in b && b.capacity > this.bindingLimit
+          ? `:${b.bytes}` // bound by its used bytes, which change when the pool reuses it
+          : "");
     }
     let bindGroup = this.#bindGroups.get(key);
     if (!bindGroup) {
@@ -255,7 +267,7 @@ export class Gpu {
         },
       ];
       buffers.forEach((b, i) =>
-        entries.push({ binding: i + 1, resource: "view" in b ? b.view : { buffer: b.buffer } })
+        entries.push({ binding: i + 1, resource: "view" in b ? b.view : this.#resource(kernel, b) })
       );
       bindGroup = this.device.createBindGroup({ layout: this.#layout(kernel.buffers), entries });
       if (this.#bindGroups.size >= BIND_GROUP_CACHE) this.#bindGroups.clear();
@@ -269,6 +281,29 @@ export class Gpu {
     if (prof) this.#endPass();
     this.stats.dispatches++;
     if (++this.#dispatches >= this.maxDispatchesPerSubmit) this.flush();
+  }
+
+  /** The most bytes one storage binding may cover on this device. */
+  get bindingLimit(): number {
+    return this.device.limits.maxStorageBufferBindingSize;
+  }
+
+  /**
+   * A buffer binding: a window as it is, a buffer whole when it fits one binding (or its used
+   * bytes when only its size class does not). Past that a kernel must bind windows (pages.ts);
+   * one that does not is refused here, naming it, rather than by the device.
+   */
+  #resource(kernel: Kernel, b: GpuBuffer | BufferWindow): GPUBufferBinding {
+    const limit = this.bindingLimit;
+    if (b instanceof BufferWindow) return { buffer: b.buffer, offset: b.offset, size: b.size };
+    if (b.capacity <= limit) return { buffer: b.buffer };
+    const used = Math.ceil(b.bytes / 4) * 4;
+    if (used <= limit) return { buffer: b.buffer, offset: 0, size: used };
+    throw new BindingLimitError(
+      `kernel '${kernel.name}' would bind buffer '${b.owner}' of ${b.bytes} bytes whole, over ` +
+        `this device's maxStorageBufferBindingSize of ${limit}; this op has no paged form yet ` +
+        "for a tensor that large",
+    );
   }
 
   #commandEncoder(): GPUCommandEncoder {
@@ -374,8 +409,15 @@ export class Gpu {
    * Records a copy of `texels` vec4s (16 bytes each) from `src` at `byteOffset` into the flat
    * texture `dst` from texel 0. `byteOffset` must be a multiple of 16.
    */
-  copyToTexture(src: GpuBuffer, byteOffset: number, dst: GpuTexture, texels: number): void {
+  copyToTexture(
+    src: GpuBuffer | BufferWindow,
+    byteOffset: number,
+    dst: GpuTexture,
+    texels: number,
+  ): void {
     if (texels === 0) return;
+    // A copy binds nothing: a window is read from its parent at its offset.
+    if (src instanceof BufferWindow) byteOffset += src.offset;
     this.#endPass();
     src.lastUse = dst.lastUse = this.epoch;
     const enc = this.#commandEncoder();

@@ -31,6 +31,12 @@ export class IndexError extends Error {
 }
 
 /** A tensor or buffer was used after it was disposed. */
+/** A kernel would bind more bytes than the device allows in one binding; names kernel and buffer. */
+export class BindingLimitError extends Error {
+  /** Error class name. */
+  override name = "BindingLimitError";
+}
+
 export class DisposedError extends Error {
   /** Error class name. */
   override name = "DisposedError";

@@ -27,6 +27,36 @@ export class GpuBuffer {
   ) {}
 }
 
+/**
+ * A byte range of a pooled buffer, bound on its own: how kernels reach tensors larger than one
+ * storage binding may be (see pages.ts). `offset` is a multiple of the device's storage offset
+ * alignment; it reads as its parent for liveness and last use.
+ */
+export class BufferWindow {
+  /** A window of `parent`: `size` bytes from byte `offset`. */
+  constructor(readonly parent: GpuBuffer, readonly offset: number, readonly size: number) {}
+  /** The parent's GPU buffer. */
+  get buffer(): GPUBuffer {
+    return this.parent.buffer;
+  }
+  /** The parent's id. */
+  get id(): number {
+    return this.parent.id;
+  }
+  /** The parent's owner label. */
+  get owner(): string {
+    return this.parent.owner;
+  }
+  /** Whether the parent was released. */
+  get released(): boolean {
+    return this.parent.released;
+  }
+  /** Records the epoch of use on the parent. */
+  set lastUse(epoch: number) {
+    this.parent.lastUse = epoch;
+  }
+}
+
 /** Rounds a request up to its size class: at most 1/8 wasted, 256-byte granularity. */
 export function sizeClass(bytes: number): number {
   const b = Math.max(bytes, 16);

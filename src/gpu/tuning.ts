@@ -55,8 +55,10 @@ const LLVMPIPE: Tuning = {
   attentionBlock: 8,
   attentionVersion: 3,
   attentionKvTextures: true,
-  // A workgroup barrier costs more than a short row's arithmetic on a CPU rasterizer.
-  threadRowMaxLen: 1 << 20,
+  // A workgroup barrier costs more than a short row's arithmetic on a CPU rasterizer. Rows of
+  // 32,768 elements in one invocation came out wrong (log-softmax 0, cross-entropy off) on
+  // llvmpipe (Mesa 22.3.6) while 20,000 were right: longer rows take a workgroup.
+  threadRowMaxLen: 8192,
   serialReduceMax: 1024,
 };
 

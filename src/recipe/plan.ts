@@ -160,10 +160,13 @@ export function memoryPlan(
   const total = items.reduce((n, i) => n + i.bytes, 0);
   const shorter =
     "a shorter maxLen or fewer texts per micro-batch (batchSize, contrastive.batchSize)";
-  const weight = "a device whose maxStorageBufferBindingSize holds it";
+  const weight = "a device whose maxStorageBufferBindingSize holds it (only the embedding and " +
+    "the classifier are paged)";
+  // The embedding (and the classifier, its gradient and moments) is paged: kernels bind windows
+  // of rows of it (src/gpu/pages.ts), so it is no single binding; the other weights are.
   const bindings: PlanBinding[] = [
-    { name: `embedding [${v}, ${d}]`, bytes: v * d * F32, remedy: weight },
     { name: `MLP weight [${ff}, ${d}]`, bytes: ff * d * F32, remedy: weight },
+    { name: `attention weight [${d}, ${d}]`, bytes: d * d * F32, remedy: weight },
     { name: `MLP activations [${tokens}, ${ff}]`, bytes: tokens * ff * F32, remedy: shorter },
     { name: `hidden states [${tokens}, ${d}]`, bytes: tokens * d * F32, remedy: shorter },
     {

@@ -10,7 +10,14 @@ import { gpu } from "../gpu/device.ts";
 import { runAttentionBackward } from "../gpu/kernels/attention.ts";
 import { runCrossEntropyBackward } from "../gpu/kernels/cross_entropy.ts";
 import type { BinaryFn, UnaryFn } from "../gpu/kernels/elementwise.ts";
-import { runScatterGrouped, runScatterScan, scatterPlan } from "../gpu/kernels/embedding.ts";
+import {
+  pageRows,
+  runScatterGrouped,
+  runScatterScan,
+  scatterPlan,
+  scatterPlanRows,
+} from "../gpu/kernels/embedding.ts";
+import { bindRange, paged } from "../gpu/pages.ts";
 import { runArgmaxScatter } from "../gpu/kernels/reduce.ts";
 import { runRope } from "../gpu/kernels/rope.ts";
 import {
@@ -235,7 +242,20 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
     const host = ids.storage.host;
     // Rows no id touches stay zero in the grouped scatter; the scan writes every row.
     const dw = host ? zeros([v, d]) : empty([v, d], "f32", "embedding.dw");
-    if (host) {
+    if (host && paged(gpu(), dw.buf)) {
+      // A weight past one binding: one plan and one window per page of rows.
+      const all = host.subarray(ids.offset, ids.offset + ids.size);
+      const rows = pageRows(gpu(), d);
+      for (let r0 = 0; r0 < v; r0 += rows) {
+        const r1 = Math.min(v, r0 + rows);
+        const { plan, groups, count } = scatterPlanRows(all, r0, r1);
+        if (!groups) continue;
+        const planT = tensor(plan, [plan.length], "i32");
+        const win = bindRange(gpu(), dw.buf, r0 * d, r1 * d, "embedding backward");
+        runScatterGrouped(gpu(), gc.buf, planT.buf, groups, win.bind, count, d, r1 - r0);
+        planT.dispose();
+      }
+    } else if (host) {
       // Grouped scatter: the host knows the ids, so sort positions by id once.
       const { plan, groups } = scatterPlan(host.subarray(ids.offset, ids.offset + ids.size));
       const planT = tensor(plan, [plan.length], "i32");

@@ -22,6 +22,7 @@ import {
 } from "../gpu/kernels/elementwise.ts";
 import { runGather } from "../gpu/kernels/embedding.ts";
 import { runMatmul } from "../gpu/kernels/matmul.ts";
+import { bindRange, paged } from "../gpu/pages.ts";
 import { runReduce } from "../gpu/kernels/reduce.ts";
 import { type RopeScaling, ropeTable as hostRopeTable, runRope } from "../gpu/kernels/rope.ts";
 import { rmsnormKernel, runRowKernel, softmaxKernel } from "../gpu/kernels/rowwise.ts";
@@ -439,12 +440,28 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   if (k === 0) {
     runElementwise(gpu(), "P.c", [], outOf(out), out.shape, 0);
   } else {
+    // An operand past one binding (a large embedding, a row chunk of it) is bound as a window
+    // over the elements it spans.
+    const span = (t: Tensor, what: string) =>
+      bindRange(
+        gpu(),
+        t.buf,
+        t.offset,
+        t.offset + t.shape.reduce((e, s, d) => e + (s - 1) * t.strides[d], 0) + 1,
+        `matmul ${desc()}: ${what}`,
+      );
+    const ra = span(a, "a"), rb = span(b, "b"), rc = span(out, "the product");
     runMatmul(
       gpu(),
-      { buf: a.buf, offset: a.offset, batchStride: ba.stride, ...rs(a, transA) },
-      { buf: b.buf, offset: b.offset, batchStride: b.rank > 2 ? bb.stride : 0, ...rs(b, transB) },
-      out.buf,
-      0,
+      { buf: ra.bind, offset: a.offset - ra.base, batchStride: ba.stride, ...rs(a, transA) },
+      {
+        buf: rb.bind,
+        offset: b.offset - rb.base,
+        batchStride: b.rank > 2 ? bb.stride : 0,
+        ...rs(b, transB),
+      },
+      rc.bind,
+      -rc.base,
       { batch: ba.count, m, n, k },
     );
   }
@@ -680,7 +697,11 @@ export function classifierCrossEntropy(
     );
   }
   const [n, v] = [h.shape[0], w.shape[0]];
-  const chunk = logitsChunk(n, v, opts.chunk);
+  let chunk = logitsChunk(n, v, opts.chunk);
+  // A classifier past one binding is read a window of rows at a time.
+  if (paged(gpu(), w.buf)) {
+    chunk = Math.min(chunk, Math.floor((gpu().bindingLimit - 256) / (4 * w.shape[1])));
+  }
   if (chunk >= v) {
     // One chunk: exactly the unfused ops, the logits saved for backward as matmul's would be.
     const logits = noGrad(() => matmul(h, w, { transB: true }));

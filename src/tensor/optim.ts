@@ -52,7 +52,17 @@ export function trainableShape(p: Trainable): number[] {
  */
 export function clipGradNorm(params: readonly Trainable[], maxNorm: number): Tensor {
   const g = gpu();
-  const withGrad = params.map(span).filter((p) => p.leaf.grad);
+  // A large gradient is summed in spans of 2^19 elements, each its own slot of the sum of
+  // squares: within one binding, and with each invocation's loop short (on llvmpipe, loops of
+  // 32,768 and more iterations in one invocation came out wrong; see tuning.ts).
+  const limitElems = Math.min(2 ** 19, Math.floor((g.bindingLimit - 256) / 4 / 64) * 64);
+  const withGrad = params.map(span).filter((p) => p.leaf.grad).flatMap((p) => {
+    const out: typeof p[] = [];
+    for (let s = 0; s < p.size; s += limitElems) {
+      out.push({ ...p, start: p.start + s, size: Math.min(limitElems, p.size - s) });
+    }
+    return p.size ? out : [p];
+  });
   const sumsq = empty([Math.max(withGrad.length, 1)], "f32", "clip.sumsq");
   const out = empty([2], "f32", "clip.norm");
   if (withGrad.length === 0) {
@@ -75,7 +85,9 @@ export function clipGradNorm(params: readonly Trainable[], maxNorm: number): Ten
     });
     runClipCoef(g, sumsq.buf, withGrad.length, maxNorm, out.buf);
     // Whole gradients are scaled: rows outside a trained range are never applied.
-    for (const p of withGrad) runScaleBy(g, out.buf, 1, p.leaf.grad!.buf, p.leaf.grad!.size);
+    for (const leaf of new Set(withGrad.map((p) => p.leaf))) {
+      runScaleBy(g, out.buf, 1, leaf.grad!.buf, leaf.grad!.size);
+    }
   }
   sumsq.dispose();
   return out;

@@ -87,3 +87,29 @@ test("classifierCrossEntropy in chunks matches, with no [N, V] buffer", async ()
   );
   assert.throws(() => T.logitsChunk(4, 10, 0), /chunk must be a positive integer/);
 });
+
+test("row kernels on long rows (a large vocabulary's logits) match the host", async () => {
+  await testGpu();
+  for (const v of [8192, 8193, 40_000]) {
+    const x = Float32Array.from({ length: 2 * v }, (_, i) => Math.sin(i * 0.1) * 3);
+    const t = [v - 1, 3];
+    const loss = await T.crossEntropy(tensor(x, [2, v]), tensor(Int32Array.from(t), [2], "i32"))
+      .item();
+    const logp = (await T.logSoftmax(tensor(x, [2, v])).toArray()) as Float32Array;
+    let want = 0;
+    for (let r = 0; r < 2; r++) {
+      let m = -Infinity, z = 0;
+      for (let j = 0; j < v; j++) m = Math.max(m, x[r * v + j]);
+      for (let j = 0; j < v; j++) z += Math.exp(x[r * v + j] - m);
+      const lse = m + Math.log(z);
+      want += (lse - x[r * v + t[r]]) / 2;
+      for (const j of [0, 5, v - 1]) {
+        assert.ok(
+          Math.abs(logp[r * v + j] - (x[r * v + j] - lse)) < 1e-4,
+          `logSoftmax ${v} [${r}, ${j}]`,
+        );
+      }
+    }
+    assert.ok(Math.abs(loss - want) < 1e-4 * want, `cross-entropy over ${v}: ${loss} vs ${want}`);
+  }
+});

@@ -126,15 +126,27 @@ test("memory plan: a binding over the limit is refused by name; a budget is chec
     budget: 8 * 2 ** 30,
     budgetSource: "--memory-gb",
   });
-  assert.equal(plan.largest.name, "embedding [128260, 2048]");
-  assert.equal(plan.largest.bytes, 128260 * 2048 * 4);
+  // The embedding is paged, not one binding; the activations of 96 rows of 256 tokens are.
+  assert.equal(plan.largest.name, "MLP activations [24576, 8192]");
+  assert.equal(plan.largest.bytes, 24576 * 8192 * 4);
   const v = checkPlan(plan);
   assert.match(
     v.error!,
-    /^embedding \[128260, 2048\] needs one binding of 1002\.0 MiB, over this adapter's maxStorageBufferBindingSize of 128\.0 MiB; what would make it fit: /,
+    /^MLP activations \[24576, 8192\] needs one binding of 768\.0 MiB, over this adapter's maxStorageBufferBindingSize of 128\.0 MiB; what would make it fit: a shorter maxLen/,
   );
   assert.match(v.warning!, /over the budget of 8\.0 GiB \(--memory-gb\)/);
   assert.match(formatPlan(plan), /parameters +4\.6 GiB/);
+  // 2 rows of 512 tokens fit (the 1B-shaped model on llvmpipe, as the tests run it).
+  const short = buildConfig(null, [["maxLen", "512"], ["batchSize", "1"], [
+    "contrastive.batchSize",
+    "2",
+  ], ["lora.rank", "8"]]);
+  assert.equal(
+    checkPlan(
+      memoryPlan(c, short, { bindingLimit: 128 * 2 ** 20, budget: null, budgetSource: "unknown" }),
+    ).error,
+    null,
+  );
   // Stories260K's default run fits llvmpipe's 128 MiB bindings, and an unknown budget is said.
   const small = await planRun(config, {
     bindingLimit: 128 * 2 ** 20,

@@ -12,7 +12,9 @@
 
 import type { Gpu } from "../device.ts";
 import { cachedKernel, defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
-import type { GpuBuffer } from "../pool.ts";
+import { BufferWindow } from "../pool.ts";
+import { type Binding, bindRange, paged, spans } from "../pages.ts";
+import { BindingLimitError } from "../errors.ts";
 
 /** WGSL element type names for the storage dtypes the engine knows. */
 export type WgslType = "f32" | "i32";
@@ -23,7 +25,7 @@ export type WgslType = "f32" | "i32";
  */
 export interface StridedInput {
   name: string;
-  buf: GpuBuffer;
+  buf: Binding;
   offset: number;
   strides: readonly number[];
   type: WgslType;
@@ -31,7 +33,7 @@ export interface StridedInput {
 
 /** Where an elementwise kernel writes: contiguous unless strides are given (a view). */
 export interface StridedOutput {
-  buf: GpuBuffer;
+  buf: Binding;
   offset: number;
   strides: readonly number[];
   type: WgslType;
@@ -170,6 +172,30 @@ export function runElementwise(
   const contiguous = operands.every((x) =>
     x.strides.every((s, d) => shape[d] === 1 || s === contig[d])
   );
+  // Operands past one binding: contiguous ones run in spans over windows.
+  const whole = operands.flatMap((x) => (x.buf instanceof BufferWindow ? [] : [x.buf]));
+  if (whole.some((b) => paged(gpu, b))) {
+    if (!contiguous) {
+      throw new BindingLimitError(
+        `elementwise '${expr}': a strided or broadcast operand of a tensor past one binding`,
+      );
+    }
+    for (const [s, count] of spans(gpu, n, whole)) {
+      const win = <T extends StridedInput | StridedOutput>(x: T): T => {
+        if (x.buf instanceof BufferWindow) return { ...x, offset: x.offset + s, strides: [1] };
+        const r = bindRange(
+          gpu,
+          x.buf,
+          x.offset + s,
+          x.offset + s + count,
+          `elementwise '${expr}'`,
+        );
+        return { ...x, buf: r.bind, offset: x.offset + s - r.base, strides: [1] };
+      };
+      runElementwise(gpu, expr, inputs.map(win), win(out), [count], c);
+    }
+    return;
+  }
   // Drop unit dims: they never move the index.
   const keep = shape.map((s, d) => (s !== 1 ? d : -1)).filter((d) => d >= 0);
   const wg = gpu.tuning.elementwiseWorkgroup;

@@ -8,11 +8,16 @@
  *   bwd v2 (grouped): the host sorts positions by id (ids are usually uploaded from the host, so
  *          it has them), then one invocation per (distinct id, column) sums its positions in
  *          order; O(N * D) and bitwise deterministic.
+ * A weight past one storage binding is handled in pages of rows, each bound as a window: the
+ * gather writes the positions whose id falls in the page, the grouped scatter runs a plan of the
+ * page's ids (rows per page are a multiple of 64, so every page starts on an aligned offset).
  */
 
 import type { Gpu } from "../device.ts";
 import { defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
+import { type Binding, bindRange, paged } from "../pages.ts";
+import { BindingLimitError } from "../errors.ts";
 
 const PARAMS = "n: u32, d: u32, v: u32, groups: u32";
 
@@ -29,6 +34,27 @@ export function gatherKernel(wg: number): Kernel {
     ],
     body: gridMain(wg, "i", "i >= P.n * P.d", body),
   });
+}
+
+/** The gather of one page of rows [r0, r0 + rows) of W, read from element `off` of its window. */
+export function gatherRowsKernel(wg: number): Kernel {
+  const body = `  let id = clamp(IDS[i / P.d], 0, i32(P.vt) - 1) - i32(P.r0);
+  if (id >= 0 && u32(id) < P.rows) { Y[i] = W[P.off + u32(id) * P.d + i % P.d]; }`;
+  return defineKernel({
+    name: "gather_rows",
+    params: "n: u32, d: u32, rows: u32, r0: u32, off: u32, vt: u32, _a: u32, _b: u32",
+    bindings: [
+      ["W", "read", "array<f32>"],
+      ["IDS", "read", "array<i32>"],
+      ["Y", "rw", "array<f32>"],
+    ],
+    body: gridMain(wg, "i", "i >= P.n * P.d", body),
+  });
+}
+
+/** Rows per page of a [v, d] weight past one binding: a multiple of 64 that fits one. */
+export function pageRows(gpu: Gpu, d: number): number {
+  return Math.max(64, Math.floor((gpu.bindingLimit - 256) / (4 * d) / 64) * 64);
 }
 
 export function scatterScanKernel(wg: number): Kernel {
@@ -98,8 +124,37 @@ export function runGather(
   v: number,
 ): void {
   const wg = gpu.tuning.elementwiseWorkgroup;
-  const p = new ParamWriter().u32(n).u32(d).u32(v).u32(0);
-  gpu.dispatch(gatherKernel(wg), [w, ids, y], p, grid(Math.ceil((n * d) / wg)));
+  if (!paged(gpu, w)) {
+    const p = new ParamWriter().u32(n).u32(d).u32(v).u32(0);
+    gpu.dispatch(gatherKernel(wg), [w, ids, y], p, grid(Math.ceil((n * d) / wg)));
+    return;
+  }
+  const rows = pageRows(gpu, d);
+  for (let r0 = 0; r0 < v; r0 += rows) {
+    const r1 = Math.min(v, r0 + rows);
+    const rw = bindRange(gpu, w, r0 * d, r1 * d, "gather");
+    const p = new ParamWriter().u32(n).u32(d).u32(r1 - r0).u32(r0).u32(r0 * d - rw.base).u32(v)
+      .u32(0).u32(0);
+    gpu.dispatch(gatherRowsKernel(wg), [rw.bind, ids, y], p, grid(Math.ceil((n * d) / wg)));
+  }
+}
+
+/**
+ * The grouped-scatter plan (see {@link scatterPlan}) of the positions whose id falls in rows
+ * [r0, r1), ids rebased to r0: one page of a weight past one binding.
+ */
+export function scatterPlanRows(ids: Int32Array, r0: number, r1: number) {
+  const pos = Array.from(ids.keys()).filter((i) => ids[i] >= r0 && ids[i] < r1)
+    .sort((a, b) => ids[a] - ids[b] || a - b);
+  const heads: number[] = [];
+  for (let k = 0; k < pos.length; k++) {
+    if (k === 0 || ids[pos[k]] !== ids[pos[k - 1]]) heads.push(ids[pos[k]] - r0, k);
+  }
+  const groups = heads.length / 2;
+  const plan = new Int32Array(2 * groups + pos.length);
+  plan.set(heads);
+  plan.set(pos, 2 * groups);
+  return { plan, groups, count: pos.length };
 }
 
 export function runScatterScan(
@@ -111,6 +166,11 @@ export function runScatterScan(
   d: number,
   v: number,
 ): void {
+  if (paged(gpu, dw)) {
+    throw new BindingLimitError(
+      `embedding backward: a weight of ${v} x ${d} past one binding needs its ids on the host`,
+    );
+  }
   const wg = gpu.tuning.elementwiseWorkgroup;
   const p = new ParamWriter().u32(n).u32(d).u32(v).u32(0);
   gpu.dispatch(scatterScanKernel(wg), [g, ids, dw], p, grid(Math.ceil((v * d) / wg)));
@@ -121,7 +181,7 @@ export function runScatterGrouped(
   g: GpuBuffer,
   plan: GpuBuffer,
   groups: number,
-  dw: GpuBuffer,
+  dw: Binding,
   n: number,
   d: number,
   v: number,

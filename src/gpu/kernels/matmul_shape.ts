@@ -1,12 +1,12 @@
 /** The operands and shape of a batched product, shared by every matmul version. */
 
 import type { Gpu } from "../device.ts";
-import type { GpuBuffer } from "../pool.ts";
+import type { Binding } from "../pages.ts";
 
 /** A matrix operand: buffer, element offset, and strides for (batch, row, col). */
 export interface MatOperand {
-  /** The buffer. */
-  buf: GpuBuffer;
+  /** The buffer, or a window of it (a tensor past one binding). */
+  buf: Binding;
   /** Element offset of [0, 0, 0]. */
   offset: number;
   /** Elements between batches (0 broadcasts one matrix). */
@@ -34,7 +34,7 @@ export type MatmulRun = (
   gpu: Gpu,
   a: MatOperand,
   b: MatOperand,
-  c: GpuBuffer,
+  c: Binding,
   offC: number,
   s: MatmulShape,
 ) => void;

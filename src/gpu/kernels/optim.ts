@@ -11,6 +11,7 @@
 import type { Gpu } from "../device.ts";
 import { defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
+import { bindRange, spans } from "../pages.ts";
 import { rowReduceHelpers } from "./rowwise.ts";
 
 export interface AdamWStep {
@@ -58,10 +59,23 @@ export function runAdamW(
   offG = 0,
 ): void {
   const wg = gpu.tuning.elementwiseWorkgroup;
-  const p = new ParamWriter().u32(n).f32(s.lr).f32(s.beta1).f32(s.beta2)
-    .f32(s.eps).f32(s.weightDecay).f32(1 - s.beta1 ** s.step).f32(1 - s.beta2 ** s.step)
-    .u32(offW).u32(offG).u32(0).u32(0);
-  gpu.dispatch(adamwKernel(wg), [w, g, m, v], p, grid(Math.ceil(n / wg)));
+  // Past one binding, in spans over windows (moments are read from element 0: aligned spans).
+  for (const [at, count] of spans(gpu, n, [w, g, m, v])) {
+    const rw = bindRange(gpu, w, offW + at, offW + at + count, "adamw");
+    const rg = bindRange(gpu, g, offG + at, offG + at + count, "adamw");
+    const rm = bindRange(gpu, m, at, at + count, "adamw"),
+      rv = bindRange(gpu, v, at, at + count, "adamw");
+    const p = new ParamWriter().u32(count).f32(s.lr).f32(s.beta1).f32(s.beta2)
+      .f32(s.eps).f32(s.weightDecay).f32(1 - s.beta1 ** s.step).f32(1 - s.beta2 ** s.step)
+      .u32(offW + at - rw.base).u32(offG + at - rg.base).u32(0).u32(0);
+    if (rm.base !== at || rv.base !== at) throw new Error("adamw: moment windows off their span");
+    gpu.dispatch(
+      adamwKernel(wg),
+      [rw.bind, rg.bind, rm.bind, rv.bind],
+      p,
+      grid(Math.ceil(count / wg)),
+    );
+  }
 }
 
 /** Y[offY + i] += X[offX + i] * c; accumulates gradients into a leaf's existing buffer. */
@@ -84,8 +98,12 @@ export function runAccumulate(
   c = 1,
 ): void {
   const wg = gpu.tuning.elementwiseWorkgroup;
-  const p = new ParamWriter().u32(n).u32(offX).u32(offY).f32(c);
-  gpu.dispatch(accumulateKernel(wg), [x, y], p, grid(Math.ceil(n / wg)));
+  for (const [at, count] of spans(gpu, n, [x, y])) {
+    const rx = bindRange(gpu, x, offX + at, offX + at + count, "accumulate");
+    const ry = bindRange(gpu, y, offY + at, offY + at + count, "accumulate");
+    const p = new ParamWriter().u32(count).u32(offX + at - rx.base).u32(offY + at - ry.base).f32(c);
+    gpu.dispatch(accumulateKernel(wg), [rx.bind, ry.bind], p, grid(Math.ceil(count / wg)));
+  }
 }
 
 /** From per-tensor sums of squares: out = [norm, coef] with coef = min(1, max / (norm + 1e-6)). */
@@ -139,6 +157,11 @@ export function runScaleBy(
   n: number,
 ): void {
   const wg = gpu.tuning.elementwiseWorkgroup;
-  const p = new ParamWriter().u32(n).u32(at).u32(0).u32(0);
-  gpu.dispatch(scaleByKernel(wg), [s, y], p, grid(Math.ceil(n / wg)));
+  // Spans start at multiples of 64 elements from 0, so a window starts at the span's element.
+  for (const [from, count] of spans(gpu, n, [y])) {
+    const ry = bindRange(gpu, y, from, from + count, "scale_by");
+    if (ry.base !== from) throw new Error("scale_by: an unaligned window");
+    const p = new ParamWriter().u32(count).u32(at).u32(0).u32(0);
+    gpu.dispatch(scaleByKernel(wg), [s, ry.bind], p, grid(Math.ceil(count / wg)));
+  }
 }

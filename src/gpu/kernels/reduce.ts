@@ -12,6 +12,7 @@
 import type { Gpu } from "../device.ts";
 import { defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
+import { type Binding, bindRange } from "../pages.ts";
 
 export type ReduceFn = "sum" | "max" | "sumsq";
 
@@ -87,7 +88,7 @@ export function runReduce(
   x: GpuBuffer,
   off: number,
   dims: { outer: number; r: number; inner: number },
-  y: GpuBuffer,
+  y: Binding,
   offOut: number,
   arg: GpuBuffer | null,
   scale = 1,
@@ -95,18 +96,20 @@ export function runReduce(
   if (fn === "max" && !arg) throw new Error("reduce max: no buffer for the arg-max indices");
   const outputs = dims.outer * dims.inner;
   if (outputs === 0) return;
-  const p = new ParamWriter().u32(dims.outer).u32(dims.r).u32(dims.inner).u32(off).f32(scale)
-    .u32(offOut);
+  // A tensor past one binding is reduced through a window over the range it reads.
+  const rx = bindRange(gpu, x, off, off + outputs * dims.r, `reduce ${fn}`);
+  const p = new ParamWriter().u32(dims.outer).u32(dims.r).u32(dims.inner).u32(off - rx.base)
+    .f32(scale).u32(offOut);
   // Long reductions parallelise over R. The choice depends on R alone, so an output's
   // summation order does not change with the batch size.
   const serial = dims.r <= gpu.tuning.serialReduceMax;
   const idx = fn === "max" ? arg! : gpu.unusedBuffer();
   if (serial) {
     const wg = gpu.tuning.elementwiseWorkgroup;
-    gpu.dispatch(reduceKernelV1(fn, wg), [x, y, idx], p, grid(Math.ceil(outputs / wg)));
+    gpu.dispatch(reduceKernelV1(fn, wg), [rx.bind, y, idx], p, grid(Math.ceil(outputs / wg)));
   } else {
     const wg = gpu.tuning.rowWorkgroup;
-    gpu.dispatch(reduceKernelV2(fn, wg), [x, y, idx], p, grid(outputs));
+    gpu.dispatch(reduceKernelV2(fn, wg), [rx.bind, y, idx], p, grid(outputs));
   }
 }
 
