@@ -59,6 +59,14 @@ export interface GenerateResult {
   decodeMs: number;
 }
 
+const noticed = new Set<string>();
+/** Prints a notice once per process. */
+function notice(line: string): void {
+  if (noticed.has(line)) return;
+  noticed.add(line);
+  console.error(line);
+}
+
 /** Which prefill path {@link prefillPrompt} takes with a decoder: "fused" or "forward". */
 export function prefillPath(path?: "fused" | "forward"): "fused" | "forward" {
   return path ?? (inferTuning().fusedPrefill ? "fused" : "forward");
@@ -135,11 +143,18 @@ export async function generate(
       };
       const t0 = performance.now();
       // The fused kernels read the base weights alone: a model with adapters decodes per op.
-      const fused = model.lora.size ? false : opts.fused ?? (inferTuning().fusedDecode &&
-        fusedDecodeFits(
-          { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads },
-          g.device.limits.maxStorageBuffersPerShaderStage,
-        ));
+      const fits = fusedDecodeFits(
+        { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads },
+        g.device.limits.maxStorageBuffersPerShaderStage,
+      );
+      const fused = model.lora.size ? false : opts.fused ?? (inferTuning().fusedDecode && fits);
+      if (opts.fused === undefined && inferTuning().fusedDecode && !fused) {
+        notice(
+          model.lora.size
+            ? "gemkit: generating op by op: the model has LoRA adapters (deno task convert --merge folds them in)"
+            : `gemkit: generating op by op: the fused decoder covers dim <= 512 and MLP width <= 2048 (this model: ${c.dim} and ${c.hiddenDim})`,
+        );
+      }
       decoder = fused ? new FusedDecoder(model, typeof fused === "object" ? fused : {}) : null;
       const promptT = own(tensor(Int32Array.from(prompt), [1, prompt.length], "i32"));
       const logits = prefillPrompt(model, decoder, promptT, cache, {

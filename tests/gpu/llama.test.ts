@@ -14,6 +14,7 @@ import { CheckpointError, parseLlama2c, readLlama2c } from "../../src/io/llama2c
 import { dataDir } from "../../src/io/paths.ts";
 import { FusedDecoder, type FusedDecoderOptions } from "../../src/nn/infer/fused.ts";
 import { generate } from "../../src/nn/generate.ts";
+import { inferTuning } from "../../src/nn/infer/tuning.ts";
 import { CAUSAL_PADDED, Llama, padBatch } from "../../src/nn/llama.ts";
 import { backward } from "../../src/tensor/backward.ts";
 import * as T from "../../src/tensor/ops.ts";
@@ -460,4 +461,47 @@ test("packed batch: sequences packed in one row give their own logits", async ()
   disposePacked(batch);
   roles.dispose();
   m.dispose();
+});
+
+test("generation of a model wider than the fused decoder runs op by op, with a notice", async () => {
+  await testGpu();
+  const model = Llama.random({
+    dim: 640,
+    hiddenDim: 1280,
+    nLayers: 1,
+    nHeads: 5,
+    nKvHeads: 5,
+    vocabSize: 64,
+    maxSeqLen: 32,
+    ropeTheta: 10000,
+    normEps: 1e-5,
+    tiedEmbeddings: true,
+  }, 3);
+  const lines: string[] = [];
+  const old = console.error;
+  console.error = (...a: unknown[]) => void lines.push(a.join(" "));
+  let r;
+  try {
+    r = await generate(model, [1, 5, 9], { maxTokens: 4, temperature: 0 });
+  } finally {
+    console.error = old;
+  }
+  assert.equal(r.ids.length, 4);
+  if (inferTuning().fusedDecode) {
+    assert.deepEqual(lines, [
+      "gemkit: generating op by op: the fused decoder covers dim <= 512 and MLP width <= 2048 (this model: 640 and 1280)",
+    ]);
+  }
+  // Op by op, the same tokens as the general forward's greedy argmax.
+  const ids = [1, 5, 9];
+  for (let i = 0; i < 4; i++) {
+    const out = model.forward(tensor(Int32Array.from(ids), [1, ids.length], "i32"));
+    const l = (await out.logits!.toArray()) as Float32Array;
+    const last = l.subarray((ids.length - 1) * 64, ids.length * 64);
+    ids.push(last.indexOf(Math.max(...last)));
+    out.logits!.dispose();
+    out.hidden.dispose();
+  }
+  assert.deepEqual(r.ids, ids.slice(3));
+  model.dispose();
 });
