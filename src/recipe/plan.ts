@@ -160,13 +160,9 @@ export function memoryPlan(
   const total = items.reduce((n, i) => n + i.bytes, 0);
   const shorter =
     "a shorter maxLen or fewer texts per micro-batch (batchSize, contrastive.batchSize)";
-  const weight = "a device whose maxStorageBufferBindingSize holds it (only the embedding and " +
-    "the classifier are paged)";
-  // The embedding (and the classifier, its gradient and moments) is paged: kernels bind windows
-  // of rows of it (src/gpu/pages.ts), so it is no single binding; the other weights are.
+  // Weights are paged: kernels bind windows of them (src/gpu/pages.ts), products with them run
+  // in pieces, so no weight is one binding. Activations are.
   const bindings: PlanBinding[] = [
-    { name: `MLP weight [${ff}, ${d}]`, bytes: ff * d * F32, remedy: weight },
-    { name: `attention weight [${d}, ${d}]`, bytes: d * d * F32, remedy: weight },
     { name: `MLP activations [${tokens}, ${ff}]`, bytes: tokens * ff * F32, remedy: shorter },
     { name: `hidden states [${tokens}, ${d}]`, bytes: tokens * d * F32, remedy: shorter },
     {

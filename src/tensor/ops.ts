@@ -398,6 +398,70 @@ function batchOf(t: Tensor): { count: number; stride: number } | null {
 }
 
 /**
+ * op(a) @ op(b) for 2-D operands or a result past one binding, as products that each fit one:
+ * rows of the result in turn when it is the large one, else the large operand's rows in turn
+ * (a slice of the result's columns, or of the inner dimension whose products are summed).
+ */
+function matmulPieces(
+  a: Tensor,
+  b: Tensor,
+  m: number,
+  n: number,
+  k: number,
+  transA: boolean,
+  transB: boolean,
+  limit: number,
+): Tensor {
+  return noGrad(() => {
+    const out = empty([m, n], "f32", "matmul");
+    const opts = { transA, transB };
+    // Rows of a (columns when transposed) give rows of the result.
+    const rowsOfA = (m0: number, m1: number) => slice(a, transA ? 1 : 0, m0, m1);
+    const fits = (rows: number, cols: number) => 4 * rows * cols <= limit;
+    if (!fits(m, n) || (transA ? !fits(k, m) : !fits(m, k))) {
+      const per = Math.max(1, Math.floor(limit / (4 * Math.max(n, k))));
+      for (let m0 = 0; m0 < m; m0 += per) {
+        const m1 = Math.min(m, m0 + per);
+        const piece = scope(() => matmul(rowsOfA(m0, m1), b, opts));
+        const dst = slice(out, 0, m0, m1);
+        copyInto(dst, piece);
+        dst.dispose();
+        piece.dispose();
+      }
+      return out;
+    }
+    const per = Math.max(1, Math.floor(limit / (4 * (transB ? k : n))));
+    if (transB) {
+      // b is [n, k]: its rows are the result's columns.
+      for (let n0 = 0; n0 < n; n0 += per) {
+        const n1 = Math.min(n, n0 + per);
+        const piece = scope(() => matmul(a, slice(b, 0, n0, n1), opts));
+        const dst = slice(out, 1, n0, n1);
+        copyInto(dst, piece);
+        dst.dispose();
+        piece.dispose();
+      }
+      return out;
+    }
+    // b is [k, n]: its rows are the inner dimension, whose partial products add up.
+    let acc: Tensor | null = null;
+    for (let k0 = 0; k0 < k; k0 += per) {
+      const k1 = Math.min(k, k0 + per);
+      const part = scope(() => matmul(slice(a, transA ? 0 : 1, k0, k1), slice(b, 0, k0, k1), opts));
+      if (acc) {
+        const sum = add(acc, part);
+        acc.dispose();
+        part.dispose();
+        acc = sum;
+      } else acc = part;
+    }
+    copyInto(out, acc!);
+    acc!.dispose();
+    return out;
+  });
+}
+
+/**
  * Batched matrix product op(a) @ op(b). a is [..., M, K] ([..., K, M] with transA), b is
  * [..., K, N] ([..., N, K] with transB); batch dims must match, or b may be 2-D.
  */
@@ -431,6 +495,19 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     if (ac !== a) ac.dispose();
     if (bc !== b) bc.dispose();
     return c;
+  }
+  // A 2-D product whose weight or result is more than one binding runs in pieces that fit.
+  const extent = (t: Tensor) =>
+    4 * (t.shape.reduce((e, s, d) => e + (s - 1) * t.strides[d], 0) + 1);
+  const limit = gpu().bindingLimit - 256;
+  if (
+    a.rank === 2 && b.rank === 2 && k > 0 &&
+    (extent(b) > limit || 4 * m * n > limit || extent(a) > limit)
+  ) {
+    return record(matmulPieces(a, b, m, n, k, transA, transB, limit), "matmul", [a, b], [a, b], {
+      transA,
+      transB,
+    });
   }
   const out = empty([...batchA, m, n], "f32", "matmul");
   const rs = (t: Tensor, tr: boolean) =>

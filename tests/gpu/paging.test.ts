@@ -1,7 +1,8 @@
 /**
  * Tensors past one storage binding (llvmpipe: 128 MiB): an embedding of 66,000 x 512 f32
  * (135 MB) gathers, scatters its gradient, feeds the chunked classifier loss, takes AdamW steps
- * and gradient clipping, each checked against a host reference; an op with no paged form says so.
+ * and gradient clipping, each checked against a host reference; products with a weight or a result
+ * past one binding run in pieces; an op with no paged form says so.
  */
 
 import { test } from "node:test";
@@ -102,15 +103,42 @@ test("a 135 MB embedding: gather, chunked classifier loss, scatter, AdamW and cl
       `w[${r}, ${j}]: ${after[i]} vs ${decayed - step}`,
     );
   }
-  // An op with no paged form is refused by name, not by the device.
-  assert.throws(() => T.matmul(x, w, { transB: true }), (e: unknown) => {
+  // An op with no paged form (a strided copy of the whole weight) is refused by name.
+  assert.throws(() => T.contiguous(T.transpose(w)), (e: unknown) => {
     assert.ok(e instanceof BindingLimitError);
-    assert.match(
-      e.message,
-      /^matmul a \[6,512\] @ b \[66000,512\]\^T: b: 135168000 bytes of buffer '.*' in one binding, over this device's maxStorageBufferBindingSize of 134217728/,
-    );
+    assert.match(e.message, /a strided or broadcast operand of a tensor past one binding/);
     return true;
   });
   opt.dispose();
   for (const t of [w, w2, idsT, x, tT, loss, y, weights, norm]) t.dispose();
+});
+
+test("products with a weight or a result past one binding run in pieces", async () => {
+  await testGpu();
+  const N = 9000, K = 4096, M = 5; // the weight: 147 MB
+  const W = Float32Array.from({ length: N * K }, (_, i) => Math.fround(Math.sin(i * 0.013) * 0.1));
+  const X = Float32Array.from({ length: M * K }, (_, i) => Math.fround(Math.cos(i * 0.7)));
+  const G = Float32Array.from({ length: M * N }, (_, i) => Math.fround(Math.sin(i * 0.3)));
+  const w = tensor(W, [N, K]), x = tensor(X, [M, K]), g = tensor(G, [M, N]);
+  const y = (await T.matmul(x, w, { transB: true }).toArray()) as Float32Array; // columns of w
+  const dx = (await T.matmul(g, w).toArray()) as Float32Array; // the inner dimension
+  const dw = (await T.matmul(g, x, { transA: true }).toArray()) as Float32Array; // a large result
+  const dot = (n: number, f: (q: number) => number) => {
+    let s = 0;
+    for (let q = 0; q < n; q++) s += f(q);
+    return s;
+  };
+  for (const [i, j] of [[0, 0], [4, 8999], [2, 4500], [3, 7000]]) {
+    const want = dot(K, (q) => X[i * K + q] * W[j * K + q]);
+    assert.ok(Math.abs(y[i * N + j] - want) < 1e-5, `y[${i}, ${j}]`);
+  }
+  for (const [i, j] of [[0, 0], [4, 4095], [2, 2000]]) {
+    const want = dot(N, (q) => G[i * N + q] * W[q * K + j]);
+    assert.ok(Math.abs(dx[i * K + j] - want) < 1e-4, `dx[${i}, ${j}]`);
+  }
+  for (const [i, j] of [[0, 0], [8999, 4095], [4500, 17]]) {
+    const want = dot(M, (q) => G[q * N + i] * X[q * K + j]);
+    assert.ok(Math.abs(dw[i * K + j] - want) < 1e-5, `dw[${i}, ${j}]`);
+  }
+  for (const t of [w, x, g]) t.dispose();
 });
