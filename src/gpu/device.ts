@@ -476,6 +476,9 @@ export class Gpu {
       bytes = padded;
     }
     this.device.queue.writeBuffer(dst.buffer, dstOffset, bytes);
+    // A large write goes out at once, so the driver's staging copy of it is released before the
+    // next (loading a model of several GB would otherwise hold all of them).
+    if (bytes.byteLength >= 64 * 2 ** 20) this.device.queue.submit([]);
   }
 
   /** Copies `bytes` from a buffer back to the CPU. This is the one place that waits on the GPU. */

@@ -628,8 +628,8 @@ export interface TensorToWrite {
 
 /** Options of {@link writeSafetensors}. */
 export interface WriteOptions {
-  /** Stored dtype; F16 rounds to nearest, ties to even. */
-  dtype: "F32" | "F16";
+  /** Stored dtype; F16 and BF16 round to nearest, ties to even. */
+  dtype: "F32" | "F16" | "BF16";
   /** `__metadata__` (string to string), e.g. `{format: "pt"}`. */
   metadata?: Record<string, string>;
 }
@@ -640,11 +640,11 @@ function checkWrite(
   tensors: readonly TensorToWrite[],
   opts: WriteOptions,
 ): TensorToWrite[] {
-  if (opts.dtype !== "F32" && opts.dtype !== "F16") {
+  if (opts.dtype !== "F32" && opts.dtype !== "F16" && opts.dtype !== "BF16") {
     throw new SafetensorsError(
       path,
       "dtype",
-      `cannot write ${JSON.stringify(opts.dtype)} (F32 or F16)`,
+      `cannot write ${JSON.stringify(opts.dtype)} (F32, F16 or BF16)`,
     );
   }
   for (const [k, v] of Object.entries(opts.metadata ?? {})) {
@@ -680,10 +680,21 @@ function checkWrite(
 }
 
 /** The stored bytes of one tensor. */
-function encode(data: Float32Array, dtype: "F32" | "F16"): Uint8Array {
+function encode(data: Float32Array, dtype: "F32" | "F16" | "BF16"): Uint8Array {
   if (dtype === "F32") return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   const out = new Uint16Array(data.length);
-  for (let i = 0; i < data.length; i++) out[i] = f32ToF16Bits(data[i]);
+  if (dtype === "BF16") {
+    // The top half of the float32, rounded to nearest, ties to even (NaN kept quiet).
+    const bits = new Uint32Array(data.buffer, data.byteOffset, data.length);
+    for (let i = 0; i < data.length; i++) {
+      const b = bits[i];
+      out[i] = (b & 0x7fffffff) > 0x7f800000
+        ? (b >>> 16) | 0x40
+        : ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+    }
+  } else {
+    for (let i = 0; i < data.length; i++) out[i] = f32ToF16Bits(data[i]);
+  }
   return new Uint8Array(out.buffer);
 }
 

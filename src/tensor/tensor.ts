@@ -252,8 +252,13 @@ export function tensor(
         throw new DTypeError(`tensor: value ${data[i]} at ${i} is not an i32`);
       }
     }
-  } else if (dtype === "f32") host = Float32Array.from(data);
-  else throw new DTypeError(`tensor: unknown dtype '${dtype}'`);
+  } else if (dtype === "f32") {
+    // A float32 array is uploaded as it is (writeBuffer copies it): no second copy of a large
+    // weight on the host.
+    host = data instanceof Float32Array && data.buffer instanceof ArrayBuffer
+      ? data as Float32Array<ArrayBuffer>
+      : Float32Array.from(data);
+  } else throw new DTypeError(`tensor: unknown dtype '${dtype}'`);
   const g = gpu();
   const buf = g.pool.acquire(Math.max(host.byteLength, 4), "upload", g.epoch);
   if (host.byteLength) g.write(buf, host);

@@ -1,0 +1,96 @@
+/**
+ * The paper's model shapes on llvmpipe: Llama-3.2-1B (vocabulary 128,256, tied, Llama 3 RoPE
+ * scaling) and Mistral-7B (hidden 4,096, MLP 14,336, untied) cut to one layer, as bf16 Hugging
+ * Face checkpoints of deterministic weights (tests/synthetic.ts), against PyTorch float64 goldens
+ * (tests/goldens/make_scale_goldens.py): logits at 16 tokens, the next-token loss, and the norm of
+ * every parameter's gradient. Their embeddings, heads and MLP weights are past one 128 MiB
+ * binding, so this runs through the paged kernels.
+ */
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { readHfModel } from "../../src/io/hf.ts";
+import { Llama } from "../../src/nn/llama.ts";
+import { backward } from "../../src/tensor/backward.ts";
+import * as T from "../../src/tensor/ops.ts";
+import { clipGradNorm } from "../../src/tensor/optim.ts";
+import { tensor } from "../../src/tensor/tensor.ts";
+import { type HfConfig, writeSyntheticModel } from "../synthetic.ts";
+import { testGpu } from "../helpers.ts";
+
+interface Golden {
+  config: HfConfig;
+  tokens: number[];
+  probe_ids: number[];
+  logsumexp: number[];
+  argmax: number[];
+  probe_logits: number[][];
+  loss: number;
+  grad_norms: Record<string, number>;
+}
+
+const GOLDENS: Record<string, Golden> = JSON.parse(
+  readFileSync(new URL("../goldens/scale.json", import.meta.url), "utf8"),
+);
+
+/** Peak resident memory of this process (Linux), in bytes. */
+function peakRss(): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+for (const [name, g] of Object.entries(GOLDENS)) {
+  test(`${name}: logits, next-token loss and gradient norms against PyTorch`, async () => {
+    const gpu = await testGpu();
+    const dir = await mkdtemp(join(tmpdir(), "gemkit-scale-"));
+    try {
+      await writeSyntheticModel(dir, g.config);
+      // The context is capped: positions 0..15 read the same RoPE rows either way.
+      const { config, weights } = await readHfModel(dir, { maxSeqLen: 64 });
+      const model = Llama.fromWeights(config, weights, dir);
+      weights.clear();
+      const v = config.vocabSize, t = g.tokens.length;
+      assert.ok(v * config.dim * 4 > gpu.bindingLimit, "the embedding is past one binding");
+      const ids = tensor(Int32Array.from(g.tokens), [1, t], "i32");
+      const out = model.forward(ids, { logits: false });
+      const h = T.reshape(out.hidden, [t, config.dim]);
+      // Logits a chunk of rows at a time through the paged head, checked row by row.
+      const logits = T.matmul(h, model.classifier, { transB: true });
+      const l = (await logits.toArray()) as Float32Array;
+      logits.dispose();
+      for (let i = 0; i < t; i++) {
+        const row = l.subarray(i * v, (i + 1) * v);
+        let m = -Infinity, arg = -1;
+        for (let j = 0; j < v; j++) if (row[j] > m) [m, arg] = [row[j], j];
+        let z = 0;
+        for (let j = 0; j < v; j++) z += Math.exp(row[j] - m);
+        assert.ok(Math.abs(m + Math.log(z) - g.logsumexp[i]) < 2e-4, `logsumexp ${i}`);
+        assert.equal(arg, g.argmax[i], `argmax ${i}`);
+        g.probe_ids.forEach((j, k) => {
+          assert.ok(Math.abs(row[j] - g.probe_logits[i][k]) < 2e-4, `logit [${i}, ${j}]`);
+        });
+      }
+      // The next-token loss through the chunked classifier, and every gradient's norm.
+      const targets = tensor(Int32Array.from([...g.tokens.slice(1), -1]), [t], "i32");
+      const loss = T.classifierCrossEntropy(h, model.classifier, targets);
+      assert.ok(Math.abs((await loss.item()) - g.loss) < 1e-4, `loss ${await loss.item()}`);
+      backward(loss);
+      for (const [pname, want] of Object.entries(g.grad_norms)) {
+        const p = model.params.get(pname)!;
+        const norm = clipGradNorm([p], 1e30);
+        const [got] = (await norm.toArray()) as Float32Array;
+        norm.dispose();
+        assert.ok(Math.abs(got - want) <= 1e-3 * want + 1e-6, `|grad ${pname}| ${got} vs ${want}`);
+      }
+      for (const x of [ids, out.hidden, h, targets, loss]) x.dispose();
+      model.dispose();
+      assert.ok(peakRss() < 8 * 2 ** 30, `peak host memory ${peakRss()} bytes`);
+    } finally {
+      await rm(dir, { recursive: true });
+    }
+  });
+}
