@@ -546,3 +546,112 @@ test("llama2c vocabulary without byte fallback: unknown characters become <unk>,
   tok512.encode("a€b 你好");
   assert.equal((tok512 as Llama2cTokenizer).unknownCount, 0);
 });
+
+/** GPT-2's byte-to-character map, which byte-level BPE vocabularies (Llama 3's) are written in. */
+function bytesToUnicode(): string[] {
+  const bs: number[] = [];
+  for (let b = 33; b <= 126; b++) bs.push(b);
+  for (let b = 161; b <= 172; b++) bs.push(b);
+  for (let b = 174; b <= 255; b++) bs.push(b);
+  const cs = [...bs];
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    if (!bs.includes(b)) {
+      bs.push(b);
+      cs.push(256 + n++);
+    }
+  }
+  const out = new Array<string>(256);
+  bs.forEach((b, i) => (out[b] = String.fromCodePoint(cs[i])));
+  return out;
+}
+
+/**
+ * A tokenizer.json of the Llama 3 kind, small: the 256 byte symbols, a few merges, Llama 3's
+ * pre-tokenizer (its split regex, then byte-level) and decoder, and its special-token names.
+ */
+function llama3Json(): Record<string, unknown> {
+  const vocab: Record<string, number> = {};
+  bytesToUnicode().forEach((c, i) => (vocab[c] = i));
+  const merges = [
+    ["Ġ", "t"],
+    ["h", "e"],
+    ["Ġt", "he"],
+    ["Ġ", "c"],
+    ["a", "t"],
+    ["Ġc", "at"],
+    ["3", "4"],
+  ];
+  for (const [a, b] of merges) vocab[a + b] = Object.keys(vocab).length;
+  const specials = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+  ];
+  const base = Object.keys(vocab).length;
+  const split = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}|" +
+    " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+  return {
+    version: "1.0",
+    added_tokens: specials.map((content, i) => ({
+      id: base + i,
+      content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
+    })),
+    normalizer: null,
+    pre_tokenizer: {
+      type: "Sequence",
+      pretokenizers: [
+        { type: "Split", pattern: { Regex: split }, behavior: "Isolated", invert: false },
+        { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
+      ],
+    },
+    post_processor: { type: "ByteLevel", add_prefix_space: true, trim_offsets: false },
+    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: true,
+      vocab,
+      merges: merges.map(([a, b]) => `${a} ${b}`),
+    },
+  };
+}
+
+test("hf: a byte-level BPE tokenizer.json of the Llama 3 kind round-trips any text", () => {
+  const t = new HfTokenizer(llama3Json(), { file: "llama3.json" });
+  for (
+    const text of [
+      "the cat sat on the mat",
+      "Héllo wörld — 123456 ✓ 🙂\nnew line\r\n\ttab",
+      "I'll say THE cat's",
+      "",
+    ]
+  ) {
+    assert.equal(t.decode(t.encode(text)), text, JSON.stringify(text));
+  }
+  // Merges, and the split: words keep their leading space, digits go in threes.
+  assert.deepEqual(t.encode(" cat"), [261]);
+  assert.deepEqual(t.encode("the"), [116, 257]);
+  assert.deepEqual(t.encode("34"), [262]);
+  assert.equal(t.encode("123456").length, 6, "123|456: the 3 and the 4 never meet");
+  // Llama 3's names: BOS and EOS are found by name, a special's name in text is that special.
+  assert.equal(t.bosId, 263);
+  assert.equal(t.eosId, 264);
+  assert.deepEqual(t.encode(" cat", { bos: true, eos: true }), [263, 261, 264]);
+  assert.deepEqual(t.encode("<|eot_id|>"), [267]);
+  // BOS and EOS decode to nothing (control, as everywhere in gemkit); other specials by name.
+  assert.equal(t.decode([263, 261, 267]), " cat<|eot_id|>");
+  // GEM's specials come after the vocabulary and its added tokens.
+  assert.deepEqual(t.addSpecialTokens(["<gem_0>", "<gem_1>"]), [268, 269]);
+  assert.equal(t.decode([261, 269]), " cat<gem_1>");
+});
