@@ -1,5 +1,6 @@
 /**
- * `deno task bench [names...]`: runs all or the named benchmarks, prints a table, and writes
+ * `deno task bench [names...]`: runs the default benchmarks (matmul, model, cold) or the named ones
+ * (also scale), prints a table, and writes
  * bench/results.json, or the file GEMKIT_BENCH_RESULTS names (records of the benches that ran
  * replace their old ones; others are kept). PyTorch's runs: see torchSetup in competitors.ts.
  *
@@ -12,6 +13,7 @@ import type { BenchContext, BenchRecord } from "./common.ts";
 import { coldBench } from "./cold.ts";
 import { matmulBench } from "./matmul.ts";
 import { modelBench } from "./model.ts";
+import { scaleBench } from "./scale.ts";
 
 type Bench = (ctx: BenchContext) => Promise<BenchRecord[]>;
 
@@ -19,7 +21,10 @@ const BENCHES: Record<string, Bench> = {
   matmul: matmulBench,
   model: modelBench,
   cold: coldBench,
+  scale: scaleBench,
 };
+/** What `deno task bench` runs without names (scale writes GBs and runs for minutes: by name). */
+const DEFAULT = ["matmul", "model", "cold"];
 
 function table(records: BenchRecord[]): string {
   const cols = [...new Set(records.flatMap((r) => Object.keys(r)))].filter((c) =>
@@ -44,7 +49,7 @@ async function main() {
       Deno.exit(2);
     }
   }
-  const run = names.length ? names : Object.keys(BENCHES);
+  const run = names.length ? names : DEFAULT;
   const gpu = await initGpu();
   const ctx: BenchContext = {
     adapter: gpu.description,

@@ -1,7 +1,9 @@
 /**
- * The deterministic weights of tests/goldens/make_scale_goldens.py, defined identically: the
- * generator, the name order that seeds it, and a writer of the bf16 Hugging Face checkpoint the
- * tests load (hundreds of MB: made in a temporary folder, never committed).
+ * Checkpoints in real models' shapes with deterministic weights, for tests and benchmarks where
+ * the real weights are out of reach: the generator of tests/goldens/make_scale_goldens.py,
+ * defined identically (an integer hash per element, seeded by the tensor's place in name
+ * order), and a writer of the bf16 Hugging Face checkpoint, one tensor at a time. Checkpoints of
+ * hundreds of MB to GBs: made where they are used, never committed.
  */
 
 import { mkdir, open, writeFile } from "node:fs/promises";
@@ -15,6 +17,32 @@ export type HfConfig = Record<string, unknown> & {
   num_key_value_heads: number;
   vocab_size: number;
   tie_word_embeddings: boolean;
+};
+
+/** Llama-3.2-1B's config.json (the shape, not the weights), as Hugging Face publishes it. */
+export const LLAMA_3_2_1B: HfConfig = {
+  architectures: ["LlamaForCausalLM"],
+  model_type: "llama",
+  hidden_size: 2048,
+  intermediate_size: 8192,
+  num_hidden_layers: 16,
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  vocab_size: 128256,
+  max_position_embeddings: 131072,
+  rms_norm_eps: 1e-5,
+  rope_theta: 500000,
+  rope_scaling: {
+    rope_type: "llama3",
+    factor: 32,
+    low_freq_factor: 1,
+    high_freq_factor: 4,
+    original_max_position_embeddings: 8192,
+  },
+  tie_word_embeddings: true,
+  bos_token_id: 128000,
+  eos_token_id: 128001,
+  torch_dtype: "bfloat16",
 };
 
 /** Every weight's HF name and shape, sorted by name (the generator's seed order). */

@@ -6,7 +6,7 @@ Run from the repository root with the system torch (1.13, CPU):
     /usr/bin/python3 tests/goldens/make_scale_goldens.py
 
 Writes tests/goldens/scale.json (a few KB). The weights are not stored anywhere: they come from
-one deterministic generator that tests/synthetic.ts defines identically, in Hugging Face layout
+one deterministic generator that src/io/synthetic.ts defines identically, in Hugging Face layout
 (q and k rows in rotate_half order), rounded to bfloat16 as a bf16 checkpoint stores them:
 
     x   = (index + 0x9E3779B9 * seed) mod 2^32, seed = 1 + the tensor's place in name order

@@ -1,7 +1,7 @@
 /**
  * The paper's model shapes on llvmpipe: Llama-3.2-1B (vocabulary 128,256, tied, Llama 3 RoPE
  * scaling) and Mistral-7B (hidden 4,096, MLP 14,336, untied) cut to one layer, as bf16 Hugging
- * Face checkpoints of deterministic weights (tests/synthetic.ts), against PyTorch float64 goldens
+ * Face checkpoints of deterministic weights (src/io/synthetic.ts), against PyTorch float64 goldens
  * (tests/goldens/make_scale_goldens.py): logits at 16 tokens, the next-token loss, and the norm of
  * every parameter's gradient. Their embeddings, heads and MLP weights are past one 128 MiB
  * binding, so this runs through the paged kernels.
@@ -19,7 +19,7 @@ import { backward } from "../../src/tensor/backward.ts";
 import * as T from "../../src/tensor/ops.ts";
 import { clipGradNorm } from "../../src/tensor/optim.ts";
 import { tensor } from "../../src/tensor/tensor.ts";
-import { type HfConfig, writeSyntheticModel } from "../synthetic.ts";
+import { type HfConfig, writeSyntheticModel } from "../../src/io/synthetic.ts";
 import { testGpu } from "../helpers.ts";
 
 interface Golden {
