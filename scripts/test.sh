@@ -28,7 +28,8 @@ if [ "$bun" = 1 ]; then
   # Under Bun (WebGPU from Dawn on Mesa 25): every CPU and GPU test, with the tuning loops over
   # the adapter's own tuning only (GEMKIT_TEST_TUNINGS, tests/helpers.ts). The tests of the fused
   # inference kernels skip there, with their reason (fusedSkip): Mesa 24+ takes minutes to compile
-  # them from a cold cache and the tuning never runs them. Deno runs every test and tuning.
+  # them from a cold cache and the tuning never runs them; the paper-shape checkpoints (GBs,
+  # scaleSkip) run under Deno only. Deno runs every test and tuning.
   NO_COLOR=1 GEMKIT_TEST_TUNINGS=adapter node_modules/.bin/bun test --timeout 600000 tests/cpu/ \
     tests/gpu/ 2>&1 | tee "$log"
   bun_status=${PIPESTATUS[0]}
@@ -41,7 +42,8 @@ if [ "$bun" = 1 ]; then
   bun_skipped=${bun_skipped:-0}
   if [ "$bun_status" != 0 ] && [ "$bun_failed" = 0 ]; then bun_failed=1; fi
   echo "bun: $bun_passed passed, $bun_failed failed, $bun_skipped skipped (fused inference" \
-    "kernels, off in this adapter's tuning; the Deno run covers them)"
+    "kernels, off in this adapter's tuning, and the paper-shape checkpoints; the Deno run covers" \
+    "them)"
   passed=$((passed + bun_passed))
   failed=$((failed + bun_failed))
   [ "$bun_status" = 0 ] || status=1

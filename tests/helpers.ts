@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import process from "node:process";
 import { initGpu } from "../src/gpu/device.ts";
-import { exitCode, mesaVersion, scriptCommand } from "../src/platform/platform.ts";
+import { exitCode, mesaVersion, RUNTIME, scriptCommand } from "../src/platform/platform.ts";
 import { slowCompiler } from "../src/gpu/tuning.ts";
 import type { Gpu } from "../src/gpu/device.ts";
 import { type DType, type Tensor, tensor } from "../src/tensor/tensor.ts";
@@ -37,6 +37,16 @@ export function everyTuning(): boolean {
 export function fusedSkip(): string | undefined {
   if (everyTuning() || !slowCompiler(mesaVersion())) return undefined;
   return `fused inference kernels are off on Mesa ${mesaVersion()} (slowCompiler); Deno runs this`;
+}
+
+/**
+ * Why the paper-shape tests (bf16 checkpoints of GBs, minutes each on llvmpipe, up to ~7 GB of
+ * host memory) skip outside Deno, or undefined under Deno, which runs them. They test the same
+ * engine paths in any runtime; Bun's garbage collector also holds large host buffers longer.
+ */
+export function scaleSkip(): string | undefined {
+  if (RUNTIME === "deno") return undefined;
+  return "paper-shape checkpoints (GBs) run under Deno only; the engine paths are the same";
 }
 
 export interface GoldenTensor {

@@ -20,7 +20,7 @@ import * as T from "../../src/tensor/ops.ts";
 import { clipGradNorm } from "../../src/tensor/optim.ts";
 import { tensor } from "../../src/tensor/tensor.ts";
 import { type HfConfig, writeSyntheticModel } from "../../src/io/synthetic.ts";
-import { testGpu } from "../helpers.ts";
+import { scaleSkip, testGpu } from "../helpers.ts";
 
 interface Golden {
   config: HfConfig;
@@ -44,7 +44,9 @@ function peakRss(): number {
 }
 
 for (const [name, g] of Object.entries(GOLDENS)) {
-  test(`${name}: logits, next-token loss and gradient norms against PyTorch`, async () => {
+  test(`${name}: logits, next-token loss and gradient norms against PyTorch`, {
+    skip: scaleSkip(),
+  }, async () => {
     const gpu = await testGpu();
     const dir = await mkdtemp(join(tmpdir(), "gemkit-scale-"));
     try {
