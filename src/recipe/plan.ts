@@ -108,7 +108,10 @@ export function memoryPlan(
   const slots = r > 0 ? loraSlots(c, config.lora.targets) : [];
   const adapters = slots.reduce((n, s) => n + r * (s.inDim + s.outDim), 0);
   const trained = r > 0 ? adapters + config.gem.k * d + 1 : params;
-  const withGrad = r > 0 ? adapters + v * d + 1 : params;
+  // A tied embedding's two gradients (the classifier's and the lookup's) exist at once before
+  // they are summed into it: one embedding-sized gradient more is in flight (1 GB for Llama 3's).
+  const tiedExtra = c.tiedEmbeddings ? v * d : 0;
+  const withGrad = (r > 0 ? adapters + v * d + 1 : params) + tiedExtra;
   // Per adapted projection and token: x A^T, then B's product, its scaled copy and the sum with
   // the base projection (which the scope holds as well).
   const loraPerLayer = slots.reduce((n, s) => n + r + 3 * s.outDim, 0) / Math.max(1, c.nLayers);
@@ -137,7 +140,8 @@ export function memoryPlan(
     {
       name: "gradients",
       bytes: withGrad * F32,
-      detail: r > 0 ? "adapters, the whole embedding, lambda" : "one f32 per parameter",
+      detail: (r > 0 ? "adapters, the whole embedding, lambda" : "one f32 per parameter") +
+        (tiedExtra ? ", and the tied embedding's second gradient in flight" : ""),
     },
     {
       name: "optimizer state",
