@@ -25,13 +25,20 @@ export { gpu } from "./src/gpu/device.ts";
 /** The device wrapper: buffer pool, pipeline cache, command batching, readback. */
 export type { Gpu, GpuOptions, KernelTime } from "./src/gpu/device.ts";
 /** Pooled buffers and their pool. */
-export type { BufferPool, GpuBuffer, GpuTexture, TexturePool } from "./src/gpu/pool.ts";
+export type {
+  BufferPool,
+  BufferWindow,
+  GpuBuffer,
+  GpuTexture,
+  TexturePool,
+} from "./src/gpu/pool.ts";
 /** Kernel descriptions and their uniform writer. */
 export type { Access, Kernel, ParamWriter } from "./src/gpu/kernel.ts";
 /** Per-adapter kernel parameters (workgroup sizes, matmul tiles). */
 export type { Tuning } from "./src/gpu/tuning.ts";
 /** Errors raised by the engine; each names the op, file or field at fault. */
 export {
+  BindingLimitError,
   DisposedError,
   DTypeError,
   IndexError,

@@ -30,13 +30,13 @@ export class IndexError extends Error {
   override name = "IndexError";
 }
 
-/** A tensor or buffer was used after it was disposed. */
 /** A kernel would bind more bytes than the device allows in one binding; names kernel and buffer. */
 export class BindingLimitError extends Error {
   /** Error class name. */
   override name = "BindingLimitError";
 }
 
+/** A tensor or buffer was used after it was disposed. */
 export class DisposedError extends Error {
   /** Error class name. */
   override name = "DisposedError";
