@@ -37,7 +37,7 @@ export function progressPrinter(
 ): (done: number, total: number) => void {
   const scale = format.scale ?? 1, dec = format.decimals ?? 0;
   const unit = format.unit ? ` ${format.unit}` : "";
-  let t0 = -1, lastDraw = 0, lastStep = -1, finished = false;
+  let t0 = -1, lastDraw = -Infinity, lastStep = -1, finished = false;
   return (done, total) => {
     if (finished) return;
     const now = performance.now();
