@@ -9,23 +9,21 @@
 import { readFile } from "node:fs/promises";
 import type { LlamaConfig } from "../nn/llama.ts";
 import { headDim } from "../nn/llama.ts";
-import { LORA_TARGETS, type LoraOptions, loraSlots, type LoraTarget } from "../nn/lora.ts";
+import {
+  LORA_MODULE,
+  LORA_TARGETS,
+  type LoraOptions,
+  loraSlots,
+  type LoraTarget,
+} from "../nn/lora.ts";
 import { writeAtomic } from "./atomic.ts";
 import { CheckpointError } from "./checkpoint_error.ts";
 import { permuteRope } from "./hf.ts";
 import { readSafetensors, writeSafetensors } from "./safetensors.ts";
 import { statOrNull } from "./format.ts";
 
-/** PEFT's module names of the targets. */
-const MODULE_NAME: Record<LoraTarget, string> = {
-  q: "q_proj",
-  k: "k_proj",
-  v: "v_proj",
-  o: "o_proj",
-  gate: "gate_proj",
-  up: "up_proj",
-  down: "down_proj",
-};
+/** PEFT's module name of a target ("q_proj"). */
+const peftName = (t: LoraTarget) => LORA_MODULE[t].split(".")[1];
 
 /** Adapter weights by base weight name, in gemkit's row order. */
 export type AdapterWeights = Map<string, { a: Float32Array; b: Float32Array }>;
@@ -72,7 +70,7 @@ export async function writeAdapters(
     lora_alpha: opts.scale * opts.rank,
     lora_dropout: 0,
     bias: "none",
-    target_modules: opts.targets.map((t) => MODULE_NAME[t]),
+    target_modules: opts.targets.map(peftName),
   };
   await writeAtomic(`${dir}/adapter_config.json`, JSON.stringify(config, null, 2) + "\n");
 }
@@ -99,8 +97,8 @@ export async function readAdapters(
   const modules = j.target_modules;
   if (!Array.isArray(modules) || !modules.length) bad("target_modules", "must be a non-empty list");
   const targets = (modules as string[]).map((m) => {
-    const t = LORA_TARGETS.find((x) => MODULE_NAME[x] === m);
-    return t ?? bad("target_modules", `names '${m}', not one of ${Object.values(MODULE_NAME)}`);
+    const t = LORA_TARGETS.find((x) => peftName(x) === m);
+    return t ?? bad("target_modules", `names '${m}', not one of ${LORA_TARGETS.map(peftName)}`);
   });
   const opts: LoraOptions = { rank, scale: alpha / rank, targets };
   const file = `${dir}/adapter_model.safetensors`;

@@ -680,18 +680,22 @@ function checkWrite(
 }
 
 /** The stored bytes of one tensor. */
+/**
+ * bfloat16 bits of a float32 given by its bits: the top half, rounded to nearest, ties to even
+ * (NaN kept quiet).
+ */
+export function f32BitsToBf16(b: number): number {
+  return (b & 0x7fffffff) > 0x7f800000
+    ? (b >>> 16) | 0x40
+    : ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
 function encode(data: Float32Array, dtype: "F32" | "F16" | "BF16"): Uint8Array {
   if (dtype === "F32") return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   const out = new Uint16Array(data.length);
   if (dtype === "BF16") {
-    // The top half of the float32, rounded to nearest, ties to even (NaN kept quiet).
     const bits = new Uint32Array(data.buffer, data.byteOffset, data.length);
-    for (let i = 0; i < data.length; i++) {
-      const b = bits[i];
-      out[i] = (b & 0x7fffffff) > 0x7f800000
-        ? (b >>> 16) | 0x40
-        : ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
-    }
+    for (let i = 0; i < data.length; i++) out[i] = f32BitsToBf16(bits[i]);
   } else {
     for (let i = 0; i < data.length; i++) out[i] = f32ToF16Bits(data[i]);
   }

@@ -7,6 +7,7 @@
  */
 
 import { mkdir, open, writeFile } from "node:fs/promises";
+import { f32BitsToBf16 } from "./safetensors.ts";
 
 /** A config.json of the golden file, as the reference used it. */
 export type HfConfig = Record<string, unknown> & {
@@ -87,14 +88,11 @@ export function synthetic(seed: number, n: number, norm: boolean): Float32Array 
   return out;
 }
 
-/** float32 values as bfloat16 bits, rounded to nearest, ties to even (as the reference). */
+/** float32 values as bfloat16 bytes, rounded as the safetensors writer and the reference do. */
 function toBf16(x: Float32Array): Uint8Array {
   const bits = new Uint32Array(x.buffer, x.byteOffset, x.length);
   const out = new Uint16Array(x.length);
-  for (let i = 0; i < x.length; i++) {
-    const b = bits[i];
-    out[i] = ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
-  }
+  for (let i = 0; i < x.length; i++) out[i] = f32BitsToBf16(bits[i]);
   return new Uint8Array(out.buffer);
 }
 

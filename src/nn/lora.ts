@@ -27,8 +27,8 @@ export const LORA_TARGETS = ["q", "k", "v", "o", "gate", "up", "down"] as const;
 /** One of {@link LORA_TARGETS}. */
 export type LoraTarget = typeof LORA_TARGETS[number];
 
-/** The module of each target inside a layer. */
-const MODULE: Record<LoraTarget, string> = {
+/** The module of each target inside a layer (PEFT names it by the part after the dot). */
+export const LORA_MODULE: Record<LoraTarget, string> = {
   q: "self_attn.q_proj",
   k: "self_attn.k_proj",
   v: "self_attn.v_proj",
@@ -84,7 +84,7 @@ export function loraSlots(c: LoraModelShape, targets: readonly LoraTarget[]): Lo
   for (let l = 0; l < c.nLayers; l++) {
     for (const t of LORA_TARGETS) {
       if (!targets.includes(t)) continue;
-      const module = `model.layers.${l}.${MODULE[t]}`;
+      const module = `model.layers.${l}.${LORA_MODULE[t]}`;
       const [outDim, inDim] = shape[t];
       out.push({ weight: `${module}.weight`, module, inDim, outDim });
     }
