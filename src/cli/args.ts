@@ -12,15 +12,34 @@ export interface FlagSpec {
   default?: string | number | boolean;
 }
 
-/** `--model` and `--tokenizer`, the same for every command that opens a model (openModel). */
-export const MODEL_FLAGS: Record<"model" | "tokenizer", FlagSpec> = {
+/**
+ * `--model`, `--tokenizer` and `--dtype`, the same for every command that opens a model
+ * (openModel).
+ */
+export const MODEL_FLAGS: Record<"model" | "tokenizer" | "dtype", FlagSpec> = {
   model: {
     type: "string",
     help:
       "GEM checkpoint, run directory, HF directory, llama2.c .bin, @data/PATH, or hub id org/name",
   },
   tokenizer: { type: "string", help: "tokenizer file (required for llama2.c models)" },
+  dtype: {
+    type: "string",
+    help: "f32 | f16: how the weight matrices are stored on the device (f16 needs shader-f16)",
+    default: "f32",
+  },
 };
+
+/** openModel's options from MODEL_FLAGS, `--dtype` checked. */
+export function modelOptions(
+  flags: ParsedArgs["flags"],
+): { tokenizer?: string; dtype: "f32" | "f16" } {
+  const dtype = flags.dtype ?? "f32";
+  if (dtype !== "f32" && dtype !== "f16") {
+    throw new UsageError(`--dtype must be f32 or f16, got '${dtype}'`);
+  }
+  return { tokenizer: flags.tokenizer as string | undefined, dtype };
+}
 
 /** Parsed flags and the `key=value` overrides, in order. */
 export interface ParsedArgs {

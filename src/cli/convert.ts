@@ -1,5 +1,5 @@
 /**
- * `deno task convert --input PATH --output PATH [--dtype F32|F16] [--merge]`: converts a checkpoint
+ * `deno task convert --input PATH --output PATH [--dtype f32|f16] [--merge]`: converts a checkpoint
  * between llama2.c (`.bin`) and Hugging Face (a directory with config.json + model.safetensors)
  * layouts, permuting q/k rows for HF's rotate_half RoPE on the way. The direction follows the
  * input. `--merge` folds the LoRA adapters of a checkpoint directory (adapter_config.json and
@@ -15,7 +15,7 @@ import { mergedWeight } from "../nn/lora.ts";
 import { readLlama2c, writeLlama2c } from "../io/llama2c.ts";
 import { parseArgs, runMain, UsageError } from "./args.ts";
 
-const USAGE = "usage: deno task convert --input PATH --output PATH [--dtype F32|F16] [--merge]";
+const USAGE = "usage: deno task convert --input PATH --output PATH [--dtype f32|f16] [--merge]";
 const EXAMPLE =
   "deno task convert --input ../shared/data/models/llama2c/stories260K.bin --output /tmp/stories260K-hf";
 
@@ -25,7 +25,11 @@ await runMain(async () => {
     {
       input: { type: "string", help: "llama2.c .bin file, or Hugging Face directory" },
       output: { type: "string", help: "HF directory (from .bin), or .bin file (from HF)" },
-      dtype: { type: "string", help: "safetensors dtype when writing HF", default: "F32" },
+      dtype: {
+        type: "string",
+        help: "f32 | f16: safetensors dtype when writing HF",
+        default: "f32",
+      },
       merge: {
         type: "boolean",
         help: "fold a checkpoint directory's LoRA adapters into its weights",
@@ -38,10 +42,12 @@ await runMain(async () => {
   if (!flags.input || !flags.output) {
     throw new UsageError(`--input and --output are required\n${USAGE}`);
   }
-  const dtype = flags.dtype as string;
-  if (dtype !== "F32" && dtype !== "F16") {
-    throw new UsageError(`--dtype must be F32 or F16, got ${dtype}`);
+  // One lowercase spelling for every command's --dtype; safetensors names it in capitals.
+  const spelled = flags.dtype as string;
+  if (spelled !== "f32" && spelled !== "f16") {
+    throw new UsageError(`--dtype must be f32 or f16, got '${spelled}'`);
   }
+  const dtype = spelled === "f16" ? "F16" : "F32";
   const input = flags.input as string, output = flags.output as string;
   if (flags.merge) {
     const { config, weights } = await readHfModel(input);
@@ -72,6 +78,6 @@ await runMain(async () => {
   } else {
     const { config, weights } = await readLlama2c(input);
     await writeHfModel(output, config, weights, { dtype });
-    console.error(`gemkit: ${input} (llama2.c) -> ${output} (Hugging Face, ${dtype})`);
+    console.error(`gemkit: ${input} (llama2.c) -> ${output} (Hugging Face, ${spelled})`);
   }
 });

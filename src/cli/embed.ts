@@ -15,7 +15,7 @@ import { writeAtomic } from "../io/atomic.ts";
 import { CorpusError, firstBadUtf8Line } from "../io/corpus.ts";
 import { openModel } from "../recipe/open.ts";
 import { makeEmbedder } from "../eval/tasks.ts";
-import { MODEL_FLAGS, parseArgs, runMain, UsageError } from "./args.ts";
+import { MODEL_FLAGS, modelOptions, parseArgs, runMain, UsageError } from "./args.ts";
 
 const USAGE =
   "usage: deno task embed --model PATH --input FILE --output OUT.npy [--pooling P] [--batch B]";
@@ -85,9 +85,7 @@ if (isMain(import.meta)) {
     }
     const texts = readInputTexts(flags.input as string);
     await initGpu();
-    const loaded = await openModel(flags.model as string, {
-      tokenizer: flags.tokenizer as string | undefined,
-    });
+    const loaded = await openModel(flags.model as string, modelOptions(flags));
     const gem = loaded.gem ?? undefined;
     const pooling = (flags.pooling as string | undefined) ?? (gem ? "gem" : "mean");
     if (!["gem", "mean", "last", "prompt"].includes(pooling)) {

@@ -19,7 +19,7 @@ import { type EvalTask, evalTask, TASK_NAMES, TASKS } from "../eval/registry.ts"
 import { makeEmbedder, type TaskResult } from "../eval/tasks.ts";
 import { sha256Path } from "../io/hash.ts";
 import { writeAtomic } from "../io/atomic.ts";
-import { MODEL_FLAGS, parseArgs, runMain, UsageError } from "./args.ts";
+import { MODEL_FLAGS, modelOptions, parseArgs, runMain, UsageError } from "./args.ts";
 import { type Figure, figuresHtml } from "../eval/plotly.ts";
 import { runEnv, runtimeVersions } from "../study/records.ts";
 import { mtebFiles } from "../eval/mteb.ts";
@@ -102,7 +102,7 @@ await runMain(async () => {
   const gpu = await initGpu();
   const t0 = performance.now();
   const spec = flags.model as string;
-  const opened = await openModel(spec, { tokenizer: flags.tokenizer as string | undefined });
+  const opened = await openModel(spec, modelOptions(flags));
   const { model, tokenizer } = opened;
   const gem = opened.gem ?? undefined;
   const allPoolings: string[] = gem

@@ -9,7 +9,7 @@ import { args } from "../platform/platform.ts";
 import { initGpu } from "../gpu/device.ts";
 import { openModel } from "../recipe/open.ts";
 import { generateText } from "../nn/generate.ts";
-import { MODEL_FLAGS, parseArgs, runMain, UsageError } from "./args.ts";
+import { MODEL_FLAGS, modelOptions, parseArgs, runMain, UsageError } from "./args.ts";
 
 /** Writes text to stdout at once (synchronously, so it keeps its place among stderr lines). */
 function writeOut(text: string): void {
@@ -43,7 +43,7 @@ await runMain(async () => {
   const t0 = performance.now();
   const spec = flags.model as string;
   // A GEM checkpoint generates on the plain causal path; its tokenizer knows the specials.
-  const opened = await openModel(spec, { tokenizer: flags.tokenizer as string | undefined });
+  const opened = await openModel(spec, modelOptions(flags));
   const { model, tokenizer } = opened;
   console.error(`gemkit: loaded ${flags.model} in ${(performance.now() - t0).toFixed(0)} ms`);
   const prompt = flags.prompt as string;

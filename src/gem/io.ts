@@ -12,7 +12,7 @@ import { readHfModel, writeHfModel } from "../io/hf.ts";
 import { type AdapterWeights, readAdapters, writeAdapters } from "../io/peft.ts";
 import { loadTokenizer } from "../io/tokenizer.ts";
 import { resolveRunDir } from "../io/model.ts";
-import { Llama } from "../nn/llama.ts";
+import { Llama, type WeightDType } from "../nn/llama.ts";
 import { type GemInfo, GemModel } from "./gem.ts";
 import { parseRoleTable } from "./mask.ts";
 
@@ -169,7 +169,10 @@ export async function readGemInfo(dir: string): Promise<GemInfo> {
 }
 
 /** Loads a GEM checkpoint directory written by {@link saveGem} (or a run directory's latest). */
-export async function loadGem(path: string): Promise<GemModel> {
+export async function loadGem(
+  path: string,
+  opts: { dtype?: WeightDType } = {},
+): Promise<GemModel> {
   const dir = await resolveRunDir(path);
   const info = await readGemInfo(dir);
   const { config, weights } = await readHfModel(dir);
@@ -189,7 +192,7 @@ export async function loadGem(path: string): Promise<GemModel> {
   if (!tokPath) throw new GemFileError(`${dir}: no tokenizer (${TOKENIZER_FILES.join(", ")})`);
   const tokenizer = loadTokenizer(tokPath, { vocabSize: base, gemSpecials: info.specialNames });
   tokenizer.addSpecialTokens(info.specialNames);
-  const model = Llama.fromWeights(config, weights, dir);
+  const model = Llama.fromWeights(config, weights, dir, opts.dtype);
   // LoRA adapters stay attached (a resumed run trains them on); `deno task convert --merge`
   // folds them into the weights.
   const adapters = await readAdapters(dir, config);

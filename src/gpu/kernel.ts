@@ -50,9 +50,13 @@ export interface KernelSpec {
  * cannot disagree.
  */
 export function defineKernel(spec: KernelSpec): Kernel {
+  // A kernel that names f16 anywhere needs the extension enabled before everything else.
+  const f16 = /\bf16\b/.test(spec.body) || spec.bindings.some((b) => /\bf16\b/.test(b[2] ?? ""));
   return {
     name: spec.name,
-    source: `${declarations(spec.params, spec.bindings)}\n${spec.body}`,
+    source: `${f16 ? "enable f16;\n" : ""}${
+      declarations(spec.params, spec.bindings)
+    }\n${spec.body}`,
     buffers: spec.bindings.map((b) => b[1]),
   };
 }

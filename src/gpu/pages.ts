@@ -18,7 +18,7 @@ export type Binding = GpuBuffer | BufferWindow;
 export interface BoundRange {
   /** The buffer, or a window of it. */
   bind: Binding;
-  /** Element index (of 4-byte elements) where the binding starts: subtract it from offsets. */
+  /** Element index where the binding starts: subtract it from offsets. */
   base: number;
 }
 
@@ -28,9 +28,9 @@ export function paged(gpu: Gpu, buf: GpuBuffer): boolean {
 }
 
 /**
- * The binding of elements [first, end) of `buf` (4-byte elements): the buffer itself when it
- * fits one binding, else a window starting at `first` rounded down to the offset alignment.
- * Throws naming `what` when the range itself is more than one binding.
+ * The binding of elements [first, end) of `buf` (elements of `elemBytes`: 4, or 2 for f16): the
+ * buffer itself when it fits one binding, else a window starting at `first` rounded down to the
+ * offset alignment. Throws naming `what` when the range itself is more than one binding.
  */
 export function bindRange(
   gpu: Gpu,
@@ -38,18 +38,19 @@ export function bindRange(
   first: number,
   end: number,
   what: string,
+  elemBytes = 4,
 ): BoundRange {
   if (!paged(gpu, buf)) return { bind: buf, base: 0 };
   const align = gpu.device.limits.minStorageBufferOffsetAlignment;
-  const start = Math.floor((first * 4) / align) * align;
-  const size = Math.ceil((end * 4 - start) / 4) * 4;
+  const start = Math.floor((first * elemBytes) / align) * align;
+  const size = Math.ceil((end * elemBytes - start) / 4) * 4;
   if (size > gpu.bindingLimit) {
     throw new BindingLimitError(
       `${what}: ${size} bytes of buffer '${buf.owner}' in one binding, over this device's ` +
         `maxStorageBufferBindingSize of ${gpu.bindingLimit}`,
     );
   }
-  return { bind: new BufferWindow(buf, start, Math.max(4, size)), base: start / 4 };
+  return { bind: new BufferWindow(buf, start, Math.max(4, size)), base: start / elemBytes };
 }
 
 /**

@@ -7,7 +7,7 @@
  */
 
 import { readFile } from "node:fs/promises";
-import { Llama } from "../nn/llama.ts";
+import { Llama, type WeightDType } from "../nn/llama.ts";
 import { type ModelFormat, statOrNull } from "./format.ts";
 import { hfFormat } from "./hf.ts";
 import { llama2cFormat } from "./llama2c.ts";
@@ -35,6 +35,8 @@ export interface LoadModelOptions {
   tokenizer?: string;
   /** Cap on the context length (RoPE table, KV cache) for long-context checkpoints. */
   maxSeqLen?: number;
+  /** How the matrices are stored on the device (default f32; f16 halves them, frozen). */
+  dtype?: WeightDType;
 }
 
 /** A model spec that is neither a file nor a directory nor a hub id. */
@@ -121,5 +123,6 @@ export async function loadModel(
   }
   const { config, weights } = await format.read(path, { maxSeqLen: opts.maxSeqLen });
   const tokenizer = loadTokenizer(tokPath, { vocabSize: config.vocabSize });
-  return { model: Llama.fromWeights(config, weights, path), tokenizer, path, format: format.name };
+  const model = Llama.fromWeights(config, weights, path, opts.dtype);
+  return { model, tokenizer, path, format: format.name };
 }

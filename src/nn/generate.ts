@@ -147,11 +147,16 @@ export async function generate(
         { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads },
         g.device.limits.maxStorageBuffersPerShaderStage,
       );
-      const fused = model.lora.size ? false : opts.fused ?? (inferTuning().fusedDecode && fits);
+      const half = model.dtype === "f16";
+      const fused = model.lora.size || half
+        ? false
+        : opts.fused ?? (inferTuning().fusedDecode && fits);
       if (opts.fused === undefined && inferTuning().fusedDecode && !fused) {
         notice(
           model.lora.size
             ? "gemkit: generating op by op: the model has LoRA adapters (deno task convert --merge folds them in)"
+            : half
+            ? "gemkit: generating op by op: the fused decoder reads f32 weights (this model's are f16)"
             : `gemkit: generating op by op: the fused decoder covers dim <= 512 and MLP width <= 2048 (this model: ${c.dim} and ${c.hiddenDim})`,
         );
       }

@@ -14,7 +14,7 @@ import type { RopeScaling } from "../gpu/kernels/rope.ts";
 import * as T from "../tensor/ops.ts";
 import type { RoleTable } from "../tensor/ops.ts";
 import { Rng } from "../tensor/random.ts";
-import { keep, scope, type Tensor, tensor } from "../tensor/tensor.ts";
+import { keep, noGrad, scope, type Tensor, tensor } from "../tensor/tensor.ts";
 import { initLora, type LoraOptions, loraSlots, mergedWeight } from "./lora.ts";
 
 /** Architecture of a Llama model. */
@@ -70,6 +70,14 @@ export function validateConfig(c: LlamaConfig, source: string): void {
   if ((c.dim / c.nHeads) % 2 !== 0) bad("nHeads", `gives an odd head dim ${c.dim / c.nHeads}`);
   if (!(c.ropeTheta > 0)) bad("ropeTheta", `must be > 0, got ${c.ropeTheta}`);
   if (!(c.normEps > 0)) bad("normEps", `must be > 0, got ${c.normEps}`);
+}
+
+/** How a model's matrices are stored. */
+export type WeightDType = "f32" | "f16";
+
+/** Whether a parameter is a matrix (f16 storage applies), not a norm weight. */
+export function isMatrix(name: string): boolean {
+  return !name.endsWith("norm.weight");
 }
 
 /** Head dim. */
@@ -192,11 +200,15 @@ export class Llama {
     );
   }
 
-  /** A model from host arrays keyed by Hugging Face names. */
+  /**
+   * A model from host arrays keyed by Hugging Face names; with `dtype` f16 the matrices are
+   * uploaded as f16 (see {@link Llama.storeAs}), never held on the device in f32.
+   */
   static fromWeights(
     config: LlamaConfig,
     weights: Map<string, Float32Array>,
     source: string,
+    dtype: WeightDType = "f32",
   ): Llama {
     const shapes = new Map(parameterShapes(config));
     const ts = new Map<string, Tensor>();
@@ -209,9 +221,11 @@ export class Llama {
             `${source}: parameter '${name}' has ${data.length} values, config wants [${shape}]`,
           );
         }
-        ts.set(name, tensor(data, shape));
+        ts.set(name, tensor(data, shape, dtype === "f16" && isMatrix(name) ? "f16" : "f32"));
       }
-      return new Llama(config, ts, source);
+      const model = new Llama(config, ts, source);
+      if (dtype === "f16") model.storeAs("f16");
+      return model;
     } catch (e) {
       for (const t of ts.values()) t.dispose();
       throw e;
@@ -230,6 +244,34 @@ export class Llama {
       w.set(name, data);
     }
     return Llama.fromWeights(config, w, "random");
+  }
+
+  /** How the matrices are stored: f32, or f16 (frozen; see {@link Llama.storeAs}). */
+  get dtype(): WeightDType {
+    return this.#p(`model.layers.0.self_attn.q_proj.weight`).dtype === "f16" ? "f16" : "f32";
+  }
+
+  /**
+   * Stores every matrix (embedding, projections, classifier) as `dtype`; norm weights stay f32.
+   * f16 halves the weights' memory; kernels widen each value to f32 as they read it and
+   * accumulate in f32, so only the weights' rounding differs from f32. f16 matrices are frozen:
+   * use them for inference, or as the base of LoRA, with `keepF32` naming matrices that train
+   * (the token embedding, whose special rows do). Back to f32 is exact but does not undo the
+   * rounding.
+   */
+  storeAs(dtype: WeightDType, keepF32: readonly string[] = []): void {
+    for (const [name, p] of this.params) {
+      const want = dtype === "f16" && isMatrix(name) && !keepF32.includes(name) ? "f16" : "f32";
+      if (p.dtype === want) {
+        if (want === "f16") p.requiresGrad = false;
+        continue;
+      }
+      const next = keep(noGrad(() => T.cast(p, want)));
+      next.label = name;
+      next.requiresGrad = want === "f32";
+      this.params.set(name, next);
+      p.dispose();
+    }
   }
 
   /** Parameters in checkpoint order, for the optimiser. */

@@ -115,7 +115,7 @@ export async function openModel(spec: string, opts: LoadModelOptions = {}): Prom
   const local = located?.path ?? dataPath(spec);
   if (!located || await isGemDir(local)) {
     const path = await resolveRunDir(local);
-    const gem = await loadGem(path);
+    const gem = await loadGem(path, { dtype: opts.dtype });
     return withMethods({
       model: gem.model,
       tokenizer: gem.tokenizer,

@@ -154,6 +154,8 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
   },
   expand: (g, n) => [sumTo(g, n.ctx.from)],
   copy: (g) => [g.alias()],
+  // Gradients are f32 whatever the dtype of the value they belong to.
+  cast: (g) => [g.alias()],
   concat: (g, n) => {
     let at = 0;
     return n.ctx.sizes.map((s) => slice(g, n.ctx.axis, at, at += s));

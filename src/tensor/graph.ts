@@ -27,6 +27,7 @@ export interface OpCtx {
   slice: { axis: number; start: number; from: readonly number[] };
   expand: { from: readonly number[] };
   copy: NoCtx;
+  cast: NoCtx;
   concat: { axis: number; sizes: readonly number[] };
   unary: { fn: UnaryFn; c: number };
   binary: { fn: BinaryFn };

@@ -30,6 +30,7 @@ import { type CheckpointFn, needsGrad, record } from "./graph.ts";
 import {
   contiguousStrides,
   type DType,
+  DTYPE_BYTES,
   empty,
   noGrad,
   numel,
@@ -49,6 +50,13 @@ function shapeStr(t: Tensor): string {
 function wantDType(op: string, t: Tensor, dtype: DType, what: string): void {
   if (t.dtype !== dtype) {
     throw new DTypeError(`${op}: ${what} must be ${dtype}, got ${t.describe()}`);
+  }
+}
+
+/** f32, or f16 where an op reads it as storage (widened to f32 as it loads). */
+function wantFloat(op: string, t: Tensor, what: string): void {
+  if (t.dtype !== "f32" && t.dtype !== "f16") {
+    throw new DTypeError(`${op}: ${what} must be f32 or f16, got ${t.describe()}`);
   }
 }
 
@@ -209,6 +217,21 @@ export function contiguous(x: Tensor): Tensor {
     runElementwise(gpu(), "a", [input(x, "a", x.shape)], outOf(out), x.shape);
   }
   return record(out, "copy", [x]);
+}
+
+/**
+ * `x` stored as `dtype` (f32 or f16): to f16 rounds to nearest even (beyond 65504 gives
+ * infinity), to f32 is exact. The gradient stays f32 whichever way the cast goes: f16 is a
+ * storage format here, never the arithmetic of a backward pass.
+ */
+export function cast(x: Tensor, dtype: "f32" | "f16"): Tensor {
+  if (x.dtype === "i32") throw new DTypeError(`cast: input ${x.describe()} must be f32 or f16`);
+  if (dtype !== "f32" && dtype !== "f16") {
+    throw new DTypeError(`cast: dtype must be 'f32' or 'f16', got '${dtype}'`);
+  }
+  const out = empty(x.shape, dtype, "cast");
+  runElementwise(gpu(), "a", [input(x, "a", x.shape)], outOf(out), x.shape);
+  return record(out, "cast", [x]);
 }
 
 /** Joins tensors along `axis`. */
@@ -467,8 +490,8 @@ function matmulPieces(
  */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const transA = opts.transA ?? false, transB = opts.transB ?? false;
-  wantDType("matmul", a, "f32", "a");
-  wantDType("matmul", b, "f32", "b");
+  wantFloat("matmul", a, "a");
+  wantFloat("matmul", b, "b");
   const desc = () =>
     `a ${shapeStr(a)}${transA ? "^T" : ""} @ b ${shapeStr(b)}${transB ? "^T" : ""}`;
   if (a.rank < 2 || b.rank < 2) fail("matmul", `${desc()}: operands need at least 2 dims`);
@@ -498,7 +521,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   }
   // A 2-D product whose weight or result is more than one binding runs in pieces that fit.
   const extent = (t: Tensor) =>
-    4 * (t.shape.reduce((e, s, d) => e + (s - 1) * t.strides[d], 0) + 1);
+    DTYPE_BYTES[t.dtype] * (t.shape.reduce((e, s, d) => e + (s - 1) * t.strides[d], 0) + 1);
   const limit = gpu().bindingLimit - 256;
   if (
     a.rank === 2 && b.rank === 2 && k > 0 &&
@@ -526,16 +549,24 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
         t.offset,
         t.offset + t.shape.reduce((e, s, d) => e + (s - 1) * t.strides[d], 0) + 1,
         `matmul ${desc()}: ${what}`,
+        DTYPE_BYTES[t.dtype],
       );
     const ra = span(a, "a"), rb = span(b, "b"), rc = span(out, "the product");
     runMatmul(
       gpu(),
-      { buf: ra.bind, offset: a.offset - ra.base, batchStride: ba.stride, ...rs(a, transA) },
+      {
+        buf: ra.bind,
+        offset: a.offset - ra.base,
+        batchStride: ba.stride,
+        ...rs(a, transA),
+        f16: a.dtype === "f16",
+      },
       {
         buf: rb.bind,
         offset: b.offset - rb.base,
         batchStride: b.rank > 2 ? bb.stride : 0,
         ...rs(b, transB),
+        f16: b.dtype === "f16",
       },
       rc.bind,
       -rc.base,
@@ -671,14 +702,14 @@ function checkIndices(
 
 /** Rows of `w` [V, D] picked by `ids` (i32, any shape): out [...ids.shape, D]. */
 export function embedding(w: Tensor, ids: Tensor): Tensor {
-  wantDType("embedding", w, "f32", "weight");
+  wantFloat("embedding", w, "weight");
   wantDType("embedding", ids, "i32", "ids");
   if (w.rank !== 2) fail("embedding", `weight ${shapeStr(w)} must be [V, D]`);
   const [v, d] = w.shape;
   checkIndices("embedding", ids, 0, v, `id (weight ${shapeStr(w)})`);
   const wc = contiguous(w), ic = contiguous(ids);
   const out = empty([...ids.shape, d], "f32", "embedding");
-  runGather(gpu(), wc.buf, ic.buf, out.buf, ids.size, d, v);
+  runGather(gpu(), wc.buf, ic.buf, out.buf, ids.size, d, v, w.dtype === "f16");
   record(out, "embedding", [w, ids], [ic], { v, d });
   wc.dispose();
   ic.dispose();
@@ -777,7 +808,10 @@ export function classifierCrossEntropy(
   let chunk = logitsChunk(n, v, opts.chunk);
   // A classifier past one binding is read a window of rows at a time.
   if (paged(gpu(), w.buf)) {
-    chunk = Math.min(chunk, Math.floor((gpu().bindingLimit - 256) / (4 * w.shape[1])));
+    chunk = Math.min(
+      chunk,
+      Math.floor((gpu().bindingLimit - 256) / (DTYPE_BYTES[w.dtype] * w.shape[1])),
+    );
   }
   if (chunk >= v) {
     // One chunk: exactly the unfused ops, the logits saved for backward as matmul's would be.

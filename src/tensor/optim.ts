@@ -5,6 +5,7 @@
  */
 
 import { gpu } from "../gpu/device.ts";
+import { DTypeError } from "../gpu/errors.ts";
 import { runReduce } from "../gpu/kernels/reduce.ts";
 import { type AdamWStep, runAdamW, runClipCoef, runScaleBy } from "../gpu/kernels/optim.ts";
 import { zeros } from "./ops.ts";
@@ -132,6 +133,15 @@ export class AdamW {
 
   /** Zeroed moments for each parameter. */
   constructor(params: readonly Trainable[], opts: AdamWOptions) {
+    for (const t of params) {
+      const leaf = span(t).leaf;
+      if (leaf.dtype !== "f32") {
+        throw new DTypeError(
+          `AdamW: parameter ${leaf.describe()} is ${leaf.dtype}; f16 weights are frozen ` +
+            `(inference, or the base of LoRA): train f32 weights (dtype f32, or lora.rank > 0)`,
+        );
+      }
+    }
     this.params = params;
     this.shapes = params.map(trainableShape);
     this.lr = opts.lr;

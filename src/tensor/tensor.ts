@@ -12,11 +12,29 @@ import { DisposedError, DTypeError, ShapeError } from "../gpu/errors.ts";
 import { contiguousStrides, runElementwise } from "../gpu/kernels/elementwise.ts";
 import type { GpuBuffer } from "../gpu/pool.ts";
 
-/** Element types. f16 storage is planned where the adapter has shader-f16. */
-export type DType = "f32" | "i32";
+/**
+ * Element types. f16 is storage only (half the bytes of a weight): every kernel that reads an
+ * f16 operand converts it to f32 and computes in f32, and ops produce f32 unless asked for f16
+ * (`cast`). It needs the adapter's `shader-f16` feature.
+ */
+export type DType = "f32" | "i32" | "f16";
 
 /** Bytes per element of each dtype. */
-export const DTYPE_BYTES: Record<DType, number> = { f32: 4, i32: 4 };
+export const DTYPE_BYTES: Record<DType, number> = { f32: 4, i32: 4, f16: 2 };
+
+/** Bytes a buffer of `n` elements of `dtype` takes: a multiple of 4, as WebGPU copies want. */
+export function bufferBytes(n: number, dtype: DType): number {
+  return Math.max(4, Math.ceil((n * DTYPE_BYTES[dtype]) / 4) * 4);
+}
+
+/** Throws naming `what` when the device cannot store f16 (no `shader-f16`). */
+export function checkF16(what: string): void {
+  if (!gpu().features.has("shader-f16")) {
+    throw new DTypeError(
+      `${what}: f16 needs the adapter's shader-f16 feature, which ${gpu().description} lacks`,
+    );
+  }
+}
 
 /** A GPU buffer plus the number of Tensor objects viewing it; `host` keeps uploaded int data. */
 export class Storage {
@@ -41,6 +59,7 @@ export type Op =
   | "slice"
   | "expand"
   | "copy"
+  | "cast"
   | "unary"
   | "binary"
   | "sum"
@@ -166,10 +185,28 @@ export class Tensor {
     this.dispose();
   }
 
-  /** Copies the elements to the host, in row-major order of the shape. Waits for the GPU. */
+  /**
+   * Copies the elements to the host, in row-major order of the shape. Waits for the GPU. f16
+   * values come back widened to a Float32Array (exactly: every f16 is an f32).
+   */
   async toArray(): Promise<Float32Array | Int32Array> {
     const g = gpu();
     const bytes = DTYPE_BYTES[this.dtype];
+    if (this.dtype === "f16") {
+      // Widened on the device: f16 ranges need not be 4-byte aligned for the readback copy.
+      const tmp = g.pool.acquire(bufferBytes(this.size, "f32"), "toArray");
+      try {
+        runElementwise(g, "a", [{ name: "a", ...this.#operand() }], {
+          buf: tmp,
+          offset: 0,
+          strides: contiguousStrides(this.shape),
+          type: "f32",
+        }, this.shape);
+        return new Float32Array(await g.read(tmp, 0, this.size * 4));
+      } finally {
+        g.pool.release(tmp);
+      }
+    }
     if (!this.contiguous) {
       // Gather the view into a scratch buffer first; readback wants one contiguous range.
       const tmp = g.pool.acquire(this.size * bytes, "toArray");
@@ -230,11 +267,15 @@ function checkShape(shape: readonly number[], what: string): void {
 /** An uninitialised contiguous tensor; `owner` labels its buffer for leak reports. */
 export function empty(shape: readonly number[], dtype: DType = "f32", owner = "tensor"): Tensor {
   checkShape(shape, "empty");
-  const buf = gpu().pool.acquire(Math.max(numel(shape), 1) * DTYPE_BYTES[dtype], owner);
+  if (dtype === "f16") checkF16("empty");
+  const buf = gpu().pool.acquire(bufferBytes(numel(shape), dtype), owner);
   return new Tensor(new Storage(buf), [...shape], contiguousStrides(shape), 0, dtype);
 }
 
-/** Uploads host data. Integer tensors keep a host copy (index checks, grouped scatter plans). */
+/**
+ * Uploads host data. Integer tensors keep a host copy (index checks, grouped scatter plans); f16
+ * rounds each value to nearest even on the host.
+ */
 export function tensor(
   data: ArrayLike<number>,
   shape: readonly number[] = [data.length],
@@ -244,8 +285,13 @@ export function tensor(
   if (numel(shape) !== data.length) {
     throw new ShapeError(`tensor: ${data.length} values do not fill shape [${shape}]`);
   }
-  let host: Float32Array<ArrayBuffer> | Int32Array<ArrayBuffer>;
-  if (dtype === "i32") {
+  let host: Float32Array<ArrayBuffer> | Int32Array<ArrayBuffer> | Uint16Array<ArrayBuffer>;
+  if (dtype === "f16") {
+    checkF16("tensor");
+    // Padded to a whole number of 4-byte words, as writeBuffer wants.
+    host = new Uint16Array(Math.ceil(data.length / 2) * 2);
+    new Float16Array(host.buffer, 0, data.length).set(data);
+  } else if (dtype === "i32") {
     host = Int32Array.from(data);
     for (let i = 0; i < data.length; i++) {
       if (host[i] !== data[i]) {

@@ -16,8 +16,12 @@ import { BufferWindow } from "../pool.ts";
 import { type Binding, bindRange, paged, spans } from "../pages.ts";
 import { BindingLimitError } from "../errors.ts";
 
-/** WGSL element type names for the storage dtypes the engine knows. */
-export type WgslType = "f32" | "i32";
+/**
+ * WGSL element type names for the storage dtypes the engine knows. An f16 operand is widened to
+ * f32 as it is loaded, so expressions always compute in f32 (or i32); an f16 output is rounded
+ * once, at the store.
+ */
+export type WgslType = "f32" | "i32" | "f16";
 
 /**
  * An operand of an elementwise kernel: its buffer, element offset, strides (one per output dim)
@@ -113,12 +117,14 @@ export function elementwiseKernel(
     ...ops.map((i) => `st${i}: array<vec4<u32>, 2>,`),
   ].join("\n");
   const array = (t: WgslType) => `array<${vec4 ? `vec4<${t}>` : t}>`;
+  const load = (i: number, at: string) =>
+    types[i] !== "f16" ? `x${i}[${at}]` : vec4 ? `vec4<f32>(x${i}[${at}])` : `f32(x${i}[${at}])`;
   const index: string[] = [];
   const o = names.length;
   let store = `  out[at] = ${outType}(${expr});`;
   if (vec4) {
     // Offsets and n are in vec4 units here.
-    names.forEach((_, i) => index.push(`  let v${i} = x${i}[P.off${i} + i];`));
+    names.forEach((_, i) => index.push(`  let v${i} = ${load(i, `P.off${i} + i`)};`));
     index.push(`  var r: vec4<${outType}>;`);
     for (const c of "xyzw") {
       const lets = names.map((n, i) => `let ${n} = v${i}.${c};`).join(" ");
@@ -126,7 +132,7 @@ export function elementwiseKernel(
     }
     store = `  out[P.off${o} + i] = r;`;
   } else if (contiguous) {
-    names.forEach((n, i) => index.push(`  let ${n} = x${i}[P.off${i} + i];`));
+    names.forEach((n, i) => index.push(`  let ${n} = ${load(i, `P.off${i} + i`)};`));
     index.push(`  let at = P.off${o} + i;`);
   } else {
     index.push("  var rem = i;");
@@ -137,7 +143,7 @@ export function elementwiseKernel(
       ops.forEach((i) => index.push(`    o${i} += c * P.st${i}${s};`));
       index.push("  }");
     }
-    names.forEach((n, i) => index.push(`  let ${n} = x${i}[o${i}];`));
+    names.forEach((n, i) => index.push(`  let ${n} = ${load(i, `o${i}`)};`));
     index.push(`  let at = o${o};`);
   }
   return defineKernel({
@@ -189,6 +195,7 @@ export function runElementwise(
           x.offset + s,
           x.offset + s + count,
           `elementwise '${expr}'`,
+          x.type === "f16" ? 2 : 4,
         );
         return { ...x, buf: r.bind, offset: x.offset + s - r.base, strides: [1] };
       };

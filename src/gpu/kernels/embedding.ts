@@ -21,14 +21,15 @@ import { BindingLimitError } from "../errors.ts";
 
 const PARAMS = "n: u32, d: u32, v: u32, groups: u32";
 
-export function gatherKernel(wg: number): Kernel {
+/** W stored as f16 is widened to f32 rows. */
+export function gatherKernel(wg: number, f16 = false): Kernel {
   const body = `  let row = u32(clamp(IDS[i / P.d], 0, i32(P.v) - 1));
-  Y[i] = W[row * P.d + i % P.d];`;
+  Y[i] = ${f16 ? "f32(W[row * P.d + i % P.d])" : "W[row * P.d + i % P.d]"};`;
   return defineKernel({
-    name: "gather",
+    name: f16 ? "gather_f16" : "gather",
     params: PARAMS,
     bindings: [
-      ["W", "read", "array<f32>"],
+      ["W", "read", f16 ? "array<f16>" : "array<f32>"],
       ["IDS", "read", "array<i32>"],
       ["Y", "rw", "array<f32>"],
     ],
@@ -37,14 +38,15 @@ export function gatherKernel(wg: number): Kernel {
 }
 
 /** The gather of one page of rows [r0, r0 + rows) of W, read from element `off` of its window. */
-export function gatherRowsKernel(wg: number): Kernel {
+export function gatherRowsKernel(wg: number, f16 = false): Kernel {
   const body = `  let id = clamp(IDS[i / P.d], 0, i32(P.vt) - 1) - i32(P.r0);
-  if (id >= 0 && u32(id) < P.rows) { Y[i] = W[P.off + u32(id) * P.d + i % P.d]; }`;
+  let at = P.off + u32(id) * P.d + i % P.d;
+  if (id >= 0 && u32(id) < P.rows) { Y[i] = ${f16 ? "f32(W[at])" : "W[at]"}; }`;
   return defineKernel({
-    name: "gather_rows",
+    name: f16 ? "gather_rows_f16" : "gather_rows",
     params: "n: u32, d: u32, rows: u32, r0: u32, off: u32, vt: u32, _a: u32, _b: u32",
     bindings: [
-      ["W", "read", "array<f32>"],
+      ["W", "read", f16 ? "array<f16>" : "array<f32>"],
       ["IDS", "read", "array<i32>"],
       ["Y", "rw", "array<f32>"],
     ],
@@ -53,8 +55,8 @@ export function gatherRowsKernel(wg: number): Kernel {
 }
 
 /** Rows per page of a [v, d] weight past one binding: a multiple of 64 that fits one. */
-export function pageRows(gpu: Gpu, d: number): number {
-  return Math.max(64, Math.floor((gpu.bindingLimit - 256) / (4 * d) / 64) * 64);
+export function pageRows(gpu: Gpu, d: number, elemBytes = 4): number {
+  return Math.max(64, Math.floor((gpu.bindingLimit - 256) / (elemBytes * d) / 64) * 64);
 }
 
 export function scatterScanKernel(wg: number): Kernel {
@@ -122,20 +124,26 @@ export function runGather(
   n: number,
   d: number,
   v: number,
+  f16 = false,
 ): void {
   const wg = gpu.tuning.elementwiseWorkgroup;
   if (!paged(gpu, w)) {
     const p = new ParamWriter().u32(n).u32(d).u32(v).u32(0);
-    gpu.dispatch(gatherKernel(wg), [w, ids, y], p, grid(Math.ceil((n * d) / wg)));
+    gpu.dispatch(gatherKernel(wg, f16), [w, ids, y], p, grid(Math.ceil((n * d) / wg)));
     return;
   }
-  const rows = pageRows(gpu, d);
+  const rows = pageRows(gpu, d, f16 ? 2 : 4);
   for (let r0 = 0; r0 < v; r0 += rows) {
     const r1 = Math.min(v, r0 + rows);
-    const rw = bindRange(gpu, w, r0 * d, r1 * d, "gather");
+    const rw = bindRange(gpu, w, r0 * d, r1 * d, "gather", f16 ? 2 : 4);
     const p = new ParamWriter().u32(n).u32(d).u32(r1 - r0).u32(r0).u32(r0 * d - rw.base).u32(v)
       .u32(0).u32(0);
-    gpu.dispatch(gatherRowsKernel(wg), [rw.bind, ids, y], p, grid(Math.ceil((n * d) / wg)));
+    gpu.dispatch(
+      gatherRowsKernel(wg, f16),
+      [rw.bind, ids, y],
+      p,
+      grid(Math.ceil((n * d) / wg)),
+    );
   }
 }
 

@@ -19,7 +19,22 @@ import { runReduce } from "./reduce.ts";
 
 export type { MatmulShape, MatOperand } from "./matmul_shape.ts";
 
-export function matmulKernelV1(tm: number, tn: number, wg: number): Kernel {
+/** WGSL of one operand's storage type, and a load widened to f32, for f16 or f32 storage. */
+function operandType(f16: boolean, vec: boolean): { type: string; load: (x: string) => string } {
+  const el = f16 ? "f16" : "f32";
+  const type = `array<${vec ? `vec4<${el}>` : el}>`;
+  if (!f16) return { type, load: (x) => x };
+  return { type, load: (x) => (vec ? `vec4<f32>(${x})` : `f32(${x})`) };
+}
+
+export function matmulKernelV1(
+  tm: number,
+  tn: number,
+  wg: number,
+  aF16 = false,
+  bF16 = false,
+): Kernel {
+  const A = operandType(aF16, false), B = operandType(bF16, false);
   const body = `  let b = t / P.tilesPerBatch;
   let r = t % P.tilesPerBatch;
   let m0 = (r / P.tilesN) * ${tm}u;
@@ -34,9 +49,9 @@ export function matmulKernelV1(tm: number, tn: number, wg: number): Kernel {
   for (var j = 0u; j < ${tn}u; j++) { bCol[j] = bBase + min(n0 + j, P.N - 1u) * P.sBn; }
   for (var k = 0u; k < P.K; k++) {
     var bv: array<f32, ${tn}>;
-    for (var j = 0u; j < ${tn}u; j++) { bv[j] = B[bCol[j] + k * P.sBk]; }
+    for (var j = 0u; j < ${tn}u; j++) { bv[j] = ${B.load("B[bCol[j] + k * P.sBk]")}; }
     for (var i = 0u; i < ${tm}u; i++) {
-      let av = A[aRow[i] + k * P.sAk];
+      let av = ${A.load("A[aRow[i] + k * P.sAk]")};
       for (var j = 0u; j < ${tn}u; j++) { acc[i][j] = fma(av, bv[j], acc[i][j]); }
     }
   }
@@ -48,12 +63,12 @@ export function matmulKernelV1(tm: number, tn: number, wg: number): Kernel {
     }
   }`;
   return defineKernel({
-    name: `matmul_v1_${tm}x${tn}`,
+    name: `matmul_v1_${tm}x${tn}${aF16 ? "_ah" : ""}${bF16 ? "_bh" : ""}`,
     params: `M: u32, N: u32, K: u32, tilesN: u32,
              tilesPerBatch: u32, batch: u32, offA: u32, offB: u32,
              sAb: u32, sAm: u32, sAk: u32, sBb: u32,
              sBk: u32, sBn: u32, offC: u32, _pad: u32,`,
-    bindings: [["A", "read", "array<f32>"], ["B", "read", "array<f32>"], ["C", "rw", "array<f32>"]],
+    bindings: [["A", "read", A.type], ["B", "read", B.type], ["C", "rw", "array<f32>"]],
     body: gridMain(wg, "t", "t >= P.tilesPerBatch * P.batch", body),
   });
 }
@@ -78,32 +93,39 @@ export function matmulKernelV2(
   aAxis: VecAxis,
   bAxis: VecAxis,
   vecStore: boolean,
+  aF16 = false,
+  bF16 = false,
 ): Kernel {
   if (tm % 4 || tn % 4) throw new Error(`matmul v2: tile ${tm}x${tn} must be multiples of 4`);
+  const A = operandType(aF16, true), B = operandType(bF16, true);
   const tm4 = tm / 4, tn4 = tn / 4;
   const L: string[] = [];
   const e = (x: string) => L.push(x);
   // Loads for one step of 4 along k. aK[i]: vec4 over kk (A along k); aO[kk][i4]: vec4 over rows.
   if (aAxis === "k") {
     for (let i = 0; i < tm; i++) {
-      e(`    let a${i} = A[aBase + min(m0 + ${i}u, P.M - 1u) * P.aOut + k4];`);
+      e(`    let a${i} = ${A.load(`A[aBase + min(m0 + ${i}u, P.M - 1u) * P.aOut + k4]`)};`);
     }
   } else {
     for (let kk = 0; kk < 4; kk++) {
       for (let i4 = 0; i4 < tm4; i4++) {
-        e(`    let a${kk}_${i4} = A[aBase + (4u * k4 + ${kk}u) * P.aK + min(m0 / 4u + ${i4}u, P.M4 - 1u)];`);
+        e(`    let a${kk}_${i4} = ${
+          A.load(`A[aBase + (4u * k4 + ${kk}u) * P.aK + min(m0 / 4u + ${i4}u, P.M4 - 1u)]`)
+        };`);
       }
     }
   }
   if (bAxis === "out") {
     for (let kk = 0; kk < 4; kk++) {
       for (let j4 = 0; j4 < tn4; j4++) {
-        e(`    let b${kk}_${j4} = B[bBase + (4u * k4 + ${kk}u) * P.bK + min(n0 / 4u + ${j4}u, P.N4 - 1u)];`);
+        e(`    let b${kk}_${j4} = ${
+          B.load(`B[bBase + (4u * k4 + ${kk}u) * P.bK + min(n0 / 4u + ${j4}u, P.N4 - 1u)]`)
+        };`);
       }
     }
   } else {
     for (let j = 0; j < tn; j++) {
-      e(`    let bk${j} = B[bBase + min(n0 + ${j}u, P.N - 1u) * P.bOut + k4];`);
+      e(`    let bk${j} = ${B.load(`B[bBase + min(n0 + ${j}u, P.N - 1u) * P.bOut + k4]`)};`);
     }
     for (let kk = 0; kk < 4; kk++) {
       for (let j4 = 0; j4 < tn4; j4++) {
@@ -171,15 +193,17 @@ ${L.join("\n")}
   }
 ${stores.join("\n")}`;
   return defineKernel({
-    name: `matmul_v2_${tm}x${tn}_a${aAxis}_b${bAxis}${vecStore ? "_v" : ""}`,
+    name: `matmul_v2_${tm}x${tn}_a${aAxis}_b${bAxis}${vecStore ? "_v" : ""}${aF16 ? "_ah" : ""}${
+      bF16 ? "_bh" : ""
+    }`,
     params: `M: u32, N: u32, K: u32, tilesN: u32,
              tilesPerBatch: u32, batch: u32, M4: u32, N4: u32,
              aOff: u32, aBatch: u32, aOut: u32, aK: u32,
              bOff: u32, bBatch: u32, bOut: u32, bK: u32,
              cOff: u32, S: u32, kChunk4: u32, _c: u32,`,
     bindings: [
-      ["A", "read", "array<vec4<f32>>"],
-      ["B", "read", "array<vec4<f32>>"],
+      ["A", "read", A.type],
+      ["B", "read", B.type],
       vecStore ? ["C4", "rw", "array<vec4<f32>>"] : ["C", "rw", "array<f32>"],
     ],
     body: gridMain(wg, "t", "t >= P.tilesPerBatch * P.batch * P.S", body),
@@ -213,9 +237,14 @@ export const runMatmul: MatmulRun = (gpu, a, b, c, offC, s) => {
       .u32(a.offset / 4).u32(a.batchStride / 4).u32(a.rowStride / 4 | 0).u32(a.colStride / 4 | 0)
       .u32(b.offset / 4).u32(b.batchStride / 4).u32(b.colStride / 4 | 0).u32(b.rowStride / 4 | 0)
       .u32(scratch ? 0 : offC).u32(S).u32(kChunk4).u32(0);
-    const key = `matmul_v2:${tileM},${tileN},${workgroup},${aAxis},${bAxis},${vecStore}`;
+    const [aH, bH] = [!!a.f16, !!b.f16];
+    const key =
+      `matmul_v2:${tileM},${tileN},${workgroup},${aAxis},${bAxis},${vecStore},${aH},${bH}`;
     gpu.dispatch(
-      cachedKernel(key, () => matmulKernelV2(tileM, tileN, workgroup, aAxis, bAxis, vecStore)),
+      cachedKernel(
+        key,
+        () => matmulKernelV2(tileM, tileN, workgroup, aAxis, bAxis, vecStore, aH, bH),
+      ),
       [a.buf, b.buf, scratch ?? c],
       p,
       grid(Math.ceil((tilesPerBatch * s.batch * S) / workgroup)),
@@ -236,8 +265,8 @@ export const runMatmul: MatmulRun = (gpu, a, b, c, offC, s) => {
     .u32(b.rowStride).u32(b.colStride).u32(offC).u32(0);
   gpu.dispatch(
     cachedKernel(
-      `matmul_v1:${tileM},${tileN},${workgroup}`,
-      () => matmulKernelV1(tileM, tileN, workgroup),
+      `matmul_v1:${tileM},${tileN},${workgroup},${!!a.f16},${!!b.f16}`,
+      () => matmulKernelV1(tileM, tileN, workgroup, a.f16, b.f16),
     ),
     [a.buf, b.buf, c],
     p,

@@ -15,6 +15,8 @@ export interface MatOperand {
   rowStride: number;
   /** Elements between columns. */
   colStride: number;
+  /** Stored as f16 (widened to f32 as it is read; the product accumulates in f32). */
+  f16?: boolean;
 }
 
 /** out[b] = A[b] @ B[b] with A [m, k] and B [k, n], for b < batch. */

@@ -244,24 +244,28 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   });
 }
 
-/** Copies a strided row-major operand [batch][rows, cols] into the flat texel layout, zero-padded. */
-export function packKernel(wg: number): Kernel {
+/**
+ * Copies a strided row-major operand [batch][rows, cols] into the flat texel layout, zero-padded;
+ * an f16 operand is widened to f32 on the way.
+ */
+export function packKernel(wg: number, f16 = false): Kernel {
+  const ld = (i: string) => (f16 ? `f32(X[${i}])` : `X[${i}]`);
   const body = `  let b = t / P.bsT;
   let rm = t - b * P.bsT;
   let row = rm / P.ld;
   let c0 = (rm - row * P.ld) * 4u;
   let base = P.off + b * P.bs + row * P.rowStride;
   var v = vec4<f32>(0.0);
-  if (c0 < P.cols) { v.x = X[base + c0]; }
-  if (c0 + 1u < P.cols) { v.y = X[base + c0 + 1u]; }
-  if (c0 + 2u < P.cols) { v.z = X[base + c0 + 2u]; }
-  if (c0 + 3u < P.cols) { v.w = X[base + c0 + 3u]; }
+  if (c0 < P.cols) { v.x = ${ld("base + c0")}; }
+  if (c0 + 1u < P.cols) { v.y = ${ld("base + c0 + 1u")}; }
+  if (c0 + 2u < P.cols) { v.z = ${ld("base + c0 + 2u")}; }
+  if (c0 + 3u < P.cols) { v.w = ${ld("base + c0 + 3u")}; }
   textureStore(T, vec2<u32>(t & ${TEXTURE_WIDTH - 1}u, t >> ${SHIFT}u), v);`;
   return defineKernel({
-    name: "matmul_v3_pack",
+    name: f16 ? "matmul_v3_pack_f16" : "matmul_v3_pack",
     params:
       "rows: u32, cols: u32, off: u32, bs: u32, ld: u32, bsT: u32, total: u32, rowStride: u32",
-    bindings: [["X", "read", "array<f32>"], ["T", "stex"]],
+    bindings: [["X", "read", f16 ? "array<f16>" : "array<f32>"], ["T", "stex"]],
     body: gridMain(wg, "t", "t >= P.total", body),
   });
 }
@@ -362,7 +366,7 @@ function stage(
   const staged = op.batchStride === 0 ? 1 : batch;
   const ld = Math.ceil(l.cols / 4);
   const dense = l.rowStride === l.cols && (staged === 1 || op.batchStride === l.rows * l.cols);
-  if (dense && l.cols % 4 === 0 && op.offset % 4 === 0) {
+  if (dense && l.cols % 4 === 0 && op.offset % 4 === 0 && !op.f16) {
     // Rows of whole texels, back to back: a plain copy.
     const texels = (staged * l.rows * l.cols) / 4;
     const tex = gpu.textures.acquire(texels);
@@ -376,7 +380,7 @@ function stage(
     .u32(bsT).u32(total)
     .u32(l.rowStride);
   gpu.dispatch(
-    cachedKernel(`matmul_v3_pack:${wg}`, () => packKernel(wg)),
+    cachedKernel(`matmul_v3_pack:${wg}:${!!op.f16}`, () => packKernel(wg, op.f16)),
     [op.buf, tex],
     p,
     grid(Math.ceil(total / wg)),

@@ -65,6 +65,11 @@ export class FusedDecoder {
     if (!fusedDecodeFits(fits, limit)) {
       throw new Error(`FusedDecoder: the fused decode kernels do not take ${JSON.stringify(fits)}`);
     }
+    if (model.dtype !== "f32") {
+      throw new Error(
+        `FusedDecoder: the fused decode kernels read f32 weights, not ${model.dtype}`,
+      );
+    }
     this.version = opts.version ?? inferTuning().decodeVersion;
     this.#model = model;
     this.#fuseHead = opts.fuseHead ?? limit >= DECODE_HEAD_BINDINGS;
