@@ -105,6 +105,7 @@ export type {
   LlamaConfig,
   PaddedBatch,
   RopeScaling,
+  WeightDType,
 } from "./src/nn/llama.ts";
 /** LoRA adapters of the decoder's projections: targets, slots, initialisation, merging. */
 export { initLora, LORA_TARGETS, loraSlots, mergedWeight } from "./src/nn/lora.ts";

@@ -131,7 +131,7 @@ await runMain(async () => {
   let baseline = null;
   let gem: GemModel;
   if (ckpt) {
-    gem = await loadGem(ckpt);
+    gem = await loadGem(ckpt, { dtype: config.dtype });
   } else {
     const base = await openBase(config);
     // The base model's report comes first: adding the specials consumes the base model.

@@ -192,10 +192,11 @@ export async function loadGem(
   if (!tokPath) throw new GemFileError(`${dir}: no tokenizer (${TOKENIZER_FILES.join(", ")})`);
   const tokenizer = loadTokenizer(tokPath, { vocabSize: base, gemSpecials: info.specialNames });
   tokenizer.addSpecialTokens(info.specialNames);
-  const model = Llama.fromWeights(config, weights, dir, opts.dtype);
   // LoRA adapters stay attached (a resumed run trains them on); `deno task convert --merge`
-  // folds them into the weights.
+  // folds them into the weights. Under adapters the embedding stays f32: its special rows train.
   const adapters = await readAdapters(dir, config);
+  const keepF32 = adapters ? ["model.embed_tokens.weight"] : [];
+  const model = Llama.fromWeights(config, weights, dir, opts.dtype, keepF32);
   if (adapters) model.attachLora(adapters.opts, adapters.weights);
   return new GemModel(model, tokenizer, info);
 }

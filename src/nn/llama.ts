@@ -209,6 +209,7 @@ export class Llama {
     weights: Map<string, Float32Array>,
     source: string,
     dtype: WeightDType = "f32",
+    keepF32: readonly string[] = [],
   ): Llama {
     const shapes = new Map(parameterShapes(config));
     const ts = new Map<string, Tensor>();
@@ -221,10 +222,11 @@ export class Llama {
             `${source}: parameter '${name}' has ${data.length} values, config wants [${shape}]`,
           );
         }
-        ts.set(name, tensor(data, shape, dtype === "f16" && isMatrix(name) ? "f16" : "f32"));
+        const half = dtype === "f16" && isMatrix(name) && !keepF32.includes(name);
+        ts.set(name, tensor(data, shape, half ? "f16" : "f32"));
       }
       const model = new Llama(config, ts, source);
-      if (dtype === "f16") model.storeAs("f16");
+      if (dtype === "f16") model.storeAs("f16", keepF32);
       return model;
     } catch (e) {
       for (const t of ts.values()) t.dispose();

@@ -74,6 +74,8 @@ export interface TrainConfig extends LoopConfig {
   checkpointing: boolean;
   /** LoRA: rank 0 trains every weight; above 0 only adapters and the special-token rows. */
   lora: LoraSettings;
+  /** How the frozen base matrices are stored: f32, or f16 (needs LoRA). */
+  dtype: "f32" | "f16";
 }
 
 /** LoRA settings (`lora.*`). */
@@ -145,6 +147,10 @@ export const FIELDS: Record<string, [unknown, string]> = {
   "lora.targets": [
     ["q", "k", "v", "o", "gate", "up", "down"],
     "projections with adapters: any of q, k, v, o, gate, up, down",
+  ],
+  dtype: [
+    "f32",
+    "storage of the base weight matrices: f32 | f16 (half the memory; f16 matrices are frozen, so it needs lora.rank > 0; kernels compute in f32)",
   ],
   checkpointing: [
     false,
@@ -316,6 +322,13 @@ function validate(c: Record<string, unknown>): void {
     !targets.every((t) => (LORA_TARGETS as readonly unknown[]).includes(t))
   ) {
     bad("lora.targets", `must be a non-empty list of ${LORA_TARGETS.join(", ")}`);
+  }
+  oneOf("dtype", ["f32", "f16"]);
+  if (getPath(c, "dtype") === "f16" && getPath(c, "lora.rank") === 0) {
+    bad(
+      "dtype",
+      "is f16, which stores frozen weights: set lora.rank > 0 (full fine-tuning keeps f32 weights)",
+    );
   }
   int("checkpointEvery", 1);
   int("keepCheckpoints", 1);

@@ -19,10 +19,11 @@
 
 import { freemem } from "node:os";
 import { gpu } from "../gpu/device.ts";
+import { sizeClass } from "../gpu/pool.ts";
 import { readHfConfig } from "../io/hf.ts";
 import { locateModel } from "../io/model.ts";
 import type { LlamaConfig } from "../nn/llama.ts";
-import { headDim, parameterShapes } from "../nn/llama.ts";
+import { headDim, isMatrix, parameterShapes } from "../nn/llama.ts";
 import { logitsChunk } from "../tensor/ops.ts";
 import { loraSlots } from "../nn/lora.ts";
 import type { TrainConfig } from "./config.ts";
@@ -102,6 +103,11 @@ export function memoryPlan(
   const c = { ...model, vocabSize: model.vocabSize + (addSpecials ? config.gem.k : 0) };
   const d = c.dim, h = c.nHeads, kv = headDim(c) * c.nKvHeads, ff = c.hiddenDim, v = c.vocabSize;
   const params = parameterShapes(c).reduce((n, [, s]) => n + s.reduce((a, b) => a * b, 1), 0);
+  // f16 storage: every matrix but the (trained) embedding at 2 bytes, norms at 4.
+  const half = config.dtype === "f16"
+    ? parameterShapes(c).filter(([n]) => isMatrix(n) && n !== "model.embed_tokens.weight")
+      .reduce((n, [, s]) => n + s.reduce((a, b) => a * b, 1), 0)
+    : 0;
   // With LoRA only the adapters, the special rows and lambda train; the embedding (whose rows
   // are trained) is the one frozen weight that still gets a whole gradient.
   const r = config.lora.rank;
@@ -112,29 +118,40 @@ export function memoryPlan(
   // they are summed into it: one embedding-sized gradient more is in flight (1 GB for Llama 3's).
   const tiedExtra = c.tiedEmbeddings ? v * d : 0;
   const withGrad = (r > 0 ? adapters + v * d + 1 : params) + tiedExtra;
-  // Per adapted projection and token: x A^T, then B's product, its scaled copy and the sum with
-  // the base projection (which the scope holds as well).
-  const loraPerLayer = slots.reduce((n, s) => n + r + 3 * s.outDim, 0) / Math.max(1, c.nLayers);
   const len = Math.min(config.maxLen, c.maxSeqLen);
   const ntpRows = config.phases.some((p) => p.alpha < 1) ? config.batchSize : 0;
   const pairRows = config.phases.some((p) => p.alpha > 0) ? 2 * config.contrastive.batchSize : 0;
   const ntp = ntpRows * len, tokens = ntp + pairRows * len;
-  // Per token and layer: kept for backward, then held by the forward's scope, as listed above.
-  const kept = 6 * d + 2 * kv + 3 * ff + h + 2 + loraPerLayer;
-  const scoped = 3 * d + kv;
+  // Activations are [tokens, width] buffers, each rounded up to the pool's size class (up to a
+  // quarter more when tokens is just over a power of two), so they are counted buffer by buffer.
+  const buffers = (widths: number[]) => widths.reduce((n, w) => n + sizeClass(tokens * w * F32), 0);
+  // Per adapted projection: x A^T, then B's product, its scaled copy and the sum with the base
+  // projection (which the scope holds as well).
+  const loraKept = slots.flatMap((s) => [r, s.outDim, s.outDim, s.outDim]);
+  const perLayer = (all: number[]) => all.slice(0, all.length / Math.max(1, c.nLayers));
+  // Per layer: kept for backward (the block's input, both norms' outputs and their 1/rms, q,
+  // attention's output, the residual; k and v; gate, up and their product; the log-sum-exp),
+  // then held by the forward's scope (q and k before RoPE, the two outputs added to the residual).
+  const kept = [...Array(6).fill(d), kv, kv, ff, ff, ff, h, 1, 1, ...perLayer(loraKept)];
+  const scoped = [d, d, d, kv];
   // With checkpointing each layer keeps its input only, and one layer's kept activations exist
   // again while it is recomputed in backward (its scope frees the rest).
-  const layers = config.checkpointing ? c.nLayers * d + kept : c.nLayers * (kept + scoped);
-  const perToken = d + layers + d + 1;
-  // One layer's activation gradients in flight, and its adapters' output gradients.
-  const backward = 3 * d + ff +
-    slots.reduce((n, s) => n + s.outDim, 0) / Math.max(1, c.nLayers);
+  const layers = config.checkpointing
+    ? c.nLayers * buffers([d]) + buffers(kept)
+    : c.nLayers * buffers([...kept, ...scoped]);
+  // The embedding's output, the final norm's output and its 1/rms; one layer's activation
+  // gradients in flight, and its adapters' output gradients.
+  const backward = [d, d, d, ff, ...perLayer(slots.map((s) => s.outDim))];
+  const activations = layers + buffers([d, d, 1]) + buffers(backward);
   const chunk = logitsChunk(ntp, v);
   const items: PlanItem[] = [
     {
       name: "parameters",
-      bytes: (params + adapters) * F32,
-      detail: `${params.toLocaleString("en")} f32` +
+      bytes: (params + adapters) * F32 - half * 2,
+      detail:
+        (half
+          ? `${half.toLocaleString("en")} f16 + ${(params - half).toLocaleString("en")} f32`
+          : `${params.toLocaleString("en")} f32`) +
         (r > 0 ? ` + ${adapters.toLocaleString("en")} in LoRA adapters of rank ${r}` : ""),
     },
     {
@@ -150,8 +167,8 @@ export function memoryPlan(
     },
     {
       name: "activations",
-      bytes: tokens * (perToken + backward) * F32,
-      detail: `${tokens.toLocaleString("en")} tokens x ${perToken + backward} f32 ` +
+      bytes: activations,
+      detail: `${tokens.toLocaleString("en")} tokens x ${activations / tokens / F32} f32 ` +
         `(${ntpRows} + ${pairRows} rows of ${len}${config.checkpointing ? ", checkpointing" : ""})`,
     },
     {
@@ -209,7 +226,8 @@ export function checkPlan(plan: MemoryPlan): { error: string | null; warning: st
       "(WebGPU does not report it): pass --memory-gb to check"
     : plan.total > plan.budget
     ? `the plan needs up to ${formatBytes(plan.total)}, over the budget of ` +
-      `${formatBytes(plan.budget)} (${plan.budgetSource}): the run may fail to allocate`
+      `${formatBytes(plan.budget)} (${plan.budgetSource}): the run may fail to allocate ` +
+      "(less: lora.rank > 0, with dtype f16; checkpointing; a shorter maxLen)"
     : null;
   return { error, warning };
 }

@@ -42,6 +42,8 @@ export async function withSpecials(base: LoadedModel, config: TrainConfig): Prom
     table: maskTable(config),
     pooling: config.gem.pooling,
   });
+  // f16 base matrices are frozen; the embedding stays f32, since its special rows train.
+  if (config.dtype === "f16") gem.model.storeAs("f16", ["model.embed_tokens.weight"]);
   if (config.lora.rank > 0) gem.model.attachLora({ ...config.lora, seed: config.seed + 3 });
   return gem;
 }
@@ -217,7 +219,9 @@ export interface PreparedRun {
  * trainer then restores the optimizer and data position from it).
  */
 export async function prepareRun(config: TrainConfig, resume?: string): Promise<PreparedRun> {
-  const gem = resume ? await loadGem(resume) : await withSpecials(await openBase(config), config);
+  const gem = resume
+    ? await loadGem(resume, { dtype: config.dtype })
+    : await withSpecials(await openBase(config), config);
   const start = resume ? (await readTrainerState(resume)).step : 0;
   return { gem, task: gemTask(gem, config), start };
 }

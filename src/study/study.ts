@@ -281,6 +281,8 @@ export function experimentKey(
   // Without adapters the LoRA fields change nothing (and records made before they existed
   // have no such fields).
   if ((c.lora as { rank?: number } | undefined)?.rank === 0) delete c.lora;
+  // Likewise f32 storage, the only storage before f16 existed.
+  if (c.dtype === "f32") delete c.dtype;
   if (untrained) {
     // Nothing of the schedule or objective matters to an untrained model.
     return canonicalJson({

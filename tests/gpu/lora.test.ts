@@ -123,32 +123,37 @@ test("LoRA: fresh adapters change nothing; training moves only adapters, special
   }
 });
 
-test("LoRA: a resumed run ends bitwise where an unbroken one does", async () => {
+test("LoRA: a resumed run ends bitwise where an unbroken one does, f32 and f16 base", async () => {
   await testGpu();
   const out = await mkdtemp(join(tmpdir(), "gemkit-lora-"));
   try {
-    const whole = await prepareRun(config());
-    await train(whole.task, config(), { out: `${out}/whole` });
-    const want = await arrays([
-      ...whole.gem.model.parameters(),
-      ...whole.gem.model.loraParameters(),
-    ]);
-    whole.gem.dispose();
-    const first = await prepareRun(config());
-    await train(first.task, config(), { out: `${out}/split`, stopAt: 2 });
-    first.gem.dispose();
-    const again = await prepareRun(config(), `${out}/split/ckpt-000002`);
-    await train(again.task, config(), { out: `${out}/split`, resume: `${out}/split/ckpt-000002` });
-    const got = await arrays([
-      ...again.gem.model.parameters(),
-      ...again.gem.model.loraParameters(),
-    ]);
-    again.gem.dispose();
-    assert.equal(got.length, want.length);
-    got.forEach((g, i) => assert.deepEqual(g, want[i], `tensor ${i}`));
+    for (const dtype of ["f32", "f16"]) {
+      const c = () => config([["dtype", dtype]]);
+      const whole = await prepareRun(c());
+      await train(whole.task, c(), { out: `${out}/whole-${dtype}` });
+      const want = await arrays([
+        ...whole.gem.model.parameters(),
+        ...whole.gem.model.loraParameters(),
+      ]);
+      whole.gem.dispose();
+      const first = await prepareRun(c());
+      await train(first.task, c(), { out: `${out}/split-${dtype}`, stopAt: 2 });
+      first.gem.dispose();
+      const ckpt = `${out}/split-${dtype}/ckpt-000002`;
+      const again = await prepareRun(c(), ckpt);
+      assert.equal(again.gem.model.dtype, dtype, "the resumed base is stored as configured");
+      await train(again.task, c(), { out: `${out}/split-${dtype}`, resume: ckpt });
+      const got = await arrays([
+        ...again.gem.model.parameters(),
+        ...again.gem.model.loraParameters(),
+      ]);
+      again.gem.dispose();
+      assert.equal(got.length, want.length);
+      got.forEach((g, i) => assert.deepEqual(g, want[i], `${dtype} tensor ${i}`));
+    }
     // A resumed run whose config disagrees with the checkpoint's adapters is refused by name.
     await assert.rejects(
-      prepareRun(config([["lora.rank", "8"]]), `${out}/split/ckpt-000002`),
+      prepareRun(config([["lora.rank", "8"]]), `${out}/split-f32/ckpt-000002`),
       /field 'lora' is \{"rank":8/,
     );
   } finally {

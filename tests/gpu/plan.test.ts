@@ -1,7 +1,8 @@
 /**
  * The memory plan against what a training step really holds: the buffer pool's peak for two
  * steps of stories260K and of a random untied model of another shape, on texts long enough that
- * every row is maxLen tokens (the plan's upper bound is then the step's exact token count).
+ * every row is maxLen tokens (the plan's upper bound is then the step's exact token count). The
+ * plan is 8-16% above the peak, and 27% above with LoRA and checkpointing together.
  */
 
 import { test } from "node:test";
@@ -40,7 +41,7 @@ async function randomModel(c: LlamaConfig): Promise<string> {
   return dir;
 }
 
-test("memory plan: within 15% above the measured peak of a training step", async () => {
+test("memory plan: at or above the measured peak of a training step, within 30%", async () => {
   const g = await testGpu();
   const work = await mkdtemp(join(tmpdir(), "gemkit-plan-"));
   const words = "the cat sat on the mat and then it ran to the big red house by the sea".split(" ");
@@ -64,14 +65,17 @@ test("memory plan: within 15% above the measured peak of a training step", async
   });
   try {
     for (
-      const [model, maxLen, batch, checkpointing, lora] of [
-        [`${M()}/stories260K.bin`, 64, 8, false, 0],
-        [`${M()}/stories260K.bin`, 128, 4, false, 0],
-        [untied, 96, 4, false, 0],
-        [`${M()}/stories260K.bin`, 128, 4, true, 0],
-        [untied, 96, 4, true, 0],
-        [untied, 96, 4, false, 8],
-        [`${M()}/stories260K.bin`, 128, 4, true, 4],
+      const [model, maxLen, batch, checkpointing, lora, dtype] of [
+        [`${M()}/stories260K.bin`, 64, 8, false, 0, "f32"],
+        [`${M()}/stories260K.bin`, 128, 4, false, 0, "f32"],
+        [untied, 96, 4, false, 0, "f32"],
+        [`${M()}/stories260K.bin`, 128, 4, true, 0, "f32"],
+        [untied, 96, 4, true, 0, "f32"],
+        [untied, 96, 4, false, 8, "f32"],
+        [`${M()}/stories260K.bin`, 128, 4, true, 4, "f32"],
+        [untied, 96, 4, false, 8, "f16"],
+        [`${M()}/stories260K.bin`, 128, 4, false, 4, "f32"],
+        [`${M()}/stories260K.bin`, 128, 4, false, 4, "f16"],
       ] as const
     ) {
       const config = buildConfig(null, [
@@ -87,21 +91,23 @@ test("memory plan: within 15% above the measured peak of a training step", async
         ["phases", JSON.stringify([{ frac: 1, alpha: 0.5, lr: 1e-4 }])],
         ["checkpointing", String(checkpointing)],
         ["lora.rank", String(lora)],
+        ["dtype", dtype],
       ]);
       const plan = await planRun(config, TARGET);
       // Buffers other tests of this process still hold (Bun runs every file in one process).
       const before = g.pool.liveBytes;
       const run = await prepareRun(config);
       const steps: StepRecord[] = [];
-      const out = `${work}/run-${maxLen}-${checkpointing}-${lora}`;
+      const out = `${work}/run-${maxLen}-${checkpointing}-${lora}-${dtype}`;
       await train(run.task, config, { out, onStep: (r) => steps.push(r) });
       run.gem.dispose();
       const tokens = Math.round(steps[1].tokensPerSec * steps[1].ms / 1000);
-      const what = `${model} maxLen ${maxLen} checkpointing ${checkpointing} lora ${lora}: ` +
+      const what = `${model} maxLen ${maxLen} checkpointing ${checkpointing} lora ${lora} ` +
+        `${dtype}: ` +
         `plan ${plan.total}, measured ${steps[1].peakBytes - before}`;
       assert.equal(plan.tokens, tokens, what);
       assert.ok(plan.total >= steps[1].peakBytes - before, what);
-      assert.ok(plan.total <= 1.15 * (steps[1].peakBytes - before), what);
+      assert.ok(plan.total <= 1.3 * (steps[1].peakBytes - before), what);
     }
   } finally {
     for (const d of [work, untied]) await rm(d, { recursive: true });
