@@ -2,8 +2,9 @@
  * `deno task bench scale`: the Llama-3.2-1B shape (src/io/synthetic.ts weights, bf16 checkpoint
  * written to a temporary folder) on this adapter. Peak device memory (the buffer pool's live
  * bytes) of one next-token training step at maxLen 512, batch 1, beside the memory plan's
- * prediction for the same run: full fine-tuning and LoRA (rank 8, every projection), each with
- * and without activation checkpointing; then greedy generation speed. llvmpipe runs the model cut
+ * prediction for the same run: full fine-tuning (f32), LoRA (rank 8, every projection) over f32
+ * and over f16 base matrices, each with and without activation checkpointing; then greedy
+ * generation speed in f32 and f16. llvmpipe runs the model cut
  * to GEMKIT_SCALE_LAYERS layers (default 2: full fine-tuning of all 16 in f32 needs about 20 GB of
  * weights, gradients and AdamW state); a GPU runs it whole with GEMKIT_SCALE_LAYERS=16.
  */
@@ -36,10 +37,11 @@ export async function scaleBench(ctx: BenchContext): Promise<BenchRecord[]> {
     ctx.log(`writing the Llama-3.2-1B shape with ${layers} layers (bf16) to ${dir}`);
     await writeSyntheticModel(dir, hf);
     const ids = Int32Array.from({ length: LEN }, (_, i) => (i * 7919 + 11) % hf.vocab_size);
-    for (const lora of [0, 8]) {
+    for (const [lora, dtype] of [[0, "f32"], [8, "f32"], [8, "f16"]] as const) {
       for (const checkpointing of [false, true]) {
         const { config, weights } = await readHfModel(dir, { maxSeqLen: LEN });
-        const model = Llama.fromWeights(config, weights, dir);
+        // As a GEM run stores it: under f16 the embedding, whose special rows train, stays f32.
+        const model = Llama.fromWeights(config, weights, dir, dtype, ["model.embed_tokens.weight"]);
         weights.clear();
         let params: Trainable[] = model.parameters();
         if (lora) {
@@ -79,6 +81,7 @@ export async function scaleBench(ctx: BenchContext): Promise<BenchRecord[]> {
             ["phases", JSON.stringify([{ frac: 1, alpha: 0, lr: 1e-5 }])],
             ["checkpointing", String(checkpointing)],
             ["lora.rank", String(lora)],
+            ["dtype", dtype],
           ]),
           { bindingLimit: g.bindingLimit, budget: null, budgetSource: "unknown" },
           false,
@@ -87,13 +90,13 @@ export async function scaleBench(ctx: BenchContext): Promise<BenchRecord[]> {
           checkpointing ? " + checkpointing" : ""
         }`;
         ctx.log(
-          `${label}: peak ${(peak / 2 ** 30).toFixed(2)} GiB, plan ${
+          `${dtype} ${label}: peak ${(peak / 2 ** 30).toFixed(2)} GiB, plan ${
             (plan.total / 2 ** 30).toFixed(2)
           } GiB, step ${(ms / 1000).toFixed(1)} s`,
         );
         out.push({
           bench: `train_step_memory_llama1b_${layers}layers`,
-          impl: `gemkit f32 ${label}`,
+          impl: `gemkit ${dtype} ${label}`,
           tokens: LEN,
           peak_gib: peak / 2 ** 30,
           plan_gib: plan.total / 2 ** 30,
@@ -107,7 +110,7 @@ export async function scaleBench(ctx: BenchContext): Promise<BenchRecord[]> {
           const s = (performance.now() - t1) / 1000;
           out.push({
             bench: `generate_llama1b_${layers}layers`,
-            impl: "gemkit f32 op by op",
+            impl: `gemkit ${dtype} op by op`,
             tokens: gen.ids.length,
             tok_per_s: gen.ids.length / s,
           });

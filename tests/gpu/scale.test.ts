@@ -3,7 +3,8 @@
  * scaling) and Mistral-7B (hidden 4,096, MLP 14,336, untied) cut to one layer, as bf16 Hugging
  * Face checkpoints of deterministic weights (src/io/synthetic.ts), against PyTorch float64 goldens
  * (tests/goldens/make_scale_goldens.py): logits at 16 tokens, the next-token loss, and the norm of
- * every parameter's gradient. Their embeddings, heads and MLP weights are past one 128 MiB
+ * every parameter's gradient; then the same checkpoint stored in f16 (forward and loss). Their
+ * embeddings, heads and MLP weights are past one 128 MiB
  * binding, so this runs through the paged kernels.
  */
 
@@ -20,7 +21,7 @@ import * as T from "../../src/tensor/ops.ts";
 import { clipGradNorm } from "../../src/tensor/optim.ts";
 import { tensor } from "../../src/tensor/tensor.ts";
 import { type HfConfig, writeSyntheticModel } from "../../src/io/synthetic.ts";
-import { scaleSkip, testGpu } from "../helpers.ts";
+import { runCli, scaleSkip, testGpu } from "../helpers.ts";
 
 interface Golden {
   config: HfConfig;
@@ -41,6 +42,42 @@ const GOLDENS: Record<string, Golden> = JSON.parse(
 function peakRss(): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
   return m ? Number(m[1]) * 1024 : 0;
+}
+
+// Each checkpoint stored in f16, in a process of its own (tests/gpu/scale_f16_child.ts), so its
+// peak host memory is its own. These bf16 weights convert to f16 exactly but below 2^-14 (f16
+// subnormals: a rounding of at most 2^-25), and kernels widen them and compute in f32, so the
+// forward meets the same goldens at the same tolerances.
+for (const [name, g] of Object.entries(GOLDENS)) {
+  test(`${name} stored in f16: logits and next-token loss against the same goldens`, {
+    skip: scaleSkip(),
+  }, async () => {
+    const dir = await mkdtemp(join(tmpdir(), "gemkit-scale-"));
+    try {
+      await writeSyntheticModel(dir, g.config);
+      const r = await runCli("tests/gpu/scale_f16_child.ts", [
+        dir,
+        g.tokens.join(","),
+        g.probe_ids.join(","),
+      ]);
+      assert.equal(r.code, 0, r.err);
+      const got = JSON.parse(r.out.trim().split("\n").at(-1)!);
+      assert.equal(got.dtype, "f16");
+      got.rows.forEach(
+        (row: { logsumexp: number; argmax: number; probes: number[] }, i: number) => {
+          assert.ok(Math.abs(row.logsumexp - g.logsumexp[i]) < 2e-4, `f16 logsumexp ${i}`);
+          assert.equal(row.argmax, g.argmax[i], `f16 argmax ${i}`);
+          row.probes.forEach((x, k) => {
+            assert.ok(Math.abs(x - g.probe_logits[i][k]) < 2e-4, `f16 logit [${i}, ${k}]`);
+          });
+        },
+      );
+      assert.ok(Math.abs(got.loss - g.loss) < 1e-4, `f16 loss ${got.loss}`);
+      assert.ok(got.peakRss < 8 * 2 ** 30, `f16: peak host memory ${got.peakRss} bytes`);
+    } finally {
+      await rm(dir, { recursive: true });
+    }
+  });
 }
 
 for (const [name, g] of Object.entries(GOLDENS)) {

@@ -1,0 +1,47 @@
+/**
+ * Run by tests/gpu/scale.test.ts in a process of its own, so its peak host memory is its own:
+ * loads the Hugging Face checkpoint in DIR with its matrices stored in f16, runs the forward on
+ * TOKENS (comma-separated ids), and prints JSON: per position the logits' log-sum-exp, argmax and
+ * the logits at PROBES (comma-separated ids), the next-token loss, and the process's peak RSS.
+ *
+ *   deno run -A tests/gpu/scale_f16_child.ts DIR TOKENS PROBES
+ */
+
+import { readFileSync } from "node:fs";
+import { readHfModel } from "../../src/io/hf.ts";
+import { Llama } from "../../src/nn/llama.ts";
+import * as T from "../../src/tensor/ops.ts";
+import { tensor } from "../../src/tensor/tensor.ts";
+import { gpu, initGpu } from "../../src/gpu/device.ts";
+
+const [dir, tokenArg, probeArg] = process.argv.slice(2);
+const tokens = tokenArg.split(",").map(Number), probes = probeArg.split(",").map(Number);
+await initGpu({ log: false });
+const { config, weights } = await readHfModel(dir, { maxSeqLen: 64 });
+const model = Llama.fromWeights(config, weights, dir, "f16");
+weights.clear();
+const v = config.vocabSize, t = tokens.length;
+const ids = tensor(Int32Array.from(tokens), [1, t], "i32");
+const out = model.forward(ids, { logits: false });
+const h = T.reshape(out.hidden, [t, config.dim]);
+const logits = T.matmul(h, model.classifier, { transB: true });
+const l = (await logits.toArray()) as Float32Array;
+const rows = Array.from({ length: t }, (_, i) => {
+  const row = l.subarray(i * v, (i + 1) * v);
+  let m = -Infinity, arg = -1;
+  for (let j = 0; j < v; j++) if (row[j] > m) [m, arg] = [row[j], j];
+  let z = 0;
+  for (let j = 0; j < v; j++) z += Math.exp(row[j] - m);
+  return { logsumexp: m + Math.log(z), argmax: arg, probes: probes.map((j) => row[j]) };
+});
+const targets = tensor(Int32Array.from([...tokens.slice(1), -1]), [t], "i32");
+const loss = await T.classifierCrossEntropy(h, model.classifier, targets).item();
+const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
+console.log(JSON.stringify({
+  dtype: model.dtype,
+  adapter: gpu().description,
+  rows,
+  loss,
+  peakRss: hwm ? Number(hwm[1]) * 1024 : 0,
+}));
+process.exit(0);
