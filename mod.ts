@@ -34,8 +34,33 @@ export type {
 } from "./src/gpu/pool.ts";
 /** Kernel descriptions and their uniform writer. */
 export type { Access, Kernel, ParamWriter } from "./src/gpu/kernel.ts";
-/** Per-adapter kernel parameters (workgroup sizes, matmul tiles). */
-export type { Tuning } from "./src/gpu/tuning.ts";
+/** Per-adapter kernel parameters (workgroup sizes, matmul tiles) and saved tuning profiles. */
+export type { ProfileKey, Tuning, TuningProfile } from "./src/gpu/tuning.ts";
+/**
+ * Tuning profiles: validation naming the field at fault, the hash runs record, where profiles
+ * are saved, and which tuning a process uses (pinned file, built-in, or the saved profile).
+ */
+export {
+  checkTuning,
+  profilePath,
+  readProfile,
+  selectTuning,
+  TuningError,
+  tuningFor,
+  tuningHash,
+  writeProfile,
+} from "./src/gpu/tuning.ts";
+/** The kernel autotuner behind `deno task tune`: checked, timed coordinate search. */
+export { knobs, tune } from "./src/tune/tune.ts";
+/** The autotuner's search space, trials, result and options. */
+export type {
+  Knob,
+  Trial,
+  TuneOptions,
+  TuneResult,
+  TuneShapes,
+  WorkloadName,
+} from "./src/tune/tune.ts";
 /** Errors raised by the engine; each names the op, file or field at fault. */
 export {
   BindingLimitError,

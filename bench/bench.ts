@@ -62,7 +62,9 @@ async function main() {
   for (const name of run) {
     ctx.log(`running ${name}`);
     const recs = await BENCHES[name](ctx);
-    for (const r of recs) fresh.push({ suite: name, ...r, adapter: ctx.adapter, date });
+    for (const r of recs) {
+      fresh.push({ suite: name, ...r, adapter: ctx.adapter, tuning: gpu.tuningHash, date });
+    }
     console.log(`\n## ${name}\n${table(recs)}`);
   }
   // GEMKIT_BENCH_RESULTS keeps another machine's numbers apart (bench/results_h100.json).

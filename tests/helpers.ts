@@ -13,6 +13,10 @@ import { slowCompiler } from "../src/gpu/tuning.ts";
 import type { Gpu } from "../src/gpu/device.ts";
 import { type DType, type Tensor, tensor } from "../src/tensor/tensor.ts";
 
+// Tests pin the built-in tuning: a profile saved by `deno task tune` on this machine must not
+// change what they compute. The CLIs they spawn inherit it.
+process.env.GEMKIT_TUNING ??= "builtin";
+
 /** The test device. CI always has the llvmpipe adapter; without one this throws, it never skips. */
 export function testGpu(): Promise<Gpu> {
   return initGpu({ log: false });

@@ -3,7 +3,7 @@
  * boolean `--flag`, and `key=value` overrides. Unknown flags are errors that name them.
  */
 
-import { env, exit } from "../platform/platform.ts";
+import { env, exit, setEnv } from "../platform/platform.ts";
 
 /** A flag: its type and help text. */
 export interface FlagSpec {
@@ -28,6 +28,16 @@ export const MODEL_FLAGS: Record<"model" | "tokenizer" | "dtype", FlagSpec> = {
     help: "f32 | f16: how the weight matrices are stored on the device (f16 needs shader-f16)",
     default: "f32",
   },
+};
+
+/**
+ * `--tuning FILE`, on every command that runs kernels: pins a kernel tuning profile (as `deno task
+ * tune` writes them) instead of the saved one for this adapter or the built-in one.
+ */
+export const TUNING_FLAG: FlagSpec = {
+  type: "string",
+  help: "kernel tuning profile to use (from deno task tune); default: the one saved for this " +
+    "adapter, else the built-in",
 };
 
 /** openModel's options from MODEL_FLAGS, `--dtype` checked. */
@@ -97,6 +107,10 @@ export function parseArgs(
     } else {
       throw new UsageError(`unexpected argument '${a}'\n${helpText(spec, usage, example)}`);
     }
+  }
+  // The device reads it when it starts (src/gpu/tuning.ts, selectTuning).
+  if (spec.tuning === TUNING_FLAG && typeof flags.tuning === "string") {
+    setEnv("GEMKIT_TUNING_FILE", flags.tuning);
   }
   return { flags, overrides };
 }

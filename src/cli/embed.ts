@@ -15,7 +15,7 @@ import { writeAtomic } from "../io/atomic.ts";
 import { CorpusError, firstBadUtf8Line } from "../io/corpus.ts";
 import { openModel } from "../recipe/open.ts";
 import { makeEmbedder } from "../eval/tasks.ts";
-import { MODEL_FLAGS, modelOptions, parseArgs, runMain, UsageError } from "./args.ts";
+import { MODEL_FLAGS, modelOptions, parseArgs, runMain, TUNING_FLAG, UsageError } from "./args.ts";
 
 const USAGE =
   "usage: deno task embed --model PATH --input FILE --output OUT.npy [--pooling P] [--batch B]";
@@ -72,6 +72,7 @@ if (isMain(import.meta)) {
       args(),
       {
         ...MODEL_FLAGS,
+        tuning: TUNING_FLAG,
         input: { type: "string", help: "texts: one per line, or JSONL with a 'text' field" },
         output: { type: "string", help: "where to write float32 [n, d] .npy" },
         pooling: { type: "string", help: "gem (GEM checkpoints) | mean | last | prompt" },

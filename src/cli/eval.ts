@@ -19,7 +19,7 @@ import { type EvalTask, evalTask, TASK_NAMES, TASKS } from "../eval/registry.ts"
 import { makeEmbedder, type TaskResult } from "../eval/tasks.ts";
 import { sha256Path } from "../io/hash.ts";
 import { writeAtomic } from "../io/atomic.ts";
-import { MODEL_FLAGS, modelOptions, parseArgs, runMain, UsageError } from "./args.ts";
+import { MODEL_FLAGS, modelOptions, parseArgs, runMain, TUNING_FLAG, UsageError } from "./args.ts";
 import { type Figure, figuresHtml } from "../eval/plotly.ts";
 import { runEnv, runtimeVersions } from "../study/records.ts";
 import { mtebFiles } from "../eval/mteb.ts";
@@ -69,6 +69,7 @@ await runMain(async () => {
     args(),
     {
       ...MODEL_FLAGS,
+      tuning: TUNING_FLAG,
       tasks: {
         type: "string",
         help: `all, or a comma list of: ${TASK_NAMES.join(", ")} (probe: GEM models only)`,

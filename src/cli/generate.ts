@@ -9,7 +9,7 @@ import { args } from "../platform/platform.ts";
 import { initGpu } from "../gpu/device.ts";
 import { openModel } from "../recipe/open.ts";
 import { generateText } from "../nn/generate.ts";
-import { MODEL_FLAGS, modelOptions, parseArgs, runMain, UsageError } from "./args.ts";
+import { MODEL_FLAGS, modelOptions, parseArgs, runMain, TUNING_FLAG, UsageError } from "./args.ts";
 
 /** Writes text to stdout at once (synchronously, so it keeps its place among stderr lines). */
 function writeOut(text: string): void {
@@ -26,6 +26,7 @@ await runMain(async () => {
     args(),
     {
       ...MODEL_FLAGS,
+      tuning: TUNING_FLAG,
       prompt: { type: "string", help: "text to continue", default: "" },
       "max-tokens": { type: "number", help: "new tokens at most", default: 256 },
       temperature: { type: "number", help: "0 = greedy", default: 1.0 },

@@ -29,7 +29,7 @@ import {
 } from "../study/run.ts";
 import { experimentKey, readStudy, type Study, variantConfig } from "../study/study.ts";
 import { writeSummary } from "../study/summary.ts";
-import { parseArgs, runMain, UsageError } from "./args.ts";
+import { parseArgs, runMain, TUNING_FLAG, UsageError } from "./args.ts";
 
 const USAGE = "usage: deno task sweep --study FILE [--only LABEL,...] [--seeds 0,1,2] " +
   "[--runs DIR] [--results DIR] [--summarize] [--plan] [--stop-at N]";
@@ -131,6 +131,7 @@ await runMain(async () => {
         type: "number",
         help: "stop each training after this step, with a checkpoint (rerun to continue)",
       },
+      tuning: TUNING_FLAG,
       worker: { type: "string", help: "(internal) run one job: LABEL or LABEL:SEED" },
     },
     USAGE,

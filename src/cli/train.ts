@@ -18,7 +18,7 @@ import { loadGem } from "../gem/io.ts";
 import { checkpointConfig, gemTask, openBase, withSpecials } from "../recipe/recipe.ts";
 import { type StepRecord, train } from "../train/trainer.ts";
 import { readTrainerState, resolveCheckpoint } from "../train/trainer.ts";
-import { parseArgs, runMain, UsageError } from "./args.ts";
+import { parseArgs, runMain, TUNING_FLAG, UsageError } from "./args.ts";
 import {
   checkPlan,
   formatBytes,
@@ -73,6 +73,7 @@ await runMain(async () => {
       seed: { type: "number", help: "seed" },
       resume: { type: "string", help: "continue a run: its directory or a checkpoint directory" },
       "stop-at": { type: "number", help: "stop after this step, with a checkpoint" },
+      tuning: TUNING_FLAG,
       report: {
         type: "boolean",
         help: "evaluate before/after and print the report",

@@ -7,7 +7,16 @@
  * asks for data with `read`.
  */
 
-import { cores, env, mesaVersion, OS, RUNTIME, setEnv, webgpu } from "../platform/platform.ts";
+import {
+  cores,
+  env,
+  mesaVersion,
+  OS,
+  RUNTIME,
+  runtimeVersion,
+  setEnv,
+  webgpu,
+} from "../platform/platform.ts";
 import { readFileSync } from "node:fs";
 import {
   BindingLimitError,
@@ -26,7 +35,14 @@ import {
   TEXTURE_WIDTH,
   TexturePool,
 } from "./pool.ts";
-import { type Tuning, tuningFor } from "./tuning.ts";
+import {
+  gemkitVersion,
+  type ProfileKey,
+  selectTuning,
+  type Tuning,
+  tuningFor,
+  tuningHash as hashTuning,
+} from "./tuning.ts";
 
 /** Bytes of the uniform ring used by one submit; more params than this force a flush. */
 const UNIFORM_RING_BYTES = 1 << 20;
@@ -62,6 +78,17 @@ export class Gpu {
   readonly textures: TexturePool;
   /** Kernel parameters chosen for this adapter; mutable for experiments and tests. */
   readonly tuning: Tuning;
+  /** Where {@link tuning} came from: "built-in", "tuned PATH" (saved by `deno task tune`), "file PATH". */
+  readonly tuningSource: string;
+  /** Why a saved profile was not used, or what is odd about a pinned one; null when nothing. */
+  readonly tuningWarning: string | null;
+  /** What saved tuning profiles are keyed by (see src/gpu/tuning.ts). */
+  readonly profileKey: ProfileKey;
+
+  /** Hash of the tuning's current values (training state and records keep it). */
+  get tuningHash(): string {
+    return hashTuning(this.tuning);
+  }
   /** Adapter description, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
   readonly description: string;
   /** Features granted on the device (shader-f16, timestamp-query when the adapter has them). */
@@ -70,6 +97,13 @@ export class Gpu {
   readonly simdWidth: number;
   /** CPU cores (llvmpipe's worker threads), for cost models. */
   readonly cores: number;
+  /**
+   * Most iterations a loop of a kernel may run per invocation, counted over all iterations of
+   * the loops around it: llvmpipe stops any loop at 65,535 (measured on Mesa 22.3.6: a loop of
+   * 70,000 ran 65,535 times, and an inner loop of 40,000 inside two outer iterations 65,533 in
+   * all), silently; other adapters have no such cap. Kernels with long loops split their range.
+   */
+  readonly loopLimit: number;
   /** Mesa's version when the adapter is llvmpipe ("22.3.6"), else null: compile costs differ. */
   readonly mesa: string | null;
 
@@ -106,8 +140,18 @@ export class Gpu {
     this.features = new Set(device.features);
     this.simdWidth = adapter.info.subgroupMinSize || 8;
     this.cores = cores();
+    this.loopLimit = /llvmpipe|lavapipe/i.test(this.description) ? 65535 : Infinity;
     this.mesa = /llvmpipe/i.test(this.description) ? mesaVersion() : null;
-    this.tuning = tuningFor(this.description, this.mesa);
+    this.profileKey = {
+      adapter: this.description,
+      driver: this.mesa ?? ((adapter.info as { driver?: string }).driver || "unreported"),
+      runtime: runtimeVersion(),
+      gemkit: gemkitVersion(),
+    };
+    const chosen = selectTuning(tuningFor(this.description, this.mesa), this.profileKey);
+    this.tuning = chosen.tuning;
+    this.tuningSource = chosen.source;
+    this.tuningWarning = chosen.warning;
     this.#uniformBuffer = device.createBuffer({
       size: UNIFORM_RING_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -615,7 +659,9 @@ export function initGpu(opts: GpuOptions = {}): Promise<Gpu> {
         `gemkit: WebGPU adapter "${gpu.description}"` +
           ` (backend ${
             RUNTIME === "deno" ? env("DENO_WEBGPU_BACKEND") ?? "default" : "dawn"
-          }, profile ${gpu.tuning.profile}${gpu.mesa ? `, Mesa ${gpu.mesa}` : ""});` +
+          }, profile ${gpu.tuning.profile}${
+            gpu.mesa ? `, Mesa ${gpu.mesa}` : ""
+          }, tuning ${gpu.tuningSource});` +
           ` features [${[...gpu.features].join(", ")}];` +
           ` maxStorageBufferBindingSize ${l.maxStorageBufferBindingSize},` +
           ` maxBufferSize ${l.maxBufferSize}, maxStorageBuffersPerShaderStage ${l.maxStorageBuffersPerShaderStage},` +
@@ -623,6 +669,7 @@ export function initGpu(opts: GpuOptions = {}): Promise<Gpu> {
           ` maxComputeInvocationsPerWorkgroup ${l.maxComputeInvocationsPerWorkgroup}`,
       );
     }
+    if (gpu.tuningWarning) console.error(`gemkit: tuning: ${gpu.tuningWarning}`);
     device.lost.then((info) => {
       if (info.reason !== "destroyed") console.error(`gemkit: WebGPU device lost: ${info.message}`);
     });

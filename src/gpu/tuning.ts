@@ -4,7 +4,12 @@
  * and workgroup sizes from here instead of hard-coding them.
  */
 
-import { env } from "../platform/platform.ts";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { dirname, join } from "node:path";
+import process from "node:process";
+import { env, projectRoot } from "../platform/platform.ts";
 
 /** The kernel parameters of one adapter profile (see the module comment). */
 export interface Tuning {
@@ -89,8 +94,8 @@ export function slowCompiler(mesa: string | null): boolean {
 }
 
 /**
- * Picks the profile for an adapter description and, for llvmpipe, its Mesa version;
- * GEMKIT_TUNING=llvmpipe|gpu overrides the profile.
+ * Picks the built-in profile for an adapter description and, for llvmpipe, its Mesa version;
+ * GEMKIT_TUNING=llvmpipe|gpu overrides the profile (`builtin` keeps the adapter's).
  */
 export function tuningFor(description: string, mesa: string | null = null): Tuning {
   const forced = env("GEMKIT_TUNING");
@@ -102,4 +107,210 @@ export function tuningFor(description: string, mesa: string | null = null): Tuni
   return slowCompiler(mesa)
     ? { ...LLVMPIPE, matmulTileArea: 64, attentionBlock: 2 }
     : { ...LLVMPIPE };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Saved profiles: what `deno task tune` found for one adapter, driver, runtime and gemkit version.
+
+/** What a saved profile is valid for; a profile made under another key is foreign. */
+export interface ProfileKey {
+  /** Adapter description, e.g. "llvmpipe (LLVM 15.0.6, 512 bits)". */
+  adapter: string;
+  /** Mesa version for llvmpipe, else the adapter's driver description, or "unknown". */
+  driver: string;
+  /** "deno 2.9.6" (wgpu) or "bun 1.4.5" (Dawn): the WebGPU implementations differ. */
+  runtime: string;
+  /** gemkit's version (deno.json): kernels change between versions. */
+  gemkit: string;
+}
+
+/** A tuning profile file, as `deno task tune` writes it. */
+export interface TuningProfile {
+  /** Always "gemkit-tuning/1". */
+  format: string;
+  /** What it is valid for. */
+  key: ProfileKey;
+  /** The kernel parameters. */
+  tuning: Tuning;
+  /** What the search measured (free-form, for the reader). */
+  search?: unknown;
+}
+
+/** Format tag of {@link TuningProfile} files. */
+export const PROFILE_FORMAT = "gemkit-tuning/1";
+
+/** A tuning file or value that cannot be used; the message names the file and field. */
+export class TuningError extends Error {
+  /** Error class name. */
+  override name = "TuningError";
+}
+
+/** Positive-integer fields of {@link Tuning} and the nested matmul fields. */
+const INT_FIELDS = [
+  "elementwiseWorkgroup",
+  "rowWorkgroup",
+  "matmulTileArea",
+  "matmulVersion",
+  "matmulMinInvocations",
+  "attentionWorkgroup",
+  "attentionBlock",
+  "attentionVersion",
+  "threadRowMaxLen",
+  "serialReduceMax",
+] as const;
+
+/**
+ * `raw` as a {@link Tuning}, every field checked (present, of its type, in range); throws a
+ * {@link TuningError} naming `source` and the field at fault. Unknown fields are refused too: a
+ * profile from another gemkit version must not half-apply.
+ */
+export function checkTuning(raw: unknown, source: string): Tuning {
+  const bad = (field: string, why: string): never => {
+    throw new TuningError(`${source}: tuning field '${field}' ${why}`);
+  };
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    bad("(root)", "is not an object");
+  }
+  const r = raw as Record<string, unknown>;
+  const known = new Set<string>([
+    "profile",
+    "elementwiseVec4",
+    "matmul",
+    "attentionKvTextures",
+    ...INT_FIELDS,
+  ]);
+  for (const k of Object.keys(r)) if (!known.has(k)) bad(k, "is not a tuning field");
+  if (r.profile !== "llvmpipe" && r.profile !== "gpu") bad("profile", "must be llvmpipe or gpu");
+  for (const f of ["elementwiseVec4", "attentionKvTextures"]) {
+    if (typeof r[f] !== "boolean") bad(f, "must be true or false");
+  }
+  const posInt = (v: unknown) => Number.isInteger(v) && (v as number) > 0;
+  for (const f of INT_FIELDS) {
+    if (!posInt(r[f])) bad(f, `must be a positive integer, got ${JSON.stringify(r[f])}`);
+  }
+  const m = r.matmul as Record<string, unknown> | undefined;
+  if (typeof m !== "object" || m === null) bad("matmul", "must be {tileM, tileN, workgroup}");
+  for (const f of ["tileM", "tileN", "workgroup"]) {
+    if (!posInt(m![f])) {
+      bad(`matmul.${f}`, `must be a positive integer, got ${JSON.stringify(m![f])}`);
+    }
+  }
+  if (Object.keys(m!).length !== 3) bad("matmul", "must hold exactly tileM, tileN, workgroup");
+  if ((r.matmulVersion as number) > 3) bad("matmulVersion", "must be 1, 2 or 3");
+  if (![2, 3].includes(r.attentionVersion as number)) bad("attentionVersion", "must be 2 or 3");
+  for (const f of ["elementwiseWorkgroup", "rowWorkgroup", "attentionWorkgroup"]) {
+    if ((r[f] as number) > 1024) {
+      bad(f, "must be at most 1024 (WebGPU's invocations per workgroup)");
+    }
+  }
+  if ((m!.workgroup as number) > 1024) bad("matmul.workgroup", "must be at most 1024");
+  return structuredClone(r) as unknown as Tuning;
+}
+
+/** Canonical JSON (sorted keys) of a tuning: what its hash is taken over. */
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
+  if (v && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    return `{${
+      Object.keys(o).sort().map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`).join(",")
+    }}`;
+  }
+  return JSON.stringify(v);
+}
+
+/**
+ * A short hash of a tuning's values (16 hex digits of SHA-256 over its canonical JSON). Kernel
+ * parameters change float summation order, so training state and study records keep it and a
+ * resumed run refuses another.
+ */
+export function tuningHash(t: Tuning): string {
+  return createHash("sha256").update(canonical(t)).digest("hex").slice(0, 16);
+}
+
+/** gemkit's version from deno.json. */
+export function gemkitVersion(): string {
+  return JSON.parse(readFileSync(join(projectRoot(), "deno.json"), "utf8")).version;
+}
+
+/** gemkit's cache folder: GEMKIT_CACHE, else $XDG_CACHE_HOME/gemkit, else ~/.cache/gemkit. */
+export function cacheDir(): string {
+  return env("GEMKIT_CACHE") ?? join(env("XDG_CACHE_HOME") ?? join(homedir(), ".cache"), "gemkit");
+}
+
+/** Where `deno task tune` saves the profile of `key`, and where later runs look for it. */
+export function profilePath(key: ProfileKey): string {
+  const id = createHash("sha256").update(canonical(key)).digest("hex").slice(0, 16);
+  return join(cacheDir(), "tuning", `${id}.json`);
+}
+
+/**
+ * Reads a profile file: its tuning, and a warning when its key differs from `key` (foreign).
+ * Throws a {@link TuningError} naming the file when it is unreadable, not JSON, of another
+ * format, or holds a bad tuning.
+ */
+export function readProfile(
+  path: string,
+  key: ProfileKey,
+): { tuning: Tuning; warning: string | null } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, "utf8"));
+  } catch (e) {
+    throw new TuningError(`${path}: not a readable JSON tuning profile (${(e as Error).message})`);
+  }
+  const p = raw as Partial<TuningProfile>;
+  if (p?.format !== PROFILE_FORMAT) {
+    throw new TuningError(
+      `${path}: field 'format' is ${JSON.stringify(p?.format)}, not ${PROFILE_FORMAT}`,
+    );
+  }
+  const tuning = checkTuning(p.tuning, path);
+  const diff = (Object.keys(key) as (keyof ProfileKey)[]).filter((k) => p.key?.[k] !== key[k]);
+  const warning = diff.length
+    ? `${path}: made for another ${diff.join(", ")} (${
+      diff.map((k) => `${k} ${JSON.stringify(p.key?.[k])}, here ${JSON.stringify(key[k])}`).join(
+        "; ",
+      )
+    })`
+    : null;
+  return { tuning, warning };
+}
+
+/** Writes a profile (through a temporary file, so a reader never sees half of one). */
+export function writeProfile(path: string, profile: TuningProfile): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, JSON.stringify(profile, null, 1) + "\n");
+  renameSync(tmp, path);
+}
+
+/**
+ * The tuning a process uses, and where it came from:
+ * - GEMKIT_TUNING_FILE (what `--tuning FILE` sets): that profile, pinned; an unusable file is an
+ *   error, a foreign one a warning;
+ * - GEMKIT_TUNING=llvmpipe|gpu|builtin: the built-in profile (the adapter's for `builtin`);
+ * - else the saved profile of this key, when there is one; a corrupt or foreign one is ignored
+ *   with a warning;
+ * - else the built-in profile of the adapter.
+ */
+export function selectTuning(
+  builtIn: Tuning,
+  key: ProfileKey,
+): { tuning: Tuning; source: string; warning: string | null } {
+  const pinned = env("GEMKIT_TUNING_FILE");
+  if (pinned) {
+    const { tuning, warning } = readProfile(pinned, key);
+    return { tuning, source: `file ${pinned}`, warning };
+  }
+  if (env("GEMKIT_TUNING")) return { tuning: builtIn, source: "built-in", warning: null };
+  const path = profilePath(key);
+  if (!existsSync(path)) return { tuning: builtIn, source: "built-in", warning: null };
+  try {
+    const { tuning, warning } = readProfile(path, key);
+    if (warning) return { tuning: builtIn, source: "built-in", warning: `ignored ${warning}` };
+    return { tuning, source: `tuned ${path}`, warning: null };
+  } catch (e) {
+    return { tuning: builtIn, source: "built-in", warning: `ignored ${(e as Error).message}` };
+  }
 }

@@ -73,6 +73,10 @@ export interface RunEnv {
   mesa: string | null;
   /** The kernel tuning in use. */
   tuning: unknown;
+  /** Its hash (src/gpu/tuning.ts); absent in records made before profiles existed. */
+  tuningHash?: string;
+  /** Where it came from: built-in, a saved profile, or a pinned file. */
+  tuningSource?: string;
 }
 
 /** Runs a command to its end: its stdout when it exits with 0, null when it fails or cannot run. */
@@ -114,6 +118,8 @@ export async function runEnv(): Promise<RunEnv> {
     adapter: gpu().description,
     mesa: gpu().mesa,
     tuning: gpu().tuning,
+    tuningHash: gpu().tuningHash,
+    tuningSource: gpu().tuningSource,
   };
 }
 

@@ -59,6 +59,11 @@ export interface TrainerState<C extends LoopConfig = LoopConfig> {
   config: C;
   /** AdamW step count. */
   optimizerStep: number;
+  /**
+   * Hash of the kernel tuning the run trained with (src/gpu/tuning.ts): another tuning may sum
+   * in another order, so a resumed run refuses one that differs. Absent in older checkpoints.
+   */
+  tuning?: string;
 }
 
 /** Options of {@link train}. */
@@ -160,7 +165,13 @@ async function saveCheckpoint(
     moments.push({ name: `v.${i}`, shape, data: (await opt.v[i].toArray()) as Float32Array });
   }
   await writeSafetensors(`${tmp}/trainer/optimizer.safetensors`, moments, { dtype: "F32" });
-  const state: TrainerState = { step, data: task.dataState(), config, optimizerStep: opt.step };
+  const state: TrainerState = {
+    step,
+    data: task.dataState(),
+    config,
+    optimizerStep: opt.step,
+    tuning: gpu().tuningHash,
+  };
   await writeFile(`${tmp}/trainer/state.json`, JSON.stringify(state, null, 1) + "\n");
   await rm(`${out}/${name}`, { recursive: true }).catch(() => {});
   await rename(tmp, `${out}/${name}`);
@@ -211,6 +222,14 @@ export async function train(
   let step = 0;
   if (opts.resume) {
     const state = await readTrainerState(opts.resume);
+    const here = gpu().tuningHash;
+    if (state.tuning !== undefined && state.tuning !== here) {
+      throw new Error(
+        `${opts.resume}: trained with kernel tuning ${state.tuning}, this process has ${here} ` +
+          `(${gpu().tuningSource}); resuming would not continue the run exactly: pin the run's ` +
+          "tuning with --tuning FILE, or GEMKIT_TUNING=builtin if it was the built-in one",
+      );
+    }
     await restoreOptimizer(opts.resume, opt, state);
     task.restoreData(state.data);
     step = state.step;

@@ -82,7 +82,7 @@ test("README: the study tables match the committed records", async () => {
 
 test("every CLI: --help exits 0 and ends with an example of that command", async () => {
   const root = new URL("../../", import.meta.url).pathname;
-  for (const name of ["train", "generate", "embed", "eval", "sweep", "convert", "data"]) {
+  for (const name of ["train", "generate", "embed", "eval", "sweep", "convert", "data", "tune"]) {
     const r = await runCli(`${root}src/cli/${name}.ts`, ["--help"]);
     assert.equal(r.code, 0, `${name}: ${r.err}`);
     const m = /\nexample:\n {2}(.+)\n?$/.exec(r.err);

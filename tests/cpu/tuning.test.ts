@@ -5,7 +5,22 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { slowCompiler, tuningFor } from "../../src/gpu/tuning.ts";
+import { writeFileSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import {
+  checkTuning,
+  PROFILE_FORMAT,
+  profilePath,
+  selectTuning,
+  slowCompiler,
+  TuningError,
+  tuningFor,
+  tuningHash,
+  writeProfile,
+} from "../../src/gpu/tuning.ts";
 import { choosePlan } from "../../src/gpu/kernels/matmul_tex.ts";
 
 const LLVMPIPE = "llvmpipe (LLVM 15.0.6, 256 bits)";
@@ -50,4 +65,101 @@ test("choosePlan: never exceeds the tile-area cap, and the cap only removes choi
   }
   // The free choice at n = 512 is the largest tile (a big tile amortises texel loads).
   assert.deepEqual(choosePlan(512, 512, 512, 1, 2, 16), { tm: 32, tn: 32, slices: 1 });
+});
+
+test("checkTuning: a built-in profile passes; each bad field is named", () => {
+  const t = tuningFor(LLVMPIPE, "22.3.6");
+  assert.deepEqual(checkTuning(structuredClone(t), "p.json"), t);
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ rowWorkgroup: 0 }, /p\.json: tuning field 'rowWorkgroup' must be a positive integer/],
+    [{ elementwiseVec4: "yes" }, /'elementwiseVec4' must be true or false/],
+    [{ matmul: { tileM: 4, tileN: 4 } }, /'matmul\.workgroup' must be a positive integer/],
+    [{ matmulVersion: 4 }, /'matmulVersion' must be 1, 2 or 3/],
+    [{ profile: "fast" }, /'profile' must be llvmpipe or gpu/],
+    [{ tileSize: 8 }, /'tileSize' is not a tuning field/],
+    [{ elementwiseWorkgroup: 2048 }, /at most 1024/],
+  ];
+  for (const [change, want] of cases) {
+    assert.throws(() => checkTuning({ ...t, ...change }, "p.json"), want);
+  }
+  const missing: Record<string, unknown> = { ...t };
+  delete missing.serialReduceMax;
+  assert.throws(() => checkTuning(missing, "p.json"), /'serialReduceMax'/);
+});
+
+test("tuningHash: the same values give the same hash, any change another", () => {
+  const t = tuningFor(LLVMPIPE, "22.3.6");
+  const reordered = Object.fromEntries(Object.entries(t).reverse()) as typeof t;
+  assert.equal(tuningHash(reordered), tuningHash(t));
+  assert.match(tuningHash(t), /^[0-9a-f]{16}$/);
+  assert.notEqual(tuningHash({ ...t, rowWorkgroup: 128 }), tuningHash(t));
+  assert.notEqual(tuningHash({ ...t, matmul: { ...t.matmul, tileN: 4 } }), tuningHash(t));
+});
+
+test("profiles: saved, loaded for their key; corrupt or foreign ones ignored with a warning", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "gemkit-tuning-"));
+  const saved = { ...process.env };
+  try {
+    process.env.GEMKIT_CACHE = dir;
+    delete process.env.GEMKIT_TUNING;
+    delete process.env.GEMKIT_TUNING_FILE;
+    const key = { adapter: LLVMPIPE, driver: "22.3.6", runtime: "deno 2.9.6", gemkit: "0.1.0" };
+    const builtIn = tuningFor(LLVMPIPE, "22.3.6");
+    assert.deepEqual(selectTuning(builtIn, key), {
+      tuning: builtIn,
+      source: "built-in",
+      warning: null,
+    });
+    const tuned = { ...builtIn, rowWorkgroup: 128 };
+    const path = profilePath(key);
+    assert.ok(path.startsWith(`${dir}/tuning/`));
+    writeProfile(path, { format: PROFILE_FORMAT, key, tuning: tuned });
+    const got = selectTuning(builtIn, key);
+    assert.deepEqual(got.tuning, tuned);
+    assert.equal(got.source, `tuned ${path}`);
+    // GEMKIT_TUNING (what tests set) keeps the built-in one.
+    process.env.GEMKIT_TUNING = "builtin";
+    assert.equal(selectTuning(builtIn, key).source, "built-in");
+    delete process.env.GEMKIT_TUNING;
+    // Another runtime's profile at this key's path: foreign, ignored with a warning naming it.
+    writeProfile(path, {
+      format: PROFILE_FORMAT,
+      key: { ...key, runtime: "bun 1.4.5" },
+      tuning: tuned,
+    });
+    const foreign = selectTuning(builtIn, key);
+    assert.deepEqual(foreign.tuning, builtIn);
+    assert.match(
+      foreign.warning ?? "",
+      /ignored .*made for another runtime \(runtime "bun 1\.4\.5", here "deno 2\.9\.6"\)/,
+    );
+    // Corrupt: ignored with a warning; pinned with GEMKIT_TUNING_FILE: an error naming the file.
+    writeFileSync(path, "{ not json");
+    const corrupt = selectTuning(builtIn, key);
+    assert.deepEqual(corrupt.tuning, builtIn);
+    assert.match(corrupt.warning ?? "", /ignored .*not a readable JSON tuning profile/);
+    process.env.GEMKIT_TUNING_FILE = path;
+    assert.throws(
+      () => selectTuning(builtIn, key),
+      (e: Error) => e instanceof TuningError && e.message.startsWith(path),
+    );
+    // Pinned and foreign: used, with the warning.
+    writeProfile(path, {
+      format: PROFILE_FORMAT,
+      key: { ...key, driver: "25.0.7" },
+      tuning: tuned,
+    });
+    const pinned = selectTuning(builtIn, key);
+    assert.deepEqual(pinned.tuning, tuned);
+    assert.equal(pinned.source, `file ${path}`);
+    assert.match(pinned.warning ?? "", /another driver/);
+    writeFileSync(path, JSON.stringify({ format: "other/2", key, tuning: tuned }));
+    assert.throws(() => selectTuning(builtIn, key), /field 'format' is "other\/2"/);
+  } finally {
+    for (const k of ["GEMKIT_CACHE", "GEMKIT_TUNING", "GEMKIT_TUNING_FILE"]) {
+      if (saved[k] === undefined) delete process.env[k];
+      else process.env[k] = saved[k];
+    }
+    await rm(dir, { recursive: true });
+  }
 });

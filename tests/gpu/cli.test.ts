@@ -169,7 +169,7 @@ test("deno task eval: results.json (metrics, hashes, versions), results.md and o
 
 test("the --help examples run as printed (all but train's 200 steps)", async () => {
   await testGpu();
-  for (const name of ["generate", "embed", "eval", "sweep", "convert", "data"]) {
+  for (const name of ["generate", "embed", "eval", "sweep", "convert", "data", "tune"]) {
     const help = await run(`${name}.ts`, ["--help"]);
     const example = /\nexample:\n {2}(.+)\n?$/.exec(help.err)![1];
     const r = await runCommand("bash", ["-c", `cd '${root}' && ${example}`]);
@@ -177,6 +177,7 @@ test("the --help examples run as printed (all but train's 200 steps)", async () 
   }
   await rm("/tmp/stories260K-hf", { recursive: true });
   await rm("/tmp/gemkit-eval", { recursive: true });
+  await rm("/tmp/gemkit-tuning.json");
 });
 
 test("examples/embed_numpy.py: numpy alone gives deno task embed's GEM vectors within 1e-4", async () => {

@@ -107,6 +107,31 @@ test("matmul vs CPU: tile edges, transposes, batch, every tuning", async () => {
   });
 });
 
+test("matmul v1 past llvmpipe's loop cap: K x tile over 65,535, and K itself over it", async () => {
+  // llvmpipe stops a loop at 65,535 iterations per invocation, counted over the loops around it
+  // (Gpu.loopLimit): K = 8,192 under an 8 x 8 tile, and K = 70,001 (split into ranges there).
+  const gpu = await testGpu();
+  const saved = structuredClone(gpu.tuning);
+  try {
+    Object.assign(gpu.tuning, { matmulVersion: 1, matmul: { tileM: 8, tileN: 8, workgroup: 64 } });
+    for (const [m, k, n] of [[9, 8192, 8], [3, 70001, 5]]) {
+      const a = randomArray(m * k, k + m), b = randomArray(k * n, k + n);
+      const want = matmulRef(a, b, 1, m, k, n);
+      const c = T.matmul(tensor(a, [m, k]), tensor(b, [k, n]));
+      // Sums of 8,192 to 70,001 products: the tolerance grows with K.
+      assertClose(
+        await c.toArray(),
+        want,
+        { atol: 1e-5 * Math.sqrt(k), rtol: 1e-4 },
+        `v1 ${[m, k, n]}`,
+      );
+      c.dispose();
+    }
+  } finally {
+    Object.assign(gpu.tuning, saved);
+  }
+});
+
 test("attention vs CPU: random role tables, GQA, long rows, every tuning", async () => {
   await underEachTuning(async (tuning) => {
     for (

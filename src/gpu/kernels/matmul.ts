@@ -35,39 +35,51 @@ export function matmulKernelV1(
   bF16 = false,
 ): Kernel {
   const A = operandType(aF16, false), B = operandType(bF16, false);
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  // The tile's loops are unrolled: llvmpipe caps every loop at 65,535 iterations per invocation,
+  // counted over all iterations of the loops around it, so an inner loop over the tile would
+  // stop early once K x tile passed that (K = 8,192 with an 8 x 8 tile came out wrong). Only the
+  // K loop remains, and the caller keeps each dispatch's K range under the cap.
   const body = `  let b = t / P.tilesPerBatch;
   let r = t % P.tilesPerBatch;
   let m0 = (r / P.tilesN) * ${tm}u;
   let n0 = (r % P.tilesN) * ${tn}u;
-  var acc: array<array<f32, ${tn}>, ${tm}>;
   let aBase = P.offA + b * P.sAb;
   let bBase = P.offB + b * P.sBb;
   // Clamp rows/cols so edge tiles read valid memory; their results are dropped on store.
-  var aRow: array<u32, ${tm}>;
-  for (var i = 0u; i < ${tm}u; i++) { aRow[i] = aBase + min(m0 + i, P.M - 1u) * P.sAm; }
-  var bCol: array<u32, ${tn}>;
-  for (var j = 0u; j < ${tn}u; j++) { bCol[j] = bBase + min(n0 + j, P.N - 1u) * P.sBn; }
-  for (var k = 0u; k < P.K; k++) {
-    var bv: array<f32, ${tn}>;
-    for (var j = 0u; j < ${tn}u; j++) { bv[j] = ${B.load("B[bCol[j] + k * P.sBk]")}; }
-    for (var i = 0u; i < ${tm}u; i++) {
-      let av = ${A.load("A[aRow[i] + k * P.sAk]")};
-      for (var j = 0u; j < ${tn}u; j++) { acc[i][j] = fma(av, bv[j], acc[i][j]); }
-    }
+${range(tm).map((i) => `  let aRow${i} = aBase + min(m0 + ${i}u, P.M - 1u) * P.sAm;`).join("\n")}
+${range(tn).map((j) => `  let bCol${j} = bBase + min(n0 + ${j}u, P.N - 1u) * P.sBn;`).join("\n")}
+${range(tm).map((i) => range(tn).map((j) => `  var acc${i}_${j} = 0.0;`).join("\n")).join("\n")}
+  for (var k = P.k0; k < P.k1; k++) {
+${range(tn).map((j) => `    let bv${j} = ${B.load(`B[bCol${j} + k * P.sBk]`)};`).join("\n")}
+${
+    range(tm).map((i) =>
+      [
+        `    let av${i} = ${A.load(`A[aRow${i} + k * P.sAk]`)};`,
+        ...range(tn).map((j) => `    acc${i}_${j} = fma(av${i}, bv${j}, acc${i}_${j});`),
+      ].join("\n")
+    ).join("\n")
   }
+  }
+  // A dispatch after the first of a split K range adds to what the earlier ones stored.
   let cBase = P.offC + b * P.M * P.N;
-  for (var i = 0u; i < ${tm}u; i++) {
-    if (m0 + i >= P.M) { break; }
-    for (var j = 0u; j < ${tn}u; j++) {
-      if (n0 + j < P.N) { C[cBase + (m0 + i) * P.N + n0 + j] = acc[i][j]; }
-    }
+${
+    range(tm).map((i) =>
+      range(tn).map((j) =>
+        `  if (m0 + ${i}u < P.M && n0 + ${j}u < P.N) {
+    let at = cBase + (m0 + ${i}u) * P.N + n0 + ${j}u;
+    if (P.accumulate == 1u) { C[at] = C[at] + acc${i}_${j}; } else { C[at] = acc${i}_${j}; }
+  }`
+      ).join("\n")
+    ).join("\n")
   }`;
   return defineKernel({
     name: `matmul_v1_${tm}x${tn}${aF16 ? "_ah" : ""}${bF16 ? "_bh" : ""}`,
     params: `M: u32, N: u32, K: u32, tilesN: u32,
              tilesPerBatch: u32, batch: u32, offA: u32, offB: u32,
              sAb: u32, sAm: u32, sAk: u32, sBb: u32,
-             sBk: u32, sBn: u32, offC: u32, _pad: u32,`,
+             sBk: u32, sBn: u32, offC: u32, k0: u32,
+             k1: u32, accumulate: u32, _p0: u32, _p1: u32,`,
     bindings: [["A", "read", A.type], ["B", "read", B.type], ["C", "rw", "array<f32>"]],
     body: gridMain(wg, "t", "t >= P.tilesPerBatch * P.batch", body),
   });
@@ -258,18 +270,25 @@ export const runMatmul: MatmulRun = (gpu, a, b, c, offC, s) => {
   }
   const tilesN = Math.ceil(s.n / tileN);
   const tilesPerBatch = Math.ceil(s.m / tileM) * tilesN;
-  const p = new ParamWriter()
-    .u32(s.m).u32(s.n).u32(s.k).u32(tilesN)
-    .u32(tilesPerBatch).u32(s.batch).u32(a.offset).u32(b.offset)
-    .u32(a.batchStride).u32(a.rowStride).u32(a.colStride).u32(b.batchStride)
-    .u32(b.rowStride).u32(b.colStride).u32(offC).u32(0);
-  gpu.dispatch(
-    cachedKernel(
-      `matmul_v1:${tileM},${tileN},${workgroup},${!!a.f16},${!!b.f16}`,
-      () => matmulKernelV1(tileM, tileN, workgroup, a.f16, b.f16),
-    ),
-    [a.buf, b.buf, c],
-    p,
-    grid(Math.ceil((tilesPerBatch * s.batch) / workgroup)),
+  const kernel = cachedKernel(
+    `matmul_v1:${tileM},${tileN},${workgroup},${!!a.f16},${!!b.f16}`,
+    () => matmulKernelV1(tileM, tileN, workgroup, a.f16, b.f16),
   );
+  // K in ranges the adapter's loop cap allows (one range but on llvmpipe past 65,535), in order:
+  // the later ones add to the stored sum, so the result stays deterministic.
+  const kStep = Math.min(s.k, gpu.loopLimit);
+  for (let k0 = 0; k0 < s.k; k0 += kStep) {
+    const p = new ParamWriter()
+      .u32(s.m).u32(s.n).u32(s.k).u32(tilesN)
+      .u32(tilesPerBatch).u32(s.batch).u32(a.offset).u32(b.offset)
+      .u32(a.batchStride).u32(a.rowStride).u32(a.colStride).u32(b.batchStride)
+      .u32(b.rowStride).u32(b.colStride).u32(offC).u32(k0)
+      .u32(Math.min(s.k, k0 + kStep)).u32(k0 > 0 ? 1 : 0).u32(0).u32(0);
+    gpu.dispatch(
+      kernel,
+      [a.buf, b.buf, c],
+      p,
+      grid(Math.ceil((tilesPerBatch * s.batch) / workgroup)),
+    );
+  }
 };
