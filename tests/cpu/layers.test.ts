@@ -13,7 +13,7 @@ export const LAYERS: string[][] = [
   ["platform"],
   ["gpu"],
   ["tensor"],
-  ["nn"],
+  ["nn", "tune"],
   ["io"],
   ["gem", "train"],
   ["recipe"],
