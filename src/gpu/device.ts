@@ -98,10 +98,11 @@ export class Gpu {
   /** CPU cores (llvmpipe's worker threads), for cost models. */
   readonly cores: number;
   /**
-   * Most iterations a loop of a kernel may run per invocation, counted over all iterations of
-   * the loops around it: llvmpipe stops any loop at 65,535 (measured on Mesa 22.3.6: a loop of
-   * 70,000 ran 65,535 times, and an inner loop of 40,000 inside two outer iterations 65,533 in
-   * all), silently; other adapters have no such cap. Kernels with long loops split their range.
+   * Most loop iterations one invocation of a kernel may run, all its loops counted together:
+   * llvmpipe stops them there silently (measured on Mesa 22.3.6: a loop of 70,000 ran 65,535
+   * times; two loops of 40,000 in a row ran 40,000 and 25,534; an inner loop of 30,000 in three
+   * outer iterations 65,531 in all); fully unrolled loops do not count. Other adapters have no
+   * such cap. Kernels that can loop long keep under half of it.
    */
   readonly loopLimit: number;
   /** Mesa's version when the adapter is llvmpipe ("22.3.6"), else null: compile costs differ. */

@@ -8,13 +8,13 @@
  */
 
 import { gpu } from "../gpu/device.ts";
-import { fusedDecodeFits } from "./infer/decode.ts";
+import { DECODE_WG, decodeLoopBound, fusedDecodeFits } from "./infer/decode.ts";
 import { runSample } from "../gpu/kernels/sample.ts";
 import { Rng } from "../tensor/random.ts";
 import { empty, noGrad, type Tensor, tensor } from "../tensor/tensor.ts";
 import { FusedDecoder, type FusedDecoderOptions } from "./infer/fused.ts";
 import { inferTuning } from "./infer/tuning.ts";
-import type { KVCache, Llama } from "./llama.ts";
+import { headDim, type KVCache, type Llama } from "./llama.ts";
 
 /** Settings of {@link generate}. */
 export interface GenerateOptions {
@@ -148,15 +148,26 @@ export async function generate(
         g.device.limits.maxStorageBuffersPerShaderStage,
       );
       const half = model.dtype === "f16";
-      const fused = model.lora.size || half
+      const loops = decodeLoopBound({
+        dim: c.dim,
+        hidden: c.hiddenDim,
+        layers: c.nLayers,
+        kvDim: headDim(c) * c.nKvHeads,
+        vocab: c.vocabSize,
+        maxPos: c.maxSeqLen,
+      }, DECODE_WG);
+      const capped = loops > g.loopLimit / 2;
+      const fused = model.lora.size || half || capped
         ? false
         : opts.fused ?? (inferTuning().fusedDecode && fits);
-      if (opts.fused === undefined && inferTuning().fusedDecode && !fused) {
+      if ((opts.fused === undefined && inferTuning().fusedDecode || opts.fused) && !fused) {
         notice(
           model.lora.size
             ? "gemkit: generating op by op: the model has LoRA adapters (deno task convert --merge folds them in)"
             : half
             ? "gemkit: generating op by op: the fused decoder reads f32 weights (this model's are f16)"
+            : capped
+            ? `gemkit: generating op by op: the fused decoder would run ~${loops} loop iterations per token in one invocation, past this adapter's cap of ${g.loopLimit} (llvmpipe)`
             : `gemkit: generating op by op: the fused decoder covers dim <= 512 and MLP width <= 2048 (this model: ${c.dim} and ${c.hiddenDim})`,
         );
       }

@@ -413,7 +413,7 @@ test("matmul on strided views and broadcast weights, every version", async () =>
  * u in the middle of its interval, so the GPU's float32 sums cannot land on the other side.
  */
 function nucleusRef(l: Float32Array, temperature: number, topP: number) {
-  const m = Math.max(...l);
+  const m = l.reduce((a, b) => Math.max(a, b), -Infinity);
   const e = Array.from(l, (x) => Math.exp((x - m) / temperature));
   const z = e.reduce((a, b) => a + b, 0);
   const p = e.map((x) => x / z);
@@ -433,6 +433,53 @@ function nucleusRef(l: Float32Array, temperature: number, topP: number) {
     return { id, u };
   });
 }
+
+test("past llvmpipe's loop cap: top-p over 128,256 ids at workgroup 32; an id at 70,000 positions", async () => {
+  const gpu = await testGpu();
+  const saved = gpu.tuning.rowWorkgroup;
+  try {
+    // The bisection runs 32 x vocab / workgroup inner iterations: 128,256 ids at 32 lanes would
+    // pass 65,535, so the sampler widens its workgroup there.
+    gpu.tuning.rowWorkgroup = 32;
+    const v = 128256, logits = randomArray(v, 5, 12);
+    const want = nucleusRef(logits, 1, 0.9).slice(0, 3);
+    const tl = tensor(logits, [1, 1, v]);
+    const us = tensor(Float32Array.from(want, (w) => w.u), [want.length]);
+    const next = tensor(new Int32Array(1), [1, 1], "i32");
+    const hist = tensor(new Int32Array(want.length), [1, want.length], "i32");
+    for (let step = 0; step < want.length; step++) {
+      runSample(gpu, tl.buf, us.buf, next.buf, hist.buf, {
+        vocab: v,
+        rowStride: v,
+        rowOffset: 0,
+        batch: 1,
+        step,
+        maxNew: want.length,
+        temperature: 1,
+        topP: 0.9,
+      });
+    }
+    assert.deepEqual(Array.from(await hist.toArray() as Int32Array), want.map((w) => w.id));
+    for (const t of [tl, us, next, hist]) t.dispose();
+  } finally {
+    gpu.tuning.rowWorkgroup = saved;
+  }
+  // The embedding's gradient sums each id's positions in one invocation: 70,001 of id 1.
+  const n = 70003, d = 3;
+  const ids = Int32Array.from({ length: n }, (_, i) => (i < 70001 ? 1 : 2));
+  const g = randomArray(n * d, 9);
+  const w = T.parameter(tensor(new Float32Array(4 * d), [4, d]), "w");
+  const y = T.embedding(w, tensor(ids, [n], "i32"));
+  backward(T.sum(T.reshape(T.mul(y, tensor(g, [n, d])), [n * d])));
+  const want = new Float64Array(4 * d);
+  for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) want[ids[i] * d + j] += g[i * d + j];
+  assertClose(
+    await w.grad!.toArray(),
+    want,
+    { atol: 1e-2, rtol: 1e-4 },
+    "dW over 70,001 positions",
+  );
+});
 
 test("sampler vs CPU: greedy, temperature and top-p pick the reference id for each u", async () => {
   const gpu = await testGpu();

@@ -463,6 +463,45 @@ test("packed batch: sequences packed in one row give their own logits", async ()
   m.dispose();
 });
 
+test("generation past llvmpipe's loop cap: a 32,000-word model samples the same ids as op by op", async () => {
+  // The one-dispatch decode kernel would loop ~81,000 times per token here; llvmpipe stops an
+  // invocation's loops at 65,535 silently (it sampled id 0 every time), so such a model decodes
+  // op by op there, with a notice, whatever `fused` asks.
+  const g = await testGpu();
+  const model = Llama.random(
+    {
+      dim: 288,
+      hiddenDim: 768,
+      nLayers: 6,
+      nHeads: 6,
+      nKvHeads: 6,
+      vocabSize: 32000,
+      maxSeqLen: 256,
+      ropeTheta: 10000,
+      normEps: 1e-5,
+      tiedEmbeddings: true,
+    },
+    7,
+    0.2,
+  );
+  const lines: string[] = [];
+  const old = console.error;
+  console.error = (...a: unknown[]) => void lines.push(a.join(" "));
+  try {
+    const opts = { maxTokens: 12, temperature: 1, topP: 0.9, seed: 3, stopIds: [] };
+    const auto = await generate(model, [1, 5, 9, 200], opts);
+    const perOp = await generate(model, [1, 5, 9, 200], { ...opts, fused: false });
+    assert.deepEqual(auto.ids, perOp.ids);
+    assert.ok(new Set(auto.ids).size > 3, `sampled ids vary: ${auto.ids}`);
+  } finally {
+    console.error = old;
+    model.dispose();
+  }
+  if (g.loopLimit < Infinity && inferTuning().fusedDecode) {
+    assert.match(lines.join("\n"), /past this adapter's cap of 65535/);
+  }
+});
+
 test("generation of a model wider than the fused decoder runs op by op, with a notice", async () => {
   await testGpu();
   const model = Llama.random({

@@ -88,7 +88,16 @@ export function scatterGroupedKernel(wg: number): Kernel {
   let end = select(P.n, u32(PLAN[2u * g + 3u]), g + 1u < P.groups);
   let pos0 = 2u * P.groups;
   var s = 0.0;
-  for (var k = start; k < end; k++) { s += G[u32(PLAN[pos0 + k]) * P.d + j]; }
+  // Four positions per iteration, in order (the same sums as one at a time): llvmpipe stops an
+  // invocation's loops at 65,535 iterations, and a frequent id can have more positions.
+  var k = start;
+  for (; k + 4u <= end; k += 4u) {
+    s += G[u32(PLAN[pos0 + k]) * P.d + j];
+    s += G[u32(PLAN[pos0 + k + 1u]) * P.d + j];
+    s += G[u32(PLAN[pos0 + k + 2u]) * P.d + j];
+    s += G[u32(PLAN[pos0 + k + 3u]) * P.d + j];
+  }
+  for (; k < end; k++) { s += G[u32(PLAN[pos0 + k]) * P.d + j]; }
   DW[id * P.d + j] = s;`;
   return defineKernel({
     name: "scatter_grouped",
@@ -177,6 +186,13 @@ export function runScatterScan(
   if (paged(gpu, dw)) {
     throw new BindingLimitError(
       `embedding backward: a weight of ${v} x ${d} past one binding needs its ids on the host`,
+    );
+  }
+  if (n > gpu.loopLimit / 2) {
+    // Each invocation loops over every position; llvmpipe stops its loops at 65,535 silently.
+    throw new BindingLimitError(
+      `embedding backward: ${n} positions with ids only on the GPU is past this adapter's ` +
+        `${gpu.loopLimit} iterations per loop; upload the ids from the host (grouped scatter)`,
     );
   }
   const wg = gpu.tuning.elementwiseWorkgroup;

@@ -36,10 +36,10 @@ export function matmulKernelV1(
 ): Kernel {
   const A = operandType(aF16, false), B = operandType(bF16, false);
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-  // The tile's loops are unrolled: llvmpipe caps every loop at 65,535 iterations per invocation,
-  // counted over all iterations of the loops around it, so an inner loop over the tile would
-  // stop early once K x tile passed that (K = 8,192 with an 8 x 8 tile came out wrong). Only the
-  // K loop remains, and the caller keeps each dispatch's K range under the cap.
+  // The tile's loops are unrolled: llvmpipe stops an invocation's loops, all of them counted
+  // together, at 65,535 iterations, so loops over the tile inside the K loop stopped early once
+  // K x tile passed that (K = 8,192 with an 8 x 8 tile came out wrong). Only the K loop remains,
+  // and the caller keeps each dispatch's K range under half the cap.
   const body = `  let b = t / P.tilesPerBatch;
   let r = t % P.tilesPerBatch;
   let m0 = (r / P.tilesN) * ${tm}u;
@@ -274,9 +274,9 @@ export const runMatmul: MatmulRun = (gpu, a, b, c, offC, s) => {
     `matmul_v1:${tileM},${tileN},${workgroup},${!!a.f16},${!!b.f16}`,
     () => matmulKernelV1(tileM, tileN, workgroup, a.f16, b.f16),
   );
-  // K in ranges the adapter's loop cap allows (one range but on llvmpipe past 65,535), in order:
-  // the later ones add to the stored sum, so the result stays deterministic.
-  const kStep = Math.min(s.k, gpu.loopLimit);
+  // K in ranges under half the adapter's loop cap (one range but on llvmpipe past 32,767), in
+  // order: the later ones add to the stored sum, so the result stays deterministic.
+  const kStep = Math.min(s.k, Math.floor(gpu.loopLimit / 2));
   for (let k0 = 0; k0 < s.k; k0 += kStep) {
     const p = new ParamWriter()
       .u32(s.m).u32(s.n).u32(s.k).u32(tilesN)

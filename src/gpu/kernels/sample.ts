@@ -164,7 +164,13 @@ export function runSample(
   history: GpuBuffer,
   s: SampleStep,
 ): void {
-  const wg = gpu.tuning.rowWorkgroup;
+  // One invocation loops ~36 times over its share of the vocabulary (the arg-max, the sum, 32
+  // bisection steps of top-p, its chunk) plus over the workgroup; llvmpipe stops all of an
+  // invocation's loops together at 65,535 iterations (Gpu.loopLimit), silently. Where the
+  // vocabulary needs it (Llama 3's 128,256 at 64 lanes) the workgroup grows to keep under half.
+  const loops = (w: number) => 36 * Math.ceil(s.vocab / w) + 2 * w + 40 * Math.log2(w);
+  let wg = gpu.tuning.rowWorkgroup;
+  while (loops(wg) > gpu.loopLimit / 2 && wg < 1024) wg *= 2;
   const p = new ParamWriter().u32(s.vocab).u32(s.rowStride).u32(s.rowOffset).u32(s.step)
     .u32(s.maxNew).u32(s.batch).f32(s.temperature).f32(s.topP);
   gpu.dispatch(sampleKernel(wg), [logits, uniforms, next, history], p, [s.batch, 1, 1]);

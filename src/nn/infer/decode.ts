@@ -53,6 +53,34 @@ export function fusedDecodeFits(
     (s.dim / s.heads) % 4 === 0 && s.heads <= 64 && maxBindings >= DECODE_BINDINGS;
 }
 
+/** Lanes of the decode kernels' one workgroup. */
+export const DECODE_WG = 64;
+
+/**
+ * About how many loop iterations one lane of the one-dispatch decode kernel runs per token: its
+ * share (1 / wg) of every weight texel of the layers and the head, of every layer's cached keys
+ * and values at `maxPos` positions, and of the sampler's ~36 passes over the vocabulary. On an
+ * adapter whose loops are capped (llvmpipe stops every invocation at 65,535 iterations of all its
+ * loops together, `Gpu.loopLimit`) the decoder is only used while this stays under half the cap:
+ * past it the kernel silently stops early (a dim-288, 32,000-word model sampled id 0 every time).
+ */
+export function decodeLoopBound(
+  s: {
+    dim: number;
+    hidden: number;
+    layers: number;
+    kvDim: number;
+    vocab: number;
+    maxPos: number;
+  },
+  wg: number,
+): number {
+  const texels = (s.layers * (2 * s.dim * s.dim + 2 * s.dim * s.kvDim + 3 * s.dim * s.hidden) +
+    s.vocab * s.dim) / 4;
+  const cache = (s.layers * s.maxPos * 2 * s.kvDim) / 4;
+  return Math.ceil((texels + cache + 36 * s.vocab) / wg) + 64 * s.layers;
+}
+
 /** Storage buffers a layer kernel binds; the last layer also binds the output head. */
 export const DECODE_BINDINGS = 15;
 export const DECODE_HEAD_BINDINGS = 18;

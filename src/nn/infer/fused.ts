@@ -10,6 +10,7 @@
 import { gpu } from "../../gpu/device.ts";
 import {
   DECODE_HEAD_BINDINGS,
+  DECODE_WG,
   type DecodeChoice,
   decodeLayersPerStep,
   type DecodeLayout,
@@ -79,7 +80,7 @@ export class FusedDecoder {
       heads: c.nHeads,
       kvHeads: c.nKvHeads,
       eps: c.normEps,
-      wg: 64,
+      wg: DECODE_WG,
       vocab: c.vocabSize,
     };
     this.#x = keep(empty([1, 1, c.dim], "f32", "generate.x"));
