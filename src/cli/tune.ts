@@ -60,9 +60,19 @@ await runMain(async () => {
     throw new UsageError("--tokens must be a positive integer");
   }
   const g = await initGpu();
-  const shapes = { tokens, dim: m.dim, hiddenDim: m.hiddenDim, vocab: m.vocabSize };
+  const seq = Math.min(config.maxLen, m.maxSeqLen, tokens);
+  const shapes = {
+    tokens,
+    dim: m.dim,
+    hiddenDim: m.hiddenDim,
+    vocab: m.vocabSize,
+    heads: m.nHeads,
+    kvHeads: m.nKvHeads,
+    seq,
+  };
   console.error(
-    `gemkit tune: ${config.model} (T ${tokens}, d ${m.dim}, ff ${m.hiddenDim}, v ${m.vocabSize}), ` +
+    `gemkit tune: ${config.model} (T ${tokens}, d ${m.dim}, ff ${m.hiddenDim}, v ${m.vocabSize}, ` +
+      `${m.nHeads}/${m.nKvHeads} heads over ${seq}-token sequences), ` +
       `${space} space, budget ${budget} s`,
   );
   const r = await tune(g, shapes, {
