@@ -364,7 +364,15 @@ async function torchModel(
       const why = j.error ?? new TextDecoder().decode(r.stderr).slice(-300);
       return [{ bench: "model", impl, note: `PyTorch not available: ${why}` }];
     }
-    return j.results as BenchRecord[];
+    // Debian's torch does its fp32 GEMMs through whatever libblas.so.3 is installed: OpenBLAS
+    // (scripts/setup.sh --bench installs it), or the reference BLAS, several times slower.
+    if (!j.openblas) {
+      ctx.log(
+        "PyTorch is not using OpenBLAS (reference BLAS): its figures are no fair baseline; " +
+          "scripts/setup.sh --bench installs libopenblas0-pthread",
+      );
+    }
+    return (j.results as BenchRecord[]).map((r) => ({ ...r, openblas: !!j.openblas }));
   } catch (e) {
     return [{
       bench: "model",

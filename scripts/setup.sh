@@ -2,8 +2,8 @@
 # Installs what gemkit needs on a fresh Debian machine, and nothing that is already there:
 #   Deno (from the npm package `deno`), Mesa's Vulkan driver (the llvmpipe WebGPU adapter), what the
 #   notebooks run with (Jupyter's client and nbclient for Debian's /usr/bin/python3, headless
-#   Chromium for their figures, Deno's Jupyter kernel), and with --bench, Debian's PyTorch for the
-#   benchmark's reference rows.
+#   Chromium for their figures, Deno's Jupyter kernel), and with --bench, Debian's PyTorch (with
+#   OpenBLAS) for the benchmark's reference rows.
 # Bun and Node: the npm packages of package.json (Bun itself, `webgpu` = Dawn, the Hugging Face
 #   libraries) into node_modules/, the CLIs bundled for Node into dist/node, and Mesa 25's lavapipe unpacked into /opt/gemkit beside the
 #   system's Mesa 22.3.6, because Dawn rejects Mesa 22's lavapipe. Deno keeps Mesa 22.3.6: it
@@ -47,7 +47,9 @@ apt_install() {
 }
 
 apt_install mesa-vulkan-drivers python3-nbclient python3-nbformat jupyter-client chromium python3-numpy
-if [ "$bench" = 1 ]; then apt_install python3-torch; fi
+# Debian's torch does its fp32 GEMMs through libblas.so.3: OpenBLAS, not the reference BLAS (which
+# made PyTorch's CPU figures several times slower on a machine without it).
+if [ "$bench" = 1 ]; then apt_install python3-torch libopenblas0-pthread; fi
 
 # Mesa for Deno: exactly MESA_SYSTEM (kernel compile times and bitwise results depend on it).
 mesa=$(dpkg-query -W -f '${Version}' mesa-vulkan-drivers 2>/dev/null || true)
