@@ -55,7 +55,7 @@ export function scaleSkip(): string | undefined {
 
 export interface GoldenTensor {
   shape: number[];
-  dtype: "f32" | "i32";
+  dtype: "f32" | "f16" | "i32";
   data: number[];
 }
 

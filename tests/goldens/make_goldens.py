@@ -6,7 +6,8 @@ Writes two JSON files next to this script:
   ops.json        one case per op configuration (matmul, unary, binary, reduce,
                   softmax/log_softmax, rmsnorm, rope, swiglu, embedding,
                   cross_entropy, attention with role tables, adamw,
-                  clip_grad_norm), with forward outputs and, where the op is
+                  clip_grad_norm, and matmul, embedding and the classifier's
+                  cross-entropy with an f16 operand), with forward outputs and, where the op is
                   differentiable, an upstream gradient `dout` and the input
                   gradients d(sum(out * dout))/d(input).
   composite.json  one forward+backward case of a two-layer tiny Llama under the
@@ -21,7 +22,7 @@ The output is deterministic: every op family reseeds with torch.manual_seed.
 Inputs are drawn as float32; every reference is computed in float64 from those
 exact float32 values (gradients via torch.autograd in float64), then rounded to
 float32 and written with 9 significant digits so float32 round-trips exactly.
-Tensor format: {"shape": [...], "dtype": "f32"|"i32", "data": [flat row-major]}
+Tensor format: {"shape": [...], "dtype": "f32"|"f16"|"i32", "data": [flat row-major]}
 (scalars have shape [] and a one-element data list). See README.md.
 
 The script also checks itself: independent re-implementations (naive loops,
@@ -657,6 +658,51 @@ def composite_case():
 # output
 # ----------------------------------------------------------------------------
 
+def f16_cases():
+    """Ops with an f16 operand (frozen f16 weights). Torch 1.13 has no CPU half matmul, so the
+    f16 inputs are drawn as float32 and rounded to half (`.half().float()`), written with dtype
+    "f16" (their values are exact in f16), and the reference is float64 of those rounded values.
+    Only the f32 inputs get gradients: f16 tensors are frozen in gemkit."""
+    torch.manual_seed(14)
+    cases = []
+
+    def half(x):
+        return x.half().to(F32)
+
+    def mark(case, names):
+        for n in names:
+            case["inputs"][n]["dtype"] = "f16"
+        return case
+
+    for name, M, K, N, transB in (("7x33x5_tB", 7, 33, 5, True),
+                                  ("16x64x172_tB", 16, 64, 172, True),
+                                  ("5x12x9", 5, 12, 9, False),
+                                  ("3x172x64_tB", 3, 172, 64, True)):
+        a = randn(M, K)
+        b = half(randn(N, K) * 0.5) if transB else half(randn(K, N) * 0.5)
+        attrs = {"transA": False, "transB": transB}
+        case = make_case(f"f16/matmul_{name}", "matmul", attrs, {"a": a, "b": b},
+                         lambda a, b: {"out": matmul_ref(a, b, False, transB)}, diff=("a",))
+        cases.append(mark(case, ["b"]))
+    w = half(randn(50, 16))
+    ids = torch.randint(0, 50, (4, 9), dtype=I32)
+    cases.append(mark(make_case("f16/embedding_v50_d16", "embedding", {}, {"w": w, "ids": ids},
+                                lambda w, ids: {"out": w[ids]}), ["w"]))
+    for name, n, v, d in (("n6_v37_d8", 6, 37, 8), ("n9_v516_d64", 9, 516, 64)):
+        h = randn(n, d)
+        w = half(randn(v, d) * 0.3)
+        targets = torch.randint(0, v, (n,), dtype=I32)
+        targets[1] = -1
+
+        def fn(h, w, targets):
+            return {"out": F.cross_entropy(h @ w.T, targets, ignore_index=-1, reduction="mean")}
+
+        cases.append(mark(make_case(f"f16/classifier_ce_{name}", "classifier_ce",
+                                    {"ignoreIndex": -1}, {"h": h, "w": w, "targets": targets},
+                                    fn, diff=("h",)), ["w"]))
+    return cases
+
+
 def write(path, cases):
     names = [c["name"] for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"
@@ -673,7 +719,7 @@ def main():
     torch.set_default_dtype(F32)
     families = [matmul_cases, unary_cases, binary_cases, reduce_cases, softmax_cases,
                 rmsnorm_cases, rope_cases, swiglu_cases, embedding_cases, cross_entropy_cases,
-                attention_cases, adamw_cases, clip_grad_norm_cases]
+                attention_cases, adamw_cases, clip_grad_norm_cases, f16_cases]
     cases = [c for fam in families for c in fam()]
     write(os.path.join(OUT_DIR, "ops.json"), cases)
     write(os.path.join(OUT_DIR, "composite.json"), [composite_case()])

@@ -1,6 +1,8 @@
 /**
  * Every op, forward and backward, against PyTorch goldens (tests/goldens/make_goldens.py):
- * odd shapes, broadcasting, 1-element dims, extreme values, GEM role tables, GQA.
+ * odd shapes, broadcasting, 1-element dims, extreme values, GEM role tables, GQA. The `f16/`
+ * cases give matmul, embedding and the classifier's cross-entropy a frozen f16 operand (exact
+ * f16 values): kernels widen it and accumulate in f32, so they meet the f32 tolerances.
  */
 
 import { test } from "node:test";
@@ -61,6 +63,8 @@ function forward(c: GoldenCase, x: Record<string, Tensor>): Tensor {
       return T.crossEntropy(x.logits, x.targets, { ignoreIndex: a.ignoreIndex });
     case "attention":
       return T.attention(x.q, x.k, x.v, x.roles, a.table, { scale: a.scale });
+    case "classifier_ce":
+      return T.classifierCrossEntropy(x.h, x.w, x.targets, { ignoreIndex: a.ignoreIndex });
   }
   throw new Error(`no forward for op ${c.op}`);
 }
