@@ -226,7 +226,10 @@ ${stores.join("\n")}`;
 export const runMatmul: MatmulRun = (gpu, a, b, c, offC, s) => {
   if (s.batch * s.m * s.n === 0) return;
   if (s.k === 0) throw new Error("matmul with K = 0 is not supported");
-  if (gpu.tuning.matmulVersion >= 3 && texMatmulFits(a, b, s)) {
+  // An f16 operand goes through v3 only when it has rows to share the cost of staging it
+  // (widened into a texture on every call): a few rows (decoding) read it directly in v2.
+  const halfFew = (a.f16 || b.f16) && s.batch * s.m <= 16;
+  if (gpu.tuning.matmulVersion >= 3 && !halfFew && texMatmulFits(a, b, s)) {
     return runMatmulTex(gpu, a, b, c, offC, s);
   }
   const { tileM, tileN, workgroup } = gpu.tuning.matmul;
