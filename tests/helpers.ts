@@ -207,3 +207,25 @@ export function concat(parts: Uint8Array[]): Uint8Array {
   }
   return all;
 }
+
+/** Peak resident memory of this process (Linux), in bytes; 0 where /proc is missing. */
+export function peakRss(): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+/** Per row of [rows, v] logits: log-sum-exp, first arg-max, and the logits at `probes`. */
+export function logitRows(
+  logits: Float32Array,
+  v: number,
+  probes: readonly number[],
+): { logsumexp: number; argmax: number; probes: number[] }[] {
+  return Array.from({ length: logits.length / v }, (_, i) => {
+    const row = logits.subarray(i * v, (i + 1) * v);
+    let m = -Infinity, arg = -1;
+    for (let j = 0; j < v; j++) if (row[j] > m) [m, arg] = [row[j], j];
+    let z = 0;
+    for (let j = 0; j < v; j++) z += Math.exp(row[j] - m);
+    return { logsumexp: m + Math.log(z), argmax: arg, probes: probes.map((j) => row[j]) };
+  });
+}

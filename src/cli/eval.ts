@@ -7,9 +7,9 @@
  * results.md and report.html (plotly bar charts, opens offline) into --out.
  */
 
-import { dirname, join } from "node:path";
-import { mkdir, readFile } from "node:fs/promises";
-import { args, projectRoot, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
+import { dirname } from "node:path";
+import { mkdir } from "node:fs/promises";
+import { args, gemkitVersion, stderrIsTerminal, writeStderr } from "../platform/platform.ts";
 import { progressPrinter } from "../platform/progress.ts";
 import type { Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
@@ -186,7 +186,7 @@ await runMain(async () => {
     seed: flags.seed,
     data,
     versions: {
-      gemkit: JSON.parse(await readFile(join(projectRoot(), "deno.json"), "utf8")).version,
+      gemkit: gemkitVersion(),
       ...runtimeVersions(),
       adapter: gpu.description,
     },

@@ -10,6 +10,7 @@
 import {
   cores,
   env,
+  gemkitVersion,
   mesaVersion,
   OS,
   RUNTIME,
@@ -36,7 +37,6 @@ import {
   TexturePool,
 } from "./pool.ts";
 import {
-  gemkitVersion,
   type ProfileKey,
   selectTuning,
   type Tuning,

@@ -9,7 +9,8 @@ import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import process from "node:process";
-import { env, projectRoot } from "../platform/platform.ts";
+import { canonicalJson } from "../platform/json.ts";
+import { env } from "../platform/platform.ts";
 
 /** The kernel parameters of one adapter profile (see the module comment). */
 export interface Tuning {
@@ -207,30 +208,13 @@ export function checkTuning(raw: unknown, source: string): Tuning {
   return structuredClone(r) as unknown as Tuning;
 }
 
-/** Canonical JSON (sorted keys) of a tuning: what its hash is taken over. */
-function canonical(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
-  if (v && typeof v === "object") {
-    const o = v as Record<string, unknown>;
-    return `{${
-      Object.keys(o).sort().map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`).join(",")
-    }}`;
-  }
-  return JSON.stringify(v);
-}
-
 /**
  * A short hash of a tuning's values (16 hex digits of SHA-256 over its canonical JSON). Kernel
  * parameters change float summation order, so training state and study records keep it and a
  * resumed run refuses another.
  */
 export function tuningHash(t: Tuning): string {
-  return createHash("sha256").update(canonical(t)).digest("hex").slice(0, 16);
-}
-
-/** gemkit's version from deno.json. */
-export function gemkitVersion(): string {
-  return JSON.parse(readFileSync(join(projectRoot(), "deno.json"), "utf8")).version;
+  return createHash("sha256").update(canonicalJson(t)).digest("hex").slice(0, 16);
 }
 
 /** gemkit's cache folder: GEMKIT_CACHE, else $XDG_CACHE_HOME/gemkit, else ~/.cache/gemkit. */
@@ -240,7 +224,7 @@ export function cacheDir(): string {
 
 /** Where `deno task tune` saves the profile of `key`, and where later runs look for it. */
 export function profilePath(key: ProfileKey): string {
-  const id = createHash("sha256").update(canonical(key)).digest("hex").slice(0, 16);
+  const id = createHash("sha256").update(canonicalJson(key)).digest("hex").slice(0, 16);
   return join(cacheDir(), "tuning", `${id}.json`);
 }
 

@@ -112,6 +112,11 @@ export function projectRoot(): string {
   }
 }
 
+/** gemkit's version, from the checkout's deno.json. */
+export function gemkitVersion(): string {
+  return JSON.parse(readFileSync(join(projectRoot(), "deno.json"), "utf8")).version;
+}
+
 /** Whether an error is a file system's "no such file or directory". */
 export function isNotFound(e: unknown): boolean {
   return (e as { code?: unknown } | null)?.code === "ENOENT";

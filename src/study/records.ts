@@ -8,8 +8,13 @@
 import { spawn } from "node:child_process";
 import { type Dirent, readdirSync } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
-import { join } from "node:path";
-import { isNotFound, projectRoot, RUNTIME, runtimeVersion } from "../platform/platform.ts";
+import {
+  gemkitVersion,
+  isNotFound,
+  projectRoot,
+  RUNTIME,
+  runtimeVersion,
+} from "../platform/platform.ts";
 import { gpu } from "../gpu/device.ts";
 import { writeAtomic } from "../io/atomic.ts";
 import { sha256Path } from "../io/hash.ts";
@@ -109,11 +114,10 @@ export function runtimeVersions(): { deno: string; runtime: string } {
 export async function runEnv(): Promise<RunEnv> {
   const status = await git(["status", "--porcelain", "--untracked-files=no"]);
   const dirty = (status ?? "").split("\n").filter((l) => l && !l.includes("results/ablations/"));
-  const deno = JSON.parse(await readFile(join(projectRoot(), "deno.json"), "utf8"));
   return {
     commit: (await git(["rev-parse", "HEAD"])) ?? "unknown",
     dirty: status === null ? true : dirty.length > 0,
-    gemkit: deno.version,
+    gemkit: gemkitVersion(),
     ...runtimeVersions(),
     adapter: gpu().description,
     mesa: gpu().mesa,

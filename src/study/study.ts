@@ -5,6 +5,7 @@
  * experiment, so a variant shared by several studies is trained once.
  */
 
+import { canonicalJson } from "../platform/json.ts";
 import { readFile } from "node:fs/promises";
 import { evalTask } from "../eval/registry.ts";
 import { buildConfig, ConfigError, type TrainConfig } from "../recipe/config.ts";
@@ -256,16 +257,7 @@ export function variantConfig(study: Study, v: Variant, seed: number): TrainConf
 }
 
 /** JSON with object keys sorted at every level: equal values give equal strings. */
-export function canonicalJson(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
-  if (v && typeof v === "object") {
-    const o = v as Record<string, unknown>;
-    return `{${
-      Object.keys(o).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`).join(",")
-    }}`;
-  }
-  return JSON.stringify(v);
-}
+export { canonicalJson };
 
 /**
  * What makes two runs the same experiment: the resolved config without its bookkeeping fields,

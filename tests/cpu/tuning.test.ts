@@ -113,7 +113,9 @@ test("profiles: saved, loaded for their key; corrupt or foreign ones ignored wit
     const tuned = { ...builtIn, rowWorkgroup: 128 };
     const path = profilePath(key);
     assert.ok(path.startsWith(`${dir}/tuning/`));
-    writeProfile(path, { format: PROFILE_FORMAT, key, tuning: tuned });
+    const save = (made = key) =>
+      writeProfile(path, { format: PROFILE_FORMAT, key: made, tuning: tuned });
+    save();
     const got = selectTuning(builtIn, key);
     assert.deepEqual(got.tuning, tuned);
     assert.equal(got.source, `tuned ${path}`);
@@ -122,11 +124,7 @@ test("profiles: saved, loaded for their key; corrupt or foreign ones ignored wit
     assert.equal(selectTuning(builtIn, key).source, "built-in");
     delete process.env.GEMKIT_TUNING;
     // Another runtime's profile at this key's path: foreign, ignored with a warning naming it.
-    writeProfile(path, {
-      format: PROFILE_FORMAT,
-      key: { ...key, runtime: "bun 1.4.5" },
-      tuning: tuned,
-    });
+    save({ ...key, runtime: "bun 1.4.5" });
     const foreign = selectTuning(builtIn, key);
     assert.deepEqual(foreign.tuning, builtIn);
     assert.match(
@@ -144,11 +142,7 @@ test("profiles: saved, loaded for their key; corrupt or foreign ones ignored wit
       (e: Error) => e instanceof TuningError && e.message.startsWith(path),
     );
     // Pinned and foreign: used, with the warning.
-    writeProfile(path, {
-      format: PROFILE_FORMAT,
-      key: { ...key, driver: "25.0.7" },
-      tuning: tuned,
-    });
+    save({ ...key, driver: "25.0.7" });
     const pinned = selectTuning(builtIn, key);
     assert.deepEqual(pinned.tuning, tuned);
     assert.equal(pinned.source, `file ${path}`);

@@ -434,33 +434,52 @@ function nucleusRef(l: Float32Array, temperature: number, topP: number) {
   });
 }
 
+/**
+ * Runs the sampler over one row of logits for `us.length` steps (step i draws with us[i]);
+ * returns the ids it recorded in its history and its last `next` id.
+ */
+async function sampleRow(
+  gpu: Awaited<ReturnType<typeof testGpu>>,
+  logits: Float32Array,
+  us: readonly number[],
+  temperature: number,
+  topP: number,
+): Promise<{ history: number[]; next: number }> {
+  const v = logits.length, steps = us.length;
+  const tl = tensor(logits, [1, 1, v]);
+  const tu = tensor(Float32Array.from(us), [steps]);
+  const next = tensor(new Int32Array(1), [1, 1], "i32");
+  const hist = tensor(new Int32Array(steps), [1, steps], "i32");
+  for (let step = 0; step < steps; step++) {
+    runSample(gpu, tl.buf, tu.buf, next.buf, hist.buf, {
+      vocab: v,
+      rowStride: v,
+      rowOffset: 0,
+      batch: 1,
+      step,
+      maxNew: steps,
+      temperature,
+      topP,
+    });
+  }
+  const history = Array.from(await hist.toArray() as Int32Array);
+  const [last] = Array.from(await next.toArray() as Int32Array);
+  for (const t of [tl, tu, next, hist]) t.dispose();
+  return { history, next: last };
+}
+
 test("past llvmpipe's loop cap: top-p over 128,256 ids at workgroup 32; an id at 70,000 positions", async () => {
   const gpu = await testGpu();
   const saved = gpu.tuning.rowWorkgroup;
   try {
-    // The bisection runs 32 x vocab / workgroup inner iterations: 128,256 ids at 32 lanes would
-    // pass 65,535, so the sampler widens its workgroup there.
+    // One invocation loops ~36 times over its share of the vocabulary, with every loop counted
+    // against llvmpipe's cap together: 128,256 ids at 32 lanes would pass 65,535, so the sampler
+    // widens its workgroup there.
     gpu.tuning.rowWorkgroup = 32;
-    const v = 128256, logits = randomArray(v, 5, 12);
+    const logits = randomArray(128256, 5, 12);
     const want = nucleusRef(logits, 1, 0.9).slice(0, 3);
-    const tl = tensor(logits, [1, 1, v]);
-    const us = tensor(Float32Array.from(want, (w) => w.u), [want.length]);
-    const next = tensor(new Int32Array(1), [1, 1], "i32");
-    const hist = tensor(new Int32Array(want.length), [1, want.length], "i32");
-    for (let step = 0; step < want.length; step++) {
-      runSample(gpu, tl.buf, us.buf, next.buf, hist.buf, {
-        vocab: v,
-        rowStride: v,
-        rowOffset: 0,
-        batch: 1,
-        step,
-        maxNew: want.length,
-        temperature: 1,
-        topP: 0.9,
-      });
-    }
-    assert.deepEqual(Array.from(await hist.toArray() as Int32Array), want.map((w) => w.id));
-    for (const t of [tl, us, next, hist]) t.dispose();
+    const { history } = await sampleRow(gpu, logits, want.map((w) => w.u), 1, 0.9);
+    assert.deepEqual(history, want.map((w) => w.id));
   } finally {
     gpu.tuning.rowWorkgroup = saved;
   }
@@ -492,45 +511,16 @@ test("sampler vs CPU: greedy, temperature and top-p pick the reference id for ea
       for (const [temperature, topP] of [[1, 0.9], [0.5, 0.7], [2, 1], [1, 0.2]]) {
         const want = nucleusRef(logits, temperature, topP);
         assert.ok(want.length >= 2, `${want.length} kept ids`);
-        const steps = want.length;
-        const tl = tensor(logits, [1, 1, v]);
-        const us = tensor(Float32Array.from(want, (w) => w.u), [steps]);
-        const next = tensor(new Int32Array(1), [1, 1], "i32");
-        const hist = tensor(new Int32Array(steps), [1, steps], "i32");
-        for (let step = 0; step < steps; step++) {
-          runSample(gpu, tl.buf, us.buf, next.buf, hist.buf, {
-            vocab: v,
-            rowStride: v,
-            rowOffset: 0,
-            batch: 1,
-            step,
-            maxNew: steps,
-            temperature,
-            topP,
-          });
-        }
-        const got = Array.from(await hist.toArray() as Int32Array);
-        assert.deepEqual(got, want.map((w) => w.id), `T ${temperature}, top-p ${topP}, wg ${wg}`);
-        for (const t of [tl, us, next, hist]) t.dispose();
+        const { history } = await sampleRow(gpu, logits, want.map((w) => w.u), temperature, topP);
+        assert.deepEqual(
+          history,
+          want.map((w) => w.id),
+          `T ${temperature}, top-p ${topP}, wg ${wg}`,
+        );
       }
       // Greedy: the first arg-max, whatever u is.
       const tied = Float32Array.from({ length: 300 }, (_, i) => (i === 123 || i === 250 ? 5 : 0));
-      const tl = tensor(tied, [1, 1, 300]);
-      const us = tensor(Float32Array.of(0.99), [1]);
-      const next = tensor(new Int32Array(1), [1, 1], "i32");
-      const hist = tensor(new Int32Array(1), [1, 1], "i32");
-      runSample(gpu, tl.buf, us.buf, next.buf, hist.buf, {
-        vocab: 300,
-        rowStride: 300,
-        rowOffset: 0,
-        batch: 1,
-        step: 0,
-        maxNew: 1,
-        temperature: 0,
-        topP: 0.9,
-      });
-      assert.deepEqual(Array.from(await next.toArray() as Int32Array), [123]);
-      for (const t of [tl, us, next, hist]) t.dispose();
+      assert.equal((await sampleRow(gpu, tied, [0.99], 0, 0.9)).next, 123);
     }
   } finally {
     gpu.tuning.rowWorkgroup = saved;

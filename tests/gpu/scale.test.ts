@@ -21,7 +21,7 @@ import * as T from "../../src/tensor/ops.ts";
 import { clipGradNorm } from "../../src/tensor/optim.ts";
 import { tensor } from "../../src/tensor/tensor.ts";
 import { type HfConfig, writeSyntheticModel } from "../../src/io/synthetic.ts";
-import { runCli, scaleSkip, testGpu } from "../helpers.ts";
+import { logitRows, peakRss, runCli, scaleSkip, testGpu } from "../helpers.ts";
 
 interface Golden {
   config: HfConfig;
@@ -38,10 +38,19 @@ const GOLDENS: Record<string, Golden> = JSON.parse(
   readFileSync(new URL("../goldens/scale.json", import.meta.url), "utf8"),
 );
 
-/** Peak resident memory of this process (Linux), in bytes. */
-function peakRss(): number {
-  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
-  return m ? Number(m[1]) * 1024 : 0;
+/** Rows of logits against the golden's, at the tolerances both dtypes meet. */
+function checkRows(
+  rows: { logsumexp: number; argmax: number; probes: number[] }[],
+  g: Golden,
+  what: string,
+): void {
+  rows.forEach((row, i) => {
+    assert.ok(Math.abs(row.logsumexp - g.logsumexp[i]) < 2e-4, `${what}logsumexp ${i}`);
+    assert.equal(row.argmax, g.argmax[i], `${what}argmax ${i}`);
+    row.probes.forEach((x, k) => {
+      assert.ok(Math.abs(x - g.probe_logits[i][k]) < 2e-4, `${what}logit [${i}, ${k}]`);
+    });
+  });
 }
 
 // Each checkpoint stored in f16, in a process of its own (tests/gpu/scale_f16_child.ts), so its
@@ -63,15 +72,7 @@ for (const [name, g] of Object.entries(GOLDENS)) {
       assert.equal(r.code, 0, r.err);
       const got = JSON.parse(r.out.trim().split("\n").at(-1)!);
       assert.equal(got.dtype, "f16");
-      got.rows.forEach(
-        (row: { logsumexp: number; argmax: number; probes: number[] }, i: number) => {
-          assert.ok(Math.abs(row.logsumexp - g.logsumexp[i]) < 2e-4, `f16 logsumexp ${i}`);
-          assert.equal(row.argmax, g.argmax[i], `f16 argmax ${i}`);
-          row.probes.forEach((x, k) => {
-            assert.ok(Math.abs(x - g.probe_logits[i][k]) < 2e-4, `f16 logit [${i}, ${k}]`);
-          });
-        },
-      );
+      checkRows(got.rows, g, "f16 ");
       assert.ok(Math.abs(got.loss - g.loss) < 1e-4, `f16 loss ${got.loss}`);
       assert.ok(got.peakRss < 8 * 2 ** 30, `f16: peak host memory ${got.peakRss} bytes`);
     } finally {
@@ -101,18 +102,7 @@ for (const [name, g] of Object.entries(GOLDENS)) {
       const logits = T.matmul(h, model.classifier, { transB: true });
       const l = (await logits.toArray()) as Float32Array;
       logits.dispose();
-      for (let i = 0; i < t; i++) {
-        const row = l.subarray(i * v, (i + 1) * v);
-        let m = -Infinity, arg = -1;
-        for (let j = 0; j < v; j++) if (row[j] > m) [m, arg] = [row[j], j];
-        let z = 0;
-        for (let j = 0; j < v; j++) z += Math.exp(row[j] - m);
-        assert.ok(Math.abs(m + Math.log(z) - g.logsumexp[i]) < 2e-4, `logsumexp ${i}`);
-        assert.equal(arg, g.argmax[i], `argmax ${i}`);
-        g.probe_ids.forEach((j, k) => {
-          assert.ok(Math.abs(row[j] - g.probe_logits[i][k]) < 2e-4, `logit [${i}, ${j}]`);
-        });
-      }
+      checkRows(logitRows(l, v, g.probe_ids), g, "");
       // The next-token loss through the chunked classifier, and every gradient's norm.
       const targets = tensor(Int32Array.from([...g.tokens.slice(1), -1]), [t], "i32");
       const loss = T.classifierCrossEntropy(h, model.classifier, targets);

@@ -7,12 +7,12 @@
  *   deno run -A tests/gpu/scale_f16_child.ts DIR TOKENS PROBES
  */
 
-import { readFileSync } from "node:fs";
 import { readHfModel } from "../../src/io/hf.ts";
 import { Llama } from "../../src/nn/llama.ts";
 import * as T from "../../src/tensor/ops.ts";
 import { tensor } from "../../src/tensor/tensor.ts";
 import { gpu, initGpu } from "../../src/gpu/device.ts";
+import { logitRows, peakRss } from "../helpers.ts";
 
 const [dir, tokenArg, probeArg] = process.argv.slice(2);
 const tokens = tokenArg.split(",").map(Number), probes = probeArg.split(",").map(Number);
@@ -26,22 +26,14 @@ const out = model.forward(ids, { logits: false });
 const h = T.reshape(out.hidden, [t, config.dim]);
 const logits = T.matmul(h, model.classifier, { transB: true });
 const l = (await logits.toArray()) as Float32Array;
-const rows = Array.from({ length: t }, (_, i) => {
-  const row = l.subarray(i * v, (i + 1) * v);
-  let m = -Infinity, arg = -1;
-  for (let j = 0; j < v; j++) if (row[j] > m) [m, arg] = [row[j], j];
-  let z = 0;
-  for (let j = 0; j < v; j++) z += Math.exp(row[j] - m);
-  return { logsumexp: m + Math.log(z), argmax: arg, probes: probes.map((j) => row[j]) };
-});
+const rows = logitRows(l, v, probes);
 const targets = tensor(Int32Array.from([...tokens.slice(1), -1]), [t], "i32");
 const loss = await T.classifierCrossEntropy(h, model.classifier, targets).item();
-const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
 console.log(JSON.stringify({
   dtype: model.dtype,
   adapter: gpu().description,
   rows,
   loss,
-  peakRss: hwm ? Number(hwm[1]) * 1024 : 0,
+  peakRss: peakRss(),
 }));
 process.exit(0);
