@@ -63,8 +63,10 @@ test("choosePlan: never exceeds the tile-area cap, and the cap only removes choi
       }
     }
   }
-  // The free choice at n = 512 is the largest tile (a big tile amortises texel loads).
-  assert.deepEqual(choosePlan(512, 512, 512, 1, 2, 16), { tm: 32, tn: 32, slices: 1 });
+  // The free choice at n = 512 is the largest tile (a big tile amortises texel loads), every
+  // lane on its own columns; at N = 64 two lanes share the columns so each can take 32.
+  assert.deepEqual(choosePlan(512, 512, 512, 1, 2, 16), { tm: 32, tn: 32, wc: 16, slices: 1 });
+  assert.deepEqual(choosePlan(8192, 64, 64, 1, 2, 16), { tm: 32, tn: 32, wc: 2, slices: 1 });
 });
 
 test("checkTuning: a built-in profile passes; each bad field is named", () => {

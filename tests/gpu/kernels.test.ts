@@ -6,6 +6,7 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { choosePlan } from "../../src/gpu/kernels/matmul_tex.ts";
 import { runSample } from "../../src/gpu/kernels/sample.ts";
 import type { Tuning } from "../../src/gpu/tuning.ts";
 import * as T from "../../src/tensor/ops.ts";
@@ -373,6 +374,49 @@ test("attention on packed sequences equals the padded batch, forward and backwar
     );
     for (const x of [pq, pk, pv, po, bq, bk, bv, bo]) x.dispose();
   });
+});
+
+test("matmul v3: lanes split between columns and rows, every split the plan picks", async () => {
+  const gpu = await testGpu();
+  const saved = { ...gpu.tuning };
+  Object.assign(gpu.tuning, { matmulVersion: 3 });
+  // [batch, m, k, n]: narrow products give a few column lanes a wide tile each, wide ones give
+  // every lane its own columns; long K adds split-K. Edges on every side.
+  const shapes = [[1, 33, 12, 9], [2, 65, 68, 9], [1, 33, 1028, 30], [1, 33, 68, 67]];
+  const splits = new Set<number>();
+  try {
+    for (const [batch, m, k, n] of shapes) {
+      const plan = choosePlan(
+        m,
+        n,
+        k,
+        batch,
+        gpu.cores,
+        gpu.simdWidth,
+        32,
+        gpu.tuning.matmulTileArea,
+      );
+      splits.add(plan.wc);
+      const a = randomArray(batch * m * k, m + 3 * k), b = randomArray(batch * k * n, n + 5 * k);
+      const want = matmulRef(a, b, batch, m, k, n);
+      const ta = tensor(a, [batch, m, k]), tb = tensor(b, [batch, k, n]);
+      const at = T.contiguous(T.transpose(ta)), bt = T.contiguous(T.transpose(tb));
+      const label = `${[batch, m, k, n]} plan ${JSON.stringify(plan)}`;
+      const outs = [
+        T.matmul(ta, tb),
+        T.matmul(at, bt, { transA: true, transB: true }),
+        T.matmul(ta, bt, { transB: true }),
+        T.matmul(at, tb, { transA: true }),
+      ];
+      for (const c of outs) assertClose(await c.toArray(), want, FWD, label);
+      for (const x of [ta, tb, at, bt, ...outs]) x.dispose();
+    }
+  } finally {
+    Object.assign(gpu.tuning, saved);
+  }
+  // The shapes reach both kinds of plan on this adapter.
+  assert.ok(splits.has(gpu.simdWidth), `no plan with every lane on columns: ${[...splits]}`);
+  assert.ok([...splits].some((w) => w < gpu.simdWidth), `no split lanes: ${[...splits]}`);
 });
 
 test("matmul on strided views and broadcast weights, every version", async () => {

@@ -26,6 +26,9 @@
  *      does not, with a `continue` in it), every access is a per-lane gather from scratch
  *      memory. On llvmpipe v3 runs forward + backward of stories260K's attention 2.5x faster
  *      than v2, and wider blocks (8 instead of 4) now pay off.
+ * Adjacent invocations take the same block of queries (keys) in successive heads: a SIMD group's
+ * lanes then share one key (query) range, where blocks of one head along the sequence would each
+ * run the loop to the group's longest causal range (1.3-1.5x on stories260K's training step).
  */
 
 import type { Gpu } from "../device.ts";
@@ -185,10 +188,11 @@ function blockOfQueries(wg: number): string {
   return `  let blk = ${LINEAR_GROUP_ID} * ${wg}u + lid;
   let nb = (P.TQ + QB - 1u) / QB;
   if (blk >= P.rows / P.TQ * nb) { return; }
-  let t0 = (blk % nb) * QB;
-  let bh = blk / nb;
-  let h = bh % P.HQ;
-  let b = bh / P.HQ;
+  let h = blk % P.HQ;
+  let bt = blk / P.HQ;
+  let t0 = (bt % nb) * QB;
+  let b = bt / nb;
+  let bh = b * P.HQ + h;
   let g = h / (P.HQ / P.HKV);
   let nq = min(QB, P.TQ - t0);`;
 }
@@ -198,10 +202,10 @@ function blockOfKeys(wg: number, first: string): string {
   return `  let blk = ${LINEAR_GROUP_ID} * ${wg}u + lid;
   let nb = (P.TQ + QB - 1u) / QB;
   if (blk >= P.rows / P.TQ / P.HQ * P.HKV * nb) { return; }
-  let ${first} = (blk % nb) * QB;
-  let bg = blk / nb;
-  let g = bg % P.HKV;
-  let b = bg / P.HKV;
+  let g = blk % P.HKV;
+  let bt = blk / P.HKV;
+  let ${first} = (bt % nb) * QB;
+  let b = bt / nb;
   let ns = min(QB, P.TQ - ${first});`;
 }
 

@@ -5,9 +5,14 @@
  * gather, 2-3x cheaper; the copy (a memcpy when rows are 4-float aligned, a small pack kernel
  * otherwise) costs a few percent. Each invocation owns a TM x TN block of C (32 x 32 at large
  * sizes: FMAs are nearly free next to loads, so big tiles win even though they spill), the
- * workgroup is one SIMD group wide, lanes take adjacent column groups, and the statement order
- * in a k-step (A texels, then per group of 4 columns its B texels and all its accumulators) is
- * worth 1.3-1.6x. Measured on a 2-core AVX-512 VM: ~50 GFLOP/s at n = 1024 against ~17 for v2.
+ * workgroup is one SIMD group wide, and the statement order in a k-step (A texels, then per group
+ * of 4 columns its B texels and all its accumulators) is worth 1.3-1.6x. Measured on a 2-core
+ * AVX-512 VM: ~50 GFLOP/s at n = 1024 against ~17 for v2.
+ *
+ * Lanes take adjacent column groups, all of them (wide products) or a few, the others taking
+ * further row blocks: a narrow product (the N = 64 projections of a small model) then still gets
+ * 32 x 32 tiles, 2x faster there than 32 x 4 tiles across 16 lanes. Each output is summed in the
+ * same order whatever the split.
  *
  * Texture layout: texel t is at (t % 4096, t / 4096) and holds 4 consecutive elements of one row
  * of an operand stored row-major [rows, cols]: texel = base + row * ld + c4, ld = ceil(cols/4).
@@ -38,6 +43,12 @@ export interface TexMatmulOpts {
   tn: number;
   /** Workgroup width: the adapter's SIMD width. */
   wx: number;
+  /**
+   * Lanes across columns (a divisor of wx, default wx); the other wx / wc lanes take row blocks.
+   * A narrow product (N = 64) needs a wide tile per lane to amortise its loads, and only fits one
+   * when fewer lanes share the columns.
+   */
+  wc?: number;
   transA: boolean;
   transB: boolean;
   /** C written as vec4 (N and the output offset are 4-aligned). */
@@ -81,7 +92,9 @@ export interface MatmulEpilogue {
 /** The v3 product kernel for one shape and epilogue. */
 export function matmulKernelV3(o: TexMatmulOpts): Kernel {
   const { tm, tn, wx } = o, epi = o.epilogue;
+  const wc = o.wc ?? wx, wr = wx / wc;
   if (tm % 4 || tn % 4) throw new Error(`matmul v3: tile ${tm}x${tn} must be multiples of 4`);
+  if (!Number.isInteger(wr)) throw new Error(`matmul v3: ${wc} column lanes do not divide ${wx}`);
   const norm = !!(epi && o.rowNorm);
   if (epi && ((!o.vecStore && epi.store) || !o.transB || o.transA)) {
     throw new Error(`matmul v3: the ${epi.name} epilogue needs vec4 stores and B as [N, K] rows`);
@@ -99,8 +112,8 @@ fn ldB(t: u32) -> vec4<f32> { return textureLoad(TB, vec2<u32>(t & ${
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let s = wg.z % P.S;
   let b = wg.z / P.S;
-  let i0 = wg.y * ${tm}u;
-  let g0 = wg.x * ${wx * tn4}u + lid.x;
+  let i0 = (wg.y * ${wr}u + lid.x / ${wc}u) * ${tm}u;
+  let g0 = wg.x * ${wc * tn4}u + lid.x % ${wc}u;
   let aB = b * P.bsA;
   let bB = P.offB + b * P.bsB;`);
   // Row / column texel bases, clamped so reads stay inside the operand (results dropped on store).
@@ -110,11 +123,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
       e(`  let ac${r4} = aB + min(i0 / 4u + ${r4}u, (P.M - 1u) / 4u);`);
     }}
   if (!o.transB) {
-    for (let c = 0; c < tn4; c++) e(`  let bc${c} = bB + min(g0 + ${c * wx}u, (P.N - 1u) / 4u);`);
+    for (let c = 0; c < tn4; c++) e(`  let bc${c} = bB + min(g0 + ${c * wc}u, (P.N - 1u) / 4u);`);
   } else {
     for (let c = 0; c < tn4; c++) {
       for (let q = 0; q < 4; q++) {
-        e(`  let br${c}_${q} = bB + min((g0 + ${c * wx}u) * 4u + ${q}u, P.N - 1u) * P.ldB;`);
+        e(`  let br${c}_${q} = bB + min((g0 + ${c * wc}u) * 4u + ${q}u, P.N - 1u) * P.ldB;`);
       }
     }
   }
@@ -212,7 +225,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     e(`  if (i0 + ${r}u < P.M) {
     let cr = cB + (i0 + ${r}u) * P.ldC;`);
     for (let c = 0; c < tn4; c++) {
-      const g = `(g0 + ${c * wx}u)`;
+      const g = `(g0 + ${c * wc}u)`;
       if (epi?.store) {
         e(`    if (${g} * 4u < P.N) { ${epi.store(r, c, g)} }`);
       } else if (o.vecStore) e(`    if (${g} * 4u < P.N) { Cb[cr / 4u + ${g}] = acc${r}_${c}; }`);
@@ -227,9 +240,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   e(`}`);
   if (epi) e(epi.helpers);
   return defineKernel({
-    name: `matmul_v3_${tm}x${tn}_w${wx}${o.transA ? "_tA" : ""}${o.transB ? "_tB" : ""}${
-      o.vecStore ? "_v" : ""
-    }${epi ? `_${epi.name}` : ""}${norm ? "_norm" : ""}`,
+    name: `matmul_v3_${tm}x${tn}_w${wx}${wc === wx ? "" : `c${wc}`}${o.transA ? "_tA" : ""}${
+      o.transB ? "_tB" : ""
+    }${o.vecStore ? "_v" : ""}${epi ? `_${epi.name}` : ""}${norm ? "_norm" : ""}`,
     params: `M: u32, N: u32, K: u32, K4: u32,
              ldA: u32, bsA: u32, ldB: u32, bsB: u32,
              offC: u32, ldC: u32, bsC: u32, sC: u32,
@@ -274,6 +287,8 @@ export function packKernel(wg: number, f16 = false): Kernel {
 export interface TexPlan {
   tm: number;
   tn: number;
+  /** Lanes across columns (see {@link TexMatmulOpts.wc}). */
+  wc: number;
   slices: number;
 }
 
@@ -294,22 +309,27 @@ export function choosePlan(
 ): TexPlan {
   // Few tile sizes: each combination is a separate (slow to compile, fully unrolled) kernel.
   const sizes = [32, 24, 16, 8, 4];
-  let best: TexPlan = { tm: 4, tn: 4, slices: 1 }, bestT = Infinity;
+  let best: TexPlan = { tm: 4, tn: 4, wc: simd, slices: 1 }, bestT = Infinity;
   const k4 = Math.max(1, Math.ceil(k / 4));
-  for (const tm of sizes) {
-    for (const tn of sizes) {
-      if (tm * tn > maxArea) continue;
-      const gx = Math.ceil(n / (tn * simd)), gy = Math.ceil(m / tm);
-      for (const slices of [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]) {
-        if (slices > maxSlices || (slices > 1 && k4 / slices < 16)) break;
-        if (batch * slices > 65535) break;
-        const steps = Math.ceil(k4 / slices);
-        const cost = (steps * 1.6 * (8 * (tm + tn) + tm * tn) + 22.6 * tm * tn) * (simd / 8) + 5000;
-        let t = Math.ceil((gx * gy * batch * slices) / threads) * cost;
-        if (slices > 1) t += ((slices + 1) * batch * m * n * 2.5) / threads + 20000;
-        if (t < bestT * 0.97 || (t < bestT && slices === 1)) {
-          bestT = t;
-          best = { tm, tn, slices };
+  const lanes: number[] = [];
+  for (let wc = simd; wc >= 1 && wc >= simd / 8; wc /= 2) lanes.push(wc);
+  for (const wc of lanes) {
+    for (const tm of sizes) {
+      for (const tn of sizes) {
+        if (tm * tn > maxArea) continue;
+        const gx = Math.ceil(n / (tn * wc)), gy = Math.ceil(m / (tm * (simd / wc)));
+        for (const slices of [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]) {
+          if (slices > maxSlices || (slices > 1 && k4 / slices < 16)) break;
+          if (batch * slices > 65535) break;
+          const steps = Math.ceil(k4 / slices);
+          const cost = (steps * 1.6 * (8 * (tm + tn) + tm * tn) + 22.6 * tm * tn) * (simd / 8) +
+            5000;
+          let t = Math.ceil((gx * gy * batch * slices) / threads) * cost;
+          if (slices > 1) t += ((slices + 1) * batch * m * n * 2.5) / threads + 20000;
+          if (t < bestT * 0.97 || (t < bestT && slices === 1)) {
+            bestT = t;
+            best = { tm, tn, wc, slices };
+          }
         }
       }
     }
@@ -407,6 +427,7 @@ export const runMatmulTex: MatmulRun = (gpu, a, b, c, offC, s) => {
     tm: plan.tm,
     tn: plan.tn,
     wx: simd,
+    wc: plan.wc,
     transA: la.transposed,
     transB: lb.transposed,
     vecStore,
@@ -417,8 +438,8 @@ export const runMatmulTex: MatmulRun = (gpu, a, b, c, offC, s) => {
     .u32(outOff).u32(s.n).u32(s.m * s.n).u32(s.batch * s.m * s.n)
     .u32(slices).u32(kChunk).u32(0).u32(0);
   const groups: [number, number, number] = [
-    Math.ceil(s.n / (plan.tn * simd)),
-    Math.ceil(s.m / plan.tm),
+    Math.ceil(s.n / (plan.tn * plan.wc)),
+    Math.ceil(s.m / (plan.tm * (simd / plan.wc))),
     s.batch * slices,
   ];
   if (groups.some((x) => x > 65535)) {
@@ -492,6 +513,7 @@ export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
     tm: plan.tm,
     tn: plan.tn,
     wx: simd,
+    wc: plan.wc,
     transA: false,
     transB: true,
     vecStore,
@@ -510,7 +532,7 @@ export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
     v3Kernel(o),
     [tex, f.weights, f.c, ...f.extra],
     p,
-    [Math.ceil(f.n / (plan.tn * simd)), Math.ceil(f.m / plan.tm), 1],
+    [Math.ceil(f.n / (plan.tn * plan.wc)), Math.ceil(f.m / (plan.tm * (simd / plan.wc))), 1],
   );
   gpu.textures.release(tex);
 }
