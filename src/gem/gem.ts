@@ -18,9 +18,10 @@ import {
   poolRows,
   type SpecialPooling,
 } from "./batch.ts";
-import { MASK_DESIGNS, parseRoleTable } from "./mask.ts";
+import { MASK_DESIGNS, parseRoleTable, RAW_CAUSAL } from "./mask.ts";
 import { embedSample, type GemSample, rawSample } from "./sample.ts";
-import { rawForward } from "./score.ts";
+import { fusedEncodeFits, FusedEncoder } from "../nn/infer/fused.ts";
+import { inferTuning } from "../nn/infer/tuning.ts";
 
 /** What makes a model a GEM model; saved as gem.json beside the checkpoint. */
 export interface GemInfo {
@@ -124,6 +125,12 @@ export interface EmbedOptions {
   onProgress?: (done: number) => void;
   /** L2-normalise each vector (default true; cosine similarity is then a dot product). */
   normalize?: boolean;
+  /**
+   * The forward pass: "fused" (the fused inference products, 5 dispatches per layer; small f32
+   * models without LoRA) or "forward" (the general forward, as in training). Default: fused
+   * where the adapter's inference tuning prefers it (`fusedPrefill`) and the model fits.
+   */
+  path?: "fused" | "forward";
 }
 
 /** Embeddings and how many texts had to be cut to fit the context. */
@@ -135,6 +142,9 @@ export interface EmbedResult {
   /** Length of each vector. */
   dim: number;
 }
+
+/** Batches of embeddings queued on the device between readbacks. */
+const EMBED_READ_EVERY = 16;
 
 /** Embeds token-id sequences (BOS first) with any pooling; `gem` needs `gem` and `table`. */
 export async function embedIds(
@@ -160,22 +170,56 @@ export async function embedIds(
   );
   const vectors = new Array<Float32Array>(samples.length);
   const bs = Math.max(1, opts.batch ?? 32);
+  const fused = (opts.path ?? (inferTuning().fusedPrefill ? "fused" : "forward")) === "fused" &&
+      fusedEncodeFits(model)
+    ? new FusedEncoder(model)
+    : null;
+  if (opts.path === "fused" && !fused) {
+    throw new Error("embed: path 'fused' takes small f32 models without LoRA");
+  }
   let dim = 0;
+  // Batches queue on the device and are read back together, a few at a time: each readback
+  // costs a fixed ~10 ms wait in Deno, more than a small batch's forward pass.
+  let pending: { pooled: Tensor; idx: number[]; done: number }[] = [];
+  const drain = async () => {
+    if (!pending.length) return;
+    const all = pending.length === 1
+      ? pending[0].pooled
+      : noGrad(() => T.concat(pending.map((p) => p.pooled), 0));
+    const host = (await all.toArray()) as Float32Array;
+    if (all !== pending[0].pooled) all.dispose();
+    let row = 0;
+    for (const p of pending) {
+      dim = p.pooled.shape[1];
+      p.idx.forEach((i) => (vectors[i] = host.slice(row * dim, ++row * dim)));
+      p.pooled.dispose();
+      opts.onProgress?.(p.done);
+    }
+    pending = [];
+  };
   for (let at = 0; at < order.length; at += bs) {
     const idx = order.slice(at, at + bs);
     const group = idx.map((i) => samples[i]);
     const batch = pack(group, 0);
     const pooled = noGrad(() =>
       scope(() => {
-        const out = pooling === "gem"
-          ? model.forward(batch.tokens, {
+        const table = pooling === "gem" ? opts.table! : RAW_CAUSAL;
+        const out = fused
+          ? {
+            hidden: fused.encode(batch.tokens, {
+              positions: batch.positions,
+              segments: batch.segments,
+              roles: batch.roles,
+              table,
+            }),
+          }
+          : model.forward(batch.tokens, {
             roles: batch.roles,
-            table: opts.table!,
+            table,
             positions: batch.positions,
             segments: batch.segments,
             logits: false,
-          })
-          : rawForward(model, batch, false);
+          });
         const rows = (i: number, from: number, to: number) =>
           Array.from({ length: to - from }, (_, j) => batch.offsets[i] + from + j);
         let v: Tensor;
@@ -199,13 +243,12 @@ export async function embedIds(
         return opts.normalize === false ? v : l2normalize(v);
       })
     );
-    const host = (await pooled.toArray()) as Float32Array;
-    pooled.dispose();
     disposePacked(batch);
-    dim = host.length / idx.length;
-    idx.forEach((i, j) => (vectors[i] = host.slice(j * dim, (j + 1) * dim)));
-    opts.onProgress?.(Math.min(at + bs, order.length));
+    pending.push({ pooled, idx, done: Math.min(at + bs, order.length) });
+    if (pending.length >= EMBED_READ_EVERY) await drain();
   }
+  await drain();
+  fused?.dispose();
   return { vectors, truncated, dim };
 }
 

@@ -138,6 +138,25 @@ test("embed: deterministic, batch-size independent, input order kept; all poolin
   gem.dispose();
 });
 
+test("embed: the fused path equals the general forward within 1e-5 for every pooling", async () => {
+  await testGpu();
+  const gem = await stories(4);
+  const texts = [
+    "Once upon a time, there was a little girl.",
+    "The dog ran.",
+    "Lily and Ben played in the park with a big red ball all day long.",
+    "Hi",
+  ];
+  for (const pooling of ["gem", "mean", "last"] as const) {
+    const fused = await gem.embed(texts, { pooling, batch: 3, path: "fused" });
+    const forward = await gem.embed(texts, { pooling, batch: 3, path: "forward" });
+    for (let i = 0; i < texts.length; i++) {
+      assertClose(fused.vectors[i], forward.vectors[i], FWD, `${pooling} text ${i}`);
+    }
+  }
+  gem.dispose();
+});
+
 test("GEM checkpoint: save then load gives the same embeddings and settings", async () => {
   await testGpu();
   const gem = await stories(3);

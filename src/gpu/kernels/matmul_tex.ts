@@ -508,7 +508,10 @@ export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
     throw new Error(`matmul v3 ${f.epilogue.name}: K ${f.k} and N ${f.n} must be multiples of 4`);
   }
   const simd = gpu.simdWidth, k4 = f.k / 4;
-  const plan = choosePlan(f.m, f.n, f.k, 1, gpu.cores, simd, 1, gpu.tuning.matmulTileArea);
+  // Two plans per product, for under 64 rows and for more: each plan is a kernel of its own,
+  // seconds to compile with an epilogue, and packed batches vary in length.
+  const mPlan = f.m >= 64 ? 1 << 16 : 64;
+  const plan = choosePlan(mPlan, f.n, f.k, 1, gpu.cores, simd, 1, gpu.tuning.matmulTileArea);
   const o: TexMatmulOpts = {
     tm: plan.tm,
     tn: plan.tn,

@@ -79,27 +79,31 @@ export const SWIGLU: MatmulEpilogue = {
 /**
  * q with RoPE into C, k with RoPE and v into the KV cache. Columns [0, dim) are q (C's rows are
  * dim long), then k, then v; a vec4 never straddles q, k and v or a head (dim, kv and the head
- * dim are multiples of 4).
+ * dim are multiples of 4). With `positions`, row i's RoPE position is POS[i] (packed sequences,
+ * each from 0) and its k and v go to row i of KC and VC; without, both are start + i.
  */
-export const QKV: MatmulEpilogue = {
-  name: "qkv",
-  params: PARAMS,
-  bindings: [
-    ["KC", "rw", "array<vec4<f32>>"],
-    ["VC", "rw", "array<vec4<f32>>"],
-    ["ROPE", "read", "array<vec4<f32>>"],
-  ],
-  dual: false,
-  store: (r, c, g) => {
-    const acc = `acc${r}_${c}`;
-    return `let n0 = ${g} * 4u;
-      let pos = P.start + i0 + ${r}u;
+function qkvEpilogue(positions: boolean): MatmulEpilogue {
+  return {
+    name: positions ? "qkv_pos" : "qkv",
+    params: PARAMS,
+    bindings: [
+      ["KC", "rw", "array<vec4<f32>>"],
+      ["VC", "rw", "array<vec4<f32>>"],
+      ["ROPE", "read", "array<vec4<f32>>"],
+      ...(positions ? [["POS", "read", "array<i32>"] as const] : []),
+    ],
+    dual: false,
+    store: (r, c, g) => {
+      const acc = `acc${r}_${c}`;
+      return `let n0 = ${g} * 4u;
+      let row = ${positions ? `i0 + ${r}u` : `P.start + i0 + ${r}u`};
+      let pos = ${positions ? `u32(POS[i0 + ${r}u])` : "row"};
       if (n0 < P.dim) { Cb[cr / 4u + ${g}] = rope2(${acc}, pos, (n0 % (2u * P.half)) / 2u); }
-      else if (n0 < P.dim + P.kv) { KC[(pos * P.kv + n0 - P.dim) / 4u] = rope2(${acc}, pos, ((n0 - P.dim) % (2u * P.half)) / 2u); }
-      else { VC[(pos * P.kv + n0 - P.dim - P.kv) / 4u] = ${acc}; }`;
-  },
-  // RoPE of two interleaved pairs (pair index k even): rope v2's arithmetic.
-  helpers: `fn rope2(x: vec4<f32>, pos: u32, k: u32) -> vec4<f32> {
+      else if (n0 < P.dim + P.kv) { KC[(row * P.kv + n0 - P.dim) / 4u] = rope2(${acc}, pos, ((n0 - P.dim) % (2u * P.half)) / 2u); }
+      else { VC[(row * P.kv + n0 - P.dim - P.kv) / 4u] = ${acc}; }`;
+    },
+    // RoPE of two interleaved pairs (pair index k even): rope v2's arithmetic.
+    helpers: `fn rope2(x: vec4<f32>, pos: u32, k: u32) -> vec4<f32> {
   let cs = ROPE[(min(pos, P.maxPos - 1u) * P.half + k) / 2u];
   return vec4<f32>(
     x.x * cs.x - x.y * cs.y,
@@ -108,4 +112,11 @@ export const QKV: MatmulEpilogue = {
     x.z * cs.w + x.w * cs.z,
   );
 }`,
-};
+  };
+}
+
+/** q, k and v of rows at cache positions start + i. */
+export const QKV: MatmulEpilogue = qkvEpilogue(false);
+
+/** q, k and v of packed rows at their own positions (POS), k and v into rows i of KC, VC. */
+export const QKV_POS: MatmulEpilogue = qkvEpilogue(true);

@@ -27,7 +27,8 @@ import { runSample } from "../../gpu/kernels/sample.ts";
 import * as T from "../../tensor/ops.ts";
 import { empty, keep, noGrad, scope, type Tensor } from "../../tensor/tensor.ts";
 import { CAUSAL, headDim, type KVCache, type Llama } from "../llama.ts";
-import { PLAIN, QKV, RESIDUAL, SWIGLU, writeQkvParams } from "./epilogues.ts";
+import type { RoleTable } from "../../tensor/ops.ts";
+import { PLAIN, QKV, QKV_POS, RESIDUAL, SWIGLU, writeQkvParams } from "./epilogues.ts";
 import { inferTuning } from "./tuning.ts";
 
 /** Settings of {@link FusedDecoder}. */
@@ -271,6 +272,115 @@ export class FusedDecoder {
   /** Releases the residual buffer and the packed weights. */
   dispose(): void {
     this.#x.dispose();
+    if (this.#packed) gpu().textures.release(this.#packed.texture);
+    this.#packed = null;
+  }
+}
+
+/** Whether {@link FusedEncoder} takes this model: f32 weights, no LoRA, a small model's shape. */
+export function fusedEncodeFits(model: Llama): boolean {
+  const c = model.config;
+  return model.dtype === "f32" && model.lora.size === 0 &&
+    fusedDecodeFits({ dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads }, Infinity);
+}
+
+/**
+ * Hidden states of packed sequences (the embedding path) through the fused prefill's products:
+ * per layer the q/k/v product with RoPE at each token's own position, attention under any role
+ * table over the packed segments, the output projection with the residual add, the gate and up
+ * projections with SwiGLU, the down projection with the residual add; 5 dispatches instead of
+ * the general forward's 15. The RMSNorms are folded into the weights, so results differ from
+ * the general forward in the last bits. The weights are packed when it is built: build a new
+ * one after they change.
+ */
+export class FusedEncoder {
+  readonly #model: Llama;
+  #packed: { texture: GpuTexture; layout: DecodeLayout } | null;
+
+  constructor(model: Llama) {
+    if (!fusedEncodeFits(model)) {
+      const c = model.config;
+      throw new Error(
+        `FusedEncoder: takes small f32 models without LoRA (dim ${c.dim}, hidden ${c.hiddenDim}, ${model.dtype}, ${model.lora.size} adapters)`,
+      );
+    }
+    const c = model.config;
+    this.#model = model;
+    this.#packed = packWeights(model, {
+      dim: c.dim,
+      hidden: c.hiddenDim,
+      heads: c.nHeads,
+      kvHeads: c.nKvHeads,
+      eps: c.normEps,
+      wg: DECODE_WG,
+      vocab: c.vocabSize,
+    });
+  }
+
+  /**
+   * The final hidden states [1, N, dim] (after the last RMSNorm, as the general forward's
+   * `hidden`) of the packed `tokens` [1, N] with their `positions` and `segments` ([1, N, 2]),
+   * `roles` ([1, N]) under `table`. Call under noGrad.
+   */
+  encode(
+    tokens: Tensor,
+    opts: { positions: Tensor; segments: Tensor; roles: Tensor; table: RoleTable },
+  ): Tensor {
+    if (!this.#packed) throw new Error("FusedEncoder: used after dispose()");
+    const c = this.#model.config, m = this.#model, g = gpu(), packed = this.#packed;
+    const [b, t] = tokens.shape;
+    if (tokens.rank !== 2 || tokens.dtype !== "i32" || b !== 1) {
+      throw new Error(`FusedEncoder.encode: tokens must be i32 [1, N], got ${tokens.describe()}`);
+    }
+    const hd = headDim(c), kv = hd * c.nKvHeads;
+    const mm = (
+      a: Tensor,
+      k: number,
+      offB: number,
+      n: number,
+      out: Tensor,
+      epilogue: MatmulEpilogue,
+      extra: GpuBuffer[],
+      norm: boolean,
+    ) =>
+      runMatmulFused(g, {
+        a: a.buf,
+        m: t,
+        k,
+        weights: packed.texture,
+        offB,
+        n,
+        c: out.buf,
+        ldC: epilogue === QKV_POS ? c.dim : n,
+        epilogue,
+        extra,
+        params: (p) =>
+          writeQkvParams(p, { dim: c.dim, kv, half: hd / 2, start: 0, maxPos: c.maxSeqLen }),
+        normEps: norm ? c.normEps : undefined,
+      });
+    return scope(() => {
+      let x = T.embedding(m.params.get("model.embed_tokens.weight")!, tokens);
+      packed.layout.layers.forEach((o) => {
+        const q = empty([1, t, c.nHeads, hd], "f32", "encode.q");
+        const kc = empty([1, t, c.nKvHeads, hd], "f32", "encode.k");
+        const vc = empty([1, t, c.nKvHeads, hd], "f32", "encode.v");
+        const qkv = [kc.buf, vc.buf, m.ropeBuffer, opts.positions.buf];
+        mm(x, c.dim, o.wq, c.dim + 2 * kv, q, QKV_POS, qkv, true);
+        const att = T.attention(q, kc, vc, opts.roles, opts.table, { segments: opts.segments });
+        const x1 = empty([1, t, c.dim], "f32", "encode.x");
+        mm(att, c.dim, o.wo, c.dim, x1, RESIDUAL, [x.buf], false);
+        const h = empty([1, t, c.hiddenDim], "f32", "encode.h");
+        mm(x1, c.dim, o.w1, c.hiddenDim, h, SWIGLU, [], true);
+        const x2 = empty([1, t, c.dim], "f32", "encode.x");
+        mm(h, c.hiddenDim, o.w2, c.dim, x2, RESIDUAL, [x1.buf], false);
+        x = x2;
+      });
+      return T.rmsnorm(x, m.params.get("model.norm.weight")!, c.normEps);
+    });
+  }
+
+  /** Releases the packed weights. */
+  dispose(): void {
     if (this.#packed) gpu().textures.release(this.#packed.texture);
     this.#packed = null;
   }
