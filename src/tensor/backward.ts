@@ -8,8 +8,8 @@ import { gpu } from "../gpu/device.ts";
 import { runAccumulate } from "../gpu/kernels/optim.ts";
 import { releaseNode } from "./graph.ts";
 import { gradientsOf } from "./gradients.ts";
-import { add, contiguous, full } from "./ops.ts";
-import { keep, noGrad, type Tensor } from "./tensor.ts";
+import { add, contiguous, copyInto, full } from "./ops.ts";
+import { empty, keep, noGrad, type Tensor } from "./tensor.ts";
 
 /** Non-leaf tensors reachable from `root`, inputs before their consumers. */
 function topoOrder(root: Tensor): Tensor[] {
@@ -31,8 +31,16 @@ function topoOrder(root: Tensor): Tensor[] {
 }
 
 function accumulateLeaf(leaf: Tensor, g: Tensor): void {
-  const dense = contiguous(g);
+  let dense = contiguous(g);
   g.dispose();
+  if (dense.storage.refs > 1) {
+    // Shared with another gradient (an add passes g itself to both operands): a leaf's gradient
+    // is written in place (accumulation, clipping), so it gets storage of its own.
+    const own = empty(dense.shape, "f32", "grad");
+    copyInto(own, dense);
+    dense.dispose();
+    dense = own;
+  }
   if (!leaf.grad) {
     leaf.grad = keep(dense);
     return;
@@ -69,12 +77,13 @@ export function backward(root: Tensor, opts: BackwardOptions = {}): void {
       grads.delete(t);
       if (g) {
         const results = gradientsOf(g, node, t, (r, grad) => backward(r, { grad }));
+        const leaves: [Tensor, Tensor][] = [];
         node.inputs.forEach((x, j) => {
           let r = results[j];
           if (!r) return;
           if (!x.requiresGrad) return r.dispose();
           if (r === g) r = g.alias();
-          if (!x.node) return accumulateLeaf(x, r);
+          if (!x.node) return leaves.push([x, r]);
           const prev = grads.get(x);
           if (prev) {
             grads.set(x, add(prev, r));
@@ -83,6 +92,8 @@ export function backward(root: Tensor, opts: BackwardOptions = {}): void {
           } else grads.set(x, r);
         });
         g.dispose();
+        // After g is released, a leaf gradient still sharing storage shares it with another.
+        for (const [x, r] of leaves) accumulateLeaf(x, r);
       }
       if (!opts.retainGraph) {
         releaseNode(node);

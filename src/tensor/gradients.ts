@@ -168,7 +168,13 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
     const [a, b] = n.saved;
     const rule = BINARY_GRAD[n.ctx.fn];
     if (!rule) return [null, null];
-    return rule.map((expr, i) => exprTo(expr, { a, b, g }, g.shape, i === 0 ? a.shape : b.shape));
+    return rule.map((expr, i) => {
+      const shape = i === 0 ? a.shape : b.shape;
+      // g itself (an add's operands of the output's shape, as in every residual add): no copy.
+      return expr === "g" && sameShapes(g.shape, shape)
+        ? g.alias()
+        : exprTo(expr, { a, b, g }, g.shape, shape);
+    });
   },
   sum: (g, n) => {
     const { from, axis, scale } = n.ctx;
@@ -213,7 +219,13 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
     const d = x.shape[x.rank - 1], rows = x.size / d;
     const gc = contiguous(g);
     const dx = empty(x.shape, "f32", "rmsnorm.dx");
-    runRowKernel(gpu(), rmsnormBackwardKernel, [x.buf, w.buf, rstd.buf, gc.buf, dx.buf], rows, d);
+    runRowKernel(
+      gpu(),
+      (wg, mode) => rmsnormBackwardKernel(wg, mode, d % 4 === 0),
+      [x.buf, w.buf, rstd.buf, gc.buf, dx.buf],
+      rows,
+      d,
+    );
     const chunks = Math.ceil(rows / 256);
     const partial = empty([chunks, d], "f32", "rmsnorm.dw");
     runRmsnormWeightGrad(gpu(), x.buf, rstd.buf, gc.buf, partial.buf, rows, d);

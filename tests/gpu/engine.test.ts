@@ -364,3 +364,22 @@ test("pool: past its cache limit, released buffers are destroyed only after the 
     gpu.pool.maxPooledBytes = limit;
   }
 });
+
+test("add passes its gradient through without a copy; leaves still get storage of their own", async () => {
+  await testGpu();
+  const a = tensor(new Float32Array([1, 2, 3, 4]), [4]);
+  const b = tensor(new Float32Array([5, 6, 7, 8]), [4]);
+  a.requiresGrad = b.requiresGrad = true;
+  const w = tensor(new Float32Array([1, 10, 100, 1000]), [4]);
+  // Both operands of one add are leaves, and a is used again: its gradient accumulates in place.
+  const l = T.add(T.sumAll(T.mul(T.add(a, b), w)), T.sumAll(T.mul(a, w)));
+  backward(l);
+  assert.notEqual(a.grad!.storage, b.grad!.storage);
+  assert.deepEqual([...(await a.grad!.toArray())], [2, 20, 200, 2000]);
+  assert.deepEqual([...(await b.grad!.toArray())], [1, 10, 100, 1000]);
+  // An in-place write to one leaf's gradient leaves the other's alone.
+  const s = T.mulScalar(a.grad!, 0);
+  T.copyInto(a.grad!, s);
+  assert.deepEqual([...(await b.grad!.toArray())], [1, 10, 100, 1000]);
+  for (const t of [a, b, w, l, s]) t.dispose();
+});

@@ -16,7 +16,7 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
+import { cachedKernel, defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { GpuBuffer } from "../pool.ts";
 import { rowKernel, rowMaxSumExp, type RowMode, rowMode, rowReduceHelpers } from "./rowwise.ts";
 
@@ -75,26 +75,40 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   });
 }
 
-export function crossEntropyBackwardKernel(wg: number): Kernel {
-  const body = `  let row = i / P.n;
+/**
+ * dlogits, one element per invocation, or (`vec4`, v a multiple of 4) four of one row: one read
+ * of the row's target, lse and scale for four outputs, the same arithmetic per element.
+ */
+export function crossEntropyBackwardKernel(wg: number, vec4 = false): Kernel {
+  const body = vec4
+    ? `  let row = (i * 4u) / P.n;
+  let j = (i * 4u) % P.n;
+  let t = T[row];
+  let count = OUT[1];
+  let scale = select(G[0] / count, 0.0, count == 0.0 || t == P.ignore);
+  let p = exp(X[i] - LSE[row]);
+  let hit = vec4<i32>(i32(j + P.c0)) + vec4<i32>(0, 1, 2, 3) == vec4<i32>(t);
+  DX[i] = scale * (p - select(vec4<f32>(0.0), vec4<f32>(1.0), hit));`
+    : `  let row = i / P.n;
   let j = i % P.n;
   let t = T[row];
   let count = OUT[1];
   let scale = select(G[0] / count, 0.0, count == 0.0 || t == P.ignore);
   let p = exp(X[i] - LSE[row]);
   DX[i] = scale * (p - select(0.0, 1.0, i32(j + P.c0) == t));`;
+  const e = vec4 ? "vec4<f32>" : "f32";
   return defineKernel({
-    name: "cross_entropy_bwd",
+    name: vec4 ? "cross_entropy_bwd_vec4" : "cross_entropy_bwd",
     params: PARAMS,
     bindings: [
-      ["X", "read", "array<f32>"],
+      ["X", "read", `array<${e}>`],
       ["T", "read", "array<i32>"],
       ["LSE", "read", "array<f32>"],
       ["OUT", "read", "array<f32>"],
       ["G", "read", "array<f32>"],
-      ["DX", "rw", "array<f32>"],
+      ["DX", "rw", `array<${e}>`],
     ],
-    body: gridMain(wg, "i", "i >= P.rows * P.n", body),
+    body: gridMain(wg, "i", vec4 ? "i * 4u >= P.rows * P.n" : "i >= P.rows * P.n", body),
   });
 }
 
@@ -256,11 +270,11 @@ export function runCrossEntropyBackward(
   ignore: number,
   c0 = 0,
 ): void {
-  const wg = gpu.tuning.elementwiseWorkgroup;
+  const wg = gpu.tuning.elementwiseWorkgroup, vec4 = v % 4 === 0;
   gpu.dispatch(
-    crossEntropyBackwardKernel(wg),
+    cachedKernel(`cross_entropy_bwd:${wg}:${vec4}`, () => crossEntropyBackwardKernel(wg, vec4)),
     [logits, targets, lse, out, g, dx],
     params(rows, v, ignore, c0),
-    grid(Math.ceil((rows * v) / wg)),
+    grid(Math.ceil((rows * v) / (vec4 ? 4 : 1) / wg)),
   );
 }

@@ -201,8 +201,45 @@ function rmsnormBindings(elem: string): Binding[] {
   ];
 }
 
-/** dx = rstd (w dy - xhat mean(xhat w dy)), xhat = x rstd. */
-export function rmsnormBackwardKernel(wg: number, mode: RowMode = "group"): Kernel {
+/**
+ * dx = rstd (w dy - xhat mean(xhat w dy)), xhat = x rstd. `vec4` as for the forward: vec4 loads
+ * and stores in thread mode, the same summation order (bitwise the same result).
+ */
+export function rmsnormBackwardKernel(
+  wg: number,
+  mode: RowMode = "group",
+  vec4 = false,
+): Kernel {
+  if (vec4 && mode === "thread") {
+    return cachedKernel(`rmsnorm_bwd_vec4:${wg}`, () =>
+      rowKernel(
+        "rmsnorm_bwd_vec4",
+        wg,
+        mode,
+        [
+          ["X", "read", "array<vec4<f32>>"],
+          ["W", "read", "array<vec4<f32>>"],
+          ["R", "read", "array<f32>"],
+          ["G", "read", "array<vec4<f32>>"],
+          ["DX", "rw", "array<vec4<f32>>"],
+        ],
+        () => `
+  let b4 = base / 4u;
+  let rstd = R[row];
+  var s = 0.0;
+  for (var j = 0u; j < P.n / 4u; j++) {
+    let t = X[b4 + j] * rstd * W[j] * G[b4 + j];
+    s += t.x;
+    s += t.y;
+    s += t.z;
+    s += t.w;
+  }
+  s = s / f32(P.n);
+  for (var j = 0u; j < P.n / 4u; j++) {
+    DX[b4 + j] = rstd * (W[j] * G[b4 + j] - X[b4 + j] * rstd * s);
+  }`,
+      ));
+  }
   return cachedKernel(`rmsnorm_bwd:${wg}:${mode}`, () =>
     rowKernel(
       "rmsnorm_bwd",
