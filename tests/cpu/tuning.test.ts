@@ -41,9 +41,11 @@ test("tuningFor: small tiles and blocks only where the compiler is slow", () => 
   assert.equal(fast.attentionBlock, 8);
   assert.equal(slow.matmulTileArea, 64);
   assert.equal(slow.attentionBlock, 2);
+  assert.equal(fast.attentionBlockPacked, 16);
+  assert.equal(slow.attentionBlockPacked, 2);
   // Everything else is the same profile.
-  const { matmulTileArea: _a, attentionBlock: _b, ...restFast } = fast;
-  const { matmulTileArea: _c, attentionBlock: _d, ...restSlow } = slow;
+  const { matmulTileArea: _a, attentionBlock: _b, attentionBlockPacked: _e, ...restFast } = fast;
+  const { matmulTileArea: _c, attentionBlock: _d, attentionBlockPacked: _f, ...restSlow } = slow;
   assert.deepEqual(restSlow, restFast);
   // A real GPU never takes the llvmpipe profile, whatever Mesa is installed.
   assert.equal(tuningFor("NVIDIA H100 80GB HBM3", "25.0.7").profile, "gpu");
@@ -64,9 +66,9 @@ test("choosePlan: never exceeds the tile-area cap, and the cap only removes choi
     }
   }
   // The free choice at n = 512 is the largest tile (a big tile amortises texel loads), every
-  // lane on its own columns; at N = 64 two lanes share the columns so each can take 32.
+  // lane on its own columns; at N = 64 four lanes share the columns so each can take 16.
   assert.deepEqual(choosePlan(512, 512, 512, 1, 2, 16), { tm: 32, tn: 32, wc: 16, slices: 1 });
-  assert.deepEqual(choosePlan(8192, 64, 64, 1, 2, 16), { tm: 32, tn: 32, wc: 2, slices: 1 });
+  assert.deepEqual(choosePlan(8192, 64, 64, 1, 2, 16), { tm: 32, tn: 16, wc: 4, slices: 1 });
 });
 
 test("checkTuning: a built-in profile passes; each bad field is named", () => {
