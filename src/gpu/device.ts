@@ -37,6 +37,7 @@ import {
   TexturePool,
 } from "./pool.ts";
 import {
+  isLlvmpipe,
   type ProfileKey,
   selectTuning,
   type Tuning,
@@ -141,8 +142,8 @@ export class Gpu {
     this.features = new Set(device.features);
     this.simdWidth = adapter.info.subgroupMinSize || 8;
     this.cores = cores();
-    this.loopLimit = /llvmpipe|lavapipe/i.test(this.description) ? 65535 : Infinity;
-    this.mesa = /llvmpipe/i.test(this.description) ? mesaVersion() : null;
+    this.loopLimit = isLlvmpipe(this.description) ? 65535 : Infinity;
+    this.mesa = isLlvmpipe(this.description) ? mesaVersion() : null;
     this.profileKey = {
       adapter: this.description,
       driver: this.mesa ?? ((adapter.info as { driver?: string }).driver || "unreported"),

@@ -102,6 +102,16 @@ export function slowCompiler(mesa: string | null): boolean {
   return mesa !== null && Number(mesa.split(".")[0]) >= 24;
 }
 
+/** Whether an adapter is Mesa's llvmpipe (lavapipe under Vulkan): its loop cap and Mesa version. */
+export function isLlvmpipe(description: string): boolean {
+  return /llvmpipe|lavapipe/i.test(description);
+}
+
+/** Whether an adapter runs shaders on the CPU (llvmpipe, SwiftShader): the llvmpipe profile. */
+export function isCpuAdapter(description: string): boolean {
+  return isLlvmpipe(description) || /swiftshader/i.test(description);
+}
+
 /**
  * Picks the built-in profile for an adapter description and, for llvmpipe, its Mesa version;
  * GEMKIT_TUNING=llvmpipe|gpu overrides the profile (`builtin` keeps the adapter's).
@@ -110,7 +120,7 @@ export function tuningFor(description: string, mesa: string | null = null): Tuni
   const forced = env("GEMKIT_TUNING");
   const llvmpipe = forced === "llvmpipe" || forced === "gpu"
     ? forced === "llvmpipe"
-    : /llvmpipe|lavapipe|swiftshader/i.test(description);
+    : isCpuAdapter(description);
   if (!llvmpipe) return { ...GPU };
   // Small matmul tiles and attention blocks where compiling big ones costs minutes.
   return slowCompiler(mesa)
@@ -154,7 +164,11 @@ export class TuningError extends Error {
   override name = "TuningError";
 }
 
-/** Positive-integer fields of {@link Tuning} and the nested matmul fields. */
+/**
+ * Integer fields of {@link Tuning}: positive, except where 0 has a meaning (an attention block of
+ * 0 selects v1, a thread-row length of 0 gives every row a workgroup, a serial-reduce bound of 0
+ * makes every reduction a tree).
+ */
 const INT_FIELDS = [
   "elementwiseWorkgroup",
   "rowWorkgroup",
@@ -168,6 +182,14 @@ const INT_FIELDS = [
   "threadRowMaxLen",
   "serialReduceMax",
 ] as const;
+
+/** The {@link INT_FIELDS} where 0 is a setting. */
+const ZERO_OK = new Set<string>([
+  "attentionBlock",
+  "attentionBlockPacked",
+  "threadRowMaxLen",
+  "serialReduceMax",
+]);
 
 /**
  * `raw` as a {@link Tuning}, every field checked (present, of its type, in range); throws a
@@ -196,7 +218,11 @@ export function checkTuning(raw: unknown, source: string): Tuning {
   }
   const posInt = (v: unknown) => Number.isInteger(v) && (v as number) > 0;
   for (const f of INT_FIELDS) {
-    if (!posInt(r[f])) bad(f, `must be a positive integer, got ${JSON.stringify(r[f])}`);
+    if (ZERO_OK.has(f)) {
+      if (!(Number.isInteger(r[f]) && (r[f] as number) >= 0)) {
+        bad(f, `must be a non-negative integer, got ${JSON.stringify(r[f])}`);
+      }
+    } else if (!posInt(r[f])) bad(f, `must be a positive integer, got ${JSON.stringify(r[f])}`);
   }
   const m = r.matmul as Record<string, unknown> | undefined;
   if (typeof m !== "object" || m === null) bad("matmul", "must be {tileM, tileN, workgroup}");

@@ -76,6 +76,8 @@ test("checkTuning: a built-in profile passes; each bad field is named", () => {
   assert.deepEqual(checkTuning(structuredClone(t), "p.json"), t);
   const cases: [Record<string, unknown>, RegExp][] = [
     [{ rowWorkgroup: 0 }, /p\.json: tuning field 'rowWorkgroup' must be a positive integer/],
+    [{ attentionBlock: -1 }, /'attentionBlock' must be a non-negative integer/],
+    [{ threadRowMaxLen: 1.5 }, /'threadRowMaxLen' must be a non-negative integer/],
     [{ elementwiseVec4: "yes" }, /'elementwiseVec4' must be true or false/],
     [{ matmul: { tileM: 4, tileN: 4 } }, /'matmul\.workgroup' must be a positive integer/],
     [{ matmulVersion: 4 }, /'matmulVersion' must be 1, 2 or 3/],
@@ -86,6 +88,14 @@ test("checkTuning: a built-in profile passes; each bad field is named", () => {
   for (const [change, want] of cases) {
     assert.throws(() => checkTuning({ ...t, ...change }, "p.json"), want);
   }
+  // 0 is a setting where the engine gives it one (attention v1, a workgroup per row, tree sums).
+  const zeros = {
+    attentionBlock: 0,
+    attentionBlockPacked: 0,
+    threadRowMaxLen: 0,
+    serialReduceMax: 0,
+  };
+  assert.deepEqual(checkTuning({ ...t, ...zeros }, "p.json"), { ...t, ...zeros });
   const missing: Record<string, unknown> = { ...t };
   delete missing.serialReduceMax;
   assert.throws(() => checkTuning(missing, "p.json"), /'serialReduceMax'/);
