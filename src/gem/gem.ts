@@ -197,58 +197,65 @@ export async function embedIds(
     }
     pending = [];
   };
-  for (let at = 0; at < order.length; at += bs) {
-    const idx = order.slice(at, at + bs);
-    const group = idx.map((i) => samples[i]);
-    const batch = pack(group, 0);
-    const pooled = noGrad(() =>
-      scope(() => {
-        const table = pooling === "gem" ? opts.table! : RAW_CAUSAL;
-        const out = fused
-          ? {
-            hidden: fused.encode(batch.tokens, {
-              positions: batch.positions,
-              segments: batch.segments,
+  try {
+    for (let at = 0; at < order.length; at += bs) {
+      const idx = order.slice(at, at + bs);
+      const group = idx.map((i) => samples[i]);
+      const batch = pack(group, 0);
+      const pooled = noGrad(() =>
+        scope(() => {
+          const table = pooling === "gem" ? opts.table! : RAW_CAUSAL;
+          const out = fused
+            ? {
+              hidden: fused.encode(batch.tokens, {
+                positions: batch.positions,
+                segments: batch.segments,
+                roles: batch.roles,
+                table,
+              }),
+            }
+            : model.forward(batch.tokens, {
               roles: batch.roles,
               table,
-            }),
+              positions: batch.positions,
+              segments: batch.segments,
+              logits: false,
+            });
+          const rows = (i: number, from: number, to: number) =>
+            Array.from({ length: to - from }, (_, j) => batch.offsets[i] + from + j);
+          let v: Tensor;
+          if (pooling === "gem") {
+            const flat = group.flatMap((s, i) => s.specialPos.map((p) => batch.offsets[i] + p));
+            v = poolRows(out.hidden, flat, k, opts.gem!.pooling);
+          } else if (pooling === "last") {
+            v = poolRows(
+              out.hidden,
+              group.map((s, i) => batch.offsets[i] + s.ids.length - 1),
+              1,
+              "mean",
+            );
+          } else {
+            // Mean over the text's tokens after BOS (BOS alone for an empty text).
+            v = meanRows(
+              out.hidden,
+              group.map((
+                s,
+                i,
+              ) => (s.ids.length > 1 ? rows(i, 1, s.ids.length) : [batch.offsets[i]])),
+            );
           }
-          : model.forward(batch.tokens, {
-            roles: batch.roles,
-            table,
-            positions: batch.positions,
-            segments: batch.segments,
-            logits: false,
-          });
-        const rows = (i: number, from: number, to: number) =>
-          Array.from({ length: to - from }, (_, j) => batch.offsets[i] + from + j);
-        let v: Tensor;
-        if (pooling === "gem") {
-          const flat = group.flatMap((s, i) => s.specialPos.map((p) => batch.offsets[i] + p));
-          v = poolRows(out.hidden, flat, k, opts.gem!.pooling);
-        } else if (pooling === "last") {
-          v = poolRows(
-            out.hidden,
-            group.map((s, i) => batch.offsets[i] + s.ids.length - 1),
-            1,
-            "mean",
-          );
-        } else {
-          // Mean over the text's tokens after BOS (BOS alone for an empty text).
-          v = meanRows(
-            out.hidden,
-            group.map((s, i) => (s.ids.length > 1 ? rows(i, 1, s.ids.length) : [batch.offsets[i]])),
-          );
-        }
-        return opts.normalize === false ? v : l2normalize(v);
-      })
-    );
-    disposePacked(batch);
-    pending.push({ pooled, idx, done: Math.min(at + bs, order.length) });
-    if (pending.length >= EMBED_READ_EVERY) await drain();
+          return opts.normalize === false ? v : l2normalize(v);
+        })
+      );
+      disposePacked(batch);
+      pending.push({ pooled, idx, done: Math.min(at + bs, order.length) });
+      if (pending.length >= EMBED_READ_EVERY) await drain();
+    }
+    await drain();
+  } finally {
+    for (const p of pending) p.pooled.dispose();
+    fused?.dispose();
   }
-  await drain();
-  fused?.dispose();
   return { vectors, truncated, dim };
 }
 
