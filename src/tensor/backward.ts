@@ -31,18 +31,17 @@ function topoOrder(root: Tensor): Tensor[] {
 }
 
 function accumulateLeaf(leaf: Tensor, g: Tensor): void {
-  let dense = contiguous(g);
+  const dense = contiguous(g);
   g.dispose();
-  if (dense.storage.refs > 1) {
-    // Shared with another gradient (an add passes g itself to both operands): a leaf's gradient
-    // is written in place (accumulation, clipping), so it gets storage of its own.
-    const own = empty(dense.shape, "f32", "grad");
-    copyInto(own, dense);
-    dense.dispose();
-    dense = own;
-  }
   if (!leaf.grad) {
-    leaf.grad = keep(dense);
+    // A leaf's gradient is written in place (accumulation, clipping), so one still shared with
+    // another gradient (an add passes g itself to both operands) gets storage of its own.
+    if (dense.storage.refs === 1) leaf.grad = keep(dense);
+    else {
+      leaf.grad = keep(empty(dense.shape, "f32", "grad"));
+      copyInto(leaf.grad, dense);
+      dense.dispose();
+    }
     return;
   }
   runAccumulate(gpu(), dense.buf, dense.offset, leaf.grad.buf, leaf.grad.offset, dense.size);

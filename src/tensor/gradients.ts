@@ -80,14 +80,20 @@ function sameShapes(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((s, i) => s === b[i]);
 }
 
-/** Runs `expr` at the broadcast output shape, then reduces to `shape`. */
+/**
+ * Runs `expr` at the broadcast output shape, then reduces to `shape`. Where the expression is
+ * the upstream gradient `g` itself at its own shape (an add's operands, as in every residual add,
+ * or addScalar's input) it passes `g` on without a copy.
+ */
 function exprTo(
   expr: string,
   inputs: Record<string, Tensor>,
   outShape: readonly number[],
   shape: readonly number[],
+  c = 0,
 ): Tensor {
-  const full = mapExpr(expr, inputs, outShape);
+  if (expr === "g" && sameShapes(inputs.g.shape, shape)) return inputs.g.alias();
+  const full = mapExpr(expr, inputs, outShape, c);
   if (sameShapes(outShape, shape)) return full;
   const r = sumTo(full, shape);
   full.dispose();
@@ -162,19 +168,13 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
   },
   unary: (g, n) => {
     const [x] = n.saved;
-    return [mapExpr(UNARY_GRAD[n.ctx.fn], { a: x, g }, x.shape, n.ctx.c)];
+    return [exprTo(UNARY_GRAD[n.ctx.fn], { a: x, g }, x.shape, x.shape, n.ctx.c)];
   },
   binary: (g, n) => {
     const [a, b] = n.saved;
     const rule = BINARY_GRAD[n.ctx.fn];
     if (!rule) return [null, null];
-    return rule.map((expr, i) => {
-      const shape = i === 0 ? a.shape : b.shape;
-      // g itself (an add's operands of the output's shape, as in every residual add): no copy.
-      return expr === "g" && sameShapes(g.shape, shape)
-        ? g.alias()
-        : exprTo(expr, { a, b, g }, g.shape, shape);
-    });
+    return rule.map((expr, i) => exprTo(expr, { a, b, g }, g.shape, i === 0 ? a.shape : b.shape));
   },
   sum: (g, n) => {
     const { from, axis, scale } = n.ctx;
