@@ -111,16 +111,19 @@ test("bottleneck end to end: the suffix reaches the prefix only through the spec
   gem.dispose();
 });
 
+/** Texts of several lengths, the shortest a single word. */
+const EMBED_TEXTS = [
+  "Once upon a time, there was a little girl.",
+  "The dog ran.",
+  "Lily and Ben played in the park with a big red ball all day long.",
+  "Hi",
+  "She was happy.",
+];
+
 test("embed: deterministic, batch-size independent, input order kept; all poolings", async () => {
   await testGpu();
   const gem = await stories(4);
-  const texts = [
-    "Once upon a time, there was a little girl.",
-    "The dog ran.",
-    "Lily and Ben played in the park with a big red ball all day long.",
-    "Hi",
-    "She was happy.",
-  ];
+  const texts = EMBED_TEXTS;
   for (const pooling of ["gem", "mean", "last"] as const) {
     const one = await gem.embed(texts, { pooling, batch: 1 });
     const all = await gem.embed(texts, { pooling, batch: 8 });
@@ -141,12 +144,7 @@ test("embed: deterministic, batch-size independent, input order kept; all poolin
 test("embed: the fused path equals the general forward within 1e-5 for every pooling", async () => {
   await testGpu();
   const gem = await stories(4);
-  const texts = [
-    "Once upon a time, there was a little girl.",
-    "The dog ran.",
-    "Lily and Ben played in the park with a big red ball all day long.",
-    "Hi",
-  ];
+  const texts = EMBED_TEXTS.slice(0, 4);
   for (const pooling of ["gem", "mean", "last"] as const) {
     const fused = await gem.embed(texts, { pooling, batch: 3, path: "fused" });
     const forward = await gem.embed(texts, { pooling, batch: 3, path: "forward" });

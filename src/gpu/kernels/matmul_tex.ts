@@ -344,6 +344,11 @@ export function choosePlan(
   return best;
 }
 
+/** Workgroups of `plan` over an M x N product: x along column groups, y along row blocks. */
+function planGroups(plan: TexPlan, m: number, n: number, simd: number): [number, number] {
+  return [Math.ceil(n / (plan.tn * plan.wc)), Math.ceil(m / (plan.tm * (simd / plan.wc)))];
+}
+
 /** How an operand is laid out for v3, or null: rows along `rowsAxis`, contiguous along the other. */
 interface Layout {
   rows: number;
@@ -444,11 +449,7 @@ export const runMatmulTex: MatmulRun = (gpu, a, b, c, offC, s) => {
     .u32(sa.ld).u32(sa.bsT).u32(sb.ld).u32(sb.bsT)
     .u32(outOff).u32(s.n).u32(s.m * s.n).u32(s.batch * s.m * s.n)
     .u32(slices).u32(kChunk).u32(0).u32(0);
-  const groups: [number, number, number] = [
-    Math.ceil(s.n / (plan.tn * plan.wc)),
-    Math.ceil(s.m / (plan.tm * (simd / plan.wc))),
-    s.batch * slices,
-  ];
+  const groups: [number, number, number] = [...planGroups(plan, s.m, s.n, simd), s.batch * slices];
   if (groups.some((x) => x > 65535)) {
     throw new Error(`matmul v3: grid [${groups}] exceeds 65535 workgroups per dimension`);
   }
@@ -542,7 +543,7 @@ export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
     v3Kernel(o),
     [tex, f.weights, f.c, ...f.extra],
     p,
-    [Math.ceil(f.n / (plan.tn * plan.wc)), Math.ceil(f.m / (plan.tm * (simd / plan.wc))), 1],
+    [...planGroups(plan, f.m, f.n, simd), 1],
   );
   gpu.textures.release(tex);
 }

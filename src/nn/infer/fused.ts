@@ -12,6 +12,7 @@ import {
   DECODE_HEAD_BINDINGS,
   DECODE_WG,
   type DecodeChoice,
+  type DecodeLayerOffsets,
   decodeLayersPerStep,
   type DecodeLayout,
   decodeLayout,
@@ -26,7 +27,7 @@ import type { GpuBuffer, GpuTexture } from "../../gpu/pool.ts";
 import { runSample } from "../../gpu/kernels/sample.ts";
 import * as T from "../../tensor/ops.ts";
 import { empty, keep, noGrad, scope, type Tensor } from "../../tensor/tensor.ts";
-import { CAUSAL, headDim, type KVCache, type Llama } from "../llama.ts";
+import { CAUSAL, headDim, type KVCache, type Llama, type LlamaConfig } from "../llama.ts";
 import type { RoleTable } from "../../tensor/ops.ts";
 import { PLAIN, QKV, QKV_POS, RESIDUAL, SWIGLU, writeQkvParams } from "./epilogues.ts";
 import { inferTuning } from "./tuning.ts";
@@ -75,15 +76,7 @@ export class FusedDecoder {
     this.version = opts.version ?? inferTuning().decodeVersion;
     this.#model = model;
     this.#fuseHead = opts.fuseHead ?? limit >= DECODE_HEAD_BINDINGS;
-    this.#shape = {
-      dim: c.dim,
-      hidden: c.hiddenDim,
-      heads: c.nHeads,
-      kvHeads: c.nKvHeads,
-      eps: c.normEps,
-      wg: DECODE_WG,
-      vocab: c.vocabSize,
-    };
+    this.#shape = decodeShapeOf(model);
     this.#x = keep(empty([1, 1, c.dim], "f32", "generate.x"));
     const per = Math.min(opts.layersPerStep ?? Infinity, decodeLayersPerStep(limit));
     if (!(per >= 1)) throw new Error(`FusedDecoder: layersPerStep ${opts.layersPerStep}`);
@@ -99,7 +92,7 @@ export class FusedDecoder {
    * RMSNorm, the gate and up projections and SwiGLU; the down projection with the residual add.
    */
   prefill(tokens: Tensor, cache: KVCache, lastOnly = false): Tensor {
-    const c = this.#model.config, m = this.#model, g = gpu(), packed = this.#weights();
+    const c = this.#model.config, m = this.#model, packed = this.#weights();
     const [b, t] = tokens.shape;
     const start = cache.length;
     if (tokens.rank !== 2 || tokens.dtype !== "i32" || b !== 1 || cache.batch !== 1) {
@@ -110,52 +103,14 @@ export class FusedDecoder {
         `FusedDecoder.prefill: ${start} cached + ${t} new tokens exceed the cache (${cache.capacity}) or the context (${c.maxSeqLen})`,
       );
     }
-    const hd = headDim(c), kv = hd * c.nKvHeads;
-    // One fused product of rows `a` [rows, k] with the packed rows at `offB`; `norm`: the rows
-    // are RMS-normalised on the fly (the norm's weight is folded into those packed rows).
-    const mm = (
-      a: Tensor,
-      rows: number,
-      k: number,
-      offB: number,
-      n: number,
-      out: Tensor,
-      epilogue: MatmulEpilogue,
-      extra: GpuBuffer[],
-      norm: boolean,
-    ) =>
-      runMatmulFused(g, {
-        a: a.buf,
-        m: rows,
-        k,
-        weights: packed.texture,
-        offB,
-        n,
-        c: out.buf,
-        ldC: epilogue === QKV ? c.dim : n,
-        epilogue,
-        extra,
-        params: (p) =>
-          writeQkvParams(p, { dim: c.dim, kv, half: hd / 2, start, maxPos: c.maxSeqLen }),
-        normEps: norm ? c.normEps : undefined,
-      });
+    const mm = fusedProduct(m, packed, start);
     return noGrad(() =>
       scope(() => {
         let x = T.embedding(m.params.get("model.embed_tokens.weight")!, tokens);
         packed.layout.layers.forEach((o, l) => {
-          const q = empty([1, t, c.nHeads, hd], "f32", "prefill.q");
-          const caches = [cache.k[l].buf, cache.v[l].buf, m.ropeBuffer];
-          mm(x, t, c.dim, o.wq, c.dim + 2 * kv, q, QKV, caches, true);
-          const att = T.attention(q, cache.k[l], cache.v[l], cache.roles, CAUSAL, {
-            keys: start + t,
-          });
-          const x1 = empty([1, t, c.dim], "f32", "prefill.x");
-          mm(att, t, c.dim, o.wo, c.dim, x1, RESIDUAL, [x.buf], false);
-          const h = empty([1, t, c.hiddenDim], "f32", "prefill.h");
-          mm(x1, t, c.dim, o.w1, c.hiddenDim, h, SWIGLU, [], true);
-          const x2 = empty([1, t, c.dim], "f32", "prefill.x");
-          mm(h, t, c.hiddenDim, o.w2, c.dim, x2, RESIDUAL, [x1.buf], false);
-          x = x2;
+          const qkv = { epilogue: QKV, extra: [cache.k[l].buf, cache.v[l].buf, m.ropeBuffer] };
+          x = fusedLayer(mm, c, o, x, t, qkv, (q) =>
+            T.attention(q, cache.k[l], cache.v[l], cache.roles, CAUSAL, { keys: start + t }));
         });
         cache.length = start + t;
         const rows = lastOnly ? 1 : t;
@@ -304,17 +259,8 @@ export class FusedEncoder {
         `FusedEncoder: takes small f32 models without LoRA (dim ${c.dim}, hidden ${c.hiddenDim}, ${model.dtype}, ${model.lora.size} adapters)`,
       );
     }
-    const c = model.config;
     this.#model = model;
-    this.#packed = packWeights(model, {
-      dim: c.dim,
-      hidden: c.hiddenDim,
-      heads: c.nHeads,
-      kvHeads: c.nKvHeads,
-      eps: c.normEps,
-      wg: DECODE_WG,
-      vocab: c.vocabSize,
-    });
+    this.#packed = packWeights(model, decodeShapeOf(model));
   }
 
   /**
@@ -327,53 +273,27 @@ export class FusedEncoder {
     opts: { positions: Tensor; segments: Tensor; roles: Tensor; table: RoleTable },
   ): Tensor {
     if (!this.#packed) throw new Error("FusedEncoder: used after dispose()");
-    const c = this.#model.config, m = this.#model, g = gpu(), packed = this.#packed;
+    const c = this.#model.config, m = this.#model, packed = this.#packed;
     const [b, t] = tokens.shape;
     if (tokens.rank !== 2 || tokens.dtype !== "i32" || b !== 1) {
       throw new Error(`FusedEncoder.encode: tokens must be i32 [1, N], got ${tokens.describe()}`);
     }
-    const hd = headDim(c), kv = hd * c.nKvHeads;
-    const mm = (
-      a: Tensor,
-      k: number,
-      offB: number,
-      n: number,
-      out: Tensor,
-      epilogue: MatmulEpilogue,
-      extra: GpuBuffer[],
-      norm: boolean,
-    ) =>
-      runMatmulFused(g, {
-        a: a.buf,
-        m: t,
-        k,
-        weights: packed.texture,
-        offB,
-        n,
-        c: out.buf,
-        ldC: epilogue === QKV_POS ? c.dim : n,
-        epilogue,
-        extra,
-        params: (p) =>
-          writeQkvParams(p, { dim: c.dim, kv, half: hd / 2, start: 0, maxPos: c.maxSeqLen }),
-        normEps: norm ? c.normEps : undefined,
-      });
+    const hd = headDim(c), mm = fusedProduct(m, packed, 0);
     return scope(() => {
       let x = T.embedding(m.params.get("model.embed_tokens.weight")!, tokens);
       packed.layout.layers.forEach((o) => {
-        const q = empty([1, t, c.nHeads, hd], "f32", "encode.q");
-        const kc = empty([1, t, c.nKvHeads, hd], "f32", "encode.k");
-        const vc = empty([1, t, c.nKvHeads, hd], "f32", "encode.v");
-        const qkv = [kc.buf, vc.buf, m.ropeBuffer, opts.positions.buf];
-        mm(x, c.dim, o.wq, c.dim + 2 * kv, q, QKV_POS, qkv, true);
-        const att = T.attention(q, kc, vc, opts.roles, opts.table, { segments: opts.segments });
-        const x1 = empty([1, t, c.dim], "f32", "encode.x");
-        mm(att, c.dim, o.wo, c.dim, x1, RESIDUAL, [x.buf], false);
-        const h = empty([1, t, c.hiddenDim], "f32", "encode.h");
-        mm(x1, c.dim, o.w1, c.hiddenDim, h, SWIGLU, [], true);
-        const x2 = empty([1, t, c.dim], "f32", "encode.x");
-        mm(h, c.hiddenDim, o.w2, c.dim, x2, RESIDUAL, [x1.buf], false);
-        x = x2;
+        const k = empty([1, t, c.nKvHeads, hd], "f32", "encode.k");
+        const v = empty([1, t, c.nKvHeads, hd], "f32", "encode.v");
+        const qkv = { epilogue: QKV_POS, extra: [k.buf, v.buf, m.ropeBuffer, opts.positions.buf] };
+        x = fusedLayer(
+          mm,
+          c,
+          o,
+          x,
+          t,
+          qkv,
+          (q) => T.attention(q, k, v, opts.roles, opts.table, { segments: opts.segments }),
+        );
       });
       return T.rmsnorm(x, m.params.get("model.norm.weight")!, c.normEps);
     });
@@ -384,6 +304,90 @@ export class FusedEncoder {
     if (this.#packed) gpu().textures.release(this.#packed.texture);
     this.#packed = null;
   }
+}
+
+/** The decode kernels' view of a model's shape. */
+function decodeShapeOf(model: Llama): DecodeShape {
+  const c = model.config;
+  return {
+    dim: c.dim,
+    hidden: c.hiddenDim,
+    heads: c.nHeads,
+    kvHeads: c.nKvHeads,
+    eps: c.normEps,
+    wg: DECODE_WG,
+    vocab: c.vocabSize,
+  };
+}
+
+/**
+ * One fused product: rows `a` [rows, k] times the `n` packed rows at texel `offB` into `out`
+ * through `epilogue` (with its `extra` buffers); `norm`: the rows are RMS-normalised on the fly
+ * (the norm's weight is folded into those packed rows). q/k/v products put row 0 at `start`.
+ */
+type FusedProduct = (
+  a: Tensor,
+  rows: number,
+  k: number,
+  offB: number,
+  n: number,
+  out: Tensor,
+  epilogue: MatmulEpilogue,
+  extra: GpuBuffer[],
+  norm: boolean,
+) => void;
+
+function fusedProduct(
+  model: Llama,
+  packed: { texture: GpuTexture },
+  start: number,
+): FusedProduct {
+  const c = model.config, g = gpu(), hd = headDim(c), kv = hd * c.nKvHeads;
+  return (a, rows, k, offB, n, out, epilogue, extra, norm) =>
+    runMatmulFused(g, {
+      a: a.buf,
+      m: rows,
+      k,
+      weights: packed.texture,
+      offB,
+      n,
+      c: out.buf,
+      // q/k/v products write q alone into C: its rows are dim long.
+      ldC: epilogue === QKV || epilogue === QKV_POS ? c.dim : n,
+      epilogue,
+      extra,
+      params: (p) =>
+        writeQkvParams(p, { dim: c.dim, kv, half: hd / 2, start, maxPos: c.maxSeqLen }),
+      normEps: norm ? c.normEps : undefined,
+    });
+}
+
+/**
+ * One layer of fused products over x [1, t, dim], 5 dispatches: q, k and v by `qkv` (k and v go
+ * where its extra buffers say), attention of q by `attend`, the output projection with the
+ * residual add, the gate and up projections with SwiGLU, the down projection with the residual
+ * add; both RMSNorms inside the products.
+ */
+function fusedLayer(
+  mm: FusedProduct,
+  c: LlamaConfig,
+  o: DecodeLayerOffsets,
+  x: Tensor,
+  t: number,
+  qkv: { epilogue: MatmulEpilogue; extra: GpuBuffer[] },
+  attend: (q: Tensor) => Tensor,
+): Tensor {
+  const hd = headDim(c), kv = hd * c.nKvHeads;
+  const q = empty([1, t, c.nHeads, hd], "f32", "fused.q");
+  mm(x, t, c.dim, o.wq, c.dim + 2 * kv, q, qkv.epilogue, qkv.extra, true);
+  const att = attend(q);
+  const x1 = empty([1, t, c.dim], "f32", "fused.x");
+  mm(att, t, c.dim, o.wo, c.dim, x1, RESIDUAL, [x.buf], false);
+  const h = empty([1, t, c.hiddenDim], "f32", "fused.h");
+  mm(x1, t, c.dim, o.w1, c.hiddenDim, h, SWIGLU, [], true);
+  const x2 = empty([1, t, c.dim], "f32", "fused.x");
+  mm(h, t, c.hiddenDim, o.w2, c.dim, x2, RESIDUAL, [x1.buf], false);
+  return x2;
 }
 
 /**
