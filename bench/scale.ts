@@ -2,9 +2,10 @@
  * `deno task bench scale`: the Llama-3.2-1B shape (src/io/synthetic.ts weights, bf16 checkpoint
  * written to a temporary folder) on this adapter. Peak device memory (the buffer pool's live
  * bytes) of one next-token training step at maxLen 512, batch 1, beside the memory plan's
- * prediction for the same run: full fine-tuning (f32), LoRA (rank 8, every projection) over f32
- * and over f16 base matrices, each with and without activation checkpointing; then greedy
- * generation speed in f32 and f16. llvmpipe runs the model cut
+ * prediction for the same run: full fine-tuning in f32 and in f16 (f32 master weights, f16
+ * activations), LoRA (rank 8, every projection) in f32 and in f16 (f16 base matrices and
+ * activations), each with and without activation checkpointing; then greedy generation speed
+ * of the LoRA models. llvmpipe runs the model cut
  * to GEMKIT_SCALE_LAYERS layers (default 2: full fine-tuning of all 16 in f32 needs about 20 GB of
  * weights, gradients and AdamW state); a GPU runs it whole with GEMKIT_SCALE_LAYERS=16.
  */
@@ -37,11 +38,16 @@ export async function scaleBench(ctx: BenchContext): Promise<BenchRecord[]> {
     ctx.log(`writing the Llama-3.2-1B shape with ${layers} layers (bf16) to ${dir}`);
     await writeSyntheticModel(dir, hf);
     const ids = Int32Array.from({ length: LEN }, (_, i) => (i * 7919 + 11) % hf.vocab_size);
-    for (const [lora, dtype] of [[0, "f32"], [8, "f32"], [8, "f16"]] as const) {
+    for (const [lora, dtype] of [[0, "f32"], [0, "f16"], [8, "f32"], [8, "f16"]] as const) {
       for (const checkpointing of [false, true]) {
         const { config, weights } = await readHfModel(dir, { maxSeqLen: LEN });
-        // As a GEM run stores it: under f16 the embedding, whose special rows train, stays f32.
-        const model = Llama.fromWeights(config, weights, dir, dtype, ["model.embed_tokens.weight"]);
+        // As a GEM run stores it: f16 base matrices under LoRA only (full training keeps f32
+        // masters), and there the embedding, whose special rows train, stays f32.
+        const storage = lora && dtype === "f16" ? "f16" : "f32";
+        const model = Llama.fromWeights(config, weights, dir, storage, [
+          "model.embed_tokens.weight",
+        ]);
+        model.activations = dtype;
         weights.clear();
         let params: Trainable[] = model.parameters();
         if (lora) {

@@ -14,8 +14,7 @@ import { initGpu } from "../gpu/device.ts";
 import { tinyStories } from "../io/corpus.ts";
 import { buildConfig, readConfigFile, type TrainConfig } from "../recipe/config.ts";
 import type { GemModel } from "../gem/gem.ts";
-import { loadGem } from "../gem/io.ts";
-import { checkpointConfig, gemTask, openBase, withSpecials } from "../recipe/recipe.ts";
+import { checkpointConfig, gemTask, loadRunGem, openBase, withSpecials } from "../recipe/recipe.ts";
 import { type StepRecord, train } from "../train/trainer.ts";
 import { readTrainerState, resolveCheckpoint } from "../train/trainer.ts";
 import { parseArgs, runMain, TUNING_FLAG, UsageError } from "./args.ts";
@@ -132,7 +131,7 @@ await runMain(async () => {
   let baseline = null;
   let gem: GemModel;
   if (ckpt) {
-    gem = await loadGem(ckpt, { dtype: config.dtype });
+    gem = await loadRunGem(ckpt, config);
   } else {
     const base = await openBase(config);
     // The base model's report comes first: adding the specials consumes the base model.

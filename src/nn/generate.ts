@@ -147,7 +147,7 @@ export async function generate(
         { dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads },
         g.device.limits.maxStorageBuffersPerShaderStage,
       );
-      const half = model.dtype === "f16";
+      const half = model.dtype === "f16" || model.activations === "f16";
       const loops = decodeLoopBound({
         dim: c.dim,
         hidden: c.hiddenDim,
@@ -165,7 +165,7 @@ export async function generate(
           model.lora.size
             ? "gemkit: generating op by op: the model has LoRA adapters (deno task convert --merge folds them in)"
             : half
-            ? "gemkit: generating op by op: the fused decoder reads f32 weights (this model's are f16)"
+            ? "gemkit: generating op by op: the fused decoder reads f32 weights and writes f32 activations (this model runs in f16)"
             : capped
             ? `gemkit: generating op by op: the fused decoder would run ~${loops} loop iterations per token in one invocation, past this adapter's cap of ${g.loopLimit} (llvmpipe)`
             : `gemkit: generating op by op: the fused decoder covers dim <= 512 and MLP width <= 2048 (this model: ${c.dim} and ${c.hiddenDim})`,

@@ -12,7 +12,7 @@ import { ShapeError } from "../gpu/errors.ts";
 import type { GpuBuffer } from "../gpu/pool.ts";
 import type { RopeScaling } from "../gpu/kernels/rope.ts";
 import * as T from "../tensor/ops.ts";
-import type { RoleTable } from "../tensor/ops.ts";
+import type { ActDType, RoleTable } from "../tensor/ops.ts";
 import { Rng } from "../tensor/random.ts";
 import { keep, noGrad, scope, type Tensor, tensor } from "../tensor/tensor.ts";
 import { initLora, type LoraOptions, loraSlots, mergedWeight } from "./lora.ts";
@@ -248,6 +248,16 @@ export class Llama {
     return Llama.fromWeights(config, w, "random");
   }
 
+  /**
+   * How the forward stores its activations: f32 (the default), or f16 for mixed precision.
+   * With f16, every projection reads its weight in f16 (an f32 weight, a trainable master copy,
+   * is rounded once per forward; its gradient still reaches it in f32) and writes f16; the
+   * norms, RoPE, attention and SwiGLU compute in f32 from f16 and store f16. The residual
+   * stream, the final norm's hidden states, the logits and every gradient stay f32, so the loss
+   * and the embeddings are reduced in f32. Half the memory of the saved activations.
+   */
+  activations: ActDType = "f32";
+
   /** How the matrices are stored: f32, or f16 (frozen; see {@link Llama.storeAs}). */
   get dtype(): WeightDType {
     return this.#p(`model.layers.0.self_attn.q_proj.weight`).dtype === "f16" ? "f16" : "f32";
@@ -343,13 +353,19 @@ export class Llama {
     for (const p of this.params.values()) p.requiresGrad = true;
   }
 
-  /** x W^T, plus scale * (x A^T) B^T when W has an adapter. */
+  /** x W^T, plus scale * (x A^T) B^T when W has an adapter, stored as the activations are. */
   #linear(x: Tensor, name: string): Tensor {
-    const y = T.matmul(x, this.#p(name), { transB: true });
+    const dtype = this.activations;
+    const mm = (x: Tensor, w: Tensor) => T.matmul(x, this.#half(w), { transB: true, dtype });
+    const y = mm(x, this.#p(name));
     const ad = this.lora.get(name);
     if (!ad) return y;
-    const low = T.matmul(T.matmul(x, ad.a, { transB: true }), ad.b, { transB: true });
-    return T.add(y, T.mulScalar(low, this.loraOptions!.scale));
+    return T.add(y, T.mulScalar(mm(mm(x, ad.a), ad.b), this.loraOptions!.scale));
+  }
+
+  /** `w` as the projections read it: rounded to f16 per forward under f16 activations. */
+  #half(w: Tensor): Tensor {
+    return this.activations === "f16" && w.dtype === "f32" ? T.cast(w, "f16") : w;
   }
 
   #p(name: string): Tensor {
@@ -412,7 +428,8 @@ export class Llama {
         const p = (n: string) => this.#p(`model.layers.${l}.${n}`);
         const [roles, pos, seg] = [kept[0], positions ? kept[1] : null, kept.at(-1)];
         const segments = opts.segments ? seg : undefined;
-        const a = T.rmsnorm(x, p("input_layernorm.weight"), c.normEps);
+        const act = this.activations;
+        const a = T.rmsnorm(x, p("input_layernorm.weight"), c.normEps, act);
         const lin = (y: Tensor, n: string) => this.#linear(y, `model.layers.${l}.${n}`);
         const proj = (n: string, heads: number) => T.reshape(lin(a, n), [b, t, heads, hd]);
         const q = T.rope(proj("self_attn.q_proj.weight", c.nHeads), this.#rope, pos);
@@ -430,7 +447,7 @@ export class Llama {
           x,
           lin(T.reshape(o, [b, t, c.dim]), "self_attn.o_proj.weight"),
         );
-        const m = T.rmsnorm(x, p("post_attention_layernorm.weight"), c.normEps);
+        const m = T.rmsnorm(x, p("post_attention_layernorm.weight"), c.normEps, act);
         const gate = lin(m, "mlp.gate_proj.weight");
         const up = lin(m, "mlp.up_proj.weight");
         return T.add(x, lin(T.swiglu(gate, up), "mlp.down_proj.weight"));

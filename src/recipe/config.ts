@@ -74,7 +74,10 @@ export interface TrainConfig extends LoopConfig {
   checkpointing: boolean;
   /** LoRA: rank 0 trains every weight; above 0 only adapters and the special-token rows. */
   lora: LoraSettings;
-  /** How the frozen base matrices are stored: f32, or f16 (needs LoRA). */
+  /**
+   * Precision: f32, or f16 (mixed precision: f16 activations; f32 master weights, gradients and
+   * optimizer state; with LoRA the frozen base matrices stored in f16).
+   */
   dtype: "f32" | "f16";
 }
 
@@ -150,7 +153,7 @@ export const FIELDS: Record<string, [unknown, string]> = {
   ],
   dtype: [
     "f32",
-    "storage of the base weight matrices: f32 | f16 (half the memory; f16 matrices are frozen, so it needs lora.rank > 0; kernels compute in f32)",
+    "precision: f32 | f16 (mixed precision: activations stored in f16, accumulation, the residual stream, the loss, gradients and AdamW state in f32; full training keeps f32 master weights rounded to f16 per forward; with lora.rank > 0 the frozen base matrices are stored in f16)",
   ],
   checkpointing: [
     false,
@@ -324,12 +327,6 @@ function validate(c: Record<string, unknown>): void {
     bad("lora.targets", `must be a non-empty list of ${LORA_TARGETS.join(", ")}`);
   }
   oneOf("dtype", ["f32", "f16"]);
-  if (getPath(c, "dtype") === "f16" && getPath(c, "lora.rank") === 0) {
-    bad(
-      "dtype",
-      "is f16, which stores frozen weights: set lora.rank > 0 (full fine-tuning keeps f32 weights)",
-    );
-  }
   int("checkpointEvery", 1);
   int("keepCheckpoints", 1);
   int("evalEvery", 0);

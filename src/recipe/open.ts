@@ -116,6 +116,8 @@ export async function openModel(spec: string, opts: LoadModelOptions = {}): Prom
   if (!located || await isGemDir(local)) {
     const path = await resolveRunDir(local);
     const gem = await loadGem(path, { dtype: opts.dtype });
+    // dtype f16 stores the activations in f16 as well as the weights.
+    gem.model.activations = opts.dtype ?? "f32";
     return withMethods({
       model: gem.model,
       tokenizer: gem.tokenizer,
@@ -126,5 +128,6 @@ export async function openModel(spec: string, opts: LoadModelOptions = {}): Prom
     });
   }
   const m = await loadModel(located, opts);
+  m.model.activations = opts.dtype ?? "f32";
   return withMethods({ ...m, gem: null, dispose: () => m.model.dispose() });
 }

@@ -103,8 +103,9 @@ export function memoryPlan(
   const c = { ...model, vocabSize: model.vocabSize + (addSpecials ? config.gem.k : 0) };
   const d = c.dim, h = c.nHeads, kv = headDim(c) * c.nKvHeads, ff = c.hiddenDim, v = c.vocabSize;
   const params = parameterShapes(c).reduce((n, [, s]) => n + s.reduce((a, b) => a * b, 1), 0);
-  // f16 storage: every matrix but the (trained) embedding at 2 bytes, norms at 4.
-  const half = config.dtype === "f16"
+  // f16 storage of a LoRA base: every matrix but the (trained) embedding at 2 bytes, norms at 4.
+  // Full training with dtype f16 keeps f32 master weights.
+  const half = config.dtype === "f16" && config.lora.rank > 0
     ? parameterShapes(c).filter(([n]) => isMatrix(n) && n !== "model.embed_tokens.weight")
       .reduce((n, [, s]) => n + s.reduce((a, b) => a * b, 1), 0)
     : 0;
@@ -124,25 +125,41 @@ export function memoryPlan(
   const ntp = ntpRows * len, tokens = ntp + pairRows * len;
   // Activations are [tokens, width] buffers, each rounded up to the pool's size class (up to a
   // quarter more when tokens is just over a power of two), so they are counted buffer by buffer.
-  const buffers = (widths: number[]) => widths.reduce((n, w) => n + sizeClass(tokens * w * F32), 0);
+  // dtype f16 stores the activations the layers write in f16; the residual stream, the 1/rms
+  // and attention statistics and every gradient stay f32.
+  const act = config.dtype === "f16" ? 2 : F32;
+  const buffers = (widths: number[], bytes = F32) =>
+    widths.reduce((n, w) => n + sizeClass(tokens * w * bytes), 0);
   // Per adapted projection: x A^T, then B's product, its scaled copy and the sum with the base
   // projection (which the scope holds as well).
   const loraKept = slots.flatMap((s) => [r, s.outDim, s.outDim, s.outDim]);
   const perLayer = (all: number[]) => all.slice(0, all.length / Math.max(1, c.nLayers));
-  // Per layer: kept for backward (the block's input, both norms' outputs and their 1/rms, q,
-  // attention's output, the residual; k and v; gate, up and their product; the log-sum-exp),
-  // then held by the forward's scope (q and k before RoPE, the two outputs added to the residual).
-  const kept = [...Array(6).fill(d), kv, kv, ff, ff, ff, h, 1, 1, ...perLayer(loraKept)];
-  const scoped = [d, d, d, kv];
+  // Per layer, kept for backward: in f32 the block's input, the residual after attention,
+  // attention's statistics and both norms' 1/rms; as activations are stored, both norms'
+  // outputs, q, attention's output, k and v, gate, up and their product. Then held by the
+  // forward's scope: q and k before RoPE, the two outputs added to the residual.
+  const kept = buffers([d, d, h, 1, 1]) +
+    buffers([d, d, d, d, kv, kv, ff, ff, ff, ...perLayer(loraKept)], act);
+  const scoped = buffers([d, d, d, kv], act);
   // With checkpointing each layer keeps its input only, and one layer's kept activations exist
   // again while it is recomputed in backward (its scope frees the rest).
   const layers = config.checkpointing
-    ? c.nLayers * buffers([d]) + buffers(kept)
-    : c.nLayers * buffers([...kept, ...scoped]);
+    ? c.nLayers * buffers([d]) + kept
+    : c.nLayers * (kept + scoped);
   // The embedding's output, the final norm's output and its 1/rms; one layer's activation
   // gradients in flight, and its adapters' output gradients.
   const backward = [d, d, d, ff, ...perLayer(slots.map((s) => s.outDim))];
   const activations = layers + buffers([d, d, 1]) + buffers(backward);
+  // Under f16 activations each f32 matrix a layer reads (a trainable master weight) is rounded
+  // to an f16 copy per forward, which its product keeps for backward: every layer's copies, or
+  // with checkpointing the one layer being recomputed.
+  const layerCopies = config.dtype !== "f16"
+    ? 0
+    : r > 0
+    ? perLayer(slots.map((s) => 2 * r * (s.inDim + s.outDim))).reduce((a, b) => a + b, 0)
+    : parameterShapes(c).filter(([n]) => n.startsWith("model.layers.0.") && isMatrix(n))
+      .reduce((n, [, s]) => n + sizeClass(2 * s[0] * s[1]), 0);
+  const copies = layerCopies * (config.checkpointing ? 1 : c.nLayers);
   const chunk = logitsChunk(ntp, v);
   const items: PlanItem[] = [
     {
@@ -168,9 +185,21 @@ export function memoryPlan(
     {
       name: "activations",
       bytes: activations,
-      detail: `${tokens.toLocaleString("en")} tokens x ${activations / tokens / F32} f32 ` +
-        `(${ntpRows} + ${pairRows} rows of ${len}${config.checkpointing ? ", checkpointing" : ""})`,
+      detail: `${tokens.toLocaleString("en")} tokens x ${
+        Math.round(activations / tokens).toLocaleString("en")
+      } bytes (${ntpRows} + ${pairRows} rows of ${len}${
+        config.dtype === "f16" ? ", f16 activations" : ""
+      }${config.checkpointing ? ", checkpointing" : ""})`,
     },
+    ...(copies
+      ? [{
+        name: "f16 weight copies",
+        bytes: copies,
+        detail: `f32 matrices rounded to f16 for the forward, ${
+          config.checkpointing ? "one layer at a time (checkpointing)" : "every layer's"
+        }`,
+      }]
+      : []),
     {
       name: "logits",
       bytes: 2 * ntp * chunk * F32,
@@ -184,7 +213,7 @@ export function memoryPlan(
   // Weights are paged: kernels bind windows of them (src/gpu/pages.ts), products with them run
   // in pieces, so no weight is one binding. Activations are.
   const bindings: PlanBinding[] = [
-    { name: `MLP activations [${tokens}, ${ff}]`, bytes: tokens * ff * F32, remedy: shorter },
+    { name: `MLP activations [${tokens}, ${ff}]`, bytes: tokens * ff * act, remedy: shorter },
     { name: `hidden states [${tokens}, ${d}]`, bytes: tokens * d * F32, remedy: shorter },
     {
       name: `logits [${ntp}, ${chunk}]`,

@@ -14,6 +14,7 @@ import type { Tokenizer } from "../io/tokenizer.ts";
 import { Rng } from "../tensor/random.ts";
 import { PairStream, readPairs, type StreamState, TextStream } from "../train/data.ts";
 import { readTrainerState, type TrainTask } from "../train/trainer.ts";
+import type { WeightDType } from "../nn/llama.ts";
 import { buildConfig, ConfigError, FIELDS, maskTable, type TrainConfig } from "./config.ts";
 import type { Trainable } from "../tensor/optim.ts";
 
@@ -43,8 +44,25 @@ export async function withSpecials(base: LoadedModel, config: TrainConfig): Prom
     pooling: config.gem.pooling,
   });
   // f16 base matrices are frozen; the embedding stays f32, since its special rows train.
-  if (config.dtype === "f16") gem.model.storeAs("f16", ["model.embed_tokens.weight"]);
+  if (weightDType(config) === "f16") gem.model.storeAs("f16", ["model.embed_tokens.weight"]);
   if (config.lora.rank > 0) gem.model.attachLora({ ...config.lora, seed: config.seed + 3 });
+  gem.model.activations = config.dtype;
+  return gem;
+}
+
+/**
+ * How a run stores its weights. dtype f16 runs the forward on f16 activations; under LoRA the
+ * frozen base matrices are then stored in f16 as well, while full training keeps f32 master
+ * weights (and f32 gradients and optimizer state), rounded to f16 copies for each forward.
+ */
+export function weightDType(config: TrainConfig): WeightDType {
+  return config.dtype === "f16" && config.lora.rank > 0 ? "f16" : "f32";
+}
+
+/** A run's checkpoint loaded to train on, stored and computing as `config` says. */
+export async function loadRunGem(checkpoint: string, config: TrainConfig): Promise<GemModel> {
+  const gem = await loadGem(checkpoint, { dtype: weightDType(config) });
+  gem.model.activations = config.dtype;
   return gem;
 }
 
@@ -220,7 +238,7 @@ export interface PreparedRun {
  */
 export async function prepareRun(config: TrainConfig, resume?: string): Promise<PreparedRun> {
   const gem = resume
-    ? await loadGem(resume, { dtype: config.dtype })
+    ? await loadRunGem(resume, config)
     : await withSpecials(await openBase(config), config);
   const start = resume ? (await readTrainerState(resume)).step : 0;
   return { gem, task: gemTask(gem, config), start };

@@ -37,6 +37,7 @@ import {
   reshape,
   slice,
   sum,
+  widened,
   zeros,
 } from "./ops.ts";
 import { empty, enableGrad, numel, scope, type Tensor, tensor } from "./tensor.ts";
@@ -368,7 +369,9 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
     return [dx, null];
   },
   attention: (g, n) => {
-    const [q, k, v, roles, o, stats] = n.saved;
+    // f16 activations are read by the backward kernels as widened f32 copies.
+    const wide = n.saved.map((t) => t.dtype === "f16" ? widened(t) : t);
+    const [q, k, v, roles, o, stats] = wide;
     const meta = n.ctx.packed ? roles : null;
     const gc = contiguous(g);
     const dq = empty(q.shape, "f32", "attention.dq");
@@ -393,6 +396,7 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
       n.ctx.table,
     );
     gc.dispose();
+    wide.forEach((t, i) => t !== n.saved[i] && t.dispose());
     return [dq, dk, dv, null, null];
   },
 };

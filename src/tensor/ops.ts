@@ -60,6 +60,41 @@ function wantFloat(op: string, t: Tensor, what: string): void {
   }
 }
 
+/** The storage dtype of an activation an op writes: f32 (the default) or f16. */
+export type ActDType = "f32" | "f16";
+
+function wantAct(op: string, dtype: string): void {
+  if (dtype !== "f32" && dtype !== "f16") {
+    throw new DTypeError(`${op}: dtype must be 'f32' or 'f16', got '${dtype}'`);
+  }
+}
+
+/**
+ * `t` as a contiguous f32 tensor for a kernel that reads f32 (a widened copy when it is f16, no
+ * autograd); the caller disposes it.
+ */
+export function widened(t: Tensor): Tensor {
+  if (t.dtype !== "f16") return contiguous(t);
+  return noGrad(() => mapExpr("a", { a: t }, t.shape));
+}
+
+/**
+ * `c` (f32, computed by an op) stored as `dtype`: f16 rounds it to nearest even into a new
+ * tensor and releases `c`. An op computes in f32 and rounds once, on the way out.
+ */
+function stored(c: Tensor, dtype: ActDType, what: string): Tensor {
+  if (dtype === "f32") return c;
+  const out = empty(c.shape, "f16", what);
+  runElementwise(gpu(), "a", [input(c, "a", c.shape)], outOf(out), c.shape);
+  c.dispose();
+  return out;
+}
+
+/** f16 when every one of `xs` is f16, else f32: elementwise ops keep half precision. */
+function joint(xs: readonly Tensor[]): ActDType {
+  return xs.every((x) => x.dtype === "f16") ? "f16" : "f32";
+}
+
 function normAxis(op: string, axis: number, rank: number): number {
   const a = axis < 0 ? axis + rank : axis;
   if (!Number.isInteger(a) || a < 0 || a >= Math.max(rank, 1)) {
@@ -267,8 +302,8 @@ export function concat(xs: readonly Tensor[], axis: number): Tensor {
 /** f(x) elementwise; `c` is the scalar of addScalar/mulScalar/powScalar. */
 export function unary(fn: UnaryFn, x: Tensor, c = 0): Tensor {
   if (!(fn in UNARY) || fn === "fill") throw new Error(`unary: unknown fn '${fn}'`);
-  wantDType(`unary(${fn})`, x, "f32", "input");
-  const out = empty(x.shape, "f32", fn);
+  wantFloat(`unary(${fn})`, x, "input");
+  const out = empty(x.shape, joint([x]), fn);
   runElementwise(gpu(), UNARY[fn], [input(x, "a", x.shape)], outOf(out), x.shape, c);
   return record(out, "unary", [x], [x], { fn, c });
 }
@@ -276,10 +311,10 @@ export function unary(fn: UnaryFn, x: Tensor, c = 0): Tensor {
 /** f(a, b) elementwise with numpy broadcasting. */
 export function binary(fn: BinaryFn, a: Tensor, b: Tensor): Tensor {
   if (!(fn in BINARY)) throw new Error(`binary: unknown fn '${fn}'`);
-  wantDType(`binary(${fn})`, a, "f32", "a");
-  wantDType(`binary(${fn})`, b, "f32", "b");
+  wantFloat(`binary(${fn})`, a, "a");
+  wantFloat(`binary(${fn})`, b, "b");
   const shape = broadcastShapes(`binary(${fn})`, a.shape, b.shape);
-  const out = empty(shape, "f32", fn);
+  const out = empty(shape, joint([a, b]), fn);
   runElementwise(
     gpu(),
     BINARY[fn],
@@ -325,12 +360,12 @@ export const addScalar = (x: Tensor, c: number): Tensor => unary("addScalar", x,
 
 /** silu(a) * b, the gate of a SwiGLU MLP, in one kernel. */
 export function swiglu(a: Tensor, b: Tensor): Tensor {
-  wantDType("swiglu", a, "f32", "a");
-  wantDType("swiglu", b, "f32", "b");
+  wantFloat("swiglu", a, "a");
+  wantFloat("swiglu", b, "b");
   if (a.shape.join() !== b.shape.join()) {
     fail("swiglu", `a ${shapeStr(a)} and b ${shapeStr(b)} differ`);
   }
-  const out = empty(a.shape, "f32", "swiglu");
+  const out = empty(a.shape, joint([a, b]), "swiglu");
   runElementwise(
     gpu(),
     "a * sigmoid(a) * b",
@@ -406,6 +441,8 @@ export interface MatmulOptions {
   transA?: boolean;
   /** Use b's last two dims transposed. */
   transB?: boolean;
+  /** Storage of the product: f32 (default), or f16 (accumulated in f32, rounded once). */
+  dtype?: ActDType;
 }
 
 /** Batch dims of a matmul operand as one (count, stride), or null if they cannot merge. */
@@ -490,6 +527,13 @@ function matmulPieces(
  */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const transA = opts.transA ?? false, transB = opts.transB ?? false;
+  if (opts.dtype !== undefined && opts.dtype !== "f32") {
+    wantAct("matmul", opts.dtype);
+    // The f32 product is computed unrecorded, then rounded: one node whose saved operands are
+    // a and b, as for an f32 product (its gradient never reads the product).
+    const c = stored(noGrad(() => matmul(a, b, { transA, transB })), opts.dtype, "matmul");
+    return record(c, "matmul", [a, b], [a, b], { transA, transB });
+  }
   wantFloat("matmul", a, "a");
   wantFloat("matmul", b, "b");
   const desc = () =>
@@ -601,9 +645,13 @@ function softmaxImpl(x: Tensor, log: boolean): Tensor {
   return record(out, log ? "logSoftmax" : "softmax", [x], [out]);
 }
 
-/** RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * w. */
-export function rmsnorm(x: Tensor, w: Tensor, eps = 1e-5): Tensor {
+/**
+ * RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * w, computed in f32 and stored as
+ * `dtype`.
+ */
+export function rmsnorm(x: Tensor, w: Tensor, eps = 1e-5, dtype: ActDType = "f32"): Tensor {
   wantDType("rmsnorm", x, "f32", "x");
+  wantAct("rmsnorm", dtype);
   wantDType("rmsnorm", w, "f32", "w");
   const d = x.shape[x.rank - 1];
   if (w.rank !== 1 || w.shape[0] !== d) {
@@ -622,11 +670,12 @@ export function rmsnorm(x: Tensor, w: Tensor, eps = 1e-5): Tensor {
     d,
     eps,
   );
-  record(out, "rmsnorm", [x, w], [xc, wc, rstd], { eps });
+  const res = stored(out, dtype, "rmsnorm");
+  record(res, "rmsnorm", [x, w], [xc, wc, rstd], { eps });
   xc.dispose();
   wc.dispose();
   rstd.dispose();
-  return out;
+  return res;
 }
 
 /** A (cos, sin) table for {@link rope}: [maxPos, headDim/2, 2], computed in float64. */
@@ -642,10 +691,10 @@ export function ropeTable(
 
 /**
  * Rotary embedding of x [B, T, H, D] on interleaved pairs. `pos` [B, T] (i32) gives each token's
- * position; by default token t has position t.
+ * position; by default token t has position t. The result has x's dtype (f16 is rotated in f32).
  */
 export function rope(x: Tensor, table: Tensor, pos: Tensor | null = null): Tensor {
-  wantDType("rope", x, "f32", "x");
+  wantFloat("rope", x, "x");
   if (x.rank !== 4) fail("rope", `x ${shapeStr(x)} must be [B, T, H, D]`);
   const [b, t, h, d] = x.shape;
   if (table.rank !== 3 || table.shape[1] * 2 !== d || table.shape[2] !== 2) {
@@ -667,9 +716,10 @@ export function rope(x: Tensor, table: Tensor, pos: Tensor | null = null): Tenso
   } else if (t > maxPos) {
     throw new IndexError(`rope: ${t} positions exceed table of ${maxPos}`);
   }
-  const xc = contiguous(x), tc = contiguous(table), pc = pos ? contiguous(pos) : null;
-  const out = empty(x.shape, "f32", "rope");
-  runRope(gpu(), xc.buf, tc.buf, pc?.buf ?? null, out.buf, { b, t, h, d, maxPos }, 1);
+  const xc = widened(x), tc = contiguous(table), pc = pos ? contiguous(pos) : null;
+  const f32 = empty(x.shape, "f32", "rope");
+  runRope(gpu(), xc.buf, tc.buf, pc?.buf ?? null, f32.buf, { b, t, h, d, maxPos }, 1);
+  const out = stored(f32, x.dtype === "f16" ? "f16" : "f32", "rope");
   record(out, "rope", [x], pc ? [tc, pc] : [tc], { dims: { b, t, h, d, maxPos } });
   xc.dispose();
   tc.dispose();
@@ -923,9 +973,7 @@ export function attention(
   table: RoleTable,
   opts: AttentionOptions = {},
 ): Tensor {
-  for (const [t, name] of [[q, "q"], [k, "k"], [v, "v"]] as const) {
-    wantDType("attention", t, "f32", name);
-  }
+  for (const [t, name] of [[q, "q"], [k, "k"], [v, "v"]] as const) wantFloat("attention", t, name);
   wantDType("attention", roles, "i32", "roles");
   const seg = opts.segments ?? null;
   const shapes = () =>
@@ -956,7 +1004,9 @@ export function attention(
   if (bad) fail("attention", bad);
   checkIndices("attention", roles, 0, table.length, "role");
   const scale = opts.scale ?? 1 / Math.sqrt(d);
-  const qc = contiguous(q), kc = contiguous(k), vc = contiguous(v);
+  // f16 operands are widened for the kernels, which compute in f32; the node keeps the f16
+  // tensors (and the output, rounded to q's dtype) and its backward widens them again.
+  const qc = widened(q), kc = widened(k), vc = widened(v);
   // Packed sequences: one (role, start, end, 0) record per token, read with a single load.
   const rc = seg
     ? concat(
@@ -982,9 +1032,14 @@ export function attention(
     table,
   );
   const inputs = seg ? [q, k, v, roles, seg] : [q, k, v, roles];
-  record(out, "attention", inputs, [qc, kc, vc, rc, out, stats], { dims, table, packed: !!seg });
+  const res = stored(out, q.dtype === "f16" ? "f16" : "f32", "attention");
+  if (needsGrad(inputs)) {
+    const kept = [[q, qc], [k, kc], [v, vc]].map(([x, c]) => x.dtype === "f16" ? contiguous(x) : c);
+    record(res, "attention", inputs, [...kept, rc, res, stats], { dims, table, packed: !!seg });
+    for (const x of kept) if (x.dtype === "f16") x.dispose();
+  }
   for (const x of [qc, kc, vc, rc, stats]) x.dispose();
-  return out;
+  return res;
 }
 
 /** Segments (start, end) with a host copy must satisfy 0 <= start <= position < end <= T. */

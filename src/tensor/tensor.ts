@@ -13,9 +13,10 @@ import { contiguousStrides, runElementwise } from "../gpu/kernels/elementwise.ts
 import type { GpuBuffer } from "../gpu/pool.ts";
 
 /**
- * Element types. f16 is storage only (half the bytes of a weight): every kernel that reads an
- * f16 operand converts it to f32 and computes in f32, and ops produce f32 unless asked for f16
- * (`cast`). It needs the adapter's `shader-f16` feature.
+ * Element types. f16 is storage only (half the bytes of a weight or an activation): every kernel
+ * that reads an f16 operand converts it to f32 and computes in f32; ops produce f32 unless asked
+ * for f16 (`cast`, matmul's and rmsnorm's `dtype`) or, for elementwise ops, RoPE and attention,
+ * given only f16 inputs. Gradients are f32. It needs the adapter's `shader-f16` feature.
  */
 export type DType = "f32" | "i32" | "f16";
 

@@ -703,6 +703,107 @@ def f16_cases():
     return cases
 
 
+def attention_grads(q, k, v, roles, table, scale, dout, o_for_d):
+    """Attention's gradients the way a flash backward forms them: dS = P * (dO V^T - D) with
+    D = rowsum(dO * O), where O is `o_for_d` (the output as stored). All float64."""
+    group = q.shape[2] // k.shape[2]
+    kk, vv = k.repeat_interleave(group, 2), v.repeat_interleave(group, 2)
+    mask = allowed_mask(roles, table)[:, None]
+    sc = torch.einsum("bthd,bshd->bhts", q, kk) * scale
+    sc = torch.where(mask, sc, torch.full_like(sc, -math.inf))
+    sc = torch.where(mask.any(-1, keepdim=True), sc, torch.zeros_like(sc))
+    p = torch.softmax(sc, -1) * mask
+    dp = torch.einsum("bthd,bshd->bhts", dout, vv)
+    d = (dout * o_for_d).sum(-1).permute(0, 2, 1)[..., None]  # [B,H,T,1]
+    ds = p * (dp - d)
+    dq = torch.einsum("bhts,bshd->bthd", ds, kk) * scale
+    dk = torch.einsum("bhts,bthd->bshd", ds, q) * scale
+    dv = torch.einsum("bhts,bthd->bshd", p, dout)
+    fold = lambda x: x.reshape(*x.shape[:2], k.shape[2], group, x.shape[3]).sum(3)
+    return dq, fold(dk), fold(dv)
+
+
+def f16_activation_cases():
+    """Ops that store their result in f16 (dtype f16 training: f16 activations). Inputs marked
+    f16 are rounded to half first (exact in f16); the reference is float64 of those values,
+    rounded once to half, as gemkit computes in f32 and rounds once on the way out. Gradients
+    stay f32 and are those of the float64 function (the rounding's own derivative counted as
+    1, like a cast's). Every float input gets a gradient: activations are not frozen."""
+    torch.manual_seed(15)
+    cases = []
+
+    def half(x):
+        return x.half().to(F32)
+
+    def case(name, op, attrs, inputs, fn, f16_inputs, diff):
+        def rounded(**kw):
+            # Straight through: the value rounded to half, the gradient untouched float64.
+            return {k: v + (v.half().to(F64) - v).detach() for k, v in fn(**kw).items()}
+        for n in f16_inputs:
+            inputs[n] = half(inputs[n])
+        c = make_case(f"f16act/{name}", op, attrs, inputs, rounded, diff=diff)
+        for n in f16_inputs:
+            c["inputs"][n]["dtype"] = "f16"
+        c["outputs"]["out"]["dtype"] = "f16"
+        cases.append(c)
+
+    for name, M, K, N in (("16x64x172_tB", 16, 64, 172), ("7x33x5_tB", 7, 33, 5)):
+        a, b = randn(M, K), randn(N, K) * 0.5
+        case(f"matmul_{name}_f16_a", "matmul", {"transA": False, "transB": True, "dtype": "f16"},
+             {"a": a, "b": b}, lambda a, b: {"out": matmul_ref(a, b, False, True)},
+             ["a", "b"], ("a", "b"))
+        case(f"matmul_{name}_f32_a", "matmul", {"transA": False, "transB": True, "dtype": "f16"},
+             {"a": a, "b": b}, lambda a, b: {"out": matmul_ref(a, b, False, True)}, ["b"],
+             ("a", "b"))
+    for shape in ((3, 8), (2, 5, 64)):
+        x, w = randn(*shape), (1.0 + 0.1 * randn(shape[-1])).to(F32)
+        case(f"rmsnorm_{'x'.join(map(str, shape))}", "rmsnorm", {"eps": 1e-5, "dtype": "f16"},
+             {"x": x, "w": w}, lambda x, w: {"out": rmsnorm_ref(x, w, 1e-5)}, [], ("x", "w"))
+    x = randn(2, 5, 3, 8)
+    pos = torch.arange(5, dtype=torch.int64)[None].expand(2, 5)
+    case("rope_2x5x3x8", "rope", {"theta": 10000.0}, {"x": x},
+         lambda x: {"out": rope_ref(x, pos, 10000.0)}, ["x"], ("x",))
+    a, b = randn(2, 4, 43, scale=2.0), randn(2, 4, 43)
+    case("swiglu_2x4x43", "swiglu", {}, {"a": a, "b": b}, lambda a, b: {"out": silu(a) * b},
+         ["a", "b"], ("a", "b"))
+    gem_rows = [[0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3], [0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2]]
+    for name, B, T_, Hq, Hkv, D, table, rows in (
+            ("causal_b1_t70_h2_d16", 1, 70, 2, 2, 16, CAUSAL_TABLE, [0] * 70),
+            ("gem_b2_t11_hq4_hkv2_d8", 2, 11, 4, 2, 8, GEM_TABLE, gem_rows)):
+        roles = torch.tensor(rows, dtype=I32).reshape(B, T_)
+        scale = f32num(1.0 / math.sqrt(D))
+        q, k, v = randn(B, T_, Hq, D), randn(B, T_, Hkv, D), randn(B, T_, Hkv, D)
+
+        def fn(q, k, v, roles, table=table, scale=scale):
+            return {"out": attention_ref(q, k, v, roles, table, scale)}
+
+        case(f"attention_{name}", "attention", {"table": table, "scale": scale},
+             {"q": q, "k": k, "v": v, "roles": roles}, fn, ["q", "k", "v"], ("q", "k", "v"))
+        # The backward reads the output as stored (f16) to form D: so does the reference. The
+        # same formula with the exact output must give autograd's gradients.
+        c = cases[-1]
+        x64 = {n: torch.tensor(c["inputs"][n]["data"], dtype=F64).reshape(c["inputs"][n]["shape"])
+               for n in ("q", "k", "v")}
+        dout = torch.tensor(c["dout"]["out"]["data"], dtype=F64).reshape(q.shape)
+        r64 = roles.long()
+        exact = attention_ref(x64["q"], x64["k"], x64["v"], r64, table, scale)
+        auto = attention_grads(x64["q"], x64["k"], x64["v"], r64, table, scale, dout, exact)
+        for n, g in zip(("q", "k", "v"), auto):
+            want = torch.tensor(c["grads"][n]["data"], dtype=F64).reshape(g.shape)
+            assert close(g, want, 1e-6), f"attention_grads disagrees with autograd on d{n}"
+        stored = exact.half().to(F64)
+        grads = attention_grads(x64["q"], x64["k"], x64["v"], r64, table, scale, dout, stored)
+        c["grads"] = {n: T(g) for n, g in zip(("q", "k", "v"), grads)}
+    # The residual add: f32 stream plus an f16 branch gives f32.
+    x, y = randn(4, 24), randn(4, 24)
+    y = half(y)
+    c = make_case("f16act/add_f32_f16", "binary", {"fn": "add"}, {"a": x, "b": y},
+                  lambda a, b: {"out": a + b}, diff=("a", "b"))
+    c["inputs"]["b"]["dtype"] = "f16"
+    cases.append(c)
+    return cases
+
+
 def write(path, cases):
     names = [c["name"] for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"
@@ -719,7 +820,8 @@ def main():
     torch.set_default_dtype(F32)
     families = [matmul_cases, unary_cases, binary_cases, reduce_cases, softmax_cases,
                 rmsnorm_cases, rope_cases, swiglu_cases, embedding_cases, cross_entropy_cases,
-                attention_cases, adamw_cases, clip_grad_norm_cases, f16_cases]
+                attention_cases, adamw_cases, clip_grad_norm_cases, f16_cases,
+                f16_activation_cases]
     cases = [c for fam in families for c in fam()]
     write(os.path.join(OUT_DIR, "ops.json"), cases)
     write(os.path.join(OUT_DIR, "composite.json"), [composite_case()])

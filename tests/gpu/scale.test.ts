@@ -3,7 +3,8 @@
  * scaling) and Mistral-7B (hidden 4,096, MLP 14,336, untied) cut to one layer, as bf16 Hugging
  * Face checkpoints of deterministic weights (src/io/synthetic.ts), against PyTorch float64 goldens
  * (tests/goldens/make_scale_goldens.py): logits at 16 tokens, the next-token loss, and the norm of
- * every parameter's gradient; then the same checkpoint stored in f16 (forward and loss). Their
+ * every parameter's gradient; then the same checkpoint stored in f16 (forward and loss), with f32
+ * and with f16 activations. Their
  * embeddings, heads and MLP weights are past one 128 MiB
  * binding, so this runs through the paged kernels.
  */
@@ -58,7 +59,7 @@ function checkRows(
 // subnormals: a rounding of at most 2^-25), and kernels widen them and compute in f32, so the
 // forward meets the same goldens at the same tolerances.
 for (const [name, g] of Object.entries(GOLDENS)) {
-  test(`${name} stored in f16: logits and next-token loss against the same goldens`, {
+  test(`${name} stored in f16, f32 and f16 activations: logits and loss against the goldens`, {
     skip: scaleSkip(),
   }, async () => {
     const dir = await mkdtemp(join(tmpdir(), "gemkit-scale-"));
@@ -75,6 +76,20 @@ for (const [name, g] of Object.entries(GOLDENS)) {
       checkRows(got.rows, g, "f16 ");
       assert.ok(Math.abs(got.loss - g.loss) < 1e-4, `f16 loss ${got.loss}`);
       assert.ok(got.peakRss < 8 * 2 ** 30, `f16: peak host memory ${got.peakRss} bytes`);
+      // With f16 activations too (each layer's outputs rounded to 2^-11 relative): logits and
+      // log-sum-exp within 5e-3 of the goldens (measured 1.1e-3 and 1.8e-3), the loss within
+      // 1e-3 (4e-5 and 1.7e-4), the same argmax at every position.
+      const act = got.activations as { rows: typeof got.rows; loss: number };
+      act.rows.forEach(
+        (row: { logsumexp: number; argmax: number; probes: number[] }, i: number) => {
+          assert.ok(Math.abs(row.logsumexp - g.logsumexp[i]) < 5e-3, `f16 activations: lse ${i}`);
+          assert.equal(row.argmax, g.argmax[i], `f16 activations: argmax ${i}`);
+          row.probes.forEach((x, k) => {
+            assert.ok(Math.abs(x - g.probe_logits[i][k]) < 5e-3, `f16 activations: [${i}, ${k}]`);
+          });
+        },
+      );
+      assert.ok(Math.abs(act.loss - g.loss) < 1e-3, `f16 activations: loss ${act.loss}`);
     } finally {
       await rm(dir, { recursive: true });
     }

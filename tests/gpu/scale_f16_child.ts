@@ -2,7 +2,8 @@
  * Run by tests/gpu/scale.test.ts in a process of its own, so its peak host memory is its own:
  * loads the Hugging Face checkpoint in DIR with its matrices stored in f16, runs the forward on
  * TOKENS (comma-separated ids), and prints JSON: per position the logits' log-sum-exp, argmax and
- * the logits at PROBES (comma-separated ids), the next-token loss, and the process's peak RSS.
+ * the logits at PROBES (comma-separated ids), the next-token loss, the same again with f16
+ * activations (`activations`), and the process's peak RSS.
  *
  *   deno run -A tests/gpu/scale_f16_child.ts DIR TOKENS PROBES
  */
@@ -22,18 +23,25 @@ const model = Llama.fromWeights(config, weights, dir, "f16");
 weights.clear();
 const v = config.vocabSize, t = tokens.length;
 const ids = tensor(Int32Array.from(tokens), [1, t], "i32");
-const out = model.forward(ids, { logits: false });
-const h = T.reshape(out.hidden, [t, config.dim]);
-const logits = T.matmul(h, model.classifier, { transB: true });
-const l = (await logits.toArray()) as Float32Array;
-const rows = logitRows(l, v, probes);
 const targets = tensor(Int32Array.from([...tokens.slice(1), -1]), [t], "i32");
-const loss = await T.classifierCrossEntropy(h, model.classifier, targets).item();
+async function run() {
+  const out = model.forward(ids, { logits: false });
+  const h = T.reshape(out.hidden, [t, config.dim]);
+  const logits = T.matmul(h, model.classifier, { transB: true });
+  const rows = logitRows((await logits.toArray()) as Float32Array, v, probes);
+  const loss = await T.classifierCrossEntropy(h, model.classifier, targets).item();
+  for (const x of [out.hidden, h, logits]) x.dispose();
+  return { rows, loss };
+}
+const { rows, loss } = await run();
+model.activations = "f16";
+const activations = await run();
 console.log(JSON.stringify({
   dtype: model.dtype,
   adapter: gpu().description,
   rows,
   loss,
+  activations,
   peakRss: peakRss(),
 }));
 process.exit(0);

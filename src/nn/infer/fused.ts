@@ -68,9 +68,9 @@ export class FusedDecoder {
     if (!fusedDecodeFits(fits, limit)) {
       throw new Error(`FusedDecoder: the fused decode kernels do not take ${JSON.stringify(fits)}`);
     }
-    if (model.dtype !== "f32") {
+    if (model.dtype !== "f32" || model.activations !== "f32") {
       throw new Error(
-        `FusedDecoder: the fused decode kernels read f32 weights, not ${model.dtype}`,
+        `FusedDecoder: the fused decode kernels read f32 weights and write f32 activations, not ${model.dtype} and ${model.activations}`,
       );
     }
     this.version = opts.version ?? inferTuning().decodeVersion;
@@ -232,10 +232,13 @@ export class FusedDecoder {
   }
 }
 
-/** Whether {@link FusedEncoder} takes this model: f32 weights, no LoRA, a small model's shape. */
+/**
+ * Whether {@link FusedEncoder} takes this model: f32 weights and activations, no LoRA, a small
+ * model's shape.
+ */
 export function fusedEncodeFits(model: Llama): boolean {
   const c = model.config;
-  return model.dtype === "f32" && model.lora.size === 0 &&
+  return model.dtype === "f32" && model.activations === "f32" && model.lora.size === 0 &&
     fusedDecodeFits({ dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads }, Infinity);
 }
 
@@ -256,7 +259,7 @@ export class FusedEncoder {
     if (!fusedEncodeFits(model)) {
       const c = model.config;
       throw new Error(
-        `FusedEncoder: takes small f32 models without LoRA (dim ${c.dim}, hidden ${c.hiddenDim}, ${model.dtype}, ${model.lora.size} adapters)`,
+        `FusedEncoder: takes small f32 models without LoRA (dim ${c.dim}, hidden ${c.hiddenDim}, ${model.dtype} weights, ${model.activations} activations, ${model.lora.size} adapters)`,
       );
     }
     this.#model = model;
