@@ -14,11 +14,15 @@
  * - elementwise: add and mul of [T, ff] tensors;
  * - rows: RMSNorm over [T, d] and softmax over [T, v];
  * - attention: causal attention over sequences of the config's length with the model's heads
- *   (T tokens in all), forward.
+ *   (T tokens in all), forward;
+ * - attentionPacked: training's attention, forward and backward, over the same rows each packed
+ *   with four sequences (a half, a quarter and two eighths of the row; each token sees the
+ *   earlier tokens of its own sequence).
  */
 
 import type { Gpu } from "../gpu/device.ts";
 import type { Tuning } from "../gpu/tuning.ts";
+import { backward } from "../tensor/backward.ts";
 import * as T from "../tensor/ops.ts";
 import { type Tensor, tensor } from "../tensor/tensor.ts";
 
@@ -55,7 +59,7 @@ export interface Knob {
 }
 
 /** The workloads. */
-export type WorkloadName = "matmul" | "elementwise" | "rows" | "attention";
+export type WorkloadName = "matmul" | "elementwise" | "rows" | "attention" | "attentionPacked";
 
 /** One candidate's outcome. */
 export interface Trial {
@@ -136,6 +140,7 @@ export function knobs(space: "small" | "full", maxTileArea = Infinity): Knob[] {
     set("attentionBlock", "attention", full ? [1, 2, 4, 8] : [2, 8]),
     set("attentionWorkgroup", "attention", full ? [32, 64, 128] : [32, 64]),
     set("attentionKvTextures", "attention", [true, false]),
+    set("attentionBlockPacked", "attentionPacked", full ? [1, 2, 4, 8, 16] : [4, 16]),
   ];
 }
 
@@ -185,7 +190,9 @@ export function sampled(
   };
 }
 
-function makeWorkload(name: Exclude<WorkloadName, "attention">, s: TuneShapes): Workload {
+type Attn = "attention" | "attentionPacked";
+
+function makeWorkload(name: Exclude<WorkloadName, Attn>, s: TuneShapes): Workload {
   const { tokens: t, dim: d, hiddenDim: ff, vocab: v } = s;
   const host = {
     x: values(t * d, 1),
@@ -210,7 +217,7 @@ function makeWorkload(name: Exclude<WorkloadName, "attention">, s: TuneShapes): 
     norm: [d],
     logits: [t, v],
   };
-  const need: Record<Exclude<WorkloadName, "attention">, string[]> = {
+  const need: Record<Exclude<WorkloadName, Attn>, string[]> = {
     matmul: ["x", "h", "wq", "wg", "wd", "we", "g"],
     elementwise: ["h", "g"],
     rows: ["x", "norm", "logits"],
@@ -222,7 +229,7 @@ function makeWorkload(name: Exclude<WorkloadName, "attention">, s: TuneShapes): 
     for (let i = 0; i < k; i++) z += a[r * k + i] * w[c * k + i];
     return z;
   };
-  const runs: Record<Exclude<WorkloadName, "attention">, Workload["run"]> = {
+  const runs: Record<Exclude<WorkloadName, Attn>, Workload["run"]> = {
     matmul: () => [
       {
         out: T.matmul(dev.x, dev.wq, { transB: true }),
@@ -322,6 +329,81 @@ function attentionWorkload(s: TuneShapes): Workload {
   };
 }
 
+/**
+ * Packed causal attention over [b, seq, heads, hd], forward and backward (dO fixed): checked on
+ * sampled outputs and sampled entries of dV (the gradient whose reference is a sum of softmax
+ * weights times dO).
+ */
+function packedAttentionWorkload(s: TuneShapes): Workload {
+  const h = s.heads ?? 8, hkv = s.kvHeads ?? h, seq = Math.min(s.seq ?? 256, s.tokens);
+  const hd = Math.floor(s.dim / h), b = Math.max(1, Math.floor(s.tokens / seq));
+  const n = b * seq, group = h / hkv, scale = 1 / Math.sqrt(hd);
+  // Each token's (start, end): a row holds sequences of seq/2, seq/4, seq/8 and the rest.
+  const seg = new Int32Array(2 * n);
+  const cuts = [0, seq >> 1, (seq >> 1) + (seq >> 2), (seq >> 1) + (seq >> 2) + (seq >> 3), seq];
+  for (let r = 0; r < b; r++) {
+    for (let i = 0; i < 4; i++) {
+      for (let t = cuts[i]; t < cuts[i + 1]; t++) {
+        seg.set([cuts[i], cuts[i + 1]], 2 * (r * seq + t));
+      }
+    }
+  }
+  const q = values(n * h * hd, 21), k = values(n * hkv * hd, 22), v = values(n * hkv * hd, 23);
+  const dO = values(n * h * hd, 24);
+  const leaf = (x: Float32Array, heads: number, name: string) =>
+    T.parameter(tensor(x, [b, seq, heads, hd]), name);
+  const [qp, kp, vp] = [leaf(q, h, "q"), leaf(k, hkv, "k"), leaf(v, hkv, "v")];
+  const dout = tensor(dO, [b, seq, h, hd]);
+  const roles = tensor(new Int32Array(n), [b, seq], "i32");
+  const segments = tensor(seg, [b, seq, 2], "i32");
+  // Softmax weights of token `tok` (flat over rows) in head `head` over its keys start..tok.
+  const weights = (tok: number, head: number): number[] => {
+    const g = Math.floor(head / group), qo = (tok * h + head) * hd;
+    const sc: number[] = [];
+    for (let j = seg[2 * tok] + tok - (tok % seq); j <= tok; j++) {
+      let z = 0;
+      for (let i = 0; i < hd; i++) z += q[qo + i] * k[(j * hkv + g) * hd + i];
+      sc.push(z * scale);
+    }
+    const m = Math.max(...sc);
+    const e = sc.map((x) => Math.exp(x - m)), z = e.reduce((a, x) => a + x, 0);
+    return e.map((x) => x / z);
+  };
+  const rowStart = (tok: number) => tok - (tok % seq) + seg[2 * tok];
+  const outRef = (row: number, c: number) => {
+    const tok = Math.floor(row / h), head = row % h, g = Math.floor(head / group);
+    const p = weights(tok, head), j0 = rowStart(tok);
+    return p.reduce((a, w, j) => a + w * v[((j0 + j) * hkv + g) * hd + c], 0);
+  };
+  // dV[j, g, c]: every later token t of j's sequence, in every query head of group g.
+  const dvRef = (row: number, c: number) => {
+    const j = Math.floor(row / hkv), g = row % hkv, end = j - (j % seq) + seg[2 * j + 1];
+    let sum = 0;
+    for (let head = g * group; head < (g + 1) * group; head++) {
+      for (let t = j; t < end; t++) {
+        sum += weights(t, head)[j - rowStart(t)] * dO[(t * h + head) * hd + c];
+      }
+    }
+    return sum;
+  };
+  return {
+    run: () => {
+      const out = T.attention(qp, kp, vp, roles, [[1]], { segments });
+      backward(out, { grad: dout });
+      const dv = vp.grad!;
+      for (const p of [qp, kp, vp]) {
+        if (p !== vp) p.grad?.dispose();
+        p.grad = null;
+      }
+      return [
+        { out, check: sampled("packed attention", n * h, hd, outRef) },
+        { out: dv, check: sampled("packed attention dV", n * hkv, hd, dvRef) },
+      ];
+    },
+    dispose: () => [qp, kp, vp, dout, roles, segments].forEach((x) => x.dispose()),
+  };
+}
+
 /** Runs a workload once and checks every output; the first mismatch, or null. */
 async function check(w: Workload): Promise<string | null> {
   const outs = w.run();
@@ -374,7 +456,14 @@ export async function tune(g: Gpu, s: TuneShapes, opts: TuneOptions = {}): Promi
   const t0 = performance.now();
   const names = [...new Set(space.map((k) => k.workload))];
   const work = Object.fromEntries(
-    names.map((n) => [n, n === "attention" ? attentionWorkload(s) : makeWorkload(n, s)]),
+    names.map((n) => [
+      n,
+      n === "attention"
+        ? attentionWorkload(s)
+        : n === "attentionPacked"
+        ? packedAttentionWorkload(s)
+        : makeWorkload(n, s),
+    ]),
   ) as Record<
     WorkloadName,
     Workload
