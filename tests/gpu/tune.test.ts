@@ -55,6 +55,23 @@ test("tune: every candidate checked, a failing one dropped with its reason; tuni
   }
 });
 
+test("tune: training's packed attention, forward and dV checked, at every block size", async () => {
+  const g = await testGpu();
+  const before = structuredClone(g.tuning);
+  const packed = knobs("full").filter((k) => k.workload === "attentionPacked");
+  assert.deepEqual(packed.map((k) => k.name), ["attentionBlockPacked"]);
+  // Head dimension 8 (vec4 blocks), 2 query heads per key/value head, two rows of 64.
+  const shapes = { tokens: 128, dim: 32, hiddenDim: 40, vocab: 36, heads: 4, kvHeads: 2, seq: 64 };
+  const r = await tune(g, shapes, { knobs: packed, reps: 2, budgetS: 120 });
+  assert.deepEqual(g.tuning, before);
+  const tried = new Set(r.trials.map((t) => t.value));
+  for (const v of [1, 2, 4, 8, 16]) {
+    assert.ok(v === before.attentionBlockPacked || tried.has(v), `block ${v} tried`);
+  }
+  assert.ok(r.trials.every((t) => t.ok), JSON.stringify(r.trials));
+  assert.ok(r.startMs.attentionPacked > 0);
+});
+
 test("deno task tune writes a profile for this adapter; --tuning pins one; resume refuses another", async () => {
   const g = await testGpu();
   const dir = await mkdtemp(join(tmpdir(), "gemkit-tune-"));
