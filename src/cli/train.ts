@@ -63,7 +63,7 @@ await runMain(async () => {
   const { flags, overrides } = parseArgs(
     args(),
     {
-      config: { type: "string", help: "JSON config file (fields: src/train/config.ts, README)" },
+      config: { type: "string", help: "JSON config file (fields: src/recipe/config.ts, README)" },
       out: {
         type: "string",
         help: "run directory (default runs/gem; with --resume, the resumed run's)",

@@ -422,12 +422,12 @@ export class Llama {
       if (cache) T.copyInto(T.slice(cache.roles, 1, start, start + t), roles);
       let x = T.embedding(this.#p("model.embed_tokens.weight"), tokens);
       const layers: Tensor[] = opts.layers ? [x] : [];
-      // One block; `kept` = [roles, positions, segments] (the last two when given), passed in
-      // rather than captured so a checkpoint can hold them until its backward.
+      // One block; `kept` = [roles, positions, packed token records] (the last two when given),
+      // passed in rather than captured so a checkpoint can hold them until its backward.
       const block = (l: number, x: Tensor, kept: readonly Tensor[]): Tensor => {
         const p = (n: string) => this.#p(`model.layers.${l}.${n}`);
         const [roles, pos, seg] = [kept[0], positions ? kept[1] : null, kept.at(-1)];
-        const segments = opts.segments ? seg : undefined;
+        const packed = opts.segments ? seg : undefined;
         const act = this.activations;
         const a = T.rmsnorm(x, p("input_layernorm.weight"), c.normEps, act);
         const lin = (y: Tensor, n: string) => this.#linear(y, `model.layers.${l}.${n}`);
@@ -442,7 +442,7 @@ export class Llama {
           T.copyInto(T.slice(cache.v[l], 1, start, start + t), v);
           [k, v, attRoles, keys] = [cache.k[l], cache.v[l], cache.roles, start + t];
         }
-        const o = T.attention(q, k, v, attRoles, table, { keys, segments });
+        const o = T.attention(q, k, v, attRoles, table, { keys, packed });
         x = T.add(
           x,
           lin(T.reshape(o, [b, t, c.dim]), "self_attn.o_proj.weight"),
@@ -452,10 +452,11 @@ export class Llama {
         const up = lin(m, "mlp.up_proj.weight");
         return T.add(x, lin(T.swiglu(gate, up), "mlp.down_proj.weight"));
       };
+      // Packed sequences: every layer's attention reads the token records built here once.
       const kept = [
         roles,
         ...(positions ? [positions] : []),
-        ...(opts.segments ? [opts.segments] : []),
+        ...(opts.segments ? [T.packedTokens(roles, opts.segments)] : []),
       ];
       for (let l = 0; l < c.nLayers; l++) {
         if (opts.checkpoint) {

@@ -959,6 +959,39 @@ export interface AttentionOptions {
    * token sees only keys in its range, so several sequences share a row without padding.
    */
   segments?: Tensor;
+  /**
+   * The same as `segments`, prepared once by {@link packedTokens} (a model's layers share it):
+   * saves each layer building and checking its token records.
+   */
+  packed?: Tensor;
+}
+
+/**
+ * Per-token records (role, start, end, 0) [B, T, 4] of packed sequences, for attention's
+ * `packed` option: `segments` [B, T, 2] checked (each token's range holds its position) and
+ * joined with `roles` [B, T] once, where every layer's attention would otherwise do it.
+ */
+export function packedTokens(roles: Tensor, segments: Tensor): Tensor {
+  wantDType("packedTokens", roles, "i32", "roles");
+  wantDType("packedTokens", segments, "i32", "segments");
+  if (roles.rank !== 2 || segments.size !== 2 * roles.size) {
+    fail(
+      "packedTokens",
+      `roles ${shapeStr(roles)} [B, T] and segments ${shapeStr(segments)} [B, T, 2]`,
+    );
+  }
+  const [b, t] = roles.shape;
+  checkSegments(segments, t);
+  return noGrad(() => {
+    const parts = [
+      reshape(roles, [b, t, 1]),
+      reshape(segments, [b, t, 2]),
+      zeros([b, t, 1], "i32"),
+    ];
+    const out = concat(parts, 2);
+    for (const x of parts) x.dispose();
+    return out;
+  });
 }
 
 /**
@@ -975,10 +1008,10 @@ export function attention(
 ): Tensor {
   for (const [t, name] of [[q, "q"], [k, "k"], [v, "v"]] as const) wantFloat("attention", t, name);
   wantDType("attention", roles, "i32", "roles");
-  const seg = opts.segments ?? null;
+  const seg = opts.segments ?? null, pk = opts.packed ?? null;
   const shapes = () =>
     `q ${shapeStr(q)}, k ${shapeStr(k)}, v ${shapeStr(v)}, roles ${shapeStr(roles)}` +
-    (seg ? `, segments ${shapeStr(seg)}` : "");
+    (seg ? `, segments ${shapeStr(seg)}` : "") + (pk ? `, packed ${shapeStr(pk)}` : "");
   if (q.rank !== 4 || k.rank !== 4 || v.rank !== 4) fail("attention", `${shapes()}: want rank 4`);
   const [b, t, hq, d] = q.shape, [, tcap, hkv] = k.shape;
   if (k.shape.join() !== v.shape.join() || k.shape[0] !== b || k.shape[3] !== d) {
@@ -998,7 +1031,15 @@ export function attention(
     if (seg.size !== b * tcap * 2 || tk !== tcap) {
       fail("attention", `${shapes()}: segments must be [B, T, 2]`);
     }
-    checkSegments(seg, tcap);
+  }
+  if (pk) {
+    wantDType("attention", pk, "i32", "packed");
+    if (seg || pk.size !== b * tcap * 4 || tk !== tcap) {
+      fail(
+        "attention",
+        `${shapes()}: packed must be [B, T, 4] (from packedTokens), without segments`,
+      );
+    }
   }
   const bad = checkRoleTable(table);
   if (bad) fail("attention", bad);
@@ -1008,11 +1049,12 @@ export function attention(
   // tensors (and the output, rounded to q's dtype) and its backward widens them again.
   const qc = widened(q), kc = widened(k), vc = widened(v);
   // Packed sequences: one (role, start, end, 0) record per token, read with a single load.
-  const rc = seg
-    ? concat(
-      [reshape(roles, [b, tcap, 1]), reshape(seg, [b, tcap, 2]), zeros([b, tcap, 1], "i32")],
-      2,
-    )
+  const rc = pk ? contiguous(pk) : seg
+    ? noGrad(() => {
+      const r = reshape(roles, [b, tcap]), out = packedTokens(r, seg);
+      r.dispose();
+      return out;
+    })
     : contiguous(roles);
   const out = empty(q.shape, "f32", "attention");
   const stats = empty([2, b * hq * t], "f32", "attention.stats");
@@ -1024,18 +1066,22 @@ export function attention(
       k: kc.buf,
       v: vc.buf,
       roles: rc.buf,
-      meta: seg ? rc.buf : null,
+      meta: seg || pk ? rc.buf : null,
       o: out.buf,
       stats: stats.buf,
     },
     dims,
     table,
   );
-  const inputs = seg ? [q, k, v, roles, seg] : [q, k, v, roles];
+  const inputs = seg ? [q, k, v, roles, seg] : pk ? [q, k, v, roles, pk] : [q, k, v, roles];
   const res = stored(out, q.dtype === "f16" ? "f16" : "f32", "attention");
   if (needsGrad(inputs)) {
     const kept = [[q, qc], [k, kc], [v, vc]].map(([x, c]) => x.dtype === "f16" ? contiguous(x) : c);
-    record(res, "attention", inputs, [...kept, rc, res, stats], { dims, table, packed: !!seg });
+    record(res, "attention", inputs, [...kept, rc, res, stats], {
+      dims,
+      table,
+      packed: !!(seg || pk),
+    });
     for (const x of kept) if (x.dtype === "f16") x.dispose();
   }
   for (const x of [qc, kc, vc, rc, stats]) x.dispose();

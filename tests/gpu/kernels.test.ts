@@ -372,8 +372,34 @@ test("attention on packed sequences equals the padded batch, forward and backwar
       tol,
       `first sequence vs CPU ${tuning}`,
     );
-    for (const x of [pq, pk, pv, po, bq, bk, bv, bo]) x.dispose();
+    // The token records built once (packedTokens), as a model's layers share them: bitwise the
+    // same forward and gradients.
+    const records = T.packedTokens(
+      tensor(packedRoles, [1, n], "i32"),
+      tensor(seg, [1, n, 2], "i32"),
+    );
+    const [rq, rk, rv] = [P(q, hq), P(k, hkv), P(v, hkv)];
+    const ro = T.attention(rq, rk, rv, tensor(packedRoles, [1, n], "i32"), table, {
+      packed: records,
+    });
+    backward(ro, { grad: tensor(dout, [1, n, hq, d]) });
+    for (
+      const [a, b, what] of [[ro, po, "out"], [rq.grad!, pq.grad!, "dq"], [
+        rk.grad!,
+        pk.grad!,
+        "dk",
+      ], [rv.grad!, pv.grad!, "dv"]] as const
+    ) {
+      assert.deepEqual(await a.toArray(), await b.toArray(), `packed records: ${what} ${tuning}`);
+    }
+    for (const x of [pq, pk, pv, po, bq, bk, bv, bo, rq, rk, rv, ro, records]) x.dispose();
   });
+  // A token outside its own segment is refused where the records are built, by token.
+  const bad = new Int32Array([0, 2, 0, 2, 3, 4, 0, 4]);
+  assert.throws(
+    () => T.packedTokens(tensor(new Int32Array(4), [1, 4], "i32"), tensor(bad, [1, 4, 2], "i32")),
+    /segment \(3, 4\) of token 2 does not contain its position 2/,
+  );
 });
 
 test("matmul v3: lanes split between columns and rows, every split the plan picks", async () => {

@@ -284,6 +284,7 @@ export class FusedEncoder {
     const hd = headDim(c), mm = fusedProduct(m, packed, 0);
     return scope(() => {
       let x = T.embedding(m.params.get("model.embed_tokens.weight")!, tokens);
+      const records = T.packedTokens(opts.roles, opts.segments);
       packed.layout.layers.forEach((o) => {
         const k = empty([1, t, c.nKvHeads, hd], "f32", "encode.k");
         const v = empty([1, t, c.nKvHeads, hd], "f32", "encode.v");
@@ -295,7 +296,7 @@ export class FusedEncoder {
           x,
           t,
           qkv,
-          (q) => T.attention(q, k, v, opts.roles, opts.table, { segments: opts.segments }),
+          (q) => T.attention(q, k, v, opts.roles, opts.table, { packed: records }),
         );
       });
       return T.rmsnorm(x, m.params.get("model.norm.weight")!, c.normEps);
