@@ -99,7 +99,7 @@ export { keep } from "./src/tensor/tensor.ts";
  */
 export * as ops from "./src/tensor/ops.ts";
 /** A role table: table[queryRole][keyRole] is an attention rule. */
-export type { RoleTable } from "./src/tensor/ops.ts";
+export type { ActDType, RoleTable } from "./src/tensor/ops.ts";
 /** Attention rule codes of a role table (none, causal, self, all). */
 export { RULE } from "./src/tensor/ops.ts";
 /** Reverse-mode autodiff from a tensor to every leaf parameter. */
