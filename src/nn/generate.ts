@@ -12,7 +12,7 @@ import { DECODE_WG, decodeLoopBound, fusedDecodeFits } from "./infer/decode.ts";
 import { runSample } from "../gpu/kernels/sample.ts";
 import { Rng } from "../tensor/random.ts";
 import { empty, noGrad, type Tensor, tensor } from "../tensor/tensor.ts";
-import { FusedDecoder, type FusedDecoderOptions } from "./infer/fused.ts";
+import { decodeLanes, FusedDecoder, type FusedDecoderOptions } from "./infer/fused.ts";
 import { inferTuning } from "./infer/tuning.ts";
 import { headDim, type KVCache, type Llama } from "./llama.ts";
 
@@ -148,6 +148,7 @@ export async function generate(
         g.device.limits.maxStorageBuffersPerShaderStage,
       );
       const half = model.dtype === "f16" || model.activations === "f16";
+      const capped = decodeLanes(model) === null;
       const loops = decodeLoopBound({
         dim: c.dim,
         hidden: c.hiddenDim,
@@ -156,7 +157,6 @@ export async function generate(
         vocab: c.vocabSize,
         maxPos: c.maxSeqLen,
       }, DECODE_WG);
-      const capped = loops > g.loopLimit / 2;
       const fused = model.lora.size || half || capped
         ? false
         : opts.fused ?? (inferTuning().fusedDecode && fits);

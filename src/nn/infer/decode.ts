@@ -22,6 +22,9 @@
  *      output row. On llvmpipe stories260K decodes ~2.1x faster than with v2 (1,679 against 786
  *      tok/s in one process).
  * Both versions split each head's cached positions over wg / heads lanes (see attentionHead).
+ * The lane count is per adapter (`decodeWorkgroup` of the inference tuning): llvmpipe runs a
+ * workgroup as fibers of 16 lanes on one core, switching fibers at every barrier (~60 a token),
+ * so 16 lanes (one fiber) decode stories260K 1.48x faster than 64.
  */
 
 import type { Gpu } from "../../gpu/device.ts";
@@ -53,8 +56,25 @@ export function fusedDecodeFits(
     (s.dim / s.heads) % 4 === 0 && s.heads <= 64 && maxBindings >= DECODE_BINDINGS;
 }
 
-/** Lanes of the decode kernels' one workgroup. */
+/** The most lanes the decode kernels' one workgroup takes (its workgroup memory grows with them). */
 export const DECODE_WG = 64;
+
+/**
+ * Lanes of the one-dispatch decode kernel for a model: `preferred` (a power of two), raised to
+ * cover the model's heads (each head gets at least a lane) and, where loops are capped
+ * (`loopLimit`), until one lane's share of the work ({@link decodeLoopBound}) stays under half
+ * the cap; null when even {@link DECODE_WG} lanes do not.
+ */
+export function decodeWorkgroup(
+  s: Parameters<typeof decodeLoopBound>[0] & { heads: number },
+  preferred: number,
+  loopLimit: number,
+): number | null {
+  for (let wg = preferred; wg <= DECODE_WG; wg *= 2) {
+    if (wg >= s.heads && decodeLoopBound(s, wg) <= loopLimit / 2) return wg;
+  }
+  return null;
+}
 
 /**
  * About how many loop iterations one lane of the one-dispatch decode kernel runs per token: its

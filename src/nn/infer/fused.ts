@@ -17,6 +17,7 @@ import {
   type DecodeLayout,
   decodeLayout,
   type DecodeShape,
+  decodeWorkgroup,
   fusedDecodeFits,
   runDecodeLayer,
   runDecodeStep,
@@ -76,7 +77,9 @@ export class FusedDecoder {
     this.version = opts.version ?? inferTuning().decodeVersion;
     this.#model = model;
     this.#fuseHead = opts.fuseHead ?? limit >= DECODE_HEAD_BINDINGS;
-    this.#shape = decodeShapeOf(model);
+    // Past the loop cap generate() decodes op by op; built anyway, the decoder takes the most
+    // lanes it has.
+    this.#shape = decodeShapeOf(model, decodeLanes(model) ?? DECODE_WG);
     this.#x = keep(empty([1, 1, c.dim], "f32", "generate.x"));
     const per = Math.min(opts.layersPerStep ?? Infinity, decodeLayersPerStep(limit));
     if (!(per >= 1)) throw new Error(`FusedDecoder: layersPerStep ${opts.layersPerStep}`);
@@ -310,8 +313,29 @@ export class FusedEncoder {
   }
 }
 
-/** The decode kernels' view of a model's shape. */
-function decodeShapeOf(model: Llama): DecodeShape {
+/**
+ * Lanes of the fused decoder's workgroup for `model` on this adapter (see `decodeWorkgroup`), or
+ * null when one lane's share of a token would pass the adapter's loop cap.
+ */
+export function decodeLanes(model: Llama): number | null {
+  const c = model.config;
+  return decodeWorkgroup(
+    {
+      dim: c.dim,
+      hidden: c.hiddenDim,
+      layers: c.nLayers,
+      kvDim: headDim(c) * c.nKvHeads,
+      vocab: c.vocabSize,
+      maxPos: c.maxSeqLen,
+      heads: c.nHeads,
+    },
+    inferTuning().decodeWorkgroup,
+    gpu().loopLimit,
+  );
+}
+
+/** The decode kernels' view of a model's shape, with `wg` lanes. */
+function decodeShapeOf(model: Llama, wg = DECODE_WG): DecodeShape {
   const c = model.config;
   return {
     dim: c.dim,
@@ -319,7 +343,7 @@ function decodeShapeOf(model: Llama): DecodeShape {
     heads: c.nHeads,
     kvHeads: c.nKvHeads,
     eps: c.normEps,
-    wg: DECODE_WG,
+    wg,
     vocab: c.vocabSize,
   };
 }
