@@ -75,7 +75,14 @@ export function backward(root: Tensor, opts: BackwardOptions = {}): void {
       const g = grads.get(t);
       grads.delete(t);
       if (g) {
-        const results = gradientsOf(g, node, t, (r, grad) => backward(r, { grad }));
+        // What each input has gathered so far, offered to the rule to add into (an input
+        // given twice is left out: the rule would add into it twice).
+        const pending = node.inputs.map((x, j) =>
+          x.node && node.inputs.indexOf(x) === j && node.inputs.lastIndexOf(x) === j
+            ? grads.get(x) ?? null
+            : null
+        );
+        const results = gradientsOf(g, node, t, (r, grad) => backward(r, { grad }), pending);
         const leaves: [Tensor, Tensor][] = [];
         node.inputs.forEach((x, j) => {
           let r = results[j];
@@ -84,6 +91,7 @@ export function backward(root: Tensor, opts: BackwardOptions = {}): void {
           if (r === g) r = g.alias();
           if (!x.node) return leaves.push([x, r]);
           const prev = grads.get(x);
+          if (prev === r) return; // added into in place by the rule
           if (prev) {
             grads.set(x, add(prev, r));
             prev.dispose();

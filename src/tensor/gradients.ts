@@ -33,6 +33,7 @@ import {
   copyInto,
   mapExpr,
   matmul,
+  matmulAccumulate,
   permute,
   reshape,
   slice,
@@ -42,13 +43,31 @@ import {
 } from "./ops.ts";
 import { empty, enableGrad, numel, scope, type Tensor, tensor } from "./tensor.ts";
 
-/** The gradient rule of op `K`: one gradient per input of `node` (null where none flows). */
+/**
+ * The gradient rule of op `K`: one gradient per input of `node` (null where none flows).
+ * `pending[i]` is the gradient input i has gathered so far from its other consumers, when it
+ * has one: a rule may add its own into that one in place (see {@link owned}) and return it.
+ */
 export type GradRule<K extends Op = Op> = (
   g: Tensor,
   node: OpNode<K>,
   out: Tensor,
   walk: Walk,
+  pending: readonly (Tensor | null)[],
 ) => (Tensor | null)[];
+
+/**
+ * `p` when a rule may add into it in place: a contiguous f32 gradient of `shape` that nothing
+ * else holds (a gradient passed on unchanged may still be shared with another input's).
+ * Accumulating there in the kernel that computes the addend saves an add's pass and buffer,
+ * and gives the same bits: the sum p + addend is formed from the same two values.
+ */
+function owned(p: Tensor | null | undefined, shape: readonly number[]): Tensor | null {
+  return p && p.storage.refs === 1 && p.contiguous && p.offset === 0 && p.dtype === "f32" &&
+      sameShapes(p.shape, shape)
+    ? p
+    : null;
+}
 
 /**
  * The backward walk itself (backward.ts passes it in, so this table does not import it): a
@@ -197,15 +216,23 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
     gc.dispose();
     return [dx];
   },
-  matmul: (g, n) => {
+  matmul: (g, n, _out, _walk, pending) => {
     const [a, b] = n.saved;
     const { transA, transB } = n.ctx;
-    const da = transA
-      ? matmul(b, g, { transA: transB, transB: true })
-      : matmul(g, b, { transB: !transB });
+    const [l, r, o] = transA
+      ? [b, g, { transA: transB, transB: true }]
+      : [g, b, { transB: !transB }];
+    const into = owned(pending[0], a.shape);
+    if (into) matmulAccumulate(into, l, r, o);
+    const da = into ?? matmul(l, r, o);
+    // A batched a against a 2-D b (rows merged in the forward): db over all rows at once.
+    const flat = a.rank > 2 && b.rank === 2 && !transA;
+    const a2 = flat ? reshape(a, [-1, a.shape[a.rank - 1]]) : a;
+    const g2 = flat ? reshape(g, [-1, g.shape[g.rank - 1]]) : g;
     let db = transB
-      ? matmul(g, a, { transA: true, transB: transA })
-      : matmul(a, g, { transA: !transA });
+      ? matmul(g2, a2, { transA: true, transB: transA })
+      : matmul(a2, g2, { transA: !transA });
+    if (flat) { for (const t of [a2, g2]) t.dispose(); }
     if (db.rank !== b.rank) {
       const r = sumTo(db, b.shape);
       db.dispose();
@@ -215,14 +242,15 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
   },
   softmax: (g, n) => [softmaxGrad(g, n.saved[0], false)],
   logSoftmax: (g, n) => [softmaxGrad(g, n.saved[0], true)],
-  rmsnorm: (g, n) => {
+  rmsnorm: (g, n, _out, _walk, pending) => {
     const [x, w, rstd] = n.saved;
     const d = x.shape[x.rank - 1], rows = x.size / d;
     const gc = contiguous(g);
-    const dx = empty(x.shape, "f32", "rmsnorm.dx");
+    const into = owned(pending[0], x.shape);
+    const dx = into ?? empty(x.shape, "f32", "rmsnorm.dx");
     runRowKernel(
       gpu(),
-      (wg, mode) => rmsnormBackwardKernel(wg, mode, d % 4 === 0),
+      (wg, mode) => rmsnormBackwardKernel(wg, mode, d % 4 === 0, !!into),
       [x.buf, w.buf, rstd.buf, gc.buf, dx.buf],
       rows,
       d,
@@ -401,10 +429,19 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
   },
 };
 
-/** The gradients of `node`'s inputs by its op's rule. */
-export function gradientsOf(g: Tensor, node: Node, out: Tensor, walk: Walk): (Tensor | null)[] {
+/**
+ * The gradients of `node`'s inputs by its op's rule; `pending` as {@link GradRule} says (a rule
+ * that returns one of them added into it in place).
+ */
+export function gradientsOf(
+  g: Tensor,
+  node: Node,
+  out: Tensor,
+  walk: Walk,
+  pending: readonly (Tensor | null)[] = [],
+): (Tensor | null)[] {
   const n = opNode(node);
-  return ruleOf(n.op)(g, n, out, walk);
+  return ruleOf(n.op)(g, n, out, walk, pending);
 }
 
 /** GRADIENTS[op] with its type tied to `op` (tsc cannot tie them through a union of ops). */

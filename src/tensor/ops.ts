@@ -22,6 +22,7 @@ import {
 } from "../gpu/kernels/elementwise.ts";
 import { runGather } from "../gpu/kernels/embedding.ts";
 import { runMatmul } from "../gpu/kernels/matmul.ts";
+import { runAccumulate } from "../gpu/kernels/optim.ts";
 import { bindRange, paged } from "../gpu/pages.ts";
 import { runReduce } from "../gpu/kernels/reduce.ts";
 import { type RopeScaling, ropeTable as hostRopeTable, runRope } from "../gpu/kernels/rope.ts";
@@ -534,6 +535,35 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     const c = stored(noGrad(() => matmul(a, b, { transA, transB })), opts.dtype, "matmul");
     return record(c, "matmul", [a, b], [a, b], { transA, transB });
   }
+  return product(a, b, transA, transB, null)!;
+}
+
+/**
+ * dst += op(a) @ op(b), in place and unrecorded: for gradient rules, which accumulate into a
+ * gradient they own. Bitwise dst + matmul(a, b) (the product is summed as it would be alone);
+ * where the kernel allows it the sum is added as it is stored, without a buffer of its own.
+ */
+export function matmulAccumulate(
+  dst: Tensor,
+  a: Tensor,
+  b: Tensor,
+  opts: MatmulOptions = {},
+): void {
+  if (dst.dtype !== "f32" || !dst.contiguous) {
+    throw new DTypeError(`matmulAccumulate: dst ${dst.describe()} must be contiguous f32`);
+  }
+  noGrad(() => product(a, b, opts.transA ?? false, opts.transB ?? false, dst));
+}
+
+/** op(a) @ op(b) as a new tensor, or (`into` given) added into `into`, returning null. */
+function product(
+  a: Tensor,
+  b: Tensor,
+  transA: boolean,
+  transB: boolean,
+  into: Tensor | null,
+): Tensor | null {
+  const opts = { transA, transB };
   wantFloat("matmul", a, "a");
   wantFloat("matmul", b, "b");
   const desc = () =>
@@ -546,19 +576,28 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   if (b.rank > 2 && batchA.join() !== batchB.join()) {
     fail("matmul", `${desc()}: batch dims [${batchA}] and [${batchB}] differ`);
   }
-  // A batched a against a 2-D b is one big 2-D product when a's rows merge.
+  if (into && into.shape.join() !== [...batchA, m, n].join()) {
+    fail("matmul", `${desc()}: cannot accumulate into ${into.describe()}`);
+  }
+  // A batched a against a 2-D b is one big 2-D product when a's rows merge. The node is a's
+  // own (no reshape nodes between), so its rule sees what a's gradient has gathered.
   if (a.rank > 2 && b.rank === 2 && !transA) {
-    const a2 = reshape(a, [-1, k]);
-    const c2 = matmul(a2, b, opts);
-    a2.dispose();
-    const c = reshape(c2, [...batchA, m, n]);
+    const c2 = noGrad(() => {
+      const a2 = reshape(a, [-1, k]), d2 = into ? reshape(into, [-1, n]) : null;
+      const c2 = product(a2, b, transA, transB, d2);
+      a2.dispose();
+      d2?.dispose();
+      return c2;
+    });
+    if (!c2) return null;
+    const c = noGrad(() => reshape(c2, [...batchA, m, n]));
     c2.dispose();
-    return c;
+    return record(c, "matmul", [a, b], [a, b], opts);
   }
   const ba = batchOf(a), bb = batchOf(b);
   if (!ba || !bb) {
     const ac = ba ? a : contiguous(a), bc = bb ? b : contiguous(b);
-    const c = matmul(ac, bc, opts);
+    const c = product(ac, bc, transA, transB, into);
     if (ac !== a) ac.dispose();
     if (bc !== b) bc.dispose();
     return c;
@@ -571,18 +610,20 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     a.rank === 2 && b.rank === 2 && k > 0 &&
     (extent(b) > limit || 4 * m * n > limit || extent(a) > limit)
   ) {
-    return record(matmulPieces(a, b, m, n, k, transA, transB, limit), "matmul", [a, b], [a, b], {
-      transA,
-      transB,
-    });
+    const c = matmulPieces(a, b, m, n, k, transA, transB, limit);
+    if (!into) return record(c, "matmul", [a, b], [a, b], opts);
+    runAccumulate(gpu(), c.buf, c.offset, into.buf, into.offset, c.size);
+    c.dispose();
+    return null;
   }
-  const out = empty([...batchA, m, n], "f32", "matmul");
+  const out = into ?? empty([...batchA, m, n], "f32", "matmul");
   const rs = (t: Tensor, tr: boolean) =>
     tr
       ? { rowStride: t.strides[t.rank - 1], colStride: t.strides[t.rank - 2] }
       : { rowStride: t.strides[t.rank - 2], colStride: t.strides[t.rank - 1] };
   if (k === 0) {
-    runElementwise(gpu(), "P.c", [], outOf(out), out.shape, 0);
+    // An empty sum: zeros, or nothing to add.
+    if (!into) runElementwise(gpu(), "P.c", [], outOf(out), out.shape, 0);
   } else {
     // An operand past one binding (a large embedding, a row chunk of it) is bound as a window
     // over the elements it spans.
@@ -613,11 +654,12 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
         f16: b.dtype === "f16",
       },
       rc.bind,
-      -rc.base,
+      out.offset - rc.base,
       { batch: ba.count, m, n, k },
+      !!into,
     );
   }
-  return record(out, "matmul", [a, b], [a, b], { transA, transB });
+  return into ? null : record(out, "matmul", [a, b], [a, b], opts);
 }
 
 // ---------------------------------------------------------------- row ops

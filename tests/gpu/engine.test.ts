@@ -383,3 +383,74 @@ test("add passes its gradient through without a copy; leaves still get storage o
   assert.deepEqual([...(await b.grad!.toArray())], [1, 10, 100, 1000]);
   for (const t of [a, b, w, l, s]) t.dispose();
 });
+
+test("matmulAccumulate: dst + op(a) @ op(b) bitwise, every transpose, version and split-K", async () => {
+  const gpu = await testGpu();
+  const saved = gpu.tuning.matmulVersion;
+  const rng = new Rng(9);
+  try {
+    for (const version of [1, 2, 3]) {
+      gpu.tuning.matmulVersion = version;
+      // Batched rows against a 2-D weight, transposed operands, and a long inner dimension
+      // with a small result (split-K in v2 and v3).
+      for (
+        const [as, bs, o] of [
+          [[2, 7, 12], [12, 20], {}],
+          [[12, 33], [20, 12], { transA: true, transB: true }],
+          [[4096, 8], [4096, 12], { transA: true }],
+        ] as const
+      ) {
+        const a = T.randn(as, rng), b = T.randn(bs, rng);
+        const prod = T.matmul(a, b, o);
+        const dst = T.randn(prod.shape, rng);
+        const want = await T.add(dst, prod).toArray();
+        T.matmulAccumulate(dst, a, b, o);
+        assert.deepEqual(await dst.toArray(), want, `v${version} ${JSON.stringify([as, bs, o])}`);
+        for (const t of [a, b, prod, dst]) t.dispose();
+      }
+    }
+  } finally {
+    gpu.tuning.matmulVersion = saved;
+  }
+  const d = T.zeros([3, 4]);
+  assert.throws(() => T.matmulAccumulate(d, T.zeros([3, 5]), T.zeros([5, 5])), /cannot accumulate/);
+  d.dispose();
+});
+
+test("backward adds a gradient gathered from several consumers in place: no add kernels, same gradients", async () => {
+  const gpu = await testGpu();
+  const rng = new Rng(10);
+  const w = [0, 1, 2].map(() => T.parameter(T.randn([16, 8], rng)));
+  const x0 = T.parameter(T.randn([2, 5, 8], rng)), nw = T.parameter(T.randn([8], rng));
+  // x feeds three projections (as q, k and v) and, through an RMSNorm, the residual.
+  const loss = () => {
+    const x = T.mulScalar(x0, 1.5);
+    const h = T.rmsnorm(x, nw);
+    const ys = w.map((wi) => T.matmul(h, wi, { transB: true }));
+    return T.sumAll(
+      T.add(T.add(T.add(ys[0], T.mulScalar(ys[1], 2)), ys[2]), T.matmul(x, w[0], { transB: true })),
+    );
+  };
+  const l = loss();
+  gpu.startProfile();
+  backward(l);
+  const kernels = await gpu.stopProfile();
+  const adds = kernels.filter((k) => k.kernel.includes("(a + b)"));
+  assert.deepEqual(adds, [], "the gradients of h and x are summed where they are computed");
+  assert.ok(kernels.some((k) => k.kernel.endsWith("_acc") || k.kernel.includes("_acc_")));
+  const got = await x0.grad!.toArray();
+  // The same sums as separate adds, from the same products.
+  const h0 = await nw.grad!.toArray();
+  for (const p of [...w, x0, nw]) p.grad?.dispose(), p.grad = null;
+  const ref = T.parameter(tensor(await x0.toArray() as Float32Array, x0.shape));
+  const g = T.full([2, 5, 16], 1);
+  const dh = T.add(T.add(T.matmul(g, w[0]), T.matmul(T.mulScalar(g, 2), w[1])), T.matmul(g, w[2]));
+  const x = T.mulScalar(ref, 1.5);
+  const hh = T.rmsnorm(x, nw);
+  backward(hh, { grad: dh });
+  assertClose(await nw.grad!.toArray(), h0, { atol: 1e-5, rtol: 1e-5 }, "norm weight gradient");
+  const dxRes = T.mulScalar(T.matmul(g, w[0]), 1.5);
+  const want = await T.add(ref.grad!, dxRes).toArray();
+  assertClose(got, want, { atol: 1e-5, rtol: 1e-5 }, "x gradient");
+  for (const t of [...w, x0, nw, l, ref, g, dh, x, hh, dxRes]) t.dispose();
+});

@@ -15,6 +15,7 @@
 import { cachedKernel, defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { MatmulRun, MatOperand } from "./matmul_shape.ts";
 import { runMatmulTex, texMatmulFits } from "./matmul_tex.ts";
+import { accumulateKernel } from "./optim.ts";
 import { runReduce } from "./reduce.ts";
 
 export type { MatmulShape, MatOperand } from "./matmul_shape.ts";
@@ -222,15 +223,28 @@ ${stores.join("\n")}`;
   });
 }
 
-/** Records C (contiguous [batch, M, N] at `offC`) = A @ B with the fastest version that fits. */
-export const runMatmul: MatmulRun = (gpu, a, b, c, offC, s) => {
+/**
+ * Records C (contiguous [batch, M, N] at `offC`) = A @ B with the fastest version that fits, or
+ * C += A @ B with `accumulate` (v3 adds as it stores; the others write a buffer of their own,
+ * then add it).
+ */
+export const runMatmul: MatmulRun = (gpu, a, b, c, offC, s, accumulate = false) => {
   if (s.batch * s.m * s.n === 0) return;
   if (s.k === 0) throw new Error("matmul with K = 0 is not supported");
   // An f16 operand goes through v3 only when it has rows to share the cost of staging it
   // (widened into a texture on every call): a few rows (decoding) read it directly in v2.
   const halfFew = (a.f16 || b.f16) && s.batch * s.m <= 16;
   if (gpu.tuning.matmulVersion >= 3 && !halfFew && texMatmulFits(a, b, s)) {
-    return runMatmulTex(gpu, a, b, c, offC, s);
+    return runMatmulTex(gpu, a, b, c, offC, s, accumulate);
+  }
+  if (accumulate) {
+    const n = s.batch * s.m * s.n, wg = gpu.tuning.elementwiseWorkgroup;
+    const sum = gpu.pool.acquire(4 * n, "matmul.sum");
+    runMatmul(gpu, a, b, sum, 0, s);
+    const p = new ParamWriter().u32(n).u32(0).u32(offC).f32(1);
+    gpu.dispatch(accumulateKernel(wg), [sum, c], p, grid(Math.ceil(n / wg)));
+    gpu.pool.release(sum);
+    return;
   }
   const { tileM, tileN, workgroup } = gpu.tuning.matmul;
   const aAxis = vecAxis(a, true, s.k), bAxis = vecAxis(b, false, s.k);

@@ -31,7 +31,10 @@ export interface MatmulShape {
   k: number;
 }
 
-/** Records C (contiguous [batch, M, N] at element `offC` of `c`) = A @ B. */
+/**
+ * Records C (contiguous [batch, M, N] at element `offC` of `c`) = A @ B, or with `accumulate`
+ * C += A @ B (bitwise C + (A @ B): the product is summed as it would be alone, then added).
+ */
 export type MatmulRun = (
   gpu: Gpu,
   a: MatOperand,
@@ -39,4 +42,5 @@ export type MatmulRun = (
   c: Binding,
   offC: number,
   s: MatmulShape,
+  accumulate?: boolean,
 ) => void;

@@ -33,6 +33,7 @@ import {
 } from "../kernel.ts";
 import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../pool.ts";
 import type { MatmulRun, MatmulShape, MatOperand } from "./matmul_shape.ts";
+import { accumulateKernel } from "./optim.ts";
 import { runReduce } from "./reduce.ts";
 
 const SHIFT = Math.log2(TEXTURE_WIDTH);
@@ -55,6 +56,8 @@ export interface TexMatmulOpts {
   vecStore: boolean;
   /** A fused epilogue instead of the plain store (no split-K); see {@link MatmulEpilogue}. */
   epilogue?: MatmulEpilogue;
+  /** The plain store adds to what C holds (C += A B; no split-K, no epilogue). */
+  accumulate?: boolean;
   /**
    * With an epilogue: C's row i is scaled by 1 / rms(A's row i) (an RMSNorm whose weight is
    * folded into B's columns), the sum of squares taken from the A texels the product loads.
@@ -228,11 +231,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
       const g = `(g0 + ${c * wc}u)`;
       if (epi?.store) {
         e(`    if (${g} * 4u < P.N) { ${epi.store(r, c, g)} }`);
-      } else if (o.vecStore) e(`    if (${g} * 4u < P.N) { Cb[cr / 4u + ${g}] = acc${r}_${c}; }`);
-      else {for (let q = 0; q < 4; q++) {
-          e(`    if (${g} * 4u + ${q}u < P.N) { Cb[cr + ${g} * 4u + ${q}u] = acc${r}_${c}.${
-            X[q]
-          }; }`);
+      } else if (o.vecStore) {
+        const at = `Cb[cr / 4u + ${g}]`;
+        e(`    if (${g} * 4u < P.N) { ${at} = ${o.accumulate ? `${at} + ` : ""}acc${r}_${c}; }`);
+      } else {for (let q = 0; q < 4; q++) {
+          const at = `Cb[cr + ${g} * 4u + ${q}u]`;
+          e(`    if (${g} * 4u + ${q}u < P.N) { ${at} = ${
+            o.accumulate ? `${at} + ` : ""
+          }acc${r}_${c}.${X[q]}; }`);
         }}
     }
     e(`  }`);
@@ -242,7 +248,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   return defineKernel({
     name: `matmul_v3_${tm}x${tn}_w${wx}${wc === wx ? "" : `c${wc}`}${o.transA ? "_tA" : ""}${
       o.transB ? "_tB" : ""
-    }${o.vecStore ? "_v" : ""}${epi ? `_${epi.name}` : ""}${norm ? "_norm" : ""}`,
+    }${o.vecStore ? "_v" : ""}${epi ? `_${epi.name}` : ""}${norm ? "_norm" : ""}${
+      o.accumulate ? "_acc" : ""
+    }`,
     params: `M: u32, N: u32, K: u32, K4: u32,
              ldA: u32, bsA: u32, ldB: u32, bsB: u32,
              offC: u32, ldC: u32, bsC: u32, sC: u32,
@@ -420,8 +428,11 @@ function stage(
   return { tex, ld, bsT: op.batchStride === 0 ? 0 : bsT };
 }
 
-/** Records C (contiguous [batch, M, N] at `offC`) = A @ B through textures. */
-export const runMatmulTex: MatmulRun = (gpu, a, b, c, offC, s) => {
+/**
+ * Records C (contiguous [batch, M, N] at `offC`) = A @ B through textures, or C += A @ B with
+ * `accumulate` (a split-K product adds its summed slices in one more pass).
+ */
+export const runMatmulTex: MatmulRun = (gpu, a, b, c, offC, s, accumulate = false) => {
   const la = layoutOf(a, true, s), lb = layoutOf(b, false, s);
   if (!la || !lb) throw new Error("matmul v3: operand layout not supported");
   const simd = gpu.simdWidth;
@@ -433,6 +444,10 @@ export const runMatmulTex: MatmulRun = (gpu, a, b, c, offC, s) => {
   const scratch = slices > 1
     ? gpu.pool.acquire(4 * slices * s.batch * s.m * s.n, "matmul.splitk")
     : null;
+  // Split-K with accumulation: the slices' sum goes to a buffer of its own, then onto C.
+  const sum = scratch && accumulate
+    ? gpu.pool.acquire(4 * s.batch * s.m * s.n, "matmul.sum")
+    : null;
   const outOff = scratch ? 0 : offC;
   const vecStore = s.n % 4 === 0 && outOff % 4 === 0;
   const o: TexMatmulOpts = {
@@ -443,6 +458,7 @@ export const runMatmulTex: MatmulRun = (gpu, a, b, c, offC, s) => {
     transA: la.transposed,
     transB: lb.transposed,
     vecStore,
+    ...(accumulate && !scratch ? { accumulate: true } : {}),
   };
   const p = new ParamWriter()
     .u32(s.m).u32(s.n).u32(s.k).u32(k4)
@@ -467,11 +483,17 @@ export const runMatmulTex: MatmulRun = (gpu, a, b, c, offC, s) => {
       scratch,
       0,
       { outer: 1, r: slices, inner: s.batch * s.m * s.n },
-      c,
-      offC,
+      sum ?? c,
+      sum ? 0 : offC,
       null,
     );
     gpu.pool.release(scratch);
+    if (sum) {
+      const n = s.batch * s.m * s.n, wg = gpu.tuning.elementwiseWorkgroup;
+      const p = new ParamWriter().u32(n).u32(0).u32(offC).f32(1);
+      gpu.dispatch(accumulateKernel(wg), [sum, c], p, grid(Math.ceil(n / wg)));
+      gpu.pool.release(sum);
+    }
   }
   gpu.textures.release(sa.tex);
   gpu.textures.release(sb.tex);

@@ -209,11 +209,15 @@ export function rmsnormBackwardKernel(
   wg: number,
   mode: RowMode = "group",
   vec4 = false,
+  accumulate = false,
 ): Kernel {
+  // With `accumulate` dx is added to what DX holds (a gradient already summed there).
+  const add = accumulate ? "_acc" : "";
+  const set = (at: string) => `DX[${at}] = ${accumulate ? `DX[${at}] + ` : ""}`;
   if (vec4 && mode === "thread") {
-    return cachedKernel(`rmsnorm_bwd_vec4:${wg}`, () =>
+    return cachedKernel(`rmsnorm_bwd_vec4${add}:${wg}`, () =>
       rowKernel(
-        "rmsnorm_bwd_vec4",
+        `rmsnorm_bwd_vec4${add}`,
         wg,
         mode,
         [
@@ -236,13 +240,13 @@ export function rmsnormBackwardKernel(
   }
   s = s / f32(P.n);
   for (var j = 0u; j < P.n / 4u; j++) {
-    DX[b4 + j] = rstd * (W[j] * G[b4 + j] - X[b4 + j] * rstd * s);
+    ${set("b4 + j")}rstd * (W[j] * G[b4 + j] - X[b4 + j] * rstd * s);
   }`,
       ));
   }
-  return cachedKernel(`rmsnorm_bwd:${wg}:${mode}`, () =>
+  return cachedKernel(`rmsnorm_bwd${add}:${wg}:${mode}`, () =>
     rowKernel(
-      "rmsnorm_bwd",
+      `rmsnorm_bwd${add}`,
       wg,
       mode,
       [
@@ -258,7 +262,7 @@ export function rmsnormBackwardKernel(
   for (var j = ${start}; j < P.n; j += ${stride}) { s += X[base + j] * rstd * W[j] * G[base + j]; }
   s = wgSum(s, lid) / f32(P.n);
   for (var j = ${start}; j < P.n; j += ${stride}) {
-    DX[base + j] = rstd * (W[j] * G[base + j] - X[base + j] * rstd * s);
+    ${set("base + j")}rstd * (W[j] * G[base + j] - X[base + j] * rstd * s);
   }`,
     ));
 }
