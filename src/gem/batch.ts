@@ -162,8 +162,8 @@ export function meanRows(hidden: Tensor, groups: readonly (readonly number[])[])
       w[i * len + j] = 1 / g.length;
     });
   });
-  const it = tensor(idx, [groups.length, len], "i32"), wt = tensor(w, [groups.length, len, 1]);
-  const out = T.sum(T.mul(T.embedding(flat, it), wt), 1);
+  const it = tensor(idx, [groups.length, len], "i32"), wt = tensor(w, [groups.length, len]);
+  const out = T.sum(T.gatherScaled(flat, it, wt), 1);
   it.dispose();
   wt.dispose();
   return out;

@@ -808,6 +808,38 @@ export function embedding(w: Tensor, ids: Tensor): Tensor {
   return out;
 }
 
+/**
+ * Rows of `w` [V, D] picked by `ids` (i32, any shape), each times its `scale` (f32, ids' shape):
+ * [...ids.shape, D], without autograd. Bitwise `mul(embedding(w, ids), scale[..., None])` (one
+ * product per element), in one pass where the kernel allows it (f32 w in one binding, D % 4 ==
+ * 0): the weights of a mean over gathered rows.
+ */
+export function gatherScaled(w: Tensor, ids: Tensor, scale: Tensor): Tensor {
+  wantDType("gatherScaled", scale, "f32", "scale");
+  if (scale.shape.join() !== ids.shape.join()) {
+    fail("gatherScaled", `scale ${shapeStr(scale)} does not match ids ${shapeStr(ids)}`);
+  }
+  return noGrad(() => {
+    const d = w.shape[w.rank - 1];
+    if (w.dtype !== "f32" || d % 4 !== 0 || paged(gpu(), w.buf) || !w.contiguous) {
+      const rows = embedding(w, ids), s = reshape(scale, [...scale.shape, 1]);
+      const out = mul(rows, s);
+      rows.dispose();
+      s.dispose();
+      return out;
+    }
+    wantDType("gatherScaled", ids, "i32", "ids");
+    if (w.rank !== 2) fail("gatherScaled", `weight ${shapeStr(w)} must be [V, D]`);
+    const v = w.shape[0];
+    checkIndices("gatherScaled", ids, 0, v, `id (weight ${shapeStr(w)})`);
+    const wc = contiguous(w), ic = contiguous(ids), sc = contiguous(scale);
+    const out = empty([...ids.shape, d], "f32", "gatherScaled");
+    runGather(gpu(), wc.buf, ic.buf, out.buf, ids.size, d, v, false, sc.buf);
+    for (const t of [wc, ic, sc]) t.dispose();
+    return out;
+  });
+}
+
 /** Options of {@link crossEntropy}. */
 export interface CrossEntropyOptions {
   /** Targets equal to this carry no loss (default -1). */

@@ -454,3 +454,23 @@ test("backward adds a gradient gathered from several consumers in place: no add 
   assertClose(got, want, { atol: 1e-5, rtol: 1e-5 }, "x gradient");
   for (const t of [...w, x0, nw, l, ref, g, dh, x, hh, dxRes]) t.dispose();
 });
+
+test("gatherScaled: bitwise mul(embedding, scale), vec4 or not, f16 weights too", async () => {
+  await testGpu();
+  const rng = new Rng(11);
+  for (const [v, d, dtype] of [[9, 8, "f32"], [9, 6, "f32"], [9, 8, "f16"]] as const) {
+    const w = T.cast(T.randn([v, d], rng), dtype);
+    const ids = tensor(Int32Array.from([3, 0, 8, 8, 1, 5]), [2, 3], "i32");
+    const scale = T.randn([2, 3], rng);
+    const want = noGrad(() => T.mul(T.embedding(w, ids), T.reshape(scale, [2, 3, 1])));
+    const got = T.gatherScaled(w, ids, scale);
+    assert.deepEqual(got.shape, [2, 3, d]);
+    assert.deepEqual(await got.toArray(), await want.toArray(), `${v} x ${d} ${dtype}`);
+    for (const t of [w, ids, scale, want, got]) t.dispose();
+  }
+  assert.throws(
+    () =>
+      T.gatherScaled(T.zeros([4, 4]), tensor(Int32Array.from([0, 9]), [2], "i32"), T.zeros([2])),
+    /gatherScaled: id \(weight \[4,4\]\) 9 at flat position 1 .* outside \[0, 4\)/,
+  );
+});
