@@ -15,7 +15,7 @@
 import { cachedKernel, defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
 import type { MatmulRun, MatOperand } from "./matmul_shape.ts";
 import { runMatmulTex, texMatmulFits } from "./matmul_tex.ts";
-import { accumulateKernel } from "./optim.ts";
+import { runAccumulate } from "./optim.ts";
 import { runReduce } from "./reduce.ts";
 
 export type { MatmulShape, MatOperand } from "./matmul_shape.ts";
@@ -238,11 +238,10 @@ export const runMatmul: MatmulRun = (gpu, a, b, c, offC, s, accumulate = false) 
     return runMatmulTex(gpu, a, b, c, offC, s, accumulate);
   }
   if (accumulate) {
-    const n = s.batch * s.m * s.n, wg = gpu.tuning.elementwiseWorkgroup;
+    const n = s.batch * s.m * s.n;
     const sum = gpu.pool.acquire(4 * n, "matmul.sum");
     runMatmul(gpu, a, b, sum, 0, s);
-    const p = new ParamWriter().u32(n).u32(0).u32(offC).f32(1);
-    gpu.dispatch(accumulateKernel(wg), [sum, c], p, grid(Math.ceil(n / wg)));
+    runAccumulate(gpu, sum, 0, c, offC, n);
     gpu.pool.release(sum);
     return;
   }

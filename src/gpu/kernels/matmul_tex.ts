@@ -33,7 +33,7 @@ import {
 } from "../kernel.ts";
 import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../pool.ts";
 import type { MatmulRun, MatmulShape, MatOperand } from "./matmul_shape.ts";
-import { accumulateKernel } from "./optim.ts";
+import { runAccumulate } from "./optim.ts";
 import { runReduce } from "./reduce.ts";
 
 const SHIFT = Math.log2(TEXTURE_WIDTH);
@@ -489,9 +489,7 @@ export const runMatmulTex: MatmulRun = (gpu, a, b, c, offC, s, accumulate = fals
     );
     gpu.pool.release(scratch);
     if (sum) {
-      const n = s.batch * s.m * s.n, wg = gpu.tuning.elementwiseWorkgroup;
-      const p = new ParamWriter().u32(n).u32(0).u32(offC).f32(1);
-      gpu.dispatch(accumulateKernel(wg), [sum, c], p, grid(Math.ceil(n / wg)));
+      runAccumulate(gpu, sum, 0, c, offC, s.batch * s.m * s.n);
       gpu.pool.release(sum);
     }
   }

@@ -10,8 +10,8 @@
 
 import type { Gpu } from "../device.ts";
 import { defineKernel, grid, gridMain, type Kernel, ParamWriter } from "../kernel.ts";
-import type { GpuBuffer } from "../pool.ts";
-import { bindRange, spans } from "../pages.ts";
+import { BufferWindow, type GpuBuffer } from "../pool.ts";
+import { type Binding, bindRange, spans } from "../pages.ts";
 import { rowReduceHelpers } from "./rowwise.ts";
 
 export interface AdamWStep {
@@ -88,19 +88,26 @@ export function accumulateKernel(wg: number): Kernel {
   });
 }
 
+/**
+ * Records y[offY + i] += c * x[offX + i] for i < n, in spans that fit one binding. `y` may be a
+ * window a caller already bound (a product's output), whose offsets are rebased to it.
+ */
 export function runAccumulate(
   gpu: Gpu,
   x: GpuBuffer,
   offX: number,
-  y: GpuBuffer,
+  y: Binding,
   offY: number,
   n: number,
   c = 1,
 ): void {
   const wg = gpu.tuning.elementwiseWorkgroup;
-  for (const [at, count] of spans(gpu, n, [x, y])) {
+  const window = y instanceof BufferWindow;
+  for (const [at, count] of spans(gpu, n, window ? [x] : [x, y])) {
     const rx = bindRange(gpu, x, offX + at, offX + at + count, "accumulate");
-    const ry = bindRange(gpu, y, offY + at, offY + at + count, "accumulate");
+    const ry = window
+      ? { bind: y, base: 0 }
+      : bindRange(gpu, y, offY + at, offY + at + count, "accumulate");
     const p = new ParamWriter().u32(count).u32(offX + at - rx.base).u32(offY + at - ry.base).f32(c);
     gpu.dispatch(accumulateKernel(wg), [rx.bind, ry.bind], p, grid(Math.ceil(count / wg)));
   }
