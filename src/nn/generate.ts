@@ -12,9 +12,9 @@ import { DECODE_WG, decodeLoopBound, fusedDecodeFits } from "./infer/decode.ts";
 import { runSample } from "../gpu/kernels/sample.ts";
 import { Rng } from "../tensor/random.ts";
 import { empty, noGrad, type Tensor, tensor } from "../tensor/tensor.ts";
-import { decodeLanes, FusedDecoder, type FusedDecoderOptions } from "./infer/fused.ts";
+import { decodeLanes, decodeWork, FusedDecoder, type FusedDecoderOptions } from "./infer/fused.ts";
 import { inferTuning } from "./infer/tuning.ts";
-import { headDim, type KVCache, type Llama } from "./llama.ts";
+import type { KVCache, Llama } from "./llama.ts";
 
 /** Settings of {@link generate}. */
 export interface GenerateOptions {
@@ -149,14 +149,6 @@ export async function generate(
       );
       const half = model.dtype === "f16" || model.activations === "f16";
       const capped = decodeLanes(model) === null;
-      const loops = decodeLoopBound({
-        dim: c.dim,
-        hidden: c.hiddenDim,
-        layers: c.nLayers,
-        kvDim: headDim(c) * c.nKvHeads,
-        vocab: c.vocabSize,
-        maxPos: c.maxSeqLen,
-      }, DECODE_WG);
       const fused = model.lora.size || half || capped
         ? false
         : opts.fused ?? (inferTuning().fusedDecode && fits);
@@ -167,7 +159,9 @@ export async function generate(
             : half
             ? "gemkit: generating op by op: the fused decoder reads f32 weights and writes f32 activations (this model runs in f16)"
             : capped
-            ? `gemkit: generating op by op: the fused decoder would run ~${loops} loop iterations per token in one invocation, past this adapter's cap of ${g.loopLimit} (llvmpipe)`
+            ? `gemkit: generating op by op: the fused decoder would run ~${
+              decodeLoopBound(decodeWork(c), DECODE_WG)
+            } loop iterations per token in one invocation, past this adapter's cap of ${g.loopLimit} (llvmpipe)`
             : `gemkit: generating op by op: the fused decoder covers dim <= 512 and MLP width <= 2048 (this model: ${c.dim} and ${c.hiddenDim})`,
         );
       }

@@ -318,20 +318,20 @@ export class FusedEncoder {
  * null when one lane's share of a token would pass the adapter's loop cap.
  */
 export function decodeLanes(model: Llama): number | null {
-  const c = model.config;
-  return decodeWorkgroup(
-    {
-      dim: c.dim,
-      hidden: c.hiddenDim,
-      layers: c.nLayers,
-      kvDim: headDim(c) * c.nKvHeads,
-      vocab: c.vocabSize,
-      maxPos: c.maxSeqLen,
-      heads: c.nHeads,
-    },
-    inferTuning().decodeWorkgroup,
-    gpu().loopLimit,
-  );
+  return decodeWorkgroup(decodeWork(model.config), inferTuning().decodeWorkgroup, gpu().loopLimit);
+}
+
+/** A model's sizes as `decodeLoopBound` and `decodeWorkgroup` take them. */
+export function decodeWork(c: LlamaConfig) {
+  return {
+    dim: c.dim,
+    hidden: c.hiddenDim,
+    layers: c.nLayers,
+    kvDim: headDim(c) * c.nKvHeads,
+    vocab: c.vocabSize,
+    maxPos: c.maxSeqLen,
+    heads: c.nHeads,
+  };
 }
 
 /** The decode kernels' view of a model's shape, with `wg` lanes. */
