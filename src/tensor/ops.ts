@@ -794,16 +794,8 @@ function checkIndices(
 
 /** Rows of `w` [V, D] picked by `ids` (i32, any shape): out [...ids.shape, D]. */
 export function embedding(w: Tensor, ids: Tensor): Tensor {
-  wantFloat("embedding", w, "weight");
-  wantDType("embedding", ids, "i32", "ids");
-  if (w.rank !== 2) fail("embedding", `weight ${shapeStr(w)} must be [V, D]`);
-  const [v, d] = w.shape;
-  checkIndices("embedding", ids, 0, v, `id (weight ${shapeStr(w)})`);
-  const wc = contiguous(w), ic = contiguous(ids);
-  const out = empty([...ids.shape, d], "f32", "embedding");
-  runGather(gpu(), wc.buf, ic.buf, out.buf, ids.size, d, v, w.dtype === "f16");
-  record(out, "embedding", [w, ids], [ic], { v, d });
-  wc.dispose();
+  const { out, ic } = gather("embedding", w, ids, null);
+  record(out, "embedding", [w, ids], [ic], { v: w.shape[0], d: w.shape[1] });
   ic.dispose();
   return out;
 }
@@ -820,24 +812,41 @@ export function gatherScaled(w: Tensor, ids: Tensor, scale: Tensor): Tensor {
     fail("gatherScaled", `scale ${shapeStr(scale)} does not match ids ${shapeStr(ids)}`);
   }
   return noGrad(() => {
-    const d = w.shape[w.rank - 1];
-    if (w.dtype !== "f32" || d % 4 !== 0 || paged(gpu(), w.buf) || !w.contiguous) {
+    if (w.dtype !== "f32" || w.shape[w.rank - 1] % 4 !== 0 || paged(gpu(), w.buf)) {
       const rows = embedding(w, ids), s = reshape(scale, [...scale.shape, 1]);
       const out = mul(rows, s);
       rows.dispose();
       s.dispose();
       return out;
     }
-    wantDType("gatherScaled", ids, "i32", "ids");
-    if (w.rank !== 2) fail("gatherScaled", `weight ${shapeStr(w)} must be [V, D]`);
-    const v = w.shape[0];
-    checkIndices("gatherScaled", ids, 0, v, `id (weight ${shapeStr(w)})`);
-    const wc = contiguous(w), ic = contiguous(ids), sc = contiguous(scale);
-    const out = empty([...ids.shape, d], "f32", "gatherScaled");
-    runGather(gpu(), wc.buf, ic.buf, out.buf, ids.size, d, v, false, sc.buf);
-    for (const t of [wc, ic, sc]) t.dispose();
+    const sc = contiguous(scale);
+    const { out, ic } = gather("gatherScaled", w, ids, sc);
+    sc.dispose();
+    ic.dispose();
     return out;
   });
+}
+
+/**
+ * The gather `op` runs, its operands checked by name: rows of `w` picked by `ids`, times `scale`
+ * when given; with the contiguous ids (a gradient rule keeps them), which the caller releases.
+ */
+function gather(
+  op: string,
+  w: Tensor,
+  ids: Tensor,
+  scale: Tensor | null,
+): { out: Tensor; ic: Tensor } {
+  wantFloat(op, w, "weight");
+  wantDType(op, ids, "i32", "ids");
+  if (w.rank !== 2) fail(op, `weight ${shapeStr(w)} must be [V, D]`);
+  const [v, d] = w.shape;
+  checkIndices(op, ids, 0, v, `id (weight ${shapeStr(w)})`);
+  const wc = contiguous(w), ic = contiguous(ids);
+  const out = empty([...ids.shape, d], "f32", op);
+  runGather(gpu(), wc.buf, ic.buf, out.buf, ids.size, d, v, w.dtype === "f16", scale?.buf ?? null);
+  wc.dispose();
+  return { out, ic };
 }
 
 /** Options of {@link crossEntropy}. */
