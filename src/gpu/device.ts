@@ -108,6 +108,14 @@ export class Gpu {
   readonly loopLimit: number;
   /** Mesa's version when the adapter is llvmpipe ("22.3.6"), else null: compile costs differ. */
   readonly mesa: string | null;
+  /**
+   * Whether {@link read} returns only once the GPU has run everything submitted. Deno's WebGPU
+   * (wgpu) waits for the queue inside the mapAsync call, then resolves the promise after a
+   * fixed ~10 ms poll; a caller that needs the time of completion, not the bytes, takes it when
+   * read() returns and awaits the promise later, while the next work runs. Dawn (Bun, Node)
+   * returns at once.
+   */
+  readonly readWaitsForQueue: boolean;
 
   #pipelines = new Map<string, GPUComputePipeline>();
   #layouts = new Map<string, GPUBindGroupLayout>();
@@ -144,6 +152,7 @@ export class Gpu {
     this.cores = cores();
     this.loopLimit = isLlvmpipe(this.description) ? 65535 : Infinity;
     this.mesa = isLlvmpipe(this.description) ? mesaVersion() : null;
+    this.readWaitsForQueue = runtimeVersion().startsWith("deno ");
     this.profileKey = {
       adapter: this.description,
       driver: this.mesa ?? ((adapter.info as { driver?: string }).driver || "unreported"),

@@ -173,7 +173,13 @@ export async function generate(
       });
       sample(logits, 0);
       logits.dispose();
-      await g.read(next.buf, 0, 4);
+      // The prefill's time ends when the GPU has run it. Where read() itself waits for that
+      // (Deno), its promise's fixed ~10 ms resolution is awaited later, under the first steps.
+      let prefillRead: Promise<ArrayBuffer> | null = g.read(next.buf, 0, 4);
+      if (!g.readWaitsForQueue) {
+        await prefillRead;
+        prefillRead = null;
+      }
       const t1 = performance.now();
       const ids: number[] = [];
       let done: GenerateResult["stop"] | null = null;
@@ -206,10 +212,13 @@ export async function generate(
         }
         if (step % readEvery === 0 || step === maxNew) {
           const read = g.read(hist.buf, 0, 4 * step);
+          if (prefillRead) await prefillRead;
+          prefillRead = null;
           if (pending) take(new Int32Array(await pending));
           pending = read;
         }
       }
+      if (prefillRead) await prefillRead;
       if (pending) take(new Int32Array(await pending));
       const stopReason = done ?? (maxNew < opts.maxTokens ? "context" : "max-tokens");
       return {

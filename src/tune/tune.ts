@@ -137,7 +137,7 @@ export function knobs(space: "small" | "full", maxTileArea = Infinity): Knob[] {
     set("threadRowMaxLen", "rows", full ? [128, 1024, 8192] : [128, 8192]),
     set("serialReduceMax", "rows", full ? [256, 1024, 4096] : [256, 1024]),
     set("attentionVersion", "attention", [2, 3]),
-    set("attentionBlock", "attention", full ? [1, 2, 4, 8] : [2, 8]),
+    set("attentionBlock", "attention", full ? [1, 2, 4, 8, 16] : [2, 8]),
     set("attentionWorkgroup", "attention", full ? [32, 64, 128] : [32, 64]),
     set("attentionKvTextures", "attention", [true, false]),
     set("attentionBlockPacked", "attentionPacked", full ? [1, 2, 4, 8, 16] : [4, 16]),

@@ -38,7 +38,7 @@ test("tuningFor: small tiles and blocks only where the compiler is slow", () => 
   assert.equal(fast.profile, "llvmpipe");
   assert.equal(slow.profile, "llvmpipe");
   assert.equal(fast.matmulTileArea, 1024);
-  assert.equal(fast.attentionBlock, 8);
+  assert.equal(fast.attentionBlock, 16);
   assert.equal(slow.matmulTileArea, 64);
   assert.equal(slow.attentionBlock, 2);
   assert.equal(fast.attentionBlockPacked, 16);

@@ -618,11 +618,10 @@ function variant(
   const d = dims.d;
   const w = d % 4 === 0 && block > 0 ? 4 : 1;
   const unroll = w === 4 && version >= 3;
-  // v3 keeps a block's registers near 64 floats per operand whatever the head size (128 for
-  // packed sequences), and never blocks wider than there are queries (one new token when
-  // decoding).
+  // v3 keeps a block's registers near 128 floats per operand whatever the head size, and never
+  // blocks wider than there are queries (one new token when decoding).
   const qb = w === 4
-    ? Math.max(1, unroll ? Math.min(block, Math.floor((seg ? 128 : 64) / d), dims.t) : block)
+    ? Math.max(1, unroll ? Math.min(block, Math.floor(128 / d), dims.t) : block)
     : 1;
   const kvTex = unroll && gpu.tuning.attentionKvTextures;
   return { d, wg: gpu.tuning.attentionWorkgroup, plain: isPlain(table), seg, qb, w, unroll, kvTex };
