@@ -98,8 +98,11 @@ const PARAMS = `TQ: u32, TK: u32, TCAP: u32, QOFF: u32,
                 scale: f32, rows: u32, _a: u32, _b: u32,
                 rowBits: array<vec4<u32>, 2>,`;
 
-/** Shared declarations: element type, dims, role rules, token meta access. */
-function common(v: AttentionVariant): string {
+/**
+ * Shared declarations: element type, dims, role rules, token meta access (`scalarMeta`: packed
+ * records bound as array<i32>, else as array<vec4<i32>>).
+ */
+function common(v: AttentionVariant, scalarMeta: boolean): string {
   const vt = v.w === 4 ? "vec4<f32>" : "f32";
   return `
 alias VT = ${vt};
@@ -117,10 +120,23 @@ fn allowed(bits: u32, rk: i32, t: u32, s: u32) -> bool {
 // (role, first key, end key) of token i of sequence row b.
 fn tokenMeta(b: u32, i: u32) -> vec3<u32> {
 ${
-    v.seg
-      ? "  let m = META[b * P.TCAP + i];\n  return vec3<u32>(select(u32(m.x), 0u, PLAIN), u32(m.y), u32(m.z));"
-      : "  return vec3<u32>(select(u32(ROLES[b * P.TCAP + i]), 0u, PLAIN), 0u, P.TK);"
+    !v.seg
+      ? "  return vec3<u32>(select(u32(ROLES[b * P.TCAP + i]), 0u, PLAIN), 0u, P.TK);"
+      : scalarMeta
+      ? "  let m = (b * P.TCAP + i) * 4u;\n  return vec3<u32>(select(u32(META[m]), 0u, PLAIN), u32(META[m + 1u]), u32(META[m + 2u]));"
+      : "  let m = META[b * P.TCAP + i];\n  return vec3<u32>(select(u32(m.x), 0u, PLAIN), u32(m.y), u32(m.z));"
   }
+}
+// Its role alone, what the loops over keys read per key: on llvmpipe a scalar storage load costs
+// about a third of a vec4's.
+fn tokenRole(b: u32, i: u32) -> i32 {
+  return ${
+    !v.seg
+      ? "ROLES[b * P.TCAP + i]"
+      : scalarMeta
+      ? "META[(b * P.TCAP + i) * 4u]"
+      : "META[b * P.TCAP + i].x"
+  };
 }`;
 }
 
@@ -151,6 +167,9 @@ const OWN: Record<AttentionKind, readonly Binding[]> = {
 function attentionKernel(kind: AttentionKind, v: AttentionVariant, body: string): Kernel {
   // K and V are storage arrays, or textures read through ldK / ldV.
   const kvBinding = (n: string): Binding => v.kvTex ? [`${n}Tex`, "tex"] : [n, "read", "array<VT>"];
+  // Packed records are read as scalars where a loop over keys wants only each key's role, and
+  // whole where the dk/dv loop over queries wants all of each query's.
+  const scalarMeta = kind !== "bwd_kv";
   return defineKernel({
     name: `attention_${kind}_${variantName(v)}`,
     params: PARAMS,
@@ -158,10 +177,14 @@ function attentionKernel(kind: AttentionKind, v: AttentionVariant, body: string)
       ["Q", "read", "array<VT>"],
       kvBinding("K"),
       kvBinding("V"),
-      v.seg ? ["META", "read", "array<vec4<i32>>"] : ["ROLES", "read", "array<i32>"],
+      v.seg ? ["META", "read", scalarMeta ? "array<i32>" : "array<vec4<i32>>"] : [
+        "ROLES",
+        "read",
+        "array<i32>",
+      ],
       ...OWN[kind],
     ],
-    body: `${v.kvTex ? `${texLoad("K")}\n${texLoad("V")}` : ""}${common(v)}
+    body: `${v.kvTex ? `${texLoad("K")}\n${texLoad("V")}` : ""}${common(v, scalarMeta)}
 @compute @workgroup_size(${v.wg})
 fn main(${GRID_BUILTINS}) {
 ${body}
@@ -249,7 +272,7 @@ ${blockOfQueries(wg)}
  */
 function keyLoopV2(v: AttentionVariant): string {
   return `  for (var s = lo; s < hi; s++) {
-    let rk = i32(tokenMeta(b, s).x);
+    let rk = tokenRole(b, s);
     let kBase = ((b * P.TCAP + s) * P.HKV + g) * DW;
     var k: array<VT, ${v.d / v.w}>;
     var vv: array<VT, ${v.d / v.w}>;
@@ -328,7 +351,7 @@ function queryBlockV3(v: AttentionVariant): string[] {
 /** v3 head of the loop over keys: the key's role and its K and V rows in k{j}, v{j}. */
 function keyLoopV3(v: AttentionVariant): string {
   return `  for (var s = lo; s < hi; s++) {
-    let rk = i32(tokenMeta(b, s).x);
+    let rk = tokenRole(b, s);
     let kBase = ((b * P.TCAP + s) * P.HKV + g) * DW;
 ${
     range(v.d / v.w).map((j) =>
