@@ -197,9 +197,22 @@ export async function trainStep(ctx: BenchContext, pair: boolean): Promise<Bench
   }));
 }
 
-/** The model benchmarks: gemkit then PyTorch (1 and 2 threads), each on the same work. */
+/**
+ * The model benchmarks: gemkit and PyTorch (1 and 2 threads) on the same work, one group of
+ * benches at a time, PyTorch's runs right after gemkit's. These machines' speed drifts by 20-40%
+ * over minutes; timing both sides of a ratio within the same minute keeps most of that drift
+ * out of the ratio (run one after the other, their ratios moved by 0.2-0.5 between runs).
+ */
 export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
-  const out = await gemkitModel(ctx);
+  const out: BenchRecord[] = [];
+  const torch = torchSetup();
+  for (const group of GROUPS) {
+    out.push(...await gemkitModel(ctx, [group]));
+    for (const threads of torch.threads) {
+      ctx.log(`PyTorch CPU, ${threads} thread(s): ${group}`);
+      out.push(...await torchModel(torch.python, threads, "cpu", ctx, group));
+    }
+  }
   // The same work on Mesa 25 (smaller kernels there, see src/gpu/tuning.ts slowCompiler), under
   // Deno and under Bun (Dawn): the driver's and the runtime's shares of the difference apart.
   if (existsSync(`${DAWN_MESA_DIR}/lvp_icd.json`)) {
@@ -207,11 +220,6 @@ export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
     out.push(...await childModel(ctx, "deno"));
     ctx.log("the same under Bun (Dawn, Mesa 25)");
     out.push(...await childModel(ctx, "bun"));
-  }
-  const torch = torchSetup();
-  for (const threads of torch.threads) {
-    ctx.log(`PyTorch CPU, ${threads} thread(s)`);
-    out.push(...await torchModel(torch.python, threads, "cpu", ctx));
   }
   if (torch.cuda) {
     ctx.log("PyTorch CUDA");
@@ -244,13 +252,26 @@ function childModel(ctx: BenchContext, runtime: "deno" | "bun"): Promise<BenchRe
   });
 }
 
-/** gemkit's rows on this runtime, each with the runtime, Mesa and tuning that produced it. */
-async function gemkitModel(ctx: BenchContext): Promise<BenchRecord[]> {
+/**
+ * The benches in the groups they are timed in: each group's gemkit rows, then PyTorch's on the
+ * same work. The prefill group also times prefill_x4 and prefill_forward, against PyTorch's one
+ * prefill row.
+ */
+const GROUPS = ["generate", "prefill", "embed", "train_step", "train_step_pair"];
+
+/**
+ * gemkit's rows on this runtime (of the named groups, default all), each with the runtime, Mesa
+ * and tuning that produced it.
+ */
+async function gemkitModel(
+  ctx: BenchContext,
+  groups: readonly string[] = GROUPS,
+): Promise<BenchRecord[]> {
   const out: BenchRecord[] = [];
   const reps = ctx.quick ? 2 : 5;
-  {
+  const { model, tokenizer } = await load();
+  if (groups.includes("generate")) {
     ctx.log("generate");
-    const { model } = await load();
     let ids: number[] = [];
     const samples = await time(1, reps, async () => {
       ids =
@@ -260,6 +281,8 @@ async function gemkitModel(ctx: BenchContext): Promise<BenchRecord[]> {
     out.push(
       record("generate", samples, (m) => ({ tokens_per_s: 256 / m, first_ids: ids.slice(0, 20) })),
     );
+  }
+  if (groups.includes("prefill")) {
     ctx.log("prefill");
     const ids512 = Int32Array.from(
       { length: 512 },
@@ -308,8 +331,9 @@ async function gemkitModel(ctx: BenchContext): Promise<BenchRecord[]> {
     });
     toks.dispose();
     out.push(record("prefill_forward", fwd, (m) => ({ tokens_per_s: 512 / m })));
+  }
+  if (groups.includes("embed")) {
     ctx.log("embed");
-    const { tokenizer } = await load();
     const texts = stsbPairs("test").flatMap((p) => [p.a, p.b]).map((t) =>
       tokenizer.encode(t, { bos: true })
     );
@@ -319,12 +343,16 @@ async function gemkitModel(ctx: BenchContext): Promise<BenchRecord[]> {
     out.push(
       record("embed", emb, (m) => ({ texts_per_s: texts.length / m, n_texts: texts.length })),
     );
-    model.dispose();
   }
-  ctx.log("train_step");
-  out.push(await trainStep(ctx, false));
-  ctx.log("train_step_pair");
-  out.push(await trainStep(ctx, true));
+  model.dispose();
+  if (groups.includes("train_step")) {
+    ctx.log("train_step");
+    out.push(await trainStep(ctx, false));
+  }
+  if (groups.includes("train_step_pair")) {
+    ctx.log("train_step_pair");
+    out.push(await trainStep(ctx, true));
+  }
   const g = gpu();
   const where = {
     runtime: runtimeVersion(),
@@ -335,15 +363,17 @@ async function gemkitModel(ctx: BenchContext): Promise<BenchRecord[]> {
   return out.map((r) => ({ ...r, ...where }));
 }
 
+/** PyTorch's rows of one group of benches (PyTorch has one prefill bench), default all. */
 async function torchModel(
   python: string,
   threads: number,
   device: "cpu" | "cuda",
   ctx: BenchContext,
+  group?: string,
 ): Promise<BenchRecord[]> {
   const script = new URL("./torch_llama.py", import.meta.url).pathname;
   const arg = {
-    benches: ["generate", "prefill", "train_step", "train_step_pair", "embed"],
+    benches: group ? [group] : GROUPS,
     threads,
     warmup: 2,
     repeats: ctx.quick ? 2 : 5,
