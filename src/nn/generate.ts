@@ -176,6 +176,8 @@ export async function generate(
       // The prefill's time ends when the GPU has run it. Where read() itself waits for that
       // (Deno), its promise's fixed ~10 ms resolution is awaited later, under the first steps.
       let prefillRead: Promise<ArrayBuffer> | null = g.read(next.buf, 0, 4);
+      // Awaited below; if a step throws first, its error is the one reported, not this read's.
+      prefillRead.catch(() => {});
       if (!g.readWaitsForQueue) {
         await prefillRead;
         prefillRead = null;
