@@ -20,7 +20,7 @@ import {
   UNARY,
   type UnaryFn,
 } from "../gpu/kernels/elementwise.ts";
-import { runGather } from "../gpu/kernels/embedding.ts";
+import { gatherVec4Fits, runGather } from "../gpu/kernels/embedding.ts";
 import { runMatmul } from "../gpu/kernels/matmul.ts";
 import { runAccumulate } from "../gpu/kernels/optim.ts";
 import { bindRange, paged } from "../gpu/pages.ts";
@@ -812,7 +812,7 @@ export function gatherScaled(w: Tensor, ids: Tensor, scale: Tensor): Tensor {
     fail("gatherScaled", `scale ${shapeStr(scale)} does not match ids ${shapeStr(ids)}`);
   }
   return noGrad(() => {
-    if (w.dtype !== "f32" || w.shape[w.rank - 1] % 4 !== 0 || paged(gpu(), w.buf)) {
+    if (!gatherVec4Fits(gpu(), w.buf, w.shape[w.rank - 1], w.dtype !== "f32")) {
       const rows = embedding(w, ids), s = reshape(scale, [...scale.shape, 1]);
       const out = mul(rows, s);
       rows.dispose();

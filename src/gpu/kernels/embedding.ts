@@ -149,6 +149,14 @@ export function scatterPlan(ids: Int32Array): { plan: Int32Array; groups: number
   return { plan, groups };
 }
 
+/**
+ * Whether a gather from `w` (rows of `d` elements) runs four floats at a time, and so can scale
+ * its rows: f32, D % 4 == 0, in one binding.
+ */
+export function gatherVec4Fits(gpu: Gpu, w: GpuBuffer, d: number, f16: boolean): boolean {
+  return !paged(gpu, w) && !f16 && d % 4 === 0;
+}
+
 export function runGather(
   gpu: Gpu,
   w: GpuBuffer,
@@ -161,7 +169,7 @@ export function runGather(
   scale: GpuBuffer | null = null,
 ): void {
   const wg = gpu.tuning.elementwiseWorkgroup;
-  if (!paged(gpu, w) && !f16 && d % 4 === 0) {
+  if (gatherVec4Fits(gpu, w, d, f16)) {
     const p = new ParamWriter().u32(n).u32(d).u32(v).u32(0);
     gpu.dispatch(
       gatherKernelVec4(wg, scale !== null),
