@@ -85,9 +85,15 @@ export interface MatmulEpilogue {
   dual: boolean;
   /**
    * WGSL storing the vec4 of row `i0 + r`, column group `g` (`cr` is the row's offset in C and
-   * `acc{r}_{c}` / `up{r}_{c}` the accumulators); null: the plain vec4 store.
+   * `acc{r}_{c}` / `up{r}_{c}` the accumulators); null: the plain vec4 store. A lane's column
+   * groups are `g0 + c * wc`.
    */
-  store: ((r: number, c: number, g: string) => string) | null;
+  store: ((r: number, c: number, g: string, wc: number) => string) | null;
+  /**
+   * WGSL run once per stored row `i0 + r` before its stores: values the row's column groups
+   * share, named with `r` so the stores can use them (a lane's groups are `g0 + c * wc`).
+   */
+  row?: (r: number, wc: number) => string;
   /** WGSL functions appended after `main`. */
   helpers: string;
 }
@@ -227,10 +233,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   for (let r = 0; r < tm; r++) {
     e(`  if (i0 + ${r}u < P.M) {
     let cr = cB + (i0 + ${r}u) * P.ldC;`);
+    if (epi?.row) e(`    ${epi.row(r, wc)}`);
     for (let c = 0; c < tn4; c++) {
       const g = `(g0 + ${c * wc}u)`;
       if (epi?.store) {
-        e(`    if (${g} * 4u < P.N) { ${epi.store(r, c, g)} }`);
+        e(`    if (${g} * 4u < P.N) { ${epi.store(r, c, g, wc)} }`);
       } else if (o.vecStore) {
         const at = `Cb[cr / 4u + ${g}]`;
         e(`    if (${g} * 4u < P.N) { ${at} = ${o.accumulate ? `${at} + ` : ""}acc${r}_${c}; }`);

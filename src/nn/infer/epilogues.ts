@@ -77,14 +77,20 @@ export const SWIGLU: MatmulEpilogue = {
 };
 
 /**
- * q with RoPE into C, k with RoPE and v into the KV cache. Columns [0, dim) are q (C's rows are
- * dim long), then k, then v; a vec4 never straddles q, k and v or a head (dim, kv and the head
- * dim are multiples of 4). With `positions`, row i's RoPE position is POS[i] (packed sequences,
- * each from 0) and its k and v go to row i of KC and VC; without, both are start + i.
+ * q with RoPE into C, k with RoPE and v into the KV cache, for heads of `headDim`. Columns
+ * [0, dim) are q (C's rows are dim long), then k, then v; a vec4 never straddles q, k and v or a
+ * head (dim, kv and the head dim are multiples of 4). With `positions`, row i's RoPE position is
+ * POS[i] (packed sequences, each from 0) and its k and v go to row i of KC and VC; without, both
+ * are start + i. Each row loads its position once; when a lane's column groups all sit at the
+ * same offset within their heads (4 * wc a multiple of the head dim), also its one RoPE vec4:
+ * on llvmpipe the per-store loads made the q/k/v product ~20% slower.
  */
-function qkvEpilogue(positions: boolean): MatmulEpilogue {
+function qkvEpilogue(positions: boolean, headDim: number): MatmulEpilogue {
+  const shared = (wc: number) => (4 * wc) % headDim === 0;
+  const ropeAt = (r: number, k: string) =>
+    `ROPE[(min(pos${r}, P.maxPos - 1u) * P.half + ${k}) / 2u]`;
   return {
-    name: positions ? "qkv_pos" : "qkv",
+    name: `${positions ? "qkv_pos" : "qkv"}_h${headDim}`,
     params: PARAMS,
     bindings: [
       ["KC", "rw", "array<vec4<f32>>"],
@@ -93,18 +99,26 @@ function qkvEpilogue(positions: boolean): MatmulEpilogue {
       ...(positions ? [["POS", "read", "array<i32>"] as const] : []),
     ],
     dual: false,
-    store: (r, c, g) => {
+    row: (r, wc) =>
+      `let pos${r} = ${positions ? `u32(POS[i0 + ${r}u])` : `P.start + i0 + ${r}u`};${
+        shared(wc) ? ` let cs${r} = ${ropeAt(r, `((g0 * 4u) % ${headDim}u) / 2u`)};` : ""
+      }`,
+    store: (r, c, g, wc) => {
       const acc = `acc${r}_${c}`;
+      const cs = (
+        col: string,
+      ) => (shared(wc) ? `cs${r}` : ropeAt(r, `(${col} % ${headDim}u) / 2u`));
       return `let n0 = ${g} * 4u;
-      let row = ${positions ? `i0 + ${r}u` : `P.start + i0 + ${r}u`};
-      let pos = ${positions ? `u32(POS[i0 + ${r}u])` : "row"};
-      if (n0 < P.dim) { Cb[cr / 4u + ${g}] = rope2(${acc}, pos, (n0 % (2u * P.half)) / 2u); }
-      else if (n0 < P.dim + P.kv) { KC[(row * P.kv + n0 - P.dim) / 4u] = rope2(${acc}, pos, ((n0 - P.dim) % (2u * P.half)) / 2u); }
+      let row = ${positions ? `i0 + ${r}u` : `pos${r}`};
+      if (n0 < P.dim) { Cb[cr / 4u + ${g}] = rope2(${acc}, ${cs("n0")}); }
+      else if (n0 < P.dim + P.kv) { KC[(row * P.kv + n0 - P.dim) / 4u] = rope2(${acc}, ${
+        cs("(n0 - P.dim)")
+      }); }
       else { VC[(row * P.kv + n0 - P.dim - P.kv) / 4u] = ${acc}; }`;
     },
-    // RoPE of two interleaved pairs (pair index k even): rope v2's arithmetic.
-    helpers: `fn rope2(x: vec4<f32>, pos: u32, k: u32) -> vec4<f32> {
-  let cs = ROPE[(min(pos, P.maxPos - 1u) * P.half + k) / 2u];
+    // RoPE of two interleaved pairs (pair index k even; cs holds cos, sin of k and k + 1):
+    // rope v2's arithmetic.
+    helpers: `fn rope2(x: vec4<f32>, cs: vec4<f32>) -> vec4<f32> {
   return vec4<f32>(
     x.x * cs.x - x.y * cs.y,
     x.x * cs.y + x.y * cs.x,
@@ -115,8 +129,15 @@ function qkvEpilogue(positions: boolean): MatmulEpilogue {
   };
 }
 
-/** q, k and v of rows at cache positions start + i. */
-export const QKV: MatmulEpilogue = qkvEpilogue(false);
+const qkvMade = new Map<string, MatmulEpilogue>();
 
-/** q, k and v of packed rows at their own positions (POS), k and v into rows i of KC, VC. */
-export const QKV_POS: MatmulEpilogue = qkvEpilogue(true);
+/**
+ * The q/k/v epilogue for heads of `headDim`: rows at cache positions start + i, or with
+ * `positions` packed rows at their own positions (POS), k and v into rows i of KC, VC.
+ */
+export function qkvEpilogueFor(headDim: number, positions: boolean): MatmulEpilogue {
+  const key = `${positions}:${headDim}`;
+  let e = qkvMade.get(key);
+  if (!e) qkvMade.set(key, e = qkvEpilogue(positions, headDim));
+  return e;
+}

@@ -30,7 +30,7 @@ import * as T from "../../tensor/ops.ts";
 import { empty, keep, noGrad, scope, type Tensor } from "../../tensor/tensor.ts";
 import { CAUSAL, headDim, type KVCache, type Llama, type LlamaConfig } from "../llama.ts";
 import type { RoleTable } from "../../tensor/ops.ts";
-import { PLAIN, QKV, QKV_POS, RESIDUAL, SWIGLU, writeQkvParams } from "./epilogues.ts";
+import { PLAIN, qkvEpilogueFor, RESIDUAL, SWIGLU, writeQkvParams } from "./epilogues.ts";
 import { inferTuning } from "./tuning.ts";
 
 /** Settings of {@link FusedDecoder}. */
@@ -106,12 +106,12 @@ export class FusedDecoder {
         `FusedDecoder.prefill: ${start} cached + ${t} new tokens exceed the cache (${cache.capacity}) or the context (${c.maxSeqLen})`,
       );
     }
-    const mm = fusedProduct(m, packed, start);
+    const mm = fusedProduct(m, packed, start), epilogue = qkvEpilogueFor(headDim(c), false);
     return noGrad(() =>
       scope(() => {
         let x = T.embedding(m.params.get("model.embed_tokens.weight")!, tokens);
         packed.layout.layers.forEach((o, l) => {
-          const qkv = { epilogue: QKV, extra: [cache.k[l].buf, cache.v[l].buf, m.ropeBuffer] };
+          const qkv = { epilogue, extra: [cache.k[l].buf, cache.v[l].buf, m.ropeBuffer] };
           x = fusedLayer(mm, c, o, x, t, qkv, (q) =>
             T.attention(q, cache.k[l], cache.v[l], cache.roles, CAUSAL, { keys: start + t }));
         });
@@ -284,14 +284,14 @@ export class FusedEncoder {
     if (tokens.rank !== 2 || tokens.dtype !== "i32" || b !== 1) {
       throw new Error(`FusedEncoder.encode: tokens must be i32 [1, N], got ${tokens.describe()}`);
     }
-    const hd = headDim(c), mm = fusedProduct(m, packed, 0);
+    const hd = headDim(c), mm = fusedProduct(m, packed, 0), epilogue = qkvEpilogueFor(hd, true);
     return scope(() => {
       let x = T.embedding(m.params.get("model.embed_tokens.weight")!, tokens);
       const records = T.packedTokens(opts.roles, opts.segments);
       packed.layout.layers.forEach((o) => {
         const k = empty([1, t, c.nKvHeads, hd], "f32", "encode.k");
         const v = empty([1, t, c.nKvHeads, hd], "f32", "encode.v");
-        const qkv = { epilogue: QKV_POS, extra: [k.buf, v.buf, m.ropeBuffer, opts.positions.buf] };
+        const qkv = { epilogue, extra: [k.buf, v.buf, m.ropeBuffer, opts.positions.buf] };
         x = fusedLayer(
           mm,
           c,
@@ -351,7 +351,8 @@ function decodeShapeOf(model: Llama, wg = DECODE_WG): DecodeShape {
 /**
  * One fused product: rows `a` [rows, k] times the `n` packed rows at texel `offB` into `out`
  * through `epilogue` (with its `extra` buffers); `norm`: the rows are RMS-normalised on the fly
- * (the norm's weight is folded into those packed rows). q/k/v products put row 0 at `start`.
+ * (the norm's weight is folded into those packed rows); C's rows are `ldC` apart (default n).
+ * q/k/v products put row 0 at `start`.
  */
 type FusedProduct = (
   a: Tensor,
@@ -363,6 +364,7 @@ type FusedProduct = (
   epilogue: MatmulEpilogue,
   extra: GpuBuffer[],
   norm: boolean,
+  ldC?: number,
 ) => void;
 
 function fusedProduct(
@@ -371,7 +373,7 @@ function fusedProduct(
   start: number,
 ): FusedProduct {
   const c = model.config, g = gpu(), hd = headDim(c), kv = hd * c.nKvHeads;
-  return (a, rows, k, offB, n, out, epilogue, extra, norm) =>
+  return (a, rows, k, offB, n, out, epilogue, extra, norm, ldC = n) =>
     runMatmulFused(g, {
       a: a.buf,
       m: rows,
@@ -380,8 +382,7 @@ function fusedProduct(
       offB,
       n,
       c: out.buf,
-      // q/k/v products write q alone into C: its rows are dim long.
-      ldC: epilogue === QKV || epilogue === QKV_POS ? c.dim : n,
+      ldC,
       epilogue,
       extra,
       params: (p) =>
@@ -407,7 +408,8 @@ function fusedLayer(
 ): Tensor {
   const hd = headDim(c), kv = hd * c.nKvHeads;
   const q = empty([1, t, c.nHeads, hd], "f32", "fused.q");
-  mm(x, t, c.dim, o.wq, c.dim + 2 * kv, q, qkv.epilogue, qkv.extra, true);
+  // The q/k/v product writes q alone into C: its rows are dim long.
+  mm(x, t, c.dim, o.wq, c.dim + 2 * kv, q, qkv.epilogue, qkv.extra, true, c.dim);
   const att = attend(q);
   const x1 = empty([1, t, c.dim], "f32", "fused.x");
   mm(att, t, c.dim, o.wo, c.dim, x1, RESIDUAL, [x.buf], false);
