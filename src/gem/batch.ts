@@ -64,12 +64,19 @@ export interface PackedBatch extends Batch {
   offsets: number[];
 }
 
-/** Packs samples into one padding-free row; see {@link PackedBatch}. */
-export function pack(samples: readonly GemSample[], padId = 0): PackedBatch {
+/**
+ * Packs samples into one padding-free row; see {@link PackedBatch}. The padding tokens get
+ * `padRole` (a table without the pad role, such as plain causal, wants 0).
+ */
+export function pack(
+  samples: readonly GemSample[],
+  padId = 0,
+  padRole: number = ROLE.pad,
+): PackedBatch {
   const total = samples.reduce((n, s) => n + s.ids.length, 0);
   const n = Math.max(4, Math.ceil(total / 4) * 4);
   const ids = new Int32Array(n).fill(padId);
-  const roles = new Int32Array(n).fill(ROLE.pad);
+  const roles = new Int32Array(n).fill(padRole);
   const labels = new Int32Array(n).fill(IGNORE);
   const pos = new Int32Array(n);
   const seg = new Int32Array(2 * n);
