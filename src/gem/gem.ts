@@ -143,6 +143,35 @@ export interface EmbedResult {
   dim: number;
 }
 
+/** Epsilon under the root of the embeddings' L2 norm. */
+const L2_EPS = 1e-12;
+
+/**
+ * Each text's pooled rows as one (start, count) span of the packed batch, or null where the
+ * pooling is not a mean over contiguous rows (the specials concatenated).
+ */
+function poolSpans(
+  group: readonly GemSample[],
+  offsets: readonly number[],
+  pooling: Pooling,
+  gem?: GemInfo,
+): [number, number][] | null {
+  if (pooling === "gem") {
+    const k = gem!.k, how = gem!.pooling;
+    if (how === "concat") return null;
+    // The specials sit together after the text.
+    return group.map((
+      s,
+      i,
+    ) => [offsets[i] + s.specialPos[how === "mean" ? 0 : k - 1], how === "mean" ? k : 1]);
+  }
+  if (pooling === "last") return group.map((s, i) => [offsets[i] + s.ids.length - 1, 1]);
+  // The text's tokens after BOS (BOS alone for an empty text).
+  return group.map((s, i) =>
+    s.ids.length > 1 ? [offsets[i] + 1, s.ids.length - 1] : [offsets[i], 1]
+  );
+}
+
 /** Batches of embeddings queued on the device between readbacks. */
 const EMBED_READ_EVERY = 16;
 
@@ -210,31 +239,34 @@ export async function embedIds(
       const pooled = noGrad(() =>
         scope(() => {
           const table = raw ? CAUSAL : opts.table!;
-          const out = fused
-            ? {
-              hidden: fused.encode(batch.tokens, {
-                positions: batch.positions,
-                segments: batch.segments,
-                roles: batch.roles,
-                table,
-              }),
-            }
-            : model.forward(batch.tokens, {
-              roles: batch.roles,
-              table,
-              positions: batch.positions,
-              segments: batch.segments,
-              logits: false,
-            });
+          const inputs = {
+            positions: batch.positions,
+            segments: batch.segments,
+            roles: batch.roles,
+            table,
+          };
+          // Contiguous rows per text: the fused encoder pools them in one kernel.
+          const spans = fused ? poolSpans(group, batch.offsets, pooling, opts.gem) : null;
+          if (fused && spans) {
+            return fused.pool(
+              batch.tokens,
+              inputs,
+              spans,
+              opts.normalize === false ? null : L2_EPS,
+            );
+          }
+          const hidden = fused
+            ? fused.encode(batch.tokens, inputs)
+            : model.forward(batch.tokens, { ...inputs, logits: false }).hidden;
           const rows = (i: number, from: number, to: number) =>
             Array.from({ length: to - from }, (_, j) => batch.offsets[i] + from + j);
           let v: Tensor;
           if (pooling === "gem") {
             const flat = group.flatMap((s, i) => s.specialPos.map((p) => batch.offsets[i] + p));
-            v = poolRows(out.hidden, flat, k, opts.gem!.pooling);
+            v = poolRows(hidden, flat, k, opts.gem!.pooling);
           } else if (pooling === "last") {
             v = poolRows(
-              out.hidden,
+              hidden,
               group.map((s, i) => batch.offsets[i] + s.ids.length - 1),
               1,
               "mean",
@@ -242,14 +274,14 @@ export async function embedIds(
           } else {
             // Mean over the text's tokens after BOS (BOS alone for an empty text).
             v = meanRows(
-              out.hidden,
+              hidden,
               group.map((
                 s,
                 i,
               ) => (s.ids.length > 1 ? rows(i, 1, s.ids.length) : [batch.offsets[i]])),
             );
           }
-          return opts.normalize === false ? v : l2normalize(v);
+          return opts.normalize === false ? v : l2normalize(v, L2_EPS);
         })
       );
       disposePacked(batch);

@@ -1065,6 +1065,17 @@ export function packedTokens(roles: Tensor, segments: Tensor): Tensor {
   }
   const [b, t] = roles.shape;
   checkSegments(segments, t);
+  const rh = roles.storage.host, sh = segments.storage.host;
+  if (rh && sh && roles.contiguous && segments.contiguous) {
+    // Both still on the host (a batch just packed): one upload instead of four kernels.
+    const out = new Int32Array(4 * b * t);
+    for (let i = 0; i < b * t; i++) {
+      out[4 * i] = rh[roles.offset + i];
+      out[4 * i + 1] = sh[segments.offset + 2 * i];
+      out[4 * i + 2] = sh[segments.offset + 2 * i + 1];
+    }
+    return tensor(out, [b, t, 4], "i32");
+  }
   return noGrad(() => {
     const parts = [
       reshape(roles, [b, t, 1]),

@@ -16,7 +16,8 @@ import { encodeAll, objectiveOf } from "../../src/recipe/recipe.ts";
 import { tinyStories } from "../../src/io/corpus.ts";
 import { Rng } from "../../src/tensor/random.ts";
 import type { Tokenizer } from "../../src/io/tokenizer.ts";
-import { Llama } from "../../src/nn/llama.ts";
+import { CAUSAL, Llama } from "../../src/nn/llama.ts";
+import { FusedEncoder } from "../../src/nn/infer/fused.ts";
 import { backward } from "../../src/tensor/backward.ts";
 import { isGemDir, loadGem, saveGem } from "../../src/gem/io.ts";
 import { MASK_DESIGNS, ROLE } from "../../src/gem/mask.ts";
@@ -152,6 +153,29 @@ test("embed: the fused path equals the general forward within 1e-5 for every poo
       assertClose(fused.vectors[i], forward.vectors[i], FWD, `${pooling} text ${i}`);
     }
   }
+  gem.dispose();
+});
+
+test("FusedEncoder.pool refuses a span outside the batch, naming it", async () => {
+  await testGpu();
+  const gem = await stories(2);
+  const enc = new FusedEncoder(gem.model);
+  const t = (a: number[], shape: number[]) => tensor(Int32Array.from(a), shape, "i32");
+  const inputs = {
+    positions: t([0, 1, 2, 3], [1, 4]),
+    segments: t([0, 4, 0, 4, 0, 4, 0, 4], [1, 4, 2]),
+    roles: t([0, 0, 0, 0], [1, 4]),
+    table: CAUSAL,
+  };
+  const tokens = t([1, 5, 9, 7], [1, 4]);
+  for (const span of [[2, 3], [0, 0], [-1, 2]] as [number, number][]) {
+    assert.throws(
+      () => noGrad(() => enc.pool(tokens, inputs, [[0, 1], span], null)),
+      new RegExp(`group \\(${span[0]}, ${span[1]}\\) is not within 4 rows`),
+    );
+  }
+  enc.dispose();
+  for (const x of [tokens, inputs.positions, inputs.segments, inputs.roles]) x.dispose();
   gem.dispose();
 });
 

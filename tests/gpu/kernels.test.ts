@@ -7,6 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { choosePlan } from "../../src/gpu/kernels/matmul_tex.ts";
+import { runRmsnormPool } from "../../src/gpu/kernels/rowwise.ts";
 import { runSample } from "../../src/gpu/kernels/sample.ts";
 import type { Tuning } from "../../src/gpu/tuning.ts";
 import * as T from "../../src/tensor/ops.ts";
@@ -198,6 +199,53 @@ test("row kernels vs CPU: softmax, log-softmax, rmsnorm, cross-entropy; long/sho
       for (const t of [tx, tw, y, ce]) t.dispose();
     }
   });
+});
+
+test("rmsnorm pool vs CPU: RMSNorm, a mean over each span of rows, L2 norm; spans alone decide", async () => {
+  const g = await testGpu();
+  const rows = 37, n = 24, eps = 1e-5;
+  const x = randomArray(rows * n, 11, 3), w = randomArray(n, 12);
+  const normed = rmsnormRef(x, w, eps);
+  const ref = (spans: [number, number][], l2: boolean) =>
+    spans.flatMap(([start, count]) => {
+      const v = Array.from({ length: n }, (_, j) => {
+        let s = 0;
+        for (let r = start; r < start + count; r++) s += normed[r * n + j];
+        return s / count;
+      });
+      const norm = Math.sqrt(v.reduce((a, b) => a + b * b, 0) + 1e-12);
+      return l2 ? v.map((e) => e / norm) : v;
+    });
+  const run = async (spans: [number, number][], l2: boolean) => {
+    const tx = tensor(x, [rows, n]), tw = tensor(w, [n]);
+    const tg = tensor(Int32Array.from(spans.flat()), [spans.length, 2], "i32");
+    const r = T.zeros([rows]), y = T.zeros([spans.length, n]);
+    runRmsnormPool(
+      g,
+      { x: tx.buf, w: tw.buf, g: tg.buf, y: y.buf, r: r.buf },
+      spans.length,
+      n,
+      eps,
+      l2 ? 1e-12 : null,
+    );
+    const out = (await y.toArray()) as Float32Array;
+    for (const t of [tx, tw, tg, r, y]) t.dispose();
+    return out;
+  };
+  const spans: [number, number][] = [[0, 1], [1, 9], [10, 20], [30, 7]];
+  for (const l2 of [false, true]) {
+    const out = await run(spans, l2);
+    assertClose(out, ref(spans, l2), FWD, `rmsnorm pool l2=${l2}`);
+    // A span's vector is the same bits alone or among others.
+    const alone = await run([spans[2]], l2);
+    assert.deepEqual(Array.from(alone), Array.from(out.subarray(2 * n, 3 * n)));
+  }
+  const z = T.zeros([8]), b = z.buf;
+  assert.throws(
+    () => runRmsnormPool(g, { x: b, w: b, g: b, y: b, r: b }, 1, 6, eps, null),
+    /row length 6 is not a multiple of 4/,
+  );
+  z.dispose();
 });
 
 test("rope vs CPU at 512 positions (angles from the float64 table), v1 and v2", async () => {

@@ -328,3 +328,83 @@ export function runRmsnormWeightGrad(
   );
   return chunks;
 }
+
+/**
+ * Pooled embeddings in one pass: for each group g of rows [start, start + count) of X [rows, n]
+ * (G holds start, count per group), Y[g] = the mean over the group of RMSNorm(row) * W, then
+ * scaled to unit L2 norm (eps under the root) when `l2` is set. One invocation per group, vec4
+ * loads (n % 4 == 0). Each row's sum of squares runs as in the vec4 thread RMSNorm, each group's
+ * sums in row order, so a group's vector depends on its rows alone. It replaces the RMSNorm of
+ * every row, a gather, a sum and the normalisation's five passes: on llvmpipe those took ~6% of
+ * embedding a batch of short texts.
+ */
+export function rmsnormPoolKernel(wg: number): Kernel {
+  return cachedKernel(`rmsnorm_pool:${wg}`, () =>
+    defineKernel({
+      name: "rmsnorm_pool_vec4",
+      params: "groups: u32, n: u32, eps: f32, l2: u32, l2eps: f32, _a: u32, _b: u32, _c: u32",
+      bindings: [
+        ["X", "read", "array<vec4<f32>>"],
+        ["W", "read", "array<vec4<f32>>"],
+        ["G", "read", "array<i32>"],
+        ["Y", "rw", "array<vec4<f32>>"],
+        ["R", "rw", "array<f32>"],
+      ],
+      body: gridMain(
+        wg,
+        "g",
+        "g >= P.groups",
+        `  let first = u32(G[2u * g]);
+  let count = u32(G[2u * g + 1u]);
+  let n4 = P.n / 4u;
+  // Each row's 1 / rms, kept in R (indexed by row) for the second pass.
+  for (var r = first; r < first + count; r++) {
+    var s = 0.0;
+    for (var j = 0u; j < n4; j++) {
+      let v = X[r * n4 + j];
+      s += v.x * v.x;
+      s += v.y * v.y;
+      s += v.z * v.z;
+      s += v.w * v.w;
+    }
+    R[r] = inverseSqrt(s / f32(P.n) + P.eps);
+  }
+  let inv = 1.0 / f32(max(count, 1u));
+  var ss = 0.0;
+  for (var j = 0u; j < n4; j++) {
+    var acc = vec4<f32>(0.0);
+    for (var r = first; r < first + count; r++) { acc += X[r * n4 + j] * R[r] * W[j] * inv; }
+    Y[g * n4 + j] = acc;
+    ss += dot(acc, acc);
+  }
+  if (P.l2 != 0u) {
+    let norm = sqrt(ss + P.l2eps);
+    for (var j = 0u; j < n4; j++) { Y[g * n4 + j] = Y[g * n4 + j] / norm; }
+  }`,
+      ),
+    }));
+}
+
+/**
+ * Records {@link rmsnormPoolKernel}: `groups` (start, count) pairs as i32 in `g`, X [rows, n],
+ * Y [groups, n]; `r` holds rows floats of scratch.
+ */
+export function runRmsnormPool(
+  gpu: Gpu,
+  bufs: { x: GpuBuffer; w: GpuBuffer; g: GpuBuffer; y: GpuBuffer; r: GpuBuffer },
+  groups: number,
+  n: number,
+  eps: number,
+  l2: number | null,
+): void {
+  if (n % 4) throw new Error(`rmsnorm pool: row length ${n} is not a multiple of 4`);
+  const wg = gpu.tuning.elementwiseWorkgroup;
+  const p = new ParamWriter().u32(groups).u32(n).f32(eps).u32(l2 === null ? 0 : 1)
+    .f32(l2 ?? 0).u32(0).u32(0).u32(0);
+  gpu.dispatch(
+    rmsnormPoolKernel(wg),
+    [bufs.x, bufs.w, bufs.g, bufs.y, bufs.r],
+    p,
+    grid(Math.ceil(groups / wg)),
+  );
+}

@@ -25,9 +25,10 @@ import {
 import { range } from "../../gpu/kernel.ts";
 import { type MatmulEpilogue, runMatmulFused } from "../../gpu/kernels/matmul_tex.ts";
 import type { GpuBuffer, GpuTexture } from "../../gpu/pool.ts";
+import { runRmsnormPool } from "../../gpu/kernels/rowwise.ts";
 import { runSample } from "../../gpu/kernels/sample.ts";
 import * as T from "../../tensor/ops.ts";
-import { empty, keep, noGrad, scope, type Tensor } from "../../tensor/tensor.ts";
+import { empty, keep, noGrad, scope, type Tensor, tensor } from "../../tensor/tensor.ts";
 import { CAUSAL, headDim, type KVCache, type Llama, type LlamaConfig } from "../llama.ts";
 import type { RoleTable } from "../../tensor/ops.ts";
 import { PLAIN, qkvEpilogueFor, RESIDUAL, SWIGLU, writeQkvParams } from "./epilogues.ts";
@@ -245,6 +246,18 @@ export function fusedEncodeFits(model: Llama): boolean {
     fusedDecodeFits({ dim: c.dim, hidden: c.hiddenDim, heads: c.nHeads }, Infinity);
 }
 
+/** What {@link FusedEncoder} reads besides the tokens: packed positions, segments, roles, table. */
+export interface EncodeInputs {
+  /** Each token's position in its sequence [1, N] (i32). */
+  positions: Tensor;
+  /** Each token's key range (start, end) [1, N, 2] (i32). */
+  segments: Tensor;
+  /** Each token's role [1, N] (i32). */
+  roles: Tensor;
+  /** The role table. */
+  table: RoleTable;
+}
+
 /**
  * Hidden states of packed sequences (the embedding path) through the fused prefill's products:
  * per layer the q/k/v product with RoPE at each token's own position, attention under any role
@@ -274,10 +287,56 @@ export class FusedEncoder {
    * `hidden`) of the packed `tokens` [1, N] with their `positions` and `segments` ([1, N, 2]),
    * `roles` ([1, N]) under `table`. Call under noGrad.
    */
-  encode(
+  encode(tokens: Tensor, opts: EncodeInputs): Tensor {
+    const m = this.#model;
+    return scope(() =>
+      T.rmsnorm(this.#layers(tokens, opts), m.params.get("model.norm.weight")!, m.config.normEps)
+    );
+  }
+
+  /**
+   * Pooled vectors [groups, dim]: for each (start, count) of `groups`, the mean of the final
+   * hidden states (as {@link encode} gives them) of rows [start, start + count), divided by its
+   * L2 norm (with `l2eps` under the root) unless `l2eps` is null. One kernel does the last
+   * RMSNorm, the means and the norms. Call under noGrad.
+   */
+  pool(
     tokens: Tensor,
-    opts: { positions: Tensor; segments: Tensor; roles: Tensor; table: RoleTable },
+    opts: EncodeInputs,
+    groups: readonly (readonly [number, number])[],
+    l2eps: number | null,
   ): Tensor {
+    const c = this.#model.config, t = tokens.shape[1];
+    for (const [start, count] of groups) {
+      if (!(start >= 0 && count >= 1 && start + count <= t)) {
+        throw new Error(`FusedEncoder.pool: group (${start}, ${count}) is not within ${t} rows`);
+      }
+    }
+    return scope(() => {
+      const x = this.#layers(tokens, opts);
+      const g = tensor(Int32Array.from(groups.flat()), [groups.length, 2], "i32");
+      const r = empty([t], "f32", "pool.rstd");
+      const y = empty([groups.length, c.dim], "f32", "pool.y");
+      runRmsnormPool(
+        gpu(),
+        {
+          x: x.buf,
+          w: this.#model.params.get("model.norm.weight")!.buf,
+          g: g.buf,
+          y: y.buf,
+          r: r.buf,
+        },
+        groups.length,
+        c.dim,
+        c.normEps,
+        l2eps,
+      );
+      return y;
+    });
+  }
+
+  /** The residual stream [1, N, dim] after the last layer, before the final RMSNorm. */
+  #layers(tokens: Tensor, opts: EncodeInputs): Tensor {
     if (!this.#packed) throw new Error("FusedEncoder: used after dispose()");
     const c = this.#model.config, m = this.#model, packed = this.#packed;
     const [b, t] = tokens.shape;
@@ -285,25 +344,23 @@ export class FusedEncoder {
       throw new Error(`FusedEncoder.encode: tokens must be i32 [1, N], got ${tokens.describe()}`);
     }
     const hd = headDim(c), mm = fusedProduct(m, packed, 0), epilogue = qkvEpilogueFor(hd, true);
-    return scope(() => {
-      let x = T.embedding(m.params.get("model.embed_tokens.weight")!, tokens);
-      const records = T.packedTokens(opts.roles, opts.segments);
-      packed.layout.layers.forEach((o) => {
-        const k = empty([1, t, c.nKvHeads, hd], "f32", "encode.k");
-        const v = empty([1, t, c.nKvHeads, hd], "f32", "encode.v");
-        const qkv = { epilogue, extra: [k.buf, v.buf, m.ropeBuffer, opts.positions.buf] };
-        x = fusedLayer(
-          mm,
-          c,
-          o,
-          x,
-          t,
-          qkv,
-          (q) => T.attention(q, k, v, opts.roles, opts.table, { packed: records }),
-        );
-      });
-      return T.rmsnorm(x, m.params.get("model.norm.weight")!, c.normEps);
+    let x = T.embedding(m.params.get("model.embed_tokens.weight")!, tokens);
+    const records = T.packedTokens(opts.roles, opts.segments);
+    packed.layout.layers.forEach((o) => {
+      const k = empty([1, t, c.nKvHeads, hd], "f32", "encode.k");
+      const v = empty([1, t, c.nKvHeads, hd], "f32", "encode.v");
+      const qkv = { epilogue, extra: [k.buf, v.buf, m.ropeBuffer, opts.positions.buf] };
+      x = fusedLayer(
+        mm,
+        c,
+        o,
+        x,
+        t,
+        qkv,
+        (q) => T.attention(q, k, v, opts.roles, opts.table, { packed: records }),
+      );
     });
+    return x;
   }
 
   /** Releases the packed weights. */
