@@ -25,12 +25,13 @@ const SIZES = [256, 512, 1024, 2048];
 
 /**
  * Samples per figure: enough work per sample to amortise the ~11.5 ms sync (Deno's mapAsync
- * sleeps 10 ms whatever the adapter). A real GPU does 2e9 flops in well under that, so it gets
- * a hundred times the work, capped to keep the command stream short.
+ * sleeps 10 ms whatever the adapter): 8e9 flops, ~130 ms of llvmpipe's products, so the sync
+ * adds under 10% (with 2e9, a single n = 1024 product per sample, it added ~25%). A real GPU
+ * does that in well under the sync, so it gets 2e11, capped to keep the command stream short.
  */
 function plan(n: number, quick: boolean) {
   const flops = 2 * n ** 3;
-  const work = gpu().tuning.profile === "gpu" ? 2e11 : 2e9;
+  const work = gpu().tuning.profile === "gpu" ? 2e11 : 8e9;
   const inner = Math.min(2000, Math.max(1, Math.round(work / flops)));
   return {
     warmup: 1,
