@@ -246,7 +246,7 @@ export async function embedIds(
             table,
           };
           // Contiguous rows per text: the fused encoder pools them in one kernel.
-          const spans = fused ? poolSpans(group, batch.offsets, pooling, opts.gem) : null;
+          const spans = poolSpans(group, batch.offsets, pooling, opts.gem);
           if (fused && spans) {
             return fused.pool(
               batch.tokens,
@@ -258,27 +258,16 @@ export async function embedIds(
           const hidden = fused
             ? fused.encode(batch.tokens, inputs)
             : model.forward(batch.tokens, { ...inputs, logits: false }).hidden;
-          const rows = (i: number, from: number, to: number) =>
-            Array.from({ length: to - from }, (_, j) => batch.offsets[i] + from + j);
           let v: Tensor;
           if (pooling === "gem") {
             const flat = group.flatMap((s, i) => s.specialPos.map((p) => batch.offsets[i] + p));
             v = poolRows(hidden, flat, k, opts.gem!.pooling);
           } else if (pooling === "last") {
-            v = poolRows(
-              hidden,
-              group.map((s, i) => batch.offsets[i] + s.ids.length - 1),
-              1,
-              "mean",
-            );
+            v = poolRows(hidden, spans!.map(([start]) => start), 1, "mean");
           } else {
-            // Mean over the text's tokens after BOS (BOS alone for an empty text).
             v = meanRows(
               hidden,
-              group.map((
-                s,
-                i,
-              ) => (s.ids.length > 1 ? rows(i, 1, s.ids.length) : [batch.offsets[i]])),
+              spans!.map(([start, count]) => Array.from({ length: count }, (_, j) => start + j)),
             );
           }
           return opts.normalize === false ? v : l2normalize(v, L2_EPS);

@@ -148,6 +148,23 @@ export function softmaxBackwardKernel(log: boolean, wg: number, mode: RowMode = 
 }
 
 /**
+ * WGSL declaring `name` = 1 / rms of the row of P.n floats at vec4 `at` of X, its squares summed
+ * one component at a time in order: the vec4 thread RMSNorm and the pooling kernel share it, so
+ * a row's scale is the same bits in both.
+ */
+function rowRstdVec4(at: string, name: string): string {
+  return `  var ss_${name} = 0.0;
+  for (var j = 0u; j < P.n / 4u; j++) {
+    let v = X[${at} + j];
+    ss_${name} += v.x * v.x;
+    ss_${name} += v.y * v.y;
+    ss_${name} += v.z * v.z;
+    ss_${name} += v.w * v.w;
+  }
+  let ${name} = inverseSqrt(ss_${name} / f32(P.n) + P.eps);`;
+}
+
+/**
  * y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps); saves rstd per row. `vec4` (thread
  * mode, rows of a multiple of 4): the row is read and written as vec4s, 4x fewer per-lane
  * gathers on llvmpipe, with the same summation order (bitwise the same result).
@@ -162,15 +179,7 @@ export function rmsnormKernel(wg: number, mode: RowMode = "group", vec4 = false)
         rmsnormBindings("vec4<f32>"),
         () => `
   let b4 = base / 4u;
-  var s = 0.0;
-  for (var j = 0u; j < P.n / 4u; j++) {
-    let v = X[b4 + j];
-    s += v.x * v.x;
-    s += v.y * v.y;
-    s += v.z * v.z;
-    s += v.w * v.w;
-  }
-  let rstd = inverseSqrt(s / f32(P.n) + P.eps);
+${rowRstdVec4("b4", "rstd")}
   for (var j = 0u; j < P.n / 4u; j++) { Y[b4 + j] = X[b4 + j] * rstd * W[j]; }
   R[row] = rstd;`,
       ));
@@ -364,15 +373,8 @@ export function rmsnormPoolKernel(wg: number): Kernel {
   let n4 = P.n / 4u;
   // Each row's 1 / rms, kept in R (indexed by row) for the second pass.
   for (var r = first; r < first + count; r++) {
-    var s = 0.0;
-    for (var j = 0u; j < n4; j++) {
-      let v = X[r * n4 + j];
-      s += v.x * v.x;
-      s += v.y * v.y;
-      s += v.z * v.z;
-      s += v.w * v.w;
-    }
-    R[r] = inverseSqrt(s / f32(P.n) + P.eps);
+${rowRstdVec4("r * n4", "rstd")}
+    R[r] = rstd;
   }
   let inv = 1.0 / f32(max(count, 1u));
   var ss = 0.0;
