@@ -32,6 +32,7 @@ import {
   contiguous,
   copyInto,
   mapExpr,
+  mapExprs,
   matmul,
   matmulAccumulate,
   permute,
@@ -271,12 +272,14 @@ export const GRADIENTS: { [K in Op]: GradRule<K> } = {
     gc.dispose();
     return [dx];
   },
+  // Both gradients in one pass: g, a and b are each read once.
   swiglu: (g, n) => {
     const [a, b] = n.saved;
-    return [
-      mapExpr("g * b * sigmoid(a) * (1.0 + a * (1.0 - sigmoid(a)))", { a, b, g }, a.shape),
-      mapExpr("g * a * sigmoid(a)", { a, g }, a.shape),
-    ];
+    return mapExprs(
+      ["g * b * sigmoid(a) * (1.0 + a * (1.0 - sigmoid(a)))", "g * a * sigmoid(a)"],
+      { a, b, g },
+      a.shape,
+    );
   },
   embedding: (g, n) => {
     const [ids] = n.saved;

@@ -1217,6 +1217,22 @@ export function mapExpr(
   return out;
 }
 
+/**
+ * Several WGSL expressions over the same named inputs, one new tensor each, in one kernel that
+ * loads each input once. No autograd.
+ */
+export function mapExprs(
+  exprs: readonly string[],
+  inputs: Record<string, Tensor>,
+  shape: readonly number[],
+  c = 0,
+): Tensor[] {
+  const outs = exprs.map(() => empty(shape, "f32", "expr"));
+  const ins = Object.entries(inputs).map(([name, t]) => input(t, name, shape));
+  runElementwise(gpu(), exprs, ins, outs.map(outOf), shape, c);
+  return outs;
+}
+
 /** Copies `src` into the view `dst` (same shape) in place, no autograd. */
 export function copyInto(dst: Tensor, src: Tensor): void {
   if (dst.shape.join() !== src.shape.join()) {

@@ -292,6 +292,51 @@ test("elementwise vs CPU: vec4 and scalar paths, offsets, broadcast, every tunin
   });
 });
 
+test("elementwise with several expressions equals one kernel each, bitwise, on every path", async () => {
+  const exprs = ["g * b * sigmoid(a) * (1.0 + a * (1.0 - sigmoid(a)))", "g * a * sigmoid(a)"];
+  await underEachTuning(async (tuning) => {
+    // n % 4 == 0 (vec4 where the tuning has it), n % 4 != 0 (contiguous scalar), and a transposed
+    // view (strided index math).
+    for (const [n, transposed] of [[4096, false], [4094, false], [48, true]] as const) {
+      const t = (seed: number) => tensor(randomArray(n, seed, 3), transposed ? [6, n / 6] : [n]);
+      const [a0, b, g] = [t(n), t(n + 1), t(n + 2)];
+      const a = transposed ? T.transpose(a0, 0, 1) : a0;
+      const shape = a.shape;
+      const ins = {
+        a,
+        b: transposed ? T.transpose(b, 0, 1) : b,
+        g: transposed ? T.transpose(g, 0, 1) : g,
+      };
+      const both = T.mapExprs(exprs, ins, shape);
+      const apart = exprs.map((e) => T.mapExpr(e, ins, shape));
+      for (let j = 0; j < exprs.length; j++) {
+        assert.deepEqual(
+          await both[j].toArray(),
+          await apart[j].toArray(),
+          `expression ${j}, n=${n}${transposed ? " transposed" : ""} ${tuning}`,
+        );
+      }
+      const host = [await a.toArray(), await ins.b.toArray(), await ins.g.toArray()];
+      const [ha, hb, hg] = host.map((x) => Array.from(x as Float32Array));
+      const sig = (x: number) => 1 / (1 + Math.exp(-x));
+      assertClose(
+        await both[0].toArray(),
+        ha.map((x, i) => hg[i] * hb[i] * sig(x) * (1 + x * (1 - sig(x)))),
+        FWD,
+        `da ${tuning}`,
+      );
+      assertClose(
+        await both[1].toArray(),
+        ha.map((x, i) => hg[i] * x * sig(x)),
+        FWD,
+        `db ${tuning}`,
+      );
+      for (const x of [a0, b, g, ...both, ...apart]) x.dispose();
+      if (transposed) { for (const x of [a, ins.b, ins.g]) x.dispose(); }
+    }
+  });
+});
+
 test("elementwise over a grid folded past 65535 workgroups", async () => {
   await testGpu();
   const n = 65535 * 64 + 1234;

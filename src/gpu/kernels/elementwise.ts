@@ -95,10 +95,11 @@ fn sigmoid(x: f32) -> f32 {
 /**
  * Generates the kernel for `expr` over inputs with the given names and types. Operand 0..n-1 are
  * the inputs, operand n is the output; `contiguous` means every operand is laid out like a
- * contiguous output, so index math is skipped.
+ * contiguous output, so index math is skipped. Several expressions write one output each
+ * (operands n, n + 1, ...), every input loaded once: a gradient rule with two results in one pass.
  */
 export function elementwiseKernel(
-  expr: string,
+  expr: string | readonly string[],
   names: readonly string[],
   types: readonly WgslType[],
   outType: WgslType,
@@ -108,7 +109,11 @@ export function elementwiseKernel(
   vec4 = false,
 ): Kernel {
   if (vec4 && !contiguous) throw new Error("elementwise: vec4 needs contiguous operands");
-  const ops = [...names.map((_, i) => i), names.length];
+  const exprs = typeof expr === "string" ? [expr] : expr;
+  const m = exprs.length, o = names.length;
+  // One output keeps the names it always had (`out`, `at`, `r`), so its kernels stay the same.
+  const sfx = (j: number) => (m === 1 ? "" : String(j));
+  const ops = [...names.map((_, i) => i), ...exprs.map((_, j) => o + j)];
   const params = [
     "n: u32,",
     "c: f32,",
@@ -120,20 +125,20 @@ export function elementwiseKernel(
   const load = (i: number, at: string) =>
     types[i] !== "f16" ? `x${i}[${at}]` : vec4 ? `vec4<f32>(x${i}[${at}])` : `f32(x${i}[${at}])`;
   const index: string[] = [];
-  const o = names.length;
-  let store = `  out[at] = ${outType}(${expr});`;
+  let store = exprs.map((e, j) => `  out${sfx(j)}[at${sfx(j)}] = ${outType}(${e});`).join("\n");
   if (vec4) {
     // Offsets and n are in vec4 units here.
     names.forEach((_, i) => index.push(`  let v${i} = ${load(i, `P.off${i} + i`)};`));
-    index.push(`  var r: vec4<${outType}>;`);
+    exprs.forEach((_, j) => index.push(`  var r${sfx(j)}: vec4<${outType}>;`));
     for (const c of "xyzw") {
       const lets = names.map((n, i) => `let ${n} = v${i}.${c};`).join(" ");
-      index.push(`  { ${lets} r.${c} = ${outType}(${expr}); }`);
+      const sets = exprs.map((e, j) => `r${sfx(j)}.${c} = ${outType}(${e});`).join(" ");
+      index.push(`  { ${lets} ${sets} }`);
     }
-    store = `  out[P.off${o} + i] = r;`;
+    store = exprs.map((_, j) => `  out${sfx(j)}[P.off${o + j} + i] = r${sfx(j)};`).join("\n");
   } else if (contiguous) {
     names.forEach((n, i) => index.push(`  let ${n} = ${load(i, `P.off${i} + i`)};`));
-    index.push(`  let at = P.off${o} + i;`);
+    exprs.forEach((_, j) => index.push(`  let at${sfx(j)} = P.off${o + j} + i;`));
   } else {
     index.push("  var rem = i;");
     ops.forEach((i) => index.push(`  var o${i} = P.off${i};`));
@@ -144,14 +149,14 @@ export function elementwiseKernel(
       index.push("  }");
     }
     names.forEach((n, i) => index.push(`  let ${n} = ${load(i, `o${i}`)};`));
-    index.push(`  let at = o${o};`);
+    exprs.forEach((_, j) => index.push(`  let at${sfx(j)} = o${o + j};`));
   }
   return defineKernel({
-    name: `elementwise${vec4 ? "4" : ""}(${expr.slice(0, 40)})`,
+    name: `elementwise${vec4 ? "4" : ""}(${exprs.join(" ; ").slice(0, 40)})`,
     params,
     bindings: [
       ...types.map((t, i) => [`x${i}`, "read", array(t)] as const),
-      ["out", "rw", array(outType)],
+      ...exprs.map((_, j) => [`out${sfx(j)}`, "rw", array(outType)] as const),
     ],
     body: `${SIGMOID_WGSL}
 ${gridMain(workgroup, "i", "i >= P.n", `${index.join("\n")}\n${store}`)}`,
@@ -160,21 +165,28 @@ ${gridMain(workgroup, "i", "i >= P.n", `${index.join("\n")}\n${store}`)}`,
 
 /**
  * Dispatches `expr` over `inputs` into `out`, all indexed over `shape`. `c` is the scalar
- * parameter some expressions use (P.c).
+ * parameter some expressions use (P.c). Several expressions take one output each, in order (of
+ * one element type), and read the inputs once.
  */
 export function runElementwise(
   gpu: Gpu,
-  expr: string,
+  expr: string | readonly string[],
   inputs: readonly StridedInput[],
-  out: StridedOutput,
+  out: StridedOutput | readonly StridedOutput[],
   shape: readonly number[],
   c = 0,
 ): void {
   const n = shape.reduce((p, q) => p * q, 1);
   if (n === 0) return;
+  const exprs = typeof expr === "string" ? [expr] : expr;
+  const outs = "buf" in out ? [out as StridedOutput] : out as readonly StridedOutput[];
+  const what = exprs.join("; ");
+  if (outs.length !== exprs.length || outs.some((x) => x.type !== outs[0].type)) {
+    throw new Error(`elementwise '${what}': one output of one element type per expression`);
+  }
   if (shape.length > MAX_RANK) throw new Error(`elementwise: rank ${shape.length} > ${MAX_RANK}`);
   const contig = contiguousStrides(shape);
-  const operands = [...inputs, out];
+  const operands = [...inputs, ...outs];
   const contiguous = operands.every((x) =>
     x.strides.every((s, d) => shape[d] === 1 || s === contig[d])
   );
@@ -183,7 +195,7 @@ export function runElementwise(
   if (whole.some((b) => paged(gpu, b))) {
     if (!contiguous) {
       throw new BindingLimitError(
-        `elementwise '${expr}': a strided or broadcast operand of a tensor past one binding`,
+        `elementwise '${what}': a strided or broadcast operand of a tensor past one binding`,
       );
     }
     for (const [s, count] of spans(gpu, n, whole)) {
@@ -194,12 +206,12 @@ export function runElementwise(
           x.buf,
           x.offset + s,
           x.offset + s + count,
-          `elementwise '${expr}'`,
+          `elementwise '${what}'`,
           x.type === "f16" ? 2 : 4,
         );
         return { ...x, buf: r.bind, offset: x.offset + s - r.base, strides: [1] };
       };
-      runElementwise(gpu, expr, inputs.map(win), win(out), [count], c);
+      runElementwise(gpu, exprs, inputs.map(win), outs.map(win), [count], c);
     }
     return;
   }
@@ -210,9 +222,11 @@ export function runElementwise(
     operands.every((x) => x.offset % 4 === 0);
   const names = inputs.map((x) => x.name);
   const types = inputs.map((x) => x.type);
+  const outType = outs[0].type;
+  const key = exprs.length === 1 ? exprs[0] : JSON.stringify(exprs);
   const kernel = cachedKernel(
-    `elementwise:${expr}|${names}|${types}|${out.type}|${keep.length}|${contiguous}|${wg}|${vec4}`,
-    () => elementwiseKernel(expr, names, types, out.type, keep.length, contiguous, wg, vec4),
+    `elementwise:${key}|${names}|${types}|${outType}|${keep.length}|${contiguous}|${wg}|${vec4}`,
+    () => elementwiseKernel(exprs, names, types, outType, keep.length, contiguous, wg, vec4),
   );
   const per = vec4 ? 4 : 1;
   const p = new ParamWriter().u32(n / per).f32(c);
