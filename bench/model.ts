@@ -11,12 +11,14 @@
  *                    backward, clip, AdamW (ms/step, tokens/s = 32 * 256 / step)
  *   train_step_pair  the same plus the contrastive half (anchors + dropout positives in one
  *                    pass, symmetric InfoNCE; tokens/s = 2 * 32 * 256 / step)
- *   embed            mean-pooled embeddings of the 2,758 STS-B test sentences, batches of 64
+ *   embed            mean-pooled embeddings of the 2,758 STS-B test sentences; each side batches
+ *                    as it runs fastest: PyTorch pads 64 texts per batch, gemkit packs texts
+ *                    without padding up to its default 8,192 tokens per batch
  * The synthetic batch is rebuilt here exactly as torch_llama.py builds it (same Rng port).
  * gemkit runs its training path: sequences packed without padding.
  */
 
-import { contrastiveLoss, embedIds, type GemModel } from "../src/gem/gem.ts";
+import { contrastiveLoss, EMBED_BATCH_TOKENS, embedIds, type GemModel } from "../src/gem/gem.ts";
 import { buildConfig } from "../src/recipe/config.ts";
 import { openBase, withSpecials } from "../src/recipe/recipe.ts";
 import { disposePacked, l2normalize, meanRows, pack } from "../src/gem/batch.ts";
@@ -378,10 +380,14 @@ async function inferenceBenches(
       tokenizer.encode(t, { bos: true })
     );
     const emb = await time(1, ctx.quick ? 1 : 3, async () => {
-      await embedIds(model, texts, { pooling: "mean", batch: 64 });
+      await embedIds(model, texts, { pooling: "mean" });
     });
     out.push(
-      record("embed", emb, (m) => ({ texts_per_s: texts.length / m, n_texts: texts.length })),
+      record("embed", emb, (m) => ({
+        texts_per_s: texts.length / m,
+        n_texts: texts.length,
+        batch_tokens: EMBED_BATCH_TOKENS,
+      })),
     );
   }
 }

@@ -111,7 +111,9 @@ outside the timed region.
               prefix space + highest-score merges; tests/goldens/llama_ref.py Tokenizer, a port
               of run.c's encode) with tok512.bin, sorted by token count (as gemkit's embedIds and
               sentence-transformers do, to waste less padding), cut into batches of 64 (43 x 64
-              + 1 x 6) and right-padded with id 0 to the longest of each batch; the padded id
+              + 1 x 6; PyTorch's fastest of 64, 128 and 256 texts per batch on the 2-core
+              llvmpipe machine: 256 pads more and builds larger masks) and right-padded with id
+              0 to the longest of each batch; the padded id
               tensors are built outside the timed region too. Per sample, under
               torch.inference_mode(), for every batch: build the mask (role table
               [[1,0],[0,0]]: tokens causal, padding sees nothing and is never seen), forward to

@@ -1,5 +1,5 @@
 /**
- * `deno task embed --model PATH --input FILE --output OUT.npy [--pooling P] [--batch B]`
+ * `deno task embed --model PATH --input FILE --output OUT.npy [--pooling P] [--batch B] [--batch-tokens N]`
  *
  * FILE is text (one text per line) or JSONL with a `text` field; OUT.npy is float32 [n, d] in
  * input order. An empty text or bad UTF-8 is an error naming the line; texts longer than the
@@ -9,7 +9,7 @@
 import { readFileSync } from "node:fs";
 import { args, isMain } from "../platform/platform.ts";
 import { progressPrinter } from "../platform/progress.ts";
-import type { Pooling } from "../gem/gem.ts";
+import { EMBED_BATCH_TOKENS, embedBatches, type Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
 import { writeAtomic } from "../io/atomic.ts";
 import { CorpusError, firstBadUtf8Line } from "../io/corpus.ts";
@@ -18,7 +18,7 @@ import { makeEmbedder } from "../eval/tasks.ts";
 import { MODEL_FLAGS, modelOptions, parseArgs, runMain, TUNING_FLAG, UsageError } from "./args.ts";
 
 const USAGE =
-  "usage: deno task embed --model PATH --input FILE --output OUT.npy [--pooling P] [--batch B]";
+  "usage: deno task embed --model PATH --input FILE --output OUT.npy [--pooling P] [--batch B] [--batch-tokens N]";
 const EXAMPLE =
   'printf "a cat sat\\na dog ran\\n" > /tmp/texts.txt && deno task embed --model @data/models/llama2c/stories260K.bin --tokenizer @data/models/llama2c/tok512.bin --input /tmp/texts.txt --output /tmp/texts.npy --pooling mean';
 
@@ -76,13 +76,32 @@ if (isMain(import.meta)) {
         input: { type: "string", help: "texts: one per line, or JSONL with a 'text' field" },
         output: { type: "string", help: "where to write float32 [n, d] .npy" },
         pooling: { type: "string", help: "gem (GEM checkpoints) | mean | last | prompt" },
-        batch: { type: "number", help: "texts per forward pass", default: 64 },
+        batch: { type: "number", help: "most texts per forward pass (default: no limit)" },
+        "batch-tokens": {
+          type: "number",
+          help: "most tokens per forward pass",
+          default: EMBED_BATCH_TOKENS,
+        },
       },
       USAGE,
       EXAMPLE,
     );
     for (const f of ["model", "input", "output"]) {
       if (!flags[f]) throw new UsageError(`--${f} is required\n${USAGE}`);
+    }
+    const limits = {
+      batch: flags.batch as number | undefined,
+      batchTokens: flags["batch-tokens"] as number,
+    };
+    try {
+      embedBatches([], limits);
+    } catch (e) {
+      throw new UsageError(
+        (e as Error).message.replace(
+          /^embed: (batchTokens|batch)/,
+          (_, f) => `--${f === "batch" ? "batch" : "batch-tokens"}`,
+        ),
+      );
     }
     const texts = readInputTexts(flags.input as string);
     await initGpu();
@@ -99,6 +118,7 @@ if (isMain(import.meta)) {
       pooling as Pooling | "prompt",
       gem,
       progressPrinter("gemkit embed:", { unit: "texts" }),
+      limits,
     );
     const vectors = await e.embed(texts);
     if (e.truncated) {

@@ -59,10 +59,8 @@ export async function baselineReport(
   for (const pooling of ["mean", "last"] as const) {
     console.error(`gemkit report: base model, ${pooling} pooling: in-domain retrieval, STS-B`);
     poolings[pooling] = await scores(async (texts) =>
-      (await embedIds(model, texts.map((t) => tokenizer.encode(t, { bos: true })), {
-        pooling,
-        batch: 64,
-      })).vectors
+      (await embedIds(model, texts.map((t) => tokenizer.encode(t, { bos: true })), { pooling }))
+        .vectors
     );
   }
   const rep = { perplexity: ppl.perplexity, poolings, seconds: (performance.now() - t0) / 1000 };
@@ -82,7 +80,7 @@ export async function gemReport(gem: GemModel): Promise<ModelReport> {
   });
   console.error("gemkit report: trained model, GEM pooling: in-domain retrieval, STS-B");
   const poolings = {
-    gem: await scores(async (texts) => (await gem.embed(texts, { batch: 64 })).vectors),
+    gem: await scores(async (texts) => (await gem.embed(texts)).vectors),
   };
   return { perplexity: ppl.perplexity, poolings, seconds: (performance.now() - t0) / 1000 };
 }

@@ -149,7 +149,7 @@ await runMain(async () => {
   const evaluate = async () => {
     const val = tinyStories().validation;
     const r = await inDomainRetrieval(
-      async (t) => (await gem.embed(t, { batch: 64 })).vectors,
+      async (t) => (await gem.embed(t)).vectors,
       val,
     );
     const p = await perplexity(gem.model, gem.tokenizer, val);

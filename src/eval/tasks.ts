@@ -58,6 +58,7 @@ export function makeEmbedder(
   pooling: Pooling | "prompt",
   gem?: GemModel,
   onProgress?: (done: number, total: number) => void,
+  limits: { batch?: number; batchTokens?: number } = {},
 ): Embedder {
   const e: Embedder = {
     pooling,
@@ -68,7 +69,7 @@ export function makeEmbedder(
       );
       const r = await embedIds(model, ids, {
         pooling: pooling === "prompt" ? "last" : pooling,
-        batch: 64,
+        ...limits,
         gem: gem?.info,
         table: gem?.table,
         onProgress: (d) => onProgress?.(d, texts.length),

@@ -13,7 +13,7 @@
  * ```
  */
 
-import { embedIds, type GemModel, type Pooling } from "../gem/gem.ts";
+import { embedIds, type EmbedOptions, type GemModel, type Pooling } from "../gem/gem.ts";
 import { isGemDir, loadGem } from "../gem/io.ts";
 import {
   dataPath,
@@ -30,8 +30,10 @@ import type { Llama } from "../nn/llama.ts";
 export interface EncodeTextOptions {
   /** gem (a GEM model's special tokens; its default), mean or last (a plain model's default: mean). */
   pooling?: Pooling;
-  /** Texts per forward pass (default 64). */
+  /** Most texts per forward pass (default: as many as `batchTokens` allows). */
   batchSize?: number;
+  /** Most tokens per forward pass (default 8,192; see {@link EmbedOptions}). */
+  batchTokens?: number;
   /** L2-normalise each vector (default true). */
   normalize?: boolean;
   /** Called after each batch with the texts done and the total. */
@@ -78,7 +80,8 @@ function withMethods(
     const ids = texts.map((t) => m.tokenizer.encode(t, { bos: true }));
     const r = await embedIds(m.model, ids, {
       pooling,
-      batch: opts.batchSize ?? 64,
+      batch: opts.batchSize,
+      batchTokens: opts.batchTokens,
       normalize: opts.normalize,
       gem: m.gem?.info,
       table: m.gem?.table,

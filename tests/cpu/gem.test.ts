@@ -14,6 +14,7 @@ import {
   type SampleOptions,
 } from "../../src/gem/sample.ts";
 import { Rng } from "../../src/tensor/random.ts";
+import { EMBED_BATCH_TOKENS, embedBatches } from "../../src/gem/gem.ts";
 import { buildConfig, ConfigError, scheduleAt } from "../../src/recipe/config.ts";
 
 // A sample: BOS p1 p2 | S1 S2 | x1 x2 (roles 0 0 0 1 1 2 2).
@@ -202,4 +203,31 @@ test("model card: base model, specials, mask, pooling, how to embed, config and 
     modelCard({ ...info, mask: [[1, 0], [1, 2]] }, { base: "b" }),
     /\[\[1,0\],\[1,2\]\]/,
   );
+});
+
+test("embedding batches close at the token budget or the text limit; a long text goes alone", () => {
+  const lengths = [3, 4, 5, 6, 20, 2];
+  assert.deepEqual(embedBatches(lengths, { batchTokens: 12 }), [[0, 3], [3, 4], [4, 5], [5, 6]]);
+  assert.deepEqual(embedBatches(lengths, { batchTokens: 12, batch: 2 }), [
+    [0, 2],
+    [2, 4],
+    [4, 5],
+    [5, 6],
+  ]);
+  assert.deepEqual(embedBatches(lengths, { batch: 4, batchTokens: 1e9 }), [[0, 4], [4, 6]]);
+  // The default budget: all of these at once.
+  assert.deepEqual(embedBatches(lengths, {}), [[0, 6]]);
+  assert.equal(
+    embedBatches(Array(EMBED_BATCH_TOKENS + 1).fill(1), {}).length,
+    2,
+    "one token over the budget",
+  );
+  assert.deepEqual(embedBatches([], {}), []);
+  for (const bad of [0, -1, 2.5, NaN]) {
+    assert.throws(() => embedBatches(lengths, { batch: bad }), /batch must be a positive integer/);
+    assert.throws(
+      () => embedBatches(lengths, { batchTokens: bad }),
+      /batchTokens must be a positive integer/,
+    );
+  }
 });

@@ -129,10 +129,15 @@ test("embed: deterministic, batch-size independent, input order kept; all poolin
     const one = await gem.embed(texts, { pooling, batch: 1 });
     const all = await gem.embed(texts, { pooling, batch: 8 });
     const again = await gem.embed(texts, { pooling, batch: 3 });
+    // Batches closed by a token budget (a few texts each; the longest alone), and the default.
+    const few = await gem.embed(texts, { pooling, batchTokens: 12 });
+    const byDefault = await gem.embed(texts, { pooling });
     assert.equal(one.vectors.length, 5);
     for (let i = 0; i < 5; i++) {
       assert.deepEqual(all.vectors[i], one.vectors[i], `${pooling} text ${i}: batch 8 vs 1`);
       assert.deepEqual(again.vectors[i], one.vectors[i], `${pooling} text ${i}: batch 3 vs 1`);
+      assert.deepEqual(few.vectors[i], one.vectors[i], `${pooling} text ${i}: 12 tokens vs 1`);
+      assert.deepEqual(byDefault.vectors[i], one.vectors[i], `${pooling} text ${i}: default`);
       const norm = Math.hypot(...one.vectors[i]);
       assert.ok(Math.abs(norm - 1) < 1e-5, "unit norm");
     }
