@@ -1,6 +1,7 @@
 /**
- * `deno task bench [names...]`: runs the default benchmarks (matmul, model, cold) or the named ones
- * (also scale), prints a table, and writes
+ * `deno task bench [names...] [--runs=N]`: runs the default benchmarks (matmul, model, cold) or the
+ * named ones (also scale), the model suite's gemkit and PyTorch groups N times over (each record
+ * then carries its `run`), prints a table, and writes
  * bench/results.json, or the file GEMKIT_BENCH_RESULTS names (records of the benches that ran
  * replace their old ones; others are kept). PyTorch's runs: see torchSetup in competitors.ts.
  *
@@ -51,10 +52,17 @@ async function main() {
   }
   const run = names.length ? names : DEFAULT;
   const gpu = await initGpu();
+  const runsFlag = Deno.args.find((a) => a.startsWith("--runs="));
+  const runs = runsFlag ? Number(runsFlag.slice(7)) : 1;
+  if (!Number.isInteger(runs) || runs < 1) {
+    console.error(`bench: --runs=N takes a positive integer, got '${runsFlag}'`);
+    Deno.exit(2);
+  }
   const ctx: BenchContext = {
     adapter: gpu.description,
     quick: Deno.env.get("GEMKIT_BENCH_QUICK") === "1",
     profile: Deno.env.get("GEMKIT_PROFILE") === "1",
+    runs,
     log: (m) => console.error(`bench: ${m}`),
   };
   const date = new Date().toISOString().slice(0, 10);

@@ -14,6 +14,11 @@ export interface BenchContext {
   quick: boolean;
   /** Log a per-kernel GPU time profile of the model steps (GEMKIT_PROFILE=1). */
   profile: boolean;
+  /**
+   * Runs of the model suite's gemkit and PyTorch groups, one after another (`--runs N`, default
+   * 1); their records carry `run`.
+   */
+  runs?: number;
   log: (msg: string) => void;
 }
 

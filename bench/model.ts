@@ -212,14 +212,25 @@ export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
   const torch = torchSetup();
   // A thread count whose run reports PyTorch missing is not tried again for the later groups.
   const missing = new Set<number>();
-  for (const group of GROUPS) {
-    out.push(...await gemkitModel(ctx, [group]));
-    for (const threads of torch.threads.filter((t) => !missing.has(t))) {
-      ctx.log(`PyTorch CPU, ${threads} thread(s): ${group}`);
-      const recs = await torchModel(torch.python, threads, "cpu", ctx, group);
-      if (recs.some((r) => r.bench === "model")) missing.add(threads);
-      out.push(...recs);
+  const runs = Math.max(1, ctx.runs ?? 1);
+  for (let run = 1; run <= runs; run++) {
+    const recs: BenchRecord[] = [];
+    for (const group of GROUPS) {
+      if (runs > 1) ctx.log(`run ${run} of ${runs}`);
+      recs.push(...await gemkitModel(ctx, [group]));
+      for (const threads of torch.threads.filter((t) => !missing.has(t))) {
+        ctx.log(`PyTorch CPU, ${threads} thread(s): ${group}`);
+        const got = await torchModel(torch.python, threads, "cpu", ctx, group);
+        if (got.some((r) => r.bench === "model")) missing.add(threads);
+        recs.push(...got);
+      }
     }
+    ctx.log(
+      `run ${run}: gemkit / best PyTorch CPU: ${
+        Object.entries(ratios(recs)).map(([b, x]) => `${b} ${x.toFixed(2)}`).join(", ")
+      }`,
+    );
+    out.push(...(runs > 1 ? recs.map((r) => ({ ...r, run })) : recs));
   }
   // The same work on Mesa 25 (smaller kernels there, see src/gpu/tuning.ts slowCompiler), under
   // Deno and under Bun (Dawn): the driver's and the runtime's shares of the difference apart.
@@ -232,6 +243,24 @@ export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
   if (torch.cuda) {
     ctx.log("PyTorch CUDA");
     out.push(...await torchModel(torch.python, 1, "cuda", ctx));
+  }
+  return out;
+}
+
+/**
+ * gemkit's figure over the better of PyTorch CPU's (1 and 2 threads) for each bench of one run's
+ * records: throughput (tokens or texts per second) where the records have it, else time.
+ */
+export function ratios(recs: readonly BenchRecord[]): Record<string, number> {
+  const speed = (r: BenchRecord) =>
+    (r.tokens_per_s ?? r.texts_per_s ?? 1 / (r.median_s as number)) as number;
+  const out: Record<string, number> = {};
+  for (const g of recs.filter((r) => r.impl === "gemkit" && typeof r.median_s === "number")) {
+    const torch = recs.filter((r) =>
+      (r.bench === g.bench || (r.bench === "prefill" && g.bench.startsWith("prefill"))) &&
+      String(r.impl).startsWith("torch-cpu") && typeof r.median_s === "number"
+    );
+    if (torch.length) out[g.bench as string] = speed(g) / Math.max(...torch.map(speed));
   }
   return out;
 }
