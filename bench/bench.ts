@@ -51,13 +51,13 @@ async function main() {
     }
   }
   const run = names.length ? names : DEFAULT;
-  const gpu = await initGpu();
   const runsFlag = Deno.args.find((a) => a.startsWith("--runs="));
   const runs = runsFlag ? Number(runsFlag.slice(7)) : 1;
   if (!Number.isInteger(runs) || runs < 1) {
     console.error(`bench: --runs=N takes a positive integer, got '${runsFlag}'`);
     Deno.exit(2);
   }
+  const gpu = await initGpu();
   const ctx: BenchContext = {
     adapter: gpu.description,
     quick: Deno.env.get("GEMKIT_BENCH_QUICK") === "1",

@@ -15,7 +15,7 @@ export interface BenchContext {
   /** Log a per-kernel GPU time profile of the model steps (GEMKIT_PROFILE=1). */
   profile: boolean;
   /**
-   * Runs of the model suite's gemkit and PyTorch groups, one after another (`--runs N`, default
+   * Runs of the model suite's gemkit and PyTorch groups, one after another (`--runs=N`, default
    * 1); their records carry `run`.
    */
   runs?: number;

@@ -215,8 +215,8 @@ export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
   const runs = Math.max(1, ctx.runs ?? 1);
   for (let run = 1; run <= runs; run++) {
     const recs: BenchRecord[] = [];
+    if (runs > 1) ctx.log(`run ${run} of ${runs}`);
     for (const group of GROUPS) {
-      if (runs > 1) ctx.log(`run ${run} of ${runs}`);
       recs.push(...await gemkitModel(ctx, [group]));
       for (const threads of torch.threads.filter((t) => !missing.has(t))) {
         ctx.log(`PyTorch CPU, ${threads} thread(s): ${group}`);
@@ -248,8 +248,11 @@ export async function modelBench(ctx: BenchContext): Promise<BenchRecord[]> {
 }
 
 /**
- * gemkit's figure over the better of PyTorch CPU's (1 and 2 threads) for each bench of one run's
- * records: throughput (tokens or texts per second) where the records have it, else time.
+ * gemkit's figure over the best of PyTorch CPU's (each thread count that ran) for each bench of
+ * one run's records: throughput (tokens or texts per second) where the records have it, else the
+ * inverse of the median time. PyTorch has one prefill record (a batch-1, 512-token prompt), which
+ * all of gemkit's prefill variants are held against: `prefill_x4`'s ratio includes what running four
+ * prompts back to back saves. Records without a median (a PyTorch run that failed) are skipped.
  */
 export function ratios(recs: readonly BenchRecord[]): Record<string, number> {
   const speed = (r: BenchRecord) =>

@@ -9,7 +9,7 @@
 import { readFileSync } from "node:fs";
 import { args, isMain } from "../platform/platform.ts";
 import { progressPrinter } from "../platform/progress.ts";
-import { EMBED_BATCH_TOKENS, embedBatches, type Pooling } from "../gem/gem.ts";
+import { EMBED_BATCH_TOKENS, type Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
 import { writeAtomic } from "../io/atomic.ts";
 import { CorpusError, firstBadUtf8Line } from "../io/corpus.ts";
@@ -93,15 +93,11 @@ if (isMain(import.meta)) {
       batch: flags.batch as number | undefined,
       batchTokens: flags["batch-tokens"] as number,
     };
-    try {
-      embedBatches([], limits);
-    } catch (e) {
-      throw new UsageError(
-        (e as Error).message.replace(
-          /^embed: (batchTokens|batch)/,
-          (_, f) => `--${f === "batch" ? "batch" : "batch-tokens"}`,
-        ),
-      );
+    // Checked before the model loads: a typo costs nothing.
+    for (const [flag, v] of [["--batch", limits.batch], ["--batch-tokens", limits.batchTokens]]) {
+      if (v !== undefined && !(Number.isInteger(v) && (v as number) >= 1)) {
+        throw new UsageError(`${flag} must be a positive integer, got ${v}\n${USAGE}`);
+      }
     }
     const texts = readInputTexts(flags.input as string);
     await initGpu();

@@ -5,7 +5,7 @@
  */
 
 import { readFileSync } from "node:fs";
-import type { GemModel, Pooling } from "../gem/gem.ts";
+import type { EmbedOptions, GemModel, Pooling } from "../gem/gem.ts";
 import { embedIds } from "../gem/gem.ts";
 import { disposePacked, pack } from "../gem/batch.ts";
 import { rawSample } from "../gem/sample.ts";
@@ -51,14 +51,17 @@ export interface Embedder {
 /** The prompt-based pooling's template (last token of the completed prompt). */
 export const PROMPT_TEMPLATE = 'This sentence : "X" means in one word:"';
 
-/** An embedder for a pooling over a model (a GEM model for "gem"). */
+/**
+ * An embedder for a pooling over a model (a GEM model for "gem"); `limits` caps each batch's texts
+ * and tokens (default: {@link embedIds}'s token budget).
+ */
 export function makeEmbedder(
   model: Llama,
   tokenizer: Tokenizer,
   pooling: Pooling | "prompt",
   gem?: GemModel,
   onProgress?: (done: number, total: number) => void,
-  limits: { batch?: number; batchTokens?: number } = {},
+  limits: Pick<EmbedOptions, "batch" | "batchTokens"> = {},
 ): Embedder {
   const e: Embedder = {
     pooling,

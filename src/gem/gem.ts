@@ -182,8 +182,8 @@ function poolSpans(
 const EMBED_READ_EVERY = 16;
 
 /**
- * Default most tokens per embedding batch: fewer, larger batches keep both llvmpipe threads
- * busier and pay the per-batch copies and dispatches less often (the 2,758 STS-B test texts on
+ * Default most tokens per embedding batch: fewer, larger batches keep llvmpipe's threads (2 cores
+ * here) busier and pay the per-batch copies and dispatches less often (the 2,758 STS-B test texts on
  * stories260K, llvmpipe, medians of 5 alternating runs: 64 texts, ~2,100 tokens, per batch 2.26 s;
  * 4,096 tokens 2.05 s; 8,192 tokens 1.82 s; 16,384 tokens 1.85 s).
  */
@@ -195,7 +195,7 @@ export const EMBED_BATCH_TOKENS = 8192;
  */
 export function embedBatches(
   lengths: readonly number[],
-  opts: { batch?: number; batchTokens?: number },
+  opts: Pick<EmbedOptions, "batch" | "batchTokens">,
 ): [number, number][] {
   const texts = opts.batch ?? Infinity, tokens = opts.batchTokens ?? EMBED_BATCH_TOKENS;
   for (const [name, v] of [["batch", texts], ["batchTokens", tokens]] as const) {

@@ -90,3 +90,15 @@ test("every CLI: --help exits 0 and ends with an example of that command", async
     assert.match(m[1], new RegExp(`(^|&& )deno task ${name} `), `${name}'s example runs ${name}`);
   }
 });
+
+test("embed: bad --batch and --batch-tokens are usage errors that name the flag, before any model loads", async () => {
+  const root = new URL("../../", import.meta.url).pathname;
+  // The model path does not exist: the flags are refused first.
+  const base = ["--model", "/nonexistent/model.bin", "--input", "/nonexistent/in.txt"];
+  for (const [flag, value] of [["--batch", "0"], ["--batch", "2.5"], ["--batch-tokens", "-3"]]) {
+    const r = await runCli(`${root}src/cli/embed.ts`, [...base, "--output", "x.npy", flag, value]);
+    assert.equal(r.code, 2, `${flag} ${value}: ${r.err}`);
+    assert.match(r.err, new RegExp(`${flag} must be a positive integer, got ${value}`));
+    assert.doesNotMatch(r.err, /nonexistent/, "refused before the input or model is read");
+  }
+});

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import assert from "node:assert/strict";
 import { compressedCache, reconstruct } from "../../src/gem/compress.ts";
-import { addSpecialTokens, GemModel } from "../../src/gem/gem.ts";
+import { addSpecialTokens, embedBatches, GemModel } from "../../src/gem/gem.ts";
 import { drawSamples, stepLoss } from "../../src/gem/objective.ts";
 import { buildConfig } from "../../src/recipe/config.ts";
 import { encodeAll, objectiveOf } from "../../src/recipe/recipe.ts";
@@ -130,6 +130,15 @@ test("embed: deterministic, batch-size independent, input order kept; all poolin
     const all = await gem.embed(texts, { pooling, batch: 8 });
     const again = await gem.embed(texts, { pooling, batch: 3 });
     // Batches closed by a token budget (a few texts each; the longest alone), and the default.
+    const lengths = texts.map((t) =>
+      gem.tokenizer.encode(t, { bos: true }).length + (pooling === "gem" ? 4 : 0)
+    )
+      .sort((a, b) => a - b);
+    const split = embedBatches(lengths, { batchTokens: 12 });
+    assert.ok(
+      split.length >= 3 && split.at(-1)![1] - split.at(-1)![0] === 1,
+      JSON.stringify(split),
+    );
     const few = await gem.embed(texts, { pooling, batchTokens: 12 });
     const byDefault = await gem.embed(texts, { pooling });
     assert.equal(one.vectors.length, 5);

@@ -9,6 +9,8 @@ import assert from "node:assert/strict";
 import { choosePlan } from "../../src/gpu/kernels/matmul_tex.ts";
 import { runRmsnormPool } from "../../src/gpu/kernels/rowwise.ts";
 import { runSample } from "../../src/gpu/kernels/sample.ts";
+import { runElementwise } from "../../src/gpu/kernels/elementwise.ts";
+import { gpu } from "../../src/gpu/device.ts";
 import type { Tuning } from "../../src/gpu/tuning.ts";
 import * as T from "../../src/tensor/ops.ts";
 import { backward } from "../../src/tensor/backward.ts";
@@ -335,6 +337,22 @@ test("elementwise with several expressions equals one kernel each, bitwise, on e
       if (transposed) { for (const x of [a, ins.b, ins.g]) x.dispose(); }
     }
   });
+  // One output per expression, of one element type: anything else is refused before a dispatch.
+  const x = tensor(randomArray(8, 1, 1), [8]);
+  const outs = [T.zeros([8]), T.zeros([8])];
+  const ins = [{ name: "a", buf: x.buf, offset: 0, strides: [1], type: "f32" as const }];
+  const out = (t: Tensor) => ({ buf: t.buf, offset: 0, strides: [1], type: "f32" as const });
+  assert.throws(
+    () => runElementwise(gpu(), ["a", "a * 2.0"], ins, out(outs[0]), [8]),
+    /2 expressions need as many outputs \(got 1\)/,
+  );
+  assert.throws(() => runElementwise(gpu(), [], ins, [], [8]), /0 expressions/);
+  assert.throws(
+    () =>
+      runElementwise(gpu(), ["a", "a"], ins, [out(outs[0]), { ...out(outs[1]), type: "i32" }], [0]),
+    /all of one element type/,
+  );
+  for (const t of [x, ...outs]) t.dispose();
 });
 
 test("elementwise over a grid folded past 65535 workgroups", async () => {

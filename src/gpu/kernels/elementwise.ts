@@ -8,6 +8,9 @@
  * and the length multiples of 4): four elements per invocation through vec4 loads and stores,
  * the expression still evaluated per component. On llvmpipe a load costs about the same per lane
  * whatever its width, so this does a quarter of the loads.
+ *
+ * Several expressions over the same inputs write one output each in one kernel that loads every
+ * input once: a gradient rule with two results then reads its operands once, not twice.
  */
 
 import type { Gpu } from "../device.ts";
@@ -176,14 +179,18 @@ export function runElementwise(
   shape: readonly number[],
   c = 0,
 ): void {
-  const n = shape.reduce((p, q) => p * q, 1);
-  if (n === 0) return;
   const exprs = typeof expr === "string" ? [expr] : expr;
   const outs = "buf" in out ? [out as StridedOutput] : out as readonly StridedOutput[];
   const what = exprs.join("; ");
-  if (outs.length !== exprs.length || outs.some((x) => x.type !== outs[0].type)) {
-    throw new Error(`elementwise '${what}': one output of one element type per expression`);
+  if (
+    !exprs.length || outs.length !== exprs.length || outs.some((x) => x.type !== outs[0].type)
+  ) {
+    throw new Error(
+      `elementwise '${what}': ${exprs.length} expressions need as many outputs (got ${outs.length}), all of one element type`,
+    );
   }
+  const n = shape.reduce((p, q) => p * q, 1);
+  if (n === 0) return;
   if (shape.length > MAX_RANK) throw new Error(`elementwise: rank ${shape.length} > ${MAX_RANK}`);
   const contig = contiguousStrides(shape);
   const operands = [...inputs, ...outs];
