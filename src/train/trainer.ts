@@ -19,7 +19,8 @@ import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import { clipGradNorm, type Trainable } from "../tensor/optim.ts";
 import { AdamW } from "../tensor/optim.ts";
 import { backward } from "../tensor/backward.ts";
-import { scope, type Tensor, tensor } from "../tensor/tensor.ts";
+import { noGrad, scope, type Tensor, tensor } from "../tensor/tensor.ts";
+import * as T from "../tensor/ops.ts";
 import { gpu } from "../gpu/device.ts";
 import { type LoopConfig, scheduleAt } from "./schedule.ts";
 
@@ -266,12 +267,14 @@ export async function train(
         for (const [k, v] of Object.entries(r.parts)) if (v) pending.push([k, v]);
       }
       const norm = config.optim.clip > 0 ? clipGradNorm(task.params, config.optim.clip) : null;
-      for (const [k, t] of pending) {
-        const v = await t.item();
+      // The losses and the gradient norm in one readback: each read waits out a fixed ~10 ms in
+      // Deno (four reads a step took 46 ms on llvmpipe with GEM's two loss parts; one takes 13).
+      const host = await readScalars([...pending.map(([, t]) => t), ...(norm ? [norm] : [])]);
+      pending.forEach(([k, t], i) => {
         t.dispose();
-        if (k === "loss") total += v;
-        else sums[k] = (sums[k] ?? 0) + v / config.accum;
-      }
+        if (k === "loss") total += host[i];
+        else sums[k] = (sums[k] ?? 0) + host[i] / config.accum;
+      });
       if (!Number.isFinite(total)) {
         norm?.dispose();
         throw new NonFiniteLossError(
@@ -281,7 +284,7 @@ export async function train(
             `${lastCkpt || "(none yet)"}. Try a lower lr or gradient clipping (optim.clip).`,
         );
       }
-      const gradNorm = norm ? (await norm.toArray())[0] : NaN;
+      const gradNorm = norm ? host[pending.length] : NaN;
       norm?.dispose();
       opt.update({ lr, decayMask: task.decay });
       opt.zeroGrad();
@@ -321,4 +324,16 @@ export async function train(
     stopped: signalled ? "signal" : step >= config.steps ? "done" : "stop-at",
     checkpoint: lastCkpt,
   };
+}
+
+/** The first element of each tensor, read back together. */
+async function readScalars(ts: readonly Tensor[]): Promise<Float32Array> {
+  if (!ts.length) return new Float32Array(0);
+  // The views made on the way are released by the scope; the joined copy is returned.
+  const all = noGrad(() =>
+    scope(() => T.concat(ts.map((t) => T.slice(T.reshape(t, [-1]), 0, 0, 1)), 0))
+  );
+  const host = (await all.toArray()) as Float32Array;
+  all.dispose();
+  return host;
 }
