@@ -9,7 +9,7 @@
 import { readFileSync } from "node:fs";
 import { args, isMain } from "../platform/platform.ts";
 import { progressPrinter } from "../platform/progress.ts";
-import { EMBED_BATCH_TOKENS, type Pooling } from "../gem/gem.ts";
+import { badEmbedLimit, EMBED_BATCH_TOKENS, type Pooling } from "../gem/gem.ts";
 import { initGpu } from "../gpu/device.ts";
 import { writeAtomic } from "../io/atomic.ts";
 import { CorpusError, firstBadUtf8Line } from "../io/corpus.ts";
@@ -94,10 +94,10 @@ if (isMain(import.meta)) {
       batchTokens: flags["batch-tokens"] as number,
     };
     // Checked before the model loads: a typo costs nothing.
-    for (const [flag, v] of [["--batch", limits.batch], ["--batch-tokens", limits.batchTokens]]) {
-      if (v !== undefined && !(Number.isInteger(v) && (v as number) >= 1)) {
-        throw new UsageError(`${flag} must be a positive integer, got ${v}\n${USAGE}`);
-      }
+    const bad = badEmbedLimit(limits);
+    if (bad) {
+      const flag = bad[0] === "batch" ? "--batch" : "--batch-tokens";
+      throw new UsageError(`${flag} must be a positive integer, got ${bad[1]}\n${USAGE}`);
     }
     const texts = readInputTexts(flags.input as string);
     await initGpu();

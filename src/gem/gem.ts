@@ -190,6 +190,21 @@ const EMBED_READ_EVERY = 16;
 export const EMBED_BATCH_TOKENS = 8192;
 
 /**
+ * The first batch limit of `opts` that is set and not a positive integer, with its value, or null:
+ * what {@link embedBatches} refuses, for a caller that checks before any work (the CLI).
+ */
+export function badEmbedLimit(
+  opts: Pick<EmbedOptions, "batch" | "batchTokens">,
+): ["batch" | "batchTokens", number] | null {
+  for (const name of ["batch", "batchTokens"] as const) {
+    const v = opts[name];
+    // Infinity is no limit at all.
+    if (v !== undefined && !(v >= 1 && (v === Infinity || Number.isInteger(v)))) return [name, v];
+  }
+  return null;
+}
+
+/**
  * [start, end) ranges of texts with these token counts (in order) under the batch limits of
  * `opts`. Throws on a limit that is not a positive integer.
  */
@@ -197,12 +212,9 @@ export function embedBatches(
   lengths: readonly number[],
   opts: Pick<EmbedOptions, "batch" | "batchTokens">,
 ): [number, number][] {
+  const bad = badEmbedLimit(opts);
+  if (bad) throw new Error(`embed: ${bad[0]} must be a positive integer, got ${bad[1]}`);
   const texts = opts.batch ?? Infinity, tokens = opts.batchTokens ?? EMBED_BATCH_TOKENS;
-  for (const [name, v] of [["batch", texts], ["batchTokens", tokens]] as const) {
-    if (!(v >= 1) || (v !== Infinity && !Number.isInteger(v))) {
-      throw new Error(`embed: ${name} must be a positive integer, got ${v}`);
-    }
-  }
   const out: [number, number][] = [];
   let start = 0, sum = 0;
   lengths.forEach((n, i) => {
@@ -268,19 +280,19 @@ export async function embedIds(
     }
     pending = [];
   };
+  // Raw texts are all prefix tokens, and the plain causal table treats them as RAW_CAUSAL does;
+  // its attention kernels skip the per-key role checks (~15% of attention's time in embedding).
+  // The pads after the last text then get the prefix role too: they see only themselves either
+  // way and are never pooled.
+  const raw = pooling !== "gem";
+  const table = raw ? CAUSAL : opts.table!;
   try {
     for (const [at, end] of batches) {
       const idx = order.slice(at, end);
       const group = idx.map((i) => samples[i]);
-      // Raw texts are all prefix tokens, and the plain causal table treats them as RAW_CAUSAL
-      // does; its attention kernels skip the per-key role checks (~15% of attention's time in
-      // embedding). The pads after the last text then get the prefix role too: they see only
-      // themselves either way and are never pooled.
-      const raw = pooling !== "gem";
       const batch = pack(group, 0, raw ? ROLE.prefix : ROLE.pad);
       const pooled = noGrad(() =>
         scope(() => {
-          const table = raw ? CAUSAL : opts.table!;
           const inputs = {
             positions: batch.positions,
             segments: batch.segments,
