@@ -96,6 +96,13 @@ export class Gpu {
   readonly features: ReadonlySet<string>;
   /** SIMD width of the adapter (llvmpipe: 8, or 16 with 512-bit vectors); kernels size to it. */
   readonly simdWidth: number;
+  /**
+   * Lanes per subgroup when kernels may use subgroup builtins (the device has the feature, the
+   * size is fixed and a probe kernel compiles), else 0. Set by {@link initGpu}.
+   */
+  subgroupSize = 0;
+  /** Whether this WGSL compiler wants `enable subgroups;` (Dawn) or rejects it (naga). */
+  #subgroupDirective = false;
   /** CPU cores (llvmpipe's worker threads), for cost models. */
   readonly cores: number;
   /**
@@ -216,16 +223,54 @@ export class Gpu {
     return layout;
   }
 
+  /** The WGSL a kernel compiles from here: its source, with the directives this compiler needs. */
+  #code(kernel: Kernel): string {
+    if (kernel.subgroups && !this.subgroupSize) {
+      throw new Error(`kernel '${kernel.name}' uses subgroup builtins this device lacks`);
+    }
+    return kernel.subgroups && this.#subgroupDirective
+      ? `enable subgroups;\n${kernel.source}`
+      : kernel.source;
+  }
+
+  /**
+   * Finds whether subgroup builtins compile here, and with or without `enable subgroups;`
+   * (see {@link Kernel.subgroups}): a probe kernel is compiled each way inside an error scope.
+   * Called once by {@link initGpu} when the device has the feature and a fixed subgroup size.
+   */
+  async probeSubgroups(size: number): Promise<void> {
+    const body = `@group(0) @binding(0) var<storage, read_write> o: array<f32>;
+@compute @workgroup_size(${size})
+fn main(@builtin(subgroup_invocation_id) sid: u32) {
+  o[sid] = subgroupBroadcast(f32(sid), 1u);
+}`;
+    for (const directive of [false, true]) {
+      this.device.pushErrorScope("validation");
+      const module = this.device.createShaderModule({
+        code: `${directive ? "enable subgroups;\n" : ""}${body}`,
+        label: "gemkit.subgroup_probe",
+      });
+      const info = await module.getCompilationInfo();
+      const err = await this.device.popErrorScope();
+      if (!err && !info.messages.some((m) => m.type === "error")) {
+        this.subgroupSize = size;
+        this.#subgroupDirective = directive;
+        return;
+      }
+    }
+  }
+
   /** The compiled pipeline of a kernel, cached by source text. */
   pipeline(kernel: Kernel): GPUComputePipeline {
     let p = this.#pipelines.get(kernel.source);
     if (p) return p;
+    const code = this.#code(kernel);
     if (debugLevel() >= 2) {
-      console.error(`--- kernel ${kernel.name}\n${numberLines(kernel.source)}`);
+      console.error(`--- kernel ${kernel.name}\n${numberLines(code)}`);
     }
     const label = `gemkit.${kernel.name}#${this.#pipelines.size}`;
-    this.#sources.set(label, kernel.source);
-    const module = this.device.createShaderModule({ code: kernel.source, label });
+    this.#sources.set(label, code);
+    const module = this.device.createShaderModule({ code, label });
     p = this.device.createComputePipeline({
       label,
       layout: this.device.createPipelineLayout({
@@ -255,7 +300,8 @@ export class Gpu {
   /** Compiles a kernel and waits for the compiler's verdict; throws a ShaderError with line numbers. */
   async compile(kernel: Kernel): Promise<void> {
     this.device.pushErrorScope("validation");
-    const module = this.device.createShaderModule({ code: kernel.source, label: kernel.name });
+    const code = this.#code(kernel);
+    const module = this.device.createShaderModule({ code, label: kernel.name });
     const info = await module.getCompilationInfo();
     const errs = info.messages.filter((m) => m.type === "error");
     this.pipeline(kernel);
@@ -264,7 +310,7 @@ export class Gpu {
       const what = errs.map((m) => `line ${m.lineNum}:${m.linePos}: ${m.message}`).join("\n") ||
         err!.message;
       throw new ShaderError(
-        `kernel '${kernel.name}' failed:\n${what}\n${numberLines(kernel.source)}`,
+        `kernel '${kernel.name}' failed:\n${what}\n${numberLines(code)}`,
       );
     }
   }
@@ -662,8 +708,21 @@ export function initGpu(opts: GpuOptions = {}): Promise<Gpu> {
     for (const k of want) requiredLimits[k] = adapter.limits[k];
     const requiredFeatures = (["shader-f16", "timestamp-query"] as GPUFeatureName[])
       .filter((f) => adapter.features.has(f));
-    const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
+    // Subgroup builtins, where the subgroup size is fixed (kernels unroll over it). Deno 2.9
+    // grants the feature without listing it among the adapter's, so it is asked for and the
+    // device requested again without it when refused.
+    const { subgroupMinSize: sgMin, subgroupMaxSize: sgMax } = adapter.info;
+    const subgroupSize = sgMin && sgMin === sgMax && env("GEMKIT_SUBGROUPS") !== "0" ? sgMin : 0;
+    let device: GPUDevice | null = null;
+    if (subgroupSize) {
+      device = await adapter.requestDevice({
+        requiredLimits,
+        requiredFeatures: [...requiredFeatures, "subgroups" as GPUFeatureName],
+      }).catch(() => null);
+    }
+    device ??= await adapter.requestDevice({ requiredLimits, requiredFeatures });
     const gpu = new Gpu(adapter, device);
+    if (device.features.has("subgroups")) await gpu.probeSubgroups(subgroupSize);
     if (opts.log ?? true) {
       const l = device.limits;
       logLine(

@@ -19,6 +19,12 @@ export interface Kernel {
   readonly source: string;
   /** Access mode of bindings 1..n. */
   readonly buffers: readonly Access[];
+  /**
+   * Whether the source calls subgroup builtins. WGSL front ends disagree on the directive: Dawn
+   * requires `enable subgroups;`, wgpu's naga (Deno 2.9) rejects it and takes the builtins
+   * without, so the device prepends it where its compiler wants it.
+   */
+  readonly subgroups?: boolean;
 }
 
 /**
@@ -52,12 +58,14 @@ export interface KernelSpec {
 export function defineKernel(spec: KernelSpec): Kernel {
   // A kernel that names f16 anywhere needs the extension enabled before everything else.
   const f16 = /\bf16\b/.test(spec.body) || spec.bindings.some((b) => /\bf16\b/.test(b[2] ?? ""));
+  const subgroups = /\bsubgroup\w*/.test(spec.body);
   return {
     name: spec.name,
     source: `${f16 ? "enable f16;\n" : ""}${
       declarations(spec.params, spec.bindings)
     }\n${spec.body}`,
     buffers: spec.bindings.map((b) => b[1]),
+    ...(subgroups ? { subgroups } : {}),
   };
 }
 

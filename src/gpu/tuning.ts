@@ -31,6 +31,12 @@ export interface Tuning {
   matmulTileArea: number;
   /** Highest matmul kernel version to use (1 = general strides only). */
   matmulVersion: number;
+  /**
+   * Matmul v3 shares A's rows between lanes through subgroup broadcasts where the device has
+   * them. Its products are bitwise those of the plain kernel (same tiles' sums, same split-K),
+   * so this field alone does not change a tuning's hash ({@link tuningHash}).
+   */
+  matmulSubgroups: boolean;
   /** Matmuls with fewer output tiles than this split K to keep the device busy. */
   matmulMinInvocations: number;
   /** Queries per attention workgroup. */
@@ -62,6 +68,7 @@ const LLVMPIPE: Tuning = {
   matmulTileArea: 1024,
   // Texture operands: a texel load is 2-3x cheaper than a storage load on llvmpipe.
   matmulVersion: 3,
+  matmulSubgroups: true,
   matmulMinInvocations: 1024,
   attentionWorkgroup: 64,
   // A 512-token prompt of stories260K (head dim 8): 16 queries per invocation took its causal
@@ -85,6 +92,7 @@ const GPU: Tuning = {
   matmul: { tileM: 4, tileN: 4, workgroup: 64 },
   matmulTileArea: 1024,
   matmulVersion: 2,
+  matmulSubgroups: false,
   matmulMinInvocations: 16384,
   attentionWorkgroup: 64,
   attentionBlock: 1,
@@ -210,12 +218,13 @@ export function checkTuning(raw: unknown, source: string): Tuning {
     "profile",
     "elementwiseVec4",
     "matmul",
+    "matmulSubgroups",
     "attentionKvTextures",
     ...INT_FIELDS,
   ]);
   for (const k of Object.keys(r)) if (!known.has(k)) bad(k, "is not a tuning field");
   if (r.profile !== "llvmpipe" && r.profile !== "gpu") bad("profile", "must be llvmpipe or gpu");
-  for (const f of ["elementwiseVec4", "attentionKvTextures"]) {
+  for (const f of ["elementwiseVec4", "matmulSubgroups", "attentionKvTextures"]) {
     if (typeof r[f] !== "boolean") bad(f, "must be true or false");
   }
   const posInt = (v: unknown) => Number.isInteger(v) && (v as number) > 0;
@@ -246,12 +255,20 @@ export function checkTuning(raw: unknown, source: string): Tuning {
 }
 
 /**
- * A short hash of a tuning's values (16 hex digits of SHA-256 over its canonical JSON). Kernel
- * parameters change float summation order, so training state and study records keep it and a
- * resumed run refuses another.
+ * Fields that only choose between kernels giving bitwise the same results: left out of
+ * {@link tuningHash}, so records and checkpoints made before such a field existed keep theirs.
+ */
+const HASH_FREE = ["matmulSubgroups"] as const;
+
+/**
+ * A short hash of a tuning's values (16 hex digits of SHA-256 over its canonical JSON, less the
+ * {@link HASH_FREE} fields). Kernel parameters change float summation order, so training state
+ * and study records keep it and a resumed run refuses another.
  */
 export function tuningHash(t: Tuning): string {
-  return createHash("sha256").update(canonicalJson(t)).digest("hex").slice(0, 16);
+  const values: Record<string, unknown> = { ...t };
+  for (const f of HASH_FREE) delete values[f];
+  return createHash("sha256").update(canonicalJson(values)).digest("hex").slice(0, 16);
 }
 
 /** gemkit's cache folder: GEMKIT_CACHE, else $XDG_CACHE_HOME/gemkit, else ~/.cache/gemkit. */

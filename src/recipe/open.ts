@@ -13,7 +13,7 @@
  * ```
  */
 
-import { embedIds, type EmbedOptions, type GemModel, type Pooling } from "../gem/gem.ts";
+import { embedIds, type GemModel, type Pooling } from "../gem/gem.ts";
 import { isGemDir, loadGem } from "../gem/io.ts";
 import {
   dataPath,
@@ -32,7 +32,7 @@ export interface EncodeTextOptions {
   pooling?: Pooling;
   /** Most texts per forward pass (default: as many as `batchTokens` allows). */
   batchSize?: number;
-  /** Most tokens per forward pass (default 8,192; see {@link EmbedOptions}). */
+  /** Most tokens per forward pass (default 8,192; see `EmbedOptions.batchTokens` in src/gem/gem.ts). */
   batchTokens?: number;
   /** L2-normalise each vector (default true). */
   normalize?: boolean;

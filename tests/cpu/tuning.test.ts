@@ -67,8 +67,53 @@ test("choosePlan: never exceeds the tile-area cap, and the cap only removes choi
   }
   // The free choice at n = 512 is the largest tile (a big tile amortises texel loads), every
   // lane on its own columns; at N = 64 four lanes share the columns so each can take 16.
-  assert.deepEqual(choosePlan(512, 512, 512, 1, 2, 16), { tm: 32, tn: 32, wc: 16, slices: 1 });
-  assert.deepEqual(choosePlan(8192, 64, 64, 1, 2, 16), { tm: 32, tn: 16, wc: 4, slices: 1 });
+  assert.deepEqual(choosePlan(512, 512, 512, 1, 2, 16), {
+    tm: 32,
+    tn: 32,
+    wc: 16,
+    slices: 1,
+    shareA: 0,
+  });
+  assert.deepEqual(choosePlan(8192, 64, 64, 1, 2, 16), {
+    tm: 32,
+    tn: 16,
+    wc: 4,
+    slices: 1,
+    shareA: 0,
+  });
+});
+
+test("choosePlan with subgroups: every lane on columns, whole subgroups of rows, the same split-K", () => {
+  const shapes = [[512, 512, 512], [1844, 64, 172], [32, 2652, 64], [8, 64, 1024], [1, 64, 512], [
+    64,
+    8192,
+    64,
+  ], [8192, 64, 516]];
+  for (const [m, k, n] of shapes) {
+    for (const [simd, sg] of [[16, 16], [8, 8], [16, 8]]) {
+      for (const area of [64, 1024]) {
+        const plain = choosePlan(m, n, k, 3, 2, simd, 32, area);
+        const p = choosePlan(m, n, k, 3, 2, simd, 32, area, sg);
+        const what = `${m}x${k}x${n} simd ${simd} subgroup ${sg} cap ${area}: ${JSON.stringify(p)}`;
+        assert.equal(p.shareA, sg, what);
+        assert.equal(p.wc, simd, what);
+        assert.equal(p.tm % sg, 0, what);
+        assert.ok(p.tm * p.tn <= area, what);
+        assert.equal(p.slices, plain.slices, what);
+      }
+    }
+    // A subgroup that does not divide the workgroup cannot share: the plain plan.
+    assert.deepEqual(choosePlan(m, n, k, 1, 2, 8, 32, 1024, 16), choosePlan(m, n, k, 1, 2, 8));
+  }
+  // Training's N = 64 products take tall thin tiles; the square one keeps 32 x 32.
+  assert.deepEqual(
+    [
+      choosePlan(8192, 64, 64, 1, 2, 16, 32, 1024, 16),
+      choosePlan(1024, 1024, 1024, 1, 2, 16, 32, 1024, 16),
+    ]
+      .map((p) => [p.tm, p.tn]),
+    [[128, 4], [32, 32]],
+  );
 });
 
 test("checkTuning: a built-in profile passes; each bad field is named", () => {
@@ -79,6 +124,7 @@ test("checkTuning: a built-in profile passes; each bad field is named", () => {
     [{ attentionBlock: -1 }, /'attentionBlock' must be a non-negative integer/],
     [{ threadRowMaxLen: 1.5 }, /'threadRowMaxLen' must be a non-negative integer/],
     [{ elementwiseVec4: "yes" }, /'elementwiseVec4' must be true or false/],
+    [{ matmulSubgroups: 1 }, /'matmulSubgroups' must be true or false/],
     [{ matmul: { tileM: 4, tileN: 4 } }, /'matmul\.workgroup' must be a positive integer/],
     [{ matmulVersion: 4 }, /'matmulVersion' must be 1, 2 or 3/],
     [{ profile: "fast" }, /'profile' must be llvmpipe or gpu/],
@@ -102,12 +148,16 @@ test("checkTuning: a built-in profile passes; each bad field is named", () => {
 });
 
 test("tuningHash: the same values give the same hash, any change another", () => {
+  // Built-in llvmpipe tuning on Mesa 22.3.6, as recorded in bench/results.json before the
+  // subgroup field existed: a field that changes no result leaves the hash alone.
+  assert.equal(tuningHash(tuningFor(LLVMPIPE, "22.3.6")), "6838b22229b5a91a");
   const t = tuningFor(LLVMPIPE, "22.3.6");
   const reordered = Object.fromEntries(Object.entries(t).reverse()) as typeof t;
   assert.equal(tuningHash(reordered), tuningHash(t));
   assert.match(tuningHash(t), /^[0-9a-f]{16}$/);
   assert.notEqual(tuningHash({ ...t, rowWorkgroup: 128 }), tuningHash(t));
   assert.notEqual(tuningHash({ ...t, matmul: { ...t.matmul, tileN: 4 } }), tuningHash(t));
+  assert.equal(tuningHash({ ...t, matmulSubgroups: !t.matmulSubgroups }), tuningHash(t));
 });
 
 test("profiles: saved, loaded for their key; corrupt or foreign ones ignored with a warning", async () => {

@@ -11,7 +11,7 @@ import { runRmsnormPool } from "../../src/gpu/kernels/rowwise.ts";
 import { runSample } from "../../src/gpu/kernels/sample.ts";
 import { runElementwise } from "../../src/gpu/kernels/elementwise.ts";
 import { gpu } from "../../src/gpu/device.ts";
-import type { Tuning } from "../../src/gpu/tuning.ts";
+import { isLlvmpipe, type Tuning } from "../../src/gpu/tuning.ts";
 import * as T from "../../src/tensor/ops.ts";
 import { backward } from "../../src/tensor/backward.ts";
 import { type Tensor, tensor } from "../../src/tensor/tensor.ts";
@@ -554,6 +554,87 @@ test("matmul v3: lanes split between columns and rows, every split the plan pick
   // The shapes reach both kinds of plan on this adapter.
   assert.ok(splits.has(gpu.simdWidth), `no plan with every lane on columns: ${[...splits]}`);
   assert.ok([...splits].some((w) => w < gpu.simdWidth), `no split lanes: ${[...splits]}`);
+});
+
+test("matmul v3 sharing A through subgroups: bitwise the plain kernel's products, split-K kept", async () => {
+  const gpu = await testGpu();
+  // Deno's wgpu and Bun's Dawn both grant subgroups on llvmpipe: the shared path must run here.
+  if (isLlvmpipe(gpu.description)) assert.ok(gpu.subgroupSize > 0, "no subgroups on llvmpipe");
+  if (!gpu.subgroupSize) return;
+  const saved = { ...gpu.tuning };
+  // [batch, m, k, n]: row tails against every tile height, a K tail (masked last step), split-K
+  // (long K, few outputs), N tails with and without vec4 stores, a wide N; A and B each stored
+  // either way.
+  const shapes = [[1, 33, 12, 9], [2, 65, 68, 67], [1, 9, 4098, 12], [1, 257, 64, 64], [
+    1,
+    40,
+    6,
+    516,
+  ], [1, 1, 4, 1]];
+  const kernels = new Set<string>();
+  try {
+    Object.assign(gpu.tuning, { matmulVersion: 3 });
+    for (const [batch, m, k, n] of shapes) {
+      const plan = choosePlan(
+        m,
+        n,
+        k,
+        batch,
+        gpu.cores,
+        gpu.simdWidth,
+        32,
+        gpu.tuning.matmulTileArea,
+      );
+      const shared = choosePlan(
+        m,
+        n,
+        k,
+        batch,
+        gpu.cores,
+        gpu.simdWidth,
+        32,
+        gpu.tuning.matmulTileArea,
+        gpu.subgroupSize,
+      );
+      assert.equal(shared.shareA, gpu.subgroupSize);
+      assert.equal(shared.slices, plan.slices, `${[batch, m, k, n]}: the same split-K`);
+      const a = randomArray(batch * m * k, m + 7 * k), b = randomArray(batch * k * n, n + 3 * k);
+      const want = matmulRef(a, b, batch, m, k, n);
+      const ta = tensor(a, [batch, m, k]), tb = tensor(b, [batch, k, n]);
+      const at = T.contiguous(T.transpose(ta)), bt = T.contiguous(T.transpose(tb));
+      const run = async (subgroups: boolean) => {
+        gpu.tuning.matmulSubgroups = subgroups;
+        gpu.startProfile();
+        const outs = [
+          T.matmul(ta, tb),
+          T.matmul(ta, bt, { transB: true }),
+          T.matmul(at, tb, { transA: true }),
+          T.matmul(at, bt, { transA: true, transB: true }),
+        ];
+        const got = await Promise.all(outs.map((c) => c.toArray()));
+        for (const t of await gpu.stopProfile()) kernels.add(t.kernel);
+        for (const c of outs) c.dispose();
+        return got;
+      };
+      const [on, off] = [await run(true), await run(false)];
+      const label = `${[batch, m, k, n]} plan ${JSON.stringify(shared)}`;
+      // f32 sums over a long K drift from the f64 reference by ~1e-5 per 512 terms.
+      const tol = { ...FWD, atol: FWD.atol * Math.max(1, k / 512) };
+      for (let i = 0; i < on.length; i++) {
+        assertClose(on[i], want, tol, label);
+        assert.deepEqual(on[i], off[i], `${label}: bitwise the plain kernel's`);
+      }
+      for (const x of [ta, tb, at, bt]) x.dispose();
+    }
+  } finally {
+    Object.assign(gpu.tuning, saved);
+  }
+  const names = [...kernels].filter((k) => k.startsWith("matmul_v3_"));
+  assert.ok(
+    names.some((k) => k.includes(`_sg${gpu.subgroupSize}`)),
+    `no shared-A kernel: ${names}`,
+  );
+  assert.ok(names.some((k) => !k.includes("_sg") && !k.includes("pack")), `no plain one: ${names}`);
 });
 
 test("matmul on strided views and broadcast weights, every version", async () => {

@@ -252,6 +252,34 @@ test("fused prefill: logits equal the general forward, whole and in two parts th
   }
 });
 
+test("fused prefill: bitwise the same logits with A shared through subgroups or loaded per lane", {
+  skip: fusedSkip(),
+}, async () => {
+  const gpu = await testGpu();
+  if (!gpu.subgroupSize) return; // kernels.test.ts asserts llvmpipe has them
+  const saved = gpu.tuning.matmulSubgroups;
+  try {
+    for (const load of FUSED_CASES) {
+      const { m, ids } = await load();
+      const decoder = new FusedDecoder(m);
+      const run = async (subgroups: boolean) => {
+        gpu.tuning.matmulSubgroups = subgroups;
+        const cache = m.newCache(1, ids.length);
+        const tok = tensor(Int32Array.from(ids), [1, ids.length], "i32");
+        const l = decoder.prefill(tok, cache, false);
+        const out = await l.toArray();
+        for (const x of [l, tok, cache]) x.dispose();
+        return out;
+      };
+      assert.deepEqual(await run(true), await run(false), `${m.config.nLayers} layers`);
+      decoder.dispose();
+      m.dispose();
+    }
+  } finally {
+    gpu.tuning.matmulSubgroups = saved;
+  }
+});
+
 // v2: a dispatch per layer, the head in the last one or separate. v3: one dispatch for every
 // layer, or runs of 2 layers (stories260K: 2 + 2 + 1, the residual passed through X).
 const DECODERS: [string, FusedDecoderOptions][] = [
