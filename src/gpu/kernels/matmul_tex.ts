@@ -391,7 +391,7 @@ const SHARED_TILES = [[128, 4], [64, 4], [32, 4], [16, 4], [32, 16], [32, 32]] a
  * among {@link SHARED_TILES} for the same slices, so the sums stay those of the plain plan, by
  * a second model fitted on llvmpipe (Mesa 22.3.6, 16 lanes, 6 training and square shapes): per
  * k4 step 12 (TM / 16 + TN) for the texels, 1.5 TM for the broadcasts, 3 TM TN for the
- * multiply-adds; stores 31 TM TN; fixed 1100.
+ * multiply-adds; stores 31 TM TN; fixed 1100. `maxSharedRows` caps those tiles' height.
  */
 export function choosePlan(
   m: number,
@@ -403,6 +403,7 @@ export function choosePlan(
   maxSlices = 32,
   maxArea = 1024,
   subgroup = 0,
+  maxSharedRows = 128,
 ): TexPlan {
   // Few tile sizes: each combination is a separate (slow to compile, fully unrolled) kernel.
   const sizes = [32, 24, 16, 8, 4];
@@ -435,7 +436,7 @@ export function choosePlan(
   let shared: TexPlan | null = null, sharedT = Infinity;
   const steps = Math.ceil(k4 / best.slices);
   for (const [tm, tn] of SHARED_TILES) {
-    if (tm * tn > maxArea || tm % subgroup) continue;
+    if (tm * tn > maxArea || tm % subgroup || tm > maxSharedRows) continue;
     const groups = Math.ceil(n / (tn * simd)) * Math.ceil(m / tm) * batch * best.slices;
     const cost = steps * (12 * (tm / subgroup + tn) + 1.5 * tm + 3 * tm * tn) + 31 * tm * tn +
       1100;
@@ -660,6 +661,10 @@ export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
     1,
     gpu.tuning.matmulTileArea,
     sharedA(gpu),
+    // An epilogue with a second product or a row norm carries more per row than the model
+    // counts: over STS-B's embedding, 64-row tiles took its SwiGLU and q/k/v products 4-9%
+    // below the plain kernel's time, 128-row ones 1-32% above it.
+    f.epilogue.dual || f.normEps !== undefined ? 64 : 128,
   );
   const o: TexMatmulOpts = {
     tm: plan.tm,
