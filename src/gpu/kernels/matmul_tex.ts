@@ -662,8 +662,8 @@ export function runMatmulFused(gpu: Gpu, f: FusedMatmul): void {
     gpu.tuning.matmulTileArea,
     sharedA(gpu),
     // An epilogue with a second product or a row norm carries more per row than the model
-    // counts: over STS-B's embedding, 64-row tiles took its SwiGLU and q/k/v products 4-9%
-    // below the plain kernel's time, 128-row ones 1-32% above it.
+    // counts: in an embedding run over STS-B, 64-row tiles took such products 4-9% below the
+    // plain kernel's time, 128-row ones 1-32% above it.
     f.epilogue.dual || f.normEps !== undefined ? 64 : 128,
   );
   const o: TexMatmulOpts = {
