@@ -98,9 +98,12 @@ export class Gpu {
   readonly simdWidth: number;
   /**
    * Lanes per subgroup when kernels may use subgroup builtins (the device has the feature, the
-   * size is fixed and a probe kernel compiles), else 0. Set by {@link initGpu}.
+   * size is fixed and a probe kernel compiles), else 0. Found by {@link initGpu}.
    */
-  subgroupSize = 0;
+  get subgroupSize(): number {
+    return this.#subgroupSize;
+  }
+  #subgroupSize = 0;
   /** Whether this WGSL compiler wants `enable subgroups;` (Dawn) or rejects it (naga). */
   #subgroupDirective = false;
   /** CPU cores (llvmpipe's worker threads), for cost models. */
@@ -253,7 +256,7 @@ fn main(@builtin(subgroup_invocation_id) sid: u32) {
       const info = await module.getCompilationInfo();
       const err = await this.device.popErrorScope();
       if (!err && !info.messages.some((m) => m.type === "error")) {
-        this.subgroupSize = size;
+        this.#subgroupSize = size;
         this.#subgroupDirective = directive;
         return;
       }
