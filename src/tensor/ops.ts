@@ -1211,10 +1211,7 @@ export function mapExpr(
   shape: readonly number[],
   c = 0,
 ): Tensor {
-  const out = empty(shape, "f32", "expr");
-  const ins = Object.entries(inputs).map(([name, t]) => input(t, name, shape));
-  runElementwise(gpu(), expr, ins, outOf(out), shape, c);
-  return out;
+  return mapExprs([expr], inputs, shape, c)[0];
 }
 
 /**

@@ -10,7 +10,7 @@ import { choosePlan } from "../../src/gpu/kernels/matmul_tex.ts";
 import { runRmsnormPool } from "../../src/gpu/kernels/rowwise.ts";
 import { runSample } from "../../src/gpu/kernels/sample.ts";
 import { runElementwise } from "../../src/gpu/kernels/elementwise.ts";
-import { gpu } from "../../src/gpu/device.ts";
+import { type Gpu, gpu } from "../../src/gpu/device.ts";
 import { isLlvmpipe, type Tuning } from "../../src/gpu/tuning.ts";
 import * as T from "../../src/tensor/ops.ts";
 import { backward } from "../../src/tensor/backward.ts";
@@ -513,6 +513,21 @@ test("attention on packed sequences equals the padded batch, forward and backwar
   );
 });
 
+/** The plan runMatmulTex makes for an [m, k] x [k, n] product on this device (subgroup 0: plain). */
+function planOn(gpu: Gpu, m: number, k: number, n: number, batch: number, subgroup = 0) {
+  return choosePlan(
+    m,
+    n,
+    k,
+    batch,
+    gpu.cores,
+    gpu.simdWidth,
+    32,
+    gpu.tuning.matmulTileArea,
+    subgroup,
+  );
+}
+
 test("matmul v3: lanes split between columns and rows, every split the plan picks", async () => {
   const gpu = await testGpu();
   const saved = { ...gpu.tuning };
@@ -523,16 +538,7 @@ test("matmul v3: lanes split between columns and rows, every split the plan pick
   const splits = new Set<number>();
   try {
     for (const [batch, m, k, n] of shapes) {
-      const plan = choosePlan(
-        m,
-        n,
-        k,
-        batch,
-        gpu.cores,
-        gpu.simdWidth,
-        32,
-        gpu.tuning.matmulTileArea,
-      );
+      const plan = planOn(gpu, m, k, n, batch);
       splits.add(plan.wc);
       const a = randomArray(batch * m * k, m + 3 * k), b = randomArray(batch * k * n, n + 5 * k);
       const want = matmulRef(a, b, batch, m, k, n);
@@ -575,27 +581,8 @@ test("matmul v3 sharing A through subgroups: bitwise the plain kernel's products
   try {
     Object.assign(gpu.tuning, { matmulVersion: 3 });
     for (const [batch, m, k, n] of shapes) {
-      const plan = choosePlan(
-        m,
-        n,
-        k,
-        batch,
-        gpu.cores,
-        gpu.simdWidth,
-        32,
-        gpu.tuning.matmulTileArea,
-      );
-      const shared = choosePlan(
-        m,
-        n,
-        k,
-        batch,
-        gpu.cores,
-        gpu.simdWidth,
-        32,
-        gpu.tuning.matmulTileArea,
-        gpu.subgroupSize,
-      );
+      const plan = planOn(gpu, m, k, n, batch);
+      const shared = planOn(gpu, m, k, n, batch, gpu.subgroupSize);
       assert.equal(shared.shareA, gpu.subgroupSize);
       assert.equal(shared.slices, plan.slices, `${[batch, m, k, n]}: the same split-K`);
       const a = randomArray(batch * m * k, m + 7 * k), b = randomArray(batch * k * n, n + 3 * k);
