@@ -33,7 +33,7 @@ export type {
   TexturePool,
 } from "./src/gpu/pool.ts";
 /** Kernel descriptions and their uniform writer. */
-export type { Access, Kernel, ParamWriter } from "./src/gpu/kernel.ts";
+export type { Access, Kernel, ParamWriter, TextureRead } from "./src/gpu/kernel.ts";
 /** Per-adapter kernel parameters (workgroup sizes, matmul tiles) and saved tuning profiles. */
 export type { ProfileKey, Tuning, TuningProfile } from "./src/gpu/tuning.ts";
 /**

@@ -1,7 +1,7 @@
 /**
  * `deno task bench [names...] [--runs=N]`: runs the default benchmarks (matmul, model, cold) or the
- * named ones (also scale), the model suite's gemkit and PyTorch groups N times over (each record
- * then carries its `run`), prints a table, and writes
+ * named ones (also scale), the model and matmul suites' gemkit and PyTorch timings N times over
+ * (each record then carries its `run`), prints a table, and writes
  * bench/results.json, or the file GEMKIT_BENCH_RESULTS names (records of the benches that ran
  * replace their old ones; others are kept). PyTorch's runs: see torchSetup in competitors.ts.
  *

@@ -15,8 +15,8 @@ export interface BenchContext {
   /** Log a per-kernel GPU time profile of the model steps (GEMKIT_PROFILE=1). */
   profile: boolean;
   /**
-   * Runs of the model suite's gemkit and PyTorch groups, one after another (`--runs=N`, default
-   * 1); their records carry `run`.
+   * Runs of the model and matmul suites' gemkit and PyTorch timings, one after another
+   * (`--runs=N`, default 1); their records carry `run`.
    */
   runs?: number;
   log: (msg: string) => void;

@@ -25,13 +25,14 @@ const SIZES = [256, 512, 1024, 2048];
 
 /**
  * Samples per figure: enough work per sample to amortise the ~11.5 ms sync (Deno's mapAsync
- * sleeps 10 ms whatever the adapter): 8e9 flops, ~130 ms of llvmpipe's products, so the sync
- * adds under 10% (with 2e9, a single n = 1024 product per sample, it added ~25%). A real GPU
- * does that in well under the sync, so it gets 2e11, capped to keep the command stream short.
+ * sleeps 10 ms whatever the adapter): 2e10 flops, the work PyTorch gets per sample below, ~230 ms
+ * of llvmpipe's products at n = 1024, so the sync adds ~5% (with 8e9 flops, four products, it
+ * added ~10%; with 2e9, a single one, ~25%). A real GPU does that in well under the sync, so it
+ * gets 2e11, capped to keep the command stream short.
  */
 function plan(n: number, quick: boolean) {
   const flops = 2 * n ** 3;
-  const work = gpu().tuning.profile === "gpu" ? 2e11 : 8e9;
+  const work = gpu().tuning.profile === "gpu" ? 2e11 : 2e10;
   const inner = Math.min(2000, Math.max(1, Math.round(work / flops)));
   return {
     warmup: 1,
@@ -80,22 +81,41 @@ function toRecord(t: Timing): BenchRecord {
   };
 }
 
-/** The matmul benchmark. */
+/** gemkit's GFLOP/s over PyTorch's 2 threads at `n` in `recs`, or null where either is missing. */
+function ratioAt(recs: BenchRecord[], n: number): number | null {
+  const at = (impl: string) => recs.find((r) => r.impl === impl && r.n === n)?.gflops;
+  const [g, t] = [at("gemkit"), at("torch-cpu-2t")];
+  return typeof g === "number" && typeof t === "number" ? g / t : null;
+}
+
+/**
+ * The matmul benchmark: `ctx.runs` runs one after another (records carry `run` when more than
+ * one). Each size times gemkit, then PyTorch's 1 and 2 threads right after it, so a ratio's two
+ * sides are minutes apart at most; jax-js and TensorFlow.js, 15-30x slower than gemkit, run in
+ * the first run only.
+ */
 export async function matmulBench(ctx: BenchContext): Promise<BenchRecord[]> {
   const out: BenchRecord[] = [];
-  for (const n of SIZES) {
-    const p = plan(n, ctx.quick);
-    ctx.log(`matmul n=${n} (inner ${p.inner}, ${p.repeats} samples)`);
-    out.push(toRecord(await gemkitMatmul(n, p)));
-    out.push(toRecord(await jaxjsMatmul(n, p)));
-    out.push(toRecord(await tfjsMatmul(n, p)));
-  }
+  const runs = Math.max(1, ctx.runs ?? 1);
   const torch = torchSetup();
-  for (const n of SIZES) {
-    // PyTorch is ~10x faster here: ten times the work per sample keeps its samples as long.
-    const p = plan(n, ctx.quick);
-    const inner = ctx.quick ? 1 : Math.max(1, Math.round(2e10 / (2 * n ** 3)));
-    for (const t of await torchMatmul([n], { ...p, inner, ...torch })) out.push(toRecord(t));
+  for (let run = 1; run <= runs; run++) {
+    if (runs > 1) ctx.log(`run ${run} of ${runs}`);
+    const recs: BenchRecord[] = [];
+    for (const n of SIZES) {
+      const p = plan(n, ctx.quick);
+      ctx.log(`matmul n=${n} (inner ${p.inner}, ${p.repeats} samples)`);
+      recs.push(toRecord(await gemkitMatmul(n, p)));
+      if (run === 1) {
+        recs.push(toRecord(await jaxjsMatmul(n, p)));
+        recs.push(toRecord(await tfjsMatmul(n, p)));
+      }
+      // PyTorch is ~10x faster here: ten times the work per sample keeps its samples as long.
+      const inner = ctx.quick ? 1 : Math.max(1, Math.round(2e10 / (2 * n ** 3)));
+      for (const t of await torchMatmul([n], { ...p, inner, ...torch })) recs.push(toRecord(t));
+    }
+    const r = ratioAt(recs, 1024);
+    if (r !== null) ctx.log(`run ${run}: gemkit / PyTorch 2 threads at n = 1024: ${r.toFixed(3)}`);
+    out.push(...(runs > 1 ? recs.map((x) => ({ ...x, run })) : recs));
   }
   return out;
 }

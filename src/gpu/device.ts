@@ -26,7 +26,14 @@ import {
   numberLines,
   ShaderError,
 } from "./errors.ts";
-import type { Access, Kernel, ParamWriter } from "./kernel.ts";
+import {
+  type Access,
+  defineKernel,
+  type Kernel,
+  type ParamWriter,
+  texelLoad,
+  type TextureRead,
+} from "./kernel.ts";
 import {
   BufferPool,
   BufferWindow,
@@ -106,6 +113,14 @@ export class Gpu {
   #subgroupSize = 0;
   /** Whether this WGSL compiler wants `enable subgroups;` (Dawn) or rejects it (naga). */
   #subgroupDirective = false;
+  /**
+   * How kernels read textures: as read-only storage textures ("rtex") where the device takes
+   * them and the tuning asks for it, else sampled ("tex"). The texels are the same either way.
+   */
+  get textureReads(): TextureRead {
+    return this.tuning.storageTextureReads && this.#storageReads ? "rtex" : "tex";
+  }
+  #storageReads = false;
   /** CPU cores (llvmpipe's worker threads), for cost models. */
   readonly cores: number;
   /**
@@ -216,6 +231,7 @@ export class Gpu {
       buffers.forEach((a, i) => {
         const e: GPUBindGroupLayoutEntry = { binding: i + 1, visibility: GPUShaderStage.COMPUTE };
         if (a === "tex") e.texture = { sampleType: "unfilterable-float", viewDimension: "2d" };
+        else if (a === "rtex") e.storageTexture = { access: "read-only", format: "rgba32float" };
         else if (a === "stex") e.storageTexture = { access: "write-only", format: "rgba32float" };
         else e.buffer = { type: a === "rw" ? "storage" : "read-only-storage" };
         entries.push(e);
@@ -261,6 +277,33 @@ fn main(@builtin(subgroup_invocation_id) sid: u32) {
         return;
       }
     }
+  }
+
+  /**
+   * Finds whether rgba32float textures can be bound as read-only storage (a WGSL language
+   * feature newer than WebGPU 1.0): a probe layout and kernel are made inside an error scope.
+   * Called once by {@link initGpu}.
+   */
+  async probeStorageTextureReads(): Promise<void> {
+    const probe = defineKernel({
+      name: "storage_texture_probe",
+      params: "n: u32",
+      bindings: [["T", "rtex"]],
+      body: `@compute @workgroup_size(1)
+fn main() { _ = ${texelLoad("T", "vec2<u32>(P.n, 0u)", "rtex")}; }`,
+    });
+    this.device.pushErrorScope("validation");
+    const layout = this.#layout(probe.buffers);
+    const module = this.device.createShaderModule({ code: probe.source, label: probe.name });
+    const info = await module.getCompilationInfo();
+    this.device.createComputePipeline({
+      layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: "main" },
+      label: probe.name,
+    });
+    const err = await this.device.popErrorScope();
+    this.#storageReads = !err && !info.messages.some((m) => m.type === "error");
+    if (!this.#storageReads) this.#layouts.delete("rtex");
   }
 
   /** The compiled pipeline of a kernel, cached by source text. */
@@ -726,6 +769,7 @@ export function initGpu(opts: GpuOptions = {}): Promise<Gpu> {
     device ??= await adapter.requestDevice({ requiredLimits, requiredFeatures });
     const gpu = new Gpu(adapter, device);
     if (device.features.has("subgroups")) await gpu.probeSubgroups(subgroupSize);
+    await gpu.probeStorageTextureReads();
     if (opts.log ?? true) {
       const l = device.limits;
       logLine(

@@ -4,12 +4,13 @@
  *
  * Convention for every kernel in src/gpu/kernels: binding 0 of group 0 is a uniform `Params`
  * struct, bindings 1..n follow `buffers`: storage buffers ("read", "rw"), or rgba32float textures
- * read with textureLoad ("tex") or written with textureStore ("stex"). Buffers are bound whole
+ * read with textureLoad, sampled ("tex") or as read-only storage ("rtex"), or written with
+ * textureStore ("stex"). Buffers are bound whole
  * (storage-binding offsets must be 256-byte aligned), so element offsets travel in Params.
  */
 
 /** How a kernel binds a resource. */
-export type Access = "read" | "rw" | "tex" | "stex";
+export type Access = "read" | "rw" | "tex" | "rtex" | "stex";
 
 /** A compute kernel: WGSL source (entry point `main`) and its storage bindings. */
 export interface Kernel {
@@ -29,11 +30,11 @@ export interface Kernel {
 
 /**
  * One resource of a kernel after Params: a storage buffer (name, "read" or "rw", WGSL type such
- * as `array<f32>`) or an rgba32float texture (name, "tex" or "stex"; the type follows).
+ * as `array<f32>`) or an rgba32float texture (name, "tex", "rtex" or "stex"; the type follows).
  */
 export type Binding =
   | readonly [name: string, access: "read" | "rw", type: string]
-  | readonly [name: string, access: "tex" | "stex"];
+  | readonly [name: string, access: "tex" | "rtex" | "stex"];
 
 /** What {@link defineKernel} writes a kernel from. */
 export interface KernelSpec {
@@ -78,11 +79,21 @@ function declarations(params: string, bindings: readonly Binding[]): string {
   const decl = ([name, access, type]: Binding, i: number) => {
     const at = `@group(0) @binding(${i + 1}) var`;
     if (access === "tex") return `${at} ${name}: texture_2d<f32>;`;
+    if (access === "rtex") return `${at} ${name}: texture_storage_2d<rgba32float, read>;`;
     if (access === "stex") return `${at} ${name}: texture_storage_2d<rgba32float, write>;`;
     return `${at}<storage, ${access === "rw" ? "read_write" : "read"}> ${name}: ${type};`;
   };
   const lines = [struct, "@group(0) @binding(0) var<uniform> P: Params;", ...bindings.map(decl)];
   return lines.join("\n");
+}
+
+/** How a kernel reads its textures: sampled, or as read-only storage (see `Gpu.textureReads`). */
+export type TextureRead = "tex" | "rtex";
+
+/** WGSL loading the texel at `xy` (a vec2<u32>) of a texture bound as `access`. */
+export function texelLoad(name: string, xy: string, access: TextureRead): string {
+  // A sampled texture's load names a mip level; a storage texture has none.
+  return `textureLoad(${name}, ${xy}${access === "tex" ? ", 0" : ""})`;
 }
 
 const kernels = new Map<string, Kernel>();

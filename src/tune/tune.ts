@@ -131,6 +131,7 @@ export function knobs(space: "small" | "full", maxTileArea = Infinity): Knob[] {
     },
     set("matmulTileArea", "matmul", area(full ? [16, 64, 256, 1024] : [16, 64, 1024])),
     set("matmulSubgroups", "matmul", [true, false]),
+    set("storageTextureReads", "matmul", [true, false]),
     set("matmulMinInvocations", "matmul", full ? [256, 1024, 4096, 16384] : [1024, 16384]),
     set("elementwiseWorkgroup", "elementwise", full ? [64, 128, 256] : [64, 256]),
     set("elementwiseVec4", "elementwise", [true, false]),

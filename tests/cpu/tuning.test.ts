@@ -125,6 +125,7 @@ test("checkTuning: a built-in profile passes; each bad field is named", () => {
     [{ threadRowMaxLen: 1.5 }, /'threadRowMaxLen' must be a non-negative integer/],
     [{ elementwiseVec4: "yes" }, /'elementwiseVec4' must be true or false/],
     [{ matmulSubgroups: 1 }, /'matmulSubgroups' must be true or false/],
+    [{ storageTextureReads: "no" }, /'storageTextureReads' must be true or false/],
     [{ matmul: { tileM: 4, tileN: 4 } }, /'matmul\.workgroup' must be a positive integer/],
     [{ matmulVersion: 4 }, /'matmulVersion' must be 1, 2 or 3/],
     [{ profile: "fast" }, /'profile' must be llvmpipe or gpu/],
@@ -149,7 +150,8 @@ test("checkTuning: a built-in profile passes; each bad field is named", () => {
 
 test("tuningHash: the same values give the same hash, any change another", () => {
   // Built-in llvmpipe tuning on Mesa 22.3.6, as recorded in bench/results.json before the
-  // subgroup field existed: a field that changes no result leaves the hash alone.
+  // subgroup and storage-texture fields existed: a field that changes no result leaves the hash
+  // alone.
   assert.equal(tuningHash(tuningFor(LLVMPIPE, "22.3.6")), "6838b22229b5a91a");
   const t = tuningFor(LLVMPIPE, "22.3.6");
   const reordered = Object.fromEntries(Object.entries(t).reverse()) as typeof t;
@@ -158,6 +160,7 @@ test("tuningHash: the same values give the same hash, any change another", () =>
   assert.notEqual(tuningHash({ ...t, rowWorkgroup: 128 }), tuningHash(t));
   assert.notEqual(tuningHash({ ...t, matmul: { ...t.matmul, tileN: 4 } }), tuningHash(t));
   assert.equal(tuningHash({ ...t, matmulSubgroups: !t.matmulSubgroups }), tuningHash(t));
+  assert.equal(tuningHash({ ...t, storageTextureReads: false }), tuningHash(t));
 });
 
 test("profiles: saved, loaded for their key; corrupt or foreign ones ignored with a warning", async () => {

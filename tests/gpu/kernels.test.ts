@@ -36,11 +36,18 @@ const TUNINGS: Partial<Tuning>[] = [
     attentionBlock: 8,
     attentionVersion: 3,
     attentionKvTextures: true,
+    storageTextureReads: true,
     threadRowMaxLen: 1 << 20,
     serialReduceMax: 1 << 20,
   },
-  // Attention v3 with K and V in storage buffers, blocks of 4.
-  { attentionVersion: 3, attentionBlock: 4, attentionKvTextures: false, attentionWorkgroup: 16 },
+  // Attention v3 with K and V in storage buffers, blocks of 4; matmul v3 sampling its textures.
+  {
+    attentionVersion: 3,
+    attentionBlock: 4,
+    attentionKvTextures: false,
+    attentionWorkgroup: 16,
+    storageTextureReads: false,
+  },
   {
     elementwiseWorkgroup: 256,
     elementwiseVec4: false,
@@ -562,12 +569,17 @@ test("matmul v3: lanes split between columns and rows, every split the plan pick
   assert.ok([...splits].some((w) => w < gpu.simdWidth), `no split lanes: ${[...splits]}`);
 });
 
-test("matmul v3 sharing A through subgroups: bitwise the plain kernel's products, split-K kept", async () => {
+test("matmul v3 sharing A through subgroups or reading textures as storage: bitwise the plain kernel's products", async () => {
   const gpu = await testGpu();
   // Deno's wgpu and Bun's Dawn both grant subgroups on llvmpipe: the shared path must run here.
   if (isLlvmpipe(gpu.description)) assert.ok(gpu.subgroupSize > 0, "no subgroups on llvmpipe");
   if (!gpu.subgroupSize) return;
+  // Both runtimes take read-only storage textures on llvmpipe too.
   const saved = { ...gpu.tuning };
+  gpu.tuning.storageTextureReads = true;
+  const storage = gpu.textureReads === "rtex";
+  Object.assign(gpu.tuning, saved);
+  if (isLlvmpipe(gpu.description)) assert.ok(storage, "no read-only storage textures on llvmpipe");
   // [batch, m, k, n]: row tails against every tile height, a K tail (masked last step), split-K
   // (long K, few outputs), N tails with and without vec4 stores, a wide N; A and B each stored
   // either way.
@@ -589,8 +601,9 @@ test("matmul v3 sharing A through subgroups: bitwise the plain kernel's products
       const want = matmulRef(a, b, batch, m, k, n);
       const ta = tensor(a, [batch, m, k]), tb = tensor(b, [batch, k, n]);
       const at = T.contiguous(T.transpose(ta)), bt = T.contiguous(T.transpose(tb));
-      const run = async (subgroups: boolean) => {
+      const run = async (subgroups: boolean, storageReads: boolean) => {
         gpu.tuning.matmulSubgroups = subgroups;
+        gpu.tuning.storageTextureReads = storageReads;
         gpu.startProfile();
         const outs = [
           T.matmul(ta, tb),
@@ -603,8 +616,11 @@ test("matmul v3 sharing A through subgroups: bitwise the plain kernel's products
         for (const c of outs) c.dispose();
         return got;
       };
-      const [on, off] = [await run(true), await run(false)];
+      const [on, off] = [await run(true, false), await run(false, false)];
       const label = `${[batch, m, k, n]} plan ${JSON.stringify(shared)}`;
+      for (const [sg, got] of [[true, await run(true, true)], [false, await run(false, true)]]) {
+        assert.deepEqual(got, on, `${label}: textures read as storage${sg ? ", A shared" : ""}`);
+      }
       // f32 sums over a long K drift from the f64 reference by ~1e-5 per 512 terms.
       const tol = { ...FWD, atol: FWD.atol * Math.max(1, k / 512) };
       for (let i = 0; i < on.length; i++) {
@@ -622,6 +638,14 @@ test("matmul v3 sharing A through subgroups: bitwise the plain kernel's products
     `no shared-A kernel: ${names}`,
   );
   assert.ok(names.some((k) => !k.includes("_sg") && !k.includes("pack")), `no plain one: ${names}`);
+  if (storage) {
+    for (const sg of [true, false]) {
+      assert.ok(
+        names.some((k) => k.endsWith("_st") && k.includes("_sg") === sg),
+        `no ${sg ? "shared-A" : "plain"} kernel reading storage textures: ${names}`,
+      );
+    }
+  }
 });
 
 test("matmul on strided views and broadcast weights, every version", async () => {

@@ -252,33 +252,53 @@ test("fused prefill: logits equal the general forward, whole and in two parts th
   }
 });
 
-test("fused prefill: bitwise the same logits with A shared through subgroups or loaded per lane", {
-  skip: fusedSkip(),
-}, async () => {
-  const gpu = await testGpu();
-  if (!gpu.subgroupSize) return; // kernels.test.ts asserts llvmpipe has them
-  const saved = gpu.tuning.matmulSubgroups;
-  try {
-    for (const load of FUSED_CASES) {
-      const { m, ids } = await load();
-      const decoder = new FusedDecoder(m);
-      const run = async (subgroups: boolean) => {
-        gpu.tuning.matmulSubgroups = subgroups;
-        const cache = m.newCache(1, ids.length);
-        const tok = tensor(Int32Array.from(ids), [1, ids.length], "i32");
-        const l = decoder.prefill(tok, cache, false);
-        const out = await l.toArray();
-        for (const x of [l, tok, cache]) x.dispose();
-        return out;
-      };
-      assert.deepEqual(await run(true), await run(false), `${m.config.nLayers} layers`);
-      decoder.dispose();
-      m.dispose();
+test(
+  "fused prefill and decode: bitwise the same logits with A shared or not, textures sampled or read as storage",
+  {
+    skip: fusedSkip(),
+  },
+  async () => {
+    const gpu = await testGpu();
+    if (!gpu.subgroupSize) return; // kernels.test.ts asserts llvmpipe has them
+    const saved = { ...gpu.tuning };
+    try {
+      for (const load of FUSED_CASES) {
+        const { m, ids } = await load();
+        const decoder = new FusedDecoder(m), stepper = new FusedDecoder(m, { version: 3 });
+        // The prefill's logits, then three decode steps' (packed weights read as textures).
+        const run = async (matmulSubgroups: boolean, storageTextureReads: boolean) => {
+          Object.assign(gpu.tuning, { matmulSubgroups, storageTextureReads });
+          const cache = m.newCache(1, ids.length);
+          const tok = tensor(Int32Array.from(ids), [1, ids.length], "i32");
+          const l = decoder.prefill(tok, cache, false);
+          const out = [await l.toArray()];
+          for (const x of [l, tok, cache]) x.dispose();
+          const steps = m.newCache(1, 3);
+          for (let t = 0; t < 3; t++) {
+            const one = tensor(Int32Array.of(ids[t]), [1, 1], "i32");
+            const s = noGrad(() => stepper.step(steps, one));
+            out.push(await s.toArray());
+            s.dispose();
+            one.dispose();
+          }
+          steps.dispose();
+          return out;
+        };
+        const plain = await run(false, false);
+        for (const [sg, st] of [[true, false], [false, true], [true, true]]) {
+          const label = `${m.config.nLayers} layers, A ${sg ? "shared" : "per lane"}, ` +
+            `textures ${st ? "read as storage" : "sampled"}`;
+          assert.deepEqual(await run(sg, st), plain, label);
+        }
+        decoder.dispose();
+        stepper.dispose();
+        m.dispose();
+      }
+    } finally {
+      Object.assign(gpu.tuning, saved);
     }
-  } finally {
-    gpu.tuning.matmulSubgroups = saved;
-  }
-});
+  },
+);
 
 // v2: a dispatch per layer, the head in the last one or separate. v3: one dispatch for every
 // layer, or runs of 2 layers (stories260K: 2 + 2 + 1, the residual passed through X).

@@ -42,6 +42,8 @@ import {
   LINEAR_GROUP_ID,
   ParamWriter,
   range,
+  texelLoad,
+  type TextureRead,
 } from "../kernel.ts";
 import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../pool.ts";
 
@@ -87,10 +89,11 @@ export interface AttentionVariant {
   /** v3: the block is unrolled into named variables instead of private arrays. */
   unroll: boolean;
   /**
-   * v3: K and V are read as texels of textures they are first copied into (a texel fetch costs
-   * ~0.6x a storage load on llvmpipe; forward ~20% faster, bitwise the same result).
+   * v3: K and V are read as texels of textures they are first copied into, bound as this says
+   * (a texel fetch costs ~0.6x a storage load on llvmpipe; forward ~20% faster, bitwise the same
+   * result); false: read from their storage buffers.
    */
-  kvTex: boolean;
+  kvTex: false | TextureRead;
 }
 
 const PARAMS = `TQ: u32, TK: u32, TCAP: u32, QOFF: u32,
@@ -166,7 +169,8 @@ const OWN: Record<AttentionKind, readonly Binding[]> = {
  */
 function attentionKernel(kind: AttentionKind, v: AttentionVariant, body: string): Kernel {
   // K and V are storage arrays, or textures read through ldK / ldV.
-  const kvBinding = (n: string): Binding => v.kvTex ? [`${n}Tex`, "tex"] : [n, "read", "array<VT>"];
+  const kvBinding = (n: string): Binding =>
+    v.kvTex ? [`${n}Tex`, v.kvTex] : [n, "read", "array<VT>"];
   // Packed records are read as scalars where a loop over keys wants only each key's role, and
   // whole where the dk/dv loop over queries wants all of each query's.
   const scalarMeta = kind !== "bwd_kv";
@@ -184,7 +188,9 @@ function attentionKernel(kind: AttentionKind, v: AttentionVariant, body: string)
       ],
       ...OWN[kind],
     ],
-    body: `${v.kvTex ? `${texLoad("K")}\n${texLoad("V")}` : ""}${common(v, scalarMeta)}
+    body: `${v.kvTex ? `${texLoad("K", v.kvTex)}\n${texLoad("V", v.kvTex)}` : ""}${
+      common(v, scalarMeta)
+    }
 @compute @workgroup_size(${v.wg})
 fn main(${GRID_BUILTINS}) {
 ${body}
@@ -193,11 +199,10 @@ ${body}
 }
 
 /** `ld{name}(texel)`: a texel of the K or V texture (binding `{name}Tex`). */
-function texLoad(name: string): string {
+function texLoad(name: string, reads: TextureRead): string {
+  const xy = `vec2<u32>(t & ${TEXTURE_WIDTH - 1}u, t >> ${Math.log2(TEXTURE_WIDTH)}u)`;
   return `fn ld${name}(t: u32) -> vec4<f32> {
-  return textureLoad(${name}Tex, vec2<u32>(t & ${TEXTURE_WIDTH - 1}u, t >> ${
-    Math.log2(TEXTURE_WIDTH)
-  }u), 0);
+  return ${texelLoad(`${name}Tex`, xy, reads)};
 }`;
 }
 
@@ -583,7 +588,7 @@ ${QUERIES_OF_GROUP}
 function variantName(v: AttentionVariant): string {
   return `${v.unroll ? "v3" : v.qb > 1 || v.w > 1 ? "v2" : "v1"}_d${v.d}_qb${v.qb}_w${v.w}${
     v.plain ? "_causal" : ""
-  }${v.seg ? "_seg" : ""}${v.kvTex ? "_kvtex" : ""}`;
+  }${v.seg ? "_seg" : ""}${v.kvTex ? (v.kvTex === "tex" ? "_kvtex" : "_kvst") : ""}`;
 }
 
 function params(dims: AttentionDims, table: readonly (readonly number[])[]): ParamWriter {
@@ -646,7 +651,7 @@ function variant(
   const qb = w === 4
     ? Math.max(1, unroll ? Math.min(block, Math.floor(128 / d), dims.t) : block)
     : 1;
-  const kvTex = unroll && gpu.tuning.attentionKvTextures;
+  const kvTex = unroll && gpu.tuning.attentionKvTextures && gpu.textureReads;
   return { d, wg: gpu.tuning.attentionWorkgroup, plain: isPlain(table), seg, qb, w, unroll, kvTex };
 }
 
