@@ -38,8 +38,8 @@ export interface Tuning {
    */
   matmulSubgroups: boolean;
   /**
-   * Kernels bind the textures they read (matmul v3's operands, attention's K and V, the packed
-   * weights of a model's fused kernels) as read-only storage textures where the device takes
+   * Matmul v3 (its operands, or a model's packed weights in its fused products) and attention
+   * (K and V) bind the textures they read as read-only storage textures where the device takes
    * them. They load the same texels, so this field does not change a tuning's hash either.
    */
   storageTextureReads: boolean;
