@@ -290,7 +290,7 @@ fn main(@builtin(subgroup_invocation_id) sid: u32) {
       params: "n: u32",
       bindings: [["T", "rtex"]],
       body: `@compute @workgroup_size(1)
-fn main() { _ = ${texelLoad("T", "vec2<u32>(P.n, 0u)", "rtex")}; }`,
+fn main() { _ = ${texelLoad("T", "P.n", "rtex")}; }`,
     });
     this.device.pushErrorScope("validation");
     let ok = true;

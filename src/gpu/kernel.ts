@@ -9,6 +9,8 @@
  * (storage-binding offsets must be 256-byte aligned), so element offsets travel in Params.
  */
 
+import { TEXTURE_WIDTH } from "./pool.ts";
+
 /** How a kernel binds a resource. */
 export type Access = "read" | "rw" | "tex" | "rtex" | "stex";
 
@@ -90,8 +92,12 @@ function declarations(params: string, bindings: readonly Binding[]): string {
 /** How a kernel reads its textures: sampled, or as read-only storage (see `Gpu.textureReads`). */
 export type TextureRead = "tex" | "rtex";
 
-/** WGSL loading the texel at `xy` (a vec2<u32>) of a texture bound as `access`. */
-export function texelLoad(name: string, xy: string, access: TextureRead): string {
+/**
+ * WGSL loading flat texel `t` (a u32 expression) of a texture bound as `access`: texel t sits at
+ * (t % TEXTURE_WIDTH, t / TEXTURE_WIDTH), the layout of every gemkit texture (pool.ts).
+ */
+export function texelLoad(name: string, t: string, access: TextureRead): string {
+  const xy = `vec2<u32>((${t}) & ${TEXTURE_WIDTH - 1}u, (${t}) >> ${Math.log2(TEXTURE_WIDTH)}u)`;
   // A sampled texture's load names a mip level; a storage texture has none.
   return `textureLoad(${name}, ${xy}${access === "tex" ? ", 0" : ""})`;
 }

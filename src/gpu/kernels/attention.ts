@@ -45,7 +45,7 @@ import {
   texelLoad,
   type TextureRead,
 } from "../kernel.ts";
-import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../pool.ts";
+import type { GpuBuffer, GpuTexture } from "../pool.ts";
 
 /**
  * Attention rule codes of a role table: the tensor layer's `RULE` (src/tensor/ops.ts), which the
@@ -200,9 +200,8 @@ ${body}
 
 /** `ld{name}(texel)`: a texel of the K or V texture (binding `{name}Tex`). */
 function texLoad(name: string, reads: TextureRead): string {
-  const xy = `vec2<u32>(t & ${TEXTURE_WIDTH - 1}u, t >> ${Math.log2(TEXTURE_WIDTH)}u)`;
   return `fn ld${name}(t: u32) -> vec4<f32> {
-  return ${texelLoad(`${name}Tex`, xy, reads)};
+  return ${texelLoad(`${name}Tex`, "t", reads)};
 }`;
 }
 

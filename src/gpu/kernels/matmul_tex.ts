@@ -6,11 +6,13 @@
  * otherwise) costs a few percent. Bound as read-only storage textures where the device takes
  * them, the loads are cheaper again: a sampled texture's load clamps its level and coordinates
  * to sizes llvmpipe works out per lane, ~300 instructions a 16-lane fetch; a storage texture's
- * has no level (a 16-lane load 22 ns against 49; the square n = 1024 product 18% faster). Each invocation owns a TM x TN block of C (32 x 32 at large
- * sizes: FMAs are nearly free next to loads, so big tiles win even though they spill), the
- * workgroup is one SIMD group wide, and the statement order in a k-step (A texels, then per group
- * of 4 columns its B texels and all its accumulators) is worth 1.3-1.6x. Measured on a 2-core
- * AVX-512 VM: ~50 GFLOP/s at n = 1024 against ~17 for v2.
+ * has no level (a 16-lane load 22 ns against 49; the square n = 1024 product 18% faster).
+ *
+ * Each invocation owns a TM x TN block of C (32 x 32 at large sizes: FMAs are nearly free next
+ * to loads, so big tiles win even though they spill), the workgroup is one SIMD group wide, and
+ * the statement order in a k-step (A texels, then per group of 4 columns its B texels and all
+ * its accumulators) is worth 1.3-1.6x. Measured on a 2-core AVX-512 VM: ~50 GFLOP/s at n = 1024
+ * against ~17 for v2.
  *
  * Lanes take adjacent column groups, all of them (wide products) or a few, the others taking
  * further row blocks: a narrow product (the N = 64 projections of a small model) then still gets
@@ -138,9 +140,9 @@ export function matmulKernelV3(o: TexMatmulOpts): Kernel {
   const tn4 = tn / 4, tm4 = tm / 4, X = "xyzw";
   const L: string[] = [];
   const e = (s: string) => L.push(s);
-  const reads = o.reads ?? "tex", xy = `vec2<u32>(t & ${TEXTURE_WIDTH - 1}u, t >> ${SHIFT}u)`;
-  e(`fn ldA(t: u32) -> vec4<f32> { return ${texelLoad("TA", xy, reads)}; }
-fn ldB(t: u32) -> vec4<f32> { return ${texelLoad("TB", xy, reads)}; }
+  const reads = o.reads ?? "tex";
+  e(`fn ldA(t: u32) -> vec4<f32> { return ${texelLoad("TA", "t", reads)}; }
+fn ldB(t: u32) -> vec4<f32> { return ${texelLoad("TB", "t", reads)}; }
 @compute @workgroup_size(${wx}, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>${
     sg ? ", @builtin(subgroup_invocation_id) sid: u32" : ""
@@ -327,8 +329,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
              offC: u32, ldC: u32, bsC: u32, sC: u32,
              S: u32, kChunk: u32, offB: u32, eps: f32,${epi ? `\n${epi.params}` : ""}`,
     bindings: [
-      ["TA", o.reads ?? "tex"],
-      ["TB", o.reads ?? "tex"],
+      ["TA", reads],
+      ["TB", reads],
       ["Cb", "rw", o.vecStore ? "array<vec4<f32>>" : "array<f32>"],
       ...(epi?.bindings ?? []),
     ],

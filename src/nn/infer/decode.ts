@@ -28,8 +28,8 @@
  */
 
 import type { Gpu } from "../../gpu/device.ts";
-import { cachedKernel, type Kernel, ParamWriter, range } from "../../gpu/kernel.ts";
-import { type GpuBuffer, type GpuTexture, TEXTURE_WIDTH } from "../../gpu/pool.ts";
+import { cachedKernel, type Kernel, ParamWriter, range, texelLoad } from "../../gpu/kernel.ts";
+import type { GpuBuffer, GpuTexture } from "../../gpu/pool.ts";
 import { SIGMOID_WGSL } from "../../gpu/kernels/elementwise.ts";
 import { rowReduceHelpers } from "../../gpu/kernels/rowwise.ts";
 import { chooseSource } from "../../gpu/kernels/sample.ts";
@@ -596,7 +596,7 @@ ${layerState(s)}
 // cold compile on Mesa 22.3.6 went from 4.4 to 6.6 s (a first 20-token generate from 6.7 to
 // 9.0 s) for 28% faster decoding.
 fn w(t: u32) -> vec4<f32> {
-  return textureLoad(W, vec2<u32>(t & ${TEXTURE_WIDTH - 1}u, t >> ${Math.log2(TEXTURE_WIDTH)}u), 0);
+  return ${texelLoad("W", "t", "tex")};
 }
 
 // xn = x / rms(x); the norm's weight is folded into the next matrices.
